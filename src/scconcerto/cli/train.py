@@ -1,0 +1,48 @@
+"""``scconcerto train``: build a reference model from an .h5ad file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._common import add_output, add_runtime, check_output_free
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a reference model on an .h5ad file",
+                       description="Contrastive pre-training of a Concerto reference model; writes a model directory.")
+    p.add_argument("data", help="reference .h5ad (raw counts or log-normalized values)")
+    add_output(p, "model directory to write")
+    p.add_argument("--batch-key", default=None, help="obs column of the source/batch of each cell")
+    p.add_argument("--label-key", default=None, action="append",
+                   help="obs column of labels to store for transfer (repeat for several levels)")
+    p.add_argument("--protein-key", default=None, help="obsm key of protein counts (names in uns['protein_names'])")
+    p.add_argument("--layer", default=None, help="layer holding the values (default: X)")
+    p.add_argument("--hvg", type=int, default=None, help="use N highly variable genes (default: all genes)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: by size)")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_runtime(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._io import read_h5ad
+    from ..model import Concerto
+
+    check_output_free(args.out, args.overwrite)
+    adata = read_h5ad(args.data)
+    label = args.label_key[0] if args.label_key and len(args.label_key) == 1 else args.label_key
+    model = Concerto(adata, batch_key=args.batch_key, label_key=label, protein_key=args.protein_key,
+                     layer=args.layer, hvg=args.hvg, seed=args.seed)
+    model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
+                progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    model.save(args.out, overwrite=args.overwrite)
+    last = model.history[-1] if model.history else {}
+    print(json.dumps({"model": args.out, "cells": adata.n_obs, "genes": len(model.setup.genes),
+                      "epochs": model.train_config.epochs, "final_loss": round(last.get("loss", float("nan")), 4),
+                      "train_seconds": round(model.extra_config.get("train_seconds", 0.0), 1)}))
+    return 0

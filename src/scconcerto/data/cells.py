@@ -1,0 +1,125 @@
+"""A dataset as the model sees it: CSR rows aligned to the vocabulary, normalized per batch of cells."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._ragged import CellBatch, Ragged
+from .preprocess import InputKind, normalize_values
+
+
+def subsample_rows(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, max_len: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep at most ``max_len`` randomly chosen entries of every row (vectorized, order kept)."""
+    lengths = np.diff(offsets)
+    if lengths.size == 0 or lengths.max() <= max_len:
+        return indices, values, offsets
+    row = np.repeat(np.arange(lengths.size), lengths)
+    order = np.lexsort((rng.random(row.size), row))
+    rank = np.arange(row.size) - offsets[row[order]]
+    kept = np.sort(order[rank < max_len])
+    new_offsets = np.zeros_like(offsets)
+    np.cumsum(np.minimum(lengths, max_len), out=new_offsets[1:])
+    return indices[kept], values[kept], new_offsets
+
+
+def drop_entries(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, rate: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop each stored entry with probability ``rate`` (gene-level augmentation, vectorized)."""
+    if rate <= 0 or indices.size == 0:
+        return indices, values, offsets
+    keep = rng.random(indices.size) >= rate
+    row = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+    new_offsets = np.zeros_like(offsets)
+    np.cumsum(np.bincount(row[keep], minlength=offsets.size - 1), out=new_offsets[1:])
+    return indices[keep], values[keep], new_offsets
+
+
+def _dense_to_ragged_arrays(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows, cols = np.nonzero(block)
+    offsets = np.zeros(block.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=block.shape[0]), out=offsets[1:])
+    return cols, block[rows, cols], offsets
+
+
+@dataclass
+class CellMatrix:
+    """Cells ready to be batched.
+
+    Attributes
+    ----------
+    X
+        Cells x dataset-genes CSR matrix (or a backed sparse dataset that supports row indexing).
+    column_to_vocab
+        Vocabulary position of each dataset column, ``-1`` for dropped columns;
+        ``None`` when the columns already are the vocabulary.
+    totals
+        Per-cell totals over all dataset genes (for ``counts``).
+    kind
+        What ``X`` holds (see :func:`~scconcerto.data.preprocess.detect_input_kind`).
+    domains
+        Source code of each cell (int64).
+    protein
+        Normalized protein values, cells x model proteins (float32), or ``None``.
+    """
+
+    X: sp.csr_matrix
+    column_to_vocab: np.ndarray | None
+    totals: np.ndarray
+    kind: InputKind
+    domains: np.ndarray
+    protein: np.ndarray | None = None
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.X.shape[0])
+
+    def rna_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Aligned, normalized index-value arrays of ``rows`` (indices, values, offsets)."""
+        block = self.X[rows]
+        if not sp.isspmatrix_csr(block) and not isinstance(block, sp.csr_array):
+            block = sp.csr_matrix(block)
+        indptr = np.asarray(block.indptr, dtype=np.int64)
+        lengths = np.diff(indptr)
+        row_of = np.repeat(np.arange(len(rows)), lengths)
+        values = normalize_values(np.asarray(block.data), row_of, self.totals[rows], self.kind)
+        indices = np.asarray(block.indices, dtype=np.int64)
+        if self.column_to_vocab is not None:
+            indices = self.column_to_vocab[indices]
+        keep = (indices >= 0) & (values != 0)
+        if not keep.all():
+            indices, values, row_of = indices[keep], values[keep], row_of[keep]
+            indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(row_of, minlength=len(rows)), out=indptr[1:])
+        return indices, values, indptr
+
+    def batch(self, rows: np.ndarray, max_genes: int | None = None, rng: np.random.Generator | None = None,
+              gene_dropout: float = 0.0) -> CellBatch:
+        """Build the mini-batch of ``rows``.
+
+        With ``rng`` (training), each view independently loses a fraction
+        ``gene_dropout`` of the expressed genes, and the teacher view keeps at
+        most ``max_genes`` genes per cell. Without ``rng`` both views are the full cell.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        student: dict[str, Ragged] = {}
+        teacher: dict[str, Ragged] = {}
+        ind, val, off = self.rna_rows(rows)
+        if rng is None:
+            student["rna"] = teacher["rna"] = Ragged.from_numpy(ind, val, off)
+        else:
+            student["rna"] = Ragged.from_numpy(*drop_entries(ind, val, off, gene_dropout, rng))
+            t_ind, t_val, t_off = drop_entries(ind, val, off, gene_dropout, rng)
+            if max_genes is not None:
+                t_ind, t_val, t_off = subsample_rows(t_ind, t_val, t_off, max_genes, rng)
+            teacher["rna"] = Ragged.from_numpy(t_ind, t_val, t_off)
+        if self.protein is not None:
+            prot = Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein[rows]))
+            student["protein"] = teacher["protein"] = prot
+        import torch
+
+        return CellBatch(student, teacher, torch.from_numpy(self.domains[rows].astype(np.int64)),
+                         torch.from_numpy(rows))

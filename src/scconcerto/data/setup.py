@@ -1,0 +1,234 @@
+"""The recorded data setup of a model (keys, vocabulary, preprocessing, categories) and
+how any AnnData is turned into :class:`~scconcerto.data.cells.CellMatrix` under it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._errors import InputError
+from .cells import CellMatrix
+from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
+from .vocabulary import DEFAULT_MIN_OVERLAP, GeneAlignment, GeneVocabulary
+
+DEFAULT_SOURCE = "all"
+UNLABELED = -1
+
+
+@dataclass(frozen=True)
+class DataSetup:
+    """What a model was built on; saved with it and re-checked on every dataset it sees."""
+
+    genes: list[str]
+    input_kind: InputKind
+    batch_key: str | None = None
+    label_keys: list[str] = field(default_factory=list)
+    protein_key: str | None = None
+    layer: str | None = None
+    hvg: int | None = None
+    sources: list[str] = field(default_factory=lambda: [DEFAULT_SOURCE])
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    proteins: list[str] = field(default_factory=list)
+    protein_norm: str = "clr"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSetup":
+        return cls(**d)
+
+    @property
+    def vocabulary(self) -> GeneVocabulary:
+        return GeneVocabulary(self.genes)
+
+    @property
+    def n_features(self) -> dict[str, int]:
+        out = {"rna": len(self.genes)}
+        if self.proteins:
+            out["protein"] = len(self.proteins)
+        return out
+
+
+def expression_matrix(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
+    """The cells x genes matrix of ``adata`` (``layer`` or ``X``) as CSR, without densifying."""
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputError(
+                f"Layer {layer!r} is not in the AnnData (layers: {list(adata.layers)}). "
+                "Pass an existing layer, or layer=None to use X.")
+        m = adata.layers[layer]
+    else:
+        m = adata.X
+    if m is None:
+        raise InputError("The AnnData has no X matrix; pass the counts layer with `layer=`.")
+    if hasattr(m, "to_memory") and not sp.issparse(m) and not isinstance(m, np.ndarray):
+        m = m.to_memory()
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    return csr_rows(m)
+
+
+def _obs_column(adata: ad.AnnData, key: str, what: str) -> pd.Series:
+    if key not in adata.obs:
+        raise InputError(f"The {what} key {key!r} is not a column of `adata.obs` (columns: "
+                         f"{list(adata.obs.columns)[:20]}). Pass an existing column or None.")
+    return adata.obs[key]
+
+
+def protein_matrix(adata: ad.AnnData, protein_key: str) -> tuple[np.ndarray, list[str]]:
+    """Raw protein values (cells x proteins, float32) and their names."""
+    if protein_key not in adata.obsm:
+        raise InputError(f"The protein key {protein_key!r} is not in `adata.obsm` (keys: {list(adata.obsm)}). "
+                         "Pass the obsm key holding the antibody counts, or protein_key=None.")
+    p = adata.obsm[protein_key]
+    if isinstance(p, pd.DataFrame):
+        names, values = [str(c) for c in p.columns], p.to_numpy()
+    else:
+        values = p.toarray() if sp.issparse(p) else np.asarray(p)
+        names = [str(n) for n in adata.uns.get("protein_names", [f"protein_{i}" for i in range(values.shape[1])])]
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2 or len(names) != values.shape[1]:
+        raise InputError(f"`obsm[{protein_key!r}]` has shape {values.shape} but {len(names)} protein names; "
+                         "`uns['protein_names']` must list one name per column.")
+    check_values(values.ravel(), f"obsm[{protein_key!r}]")
+    return values, names
+
+
+def normalize_protein(values: np.ndarray, method: str) -> np.ndarray:
+    """Per-cell protein normalization: ``clr`` (Seurat-style, margin 1) or ``log1p`` of CP10K."""
+    if method == "clr":
+        geo = np.exp(np.log1p(values).mean(axis=1, keepdims=True))
+        return np.log1p(values / np.maximum(geo, 1e-12)).astype(np.float32)
+    if method == "log1p":
+        totals = np.maximum(values.sum(axis=1, keepdims=True), 1e-12)
+        return np.log1p(values / totals * 1e4).astype(np.float32)
+    raise InputError(f"Unknown protein normalization {method!r}; use 'clr' or 'log1p'.")
+
+
+def _select_hvg(matrix: sp.csr_matrix, kind: InputKind, n_top: int, var_names: pd.Index,
+                batches: pd.Series | None) -> list[str]:
+    import scanpy as sc
+
+    totals = cell_totals(matrix)
+    row_of = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    lognorm = sp.csr_matrix((normalize_values(matrix.data, row_of, totals, kind), matrix.indices, matrix.indptr),
+                            shape=matrix.shape)
+    tmp = ad.AnnData(lognorm, var=pd.DataFrame(index=var_names.astype(str)))
+    if batches is not None:
+        tmp.obs["batch"] = pd.Categorical(batches.astype(str).to_numpy())
+    n_top = min(n_top, matrix.shape[1])
+    sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat",
+                                batch_key="batch" if batches is not None and batches.nunique() > 1 else None)
+    return [g for g, keep in zip(tmp.var_names, tmp.var["highly_variable"].to_numpy()) if keep]
+
+
+def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
+                    protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
+                    protein_norm: str = "clr") -> DataSetup:
+    """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories)."""
+    matrix = expression_matrix(adata, layer)
+    kind = detect_input_kind(matrix.data, where=f"layers[{layer!r}]" if layer else "X")
+    names = pd.Index(adata.var_names.astype(str))
+    GeneVocabulary(names)  # validates uniqueness
+    if adata.obs_names.has_duplicates:
+        raise InputError("Cell names (`obs_names`) are not unique; run `adata.obs_names_make_unique()` first.")
+    sources = [DEFAULT_SOURCE]
+    batches = None
+    if batch_key is not None:
+        batches = _obs_column(adata, batch_key, "batch")
+        if batches.isna().any():
+            raise InputError(f"`obs[{batch_key!r}]` has {int(batches.isna().sum())} missing values; every cell "
+                             "needs a source. Fill them (e.g. with 'unknown') or drop those cells.")
+        counts = batches.astype(str).value_counts()
+        sources = sorted(counts.index.tolist())
+        small = counts[counts < 2]
+        if len(small):
+            raise InputError(f"Source(s) {small.index.tolist()} in `obs[{batch_key!r}]` have a single cell; "
+                             "source-aware batch normalization needs at least 2 cells per source. Merge them "
+                             "into another source or drop them.")
+    label_keys = [label_key] if isinstance(label_key, str) else list(label_key or [])
+    labels: dict[str, list[str]] = {}
+    for key in label_keys:
+        col = _obs_column(adata, key, "label")
+        labels[key] = sorted(col.dropna().astype(str).unique().tolist())
+        if not labels[key]:
+            raise InputError(f"`obs[{key!r}]` holds no labels (all missing).")
+    proteins: list[str] = []
+    if protein_key is not None:
+        _, proteins = protein_matrix(adata, protein_key)
+    genes = names.tolist()
+    if hvg is not None:
+        if hvg < 2:
+            raise InputError(f"hvg must be at least 2 genes, got {hvg}.")
+        genes = _select_hvg(matrix, kind, hvg, names, batches)
+    return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
+                     protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,
+                     proteins=proteins, protein_norm=protein_norm)
+
+
+@dataclass
+class PreparedCells:
+    """A dataset ready for the network, with what was learnt while preparing it."""
+
+    cells: CellMatrix
+    alignment: GeneAlignment
+    source_names: list[str]
+    unseen_sources: list[str]
+    input_kind: InputKind
+
+
+def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__setup__",
+                  batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                  use_protein: bool = True, what: str = "the data") -> PreparedCells:
+    """Turn ``adata`` into a :class:`CellMatrix` in the model's space.
+
+    Genes are aligned by name; sources named like a reference source use its
+    statistics, other sources get new ids (listed in ``unseen_sources``) for AdaBN.
+    Proteins are used if the data has the model's protein key.
+    """
+    if layer == "__setup__":  # the reference's layer if this data has it, else X
+        layer = setup.layer if setup.layer in adata.layers else None
+    batch_key = setup.batch_key if batch_key == "__setup__" else batch_key
+    matrix = expression_matrix(adata, layer)
+    kind = detect_input_kind(matrix.data, where=f"layers[{layer!r}]" if layer else "X")
+    alignment = setup.vocabulary.align(adata.var_names, min_overlap=min_overlap, what=what)
+    totals = cell_totals(matrix)
+    if batch_key is not None and batch_key in adata.obs:
+        names = adata.obs[batch_key].astype(str).fillna("nan").to_numpy()
+    else:
+        names = np.full(adata.n_obs, DEFAULT_SOURCE if setup.sources == [DEFAULT_SOURCE] and batch_key is None
+                        else "query", dtype=object)
+    known = {s: i for i, s in enumerate(setup.sources)}
+    uniq = pd.unique(names)
+    unseen = [str(s) for s in uniq if s not in known]
+    code_of = dict(known)
+    for j, s in enumerate(unseen):
+        code_of[s] = len(setup.sources) + j
+    domains = pd.Series(names).map(code_of).to_numpy(dtype=np.int64)
+    protein = None
+    if use_protein and setup.proteins and setup.protein_key is not None and setup.protein_key in adata.obsm:
+        raw, pnames = protein_matrix(adata, setup.protein_key)
+        pos = pd.Index(pnames).get_indexer(setup.proteins)
+        if (pos < 0).any():
+            missing = [p for p, i in zip(setup.proteins, pos) if i < 0]
+            raise InputError(f"{what} lacks proteins {missing[:10]} of the model's panel; give the same antibody "
+                             "names in `uns['protein_names']`, or drop the protein key to embed RNA only.")
+        protein = normalize_protein(raw[:, pos], setup.protein_norm)
+    col = None if alignment.is_identity else alignment.column_to_vocab
+    cells = CellMatrix(matrix, col, totals, kind, domains, protein)
+    return PreparedCells(cells, alignment, [str(s) for s in uniq], unseen, kind)
+
+
+def label_codes(adata: ad.AnnData, setup: DataSetup) -> dict[str, np.ndarray]:
+    """Integer codes of each saved label key (``-1`` = missing)."""
+    out = {}
+    for key, cats in setup.labels.items():
+        col = adata.obs[key]
+        codes = pd.Categorical(col.astype(object).where(col.notna(), None), categories=cats).codes
+        out[key] = np.asarray(codes, dtype=np.int64)
+    return out

@@ -1,0 +1,228 @@
+"""The user-facing Concerto model: set up on a reference AnnData, train, embed, save, load."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import torch
+
+from .. import __version__
+from .._errors import InputError, ModelFileError
+from ..data import DataSetup, label_codes, prepare_cells, setup_reference
+from ..data.setup import PreparedCells, protein_matrix, normalize_protein
+from ..data.vocabulary import DEFAULT_MIN_OVERLAP
+from ..nn import ConcertoNetwork
+from ..train import TrainConfig, embed_cells, fit
+from .storage import ReferenceStore, read_model_dir, save_model_dir
+
+log = logging.getLogger("scconcerto")
+
+EMBEDDING_KEY = "X_concerto"
+
+
+def default_epochs(n_cells: int) -> int:
+    """Epochs for about 60k cell visits, between 3 and 100 (small references need more passes)."""
+    return int(min(100, max(3, math.ceil(60_000 / max(n_cells, 1)))))
+
+
+class Concerto:
+    """Contrastive teacher-student embedding of single cells (Yang et al., 2022).
+
+    Parameters
+    ----------
+    adata
+        Reference cells: raw counts (or log-normalized values) in ``X`` or ``layer``.
+    batch_key
+        ``obs`` column of the source of each cell (domain-specific BN per source).
+    label_key
+        ``obs`` column(s) of labels stored for later transfer (training is self-supervised).
+    protein_key
+        ``obsm`` key of protein counts (names in ``uns['protein_names']``) for RNA + protein.
+    layer
+        Layer holding the values (``None``: ``X``).
+    hvg
+        Number of highly variable genes chosen on this reference; ``None``: all genes.
+    dim, out_dim
+        Hidden and embedding widths.
+    dropout
+        Dropout rate before the output layers (the augmentation that makes the views).
+    protein_norm
+        ``"clr"`` or ``"log1p"``.
+    seed
+        Seed of the initial weights (and default training seed).
+
+    Examples
+    --------
+    >>> model = Concerto(adata, batch_key="batch", label_key="cell_type")  # doctest: +SKIP
+    >>> model.train()  # doctest: +SKIP
+    >>> adata.obsm["X_concerto"] = model.embed(adata)  # doctest: +SKIP
+    """
+
+    _network_cls = ConcertoNetwork
+
+    def __init__(self, adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
+                 protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
+                 dim: int = 128, out_dim: int = 128, dropout: float = 0.3, protein_norm: str = "clr",
+                 seed: int = 0):
+        if not isinstance(adata, ad.AnnData):
+            raise InputError(f"Concerto needs an AnnData, got {type(adata).__name__}. Read files with "
+                             "`scconcerto.read` or `anndata.read_h5ad`.")
+        setup = setup_reference(adata, batch_key=batch_key, label_key=label_key, protein_key=protein_key,
+                                layer=layer, hvg=hvg, protein_norm=protein_norm)
+        self._init(setup, {"dim": dim, "out_dim": out_dim, "dropout": dropout}, seed)
+        self.adata = adata
+
+    def _init(self, setup: DataSetup, net_args: dict, seed: int) -> None:
+        self.setup = setup
+        self.network_args = dict(net_args)
+        self.seed = seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.network = self._network_cls(setup.n_features, len(setup.sources), **net_args)
+        self.train_config: TrainConfig | None = None
+        self.history: list[dict] = []
+        self.reference: ReferenceStore | None = None
+        self.adata: ad.AnnData | None = None
+        self.extra_config: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ training
+    @property
+    def is_trained(self) -> bool:
+        return self.train_config is not None
+
+    def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
+              max_genes: int | None = 512, gene_dropout: float = 0.4, seed: int | None = None, device: str = "auto", progress: bool = True,
+              checkpoint_dir: str | Path | None = None, resume: bool = False, **kwargs: Any) -> "Concerto":
+        """Contrastive pre-training on the reference, then embed and store it for mapping.
+
+        Parameters
+        ----------
+        epochs
+            Passes over the reference; ``None`` picks by size (see :func:`default_epochs`).
+        batch_size
+            Cells per (single-source) mini-batch.
+        lr
+            Initial Adam learning rate (linear decay to 1 %).
+        max_genes
+            At most this many expressed genes per cell in the teacher's training view.
+        gene_dropout
+            Fraction of expressed genes dropped in each training view (augmentation).
+        seed
+            Training seed (default: the model's seed).
+        device
+            ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        progress
+            Show a progress bar.
+        checkpoint_dir
+            Write ``last.ckpt`` there every epoch; with ``resume=True`` continue from it.
+        **kwargs
+            Other :class:`~scconcerto.train.TrainConfig` fields (``temperature``, ``devices``, ``strategy``...).
+        """
+        if self.adata is None:
+            raise InputError("This model has no reference AnnData attached (it was loaded); it is already trained.")
+        prepared = self._prepare(self.adata, what="the reference")
+        config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
+                             max_genes=max_genes, gene_dropout=gene_dropout, seed=self.seed if seed is None else seed, device=device,
+                             progress=progress, **kwargs)
+        if batch_size < 2:
+            raise InputError(f"batch_size must be at least 2 (contrastive negatives, batch norm), got {batch_size}.")
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume)
+        self.train_config = config
+        self.history = history
+        self.extra_config["train_seconds"] = time.perf_counter() - start
+        self._store_reference(prepared)
+        return self
+
+    def _store_reference(self, prepared: PreparedCells) -> None:
+        emb = embed_cells(self.network, prepared.cells, device=self.train_config.device)
+        labels = label_codes(self.adata, self.setup)
+        self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
+                                        protein=prepared.cells.protein)
+
+    # ------------------------------------------------------------------ inference
+    def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                 what: str = "the data", use_protein: bool = True) -> PreparedCells:
+        if not isinstance(adata, ad.AnnData):
+            raise InputError(f"Expected an AnnData, got {type(adata).__name__}.")
+        return prepare_cells(adata, self.setup, batch_key=batch_key, min_overlap=min_overlap, what=what,
+                             use_protein=use_protein)
+
+    def embed(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
+              device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP, use_protein: bool = True) -> np.ndarray:
+        """Embed cells with the teacher (eval mode, L2-normalized): ``(n_cells, out_dim)`` float32.
+
+        Genes are aligned by name to the model's vocabulary. Cells of a source
+        seen in training use its BN statistics; cells of other sources (or all
+        cells, when ``adata`` lacks ``batch_key``) get AdaBN statistics estimated
+        on themselves, per source. The model itself is not changed.
+        """
+        prepared = self._prepare(adata, batch_key, min_overlap, what="the data", use_protein=use_protein)
+        adapt = sorted(set(prepared.cells.domains[prepared.cells.domains >= len(self.setup.sources)].tolist()))
+        self.last_alignment = prepared.alignment
+        return embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device,
+                           adapt_domains=adapt or None)
+
+    # ------------------------------------------------------------------ persistence
+    def _config_dict(self) -> dict:
+        return {"scconcerto_version": __version__, "seed": self.seed, "setup": self.setup.to_dict(),
+                "network": {**self.network_args, "n_features": self.setup.n_features,
+                            "n_domains": len(self.setup.sources)},
+                "train": self.train_config.to_dict() if self.train_config else None,
+                "history": self.history, "extra": self.extra_config}
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save to a directory (safetensors + JSON with a format version); atomic."""
+        if not self.is_trained:
+            raise InputError("The model is not trained yet: call `model.train()` before saving.")
+        return save_model_dir(path, self._config_dict(), self.network.state_dict(), self.reference, overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Concerto":
+        """Load a model directory written by :meth:`save` (verifies version, checksums, every parameter)."""
+        config, weights, reference = read_model_dir(path)
+        try:
+            setup = DataSetup.from_dict(config["setup"])
+            net = dict(config["network"])
+            n_features, n_domains = net.pop("n_features"), net.pop("n_domains")
+            if n_features != setup.n_features or n_domains != len(setup.sources):
+                raise ModelFileError("the network sizes in config.json disagree with the recorded setup")
+            model = cls.__new__(cls)
+            model._init(setup, net, int(config.get("seed", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"config.json of {str(path)!r} is incomplete or invalid ({exc}).") from exc
+        expected = model.network.state_dict()
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        if missing or unexpected:
+            raise ModelFileError(f"The weights of {str(path)!r} do not match the network: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}. The file is damaged or from another model.")
+        bad = [k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
+        if bad:
+            raise ModelFileError(f"Weights {bad[:5]} of {str(path)!r} have shapes that disagree with config.json.")
+        model.network.load_state_dict(weights, strict=True)
+        if reference is not None:
+            n = reference.embedding.shape[0]
+            ok = reference.embedding.ndim == 2 and reference.embedding.shape[1] == net.get("out_dim", 128) \
+                and reference.domains.shape == (n,) and all(v.shape == (n,) for v in reference.labels.values())
+            if not ok:
+                raise ModelFileError(f"The reference arrays of {str(path)!r} have inconsistent shapes.")
+        model.reference = reference
+        model.train_config = TrainConfig(**config["train"]) if config.get("train") else None
+        model.history = list(config.get("history", []))
+        model.extra_config = dict(config.get("extra", {}))
+        return model
+
+    def __repr__(self) -> str:
+        s = self.setup
+        return (f"Concerto({len(s.genes)} genes{f', {len(s.proteins)} proteins' if s.proteins else ''}, "
+                f"{len(s.sources)} sources, labels {list(s.labels)}, trained={self.is_trained})")

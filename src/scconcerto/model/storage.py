@@ -1,0 +1,133 @@
+"""The model directory format: JSON config + safetensors tensors, versioned, checksummed, pickle-free.
+
+Layout of a model directory::
+
+    config.json              format, format_version, setup, network, training, history, files, checksums
+    weights.safetensors      every network parameter and buffer, by its stable module path
+    reference.safetensors    reference embedding, source codes, label codes, proteins
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from .._errors import ModelFileError
+from .._io import write_atomic_dir
+
+FORMAT = "scconcerto-model"
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+REFERENCE = "reference.safetensors"
+
+
+@dataclass
+class ReferenceStore:
+    """What mapping needs of the reference cells: embedding, sources, labels, proteins, extras."""
+
+    embedding: np.ndarray
+    domains: np.ndarray
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    protein: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        out = {"embedding": np.ascontiguousarray(self.embedding, np.float32),
+               "domains": np.ascontiguousarray(self.domains, np.int64)}
+        out.update({f"labels.{k}": np.ascontiguousarray(v, np.int64) for k, v in self.labels.items()})
+        if self.protein is not None:
+            out["protein"] = np.ascontiguousarray(self.protein, np.float32)
+        out.update({f"extra.{k}": np.ascontiguousarray(v) for k, v in self.extra.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray]) -> "ReferenceStore":
+        return cls(embedding=t["embedding"], domains=t["domains"],
+                   labels={k[7:]: v for k, v in t.items() if k.startswith("labels.")},
+                   protein=t.get("protein"),
+                   extra={k[6:]: v for k, v in t.items() if k.startswith("extra.")})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model_dir(path: str | Path, config: dict, state: dict[str, torch.Tensor],
+                   reference: ReferenceStore | None, overwrite: bool = False) -> Path:
+    """Write a model directory atomically (a failure leaves an existing one intact)."""
+
+    def write(tmp: Path) -> None:
+        save_torch({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
+        files = {"weights": WEIGHTS}
+        if reference is not None:
+            save_numpy(reference.to_tensors(), str(tmp / REFERENCE))
+            files["reference"] = REFERENCE
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "files": files,
+                "checksums": {name: _sha256(tmp / name) for name in files.values()}}
+        (tmp / CONFIG).write_text(json.dumps(full, indent=1))
+
+    return write_atomic_dir(path, write, overwrite)
+
+
+def _inside(directory: Path, name: str) -> Path:
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ModelFileError(f"The model's config names the file {name!r}, which is not a plain file name inside "
+                             "the model directory; the directory may have been tampered with.")
+    return directory / name
+
+
+def read_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], ReferenceStore | None]:
+    """Read and verify a model directory: format, version, files, checksums (no pickle anywhere)."""
+    directory = Path(path)
+    cfg_path = directory / CONFIG
+    if not directory.is_dir():
+        raise ModelFileError(f"{str(directory)!r} is not a model directory (it does not exist or is a file). "
+                             "Pass the folder written by `Concerto.save` / `scconcerto train --out`.")
+    if not cfg_path.exists():
+        raise ModelFileError(f"{str(directory)!r} has no {CONFIG}: it is not a scConcerto model directory, or the "
+                             "save was interrupted. Train and save the model again.")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{cfg_path} is not valid JSON ({exc}); the model directory is corrupt.") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelFileError(f"{cfg_path} is not a scConcerto model config (format {config.get('format')!r}).")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{cfg_path} has no valid format_version ({version!r}).")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"The model was saved in format version {version}, newer than this scConcerto reads "
+                             f"({FORMAT_VERSION}). Upgrade scConcerto (`pip install -U scconcerto`).")
+    files = config.get("files", {})
+    checksums = config.get("checksums", {})
+    loaded: dict[str, dict] = {}
+    for role in ("weights", "reference"):
+        if role not in files:
+            if role == "weights":
+                raise ModelFileError(f"{cfg_path} lists no weights file.")
+            continue
+        f = _inside(directory, files[role])
+        if not f.exists():
+            raise ModelFileError(f"The model directory lacks {f.name} ({role}); it is incomplete. Save it again.")
+        if checksums.get(f.name) != _sha256(f):
+            raise ModelFileError(f"{f.name} does not match the checksum recorded in {CONFIG}: the file was changed "
+                                 "or damaged after saving. Restore it from the original model directory.")
+        try:
+            loaded[role] = load_torch(str(f)) if role == "weights" else load_numpy(str(f))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelFileError(f"{f.name} is not a valid safetensors file ({exc}).") from exc
+    ref = ReferenceStore.from_tensors(loaded["reference"]) if "reference" in loaded else None
+    return config, loaded["weights"], ref
