@@ -20,6 +20,9 @@ from ..data.setup import PreparedCells, protein_matrix, normalize_protein
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
 from ..train import TrainConfig, embed_cells, fit
+from ._annotation import AnnotationMixin
+from ._attention import AttentionMixin
+from ._mapping import MappingMixin
 from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
@@ -32,7 +35,7 @@ def default_epochs(n_cells: int) -> int:
     return int(min(100, max(3, math.ceil(60_000 / max(n_cells, 1)))))
 
 
-class Concerto:
+class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     """Contrastive teacher-student embedding of single cells (Yang et al., 2022).
 
     Parameters

@@ -5,13 +5,65 @@ The teacher computes, for each expressed gene ``i`` of a cell with value ``v_i``
 expressed genes only, and ``sum_i a_i h_i``. Because ``W`` is linear,
 ``W (e_i v_i) = v_i (W e_i)``: the gene table is projected once per step
 (``projected = E W^T``) and each expressed gene costs a gather and a scale.
+
+Two implementations compute the same thing:
+
+``fused`` (CPU, float32; the default there)
+    numba kernels that walk each cell once and never materialize ``(nnz, d)``
+    intermediates (:mod:`scconcerto.nn.fused_attention`).
+``torch``
+    plain tensor operations on the flat layout (any device and dtype; the path
+    for GPUs, where it runs under bf16 autocast too). ``compiled`` is the same
+    function through ``torch.compile``.
+
+``auto`` picks ``fused`` for CPU float32 tensors and ``torch`` otherwise. Choose
+with :func:`set_attention_backend`, the :func:`attention_backend` context
+manager, or the ``SCCONCERTO_ATTENTION`` environment variable.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 
 from .._ragged import Ragged
+from . import fused_attention
+
+AttentionBackend = Literal["auto", "fused", "torch", "compiled"]
+_BACKENDS = ("auto", "fused", "torch", "compiled")
+_backend: str = os.environ.get("SCCONCERTO_ATTENTION", "auto")
+_compiled: Callable | None = None
+
+
+def set_attention_backend(name: AttentionBackend) -> str:
+    """Select the attention implementation for this process; returns the previous choice."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; use one of {_BACKENDS}")
+    if name == "fused" and not fused_attention.is_available():
+        raise ValueError("the 'fused' attention backend needs numba, which is not installed")
+    previous, _backend = _backend, name
+    return previous
+
+
+def get_attention_backend() -> str:
+    """The current choice (``auto``, ``fused``, ``torch`` or ``compiled``)."""
+    return _backend
+
+
+@contextmanager
+def attention_backend(name: AttentionBackend) -> Iterator[None]:
+    """Use attention implementation ``name`` inside a ``with`` block."""
+    previous = set_attention_backend(name)
+    try:
+        yield
+    finally:
+        set_attention_backend(previous)  # type: ignore[arg-type]
 
 
 def segment_softmax(logits: torch.Tensor, segments: torch.Tensor, n_segments: int) -> torch.Tensor:
@@ -24,6 +76,38 @@ def segment_softmax(logits: torch.Tensor, segments: torch.Tensor, n_segments: in
     shifted = torch.exp(logits - seg_max[segments])
     denom = torch.zeros(n_segments, dtype=logits.dtype, device=logits.device).index_add(0, segments, shifted)
     return shifted / denom[segments]
+
+
+def attention_pool_torch(projected: torch.Tensor, bias: torch.Tensor, context: torch.Tensor, indices: torch.Tensor,
+                         values: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference implementation in plain torch on the flat layout (any device or dtype).
+
+    ``F.embedding`` gathers the projected rows: its backward is a sorted
+    segment-sum, cheaper than the ``index_put_`` behind fancy indexing.
+    """
+    n_rows = offsets.shape[0] - 1
+    segments = torch.repeat_interleave(torch.arange(n_rows, device=offsets.device), offsets[1:] - offsets[:-1],
+                                       output_size=indices.shape[0])
+    gathered = F.embedding(indices, projected)
+    h = torch.tanh(torch.addcmul(bias.to(gathered.dtype), gathered, values.to(gathered.dtype).unsqueeze(1)))
+    weights = segment_softmax(h @ context.to(h.dtype), segments, n_rows)
+    hidden = torch.zeros(n_rows, h.shape[1], dtype=h.dtype, device=h.device)
+    hidden = hidden.index_add(0, segments, h * weights.unsqueeze(1))
+    return hidden, weights
+
+
+def _compiled_pool() -> Callable:
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(attention_pool_torch, dynamic=True)
+    return _compiled
+
+
+def _use_fused(projected: torch.Tensor, values: torch.Tensor) -> bool:
+    if _backend == "fused":
+        return True
+    return (_backend == "auto" and fused_attention.is_available() and projected.device.type == "cpu"
+            and projected.dtype == torch.float32 and values.dtype == torch.float32)
 
 
 def attention_pool(projected: torch.Tensor, bias: torch.Tensor, context: torch.Tensor,
@@ -48,9 +132,10 @@ def attention_pool(projected: torch.Tensor, bias: torch.Tensor, context: torch.T
     weights
         ``(nnz,)`` attention weights, summing to one within each cell.
     """
-    segments = cells.segment_ids()
-    h = torch.tanh(torch.addcmul(bias, projected[cells.indices], cells.values.unsqueeze(1)))
-    weights = segment_softmax(h @ context, segments, cells.n_rows)
-    hidden = torch.zeros(cells.n_rows, h.shape[1], dtype=h.dtype, device=h.device)
-    hidden = hidden.index_add(0, segments, h * weights.unsqueeze(1))
-    return hidden, weights
+    args = (projected, bias, context, cells.indices, cells.values, cells.offsets)
+    if _use_fused(projected, cells.values):
+        f32 = [t.float() if t.is_floating_point() else t for t in args]
+        return fused_attention.fused_attention_pool(*f32)
+    if _backend == "compiled":
+        return _compiled_pool()(*args)
+    return attention_pool_torch(*args)

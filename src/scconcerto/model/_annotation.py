@@ -1,0 +1,477 @@
+"""Supervised classifier fine-tuning, domain adaptation and rejection of unknown cell types.
+
+The classifier is the teacher of Concerto (a copy of the pre-trained teacher,
+or a freshly initialised one for the end-to-end ablation) with a dense +
+softmax head, fine-tuned with cross-entropy. With an unlabeled ``target`` it is
+fine-tuned with a consistency loss on the target as well (domain adaptation,
+the target in its own batch-norm domains). A stratified held-out part of the
+labeled cells calibrates the confidence (temperature scaling) and sets the
+threshold below which a cell is called unknown.
+
+The model's own network (and its reference embedding for mapping) is never
+changed by fine-tuning: the classifier is a separate module, ``model.classifier``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from .._errors import InputError, ModelFileError
+from ..data.setup import DEFAULT_SOURCE
+from ..data.vocabulary import DEFAULT_MIN_OVERLAP
+from ..nn.heads import TeacherClassifier
+from ..tools.calibration import (expected_calibration_error, fit_temperature, max_softmax, rejection_threshold,
+                                 scaled_probabilities)
+from ..train.classifier import ClassifierConfig, classifier_logits, fit_classifier_network
+
+log = logging.getLogger("scconcerto")
+
+ANNOTATION_CONFIG = "annotation"
+UNKNOWN_LABEL = "unknown"
+TARGET_SOURCE = "target"
+QUERY_SOURCE = "query"
+
+
+def default_classifier_epochs(n_cells: int) -> int:
+    """Fine-tuning epochs for about 20k labeled-cell visits, between 10 and 60."""
+    return int(min(60, max(10, -(-20_000 // max(n_cells, 1)))))
+
+
+def stratified_holdout(codes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a held-out part of each class (about ``fraction`` of it; a class keeps at least one training cell).
+
+    Cells with code ``-1`` are never held out. Vectorized: a random rank within each class.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(codes.size, dtype=bool)
+    labeled = np.flatnonzero(codes >= 0)
+    if fraction <= 0 or labeled.size == 0:
+        return held
+    c = codes[labeled]
+    order = np.lexsort((rng.random(c.size), c))
+    counts = np.bincount(c)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(c.size) - starts[c[order]]
+    n_held = np.minimum(np.floor(counts * fraction + 0.5).astype(np.int64), np.maximum(counts - 1, 0))
+    held[labeled[order[rank < n_held[c[order]]]]] = True
+    return held
+
+
+@dataclass(frozen=True)
+class AnnotationPrediction:
+    """Classifier output for each cell of a dataset.
+
+    Attributes
+    ----------
+    label_key
+        The label the classifier predicts.
+    classes
+        Class names (columns of ``probabilities``).
+    labels
+        Predicted class name per cell (``"unknown"`` where rejected, when rejection was asked for).
+    probabilities
+        ``(n_cells, n_classes)`` calibrated class probabilities (rows sum to one).
+    confidence
+        Calibrated top probability per cell (0-1).
+    unknown
+        Confidence below the model's unknown threshold.
+    gene_overlap
+        Gene alignment summary of the dataset against the model's genes.
+    """
+
+    label_key: str
+    classes: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    confidence: np.ndarray
+    unknown: np.ndarray
+    gene_overlap: dict
+
+
+def _source_names(adata: ad.AnnData, batch_key: str | None, setup_batch_key: str | None, sources: list[str],
+                  default: str) -> np.ndarray:
+    """Source name of every cell: the ``batch_key`` column, else one source.
+
+    ``batch_key="__setup__"`` means the model's batch key; a model built
+    without one puts column-less data in its single source, as
+    :meth:`Concerto.embed` does. Otherwise column-less cells are one source ``default``.
+    """
+    key = setup_batch_key if batch_key == "__setup__" else batch_key
+    if key is not None and key in adata.obs:
+        col = adata.obs[key]
+        if col.isna().any():
+            raise InputError(f"`obs[{key!r}]` has {int(col.isna().sum())} missing values; every cell needs a source. "
+                             "Fill them (e.g. with 'unknown') or drop those cells.")
+        return col.astype(str).to_numpy(dtype=object)
+    if key is not None and batch_key != "__setup__":
+        raise InputError(f"`obs[{key!r}]` (the batch key given) is not in the data; its obs columns are "
+                         f"{list(adata.obs.columns)[:20]}. Pass an existing column, or batch_key=None.")
+    name = DEFAULT_SOURCE if (batch_key == "__setup__" and sources == [DEFAULT_SOURCE]) else default
+    return np.full(adata.n_obs, name, dtype=object)
+
+
+def _domain_codes(names: np.ndarray, domains: list[str], grow: bool) -> np.ndarray:
+    """Batch-norm domain of each cell by its source name.
+
+    ``domains`` lists the classifier's domain names in slot order; where a name
+    appears twice (a target source named like a labeled one) the later slot,
+    the target's, is used. Unknown names get codes after the known slots; with
+    ``grow`` they are appended to ``domains``.
+    """
+    lookup = {n: i for i, n in enumerate(domains)}
+    uniq, inverse = np.unique(names.astype(str), return_inverse=True)
+    new = [u for u in uniq.tolist() if u not in lookup]
+    for j, u in enumerate(new):
+        lookup[u] = len(domains) + j
+    if grow:
+        domains.extend(new)
+    return np.asarray([lookup[u] for u in uniq.tolist()], dtype=np.int64)[inverse.ravel()]
+
+
+def _label_column(adata: ad.AnnData, label_key: str) -> pd.Series:
+    if label_key not in adata.obs:
+        raise InputError(f"The label column `obs[{label_key!r}]` is not in the data; its obs columns are "
+                         f"{list(adata.obs.columns)[:20]}. Pass the column of cell-type labels as label_key.")
+    col = adata.obs[label_key]
+    return col.astype(object).where(col.notna(), None)
+
+
+class AnnotationMixin:
+    """Supervised classifier fine-tuning, domain adaptation and rejection. Mixed into :class:`~scconcerto.model.Concerto`."""
+
+    classifier: TeacherClassifier | None = None
+
+    # ------------------------------------------------------------------ training
+    def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
+                       target: ad.AnnData | None = None, pretrain: bool = True, class_balanced: bool = False,
+                       epochs: int | None = None, batch_size: int = 128, lr: float = 1e-3,
+                       consistency_weight: float = 1.0, sharpen_temperature: float = 0.5,
+                       validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
+                       head_dropout: float = 0.0, batch_key: str | None = "__setup__",
+                       target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                       pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
+                       progress: bool = True, **kwargs: Any) -> "AnnotationMixin":
+        """Fine-tune a cell-type classifier on the teacher; calibrate it and set the unknown threshold.
+
+        Parameters
+        ----------
+        adata
+            Labeled cells (default: the reference the model was built on). Genes are aligned by name.
+        label_key
+            ``obs`` column of the cell types (default: the model's only label key). Missing labels are not used.
+        target
+            Unlabeled cells to adapt to (inter-dataset mode): a consistency loss on them is added, and
+            their sources get their own batch-norm statistics.
+        pretrain
+            Start from the contrastively pre-trained teacher (pre-training the model first if it is not
+            trained yet). ``False``: end-to-end training from a fresh initialisation (the paper's ablation).
+        class_balanced
+            Weight the cross-entropy by inverse class frequency.
+        epochs
+            Fine-tuning epochs (default: by the number of labeled cells, see :func:`default_classifier_epochs`).
+        batch_size, lr
+            Mini-batch size and initial Adam learning rate.
+        consistency_weight, sharpen_temperature
+            Weight of the target consistency loss and sharpening temperature of its soft targets.
+        validation_fraction
+            Stratified fraction of labeled cells held out of training to calibrate the confidence
+            (temperature scaling) and choose the unknown threshold (0: no calibration, no rejection).
+        false_rejection_rate
+            Fraction of held-out (seen-type) cells allowed below the unknown threshold.
+        head_dropout
+            Dropout before the classifier head.
+        batch_key, target_batch_key
+            ``obs`` columns of the sources of ``adata`` and ``target`` (default: the model's batch key).
+            Target cells without the column form one source named ``"target"``.
+        min_overlap
+            Smallest fraction of the model's genes the data must have.
+        pretrain_epochs
+            Epochs of the contrastive pre-training, when it has to run.
+        seed
+            Seed (default: the model's).
+        device, progress
+            ``"auto"``, ``"cpu"`` or ``"cuda"``; show progress bars.
+        **kwargs
+            Other :class:`~scconcerto.train.classifier.ClassifierConfig` fields (``label_smoothing``,
+            ``max_genes``, ``gene_dropout``, ``weight_decay``, ``consistency_min_confidence``...).
+
+        Returns
+        -------
+        The model, with ``model.classifier`` set and its settings and calibration in
+        ``model.extra_config["annotation"]`` (see :attr:`annotation_summary`).
+        """
+        seed = self.seed if seed is None else seed
+        data = self.adata if adata is None else adata
+        if data is None:
+            raise InputError("No labeled data: this model has no reference attached (it was loaded); pass `adata=`.")
+        if not isinstance(data, ad.AnnData):
+            raise InputError(f"Expected an AnnData of labeled cells, got {type(data).__name__}.")
+        label_key = self._resolve_label_key(label_key)
+        labels = _label_column(data, label_key)
+        classes = sorted(pd.unique(labels.dropna().astype(str)).tolist())
+        if len(classes) < 2:
+            raise InputError(f"`obs[{label_key!r}]` holds {len(classes)} cell type(s); a classifier needs at least two.")
+        codes = np.asarray(pd.Categorical(labels, categories=classes).codes, dtype=np.int64)
+        if not 0.0 <= validation_fraction < 1.0:
+            raise InputError(f"validation_fraction must lie in [0, 1), got {validation_fraction}.")
+        if batch_size < 2:
+            raise InputError(f"batch_size must be at least 2 (batch normalization), got {batch_size}.")
+        if pretrain and not self.is_trained:
+            self.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
+
+        domains = list(self.setup.sources)
+        source = self._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data")
+        source.cells.domains = _domain_codes(
+            _source_names(data, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE), domains, grow=True)
+        target_cells, target_names = None, []
+        if target is not None:
+            prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target")
+            names = _source_names(target, target_batch_key, self.setup.batch_key, [], TARGET_SOURCE)
+            target_names = sorted(pd.unique(names).tolist())
+            clash = sorted(set(target_names) & set(domains))
+            if clash:
+                log.warning("Target source(s) %s have the names of labeled sources; they get their own batch-norm "
+                            "statistics, and at prediction cells of these sources use the target's.", clash)
+            prepared.cells.domains = len(domains) + np.searchsorted(target_names, names).astype(np.int64)
+            domains = domains + target_names
+            target_cells = prepared.cells
+
+        held = stratified_holdout(codes, validation_fraction, seed)
+        train_rows = np.flatnonzero((codes >= 0) & ~held)
+        config = ClassifierConfig(epochs=epochs or default_classifier_epochs(train_rows.size), batch_size=batch_size,
+                                  lr=lr, class_balanced=class_balanced, consistency_weight=consistency_weight,
+                                  sharpen_temperature=sharpen_temperature, seed=seed, device=device,
+                                  progress=progress, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            classifier = self._new_classifier(len(classes), pretrain, head_dropout)
+            if len(domains) > classifier.n_domains:
+                classifier.tail.norm.add_domains(len(domains) - classifier.n_domains)
+            start = time.perf_counter()
+            history = fit_classifier_network(classifier, source.cells, train_rows, np.where(held, -1, codes),
+                                             config, target_cells)
+        seconds = time.perf_counter() - start
+        classifier.eval()
+        calibration = self._calibrate(classifier, source.cells, np.flatnonzero(held), codes, false_rejection_rate,
+                                      device)
+        self.classifier = classifier
+        self.extra_config[ANNOTATION_CONFIG] = {
+            "label_key": label_key, "classes": classes, "pretrained": bool(pretrain),
+            "architecture": classifier.architecture(), "domains": domains, "target_sources": target_names,
+            "config": config.to_dict(), "n_train": int(train_rows.size), "n_validation": int(held.sum()),
+            "n_target": int(target_cells.n_cells) if target_cells is not None else 0,
+            "gene_overlap": source.alignment.summary(), "history": history, "train_seconds": seconds,
+            **calibration}
+        return self
+
+    def _resolve_label_key(self, label_key: str | None) -> str:
+        if label_key is not None:
+            return label_key
+        keys = list(self.setup.label_keys)
+        if len(keys) != 1:
+            raise InputError(f"Pass label_key: the model has {len(keys)} label keys {keys}, so which one to "
+                             "classify is ambiguous.")
+        return keys[0]
+
+    def _new_classifier(self, n_classes: int, pretrain: bool, head_dropout: float) -> TeacherClassifier:
+        if pretrain:
+            return TeacherClassifier.from_network(self.network, n_classes, head_dropout)
+        fresh = self._network_cls(self.setup.n_features, len(self.setup.sources), **self.network_args)
+        return TeacherClassifier.from_network(fresh, n_classes, head_dropout)
+
+    def _calibrate(self, classifier: TeacherClassifier, cells: Any, held_rows: np.ndarray, codes: np.ndarray,
+                   false_rejection_rate: float, device: str) -> dict:
+        """Temperature, ECE before/after and unknown threshold, from the held-out labeled cells."""
+        if held_rows.size == 0:
+            return {"temperature": 1.0, "unknown_threshold": 0.0, "calibration": None}
+        logits = classifier_logits(classifier, cells, held_rows, device=device)
+        y = codes[held_rows]
+        temperature = fit_temperature(logits, y)
+        confidence = max_softmax(logits, temperature)
+        report = {"n_cells": int(held_rows.size),
+                  "accuracy": float((logits.argmax(1) == y).mean()),
+                  "ece_before": expected_calibration_error(scaled_probabilities(logits), y),
+                  "ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), y),
+                  "false_rejection_rate": float(false_rejection_rate)}
+        return {"temperature": temperature, "unknown_threshold": rejection_threshold(confidence, false_rejection_rate),
+                "calibration": report}
+
+    # ------------------------------------------------------------------ prediction
+    @property
+    def annotation_summary(self) -> dict:
+        """Settings, calibration (temperature, ECE, held-out accuracy) and history of the classifier."""
+        cfg = self.extra_config.get(ANNOTATION_CONFIG)
+        if cfg is None:
+            raise InputError("The model has no classifier: call `model.fit_classifier(label_key=...)` first.")
+        return cfg
+
+    def _require_classifier(self) -> dict:
+        cfg = self.annotation_summary
+        if self.classifier is None:
+            raise ModelFileError("The model records a classifier in its config but its weights were not loaded "
+                                 "(the model directory lacks the classifier file, or this scConcerto cannot read "
+                                 "it). Fine-tune it again with `model.fit_classifier`.")
+        return cfg
+
+    def predict_logits(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
+                       device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP) -> np.ndarray:
+        """Uncalibrated classifier logits ``(n_cells, n_classes)``; sets ``model.last_alignment``.
+
+        Cells of a source the classifier was trained on (labeled or target) use its batch-norm
+        statistics; cells of other sources get AdaBN statistics estimated on themselves.
+        """
+        cfg = self._require_classifier()
+        prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data")
+        self.last_alignment = prepared.alignment
+        domains = list(cfg["domains"])
+        names = _source_names(adata, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE)
+        codes = _domain_codes(names, domains, grow=False)
+        prepared.cells.domains = codes
+        adapt = sorted(set(codes[codes >= len(domains)].tolist()))
+        return classifier_logits(self.classifier, prepared.cells, batch_size=batch_size, device=device,
+                                 adapt_domains=adapt or None)
+
+    def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
+                unknown_threshold: float | None = None, inplace: bool = True, batch_size: int = 1024,
+                device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP) -> AnnotationPrediction:
+        """Predict cell types with the fine-tuned classifier.
+
+        With ``inplace`` (default) writes, for the classifier's label ``L``:
+        ``obs['L_pred']``, ``obsm['L_proba']`` (calibrated probabilities; class
+        names in ``uns['L_proba_classes']``), ``obs['L_confidence']`` (0-1),
+        ``obs['L_unknown']`` and ``uns['scconcerto_annotation']``.
+
+        Parameters
+        ----------
+        adata
+            Cells to annotate; genes are aligned to the model's by name.
+        batch_key
+            ``obs`` column of sources (default: the model's batch key; ``None``: all cells are one new source).
+        reject
+            Write ``"unknown"`` in ``L_pred`` for cells below the threshold.
+        unknown_threshold
+            Confidence threshold (default: the one chosen on held-out reference cells).
+        inplace
+            Write the results into ``adata``.
+        batch_size, device, min_overlap
+            Inference settings; smallest fraction of the model's genes the data must have.
+        """
+        cfg = self._require_classifier()
+        logits = self.predict_logits(adata, batch_key, batch_size, device, min_overlap)
+        classes = list(cfg["classes"])
+        proba = scaled_probabilities(logits, cfg["temperature"])
+        confidence = proba.max(axis=1)
+        threshold = cfg["unknown_threshold"] if unknown_threshold is None else float(unknown_threshold)
+        unknown = confidence < threshold
+        labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+        if reject:
+            labels = np.where(unknown, UNKNOWN_LABEL, labels)
+        result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, unknown,
+                                      self.last_alignment.summary())
+        if inplace:
+            write_prediction(adata, result, {"temperature": cfg["temperature"], "unknown_threshold": threshold,
+                                             "rejected": bool(reject)})
+        return result
+
+    # ------------------------------------------------------------------ persistence hooks
+    def _annotation_state(self) -> dict[str, torch.Tensor]:
+        """The classifier's tensors by stable name (empty without a classifier), for ``classifier.safetensors``."""
+        if self.classifier is None:
+            return {}
+        return {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
+
+    def _load_annotation_state(self, tensors: dict[str, torch.Tensor], config: dict | None = None) -> None:
+        """Rebuild ``model.classifier`` from saved tensors and its config (default: ``extra_config['annotation']``).
+
+        Every tensor must be present with its recorded shape, and no other; otherwise :class:`ModelFileError`.
+        """
+        if config is not None and ANNOTATION_CONFIG in config.get("extra", {}):
+            config = config["extra"][ANNOTATION_CONFIG]
+        cfg = config if config is not None else self.extra_config.get(ANNOTATION_CONFIG)
+        if not cfg or "architecture" not in cfg:
+            raise ModelFileError("The model directory holds classifier weights but no classifier settings "
+                                 "(extra.annotation in config.json); it is damaged. Save the model again.")
+        try:
+            arch = dict(cfg["architecture"])
+            classifier = TeacherClassifier(**arch)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"The classifier settings in config.json are invalid ({exc}).") from exc
+        expected = classifier.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        bad = [k for k in expected if k in tensors and tuple(expected[k].shape) != tuple(tensors[k].shape)]
+        if missing or unexpected or bad:
+            raise ModelFileError(f"The classifier weights do not match its settings: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}. The classifier file is "
+                                 "damaged or from another model; fine-tune and save again.")
+        classifier.load_state_dict(tensors, strict=True)
+        self.classifier = classifier.eval()
+        self.extra_config[ANNOTATION_CONFIG] = cfg
+
+    # ------------------------------------------------------------------ cross-validation
+    @classmethod
+    def cross_validate(cls, adata: ad.AnnData, label_key: str, folds: int = 5, batch_key: str | None = None,
+                       pretrain: bool = True, seed: int = 0, model_kwargs: dict | None = None,
+                       pretrain_kwargs: dict | None = None, device: str = "auto", progress: bool = False,
+                       **classifier_kwargs: Any) -> pd.DataFrame:
+        """Stratified k-fold cross-validation of the classifier on one labeled dataset.
+
+        For each fold, a fresh model is built on the training folds, pre-trained
+        on them (unless ``pretrain=False``: end-to-end), fine-tuned, and predicts
+        the held-out fold. Cells without a label are never tested.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per fold: ``fold``, ``n_train``, ``n_test``, ``accuracy``, ``macro_f1``, ``median_f1``
+            (median per-class F1, the paper's headline metric), ``seconds``.
+        """
+        from sklearn.model_selection import StratifiedKFold
+
+        from ..metrics import annotation_report
+
+        labels = _label_column(adata, label_key)
+        labeled = np.flatnonzero(labels.notna().to_numpy())
+        if folds < 2:
+            raise InputError(f"folds must be at least 2, got {folds}.")
+        y = labels.iloc[labeled].astype(str).to_numpy()
+        if pd.Series(y).value_counts().max() < folds:
+            raise InputError(f"No cell type has {folds} labeled cells; use fewer folds.")
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        rows = []
+        for fold, (tr, te) in enumerate(splitter.split(np.zeros(y.size), y)):
+            start = time.perf_counter()
+            train_idx = np.sort(np.concatenate([labeled[tr], np.flatnonzero(labels.isna().to_numpy())]))
+            train, test = adata[train_idx].copy(), adata[labeled[te]].copy()
+            model = cls(train, batch_key=batch_key, label_key=label_key, seed=seed + fold, **(model_kwargs or {}))
+            if pretrain:
+                model.train(device=device, progress=progress, **(pretrain_kwargs or {}))
+            model.fit_classifier(label_key=label_key, pretrain=pretrain, device=device, progress=progress,
+                                 **classifier_kwargs)
+            pred = model.predict(test, inplace=False, device=device)
+            report = annotation_report(y[te], pred.labels.astype(str))
+            rows.append({"fold": fold, "n_train": int(train.n_obs), "n_test": int(test.n_obs),
+                         **{k: float(v) for k, v in report.items()}, "seconds": time.perf_counter() - start})
+        return pd.DataFrame(rows)
+
+
+def write_prediction(adata: ad.AnnData, result: AnnotationPrediction, extra: dict | None = None) -> None:
+    """Write a prediction into ``adata``: ``obs['L_pred'|'L_confidence'|'L_unknown']``, ``obsm['L_proba']``, ``uns``."""
+    key = result.label_key
+    cats = list(result.classes) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in result.classes else [])
+    adata.obs[f"{key}_pred"] = pd.Categorical(result.labels.astype(str), categories=cats)
+    adata.obs[f"{key}_confidence"] = result.confidence.astype(np.float32)
+    adata.obs[f"{key}_unknown"] = result.unknown.astype(bool)
+    adata.obsm[f"{key}_proba"] = result.probabilities.astype(np.float32)
+    adata.uns[f"{key}_proba_classes"] = np.asarray(result.classes, dtype=object)
+    adata.uns["scconcerto_annotation"] = {"label_key": key, "gene_overlap": dict(result.gene_overlap),
+                                          **(extra or {})}

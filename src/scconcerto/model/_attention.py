@@ -1,0 +1,172 @@
+"""Teacher attention weights per cell and gene (and protein), taken from the embedding's own code path.
+
+The teacher pools each modality's expressed features by attention
+(:func:`scconcerto.nn.attention.attention_pool`) *before* the domain-specific
+batch normalization of its tail. The weights therefore do not depend on the
+source of a cell nor on BN statistics, so cells of unseen sources need no AdaBN
+here: the weights are those the embedding of :meth:`Concerto.embed` uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .._errors import InputError
+from ..data.sampling import source_batches
+from ..data.vocabulary import DEFAULT_MIN_OVERLAP
+
+MODALITIES = ("rna", "protein")
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """The teacher's attention of every cell over its expressed features.
+
+    Attributes
+    ----------
+    rna
+        ``(n_cells, n_vars)`` CSR float32 in the AnnData's own ``var_names``
+        order. A cell's row sums to one over its expressed genes that the
+        model knows; genes the cell does not express, and genes outside the
+        model's vocabulary, are zero (not stored).
+    var_names
+        Column names of :attr:`rna` (the AnnData's ``var_names``).
+    protein
+        ``(n_cells, n_proteins)`` CSR float32 over the model's protein panel
+        (rows sum to one over the proteins with a non-zero normalized value),
+        or ``None`` when the model or the data has no proteins.
+    protein_names
+        Column names of :attr:`protein` (the model's panel, in its order).
+    """
+
+    rna: sp.csr_matrix
+    var_names: pd.Index
+    protein: sp.csr_matrix | None = None
+    protein_names: list[str] = field(default_factory=list)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities present (``"rna"``, then ``"protein"`` when available)."""
+        return ["rna"] + (["protein"] if self.protein is not None else [])
+
+    def __getitem__(self, modality: str) -> sp.csr_matrix:
+        return self.matrix(modality)
+
+    def matrix(self, modality: str = "rna") -> sp.csr_matrix:
+        """The cells x features weights of ``modality`` (``"rna"`` or ``"protein"``)."""
+        if modality == "rna":
+            return self.rna
+        if modality == "protein":
+            if self.protein is None:
+                raise InputError("These attention weights hold no protein modality: the model was trained "
+                                 "without proteins, or the data lacks the model's protein key in `obsm`.")
+            return self.protein
+        raise InputError(f"Unknown modality {modality!r}; use 'rna' or 'protein'.")
+
+    def feature_names(self, modality: str = "rna") -> pd.Index:
+        """Column names of :meth:`matrix` ``(modality)``."""
+        self.matrix(modality)
+        return pd.Index(self.var_names if modality == "rna" else self.protein_names, dtype=object)
+
+
+def _vocab_to_column(column_to_vocab: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Invert a gene alignment: the dataset column of each vocabulary gene (``-1`` if absent)."""
+    out = np.full(n_vocab, -1, dtype=np.int64)
+    present = np.flatnonzero(column_to_vocab >= 0)
+    out[column_to_vocab[present]] = present
+    return out
+
+
+def _to_csr(rows: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray],
+            shape: tuple[int, int]) -> sp.csr_matrix:
+    if rows:
+        r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    else:
+        r = c = np.zeros(0, dtype=np.int64)
+        v = np.zeros(0, dtype=np.float32)
+    m = sp.csr_matrix((v.astype(np.float32, copy=False), (r, c)), shape=shape)
+    m.sum_duplicates()  # sorts indices; entries are unique (one per cell and feature)
+    return m
+
+
+class AttentionMixin:
+    """Teacher attention weights per cell and gene. Mixed into :class:`~scconcerto.model.Concerto`."""
+
+    @torch.no_grad()
+    def attention(self, adata: ad.AnnData, batch_size: int = 1024, device: str = "auto",
+                  min_overlap: float = DEFAULT_MIN_OVERLAP, use_protein: bool = True) -> AttentionWeights:
+        """The teacher's attention weights of every cell over its expressed genes (and proteins).
+
+        The weights come from the same call the embedding makes
+        (:meth:`~scconcerto.nn.ConcertoNetwork.teacher_hidden` on the full,
+        un-subsampled teacher view, eval mode), in source-homogeneous chunks
+        of ``batch_size`` cells; only the sparse result is kept.
+
+        Parameters
+        ----------
+        adata
+            Cells to explain; genes are aligned to the model's vocabulary by name.
+        batch_size
+            Cells per chunk.
+        device
+            ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        min_overlap
+            Smallest fraction of the model's genes the data must have.
+        use_protein
+            Also return protein attention when the model and the data have proteins.
+
+        Returns
+        -------
+        AttentionWeights
+            ``.rna``: cells x ``adata.var_names`` CSR (rows sum to one over the
+            expressed genes the model knows; zero elsewhere); ``.protein``:
+            cells x model proteins CSR, or ``None``. Attention does not depend
+            on the cells' sources (it is computed before batch normalization),
+            so no source adaptation is needed.
+
+        Examples
+        --------
+        >>> att = model.attention(adata)  # doctest: +SKIP
+        >>> att.rna.sum(axis=1)  # ones (zeros for cells with no known gene)  # doctest: +SKIP
+        """
+        from ..train.runner import resolve_device
+
+        if batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of cells, got {batch_size}.")
+        prepared = self._prepare(adata, None, min_overlap, what="the data", use_protein=use_protein)
+        self.last_alignment = prepared.alignment
+        cells = prepared.cells
+        n_vocab = len(self.setup.genes)
+        to_column = _vocab_to_column(prepared.alignment.column_to_vocab, n_vocab)
+        shapes = {"rna": (cells.n_cells, adata.n_vars)}
+        if cells.protein is not None:
+            shapes["protein"] = (cells.n_cells, len(self.setup.proteins))
+        parts: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in shapes}
+        dev = resolve_device(device)
+        network = self.network
+        was_training = network.training
+        network.to(dev).eval()
+        try:
+            for rows in source_batches(cells.domains, batch_size, shuffle=False):
+                views = {m: v.to(dev) for m, v in cells.batch(rows).teacher.items()}
+                _, weights = network.teacher_hidden(views)
+                for m, w in weights.items():
+                    view = views[m]
+                    seg = view.segment_ids().cpu().numpy()
+                    idx = view.indices.cpu().numpy()
+                    r, c, v = parts[m]
+                    r.append(rows[seg])
+                    c.append(to_column[idx] if m == "rna" else idx)
+                    v.append(w.float().cpu().numpy())
+        finally:
+            network.cpu().train(was_training)
+        out = {m: _to_csr(*parts[m], shape=shapes[m]) for m in shapes}
+        return AttentionWeights(rna=out["rna"], var_names=pd.Index(adata.var_names.astype(str), dtype=object),
+                                protein=out.get("protein"),
+                                protein_names=list(self.setup.proteins) if "protein" in out else [])

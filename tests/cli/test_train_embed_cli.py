@@ -1,0 +1,55 @@
+import hashlib
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from scconcerto.cli import main
+
+
+@pytest.fixture(scope="module")
+def ref_file(tmp_path_factory, sim):
+    path = tmp_path_factory.mktemp("cli") / "ref.h5ad"
+    sim[:300].copy().write_h5ad(path)
+    return path
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_train_then_embed_writes_model_and_embedding_without_touching_the_input(ref_file, tmp_path, capsys):
+    before = _sha(ref_file)
+    rc = main(["train", str(ref_file), "--batch-key", "batch", "--label-key", "cell_type", "--epochs", "2",
+               "--out", str(tmp_path / "model"), "--seed", "1", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    assert (tmp_path / "model" / "config.json").exists()
+    rc = main(["embed", str(tmp_path / "model"), str(ref_file), "--out", str(tmp_path / "emb.h5ad"), "--device", "cpu"])
+    assert rc == 0
+    out = ad.read_h5ad(tmp_path / "emb.h5ad")
+    assert out.obsm["X_concerto"].shape == (300, 128)
+    np.testing.assert_allclose(np.linalg.norm(out.obsm["X_concerto"], axis=1), 1.0, atol=1e-5)
+    assert _sha(ref_file) == before
+
+
+def test_existing_outputs_are_refused_unless_overwrite(ref_file, tmp_path, capsys):
+    (tmp_path / "emb.h5ad").write_text("keep me")
+    model_dir = tmp_path / "model"
+    assert main(["train", str(ref_file), "--epochs", "1", "--out", str(model_dir), "--no-progress",
+                 "--device", "cpu"]) == 0
+    rc = main(["train", str(ref_file), "--epochs", "1", "--out", str(model_dir), "--no-progress"])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+    rc = main(["embed", str(model_dir), str(ref_file), "--out", str(tmp_path / "emb.h5ad")])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "emb.h5ad").read_text() == "keep me"
+    assert main(["embed", str(model_dir), str(ref_file), "--out", str(tmp_path / "emb.h5ad"), "--overwrite"]) == 0
+
+
+def test_bad_inputs_give_one_line_errors_not_tracebacks(tmp_path, capsys):
+    not_h5 = tmp_path / "x.h5ad"
+    not_h5.write_text("hello")
+    assert main(["train", str(not_h5), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "not an .h5ad" in err and "Traceback" not in err
+    assert main(["embed", str(tmp_path / "no_model"), str(not_h5), "--out", str(tmp_path / "o.h5ad")]) == 2
+    assert "not a model directory" in capsys.readouterr().err
