@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .._errors import ScConcertoError
 
-COMMANDS = ["train", "embed", "demo"]
+COMMANDS = ["train", "embed", "demo", "attention", "report", "cluster", "annotate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,5 +42,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

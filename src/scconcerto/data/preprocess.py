@@ -42,8 +42,8 @@ def detect_input_kind(stored_values: np.ndarray, where: str = "X") -> InputKind:
     are taken as already log-normalized and used as they are; larger
     non-integer values are normalized but not logged (``log1p`` is applied).
     """
+    check_values(stored_values, where)
     sample = stored_values[:_SAMPLE_NNZ]
-    check_values(sample, where)
     if sample.size == 0:
         return "counts"
     if np.all(sample == np.round(sample)):

@@ -6,6 +6,9 @@ import torch
 from torch import nn
 
 
+MIN_ADAPT_CELLS = 2
+
+
 class DomainSpecificBatchNorm1d(nn.Module):
     """Batch normalization with its own statistics and affine per source.
 
@@ -61,13 +64,21 @@ class DomainSpecificBatchNorm1d(nn.Module):
                                      torch.zeros(self.num_features, dtype=torch.float64)] for d in domain_ids}
 
     def finish_adapting(self) -> None:
-        """End AdaBN: set the running statistics of the adapted sources to the accumulated ones."""
+        """End AdaBN: set the running statistics of the adapted sources to the accumulated ones.
+
+        A source with fewer than ``MIN_ADAPT_CELLS`` cells has no usable statistics of
+        its own: it gets the mean running statistics of the known sources instead.
+        """
         sums, self._adapt_sums = self._adapt_sums, None
         if not sums:
             return
+        known = [d for d in range(self.n_domains) if d not in sums]
         with torch.no_grad():
             for d, (n, s1, s2) in sums.items():
-                if n.item() < 1:
+                if n.item() < MIN_ADAPT_CELLS:
+                    if known:
+                        self.running_mean[d] = self.running_mean[known].mean(0)
+                        self.running_var[d] = self.running_var[known].mean(0)
                     continue
                 mean = s1 / n
                 var = (s2 / n - mean**2).clamp_min(0)

@@ -42,8 +42,10 @@ def fit(network: ConcertoNetwork, cells: CellMatrix, config: TrainConfig, checkp
     callbacks = []
     ckpt_path = None
     if checkpoint_dir is not None:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True,
-                                                             save_top_k=0, every_n_epochs=1))
+        # one file, last.ckpt, rewritten after every epoch (Lightning writes it atomically)
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=str(checkpoint_dir), filename="last",
+                                                             save_top_k=1, save_last=False, every_n_epochs=1,
+                                                             enable_version_counter=False))
         last = Path(checkpoint_dir) / "last.ckpt"
         if resume and last.exists():
             ckpt_path = str(last)
