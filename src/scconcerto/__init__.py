@@ -9,5 +9,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from ._errors import InputError, ModelFileError, OutputExistsError, ScConcertoError  # noqa: E402
 from .model import Concerto  # noqa: E402
+from . import pl, tl  # noqa: E402
 
 __all__ = ["Concerto", "InputError", "ModelFileError", "OutputExistsError", "ScConcertoError", "__version__"]

@@ -32,11 +32,18 @@ def write_atomic_file(path: str | Path, write: Callable[[Path], None], overwrite
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic_dir(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
@@ -48,6 +55,7 @@ def write_atomic_dir(path: str | Path, write: Callable[[Path], None], overwrite:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = None
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         write(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .._errors import ScConcertoError
 
-COMMANDS = ["train", "embed", "demo", "attention", "report", "cluster", "annotate"]
+COMMANDS = ["train", "embed", "demo", "attention", "report", "cluster", "annotate", "map", "plot"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output(p, ".h5ad to write (the input plus obsm['X_concerto'])")
     p.add_argument("--batch-key", default="__setup__",
                    help="obs column of sources (default: the model's batch key, if the data has it)")
+    p.add_argument("--backed", action="store_true",
+                   help="stream X from disk (.h5ad or .zarr); the output copies X block by block")
     add_runtime(p)
     p.set_defaults(func=run)
 
@@ -25,10 +27,25 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_free(args.out, args.overwrite)
     model = Concerto.load(args.model)
+    if args.backed:
+        return _run_backed(args, model)
     adata = read_h5ad(args.data)
     adata.obsm[EMBEDDING_KEY] = model.embed(adata, batch_key=args.batch_key, batch_size=args.batch_size or 1024,
                                             device=args.device)
     adata.uns["scconcerto"] = {"model": str(args.model), "gene_overlap": model.last_alignment.summary()}
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {adata.n_obs} cells, obsm[{EMBEDDING_KEY!r}] {adata.obsm[EMBEDDING_KEY].shape}")
+    return 0
+
+
+def _run_backed(args: argparse.Namespace, model: "Concerto") -> int:  # noqa: F821 - imported lazily
+    """Embed a file without loading its X; the output is written block by block."""
+    from ..data.backed import read_backed, write_rows_h5ad
+    from ..model import EMBEDDING_KEY
+
+    adata = read_backed(args.data)
+    emb = model.embed(adata, batch_key=args.batch_key, batch_size=args.batch_size or 1024, device=args.device)
+    info = {"scconcerto": {"model": str(args.model), "gene_overlap": model.last_alignment.summary()}}
+    write_rows_h5ad(args.data, args.out, obsm={EMBEDDING_KEY: emb}, uns=info, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {adata.n_obs} cells, obsm[{EMBEDDING_KEY!r}] {emb.shape}")
     return 0

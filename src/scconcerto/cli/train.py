@@ -25,21 +25,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--backed", action="store_true",
+                   help="stream X from disk instead of loading it (.h5ad or .zarr; memory follows the read window)")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel processes (one per GPU, or CPU processes)")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (default: ddp)")
+    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPUs")
     add_runtime(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .._io import read_h5ad
+    from ..data.backed import read_backed
     from ..model import Concerto
+    from ..train import is_global_zero
 
     check_output_free(args.out, args.overwrite)
-    adata = read_h5ad(args.data)
+    adata = read_backed(args.data) if args.backed else read_h5ad(args.data)
     label = args.label_key[0] if args.label_key and len(args.label_key) == 1 else args.label_key
     model = Concerto(adata, batch_key=args.batch_key, label_key=label, protein_key=args.protein_key,
                      layer=args.layer, hvg=args.hvg, seed=args.seed)
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
-                progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+                progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                devices=args.devices, strategy=args.strategy, precision=args.precision)
+    if not is_global_zero():  # data-parallel run: rank 0 writes the model
+        return 0
     model.save(args.out, overwrite=args.overwrite)
     last = model.history[-1] if model.history else {}
     print(json.dumps({"model": args.out, "cells": adata.n_obs, "genes": len(model.setup.genes),

@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._ragged import CellBatch, Ragged
+from .backed import BackedCSR
 from .preprocess import InputKind, normalize_values
 
 
@@ -52,7 +53,8 @@ class CellMatrix:
     Attributes
     ----------
     X
-        Cells x dataset-genes CSR matrix (or a backed sparse dataset that supports row indexing).
+        Cells x dataset-genes CSR matrix, in memory or on disk
+        (:class:`~scconcerto.data.backed.BackedCSR`, read by row blocks).
     column_to_vocab
         Vocabulary position of each dataset column, ``-1`` for dropped columns;
         ``None`` when the columns already are the vocabulary.
@@ -66,7 +68,7 @@ class CellMatrix:
         Normalized protein values, cells x model proteins (float32), or ``None``.
     """
 
-    X: sp.csr_matrix
+    X: sp.csr_matrix | BackedCSR
     column_to_vocab: np.ndarray | None
     totals: np.ndarray
     kind: InputKind
@@ -76,6 +78,11 @@ class CellMatrix:
     @property
     def n_cells(self) -> int:
         return int(self.X.shape[0])
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the expression matrix is read from disk block by block."""
+        return isinstance(self.X, BackedCSR)
 
     def rna_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Aligned, normalized index-value arrays of ``rows`` (indices, values, offsets)."""

@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._errors import InputError
+from .backed import BackedCSR, is_backed_csr
 from .cells import CellMatrix
 from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
 from .vocabulary import DEFAULT_MIN_OVERLAP, GeneAlignment, GeneVocabulary
@@ -66,11 +67,18 @@ def expression_matrix(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
         m = adata.X
     if m is None:
         raise InputError("The AnnData has no X matrix; pass the counts layer with `layer=`.")
-    if hasattr(m, "to_memory") and not sp.issparse(m) and not isinstance(m, np.ndarray):
-        m = m.to_memory()
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if is_backed_csr(m):  # on disk (backed h5ad, zarr): streamed by row blocks, never loaded whole
+        return m if isinstance(m, BackedCSR) else BackedCSR(m)
+    if hasattr(m, "to_memory") and not sp.issparse(m) and not isinstance(m, np.ndarray):
+        m = m.to_memory()
     return csr_rows(m)
+
+
+def stored_values(matrix: sp.csr_matrix | BackedCSR) -> np.ndarray:
+    """The stored values to validate: all of an in-memory matrix, the first block of an on-disk one."""
+    return matrix.head_values() if isinstance(matrix, BackedCSR) else matrix.data
 
 
 def _obs_column(adata: ad.AnnData, key: str, what: str) -> pd.Series:
@@ -132,7 +140,7 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
                     protein_norm: str = "clr") -> DataSetup:
     """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories)."""
     matrix = expression_matrix(adata, layer)
-    kind = detect_input_kind(matrix.data, where=f"layers[{layer!r}]" if layer else "X")
+    kind = detect_input_kind(stored_values(matrix), where=f"layers[{layer!r}]" if layer else "X")
     names = pd.Index(adata.var_names.astype(str))
     GeneVocabulary(names)  # validates uniqueness
     if adata.obs_names.has_duplicates:
@@ -165,6 +173,9 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
     if hvg is not None:
         if hvg < 2:
             raise InputError(f"hvg must be at least 2 genes, got {hvg}.")
+        if isinstance(matrix, BackedCSR):
+            raise InputError("hvg=... needs the matrix in memory, but X is on disk (backed). Use all genes "
+                             "(hvg=None), or select the genes first and subset the file.")
         genes = _select_hvg(matrix, kind, hvg, names, batches)
     return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
                      protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,
@@ -195,7 +206,7 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
         layer = setup.layer if setup.layer in adata.layers else None
     batch_key = setup.batch_key if batch_key == "__setup__" else batch_key
     matrix = expression_matrix(adata, layer)
-    kind = detect_input_kind(matrix.data, where=f"layers[{layer!r}]" if layer else "X")
+    kind = detect_input_kind(stored_values(matrix), where=f"layers[{layer!r}]" if layer else "X")
     alignment = setup.vocabulary.align(adata.var_names, min_overlap=min_overlap, what=what)
     totals = cell_totals(matrix)
     if batch_key is not None and batch_key in adata.obs:

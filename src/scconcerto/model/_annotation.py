@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 
 from .._errors import InputError, ModelFileError
 from ..data.setup import DEFAULT_SOURCE
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
-from ..tools.calibration import (expected_calibration_error, fit_temperature, max_softmax, rejection_threshold,
-                                 scaled_probabilities)
+from ..tools.calibration import (expected_calibration_error, fit_temperature, probability_to_log_odds,
+                                 rejection_threshold, scaled_probabilities, top_class_log_odds)
 from ..train.classifier import ClassifierConfig, classifier_logits, fit_classifier_network
 
 log = logging.getLogger("scconcerto")
@@ -46,7 +47,7 @@ def default_classifier_epochs(n_cells: int) -> int:
 
 
 def stratified_holdout(codes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a held-out part of each class (about ``fraction`` of it; a class keeps at least one training cell).
+    """Boolean mask of a held-out part of each class (about ``fraction``; each class keeps a training cell).
 
     Cells with code ``-1`` are never held out. Vectorized: a random rank within each class.
     """
@@ -82,8 +83,10 @@ class AnnotationPrediction:
         ``(n_cells, n_classes)`` calibrated class probabilities (rows sum to one).
     confidence
         Calibrated top probability per cell (0-1).
+    log_odds
+        ``log(confidence / (1 - confidence))``, computed without rounding (ranks cells like ``confidence``).
     unknown
-        Confidence below the model's unknown threshold.
+        Confidence below the unknown threshold.
     gene_overlap
         Gene alignment summary of the dataset against the model's genes.
     """
@@ -93,6 +96,7 @@ class AnnotationPrediction:
     labels: np.ndarray
     probabilities: np.ndarray
     confidence: np.ndarray
+    log_odds: np.ndarray
     unknown: np.ndarray
     gene_overlap: dict
 
@@ -146,7 +150,10 @@ def _label_column(adata: ad.AnnData, label_key: str) -> pd.Series:
 
 
 class AnnotationMixin:
-    """Supervised classifier fine-tuning, domain adaptation and rejection. Mixed into :class:`~scconcerto.model.Concerto`."""
+    """Supervised classifier fine-tuning, domain adaptation and rejection.
+
+    Mixed into :class:`~scconcerto.model.Concerto`.
+    """
 
     classifier: TeacherClassifier | None = None
 
@@ -170,7 +177,9 @@ class AnnotationMixin:
             ``obs`` column of the cell types (default: the model's only label key). Missing labels are not used.
         target
             Unlabeled cells to adapt to (inter-dataset mode): a consistency loss on them is added, and
-            their sources get their own batch-norm statistics.
+            their sources get their own batch-norm statistics. The loss sharpens the predictions of every
+            target cell, those of types the labeled data lack included, so unknown rejection on the
+            target is weaker after adaptation (``consistency_min_confidence`` restricts it to confident cells).
         pretrain
             Start from the contrastively pre-trained teacher (pre-training the model first if it is not
             trained yet). ``False``: end-to-end training from a fresh initialisation (the paper's ablation).
@@ -219,7 +228,8 @@ class AnnotationMixin:
         labels = _label_column(data, label_key)
         classes = sorted(pd.unique(labels.dropna().astype(str)).tolist())
         if len(classes) < 2:
-            raise InputError(f"`obs[{label_key!r}]` holds {len(classes)} cell type(s); a classifier needs at least two.")
+            raise InputError(f"`obs[{label_key!r}]` holds {len(classes)} cell type(s); a classifier needs at "
+                             "least two.")
         codes = np.asarray(pd.Categorical(labels, categories=classes).codes, dtype=np.int64)
         if not 0.0 <= validation_fraction < 1.0:
             raise InputError(f"validation_fraction must lie in [0, 1), got {validation_fraction}.")
@@ -232,7 +242,7 @@ class AnnotationMixin:
         source = self._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data")
         source.cells.domains = _domain_codes(
             _source_names(data, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE), domains, grow=True)
-        target_cells, target_names = None, []
+        target_cells, target_names, target_overlap = None, [], None
         if target is not None:
             prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target")
             names = _source_names(target, target_batch_key, self.setup.batch_key, [], TARGET_SOURCE)
@@ -243,7 +253,7 @@ class AnnotationMixin:
                             "statistics, and at prediction cells of these sources use the target's.", clash)
             prepared.cells.domains = len(domains) + np.searchsorted(target_names, names).astype(np.int64)
             domains = domains + target_names
-            target_cells = prepared.cells
+            target_cells, target_overlap = prepared.cells, prepared.alignment.summary()
 
         held = stratified_holdout(codes, validation_fraction, seed)
         train_rows = np.flatnonzero((codes >= 0) & ~held)
@@ -269,7 +279,8 @@ class AnnotationMixin:
             "architecture": classifier.architecture(), "domains": domains, "target_sources": target_names,
             "config": config.to_dict(), "n_train": int(train_rows.size), "n_validation": int(held.sum()),
             "n_target": int(target_cells.n_cells) if target_cells is not None else 0,
-            "gene_overlap": source.alignment.summary(), "history": history, "train_seconds": seconds,
+            "gene_overlap": source.alignment.summary(), "target_gene_overlap": target_overlap,
+            "history": history, "train_seconds": seconds,
             **calibration}
         return self
 
@@ -292,18 +303,19 @@ class AnnotationMixin:
                    false_rejection_rate: float, device: str) -> dict:
         """Temperature, ECE before/after and unknown threshold, from the held-out labeled cells."""
         if held_rows.size == 0:
-            return {"temperature": 1.0, "unknown_threshold": 0.0, "calibration": None}
+            return {"temperature": 1.0, "unknown_threshold": 0.0, "unknown_log_odds_threshold": None,
+                    "calibration": None}
         logits = classifier_logits(classifier, cells, held_rows, device=device)
         y = codes[held_rows]
         temperature = fit_temperature(logits, y)
-        confidence = max_softmax(logits, temperature)
+        threshold = rejection_threshold(top_class_log_odds(logits, temperature), false_rejection_rate)
         report = {"n_cells": int(held_rows.size),
                   "accuracy": float((logits.argmax(1) == y).mean()),
                   "ece_before": expected_calibration_error(scaled_probabilities(logits), y),
                   "ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), y),
                   "false_rejection_rate": float(false_rejection_rate)}
-        return {"temperature": temperature, "unknown_threshold": rejection_threshold(confidence, false_rejection_rate),
-                "calibration": report}
+        return {"temperature": temperature, "unknown_threshold": float(expit(threshold)),
+                "unknown_log_odds_threshold": threshold, "calibration": report}
 
     # ------------------------------------------------------------------ prediction
     @property
@@ -370,12 +382,19 @@ class AnnotationMixin:
         classes = list(cfg["classes"])
         proba = scaled_probabilities(logits, cfg["temperature"])
         confidence = proba.max(axis=1)
-        threshold = cfg["unknown_threshold"] if unknown_threshold is None else float(unknown_threshold)
-        unknown = confidence < threshold
+        log_odds = top_class_log_odds(logits, cfg["temperature"])
+        if unknown_threshold is not None:
+            if not 0.0 <= unknown_threshold <= 1.0:
+                raise InputError(f"unknown_threshold is a confidence in [0, 1], got {unknown_threshold}.")
+            threshold, cut = float(unknown_threshold), probability_to_log_odds(unknown_threshold)
+        else:
+            cut = cfg.get("unknown_log_odds_threshold")
+            threshold, cut = cfg["unknown_threshold"], (-np.inf if cut is None else cut)
+        unknown = log_odds < cut
         labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
         if reject:
             labels = np.where(unknown, UNKNOWN_LABEL, labels)
-        result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, unknown,
+        result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, log_odds, unknown,
                                       self.last_alignment.summary())
         if inplace:
             write_prediction(adata, result, {"temperature": cfg["temperature"], "unknown_threshold": threshold,

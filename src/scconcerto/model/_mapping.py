@@ -1,7 +1,530 @@
-"""Query-to-reference mapping (label transfer, confidence, imputation, hierarchy)."""
+"""Query-to-reference mapping (label transfer, confidence, imputation, hierarchy).
+
+:meth:`MappingMixin.map_query` embeds a query in the reference space (genes
+aligned by name, AdaBN per unseen query source, optional fine-tuning of the
+query sources' adapters), finds each query cell's k nearest reference cells
+(faiss), votes their labels (flat or hierarchical), scores each transfer with
+a confidence calibrated on the reference, imputes the reference's proteins,
+and places the query on the stored reference UMAP.
+
+What mapping needs of the reference is prepared once by
+:meth:`MappingMixin.prepare_mapping` (or lazily on the first map) and saved
+with the model: confidence models and unknown thresholds in
+``extra_config['mapping']``, the reference UMAP (``reference.extra['umap']``)
+and, for RNA + protein models, the RNA-only reference embedding
+(``reference.extra['embedding_rna']``) against which RNA-only queries are
+searched.
+"""
 
 from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from .._errors import InputError
+from ..data.vocabulary import DEFAULT_MIN_OVERLAP
+from ..tools.confidence import MIN_QUERY_CELLS, ConfidenceModel, calibrate_confidence, density_ratio, \
+    neighborhood_features
+from ..tools.hierarchy import hierarchical_transfer
+from ..tools.imputation import impute_from_neighbors
+from ..tools.label_transfer import LabelTransfer, vote
+from ..tools.neighbors import NeighborsResults, build_index, knn
+from ..tools.placement import place_on_reference
+from ..tools.placement import reference_umap as umap_of_embedding
+
+if TYPE_CHECKING:
+    from ..data.setup import PreparedCells
+    from ..nn import ConcertoNetwork
+
+log = logging.getLogger("scconcerto")
+
+MAPPING_CONFIG = "mapping"
+MAPPING_UNS = "scconcerto_mapping"
+UMAP_EXTRA = "umap"
+RNA_EMBEDDING_EXTRA = "embedding_rna"
+UMAP_KEY = "X_umap_ref"
+IMPUTED_PROTEIN_KEY = "protein_imputed"
+UNKNOWN_LABEL = "unknown"
+FULL, RNA_ONLY = "full", "rna_only"
+#: References of at least this many cells are searched with an approximate (IVF) index by ``index='auto'``.
+APPROXIMATE_FROM = 1_000_000
+
+
+@dataclass
+class MappingResult:
+    """What :meth:`MappingMixin.map_query` computed (also written into the query AnnData).
+
+    Attributes
+    ----------
+    embedding
+        ``(n_query, out_dim)`` query embedding in the reference space.
+    predictions
+        Per label key, a DataFrame (query ``obs_names``) with ``pred``, ``confidence``, ``unknown``.
+    protein_imputed
+        ``(n_query, n_proteins)`` imputed normalized proteins, or ``None``.
+    umap
+        ``(n_query, 2)`` coordinates on the reference UMAP, or ``None``.
+    neighbors
+        The query cells' neighbours among the reference cells (first level).
+    info
+        What is written to ``uns['scconcerto_mapping']``.
+    """
+
+    embedding: np.ndarray
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+    protein_imputed: np.ndarray | None = None
+    umap: np.ndarray | None = None
+    neighbors: NeighborsResults | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"MappingResult({self.embedding.shape[0]} cells, labels {list(self.predictions)}, "
+                f"proteins={'yes' if self.protein_imputed is not None else 'no'}, "
+                f"umap={'yes' if self.umap is not None else 'no'})")
+
+
+def _levels_list(levels: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    if levels is None:
+        return []
+    if isinstance(levels, str):
+        return [s.strip() for s in levels.split(",") if s.strip()]
+    return [str(s) for s in levels]
+
+
+def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
+    """Give every query source its own new domain id when ``all_new``; list the ids that need AdaBN."""
+    cells = prepared.cells
+    if all_new:
+        _, codes = np.unique(cells.domains, return_inverse=True)
+        cells = replace(cells, domains=(codes + n_known).astype(np.int64))
+        prepared = replace(prepared, cells=cells)
+    new = sorted(set(np.unique(cells.domains[cells.domains >= n_known]).tolist()))
+    return prepared, new
 
 
 class MappingMixin:
     """Query-to-reference mapping (label transfer, confidence, imputation, hierarchy). Mixed into :class:`~scconcerto.model.Concerto`."""
+
+    # ------------------------------------------------------------------ preparing the reference
+    def _mapping_config(self) -> dict:
+        return self.extra_config.setdefault(MAPPING_CONFIG, {"version": 1, "confidence": {}})
+
+    def _require_reference(self) -> None:
+        if getattr(self, "reference", None) is None:
+            raise InputError("The model has no reference to map onto: train it first (`model.train()`), or load a "
+                             "model directory saved after training.")
+
+    def _space_embedding(self, space: str) -> np.ndarray:
+        if space == RNA_ONLY and RNA_EMBEDDING_EXTRA in self.reference.extra:
+            return np.asarray(self.reference.extra[RNA_EMBEDDING_EXTRA], dtype=np.float32)
+        return self.reference.embedding
+
+    def _rna_only_reference(self, adata: ad.AnnData | None, batch_size: int, device: str) -> bool:
+        """Embed the reference from RNA alone (AdaBN per source) for RNA-only queries; ``False`` if impossible."""
+        from ..train import embed_cells
+
+        if RNA_EMBEDDING_EXTRA in self.reference.extra:
+            return True
+        adata = adata if adata is not None else getattr(self, "adata", None)
+        if adata is None:
+            return False
+        if adata.n_obs != self.reference.embedding.shape[0]:
+            raise InputError(f"The reference AnnData has {adata.n_obs} cells but the model's reference has "
+                             f"{self.reference.embedding.shape[0]}; pass the AnnData the model was trained on.")
+        prepared = self._prepare(adata, what="the reference", use_protein=False)
+        prepared, new = _with_new_domains(prepared, len(self.setup.sources), all_new=True)
+        emb = embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device, adapt_domains=new)
+        self.reference.extra[RNA_EMBEDDING_EXTRA] = emb
+        return True
+
+    def _spaces(self) -> list[str]:
+        return [FULL, RNA_ONLY] if RNA_EMBEDDING_EXTRA in self.reference.extra else [FULL]
+
+    def _confidence_model(self, space: str, key: str, k: int, calibration_cells: int | None = None,
+                          seed: int | None = None) -> ConfidenceModel | None:
+        """The confidence model of ``(space, key)`` for ``k`` neighbours: stored, else calibrated now and stored.
+
+        Stored in ``extra_config['mapping']['confidence'][space][key][str(k)]``;
+        ``None`` when the key cannot be calibrated (e.g. a single labeled type).
+        """
+        cfg = self._mapping_config()
+        per_k = cfg["confidence"].setdefault(space, {}).setdefault(key, {})
+        entry = per_k.get(str(k))
+        if entry is None:
+            n_cells = calibration_cells or int(cfg.get("calibration_cells", 5_000))
+            try:
+                result = calibrate_confidence(self._space_embedding(space), self.reference.labels[key],
+                                              len(self.setup.labels[key]), k=k, max_cells=n_cells,
+                                              seed=self.seed if seed is None else seed)
+                entry = result.model.to_dict()
+            except InputError as exc:  # e.g. a single labeled type: fall back to the vote share
+                log.warning("confidence for %r not calibrated (%s); using the vote share", key, exc)
+                entry = {"k": k, "error": str(exc)}
+            per_k[str(k)] = entry
+        return ConfidenceModel.from_dict(entry) if entry.get("correctness") else None
+
+    def prepare_mapping(self, adata: ad.AnnData | None = None, k: int = 5, umap: bool = True,
+                        calibration_cells: int = 5_000, umap_neighbors: int = 15, umap_min_dist: float = 0.3,
+                        seed: int | None = None, batch_size: int = 1024, device: str = "auto",
+                        overwrite: bool = False) -> dict:
+        """Compute and store what query mapping needs of the reference (call once after training).
+
+        * per label key, a confidence model calibrated by leave-one-type-out on the
+          reference and its default unknown threshold (``extra_config['mapping']``);
+        * the reference UMAP (``reference.extra['umap']``), on which queries are placed;
+        * for RNA + protein models, the RNA-only reference embedding
+          (``reference.extra['embedding_rna']``; needs the reference AnnData:
+          ``adata`` or the one the model was trained on).
+
+        Parameters
+        ----------
+        adata
+            The reference AnnData (only for RNA + protein models loaded from disk).
+        k
+            Neighbours the confidence is calibrated for (mapping with another ``k`` recalibrates).
+        umap
+            Compute the reference UMAP (minutes for millions of cells).
+        calibration_cells
+            Reference cells used as pseudo-queries in the calibration.
+        umap_neighbors, umap_min_dist
+            UMAP settings.
+        seed
+            Seed (default: the model's).
+        batch_size, device
+            For embedding the reference from RNA alone.
+        overwrite
+            Recompute what is already stored.
+
+        Returns
+        -------
+        dict
+            The mapping settings stored in ``extra_config['mapping']``.
+        """
+        self._require_reference()
+        seed = self.seed if seed is None else seed
+        cfg = self._mapping_config()
+        if overwrite:
+            cfg["confidence"] = {}
+            self.reference.extra.pop(UMAP_EXTRA, None)
+            if adata is not None or getattr(self, "adata", None) is not None:
+                self.reference.extra.pop(RNA_EMBEDDING_EXTRA, None)
+        cfg.update({"k": k, "calibration_cells": calibration_cells, "seed": seed})
+        if self.setup.proteins and self.reference.protein is not None:
+            if not self._rna_only_reference(adata, batch_size, device):
+                log.warning("The reference was not embedded from RNA alone (no reference AnnData): RNA-only queries "
+                            "cannot be mapped. Pass the reference AnnData to `prepare_mapping`.")
+        for space in self._spaces():
+            for key in self.setup.labels:
+                self._confidence_model(space, key, k, calibration_cells, seed)
+        if umap:
+            self.reference_umap(umap_neighbors, umap_min_dist, seed)
+        return cfg
+
+    def reference_umap(self, n_neighbors: int | None = None, min_dist: float | None = None,
+                       seed: int | None = None) -> np.ndarray:
+        """The reference UMAP coordinates ``(n_ref, 2)``: the stored ones, else computed (seeded) and stored.
+
+        Queries are placed on it by :meth:`map_query` (``obsm['X_umap_ref']``).
+        The same model and settings always give the same coordinates, so a
+        model saved without them still draws consistent figures.
+        """
+        self._require_reference()
+        if UMAP_EXTRA not in self.reference.extra:
+            cfg = self._mapping_config()
+            stored = cfg.get("umap", {})
+            settings = {"n_neighbors": int(n_neighbors or stored.get("n_neighbors", 15)),
+                        "min_dist": float(min_dist if min_dist is not None else stored.get("min_dist", 0.3)),
+                        "seed": int(seed if seed is not None else stored.get("seed", self.seed))}
+            self.reference.extra[UMAP_EXTRA] = umap_of_embedding(self.reference.embedding, **settings)
+            cfg["umap"] = {**settings, "placement": "similarity-weighted mean of the k nearest reference cells"}
+        return np.asarray(self.reference.extra[UMAP_EXTRA], dtype=np.float32)
+
+    def unknown_thresholds(self, k: int | None = None, space: str = FULL) -> dict[str, float]:
+        """The default unknown threshold of each label key (queries of at least 30 cells), calibrated if needed.
+
+        Parameters
+        ----------
+        k
+            Neighbours (default: the ``k`` :meth:`prepare_mapping` was run with, else 5).
+        space
+            ``"full"`` (the model's modalities) or ``"rna_only"`` (RNA-only queries of an RNA + protein model).
+        """
+        self._require_reference()
+        k = int(k or self._mapping_config().get("k", 5))
+        out = {}
+        for key in self.setup.labels:
+            model = self._confidence_model(space, key, k)
+            if model is not None:
+                out[key] = model.threshold
+        return out
+
+    # ------------------------------------------------------------------ fine-tuning
+    def _finetuned_network(self, prepared: "PreparedCells", new_domains: list[int], epochs: int, seed: int,
+                           device: str, options: dict) -> "ConcertoNetwork":
+        """A copy of the network whose new sources' DSBN affine (adapters) is trained on the query.
+
+        Unsupervised contrastive training as in pre-training, starting from the
+        reference weights; every other parameter is frozen, so the reference
+        sources' embedding (and the stored reference embedding) is unchanged.
+        """
+        from ..train import TrainConfig, fit
+
+        net = copy.deepcopy(self.network).cpu()
+        n_known = net.teacher_tail.norm.n_domains
+        needed = max(new_domains) + 1 - n_known
+        for p in net.parameters():
+            p.requires_grad_(False)
+        hooks = []
+        for norm in net.domain_norms():
+            norm.add_domains(needed)
+            keep = torch.zeros(norm.n_domains, 1)
+            keep[n_known:] = 1.0
+            for p in (norm.weight, norm.bias):  # only the rows of the query's sources learn
+                p.requires_grad_(True)
+                hooks.append(p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype)))
+        base = self.train_config.to_dict() if getattr(self, "train_config", None) else {}
+        settings = {"batch_size": base.get("batch_size", 256), "lr": base.get("lr", 1e-3),
+                    "max_genes": base.get("max_genes", 512), "gene_dropout": base.get("gene_dropout", 0.0),
+                    "temperature": base.get("temperature", 0.1)}
+        settings.update(options)
+        config = TrainConfig(epochs=epochs, seed=seed, device=device, progress=False, **settings)
+        net.train()  # Lightning keeps the modules' mode: dropout (the views) and batch statistics need training mode
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fit(net, prepared.cells, config)
+        for hook in hooks:
+            hook.remove()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
+
+    def _embed_query(self, adata: ad.AnnData, batch_key: str | None, use_protein: bool | str,
+                     finetune_epochs: int, min_overlap: float, batch_size: int, device: str, seed: int,
+                     finetune_options: dict | None, timings: dict[str, float]
+                     ) -> tuple[np.ndarray, "PreparedCells", str]:
+        """The query embedding in the reference space, its prepared cells, and the space (full / RNA-only)."""
+        from ..train import embed_cells
+
+        has_panel = bool(self.setup.proteins) and self.setup.protein_key in adata.obsm
+        with_protein = has_panel if use_protein == "auto" else bool(use_protein) and has_panel
+        if use_protein is True and not has_panel and self.setup.proteins:
+            raise InputError(f"use_protein=True but the query has no `obsm[{self.setup.protein_key!r}]`.")
+        space = FULL
+        if self.setup.proteins and not with_protein:
+            if not self._rna_only_reference(None, batch_size, device):
+                raise InputError(
+                    f"The query has no proteins (`obsm[{self.setup.protein_key!r}]`) but the model was trained on "
+                    "RNA + protein, and its RNA-only reference embedding was not prepared, so the query cannot be "
+                    "compared with the reference. Call `model.prepare_mapping(reference_adata)` with the AnnData "
+                    "the model was trained on (then save the model; `scconcerto map --reference`), or give the "
+                    "query its proteins.")
+            space = RNA_ONLY
+        prepared = self._prepare(adata, batch_key, min_overlap, what="the query", use_protein=with_protein)
+        # RNA-only cells and fine-tuned sources never use a reference source's statistics
+        prepared, new_domains = _with_new_domains(prepared, len(self.setup.sources),
+                                                  all_new=space == RNA_ONLY or finetune_epochs > 0)
+        self.last_alignment = prepared.alignment
+        network = self.network
+        if finetune_epochs > 0:
+            t0 = time.perf_counter()
+            network = self._finetuned_network(prepared, new_domains, finetune_epochs, seed, device,
+                                              dict(finetune_options or {}))
+            timings["finetune"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        embedding = embed_cells(network, prepared.cells, batch_size=batch_size, device=device,
+                                adapt_domains=new_domains or None)
+        timings["embed"] = time.perf_counter() - t0
+        return embedding, prepared, space
+
+    # ------------------------------------------------------------------ mapping
+    def map_query(self, adata: ad.AnnData, k: int = 5, batch_key: str | None = "__setup__",
+                  finetune_epochs: int = 0, levels: str | list[str] | None = None,
+                  unknown_threshold: float | dict[str, float] | None = None, reject: bool = False,
+                  index: str = "auto", use_protein: bool | str = "auto", impute: bool = True, place: bool = True,
+                  min_overlap: float = DEFAULT_MIN_OVERLAP, batch_size: int = 1024, device: str = "auto",
+                  seed: int | None = None, finetune_options: dict | None = None) -> MappingResult:
+        """Map query cells onto the reference and annotate ``adata`` in place.
+
+        Writes ``obsm['X_concerto']`` (query embedding in the reference space);
+        for each reference label key ``L``: ``obs['L_pred']``,
+        ``obs['L_confidence']`` (0-1) and ``obs['L_unknown']`` (confidence below
+        the threshold); with proteins in the reference, ``obsm['protein_imputed']``
+        (mean normalized protein of the k nearest reference cells; names in
+        ``uns['protein_imputed_names']``); ``obsm['X_umap_ref']`` (the query
+        placed on the reference UMAP); and ``uns['scconcerto_mapping']`` (gene
+        overlap, k, thresholds, timings).
+
+        Parameters
+        ----------
+        adata
+            Query cells: raw counts or log-normalized values; genes by name
+            (missing ones are absent, extra ones ignored).
+        k
+            Neighbours per query cell (similarity-weighted vote).
+        batch_key
+            ``obs`` column of the query's sources (default: the model's batch key
+            if the query has it); each source unseen by the model gets its own
+            AdaBN statistics. ``None``: the query is one source.
+        finetune_epochs
+            Epochs of unsupervised contrastive fine-tuning of the query sources'
+            adapters (their DSBN scale and shift) from the reference weights; the
+            reference embedding is unchanged. ``0``: AdaBN only.
+        levels
+            Label keys from coarse to fine (``["major", "minor"]`` or
+            ``"major,minor"``) for hierarchical mapping: each level after the first
+            is searched among the reference cells of the predicted parent label.
+            Other label keys are mapped against the whole reference.
+        unknown_threshold
+            Confidence below which a cell is unknown (a number, or one per label
+            key); default: the threshold calibrated on the reference.
+        reject
+            Write ``"unknown"`` into ``L_pred`` for unknown cells (otherwise the
+            best label is kept and only ``L_unknown`` flags them).
+        index
+            ``"auto"`` (exact ``"flat"`` below a million reference cells, ``"ivf"``
+            above), ``"flat"``, ``"ivf"`` or ``"hnsw"``.
+        use_protein
+            ``"auto"``: use the query's proteins when it has the model's panel.
+            Without them the query is searched against the RNA-only reference embedding.
+        impute
+            Impute the reference's proteins.
+        place
+            Place the query on the reference UMAP (computed and stored on first use).
+        min_overlap
+            Minimum fraction of the model's genes the query must have.
+        batch_size, device
+            Inference settings.
+        seed
+            Seed of fine-tuning and of the confidence's subsamples (default: the model's).
+        finetune_options
+            Other :class:`~scconcerto.train.TrainConfig` fields for fine-tuning (``lr``, ``batch_size``...).
+
+        Returns
+        -------
+        MappingResult
+        """
+        self._require_reference()
+        if not isinstance(adata, ad.AnnData):
+            raise InputError(f"map_query needs an AnnData, got {type(adata).__name__}.")
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}.")
+        if finetune_epochs < 0:
+            raise InputError(f"finetune_epochs must be 0 or more, got {finetune_epochs}.")
+        seed = self.seed if seed is None else seed
+        level_keys = _levels_list(levels)
+        unknown_keys = [key for key in level_keys if key not in self.setup.labels]
+        if unknown_keys:
+            raise InputError(f"levels {unknown_keys} are not label keys of the reference (it has "
+                             f"{list(self.setup.labels)}). Train the reference with these label keys.")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, finetune_epochs, min_overlap,
+                                                       batch_size, device, seed, finetune_options, timings)
+
+        # -- neighbours in the reference
+        t0 = time.perf_counter()
+        ref_emb = self._space_embedding(space)
+        kind = ("ivf" if len(ref_emb) >= APPROXIMATE_FROM else "flat") if index == "auto" else index
+        faiss_index = build_index(ref_emb, kind=kind, seed=seed)
+        k_eff = int(min(k, len(ref_emb)))
+        neighbors = knn(embedding, faiss_index, k=k_eff)
+        timings["knn"] = time.perf_counter() - t0
+
+        # -- labels, confidence, unknowns
+        t0 = time.perf_counter()
+        predictions, thresholds, calib = self._transfer_labels(
+            adata, embedding, ref_emb, neighbors, level_keys, space, k_eff, unknown_threshold, reject, seed)
+        timings["labels"] = time.perf_counter() - t0
+        adata.obsm["X_concerto"] = embedding
+
+        # -- proteins, placement
+        imputed = None
+        info: dict[str, Any] = {}
+        if impute and self.reference.protein is not None:
+            t0 = time.perf_counter()
+            imputed = impute_from_neighbors(neighbors, self.reference.protein)
+            adata.obsm[IMPUTED_PROTEIN_KEY] = imputed
+            adata.uns[f"{IMPUTED_PROTEIN_KEY}_names"] = list(self.setup.proteins)
+            info["protein_names"] = list(self.setup.proteins)
+            timings["impute"] = time.perf_counter() - t0
+        coords = None
+        if place:
+            t0 = time.perf_counter()
+            coords = place_on_reference(neighbors, self.reference_umap())
+            adata.obsm[UMAP_KEY] = coords
+            timings["place"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+
+        info.update({"gene_overlap": prepared.alignment.summary(), "k": k_eff, "index": kind, "space": space,
+                     "with_protein": prepared.cells.protein is not None, "n_reference": int(len(ref_emb)),
+                     "thresholds": thresholds, "reject": bool(reject), "finetune_epochs": int(finetune_epochs),
+                     "timings": {name: round(v, 4) for name, v in timings.items()}})
+        if level_keys:
+            info["levels"] = level_keys
+        adapted = prepared.source_names if space == RNA_ONLY or finetune_epochs > 0 else prepared.unseen_sources
+        if adapted:
+            info["adabn_sources"] = [str(s) for s in adapted]
+        if calib:
+            info["calibration"] = calib
+        adata.uns[MAPPING_UNS] = info
+        return MappingResult(embedding=embedding, predictions=predictions, protein_imputed=imputed, umap=coords,
+                             neighbors=neighbors, info=info)
+
+    def _transfer_labels(self, adata: ad.AnnData, embedding: np.ndarray, ref_emb: np.ndarray,
+                         neighbors: NeighborsResults, level_keys: list[str], space: str, k: int,
+                         unknown_threshold: float | dict[str, float] | None, reject: bool, seed: int
+                         ) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict]]:
+        keys = list(self.setup.labels)
+        results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {}
+        if level_keys:
+            levels = hierarchical_transfer(embedding, ref_emb, [self.reference.labels[key] for key in level_keys],
+                                           [len(self.setup.labels[key]) for key in level_keys], k=k,
+                                           first_neighbors=neighbors)
+            results.update(dict(zip(level_keys, levels)))
+        for key in keys:
+            if key not in results:
+                results[key] = (neighbors, vote(neighbors, self.reference.labels[key], len(self.setup.labels[key])))
+        ratio = density_ratio(embedding, ref_emb, k=k, seed=seed) if len(embedding) >= MIN_QUERY_CELLS else None
+
+        predictions, thresholds, calib = {}, {}, {}
+        for key in keys:
+            nb, transfer = results[key]
+            features = neighborhood_features(nb, transfer, self.reference.labels[key])
+            if ratio is not None:
+                features["log_density_ratio"] = ratio
+            model = self._confidence_model(space, key, k)
+            if model is not None:
+                confidence = model.confidence(features)
+                default = model.threshold_for(features)
+                calib[key] = {name: round(float(v), 4) for name, v in model.report.items() if v is not None}
+            else:
+                confidence, default = transfer.confidence.astype(np.float32), 0.0
+            if isinstance(unknown_threshold, dict):
+                threshold = float(unknown_threshold.get(key, default))
+            else:
+                threshold = default if unknown_threshold is None else float(unknown_threshold)
+            if not 0.0 <= threshold <= 1.0:
+                raise InputError(f"The unknown threshold must lie in [0, 1] (confidence scale), got {threshold}.")
+            no_vote = transfer.votes.sum(axis=1) <= 0
+            unknown = (confidence < threshold) | no_vote
+            cats = list(self.setup.labels[key])
+            names = np.asarray(cats, dtype=object)[transfer.codes]
+            if reject:
+                names = np.where(unknown, UNKNOWN_LABEL, names)
+                cats = cats + [UNKNOWN_LABEL] if UNKNOWN_LABEL not in cats else cats
+            pred = pd.Categorical(names, categories=cats)
+            adata.obs[f"{key}_pred"] = pred
+            adata.obs[f"{key}_confidence"] = confidence
+            adata.obs[f"{key}_unknown"] = unknown
+            thresholds[key] = round(threshold, 6)
+            predictions[key] = pd.DataFrame({"pred": pred, "confidence": confidence, "unknown": unknown},
+                                            index=adata.obs_names.copy())
+        return predictions, thresholds, calib

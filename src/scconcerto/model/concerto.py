@@ -187,12 +187,13 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         """Save to a directory (safetensors + JSON with a format version); atomic."""
         if not self.is_trained:
             raise InputError("The model is not trained yet: call `model.train()` before saving.")
-        return save_model_dir(path, self._config_dict(), self.network.state_dict(), self.reference, overwrite)
+        return save_model_dir(path, self._config_dict(), self.network.state_dict(), self.reference, overwrite,
+                              parts={"classifier": self._annotation_state()})
 
     @classmethod
     def load(cls, path: str | Path) -> "Concerto":
         """Load a model directory written by :meth:`save` (verifies version, checksums, every parameter)."""
-        config, weights, reference = read_model_dir(path)
+        config, weights, reference, parts = read_model_dir(path)
         try:
             setup = DataSetup.from_dict(config["setup"])
             net = dict(config["network"])
@@ -223,6 +224,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         model.train_config = TrainConfig(**config["train"]) if config.get("train") else None
         model.history = list(config.get("history", []))
         model.extra_config = dict(config.get("extra", {}))
+        if "classifier" in parts:
+            model._load_annotation_state(parts["classifier"])
         return model
 
     def __repr__(self) -> str:

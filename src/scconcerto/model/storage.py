@@ -5,6 +5,7 @@ Layout of a model directory::
     config.json              format, format_version, setup, network, training, history, files, checksums
     weights.safetensors      every network parameter and buffer, by its stable module path
     reference.safetensors    reference embedding, source codes, label codes, proteins
+    <part>.safetensors       optional parts, e.g. classifier.safetensors (a fine-tuned classifier head)
 """
 
 from __future__ import annotations
@@ -66,8 +67,12 @@ def _sha256(path: Path) -> str:
 
 
 def save_model_dir(path: str | Path, config: dict, state: dict[str, torch.Tensor],
-                   reference: ReferenceStore | None, overwrite: bool = False) -> Path:
-    """Write a model directory atomically (a failure leaves an existing one intact)."""
+                   reference: ReferenceStore | None, overwrite: bool = False,
+                   parts: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write a model directory atomically (a failure leaves an existing one intact).
+
+    ``parts`` are optional extra tensor sets (e.g. ``{"classifier": ...}``), each written to ``<name>.safetensors``.
+    """
 
     def write(tmp: Path) -> None:
         save_torch({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
@@ -75,6 +80,10 @@ def save_model_dir(path: str | Path, config: dict, state: dict[str, torch.Tensor
         if reference is not None:
             save_numpy(reference.to_tensors(), str(tmp / REFERENCE))
             files["reference"] = REFERENCE
+        for name, tensors in (parts or {}).items():
+            if tensors:
+                files[name] = f"{name}.safetensors"
+                save_torch({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / files[name]))
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "files": files,
                 "checksums": {name: _sha256(tmp / name) for name in files.values()}}
         (tmp / CONFIG).write_text(json.dumps(full, indent=1))
@@ -89,8 +98,12 @@ def _inside(directory: Path, name: str) -> Path:
     return directory / name
 
 
-def read_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], ReferenceStore | None]:
-    """Read and verify a model directory: format, version, files, checksums (no pickle anywhere)."""
+def read_model_dir(path: str | Path
+                   ) -> tuple[dict, dict[str, torch.Tensor], ReferenceStore | None, dict[str, dict[str, torch.Tensor]]]:
+    """Read and verify a model directory: format, version, files, checksums (no pickle anywhere).
+
+    Returns the config, the network weights, the reference store and the optional parts.
+    """
     directory = Path(path)
     cfg_path = directory / CONFIG
     if not directory.is_dir():
@@ -114,7 +127,9 @@ def read_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], Ref
     files = config.get("files", {})
     checksums = config.get("checksums", {})
     loaded: dict[str, dict] = {}
-    for role in ("weights", "reference"):
+    if not isinstance(files, dict):
+        raise ModelFileError(f"{cfg_path} has an invalid 'files' entry.")
+    for role in ["weights", "reference", *sorted(set(files) - {"weights", "reference"})]:
         if role not in files:
             if role == "weights":
                 raise ModelFileError(f"{cfg_path} lists no weights file.")
@@ -126,8 +141,9 @@ def read_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], Ref
             raise ModelFileError(f"{f.name} does not match the checksum recorded in {CONFIG}: the file was changed "
                                  "or damaged after saving. Restore it from the original model directory.")
         try:
-            loaded[role] = load_torch(str(f)) if role == "weights" else load_numpy(str(f))
+            loaded[role] = load_numpy(str(f)) if role == "reference" else load_torch(str(f))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelFileError(f"{f.name} is not a valid safetensors file ({exc}).") from exc
     ref = ReferenceStore.from_tensors(loaded["reference"]) if "reference" in loaded else None
-    return config, loaded["weights"], ref
+    parts = {k: v for k, v in loaded.items() if k not in ("weights", "reference")}
+    return config, loaded["weights"], ref, parts

@@ -23,16 +23,17 @@ manager, or the ``SCCONCERTO_ATTENTION`` environment variable.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from .._ragged import Ragged
-from . import fused_attention
 
 AttentionBackend = Literal["auto", "fused", "torch", "compiled"]
 _BACKENDS = ("auto", "fused", "torch", "compiled")
@@ -40,12 +41,18 @@ _backend: str = os.environ.get("SCCONCERTO_ATTENTION", "auto")
 _compiled: Callable | None = None
 
 
+@cache
+def fused_available() -> bool:
+    """Whether the fused CPU kernels can run (numba is installed; it is imported only when first used)."""
+    return importlib.util.find_spec("numba") is not None
+
+
 def set_attention_backend(name: AttentionBackend) -> str:
     """Select the attention implementation for this process; returns the previous choice."""
     global _backend
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; use one of {_BACKENDS}")
-    if name == "fused" and not fused_attention.is_available():
+    if name == "fused" and not fused_available():
         raise ValueError("the 'fused' attention backend needs numba, which is not installed")
     previous, _backend = _backend, name
     return previous
@@ -106,7 +113,7 @@ def _compiled_pool() -> Callable:
 def _use_fused(projected: torch.Tensor, values: torch.Tensor) -> bool:
     if _backend == "fused":
         return True
-    return (_backend == "auto" and fused_attention.is_available() and projected.device.type == "cpu"
+    return (_backend == "auto" and fused_available() and projected.device.type == "cpu"
             and projected.dtype == torch.float32 and values.dtype == torch.float32)
 
 
@@ -134,6 +141,8 @@ def attention_pool(projected: torch.Tensor, bias: torch.Tensor, context: torch.T
     """
     args = (projected, bias, context, cells.indices, cells.values, cells.offsets)
     if _use_fused(projected, cells.values):
+        from . import fused_attention
+
         f32 = [t.float() if t.is_floating_point() else t for t in args]
         return fused_attention.fused_attention_pool(*f32)
     if _backend == "compiled":

@@ -4,3 +4,21 @@ from .label_transfer import LabelTransfer, vote
 from .neighbors import NeighborsResults, build_index, knn, l2_normalize
 
 __all__ = ["LabelTransfer", "NeighborsResults", "build_index", "knn", "l2_normalize", "vote"]
+
+from .clustering import DEFAULT_SWEEP, LeidenSweep, cluster, leiden, leiden_sweep, neighbor_graph  # noqa: E402
+
+__all__ += ["DEFAULT_SWEEP", "LeidenSweep", "cluster", "leiden", "leiden_sweep", "neighbor_graph"]
+
+from .attention import attention_marker_agreement, expression_markers, rank_attention, ranked_names  # noqa: E402
+
+__all__ += ["attention_marker_agreement", "expression_markers", "rank_attention", "ranked_names"]
+
+from .confidence import (CalibrationResult, ConfidenceModel, calibrate_confidence, density_ratio,  # noqa: E402
+                         neighborhood_features)
+from .hierarchy import hierarchical_transfer, knn_within_groups  # noqa: E402
+from .imputation import impute_from_neighbors, neighbor_weights  # noqa: E402
+from .placement import place_on_reference, reference_umap  # noqa: E402
+
+__all__ += ["CalibrationResult", "ConfidenceModel", "calibrate_confidence", "density_ratio", "hierarchical_transfer",
+            "impute_from_neighbors", "knn_within_groups", "neighbor_weights", "neighborhood_features",
+            "place_on_reference", "reference_umap"]

@@ -177,7 +177,8 @@ class ClassifierPlan(L.LightningModule):
         parts["loss"] = loss
         for k, v in parts.items():
             self._sums.setdefault(k, []).append(float(v.detach()))
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=source.n_cells)
+        if self._trainer is not None:  # also callable directly, outside a Trainer
+            self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=source.n_cells)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -287,21 +288,32 @@ def adapt_classifier_norms(classifier: TeacherClassifier, cells: CellMatrix, dom
 
 
 @torch.no_grad()
-def classifier_logits(classifier: TeacherClassifier, cells: CellMatrix, rows: np.ndarray | None = None,
-                      batch_size: int = 1024, device: str = "auto", adapt_domains: list[int] | None = None
-                      ) -> np.ndarray:
-    """Logits ``(n_rows, n_classes)`` float32 of ``rows`` (default: all cells), in eval mode with every expressed gene.
+def classifier_outputs(classifier: TeacherClassifier, cells: CellMatrix, rows: np.ndarray | None = None,
+                       batch_size: int = 1024, device: str = "auto", adapt_domains: list[int] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(n_rows, n_classes)`` and teacher features ``(n_rows, out_dim)`` (float32) of ``rows``.
 
-    Domains listed in ``adapt_domains`` get AdaBN statistics on a copy first; ``classifier`` is not changed.
+    Eval mode, every expressed gene (default rows: all cells). Domains listed in
+    ``adapt_domains`` get AdaBN statistics on a copy first; ``classifier`` is not changed.
     """
     dev = resolve_device(device)
     rows = np.arange(cells.n_cells) if rows is None else np.asarray(rows, dtype=np.int64)
     net = adapt_classifier_norms(classifier, cells, adapt_domains, batch_size, device) if adapt_domains else classifier
     was_training = net.training
     net = net.to(dev).eval()
-    out = np.empty((rows.size, net.n_classes), dtype=np.float32)
+    logits = np.empty((rows.size, net.n_classes), dtype=np.float32)
+    features = np.empty((rows.size, net.tail.dense.out_features), dtype=np.float32)
     for part in source_batches(cells.domains[rows], batch_size, shuffle=False):
         batch = cells.batch(rows[part]).to(dev)
-        out[part] = net(batch.teacher, batch.domains).float().cpu().numpy()
+        f = net.features(batch.teacher, batch.domains)
+        logits[part] = net.head(f).float().cpu().numpy()
+        features[part] = f.float().cpu().numpy()
     net.cpu().train(was_training)
-    return out
+    return logits, features
+
+
+def classifier_logits(classifier: TeacherClassifier, cells: CellMatrix, rows: np.ndarray | None = None,
+                      batch_size: int = 1024, device: str = "auto", adapt_domains: list[int] | None = None
+                      ) -> np.ndarray:
+    """Logits ``(n_rows, n_classes)`` float32 of ``rows`` (see :func:`classifier_outputs`)."""
+    return classifier_outputs(classifier, cells, rows, batch_size, device, adapt_domains)[0]

@@ -1,7 +1,8 @@
-"""Lightning training plan for contrastive teacher-student pre-training, and its data loader."""
+"""Lightning training plan for contrastive teacher-student pre-training, and its data loaders."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import lightning as L
@@ -9,9 +10,12 @@ import numpy as np
 import torch
 
 from .._ragged import CellBatch
+from ..data.backed import is_backed_csr
 from ..data.cells import CellMatrix
 from ..data.sampling import SourceBatchSampler
+from ..data.streaming import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW_CHUNKS, StreamingBatches
 from ..nn import ConcertoNetwork, nt_xent
+from ..nn.attention import fused_available, get_attention_backend
 from .config import TrainConfig
 
 
@@ -37,57 +41,240 @@ def _unbatched(item: CellBatch) -> CellBatch:
     return item
 
 
-def training_loader(cells: CellMatrix, config: TrainConfig, num_replicas: int = 1, rank: int = 0
+def training_loader(cells: CellMatrix, config: TrainConfig, num_replicas: int = 1, rank: int = 0,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, window_chunks: int = DEFAULT_WINDOW_CHUNKS
                     ) -> torch.utils.data.DataLoader:
-    """Source-homogeneous, shuffled mini-batches with teacher gene subsampling."""
+    """Source-homogeneous, shuffled mini-batches with teacher gene subsampling.
+
+    In-memory cells are shuffled globally (:class:`SourceBatchSampler`); cells
+    whose matrix is on disk are streamed window by window
+    (:class:`~scconcerto.data.streaming.StreamingBatches`, read ahead in a
+    background thread; ``chunk_size`` rows per read, ``window_chunks`` reads
+    mixed per window). Under data parallelism each rank gets its share
+    (``num_replicas``, ``rank``).
+    """
+    if is_backed_csr(cells.X):
+        stream = StreamingBatches(cells, config.batch_size, config.max_genes, config.gene_dropout, config.seed,
+                                  chunk_size, window_chunks, num_replicas, rank)
+        return torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_unbatched, num_workers=0)
     sampler = SourceBatchSampler(cells.domains, config.batch_size, shuffle=True, seed=config.seed,
                                  num_replicas=num_replicas, rank=rank)
-    return torch.utils.data.DataLoader(CellBatchDataset(cells, config.max_genes, config.seed, config.gene_dropout), sampler=sampler,
-                                       batch_size=None, collate_fn=_unbatched, num_workers=config.num_workers,
-                                       persistent_workers=config.num_workers > 0)
+    return torch.utils.data.DataLoader(CellBatchDataset(cells, config.max_genes, config.seed, config.gene_dropout),
+                                       sampler=sampler, batch_size=None, collate_fn=_unbatched,
+                                       num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+
+
+def batch_seed(seed: int, epoch: int, rows: torch.Tensor) -> int:
+    """A seed for the random parts of one training step (dropout), from the batch's first rows.
+
+    It depends on the data only, not on which process or step runs the batch,
+    so data-parallel runs draw the same masks as one process seeing the same batches.
+    """
+    head = rows[:4].tolist() if rows.device.type == "cpu" else rows[:4].cpu().tolist()
+    return int(np.random.default_rng([seed, epoch, *head, int(rows.shape[0])]).integers(2**63 - 1))
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class CpuThreads:
+    """Thread settings while the fused CPU kernels run, restored afterwards.
+
+    The fused attention kernels use ``cpus / processes`` threads of their own;
+    torch's OpenMP pool is cut to ``cpus // 8`` (at least one) because its idle
+    threads spin and steal the cores the kernels need (on 2 shared cores, a
+    training epoch ran 10x slower with both pools at full size).
+    ``SCCONCERTO_TORCH_THREADS`` overrides the torch share.
+    """
+
+    def __init__(self, processes: int = 1):
+        self.processes = max(1, processes)
+        self._saved: tuple[int, int | None] | None = None
+
+    def __enter__(self) -> "CpuThreads":
+        if get_attention_backend() in ("auto", "fused") and fused_available():
+            from ..nn import fused_attention
+
+            cpus = cpu_count()
+            self._saved = (torch.get_num_threads(), fused_attention.num_threads_setting())
+            env = os.environ.get("SCCONCERTO_TORCH_THREADS")
+            torch.set_num_threads(int(env) if env else max(1, cpus // self.processes // 8))
+            fused_attention.set_num_threads(max(1, cpus // self.processes))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            from ..nn import fused_attention
+
+            torch.set_num_threads(self._saved[0])
+            fused_attention.set_num_threads(self._saved[1])
+            self._saved = None
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """``(world, *tensor.shape)``: ``tensor`` of every rank, in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
+class RunningStatsSync:
+    """Data-parallel ranks update the domain-specific BN running statistics with every rank's batch.
+
+    In training mode each DSBN normalizes by its batch's statistics and moves
+    its running statistics toward them. Under DDP every rank would only see its
+    own batches; instead, each step the batch statistics of all ranks are
+    gathered and applied in rank order on every rank, exactly as one process
+    would apply them when accumulating the ranks' batches in that order.
+    Batches must hold one source (as the training samplers make them).
+    """
+
+    def __init__(self, norms: list[torch.nn.Module]):
+        self.norms = norms
+        self._records: list[tuple[int, torch.Tensor, torch.Tensor] | None] = [None] * len(norms)
+        self._snapshot: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handles = [norm.register_forward_pre_hook(self._recorder(i)) for i, norm in enumerate(norms)]
+
+    def _recorder(self, i: int):  # noqa: ANN202 - a torch hook
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            x, domains = args[0], args[1]
+            if not module.training or getattr(module, "_adapt_sums", None) is not None or x.shape[0] < 2:
+                return
+            first = domains[0]
+            if not bool((domains == first).all()):
+                raise RuntimeError("data-parallel training needs single-source batches (DSBN statistics sync)")
+            n = x.shape[0]
+            with torch.no_grad():
+                self._records[i] = (int(first), x.mean(0), x.var(0, unbiased=False) * n / (n - 1))
+
+        return hook
+
+    def start_step(self) -> None:
+        self._records = [None] * len(self.norms)
+        self._snapshot = [(n.running_mean.clone(), n.running_var.clone()) for n in self.norms]
+
+    def finish_step(self, all_gather) -> None:  # noqa: ANN001 - the strategy's all_gather
+        """Replace each rank's own update by the updates of all ranks, in rank order."""
+        if not self._snapshot:
+            return
+        packed = []
+        for norm, record in zip(self.norms, self._records):
+            c = norm.running_mean.shape[1]
+            row = torch.zeros(2 + 2 * c, dtype=torch.float32, device=norm.running_mean.device)
+            if record is not None:
+                row[0], row[1] = 1.0, float(record[0])
+                row[2:2 + c], row[2 + c:] = record[1].float(), record[2].float()
+            packed.append(row)
+        gathered = all_gather(torch.stack(packed))  # (world, n_norms, 2 + 2C)
+        with torch.no_grad():
+            for j, norm in enumerate(self.norms):
+                mean, var = self._snapshot[j]
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                c = mean.shape[1]
+                for r in range(gathered.shape[0]):
+                    row = gathered[r, j]
+                    if row[0] > 0:
+                        d = int(row[1])
+                        norm.running_mean[d].lerp_(row[2:2 + c].to(mean.dtype), norm.momentum)
+                        norm.running_var[d].lerp_(row[2 + c:].to(var.dtype), norm.momentum)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 class ContrastivePlan(L.LightningModule):
     """Trains teacher and student jointly with symmetric NT-Xent.
 
-    Adam with a linear decay from ``lr`` to ``lr * lr_end_factor`` over all steps
-    (one optimizer step per iteration).
+    Adam with a linear decay from ``lr`` to ``lr * lr_end_factor`` over all
+    optimizer steps (one per iteration, or per ``accumulate_grad_batches``).
+    Given ``cells``, the plan builds its own loader once the trainer knows the
+    world size and rank (so each data-parallel rank gets its share); otherwise
+    pass a loader to ``trainer.fit``. Each step's dropout is seeded from its
+    batch (:func:`batch_seed`).
     """
 
-    def __init__(self, network: ConcertoNetwork, config: TrainConfig, total_steps: int):
+    def __init__(self, network: ConcertoNetwork, config: TrainConfig, total_steps: int | None = None,
+                 cells: CellMatrix | None = None, loader_options: dict | None = None):
         super().__init__()
         self.network = network
         self.config = config
-        self.total_steps = max(total_steps, 1)
+        self.total_steps = total_steps
+        self.cells = cells
+        self.loader_options = dict(loader_options or {})
         self.epoch_history: list[dict] = []
-        self._epoch_losses: list[float] = []
+        self._epoch_losses: list[torch.Tensor] = []
         self._epoch_start = 0.0
+        self._threads: CpuThreads | None = None
+        self._step_seed: int | None = None
+        self._stats_sync: RunningStatsSync | None = None
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        if self.cells is None:
+            raise RuntimeError("ContrastivePlan was built without cells: pass a loader to trainer.fit")
+        return training_loader(self.cells, self.config, num_replicas=self.trainer.world_size,
+                               rank=self.trainer.global_rank, **self.loader_options)
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu":
+            self._threads = CpuThreads(processes=self.trainer.num_devices).__enter__()
+        if self.trainer.world_size > 1:
+            self._stats_sync = RunningStatsSync(self.network.domain_norms())
+
+    def on_train_batch_start(self, batch: CellBatch, batch_idx: int) -> None:
+        if self._stats_sync is not None:
+            self._stats_sync.start_step()
+
+    def on_train_batch_end(self, outputs: object, batch: CellBatch, batch_idx: int) -> None:
+        if self._stats_sync is not None:
+            self._stats_sync.finish_step(_all_gather)
+
+    def on_fit_end(self) -> None:
+        self.teardown("fit")
+
+    def teardown(self, stage: str) -> None:
+        if self._stats_sync is not None:
+            self._stats_sync.remove()
+            self._stats_sync = None
+        if self._threads is not None:
+            self._threads.__exit__(None, None, None)
+            self._threads = None
 
     def training_step(self, batch: CellBatch, batch_idx: int) -> torch.Tensor:
+        if self._step_seed is not None:
+            torch.manual_seed(self._step_seed)
         z_teacher, z_student = self.network(batch)
         loss = nt_xent(z_teacher, z_student, self.config.temperature)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.n_cells)
-        self._epoch_losses.append(float(loss.detach()))
+        self._epoch_losses.append(loss.detach())
         return loss
 
     def on_train_epoch_start(self) -> None:
         self._epoch_losses = []
         self._epoch_start = time.perf_counter()
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):  # streamed data: Lightning only sets the epoch of samplers
+            dataset.set_epoch(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
-        mean = float(np.mean(self._epoch_losses)) if self._epoch_losses else float("nan")
+        mean = float(torch.stack(self._epoch_losses).mean()) if self._epoch_losses else float("nan")
         self.epoch_history.append({"epoch": int(self.current_epoch), "loss": mean,
                                    "seconds": time.perf_counter() - self._epoch_start})
         self.log("epoch_loss", mean, prog_bar=True, sync_dist=True)
 
     def transfer_batch_to_device(self, batch: CellBatch, device: torch.device, dataloader_idx: int) -> CellBatch:
+        self._step_seed = batch_seed(self.config.seed, self.current_epoch, batch.rows)  # rows still on the CPU
         return batch.to(device)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning signature
         opt = torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        total = self.total_steps if self.total_steps is not None else int(self.trainer.estimated_stepping_batches)
+        total = max(int(total), 1)
         end = self.config.lr_end_factor
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 1.0 - (1.0 - end) * min(step, self.total_steps) / self.total_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - (1.0 - end) * min(step, total) / total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

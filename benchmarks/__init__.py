@@ -1,0 +1,1 @@
+"""Benchmarks of scConcerto against its peers (``python -m benchmarks.run``)."""

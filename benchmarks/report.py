@@ -1,0 +1,95 @@
+"""Writing results: one JSON and one markdown table per task, and ``SUMMARY.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .tasks.base import TaskResult
+
+#: Paper figures (SPEC.md section 6) shown beside ours where a task has one.
+PAPER = {
+    "label_transfer": "paper: cross-technology pancreas mapping (inDrop query, 4 other technologies "
+                      "as reference) ACC 0.981 — a different, larger pancreas split than ours.",
+    "unseen_type": "paper: PBMC160k without CD8 T cells, ACC 0.988 on the seen cells; "
+                   "Fig. 2d shows seen/unseen confidence curves separating (no AUROC given).",
+    "clustering": "paper: PBMC45k 10x, 11,377 cells, 2,000 HVG: Leiden ARI 0.750.",
+    "overcorrection": "paper: human pancreas, beta cells only in CEL-Seq2: beta-cell ASW 0.34 (Harmony 0.29).",
+    "speed": "paper: CPU only, reference 100 k cells 1.1 h, query 100 k cells 30 min; "
+             "8 GPUs: reference 1 M cells 585 s, query 10 k cells 8 s.",
+    "integration": "paper: no single scib table; compare methods here among themselves.",
+}
+#: Columns shown per task (the JSON keeps everything).
+COLUMNS = {
+    "label_transfer": ["split", "method", "acc", "macro_f1", "median_f1", "n_eval", "n_genes", "fit_s", "map_s"],
+    "unseen_type": ["split", "method", "auroc", "seen_acc", "conf_seen_median", "conf_unseen_median", "n_unseen"],
+    "integration": ["dataset", "method", "total", "bio", "batch", "nmi", "ari", "silhouette_label", "clisi",
+                    "isolated_labels", "silhouette_batch", "ilisi", "kbet", "graph_connectivity"],
+    "clustering": ["dataset", "method", "best_ari", "median_ari", "best_nmi", "median_nmi"],
+    "overcorrection": ["case", "method", "type_asw", "type_knn_purity", "n_type_cells"],
+    "speed": ["n_cells", "method", "n_ref", "n_query", "fit_s", "map_s", "peak_rss_mb", "acc",
+              "fit_ratio_ours_over_peer", "map_ratio_ours_over_peer"],
+}
+#: The score averaged per method under each table (higher is better).
+HEADLINE = {"label_transfer": ["acc", "macro_f1", "median_f1"], "unseen_type": ["auroc"],
+            "integration": ["total", "bio", "batch"], "clustering": ["best_ari", "median_ari"],
+            "overcorrection": ["type_asw"]}
+
+
+def markdown(df: pd.DataFrame, index: bool = False) -> str:
+    """A pipe table (floats with 3 decimals) without the optional ``tabulate`` dependency."""
+    if index:
+        df = df.reset_index()
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if v != v else f"{v:.3f}"
+        return str(v).replace("|", "/")
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def table(result: TaskResult) -> str:
+    """The task's markdown: its table, a per-method mean, errors, skips and figures."""
+    lines = [f"## {result.task}", ""]
+    if result.task in PAPER:
+        lines += [f"*{PAPER[result.task]}*", ""]
+    if result.rows:
+        df = pd.DataFrame(result.rows)
+        cols = [c for c in COLUMNS.get(result.task, df.columns) if c in df.columns]
+        if "error" in df.columns:
+            cols.append("error")
+        lines += [markdown(df[cols]), ""]
+        heads = [c for c in HEADLINE.get(result.task, []) if c in df.columns]
+        if heads:
+            mean = df.groupby("method", sort=False)[heads].mean()
+            lines += [f"Mean over {df.iloc[:, 0].nunique()} splits/data sets:", "",
+                      markdown(mean, index=True), ""]
+    lines += [f"- note: {n}" for n in result.notes]
+    lines += [f"- skipped: {s}" for s in result.skipped]
+    lines += [f"- figure: [{f}]({f})" for f in result.figures]
+    return "\n".join(lines) + "\n"
+
+
+def write_task(out_dir: Path, result: TaskResult) -> None:
+    """``<task>.json`` (all rows) and ``<task>.md`` (the table)."""
+    from scconcerto._io import write_atomic_file
+
+    payload = {"task": result.task, "rows": result.rows, "skipped": result.skipped, "notes": result.notes,
+               "figures": result.figures}
+    write_atomic_file(out_dir / f"{result.task}.json",
+                      lambda p: p.write_text(json.dumps(payload, indent=1, default=float)), overwrite=True)
+    write_atomic_file(out_dir / f"{result.task}.md", lambda p: p.write_text(table(result)), overwrite=True)
+
+
+def write_summary(out_dir: Path, results: list[TaskResult], header: str) -> Path:
+    """``SUMMARY.md``: the run's header then every task's table."""
+    from scconcerto._io import write_atomic_file
+
+    text = header + "\n" + "\n".join(table(r) for r in results)
+    return write_atomic_file(out_dir / "SUMMARY.md", lambda p: p.write_text(text), overwrite=True)

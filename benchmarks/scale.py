@@ -1,0 +1,396 @@
+"""Atlas-scale benchmark: reference build and query mapping from backed .h5ad files (prints figures).
+
+Each phase runs in its own child process, so that its peak resident memory
+(``ru_maxrss``) is its own. Figures are printed as JSON lines and collected in
+``--out``. Nothing here is a test: timings depend on the machine and its load.
+
+Typical use (see benchmarks/SCALE.md)::
+
+    python benchmarks/scale.py run --sizes 100000 --queries 10000 100000 --workdir /tmp/scale
+    python benchmarks/scale.py profile --cells 20000 --genes 2000
+
+Sub-commands run by ``run`` (usable alone): ``simulate``, ``build``, ``converge``, ``map``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (GB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # ru_maxrss is in KiB on Linux
+
+
+def cpu_seconds() -> float:
+    """CPU time this process has used (all threads): a load-independent hint of the work done."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def emit(record: dict) -> None:
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpus": len(os.sched_getaffinity(0)), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version(), "load_average": os.getloadavg()}
+
+
+# ---------------------------------------------------------------- simulate
+def cmd_simulate(args: argparse.Namespace) -> None:
+    """World with ``n_batches`` batches; the reference is cells of all but the last batch, queries of the last."""
+    from scconcerto.data.backed import read_backed, write_rows_h5ad
+    from scconcerto.datasets import simulate, simulate_to_h5ad
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    opts = dict(n_types=args.types, n_batches=args.batches, seed=args.seed)
+    frac = simulate(400, args.genes, **opts).obs["batch"].value_counts(normalize=True)
+    held_out = f"batch_{args.batches - 1}"
+    f_q = float(frac[held_out])
+    n_query = max(args.queries)
+    n_total = int(math.ceil(max(args.n_ref / (1 - f_q), n_query / f_q) * 1.03))
+    t0 = time.perf_counter()
+    world = simulate_to_h5ad(work / f"world_{n_total}.h5ad", n_total, args.genes, chunk_size=20_000, **opts)
+    t_sim = time.perf_counter() - t0
+    batches = read_backed(world).obs["batch"].astype(str).to_numpy()
+    ref_rows = np.flatnonzero(batches != held_out)[: args.n_ref]
+    query_rows = np.flatnonzero(batches == held_out)
+    write_rows_h5ad(world, work / f"ref_{args.n_ref}.h5ad", ref_rows, overwrite=True)
+    for q in args.queries:
+        write_rows_h5ad(world, work / f"query_{q}.h5ad", query_rows[:q], overwrite=True)
+    os.remove(world)
+    emit({"phase": "simulate", "n_total": n_total, "n_ref": int(ref_rows.size), "genes": args.genes,
+          "queries": [int(min(q, query_rows.size)) for q in args.queries], "simulate_seconds": round(t_sim, 1),
+          "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(peak_rss_gb(), 2)})
+
+
+# ---------------------------------------------------------------- build
+def cmd_build(args: argparse.Namespace) -> None:
+    """Reference build with default settings from a backed file: setup, training, reference embedding, index."""
+    import faiss
+
+    from scconcerto import Concerto
+    from scconcerto.data.backed import read_backed
+    from scconcerto.tools.ann import ann_index
+
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    adata = read_backed(args.ref)
+    model = Concerto(adata, batch_key="batch", label_key="cell_type")
+    t_setup = time.perf_counter() - t0
+    kwargs = {"epochs": args.epochs} if args.epochs else {}
+    model.train(progress=False, device=args.device, **kwargs)
+    t_model = time.perf_counter() - t0
+    train_seconds = sum(h["seconds"] for h in model.history)
+    t1 = time.perf_counter()
+    index = ann_index(model.reference.embedding, "ivf")
+    t_index = time.perf_counter() - t1
+    model.save(args.model, overwrite=True)
+    faiss.write_index(index, str(Path(args.model).with_suffix(".ivf.faiss")))
+    n = adata.n_obs
+    emit({"phase": "build", "n_cells": n, "genes": len(model.setup.genes), "epochs": model.train_config.epochs,
+          "seconds_per_epoch": [round(h["seconds"], 1) for h in model.history],
+          "train_cells_per_s": round(n * len(model.history) / train_seconds),
+          "setup_seconds": round(t_setup, 1), "train_seconds": round(train_seconds, 1),
+          "reference_embed_seconds": round(t_model - t_setup - train_seconds, 1),
+          "build_seconds": round(t_model, 1), "index_seconds": round(t_index, 1),
+          "final_loss": round(model.history[-1]["loss"], 4), "peak_rss_gb": round(peak_rss_gb(), 2),
+          "process_cpu_seconds": round(cpu_seconds() - cpu0, 1),
+          "machine": machine()})
+
+
+# ---------------------------------------------------------------- converge
+def _rows_in_memory(adata, rows: np.ndarray):  # noqa: ANN001, ANN202
+    """Some rows of a backed AnnData, read into memory."""
+    import anndata as ad
+
+    from scconcerto.data.backed import BackedCSR
+
+    return ad.AnnData(X=BackedCSR(adata.X)[rows], obs=adata.obs.iloc[rows].copy(), var=adata.var.copy())
+
+
+def cmd_converge(args: argparse.Namespace) -> None:
+    """Held-out label accuracy after every epoch (kNN from a query sample onto a reference sample)."""
+    import lightning as L
+
+    from scconcerto import Concerto
+    from scconcerto.data import prepare_cells
+    from scconcerto.data.backed import read_backed
+    from scconcerto.train import TrainConfig, embed_cells, fit
+    from scconcerto.tools import knn, vote
+
+    ref = read_backed(args.ref)
+    query = read_backed(args.query)
+    model = Concerto(ref, batch_key="batch", label_key="cell_type")
+    cells = prepare_cells(ref, model.setup).cells
+    rng = np.random.default_rng(0)
+    ref_rows = np.sort(rng.choice(ref.n_obs, min(args.probe, ref.n_obs), replace=False))
+    q_rows = np.sort(rng.choice(query.n_obs, min(args.probe, query.n_obs), replace=False))
+    probe_ref = prepare_cells(_rows_in_memory(ref, ref_rows), model.setup).cells
+    probe_q_prepared = prepare_cells(_rows_in_memory(query, q_rows), model.setup)
+    cats = model.setup.labels["cell_type"]
+    ref_codes = np.searchsorted(cats, ref.obs["cell_type"].astype(str).to_numpy()[ref_rows])
+    truth = query.obs["cell_type"].astype(str).to_numpy()[q_rows]
+    new = sorted(set(probe_q_prepared.cells.domains.tolist()) - set(range(len(model.setup.sources))))
+    curve: list[dict] = []
+
+    class Probe(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
+            net = plan.network
+            device = str(plan.device)
+            e_ref = embed_cells(net, probe_ref, device=device)
+            e_q = embed_cells(net, probe_q_prepared.cells, device=device, adapt_domains=new or None)
+            net.to(plan.device).train()
+            pred = vote(knn(e_q, e_ref, k=5), ref_codes, len(cats)).codes
+            acc = float(np.mean(np.asarray(cats)[pred] == truth))
+            curve.append({"epoch": int(trainer.current_epoch) + 1, "query_knn_accuracy": round(acc, 4)})
+            print(curve[-1], flush=True)
+
+    config = TrainConfig(epochs=args.epochs, batch_size=256, lr=1e-3, max_genes=512, gene_dropout=0.4, seed=0,
+                         device=args.device, progress=False)
+    t0 = time.perf_counter()
+    history = fit(model.network, cells, config, callbacks=[Probe()])
+    best = max(c["query_knn_accuracy"] for c in curve)
+    plateau = next(c["epoch"] for c in curve if c["query_knn_accuracy"] >= best - 0.01)
+    emit({"phase": "converge", "n_cells": ref.n_obs, "epochs": args.epochs, "curve": curve,
+          "epochs_to_plateau": plateau, "loss": [round(h["loss"], 3) for h in history],
+          "seconds": round(time.perf_counter() - t0, 1), "probe_cells": int(len(q_rows))})
+
+
+# ---------------------------------------------------------------- map
+def cmd_map(args: argparse.Namespace) -> None:
+    """Query mapping from a backed file: streamed embedding (AdaBN) + IVF kNN + similarity-weighted vote."""
+    import faiss
+
+    from scconcerto import Concerto
+    from scconcerto.data import prepare_cells
+    from scconcerto.data.backed import read_backed
+    from scconcerto.metrics import annotation_report
+    from scconcerto.tools.ann import neighbor_recall, transfer_streaming
+    from scconcerto.tools import knn
+    from scconcerto.train import iter_embeddings
+
+    model = Concerto.load(args.model)
+    index = faiss.read_index(str(Path(args.model).with_suffix(".ivf.faiss")))
+    index.nprobe = args.nprobe
+    rss_loaded = peak_rss_gb()
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    query = read_backed(args.query)
+    prepared = prepare_cells(query, model.setup, what="the query")
+    new = sorted(set(prepared.cells.domains.tolist()) - set(range(len(model.setup.sources))))
+    timing = {"embed": 0.0}
+    kept: list[np.ndarray] = []
+
+    def timed_blocks():
+        it = iter_embeddings(model.network, prepared.cells, batch_size=1024, device=args.device,
+                             adapt_domains=new or None)
+        while True:
+            t = time.perf_counter()
+            try:
+                rows, emb = next(it)
+            except StopIteration:
+                return
+            timing["embed"] += time.perf_counter() - t
+            if sum(len(k) for k in kept) < args.recall_sample:
+                kept.append(emb)
+            yield rows, emb
+
+    ref = model.reference
+    n_classes = {k: len(v) for k, v in model.setup.labels.items()}
+    result = transfer_streaming(timed_blocks(), index, ref.labels, n_classes, query.n_obs, k=5)
+    total = time.perf_counter() - t0
+    cpu_used = cpu_seconds() - cpu0
+    cats = np.asarray(model.setup.labels["cell_type"], dtype=object)
+    report = annotation_report(query.obs["cell_type"].astype(str).to_numpy(),
+                               cats[result.codes["cell_type"]].astype(str))
+    sample = np.concatenate(kept)[: args.recall_sample]
+    exact = knn(sample, ref.embedding, k=5)
+    approx = knn(sample, index, k=5)
+    emit({"phase": "map", "n_query": query.n_obs, "n_reference": int(ref.embedding.shape[0]),
+          "seconds": round(total, 2), "embed_seconds": round(timing["embed"], 2),
+          "knn_and_vote_seconds": round(total - timing["embed"], 2), "cells_per_s": round(query.n_obs / total),
+          "process_cpu_seconds": round(cpu_used, 1), "load_average": os.getloadavg(),
+          "accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
+          "ivf_recall_at_5": round(neighbor_recall(approx, exact), 4), "nprobe": args.nprobe,
+          "nlist": int(index.nlist), "recall_sample": int(sample.shape[0]),
+          "peak_rss_gb": round(peak_rss_gb(), 2), "rss_after_model_load_gb": round(rss_loaded, 2)})
+
+
+# ---------------------------------------------------------------- profile
+def cmd_profile(args: argparse.Namespace) -> None:
+    """Where a training step's time goes (torch profiler), and train/embed cells/s per attention backend."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from scconcerto.data import prepare_cells, setup_reference
+    from scconcerto.datasets import simulate
+    from scconcerto.nn import ConcertoNetwork, nt_xent
+    from scconcerto.nn.attention import attention_backend
+    from scconcerto.train.plan import CpuThreads
+
+    adata = simulate(args.cells, args.genes, n_types=8, n_batches=3, seed=0)
+    setup = setup_reference(adata, batch_key="batch")
+    cells = prepare_cells(adata, setup).cells
+    rows = np.flatnonzero(cells.domains == 0)[:256]
+    batch = cells.batch(rows, 512, np.random.default_rng(0), 0.4)
+    full = cells.batch(np.arange(2048))
+    out = {"phase": "profile", "cells": args.cells, "genes": args.genes,
+           "expressed_genes_per_cell": round(cells.X.nnz / cells.n_cells, 1),
+           "teacher_genes_per_cell_training": round(batch.teacher["rna"].indices.numel() / len(rows), 1)}
+    for backend in args.backends:
+        torch.manual_seed(0)
+        net = ConcertoNetwork(setup.n_features, len(setup.sources), dropout=0.3)
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+
+        def step() -> None:
+            zt, zs = net(batch)
+            loss = nt_xent(zt, zs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        with attention_backend(backend), CpuThreads():
+            step()
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t)
+            net.eval()
+            with torch.no_grad():
+                net.embed(full)
+                etimes = []
+                for _ in range(max(2, args.repeats // 4)):
+                    t = time.perf_counter()
+                    net.embed(full)
+                    etimes.append(time.perf_counter() - t)
+            net.train()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(5):
+                    step()
+        out[backend] = {"train_step_ms_median": round(1e3 * float(np.median(times)), 1),
+                        "train_step_ms_min": round(1e3 * float(np.min(times)), 1),
+                        "train_cells_per_s_median": round(len(rows) / float(np.median(times))),
+                        "embed_cells_per_s_median": round(full.n_cells / float(np.median(etimes)))}
+        print(f"--- {backend}: 5 training steps of {len(rows)} cells, ops by self CPU time")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    out["machine"] = machine()
+    emit(out)
+
+
+# ---------------------------------------------------------------- run
+def child(argv: list[str], log: Path) -> list[dict]:
+    """Run a sub-command in a fresh process; return its RESULT records."""
+    cmd = [sys.executable, str(HERE), *argv]
+    print("$ " + " ".join(cmd), flush=True)
+    with open(log, "a") as fh:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
+    records = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            records.append(json.loads(line[7:]))
+            print(line[7:], flush=True)
+        else:
+            print("  " + line, flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"sub-command failed ({proc.returncode}); see {log}")
+    return records
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "stderr.log"
+    results: list[dict] = []
+    for n in args.sizes:
+        common = ["--workdir", str(work)]
+        queries = [str(q) for q in args.queries]
+        if not (work / f"ref_{n}.h5ad").exists() or args.resimulate:
+            results += child(["simulate", "--n-ref", str(n), "--genes", str(args.genes), "--queries", *queries,
+                              *common], log)
+        model = work / f"model_{n}"
+        build = ["build", "--ref", str(work / f"ref_{n}.h5ad"), "--model", str(model), "--device", args.device]
+        results += child(build + (["--epochs", str(args.epochs)] if args.epochs else []), log)
+        for q in args.queries:
+            results += child(["map", "--model", str(model), "--query", str(work / f"query_{q}.h5ad"),
+                              "--device", args.device], log)
+        if args.converge_epochs:
+            results += child(["converge", "--ref", str(work / f"ref_{n}.h5ad"), "--query",
+                              str(work / f"query_{min(args.queries)}.h5ad"), "--epochs", str(args.converge_epochs),
+                              "--device", args.device], log)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("simulate")
+    s.add_argument("--n-ref", type=int, required=True)
+    s.add_argument("--genes", type=int, default=2000)
+    s.add_argument("--queries", type=int, nargs="+", default=[10_000])
+    s.add_argument("--types", type=int, default=10)
+    s.add_argument("--batches", type=int, default=4, help="reference batches + 1 held-out query batch")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workdir", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--ref", required=True)
+    b.add_argument("--model", required=True)
+    b.add_argument("--epochs", type=int, default=None, help="default: the package's choice by size")
+    b.add_argument("--device", default="auto")
+    c = sub.add_parser("converge")
+    c.add_argument("--ref", required=True)
+    c.add_argument("--query", required=True)
+    c.add_argument("--epochs", type=int, default=6)
+    c.add_argument("--probe", type=int, default=5000)
+    c.add_argument("--device", default="auto")
+    m = sub.add_parser("map")
+    m.add_argument("--model", required=True)
+    m.add_argument("--query", required=True)
+    m.add_argument("--nprobe", type=int, default=16)
+    m.add_argument("--recall-sample", type=int, default=5000)
+    m.add_argument("--device", default="auto")
+    f = sub.add_parser("profile")
+    f.add_argument("--cells", type=int, default=20_000)
+    f.add_argument("--genes", type=int, default=2000)
+    f.add_argument("--repeats", type=int, default=20)
+    f.add_argument("--rows", type=int, default=15)
+    f.add_argument("--backends", nargs="+", default=["torch", "fused"])
+    r = sub.add_parser("run")
+    r.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    r.add_argument("--genes", type=int, default=2000)
+    r.add_argument("--queries", type=int, nargs="+", default=[10_000, 100_000])
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--converge-epochs", type=int, default=0)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--workdir", default="/tmp/scconcerto_scale")
+    r.add_argument("--resimulate", action="store_true")
+    r.add_argument("--out", default=None)
+    args = p.parse_args()
+    {"simulate": cmd_simulate, "build": cmd_build, "converge": cmd_converge, "map": cmd_map,
+     "profile": cmd_profile, "run": cmd_run}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Benchmark tasks: each a function ``run(ctx) -> TaskResult`` (see :mod:`benchmarks.tasks.base`)."""

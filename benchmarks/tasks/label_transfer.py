@@ -1,0 +1,36 @@
+"""Task 1: label transfer across chemistries, technologies, protocols, conditions and plates
+(ACC, macro-F1, median per-class F1 on the query cells whose type the reference has), and a
+confusion-matrix figure per split."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scconcerto.metrics import annotation_report
+
+from .base import Context, TaskResult, for_each_method, seen_mask
+from .data import label_transfer_splits
+
+
+def run(ctx: Context) -> TaskResult:
+    """Fit every method on every split's reference and score its query predictions."""
+    result = TaskResult("label_transfer")
+    for split in label_transfer_splits(ctx.data_dir, result.skipped, ctx.smoke):
+        seen = seen_mask(split)
+        truth = split.query.obs[split.label_key].astype(str).to_numpy()
+        predictions: dict[str, np.ndarray] = {}
+
+        def score(name, fitted):
+            predictions[name] = fitted.mapping.labels
+            report = annotation_report(truth[seen], fitted.mapping.labels[seen])
+            return {"acc": report["accuracy"], "macro_f1": report["macro_f1"], "median_f1": report["median_f1"],
+                    "n_eval": int(seen.sum())}
+
+        result.rows.extend(for_each_method(ctx, split, score))
+        result.notes.extend(f"{split.name}: {n}" for n in split.notes)
+        if ctx.figures and predictions:
+            from ..plots import confusion_matrices
+
+            result.figures.append(confusion_matrices(ctx.out_dir, split.name, truth[seen],
+                                                     {k: v[seen] for k, v in predictions.items()}))
+    return result

@@ -1,0 +1,73 @@
+"""``scconcerto map``: map a query .h5ad onto a reference model (labels, confidence, unknowns, proteins, UMAP)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._common import add_output, add_runtime, check_output_free
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("map", help="map query cells onto a reference model",
+                       description="Embed a query in the reference space (genes aligned by name, AdaBN per query "
+                                   "source, optional fine-tuning), transfer the reference labels by k-NN vote with a "
+                                   "calibrated confidence, impute the reference's proteins, place the query on the "
+                                   "reference UMAP. Writes a copy of the query with obs['<label>_pred'], "
+                                   "obs['<label>_confidence'], obs['<label>_unknown'], obsm['X_concerto'], "
+                                   "obsm['X_umap_ref'], obsm['protein_imputed'] and uns['scconcerto_mapping'].")
+    p.add_argument("model", help="reference model directory written by `scconcerto train`")
+    p.add_argument("data", help="query .h5ad: raw counts or log-normalized values (never modified)")
+    add_output(p, "mapped query .h5ad to write")
+    p.add_argument("--k", type=int, default=5, help="neighbours per query cell (default: 5)")
+    p.add_argument("--batch-key", default="__setup__",
+                   help="obs column of the query's sources (default: the model's batch key, if the query has it)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="epochs of unsupervised fine-tuning of the query sources' adapters (default: 0, AdaBN only)")
+    p.add_argument("--levels", default=None,
+                   help="comma-separated label keys, coarse to fine, for hierarchical mapping (e.g. major,minor)")
+    p.add_argument("--unknown-threshold", type=float, default=None,
+                   help="confidence (0-1) below which a cell is unknown (default: the one calibrated on the reference)")
+    p.add_argument("--reject", action="store_true", help="write 'unknown' as the prediction of low-confidence cells")
+    p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
+                   help="k-NN index: exact 'flat' (default below a million reference cells) or approximate")
+    p.add_argument("--no-umap", action="store_true", help="do not place the query on the reference UMAP")
+    p.add_argument("--min-overlap", type=float, default=0.5,
+                   help="smallest fraction of the model's genes the query must have (default: 0.5)")
+    p.add_argument("--reference", default=None,
+                   help="the reference .h5ad the model was trained on; only needed to map RNA-only queries onto an "
+                        "RNA + protein model saved without its RNA-only reference embedding")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the model's)")
+    add_runtime(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._errors import InputError
+    from .._io import read_h5ad, write_h5ad
+    from ..model import Concerto
+
+    check_output_free(args.out, args.overwrite)
+    if args.k < 1:
+        raise InputError(f"--k must be at least 1, got {args.k}.")
+    model = Concerto.load(args.model)
+    if args.reference is not None:
+        model.prepare_mapping(read_h5ad(args.reference), k=args.k, umap=False, device=args.device)
+    adata = read_h5ad(args.data)
+    result = model.map_query(adata, k=args.k, batch_key=args.batch_key, finetune_epochs=args.finetune_epochs,
+                             levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,
+                             index=args.index, place=not args.no_umap, min_overlap=args.min_overlap,
+                             batch_size=args.batch_size or 1024, device=args.device, seed=args.seed)
+    adata.uns["scconcerto_mapping"]["model"] = str(args.model)
+    write_h5ad(adata, args.out, overwrite=args.overwrite)
+    info = result.info
+    summary = {"out": args.out, "cells": adata.n_obs, "gene_overlap": info["gene_overlap"]["overlap"],
+               "space": info["space"], "k": info["k"],
+               "labels": {key: {"unknown_fraction": round(float(df["unknown"].mean()), 4),
+                                "threshold": info["thresholds"][key],
+                                "top": df["pred"].astype(str).value_counts().head(5).to_dict()}
+                          for key, df in result.predictions.items()},
+               "proteins_imputed": 0 if result.protein_imputed is None else int(result.protein_imputed.shape[1]),
+               "seconds": info["timings"]["total"]}
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,62 @@
+"""``scconcerto report``: an HTML report (one self-contained file) of a query mapped onto a reference."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_output, check_output_free
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write an HTML report of a mapped query",
+                       description="Write one self-contained HTML file (figures embedded) describing a query mapped "
+                                   "onto a reference: gene overlap, the query on the reference UMAP, predicted label "
+                                   "counts with confidence, unknown cells, confusion matrix and Sankey plot (when the "
+                                   "query has labels), imputed proteins, training loss, timings and versions.")
+    p.add_argument("data", help="mapped query .h5ad (output of `scconcerto map`; never modified)")
+    p.add_argument("--reference", required=True, help="model directory the query was mapped onto")
+    add_output(p, ".html file to write")
+    p.add_argument("--label-key", action="append", default=None,
+                   help="reference label key to report (repeat for several; default: every mapped key)")
+    p.add_argument("--true-key", action="append", default=None, metavar="LABEL=COLUMN",
+                   help="obs column of the query's given labels for a label key, as LABEL=COLUMN or just COLUMN "
+                        "for the first label key (default: the column named like the label key, if present)")
+    p.add_argument("--source-key", default=None, help="obs column of the query's sources (default: the model's "
+                                                      "batch key)")
+    p.add_argument("--title", default="scConcerto mapping report", help="title of the page")
+    p.add_argument("--max-points", type=int, default=50_000, help="cells drawn per scatter plot (default 50000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of subsamples and of a UMAP computed for the report")
+    p.set_defaults(func=run)
+
+
+def _true_keys(values: list[str] | None, label_keys: list[str] | None, model_keys: list[str]) -> dict[str, str]:
+    from .._errors import InputError
+
+    out: dict[str, str] = {}
+    for value in values or []:
+        if "=" in value:
+            key, column = value.split("=", 1)
+        else:
+            first = (label_keys or model_keys or [None])[0]
+            if first is None:
+                raise InputError(f"--true-key {value!r}: the model has no label keys to compare with.")
+            key, column = first, value
+        out[key] = column
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._io import read_h5ad
+    from ..model import Concerto
+    from ..report import mapping_report
+
+    check_output_free(args.out, args.overwrite)
+    model = Concerto.load(args.reference)
+    adata = read_h5ad(args.data)
+    path = mapping_report(adata, model, args.out, label_keys=args.label_key,
+                          true_keys=_true_keys(args.true_key, args.label_key, list(model.setup.labels)),
+                          source_key=args.source_key, title=args.title, query_name=str(args.data),
+                          model_name=str(args.reference), max_points=args.max_points, seed=args.seed,
+                          overwrite=args.overwrite)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0

@@ -1,0 +1,115 @@
+"""The names a mapped query carries (written by query mapping) and how to read them.
+
+For each label key ``L`` of the reference, mapping writes ``obs['L_pred']``,
+``obs['L_confidence']`` (0-1) and ``obs['L_unknown']`` (bool); the embedding is
+``obsm['X_concerto']``, the query placed on the reference UMAP is
+``obsm['X_umap_ref']``, imputed proteins are ``obsm['protein_imputed']`` and
+the run's parameters (gene overlap, k, thresholds, timings) are in
+``uns['scconcerto_mapping']``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from .._errors import InputError
+from ._base import UNKNOWN_LABEL, as_strings
+
+EMBEDDING = "X_concerto"
+REFERENCE_UMAP = "X_umap_ref"
+IMPUTED_PROTEIN = "protein_imputed"
+MAPPING_UNS = "scconcerto_mapping"
+
+
+def pred_key(label_key: str) -> str:
+    return f"{label_key}_pred"
+
+
+def confidence_key(label_key: str) -> str:
+    return f"{label_key}_confidence"
+
+
+def unknown_key(label_key: str) -> str:
+    return f"{label_key}_unknown"
+
+
+def mapped_label_keys(adata: ad.AnnData) -> list[str]:
+    """Label keys ``L`` for which ``obs['L_pred']`` exists."""
+    return [c[: -len("_pred")] for c in map(str, adata.obs.columns) if c.endswith("_pred") and len(c) > 5]
+
+
+def require_obs(adata: ad.AnnData, key: str, hint: str) -> np.ndarray:
+    """``adata.obs[key]`` as an array, or a clear error naming the columns there are."""
+    if key not in adata.obs:
+        raise InputError(f"`obs[{key!r}]` is not in the AnnData (columns: {list(adata.obs.columns)[:20]}). {hint}")
+    return adata.obs[key].to_numpy()
+
+
+def predicted_labels(adata: ad.AnnData, label_key: str, mark_unknown: bool = True) -> np.ndarray:
+    """Predicted labels as strings; cells flagged in ``obs['L_unknown']`` become ``"unknown"`` if asked."""
+    pred = as_strings(require_obs(adata, pred_key(label_key), "Map the query first (`scconcerto map`), or name "
+                                  "the label key whose `<key>_pred` column holds the predictions."))
+    if mark_unknown and unknown_key(label_key) in adata.obs:
+        pred = pred.copy()
+        pred[adata.obs[unknown_key(label_key)].to_numpy(dtype=bool)] = UNKNOWN_LABEL
+    return pred
+
+
+def mapping_info(adata: ad.AnnData) -> dict[str, Any]:
+    """``uns['scconcerto_mapping']`` as a plain dict (empty when absent)."""
+    info = adata.uns.get(MAPPING_UNS, {})
+    return dict(info) if isinstance(info, Mapping) else {}
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        out = float(np.asarray(value).ravel()[0]) if np.size(value) == 1 else None
+    except (TypeError, ValueError):
+        return None
+    return out if out is not None and np.isfinite(out) else None
+
+
+def unknown_threshold(adata: ad.AnnData, label_key: str) -> float | None:
+    """The confidence below which cells were called unknown, as recorded by mapping, if any.
+
+    Looks in ``uns['scconcerto_mapping']`` for ``thresholds[label_key]`` (or a
+    single ``thresholds``/``threshold``/``unknown_threshold`` number).
+    """
+    info = mapping_info(adata)
+    for name in ("thresholds", "threshold", "unknown_threshold", "confidence_threshold"):
+        value = info.get(name)
+        if isinstance(value, Mapping):
+            value = value.get(label_key)
+        found = _as_float(value) if value is not None else None
+        if found is not None:
+            return found
+    return None
+
+
+def gene_overlap(adata: ad.AnnData) -> dict[str, Any] | None:
+    """The gene overlap summary written by mapping (or by ``scconcerto embed``), if any."""
+    for info in (mapping_info(adata), dict(adata.uns.get("scconcerto", {}) or {})):
+        value = info.get("gene_overlap")
+        if isinstance(value, Mapping):
+            return dict(value)
+    return None
+
+
+def imputed_protein(adata: ad.AnnData, key: str = IMPUTED_PROTEIN) -> tuple[np.ndarray, list[str]] | None:
+    """Imputed protein matrix and its names (``uns['<key>_names']``, mapping info, or ``uns['protein_names']``)."""
+    if key not in adata.obsm:
+        return None
+    values = adata.obsm[key]
+    if hasattr(values, "columns"):  # a DataFrame carries its names
+        return np.asarray(values, dtype=np.float32), [str(c) for c in values.columns]
+    values = np.asarray(values, dtype=np.float32)
+    info = mapping_info(adata)
+    for names in (adata.uns.get(f"{key}_names"), info.get("protein_names"), info.get(f"{key}_names"),
+                  adata.uns.get("protein_names")):
+        if names is not None and len(names) == values.shape[1]:
+            return values, [str(n) for n in names]
+    return values, [f"protein_{i}" for i in range(values.shape[1])]

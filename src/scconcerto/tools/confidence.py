@@ -1,0 +1,389 @@
+"""Per-cell confidence of a k-NN label transfer, calibrated on the reference by leave-one-type-out.
+
+The confidence of a transferred label is the product of two probabilities,
+each a small logistic model of the cell's neighbourhood fitted on the
+reference itself:
+
+* **correctness** ``P(right | seen type)``: do the neighbours agree (vote
+  share) and are they close (cosine similarity)? Fitted on reference cells
+  searched against the other reference cells: is their own label recovered?
+* **novelty** ``P(seen type)``: a cell of a type the reference lacks still finds
+  k neighbours, often of one type, but it is closer to *other query cells* (its
+  own type) than to the reference. The log ratio of the two similarities, at
+  matched density (both sides subsampled to the same size), is the key
+  feature; the vote share and absolute similarities complete it. Fitted by
+  leave-one-type-out: the reference is split into a pseudo-query half and a
+  pseudo-reference half; pseudo-query cells searched against the
+  pseudo-reference are *seen*, and those of each type ``t`` searched against the
+  pseudo-reference without ``t`` are *unseen* (each left-out type weighs the
+  same, and the unseen group as much as the seen one).
+
+A query too small to have neighbours of its own (fewer than
+:data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
+default *unknown* threshold is the confidence below which 5 % of the
+pseudo-query's right transfers fall (a target false-rejection rate on seen
+types; Youden's best separating threshold is reported too, but left-out types
+of a trained embedding are easier to tell apart than truly unseen ones, so it
+sits too low); it is stored with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from .._errors import InputError
+from .label_transfer import LabelTransfer, vote
+from .neighbors import NeighborsResults, l2_normalize
+
+__all__ = ["CORRECTNESS_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult", "ConfidenceModel",
+           "LogisticScore", "calibrate_confidence", "density_ratio", "neighborhood_features"]
+
+NEIGHBORHOOD_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
+CORRECTNESS_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
+NOVELTY_FEATURES = ("vote_share", "winner_similarity", "top_similarity", "log_density_ratio")
+NOVELTY_SMALL_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
+#: Below this many cells a query has no neighbourhood of its own: the density ratio is not used.
+MIN_QUERY_CELLS = 30
+_MAX_DENSITY_CELLS = 20_000
+
+
+# ---------------------------------------------------------------------------------------------- features
+def neighborhood_features(neighbors: NeighborsResults, transfer: LabelTransfer,
+                          reference_codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Vote share, mean similarity of the winner's voters, and top similarity of each query cell.
+
+    Parameters
+    ----------
+    neighbors
+        Query cells' neighbours among the reference cells.
+    transfer
+        The vote on those neighbours (:func:`~scconcerto.tools.vote`).
+    reference_codes
+        Label code of each reference cell (``-1``: unlabeled).
+
+    Returns
+    -------
+    dict
+        ``{name: (n_query,) float64}`` for the names in :data:`NEIGHBORHOOD_FEATURES`.
+    """
+    neighbor_codes = reference_codes[neighbors.indices]
+    voted_winner = neighbor_codes == transfer.codes[:, None]
+    n_winner = voted_winner.sum(axis=1)
+    sims = np.clip(neighbors.similarities.astype(np.float64), 0.0, None)
+    winner_sim = np.divide((sims * voted_winner).sum(axis=1), n_winner, out=np.zeros(len(n_winner)),
+                           where=n_winner > 0)
+    top = sims[:, 0] if sims.shape[1] else np.zeros(len(n_winner))
+    return {"vote_share": transfer.confidence.astype(np.float64), "winner_similarity": winner_sim,
+            "top_similarity": top}
+
+
+def _flat_index(x: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(np.ascontiguousarray(x, dtype=np.float32))
+    return index
+
+
+def _mean_top_similarity(query: np.ndarray, base: np.ndarray, k: int, own: np.ndarray | None = None) -> np.ndarray:
+    """Mean cosine similarity of each query row to its ``k`` nearest ``base`` rows.
+
+    ``own[i]`` is the row of ``base`` that is query row ``i`` itself (``-1``: none); it is skipped.
+    """
+    k = max(1, min(k, len(base) - (own is not None)))
+    sims, idx = _flat_index(base).search(np.ascontiguousarray(query, dtype=np.float32), k + (own is not None))
+    if own is not None:
+        is_own = idx == own[:, None]
+        drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), sims.shape[1] - 1)
+        keep = np.ones_like(idx, dtype=bool)
+        keep[np.arange(len(idx)), drop] = False
+        sims = sims[keep].reshape(len(idx), k)
+    else:
+        sims = np.where(idx < 0, 0.0, sims)
+    return np.clip(sims, 0.0, None).mean(axis=1)
+
+
+def density_ratio(query: np.ndarray, reference: np.ndarray, query_pool: np.ndarray | None = None,
+                  k: int = 5, max_cells: int = _MAX_DENSITY_CELLS, seed: int = 0,
+                  query_rows_in_pool: np.ndarray | None = None) -> np.ndarray:
+    """Log ratio of each query cell's similarity to the reference and to the other query cells.
+
+    Both sides are subsampled (seeded) to the same number of cells
+    ``m = min(len(reference), len(query_pool), max_cells)`` so that the ratio
+    does not depend on their sizes; on each side the mean similarity of the
+    ``k`` nearest cells is taken (the cell itself excluded from its own pool).
+    A cell closer to the query than to the reference (``< 0``) hints at a type
+    the reference lacks.
+
+    Parameters
+    ----------
+    query
+        ``(n, d)`` embedding of the cells to score.
+    reference
+        ``(n_ref, d)`` reference embedding.
+    query_pool
+        The query cells to compare with (default: ``query`` itself).
+    k
+        Neighbours on each side.
+    max_cells
+        Cap on ``m``.
+    seed
+        Seed of the subsamples.
+    query_rows_in_pool
+        Row of each ``query`` cell in ``query_pool`` (``-1``: absent); default: ``query`` is the pool.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` float64.
+    """
+    rng = np.random.default_rng(seed)
+    pool = query if query_pool is None else query_pool
+    own = np.arange(len(query)) if query_pool is None else (
+        np.full(len(query), -1) if query_rows_in_pool is None else np.asarray(query_rows_in_pool))
+    m = int(min(len(reference), len(pool), max_cells))
+    ref_rows = rng.choice(len(reference), m, replace=False) if len(reference) > m else np.arange(len(reference))
+    pool_rows = np.sort(rng.choice(len(pool), m, replace=False)) if len(pool) > m else np.arange(len(pool))
+    position = np.full(len(pool), -1)
+    position[pool_rows] = np.arange(len(pool_rows))
+    own_in_sub = np.where(own >= 0, position[np.maximum(own, 0)], -1)
+    to_ref = _mean_top_similarity(query, reference[ref_rows], k)
+    to_query = _mean_top_similarity(query, pool[pool_rows], k, own=own_in_sub)
+    return np.log(np.maximum(to_ref, 1e-3)) - np.log(np.maximum(to_query, 1e-3))
+
+
+# ---------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class LogisticScore:
+    """``sigmoid(coef . x + intercept)`` over named features."""
+
+    features: tuple[str, ...]
+    coef: tuple[float, ...]
+    intercept: float
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        missing = [f for f in self.features if f not in features]
+        if missing:
+            raise InputError(f"Confidence features {missing} are missing.")
+        x = np.column_stack([np.asarray(features[f], dtype=np.float64) for f in self.features])
+        z = x @ np.asarray(self.coef) + self.intercept
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # numerically stable sigmoid
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LogisticScore":
+        return cls(tuple(str(f) for f in d["features"]), tuple(float(c) for c in d["coef"]), float(d["intercept"]))
+
+    @classmethod
+    def fit(cls, features: dict[str, np.ndarray], names: tuple[str, ...], target: np.ndarray,
+            weight: np.ndarray | None = None) -> "LogisticScore":
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.column_stack([features[f] for f in names])
+        clf = LogisticRegression(C=1.0, max_iter=1000).fit(x, target, sample_weight=weight)
+        return cls(names, tuple(float(c) for c in clf.coef_[0]), float(clf.intercept_[0]))
+
+
+@dataclass(frozen=True)
+class ConfidenceModel:
+    """Calibrated confidence of a label transfer and the default unknown threshold.
+
+    Attributes
+    ----------
+    correctness
+        ``P(right | seen)`` from :data:`CORRECTNESS_FEATURES`.
+    novelty
+        ``P(seen)`` from :data:`NOVELTY_FEATURES` (with the density ratio).
+    novelty_small
+        ``P(seen)`` without the density ratio, for queries of fewer than :data:`MIN_QUERY_CELLS` cells.
+    threshold, threshold_small
+        Confidence below which a cell is unknown (with / without the ratio).
+    k
+        Neighbours the model was calibrated with.
+    report
+        Reference AUROCs of the calibration (seen vs left-out types; right vs wrong among seen).
+    """
+
+    correctness: LogisticScore
+    novelty: LogisticScore
+    novelty_small: LogisticScore
+    threshold: float
+    threshold_small: float
+    k: int
+    report: dict[str, float] = field(default_factory=dict)
+
+    def confidence(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Confidence (0-1, float32): ``P(right | seen) * P(seen)``.
+
+        The novelty model with the density ratio is used when ``features`` has
+        ``log_density_ratio``, the small-query one otherwise.
+        """
+        novelty = self.novelty if "log_density_ratio" in features else self.novelty_small
+        return (self.correctness(features) * novelty(features)).astype(np.float32)
+
+    def threshold_for(self, features: dict[str, np.ndarray]) -> float:
+        """The default unknown threshold matching the model :meth:`confidence` uses for ``features``."""
+        return self.threshold if "log_density_ratio" in features else self.threshold_small
+
+    def to_dict(self) -> dict:
+        return {"correctness": self.correctness.to_dict(), "novelty": self.novelty.to_dict(),
+                "novelty_small": self.novelty_small.to_dict(), "threshold": self.threshold,
+                "threshold_small": self.threshold_small, "k": self.k,
+                "report": {k: (float(v) if np.isfinite(v) else None) for k, v in self.report.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConfidenceModel":
+        try:
+            return cls(LogisticScore.from_dict(d["correctness"]), LogisticScore.from_dict(d["novelty"]),
+                       LogisticScore.from_dict(d["novelty_small"]), float(d["threshold"]),
+                       float(d["threshold_small"]), int(d["k"]),
+                       {k: float("nan") if v is None else float(v) for k, v in d.get("report", {}).items()})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"The stored confidence model is incomplete ({exc}); re-run "
+                             "`model.prepare_mapping(overwrite=True)` to calibrate it again.") from exc
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """A fitted :class:`ConfidenceModel` and the calibration cells' confidences (for inspection and plots)."""
+
+    model: ConfidenceModel
+    seen_confidence: np.ndarray
+    seen_correct: np.ndarray
+    left_out_confidence: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def _search_within(embedding: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int) -> NeighborsResults:
+    """Exact k-NN of ``query`` among ``embedding[rows]``, as row numbers of ``embedding``.
+
+    A flat index over the subset keeps faiss's batched (BLAS) search; a search
+    filtered by an id selector would scan query by query.
+    """
+    sims, idx = _flat_index(embedding[rows]).search(np.ascontiguousarray(query, dtype=np.float32), k)
+    missing = idx < 0  # fewer than k cells: padded by faiss
+    return NeighborsResults(np.where(missing, rows[0], rows[np.maximum(idx, 0)]).astype(np.int64),
+                            np.where(missing, 0.0, sims).astype(np.float32))
+
+
+def _youden_threshold(score: np.ndarray, positive: np.ndarray, weight: np.ndarray) -> float:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(positive, score, sample_weight=weight, drop_intermediate=False)
+    best = int(np.argmax(tpr - fpr))
+    # in the middle of the gap between the lowest admitted score and the next lower one
+    lower = thr[best + 1] if best + 1 < len(thr) else thr[best]
+    return float(np.clip(0.5 * (thr[best] + lower), 0.0, 1.0))
+
+
+def _weighted_auroc(score: np.ndarray, positive: np.ndarray, weight: np.ndarray | None = None) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive, score, sample_weight=weight))
+
+
+def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: int, k: int = 5,
+                         max_cells: int = 5_000, min_type_cells: int = 3, false_rejection_rate: float = 0.05,
+                         seed: int = 0) -> CalibrationResult:
+    """Fit the confidence model on a reference (see the module docstring).
+
+    Parameters
+    ----------
+    embedding
+        ``(n_ref, d)`` reference embedding.
+    codes
+        ``(n_ref,)`` label codes, ``-1`` for unlabeled cells (they vote for nothing and are never pseudo-queries).
+    n_classes
+        Number of label categories.
+    k
+        Neighbours per cell, as used for mapping.
+    max_cells
+        At most this many labeled cells form the pseudo-query (a seeded sample of
+        up to half the labeled cells); every other cell is the pseudo-reference.
+    min_type_cells
+        Types with fewer pseudo-query cells are not left out.
+    false_rejection_rate
+        The default unknown threshold calls this fraction of the pseudo-query's
+        right transfers unknown (its quantile of their confidences).
+    seed
+        Seed of the split and the subsamples.
+
+    Returns
+    -------
+    CalibrationResult
+    """
+    emb = l2_normalize(embedding)
+    codes = np.asarray(codes, dtype=np.int64)
+    if codes.shape != (len(emb),):
+        raise InputError(f"codes must hold one label code per reference cell ({len(emb)}), got {codes.shape}.")
+    labeled = np.flatnonzero(codes >= 0)
+    if len(np.unique(codes[labeled])) < 2 or labeled.size < 4 * max(k, 1):
+        raise InputError(f"Calibrating the confidence needs at least two labeled cell types and {4 * max(k, 1)} "
+                         f"labeled reference cells; found {len(np.unique(codes[labeled]))} types in "
+                         f"{labeled.size} cells. Give a label key with several types.")
+    rng = np.random.default_rng(seed)
+    n_query = int(min(max_cells, labeled.size // 2))
+    pseudo_query = np.sort(rng.choice(labeled, n_query, replace=False))
+    is_pseudo_ref = np.ones(len(emb), dtype=bool)
+    is_pseudo_ref[pseudo_query] = False
+    pseudo_ref = np.flatnonzero(is_pseudo_ref)
+    k_eff = int(min(k, len(pseudo_ref) - 1))
+    q_codes = codes[pseudo_query]
+
+    # seen: pseudo-query cells against the pseudo-reference
+    nb = _search_within(emb, pseudo_ref, emb[pseudo_query], k_eff)
+    tr = vote(nb, codes, n_classes)
+    seen = neighborhood_features(nb, tr, codes)
+    seen["log_density_ratio"] = density_ratio(emb[pseudo_query], emb[pseudo_ref], k=k, seed=seed)
+    seen_correct = tr.codes == q_codes
+
+    # unseen: each type's pseudo-query cells against the pseudo-reference without that type
+    types = [t for t in np.unique(q_codes) if (q_codes == t).sum() >= min_type_cells
+             and (codes[pseudo_ref] != t).sum() > k_eff]
+    if not types:
+        raise InputError("No cell type has enough labeled reference cells to calibrate the confidence.")
+    parts: list[dict[str, np.ndarray]] = []
+    for t in types:  # one search per type, never per cell
+        rows = np.flatnonzero(q_codes == t)
+        ref_without_t = pseudo_ref[codes[pseudo_ref] != t]
+        nb_t = _search_within(emb, ref_without_t, emb[pseudo_query[rows]], k_eff)
+        f = neighborhood_features(nb_t, vote(nb_t, codes, n_classes), codes)
+        f["log_density_ratio"] = density_ratio(emb[pseudo_query[rows]], emb[ref_without_t], emb[pseudo_query], k=k,
+                                               seed=seed, query_rows_in_pool=rows)
+        f["weight"] = np.full(len(rows), 1.0 / (len(types) * len(rows)))
+        parts.append(f)
+    unseen = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    w_unseen = unseen.pop("weight")
+    n_seen = len(seen_correct)
+
+    both = {name: np.concatenate([seen[name], unseen[name]]) for name in seen}
+    is_seen = np.concatenate([np.ones(n_seen, dtype=bool), np.zeros(len(w_unseen), dtype=bool)])
+    weight = np.concatenate([np.full(n_seen, 1.0 / n_seen), w_unseen])
+    weight = weight / weight.mean()
+
+    if seen_correct.all() or not seen_correct.any():  # nothing to learn: the share alone orders cells
+        correctness = LogisticScore(("vote_share",), (4.0,), -2.0)
+    else:
+        correctness = LogisticScore.fit(seen, CORRECTNESS_FEATURES, seen_correct)
+    novelty = LogisticScore.fit(both, NOVELTY_FEATURES, is_seen, weight)
+    novelty_small = LogisticScore.fit(both, NOVELTY_SMALL_FEATURES, is_seen, weight)
+
+    right = is_seen & np.concatenate([seen_correct, np.zeros(len(w_unseen), dtype=bool)])
+    conf = correctness(both) * novelty(both)
+    conf_small = correctness(both) * novelty_small(both)
+    report = {"auroc_seen_vs_left_out": _weighted_auroc(conf, is_seen, weight),
+              "auroc_right_vs_wrong_seen": _weighted_auroc(conf[:n_seen], seen_correct),
+              "seen_accuracy": float(seen_correct.mean()), "n_seen": float(n_seen),
+              "n_left_out": float(len(w_unseen)), "left_out_types": float(len(types))}
+    report["youden_threshold"] = _youden_threshold(conf, right, weight)
+    model = ConfidenceModel(correctness=correctness, novelty=novelty, novelty_small=novelty_small,
+                            threshold=float(np.quantile(conf[right], false_rejection_rate)),
+                            threshold_small=float(np.quantile(conf_small[right], false_rejection_rate)), k=k,
+                            report=report)
+    return CalibrationResult(model=model, seen_confidence=conf[:n_seen].astype(np.float32),
+                             seen_correct=seen_correct, left_out_confidence=conf[n_seen:].astype(np.float32))

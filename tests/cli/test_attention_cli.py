@@ -1,0 +1,81 @@
+"""``scconcerto attention``: CSV of the top features per group, heatmap, agreement; safe outputs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import pytest
+
+from scconcerto.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, trained_model, sim):
+    folder = tmp_path_factory.mktemp("attention_cli")
+    trained_model.save(folder / "model")
+    sim.write_h5ad(folder / "data.h5ad")
+    return folder
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_table_plot_and_agreement(files, trained_model, sim, tmp_path, capsys):
+    from scconcerto.tools import rank_attention
+
+    before = _digest(files / "data.h5ad")
+    out, plot, agree = tmp_path / "markers.csv", tmp_path / "heat.png", tmp_path / "agree.csv"
+    rc = main(["attention", str(files / "model"), str(files / "data.h5ad"), "--groupby", "cell_type",
+               "--out", str(out), "--plot", str(plot), "--agreement", str(agree), "--n-top", "10",
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    table = pd.read_csv(out)
+    assert list(table.columns[:4]) == ["modality", "group", "rank", "feature"]
+    assert set(table["modality"]) == {"rna"} and table.groupby("group").size().eq(10).all()
+    expected = rank_attention(sim.copy(), "cell_type", model=trained_model, n_top=10, key_added="")
+    for group, ranked in expected.items():
+        assert table.loc[table["group"] == group, "feature"].tolist() == ranked["feature"].tolist()
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    agreement = pd.read_csv(agree, index_col=0)
+    assert set(agreement.index) == set(expected) and (agreement["overlap"] > agreement["expected"]).all()
+    assert _digest(files / "data.h5ad") == before  # the input is never modified
+
+
+def test_refuses_to_overwrite_unless_asked(files, tmp_path, capsys):
+    out = tmp_path / "markers.csv"
+    out.write_text("keep me")
+    args = ["attention", str(files / "model"), str(files / "data.h5ad"), "--groupby", "cell_type",
+            "--out", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err and out.read_text() == "keep me"
+    assert main(args + ["--overwrite", "--method", "wilcoxon", "--n-top", "3"]) == 0
+    assert pd.read_csv(out)["pval_adj"].notna().all()
+
+
+def test_clear_errors(files, tmp_path, capsys):
+    base = ["attention", str(files / "model"), str(files / "data.h5ad"), "--out", str(tmp_path / "m.csv")]
+    assert main(base + ["--groupby", "no_such_column"]) == 2
+    assert "no_such_column" in capsys.readouterr().err
+    assert main(base + ["--groupby", "cell_type", "--modality", "protein"]) == 2
+    assert "without proteins" in capsys.readouterr().err
+    assert main(base + ["--groupby", "cell_type", "--plot", str(tmp_path / "m.csv")]) == 2
+    assert "different files" in capsys.readouterr().err
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_protein_model_writes_both_modalities(sim_protein, tmp_path):
+    from scconcerto import Concerto
+
+    Concerto(sim_protein, batch_key="batch", protein_key="protein").train(epochs=1, progress=False,
+                                                                         device="cpu").save(tmp_path / "model")
+    sim_protein.write_h5ad(tmp_path / "data.h5ad")
+    out = tmp_path / "markers.csv"
+    rc = main(["attention", str(tmp_path / "model"), str(tmp_path / "data.h5ad"), "--groupby", "cell_type",
+               "--out", str(out), "--n-top", "3", "--plot", str(tmp_path / "heat.pdf"), "--device", "cpu"])
+    assert rc == 0
+    table = pd.read_csv(out)
+    assert table.groupby("modality").size().to_dict() == {"protein": 12, "rna": 12}
+    assert set(table.loc[table["modality"] == "protein", "feature"]) <= set(sim_protein.uns["protein_names"])
+    assert (tmp_path / "heat.pdf").read_bytes()[:5] == b"%PDF-"

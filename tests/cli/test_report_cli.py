@@ -1,0 +1,55 @@
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from scconcerto.cli import main
+
+matplotlib.use("Agg")
+
+_spec = importlib.util.spec_from_file_location(
+    "scc_cli_mapped", Path(__file__).parents[1] / "plotting" / "_mapped_fixtures.py")
+mapped_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mapped_fixtures)
+
+
+@pytest.fixture(scope="module")
+def mapped_files(trained_model, sim, tmp_path_factory):
+    """A saved reference model (with its UMAP) and a mapped query .h5ad, both on disk."""
+    model, query = mapped_fixtures.build(trained_model, sim, n_query=120, with_protein=False)
+    folder = tmp_path_factory.mktemp("report_cli")
+    model.save(folder / "ref_model")
+    query.obs["given"] = query.obs["cell_type"]
+    del query.obs["cell_type"]
+    query.write_h5ad(folder / "query_mapped.h5ad")
+    return folder / "ref_model", folder / "query_mapped.h5ad"
+
+
+def test_report_command_writes_a_self_contained_html(mapped_files, tmp_path, capsys):
+    model_dir, data = mapped_files
+    before = hashlib.sha256(data.read_bytes()).hexdigest()
+    out = tmp_path / "report.html"
+    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out),
+                 "--true-key", "cell_type=given", "--title", "PBMC test"]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "<title>PBMC test</title>" in text and "wrote" in capsys.readouterr().out
+    # by source, per-source panels, label, confidence, histogram, confusion, Sankey, training loss
+    assert text.count('<img src="data:image/png;base64,') == 8
+    assert "Against the given labels <code>given</code> (120 cells)" in text
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == before
+
+
+def test_report_command_without_true_key_and_refusals(mapped_files, tmp_path, capsys):
+    model_dir, data = mapped_files
+    out = tmp_path / "r.html"
+    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out)]) == 0
+    assert "need given labels" in out.read_text(encoding="utf-8")
+    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["report", str(data), "--reference", str(tmp_path / "nope"), "--out", str(tmp_path / "s.html")]) == 2
+    assert "not a model directory" in capsys.readouterr().err
+    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(tmp_path / "t.html"),
+                 "--label-key", "missing"]) == 2
+    assert "no predictions" in capsys.readouterr().err

@@ -1,0 +1,233 @@
+"""Query-to-reference mapping on simulated data with a known answer (labels, unseen type, proteins)."""
+
+import copy
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+import torch
+from sklearn.metrics import roc_auc_score
+
+from scconcerto import Concerto, InputError
+from scconcerto._io import write_h5ad
+from scconcerto.datasets import simulate
+from scconcerto.metrics import annotation_report
+
+UNSEEN = "type_0"
+
+
+def pca_stub(model: Concerto) -> None:
+    """Store 2-D PCA coordinates as the reference UMAP (tests skip fitting a real UMAP)."""
+    emb = model.reference.embedding
+    centred = emb - emb.mean(0)
+    model.reference.extra["umap"] = (centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Reference: batches 0-1 without type_0; query: batch 2 with all types (type_0 unseen)."""
+    adata = simulate(900, 300, n_types=4, n_batches=3, seed=0)
+    is_query = (adata.obs["batch"] == "batch_2").to_numpy()
+    ref = adata[~is_query & (adata.obs["cell_type"] != UNSEEN).to_numpy()].copy()
+    query = adata[is_query].copy()
+    model = Concerto(ref, batch_key="batch", label_key="cell_type").train(epochs=30, lr=3e-3, progress=False,
+                                                                         device="cpu")
+    pca_stub(model)
+    model.prepare_mapping(umap=False)
+    return model, query
+
+
+@pytest.fixture(scope="module")
+def mapped(held_out):
+    model, query = held_out
+    query = query.copy()
+    result = model.map_query(query, device="cpu")
+    return model, query, result
+
+
+def test_label_transfer_recovers_labels_of_a_held_out_batch(mapped):
+    _, query, _ = mapped
+    seen = (query.obs["cell_type"] != UNSEEN).to_numpy()
+    report = annotation_report(query.obs["cell_type"].astype(str).to_numpy()[seen],
+                               query.obs["cell_type_pred"].astype(str).to_numpy()[seen])
+    assert report["accuracy"] >= 0.95 and report["macro_f1"] >= 0.95
+
+
+def test_a_type_missing_from_the_reference_gets_low_confidence(mapped):
+    _, query, _ = mapped
+    seen = (query.obs["cell_type"] != UNSEEN).to_numpy()
+    confidence = query.obs["cell_type_confidence"].to_numpy()
+    assert roc_auc_score(seen, confidence) > 0.8
+    unknown = query.obs["cell_type_unknown"].to_numpy()
+    assert unknown[~seen].mean() > unknown[seen].mean() + 0.3
+
+
+def test_outputs_use_the_stable_names(mapped, tmp_path):
+    model, query, result = mapped
+    assert query.obsm["X_concerto"].shape == (query.n_obs, 128)
+    np.testing.assert_allclose(np.linalg.norm(query.obsm["X_concerto"], axis=1), 1.0, rtol=1e-5)
+    assert query.obsm["X_umap_ref"].shape == (query.n_obs, 2)
+    assert list(query.obs["cell_type_pred"].cat.categories) == model.setup.labels["cell_type"]
+    assert query.obs["cell_type_unknown"].dtype == bool
+    conf = query.obs["cell_type_confidence"].to_numpy()
+    assert conf.min() >= 0 and conf.max() <= 1
+    info = query.uns["scconcerto_mapping"]
+    assert info["gene_overlap"]["overlap"] == 1.0 and info["k"] == 5 and info["index"] == "flat"
+    assert info["thresholds"]["cell_type"] == pytest.approx(model.unknown_thresholds()["cell_type"], abs=1e-6)
+    assert info["adabn_sources"] == ["batch_2"] and info["timings"]["total"] > 0
+    np.testing.assert_array_equal(result.predictions["cell_type"]["unknown"].to_numpy(),
+                                  query.obs["cell_type_unknown"].to_numpy())
+    write_h5ad(query, tmp_path / "mapped.h5ad")  # every output is writable to .h5ad
+
+
+def test_gene_order_and_extra_genes_do_not_change_the_result(held_out, mapped):
+    model, query = held_out[0], mapped[1]
+    order = np.random.default_rng(0).permutation(query.n_vars)
+    shuffled = query[:, order].copy()
+    model.map_query(shuffled, device="cpu")
+    np.testing.assert_allclose(shuffled.obsm["X_concerto"], query.obsm["X_concerto"], atol=1e-5)
+    assert np.array_equal(shuffled.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())
+
+    # log-normalized input (no library size to recompute): extra genes with values are simply ignored
+    lognorm = query.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    extra = sp.random(query.n_obs, 40, density=0.3, format="csr", random_state=1, dtype=np.float32) * 3
+    wider = ad.AnnData(sp.hstack([lognorm.X, extra], format="csr"), obs=query.obs.copy(),
+                       var=pd.DataFrame(index=list(query.var_names) + [f"extra_{i}" for i in range(40)]))
+    wider = wider[:, np.random.default_rng(1).permutation(wider.n_vars)].copy()
+    model.map_query(lognorm, device="cpu")
+    model.map_query(wider, device="cpu")
+    np.testing.assert_allclose(wider.obsm["X_concerto"], lognorm.obsm["X_concerto"], atol=1e-5)
+    assert np.array_equal(wider.obs["cell_type_pred"].to_numpy(), lognorm.obs["cell_type_pred"].to_numpy())
+    np.testing.assert_allclose(wider.obs["cell_type_confidence"], lognorm.obs["cell_type_confidence"], atol=1e-5)
+    assert wider.uns["scconcerto_mapping"]["gene_overlap"] == {"n_shared": 300, "n_vocab": 300, "n_dataset": 340,
+                                                               "overlap": 1.0}
+
+
+def test_a_query_with_no_shared_genes_is_a_clear_error(held_out):
+    model, query = held_out
+    other = query[:20].copy()
+    other.var_names = [f"ENSG{i:011d}" for i in range(other.n_vars)]
+    with pytest.raises(InputError, match=r"Only 0 of the model's 300 genes .*Ensembl"):
+        model.map_query(other, device="cpu")
+
+
+def test_mapping_and_finetuning_leave_the_reference_unchanged(held_out, mapped):
+    model, query = held_out[0], mapped[1].copy()
+    embedding = model.reference.embedding.copy()
+    weights = {k: v.clone() for k, v in model.network.state_dict().items()}
+    model.map_query(query, finetune_epochs=2, device="cpu", place=False)
+    np.testing.assert_array_equal(model.reference.embedding, embedding)
+    state = model.network.state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
+    assert query.uns["scconcerto_mapping"]["finetune_epochs"] == 2
+    assert not np.allclose(query.obsm["X_concerto"], mapped[1].obsm["X_concerto"], atol=1e-4)  # it did train
+    seen = (query.obs["cell_type"] != UNSEEN).to_numpy()
+    pred, truth = query.obs["cell_type_pred"].astype(str), query.obs["cell_type"].astype(str)
+    assert np.mean((pred == truth).to_numpy()[seen]) >= 0.95
+
+
+def test_reject_and_explicit_thresholds(held_out, mapped):
+    model = held_out[0]
+    query = mapped[1].copy()
+    model.map_query(query, reject=True, place=False, device="cpu")
+    unknown = query.obs["cell_type_unknown"].to_numpy()
+    assert unknown.any() and "unknown" in query.obs["cell_type_pred"].cat.categories
+    assert np.array_equal(query.obs["cell_type_pred"].to_numpy() == "unknown", unknown)
+    model.map_query(query, unknown_threshold=0.0, place=False, device="cpu")
+    assert not query.obs["cell_type_unknown"].any()
+    model.map_query(query, unknown_threshold={"cell_type": 1.0}, place=False, device="cpu")
+    assert query.obs["cell_type_unknown"].all() and query.uns["scconcerto_mapping"]["thresholds"]["cell_type"] == 1.0
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        model.map_query(query, unknown_threshold=2.0, place=False, device="cpu")
+
+
+def test_small_query_maps_without_the_density_ratio(held_out, mapped):
+    model = held_out[0]
+    small = mapped[1][:10].copy()
+    model.map_query(small, place=False, device="cpu")
+    stored = model.extra_config["mapping"]["confidence"]["full"]["cell_type"]["5"]
+    used = small.uns["scconcerto_mapping"]["thresholds"]["cell_type"]
+    assert used == pytest.approx(stored["threshold_small"], abs=1e-6) and stored["threshold_small"] != stored["threshold"]
+
+
+def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
+    model, query = held_out[0], mapped[1]
+    json.dumps(model.extra_config, allow_nan=False)  # plain JSON in config.json
+    loaded = Concerto.load(model.save(tmp_path / "model"))
+    assert loaded.unknown_thresholds() == model.unknown_thresholds()
+    np.testing.assert_array_equal(loaded.reference.extra["umap"], model.reference.extra["umap"])
+    again = query.copy()
+    loaded.map_query(again, device="cpu")
+    assert np.array_equal(again.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())
+    np.testing.assert_allclose(again.obs["cell_type_confidence"], query.obs["cell_type_confidence"], atol=1e-5)
+    np.testing.assert_allclose(again.obsm["X_umap_ref"], query.obsm["X_umap_ref"], atol=1e-5)
+
+
+def test_bad_levels_are_a_clear_error(held_out, mapped):
+    with pytest.raises(InputError, match="not label keys of the reference"):
+        held_out[0].map_query(mapped[1][:40].copy(), levels="major,cell_type", device="cpu")
+
+
+# ------------------------------------------------------------------------------------ RNA + protein
+@pytest.fixture(scope="module")
+def protein_model():
+    adata = simulate(600, 300, n_types=4, n_batches=2, n_proteins=6, n_major=2, seed=1)
+    is_query = np.random.default_rng(0).random(adata.n_obs) < 0.2
+    ref, query = adata[~is_query].copy(), adata[is_query].copy()
+    model = Concerto(ref, batch_key="batch", label_key=["cell_type_major", "cell_type"],
+                     protein_key="protein").train(epochs=15, progress=False, device="cpu")
+    pca_stub(model)
+    model.prepare_mapping(umap=False)  # embeds the reference from RNA alone while its AnnData is attached
+    return model, query
+
+
+def test_rna_only_query_gets_proteins_that_match_the_truth(protein_model):
+    model, query = protein_model
+    rna_only = query.copy()
+    del rna_only.obsm["protein"]
+    model.map_query(rna_only, device="cpu", place=False)
+    assert rna_only.uns["scconcerto_mapping"]["space"] == "rna_only"
+    imputed, truth = rna_only.obsm["protein_imputed"], np.log1p(rna_only.obsm["protein_truth"])
+    r = [np.corrcoef(imputed[:, j], truth[:, j])[0, 1] for j in range(truth.shape[1])]
+    assert np.median(r) > 0.75 and min(r) > 0.6
+    assert list(rna_only.uns["protein_imputed_names"]) == model.setup.proteins
+    assert np.mean(rna_only.obs["cell_type_pred"].astype(str) == rna_only.obs["cell_type"].astype(str)) >= 0.9
+
+
+def test_hierarchical_levels_are_consistent(protein_model):
+    model, query = protein_model
+    q = query.copy()
+    del q.obsm["protein"]
+    model.map_query(q, levels=["cell_type_major", "cell_type"], device="cpu", place=False)
+    parent = q.obs[["cell_type", "cell_type_major"]].drop_duplicates().set_index("cell_type")["cell_type_major"]
+    implied = parent.astype(str).reindex(q.obs["cell_type_pred"].astype(str)).to_numpy()
+    assert np.array_equal(implied, q.obs["cell_type_major_pred"].astype(str).to_numpy())
+    assert np.mean(q.obs["cell_type_pred"].astype(str) == q.obs["cell_type"].astype(str)) >= 0.9
+    assert q.uns["scconcerto_mapping"]["levels"] == ["cell_type_major", "cell_type"]
+
+
+def test_rna_only_query_without_an_rna_reference_is_a_clear_error(protein_model):
+    model, query = protein_model
+    bare = copy.deepcopy(model)
+    bare.reference.extra.pop("embedding_rna")
+    bare.adata = None
+    q = query[:40].copy()
+    del q.obsm["protein"]
+    with pytest.raises(InputError, match="prepare_mapping"):
+        bare.map_query(q, device="cpu")
+
+
+def test_a_handful_of_query_cells_maps_like_the_whole_source(held_out, mapped):
+    model, query = held_out[0], mapped[1]
+    seen = np.flatnonzero((query.obs["cell_type"] != UNSEEN).to_numpy())[:6]
+    few = query[seen].copy()
+    few.obs["batch"] = [f"sample_{i}" for i in range(few.n_obs)]  # one cell per source: too few for AdaBN
+    model.map_query(few, device="cpu", place=False)
+    assert np.array_equal(few.obs["cell_type_pred"].astype(str), few.obs["cell_type"].astype(str))
+    assert np.unique(few.obsm["X_concerto"].round(4), axis=0).shape[0] == 6  # not collapsed to one point

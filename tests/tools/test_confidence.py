@@ -1,0 +1,91 @@
+"""Confidence of k-NN label transfer: features, density ratio, calibration by leave-one-type-out."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from scconcerto import InputError
+from scconcerto.tools import NeighborsResults, knn, l2_normalize, vote
+from scconcerto.tools.confidence import (MIN_QUERY_CELLS, ConfidenceModel, calibrate_confidence, density_ratio,
+                                         neighborhood_features)
+
+
+def clusters(centers: np.ndarray, sizes: list[int], noise: float, rng: np.random.Generator):
+    codes = np.repeat(np.arange(len(sizes)), sizes)
+    x = centers[codes] + noise * rng.standard_normal((len(codes), centers.shape[1]))
+    return l2_normalize(x), codes
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A reference of 4 types and a query with the same 4 types plus an unseen fifth."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((5, 16))
+    ref, ref_codes = clusters(centers[:4], [150, 120, 100, 80], 0.35, rng)
+    query, query_codes = clusters(centers, [40, 40, 40, 40, 60], 0.35, rng)
+    return ref, ref_codes, query, query_codes
+
+
+def test_neighborhood_features_by_hand():
+    nb = NeighborsResults(indices=np.array([[0, 1, 2], [2, 3, 0]]),
+                          similarities=np.array([[0.9, 0.8, 0.5], [0.7, 0.6, -0.2]], dtype=np.float32))
+    codes = np.array([0, 0, 1, -1])
+    tr = vote(nb, codes, 2)
+    f = neighborhood_features(nb, tr, codes)
+    # cell 0: votes 0 -> 1.7, 1 -> 0.5; cell 1: 1 -> 0.7, 0 -> 0 (negative similarity), 3 is unlabeled
+    np.testing.assert_allclose(f["vote_share"], [1.7 / 2.2, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(f["winner_similarity"], [0.85, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(f["top_similarity"], [0.9, 0.7], rtol=1e-6)
+
+
+def test_density_ratio_is_low_for_cells_far_from_the_reference_and_size_free(toy):
+    ref, ref_codes, query, query_codes = toy
+    ratio = density_ratio(query, ref, k=5)
+    unseen = query_codes == 4
+    assert ratio[unseen].max() < ratio[~unseen].min()
+    # a 4x larger reference of the same types does not move the seen cells' ratio (density is matched)
+    rng = np.random.default_rng(1)
+    big = l2_normalize(np.repeat(ref, 4, axis=0) + 0.05 * rng.standard_normal((4 * len(ref), ref.shape[1])))
+    ratio_big = density_ratio(query, big, k=5)
+    assert abs(np.median(ratio_big[~unseen]) - np.median(ratio[~unseen])) < 0.05
+
+
+def test_calibrated_confidence_separates_unseen_type(toy):
+    ref, ref_codes, query, query_codes = toy
+    result = calibrate_confidence(ref, ref_codes, 4, k=5, seed=0)
+    model = result.model
+    assert 0.0 < model.threshold < 1.0 and model.report["auroc_seen_vs_left_out"] > 0.9
+    # by construction 5 % of the pseudo-query's right transfers fall below the threshold
+    right = result.seen_correct
+    assert abs(np.mean(result.seen_confidence[right] < model.threshold) - 0.05) < 0.02
+    nb = knn(query, ref, k=5)
+    tr = vote(nb, ref_codes, 4)
+    features = neighborhood_features(nb, tr, ref_codes)
+    features["log_density_ratio"] = density_ratio(query, ref, k=5)
+    conf = model.confidence(features)
+    unseen = query_codes == 4
+    assert conf.dtype == np.float32 and conf.min() >= 0 and conf.max() <= 1
+    assert roc_auc_score(~unseen, conf) > 0.95
+    unknown = conf < model.threshold_for(features)
+    assert unknown[unseen].mean() > 0.8 and unknown[~unseen].mean() < 0.2
+
+
+def test_confidence_model_survives_json(toy):
+    ref, ref_codes, query, _ = toy
+    model = calibrate_confidence(ref, ref_codes, 4, k=3, seed=2).model
+    again = ConfidenceModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    nb = knn(query, ref, k=3)
+    features = neighborhood_features(nb, vote(nb, ref_codes, 4), ref_codes)
+    np.testing.assert_array_equal(model.confidence(features), again.confidence(features))  # small-query model
+    assert again.threshold_small == model.threshold_small and again.k == 3
+    assert MIN_QUERY_CELLS > 1
+
+
+def test_calibration_needs_two_labeled_types(toy):
+    ref, _, _, _ = toy
+    with pytest.raises(InputError, match="two labeled cell types"):
+        calibrate_confidence(ref, np.zeros(len(ref), dtype=np.int64), 1)
+    with pytest.raises(InputError, match="one label code per reference cell"):
+        calibrate_confidence(ref, np.zeros(3, dtype=np.int64), 1)
