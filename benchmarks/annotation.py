@@ -9,7 +9,8 @@ Prints:
    (``consistency_min_confidence=0.9``), on all reference genes and on the shared genes only;
    the gene overlap; scores on the cell types the reference has, and unknown AUROC of the others.
 3. Unknown rejection on ``symphony_pbmc_3tech``: one type held out of training; seen-vs-unseen
-   AUROC, unknown rates at the calibrated threshold, ECE before/after temperature scaling.
+   AUROC of each score (calibrated max-softmax, feature kNN, their combination, energy), unknown
+   rates at the default (combined) threshold, ECE before/after temperature scaling on test cells.
 
 Usage::
 
@@ -72,16 +73,23 @@ def cross_validation(data_dir: Path, folds: int, pretrain_epochs: int, epochs: i
 
 def _scores(truth: np.ndarray, pred, seen: set[str]) -> dict:
     from scconcerto.metrics import annotation_report
-    from scconcerto.tools.calibration import unknown_auroc
 
     known = np.isin(truth, list(seen))
     report = annotation_report(truth[known], pred.labels[known].astype(str))
     out = {f"{k}_seen_types": round(float(v), 4) for k, v in report.items()}
     if (~known).any():
-        out["unknown_auroc"] = round(unknown_auroc(pred.log_odds, ~known), 4)
+        out.update(_aurocs(pred, ~known))
         out["unknown_rate_unseen"] = round(float(pred.unknown[~known].mean()), 4)
     out["unknown_rate_seen"] = round(float(pred.unknown[known].mean()), 4)
     return out
+
+
+def _aurocs(pred, unseen: np.ndarray) -> dict:
+    """Seen-vs-unseen AUROC of each rejection score of a prediction."""
+    from scconcerto.tools.calibration import unknown_auroc
+
+    return {f"auroc_{name}": round(unknown_auroc(getattr(pred, attr), unseen), 4)
+            for name, attr in [("max_softmax", "log_odds"), ("knn", "familiarity"), ("combined", "typicality")]}
 
 
 def inter_dataset(data_dir: Path, pretrain_epochs: int, epochs: int | None, seed: int) -> dict:
@@ -148,9 +156,9 @@ def unknown_rejection(data_dir: Path, held_types: list[str], pretrain_epochs: in
         codes = np.asarray(pd.Categorical(q_truth[~unseen], categories=s["classes"]).codes)
         kept = codes >= 0  # seen types absent from this training split (tiny classes) have no class to score
         seen_logits, codes = logits[~unseen][kept], codes[kept]
-        res = {"n_unseen": int(unseen.sum()), "n_seen": int((~unseen).sum()),
-               "auroc_max_softmax": round(unknown_auroc(pred.log_odds, unseen), 4),
+        res = {"n_unseen": int(unseen.sum()), "n_seen": int((~unseen).sum()), **_aurocs(pred, unseen),
                "auroc_energy": round(unknown_auroc(energy_confidence(logits, s["temperature"]), unseen), 4),
+               "unknown_score": pred.unknown_score,
                "unknown_rate_unseen": round(float(pred.unknown[unseen].mean()), 4),
                "unknown_rate_seen": round(float(pred.unknown[~unseen].mean()), 4),
                "accuracy_seen": round(float((pred.labels[~unseen] == q_truth[~unseen]).mean()), 4),

@@ -235,14 +235,16 @@ def scale(seed: int, n_ref: int = 100_000, n_queries: tuple[int, ...] = (10_000,
     out["reference_umap_s"] = round(time.perf_counter() - t0, 1)
     print(f"scale: reference {json.dumps(out)}", flush=True)
     for n in n_queries:
-        q = pool[:n].copy()
-        t0 = time.perf_counter()
-        result = model.map_query(q)
-        wall = time.perf_counter() - t0
-        right = q.obs["cell_type_pred"].astype(str) == q.obs["cell_type"].astype(str)
-        out[f"query_{q.n_obs}"] = {"seconds": round(wall, 1), "acc": round(float(np.mean(right)), 4),
-                                   **{k: round(v, 1) for k, v in result.info["timings"].items()}}
-        print(f"scale: map {q.n_obs} query cells onto {ref.n_obs}: {json.dumps(out[f'query_{q.n_obs}'])}", flush=True)
+        for index in ("flat", "ivf"):  # exact (default below a million reference cells) and approximate
+            q = pool[:n].copy()
+            t0 = time.perf_counter()
+            result = model.map_query(q, index=index)
+            wall = time.perf_counter() - t0
+            right = q.obs["cell_type_pred"].astype(str) == q.obs["cell_type"].astype(str)
+            name = f"query_{q.n_obs}_{index}"
+            out[name] = {"seconds": round(wall, 1), "acc": round(float(np.mean(right)), 4),
+                         **{k: round(v, 1) for k, v in result.info["timings"].items()}}
+            print(f"scale: map {q.n_obs} query cells onto {ref.n_obs} ({index}): {json.dumps(out[name])}", flush=True)
     return out
 
 

@@ -61,7 +61,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    opts = dict(n_types=args.types, n_batches=args.batches, seed=args.seed)
+    opts = dict(n_types=args.types, n_batches=args.batches, seed=args.seed, markers_per_type=args.markers,
+                batch_effect=args.batch_effect, mean_depth=args.depth)
     frac = simulate(400, args.genes, **opts).obs["batch"].value_counts(normalize=True)
     held_out = f"batch_{args.batches - 1}"
     f_q = float(frac[held_out])
@@ -77,7 +78,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     for q in args.queries:
         write_rows_h5ad(world, work / f"query_{q}.h5ad", query_rows[:q], overwrite=True)
     os.remove(world)
-    emit({"phase": "simulate", "n_total": n_total, "n_ref": int(ref_rows.size), "genes": args.genes,
+    emit({"phase": "simulate", "simulation": opts, "n_total": n_total, "n_ref": int(ref_rows.size), "genes": args.genes,
           "queries": [int(min(q, query_rows.size)) for q in args.queries], "simulate_seconds": round(t_sim, 1),
           "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(peak_rss_gb(), 2)})
 
@@ -235,6 +236,33 @@ def cmd_map(args: argparse.Namespace) -> None:
           "peak_rss_gb": round(peak_rss_gb(), 2), "rss_after_model_load_gb": round(rss_loaded, 2)})
 
 
+# ---------------------------------------------------------------- peers
+def cmd_peer(args: argparse.Namespace) -> None:
+    """A peer method (benchmarks/peers adapters) on the same reference/query files, in memory as they need."""
+    import anndata as ad
+
+    sys.path.insert(0, str(HERE.parent.parent))
+    from benchmarks.peers import make
+    from scconcerto.metrics import annotation_report
+
+    t0 = time.perf_counter()
+    ref = ad.read_h5ad(args.ref)
+    query = ad.read_h5ad(args.query)
+    t_read = time.perf_counter() - t0
+    method = make(args.method, seed=0)
+    t1 = time.perf_counter()
+    method.fit(ref, "cell_type", "batch", True)
+    t_fit = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    mapped = method.map(query, "batch")
+    t_map = time.perf_counter() - t2
+    report = annotation_report(query.obs["cell_type"].astype(str).to_numpy(), np.asarray(mapped.labels, dtype=str))
+    emit({"phase": "peer", "method": args.method, "n_ref": ref.n_obs, "n_query": query.n_obs,
+          "read_seconds": round(t_read, 1), "fit_seconds": round(t_fit, 1), "map_seconds": round(t_map, 1),
+          "accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
+          "peak_rss_gb": round(peak_rss_gb(), 2), "load_average": os.getloadavg()})
+
+
 # ---------------------------------------------------------------- profile
 def cmd_profile(args: argparse.Namespace) -> None:
     """Where a training step's time goes (torch profiler), and train/embed cells/s per attention backend."""
@@ -326,13 +354,18 @@ def cmd_run(args: argparse.Namespace) -> None:
         queries = [str(q) for q in args.queries]
         if not (work / f"ref_{n}.h5ad").exists() or args.resimulate:
             results += child(["simulate", "--n-ref", str(n), "--genes", str(args.genes), "--queries", *queries,
-                              *common], log)
+                              "--types", str(args.types), "--markers", str(args.markers), "--batch-effect",
+                              str(args.batch_effect), "--depth", str(args.depth), *common], log)
         model = work / f"model_{n}"
         build = ["build", "--ref", str(work / f"ref_{n}.h5ad"), "--model", str(model), "--device", args.device]
-        results += child(build + (["--epochs", str(args.epochs)] if args.epochs else []), log)
+        if not args.skip_build:
+            results += child(build + (["--epochs", str(args.epochs)] if args.epochs else []), log)
         for q in args.queries:
             results += child(["map", "--model", str(model), "--query", str(work / f"query_{q}.h5ad"),
                               "--device", args.device], log)
+        for peer in args.peers:
+            results += child(["peer", "--method", peer, "--ref", str(work / f"ref_{n}.h5ad"), "--query",
+                              str(work / f"query_{min(args.queries)}.h5ad")], log)
         if args.converge_epochs:
             results += child(["converge", "--ref", str(work / f"ref_{n}.h5ad"), "--query",
                               str(work / f"query_{min(args.queries)}.h5ad"), "--epochs", str(args.converge_epochs),
@@ -353,6 +386,9 @@ def main() -> None:
     s.add_argument("--types", type=int, default=10)
     s.add_argument("--batches", type=int, default=4, help="reference batches + 1 held-out query batch")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--markers", type=int, default=20, help="marker genes per type (fewer: harder)")
+    s.add_argument("--batch-effect", type=float, default=0.5, help="sd of log batch effects (larger: harder)")
+    s.add_argument("--depth", type=float, default=2000.0, help="mean counts per cell (lower: sparser, harder)")
     s.add_argument("--workdir", required=True)
     b = sub.add_parser("build")
     b.add_argument("--ref", required=True)
@@ -371,6 +407,10 @@ def main() -> None:
     m.add_argument("--nprobe", type=int, default=16)
     m.add_argument("--recall-sample", type=int, default=5000)
     m.add_argument("--device", default="auto")
+    e = sub.add_parser("peer")
+    e.add_argument("--method", required=True, help="celltypist, symphony, pca_knn, scanvi")
+    e.add_argument("--ref", required=True)
+    e.add_argument("--query", required=True)
     f = sub.add_parser("profile")
     f.add_argument("--cells", type=int, default=20_000)
     f.add_argument("--genes", type=int, default=2000)
@@ -380,6 +420,12 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     r.add_argument("--genes", type=int, default=2000)
+    r.add_argument("--types", type=int, default=10)
+    r.add_argument("--markers", type=int, default=20)
+    r.add_argument("--batch-effect", type=float, default=0.5)
+    r.add_argument("--depth", type=float, default=2000.0)
+    r.add_argument("--skip-build", action="store_true", help="reuse the model of an earlier run")
+    r.add_argument("--peers", nargs="*", default=[], help="peer methods run on the same files (in memory)")
     r.add_argument("--queries", type=int, nargs="+", default=[10_000, 100_000])
     r.add_argument("--epochs", type=int, default=None)
     r.add_argument("--converge-epochs", type=int, default=0)
@@ -389,7 +435,7 @@ def main() -> None:
     r.add_argument("--out", default=None)
     args = p.parse_args()
     {"simulate": cmd_simulate, "build": cmd_build, "converge": cmd_converge, "map": cmd_map,
-     "profile": cmd_profile, "run": cmd_run}[args.cmd](args)
+     "profile": cmd_profile, "peer": cmd_peer, "run": cmd_run}[args.cmd](args)
 
 
 if __name__ == "__main__":

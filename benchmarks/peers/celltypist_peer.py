@@ -7,6 +7,16 @@ import numpy as np
 
 from .base import Mapping, Method, lognorm
 
+
+def _cp10k(adata: ad.AnnData, is_counts: bool) -> ad.AnnData:
+    """log1p CP10K, which CellTypist checks for: log-normalized input at another depth is brought back
+    to values (``expm1``) and renormalized to 10,000 per cell."""
+    if is_counts:
+        return lognorm(adata, True)
+    out = lognorm(adata, False)
+    out.X.data = np.expm1(out.X.data)
+    return lognorm(out, True)
+
 def _patch_sklearn_compat() -> None:
     """CellTypist 1.7.1 passes ``multi_class='ovr'`` to ``LogisticRegression``, which scikit-learn 1.8+
     removed; drop it (the fit becomes multinomial; CellTypist still scores each class by its sigmoid)."""
@@ -40,7 +50,7 @@ class CellTypistMethod(Method):
 
         _patch_sklearn_compat()
         self.is_counts = is_counts
-        ref = lognorm(reference, is_counts)
+        ref = _cp10k(reference, is_counts)
         large = ref.n_obs >= SGD_FROM
         self.model = celltypist.train(ref, labels=reference.obs[label_key].astype(str).to_numpy(),
                                       check_expression=False, n_jobs=1, max_iter=200, use_SGD=large,
@@ -49,7 +59,7 @@ class CellTypistMethod(Method):
     def map(self, query: ad.AnnData, batch_key: str | None) -> Mapping:
         import celltypist
 
-        q = lognorm(query, self.is_counts)
+        q = _cp10k(query, self.is_counts)
         result = celltypist.annotate(q, model=self.model, majority_voting=False, mode="best match")
         labels = result.predicted_labels["predicted_labels"].astype(str).to_numpy()
         confidence = result.probability_matrix.max(axis=1).to_numpy(dtype=float)

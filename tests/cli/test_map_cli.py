@@ -81,7 +81,7 @@ def test_rna_only_query_on_a_protein_model_needs_the_reference_once(sim_protein,
 
     ref, query = sim_protein[:480].copy(), sim_protein[480:].copy()
     model = Concerto(ref, batch_key="batch", label_key="cell_type", protein_key="protein")
-    model.train(epochs=3, progress=False, device="cpu")
+    model.train(epochs=3, progress=False, device="cpu", prepare_mapping=False)
     model.reference.extra["umap"] = np.zeros((ref.n_obs, 2), dtype=np.float32)
     model.save(tmp_path / "model")  # saved without the RNA-only reference embedding
     ref.write_h5ad(tmp_path / "ref.h5ad")
@@ -94,3 +94,10 @@ def test_rna_only_query_on_a_protein_model_needs_the_reference_once(sim_protein,
     mapped = ad.read_h5ad(tmp_path / "m.h5ad")
     assert mapped.obsm["protein_imputed"].shape == (120, 6) and mapped.uns["scconcerto_mapping"]["space"] == "rna_only"
     assert list(mapped.uns["protein_imputed_names"]) == list(sim_protein.uns["protein_names"])
+    # trained with the default prepare_mapping=True, the saved model needs no reference at mapping time
+    Concerto(ref, batch_key="batch", label_key="cell_type", protein_key="protein").train(
+        epochs=3, progress=False, device="cpu").save(tmp_path / "model2")
+    args2 = ["map", str(tmp_path / "model2"), str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "m2.h5ad"),
+             "--device", "cpu"]
+    assert main(args2) == 0
+    assert ad.read_h5ad(tmp_path / "m2.h5ad").uns["scconcerto_mapping"]["space"] == "rna_only"

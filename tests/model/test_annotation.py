@@ -62,11 +62,20 @@ def test_predict_writes_the_documented_outputs_and_probabilities_sum_to_one(hard
     np.testing.assert_allclose(query.obs["cell_type_confidence"], proba.max(1), rtol=1e-6)
     assert query.obs["cell_type_unknown"].dtype == bool
     np.testing.assert_array_equal(query.obs["cell_type_unknown"], result.unknown)
-    # rejection replaces exactly the unknown cells' labels; a threshold of 1 rejects every cell
-    rejected = e2e_model.predict(query, reject=True, unknown_threshold=1.0, inplace=False)
-    assert (rejected.labels == "unknown").all() and rejected.unknown.all()
-    none = e2e_model.predict(query, reject=True, unknown_threshold=0.0, inplace=False)
-    assert not none.unknown.any() and "unknown" not in set(none.labels)
+    assert result.unknown_score == "combined" and (result.familiarity <= 1.0 + 1e-5).all()
+    assert ((result.typicality >= 0) & (result.typicality <= 1)).all()
+    combined_cut = e2e_model.annotation_summary["thresholds"]["combined"]
+    np.testing.assert_array_equal(result.unknown, result.typicality < combined_cut)
+    # rejection replaces exactly the unknown cells' labels; extreme thresholds reject every cell or none
+    for score, everything, nothing in [("max_softmax", 1.0, 0.0), ("knn", 1.5, -1.5), ("combined", 1.01, 0.0)]:
+        rejected = e2e_model.predict(query, reject=True, unknown_score=score, unknown_threshold=everything,
+                                     inplace=False)
+        assert (rejected.labels == "unknown").all() and rejected.unknown.all()
+        kept = e2e_model.predict(query, reject=True, unknown_score=score, unknown_threshold=nothing, inplace=False)
+        assert not kept.unknown.any() and "unknown" not in set(kept.labels)
+    partial = e2e_model.predict(query, reject=True, unknown_score="max_softmax", unknown_threshold=0.9, inplace=False)
+    np.testing.assert_array_equal(partial.unknown, partial.log_odds < np.log(0.9 / 0.1))
+    np.testing.assert_array_equal(partial.labels == "unknown", partial.unknown)
     assert query.uns["scconcerto_annotation"]["gene_overlap"]["overlap"] == 1.0
     query.write_h5ad(tmp_path / "annotated.h5ad")  # every output is storable in .h5ad
     back = ad.read_h5ad(tmp_path / "annotated.h5ad")
@@ -108,14 +117,18 @@ def test_classifier_state_round_trips_through_its_save_hooks(hard, e2e_model):
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
     # the whole config.json dict is accepted too
     restored._load_annotation_state(tensors, {"extra": config})
+    np.testing.assert_array_equal(a.familiarity, b.familiarity)
     broken = dict(tensors)
     broken.pop("head.linear.bias")
     with pytest.raises(ModelFileError, match="missing"):
         restored._load_annotation_state(broken, config["annotation"])
+    resized = dict(tensors, feature_bank=tensors["feature_bank"][:3])
+    with pytest.raises(ModelFileError, match="wrong shape"):
+        restored._load_annotation_state(resized, config["annotation"])
     assert Concerto.__new__(Concerto)._annotation_state() == {}
 
 
-def test_unseen_type_is_flagged_unknown_and_seen_types_mostly_not(trained_model, sim):
+def test_unseen_type_is_flagged_unknown_and_seen_types_mostly_not(trained_model, sim, tmp_path):
     model = copy.deepcopy(trained_model)  # the session fixture must not change
     test = np.random.default_rng(2).random(sim.n_obs) < 0.3
     held = "type_0"
@@ -129,9 +142,17 @@ def test_unseen_type_is_flagged_unknown_and_seen_types_mostly_not(trained_model,
     assert result.unknown[unseen].mean() > 0.6
     assert result.unknown[~unseen].mean() < 0.25
     assert (result.labels[~unseen & ~result.unknown] == _truth(query)[~unseen & ~result.unknown]).mean() > 0.95
-    assert unknown_auroc(result.log_odds, unseen) > 0.9
+    for score in ["familiarity", "log_odds", "typicality"]:
+        assert unknown_auroc(getattr(result, score), unseen) > 0.9, score
+    by_softmax = model.predict(query, unknown_score="max_softmax", inplace=False)
+    assert by_softmax.unknown[unseen].mean() > 0.6 and by_softmax.unknown[~unseen].mean() < 0.25
     # the model's own network and reference embedding are untouched by fine-tuning
     np.testing.assert_array_equal(model.embed(sim), trained_model.embed(sim))
+    # the classifier is saved and loaded with the model: identical predictions
+    loaded = Concerto.load(model.save(tmp_path / "with_classifier"))
+    again = loaded.predict(query, reject=True, inplace=False)
+    np.testing.assert_array_equal(again.probabilities, result.probabilities)
+    np.testing.assert_array_equal(again.unknown, result.unknown)
 
 
 def test_domain_adaptation_puts_the_target_in_its_own_bn_domains():

@@ -1,4 +1,5 @@
-"""Property-based fuzzing: random small AnnData objects either work (finite outputs) or raise our own error."""
+"""Property-based fuzzing: random small AnnData objects thrown at train, embed and map either work
+(finite outputs) or raise the package's own error class."""
 
 import anndata as ad
 import numpy as np
@@ -53,3 +54,13 @@ def test_train_and_embed_succeed_with_finite_output_or_raise_our_error(adata, us
         return
     assert emb.shape == (adata.n_obs, 8)
     assert np.all(np.isfinite(emb))
+    query = adata.copy()
+    query.obs["batch"] = "unseen"
+    try:
+        model.map_query(query, k=3, device="cpu")
+    except ScConcertoError:
+        return
+    assert np.all(np.isfinite(query.obsm["X_concerto"]))
+    if "label_pred" in query.obs:
+        conf = query.obs["label_confidence"].to_numpy()
+        assert np.all((conf >= 0) & (conf <= 1))

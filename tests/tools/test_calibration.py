@@ -5,9 +5,10 @@ import pytest
 from scipy.special import softmax
 
 from scconcerto import InputError
-from scconcerto.tools.calibration import (energy_confidence, expected_calibration_error, fit_temperature,
-                                          max_softmax, probability_to_log_odds, rejection_threshold,
-                                          scaled_probabilities, top_class_log_odds, unknown_auroc)
+from scconcerto.tools.calibration import (empirical_cdf, energy_confidence, expected_calibration_error,
+                                          feature_knn_similarity, fit_temperature, max_softmax,
+                                          probability_to_log_odds, rejection_threshold, scaled_probabilities,
+                                          score_quantiles, top_class_log_odds, unknown_auroc)
 
 
 def _sample(n=4000, n_classes=4, true_t=2.5, seed=0):
@@ -85,3 +86,20 @@ def test_energy_is_logsumexp_and_invalid_inputs_are_clear_errors():
         expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 2]))
     with pytest.raises(InputError, match="matrix"):
         scaled_probabilities(np.zeros(3))
+
+
+def test_empirical_cdf_from_quantiles():
+    values = np.arange(101, dtype=float)  # 0..100
+    q = score_quantiles(values, n=11)
+    np.testing.assert_allclose(q, np.arange(0, 101, 10))
+    np.testing.assert_allclose(empirical_cdf([-5, 0, 25, 100, 500], q), [0.0, 0.0, 0.25, 1.0, 1.0])
+
+
+def test_feature_knn_similarity_is_the_kth_nearest_cosine():
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    query = np.array([[2.0, 0.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(feature_knn_similarity(query, bank, k=1), [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(feature_knn_similarity(query, bank, k=2), [np.sqrt(0.5), -np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(feature_knn_similarity(query, bank, k=10), [0.0, -1.0], atol=1e-6)  # k capped
+    with pytest.raises(InputError, match="empty"):
+        feature_knn_similarity(query, np.zeros((0, 2)))

@@ -33,6 +33,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="labeled cells held out to calibrate the confidence and the unknown threshold")
     p.add_argument("--false-rejection-rate", type=float, default=0.05,
                    help="fraction of held-out (known-type) cells allowed below the unknown threshold")
+    p.add_argument("--unknown-score", choices=["combined", "knn", "max_softmax"], default="combined",
+                   help="score that flags unknown cells: the calibrated top probability (max_softmax), the "
+                        "similarity to the nearest training cells' features (knn), or both (combined, default)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -65,8 +68,12 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-key", default="__setup__",
                    help="obs column of sources (default: the model's batch key, if the data has it)")
     p.add_argument("--reject", action="store_true", help="write 'unknown' as the prediction of low-confidence cells")
+    p.add_argument("--unknown-score", choices=["combined", "knn", "max_softmax"], default=None,
+                   help="score that flags unknown cells (default: the model's)")
     p.add_argument("--unknown-threshold", type=float, default=None,
-                   help="confidence (0-1) below which a cell is unknown (default: the model's calibrated one)")
+                   help="score below which a cell is unknown: a confidence (0-1) for max_softmax, a cosine "
+                        "similarity for knn, a typicality (0-1) for combined (default: the model's, chosen on "
+                        "held-out labeled cells)")
     p.add_argument("--min-overlap", type=float, default=0.5, help="smallest fraction of the model's genes required")
     add_runtime(p)
     p.set_defaults(func=run_predict)
@@ -89,6 +96,7 @@ def _register_cv(commands: argparse._SubParsersAction) -> None:
 def _fit_kwargs(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs, "lr": args.lr, "class_balanced": args.class_balanced,
             "validation_fraction": args.validation_fraction, "false_rejection_rate": args.false_rejection_rate,
+            "unknown_score": args.unknown_score,
             "batch_size": args.batch_size or 128, "device": args.device, "progress": not args.no_progress}
 
 
@@ -116,7 +124,8 @@ def run_train(args: argparse.Namespace) -> int:
                       "train_cells": s["n_train"], "validation_cells": s["n_validation"],
                       "target_cells": s["n_target"], "gene_overlap": s["gene_overlap"],
                       "target_gene_overlap": s.get("target_gene_overlap"),
-                      "temperature": round(s["temperature"], 4), "unknown_threshold": round(s["unknown_threshold"], 4),
+                      "temperature": round(s["temperature"], 4), "unknown_score": s["unknown_score"],
+                      "unknown_thresholds": s["thresholds"],
                       "validation": s["calibration"], "train_seconds": round(s["train_seconds"], 1)}))
     return 0
 
@@ -129,7 +138,8 @@ def run_predict(args: argparse.Namespace) -> int:
     model = Concerto.load(args.model)
     adata = read_h5ad(args.data)
     result = model.predict(adata, batch_key=args.batch_key, reject=args.reject,
-                           unknown_threshold=args.unknown_threshold, batch_size=args.batch_size or 1024,
+                           unknown_threshold=args.unknown_threshold, unknown_score=args.unknown_score,
+                           batch_size=args.batch_size or 1024,
                            device=args.device, min_overlap=args.min_overlap)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     counts = adata.obs[f"{result.label_key}_pred"].value_counts()

@@ -29,9 +29,10 @@ from .._errors import InputError, ModelFileError
 from ..data.setup import DEFAULT_SOURCE
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
-from ..tools.calibration import (expected_calibration_error, fit_temperature, probability_to_log_odds,
-                                 rejection_threshold, scaled_probabilities, top_class_log_odds)
-from ..train.classifier import ClassifierConfig, classifier_logits, fit_classifier_network
+from ..tools.calibration import (empirical_cdf, expected_calibration_error, feature_knn_similarity,
+                                 fit_temperature, probability_to_log_odds, rejection_threshold,
+                                 scaled_probabilities, score_quantiles, top_class_log_odds)
+from ..train.classifier import ClassifierConfig, classifier_outputs, fit_classifier_network
 
 log = logging.getLogger("scconcerto")
 
@@ -39,6 +40,8 @@ ANNOTATION_CONFIG = "annotation"
 UNKNOWN_LABEL = "unknown"
 TARGET_SOURCE = "target"
 QUERY_SOURCE = "query"
+UNKNOWN_SCORES = ("combined", "knn", "max_softmax")
+FEATURE_BANK = "feature_bank"
 
 
 def default_classifier_epochs(n_cells: int) -> int:
@@ -85,8 +88,16 @@ class AnnotationPrediction:
         Calibrated top probability per cell (0-1).
     log_odds
         ``log(confidence / (1 - confidence))``, computed without rounding (ranks cells like ``confidence``).
+    familiarity
+        Cosine similarity of the cell's teacher features to its k-th nearest training cell.
+    typicality
+        ``min`` over the two scores (``log_odds``, ``familiarity``) of the fraction of held-out cells of
+        seen types scoring lower (0-1; low: unlike the training types by either score).
     unknown
-        Confidence below the unknown threshold.
+        The rejection score (``typicality``, ``familiarity`` or ``confidence``, see ``unknown_score``)
+        below its threshold.
+    unknown_score
+        Which score decided ``unknown``.
     gene_overlap
         Gene alignment summary of the dataset against the model's genes.
     """
@@ -97,7 +108,10 @@ class AnnotationPrediction:
     probabilities: np.ndarray
     confidence: np.ndarray
     log_odds: np.ndarray
+    familiarity: np.ndarray
+    typicality: np.ndarray
     unknown: np.ndarray
+    unknown_score: str
     gene_overlap: dict
 
 
@@ -141,6 +155,12 @@ def _domain_codes(names: np.ndarray, domains: list[str], grow: bool) -> np.ndarr
     return np.asarray([lookup[u] for u in uniq.tolist()], dtype=np.int64)[inverse.ravel()]
 
 
+def _typicality(log_odds: np.ndarray, familiarity: np.ndarray, quantiles: dict) -> np.ndarray:
+    """Smaller of the two scores' empirical CDF values among held-out cells of seen types (0-1)."""
+    return np.minimum(empirical_cdf(log_odds, np.asarray(quantiles["log_odds"])),
+                      empirical_cdf(familiarity, np.asarray(quantiles["familiarity"])))
+
+
 def _label_column(adata: ad.AnnData, label_key: str) -> pd.Series:
     if label_key not in adata.obs:
         raise InputError(f"The label column `obs[{label_key!r}]` is not in the data; its obs columns are "
@@ -156,6 +176,7 @@ class AnnotationMixin:
     """
 
     classifier: TeacherClassifier | None = None
+    _feature_bank: np.ndarray | None = None
 
     # ------------------------------------------------------------------ training
     def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
@@ -163,6 +184,7 @@ class AnnotationMixin:
                        epochs: int | None = None, batch_size: int = 128, lr: float = 1e-3,
                        consistency_weight: float = 1.0, sharpen_temperature: float = 0.5,
                        validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
+                       unknown_score: str = "combined", knn_k: int = 10, feature_bank_size: int = 20_000,
                        head_dropout: float = 0.0, batch_key: str | None = "__setup__",
                        target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
                        pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
@@ -196,6 +218,15 @@ class AnnotationMixin:
             (temperature scaling) and choose the unknown threshold (0: no calibration, no rejection).
         false_rejection_rate
             Fraction of held-out (seen-type) cells allowed below the unknown threshold.
+        unknown_score
+            Default score that flags unknown cells: ``"max_softmax"``, the calibrated top probability;
+            ``"knn"``, the cosine similarity of a cell's teacher features to its ``knn_k``-th nearest
+            training cell (Sun et al., 2022); ``"combined"``, the smaller of their empirical CDF values
+            on the held-out cells (unknown when atypical by either). Every threshold is chosen on the
+            held-out cells and stored, so :meth:`predict` can switch scores.
+        knn_k, feature_bank_size
+            Neighbour rank of the ``knn`` score, and at most this many training cells kept (a seeded
+            random subset) as the reference features saved with the classifier.
         head_dropout
             Dropout before the classifier head.
         batch_key, target_batch_key
@@ -235,6 +266,8 @@ class AnnotationMixin:
             raise InputError(f"validation_fraction must lie in [0, 1), got {validation_fraction}.")
         if batch_size < 2:
             raise InputError(f"batch_size must be at least 2 (batch normalization), got {batch_size}.")
+        if unknown_score not in UNKNOWN_SCORES:
+            raise InputError(f"unknown_score must be one of {UNKNOWN_SCORES}, got {unknown_score!r}.")
         if pretrain and not self.is_trained:
             self.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
 
@@ -271,17 +304,21 @@ class AnnotationMixin:
                                              config, target_cells)
         seconds = time.perf_counter() - start
         classifier.eval()
-        calibration = self._calibrate(classifier, source.cells, np.flatnonzero(held), codes, false_rejection_rate,
-                                      device)
+        rng = np.random.default_rng(seed)
+        bank_rows = np.sort(rng.choice(train_rows, min(feature_bank_size, train_rows.size), replace=False))
+        _, bank = classifier_outputs(classifier, source.cells, bank_rows, device=device)
+        calibration = self._calibrate(classifier, bank, source.cells, np.flatnonzero(held), codes,
+                                      false_rejection_rate, knn_k, device)
         self.classifier = classifier
+        self._feature_bank = bank
         self.extra_config[ANNOTATION_CONFIG] = {
             "label_key": label_key, "classes": classes, "pretrained": bool(pretrain),
             "architecture": classifier.architecture(), "domains": domains, "target_sources": target_names,
             "config": config.to_dict(), "n_train": int(train_rows.size), "n_validation": int(held.sum()),
             "n_target": int(target_cells.n_cells) if target_cells is not None else 0,
             "gene_overlap": source.alignment.summary(), "target_gene_overlap": target_overlap,
-            "history": history, "train_seconds": seconds,
-            **calibration}
+            "history": history, "train_seconds": seconds, "unknown_score": unknown_score, "knn_k": int(knn_k),
+            "feature_bank_size": int(bank.shape[0]), **calibration}
         return self
 
     def _resolve_label_key(self, label_key: str | None) -> str:
@@ -299,23 +336,32 @@ class AnnotationMixin:
         fresh = self._network_cls(self.setup.n_features, len(self.setup.sources), **self.network_args)
         return TeacherClassifier.from_network(fresh, n_classes, head_dropout)
 
-    def _calibrate(self, classifier: TeacherClassifier, cells: Any, held_rows: np.ndarray, codes: np.ndarray,
-                   false_rejection_rate: float, device: str) -> dict:
-        """Temperature, ECE before/after and unknown threshold, from the held-out labeled cells."""
+    def _calibrate(self, classifier: TeacherClassifier, bank: np.ndarray, cells: Any, held_rows: np.ndarray,
+                   codes: np.ndarray, false_rejection_rate: float, knn_k: int, device: str) -> dict:
+        """Temperature, ECE before/after, held-out score distributions and the thresholds of every score."""
         if held_rows.size == 0:
-            return {"temperature": 1.0, "unknown_threshold": 0.0, "unknown_log_odds_threshold": None,
-                    "calibration": None}
-        logits = classifier_logits(classifier, cells, held_rows, device=device)
+            return {"temperature": 1.0, "thresholds": {"max_softmax": 0.0, "max_softmax_log_odds": None, "knn": None,
+                                                       "combined": None},
+                    "score_quantiles": None, "calibration": None}
+        logits, features = classifier_outputs(classifier, cells, held_rows, device=device)
         y = codes[held_rows]
         temperature = fit_temperature(logits, y)
-        threshold = rejection_threshold(top_class_log_odds(logits, temperature), false_rejection_rate)
+        log_odds = top_class_log_odds(logits, temperature)
+        familiarity = feature_knn_similarity(features, bank, knn_k)
+        quantiles = {"log_odds": score_quantiles(log_odds).tolist(),
+                     "familiarity": score_quantiles(familiarity).tolist()}
+        typicality = _typicality(log_odds, familiarity, quantiles)
+        log_odds_cut = rejection_threshold(log_odds, false_rejection_rate)
         report = {"n_cells": int(held_rows.size),
                   "accuracy": float((logits.argmax(1) == y).mean()),
                   "ece_before": expected_calibration_error(scaled_probabilities(logits), y),
                   "ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), y),
                   "false_rejection_rate": float(false_rejection_rate)}
-        return {"temperature": temperature, "unknown_threshold": float(expit(threshold)),
-                "unknown_log_odds_threshold": threshold, "calibration": report}
+        return {"temperature": temperature,
+                "thresholds": {"max_softmax": float(expit(log_odds_cut)), "max_softmax_log_odds": log_odds_cut,
+                               "knn": rejection_threshold(familiarity, false_rejection_rate),
+                               "combined": rejection_threshold(typicality, false_rejection_rate)},
+                "score_quantiles": quantiles, "calibration": report}
 
     # ------------------------------------------------------------------ prediction
     @property
@@ -341,6 +387,10 @@ class AnnotationMixin:
         Cells of a source the classifier was trained on (labeled or target) use its batch-norm
         statistics; cells of other sources get AdaBN statistics estimated on themselves.
         """
+        return self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)[0]
+
+    def _classifier_outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
+                            min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
         cfg = self._require_classifier()
         prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data")
         self.last_alignment = prepared.alignment
@@ -349,18 +399,19 @@ class AnnotationMixin:
         codes = _domain_codes(names, domains, grow=False)
         prepared.cells.domains = codes
         adapt = sorted(set(codes[codes >= len(domains)].tolist()))
-        return classifier_logits(self.classifier, prepared.cells, batch_size=batch_size, device=device,
-                                 adapt_domains=adapt or None)
+        return classifier_outputs(self.classifier, prepared.cells, batch_size=batch_size, device=device,
+                                  adapt_domains=adapt or None)
 
     def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
-                unknown_threshold: float | None = None, inplace: bool = True, batch_size: int = 1024,
-                device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP) -> AnnotationPrediction:
+                unknown_threshold: float | None = None, unknown_score: str | None = None, inplace: bool = True,
+                batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP
+                ) -> AnnotationPrediction:
         """Predict cell types with the fine-tuned classifier.
 
         With ``inplace`` (default) writes, for the classifier's label ``L``:
         ``obs['L_pred']``, ``obsm['L_proba']`` (calibrated probabilities; class
         names in ``uns['L_proba_classes']``), ``obs['L_confidence']`` (0-1),
-        ``obs['L_unknown']`` and ``uns['scconcerto_annotation']``.
+        ``obs['L_unknown']`` and ``uns['scconcerto_annotation']`` (score and threshold used).
 
         Parameters
         ----------
@@ -371,33 +422,48 @@ class AnnotationMixin:
         reject
             Write ``"unknown"`` in ``L_pred`` for cells below the threshold.
         unknown_threshold
-            Confidence threshold (default: the one chosen on held-out reference cells).
+            Threshold of the rejection score: a confidence in [0, 1] for ``"max_softmax"``, a cosine
+            similarity for ``"knn"``, a typicality in [0, 1] for ``"combined"`` (default: the one chosen
+            on held-out labeled cells).
+        unknown_score
+            ``"combined"``, ``"knn"`` or ``"max_softmax"`` (default: the one chosen at fitting).
         inplace
             Write the results into ``adata``.
         batch_size, device, min_overlap
             Inference settings; smallest fraction of the model's genes the data must have.
         """
         cfg = self._require_classifier()
-        logits = self.predict_logits(adata, batch_key, batch_size, device, min_overlap)
+        score = cfg["unknown_score"] if unknown_score is None else unknown_score
+        if score not in UNKNOWN_SCORES:
+            raise InputError(f"unknown_score must be one of {UNKNOWN_SCORES}, got {score!r}.")
+        logits, features = self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)
         classes = list(cfg["classes"])
         proba = scaled_probabilities(logits, cfg["temperature"])
         confidence = proba.max(axis=1)
         log_odds = top_class_log_odds(logits, cfg["temperature"])
-        if unknown_threshold is not None:
-            if not 0.0 <= unknown_threshold <= 1.0:
+        familiarity = feature_knn_similarity(features, self._feature_bank, cfg["knn_k"])
+        quantiles = cfg.get("score_quantiles")
+        typicality = _typicality(log_odds, familiarity, quantiles) if quantiles else np.ones(len(log_odds))
+        thresholds = cfg["thresholds"]
+        if score == "max_softmax":
+            if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
                 raise InputError(f"unknown_threshold is a confidence in [0, 1], got {unknown_threshold}.")
-            threshold, cut = float(unknown_threshold), probability_to_log_odds(unknown_threshold)
+            threshold = thresholds["max_softmax"] if unknown_threshold is None else float(unknown_threshold)
+            cut = thresholds["max_softmax_log_odds"] if unknown_threshold is None \
+                else probability_to_log_odds(unknown_threshold)
+            unknown = log_odds < (-np.inf if cut is None else cut)
         else:
-            cut = cfg.get("unknown_log_odds_threshold")
-            threshold, cut = cfg["unknown_threshold"], (-np.inf if cut is None else cut)
-        unknown = log_odds < cut
+            value = familiarity if score == "knn" else typicality
+            threshold = thresholds[score] if unknown_threshold is None else float(unknown_threshold)
+            unknown = value < (-np.inf if threshold is None else threshold)
         labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
         if reject:
             labels = np.where(unknown, UNKNOWN_LABEL, labels)
-        result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, log_odds, unknown,
-                                      self.last_alignment.summary())
+        result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, log_odds, familiarity,
+                                      typicality.astype(np.float32), unknown, score, self.last_alignment.summary())
         if inplace:
-            write_prediction(adata, result, {"temperature": cfg["temperature"], "unknown_threshold": threshold,
+            write_prediction(adata, result, {"temperature": cfg["temperature"], "unknown_score": score,
+                                             "unknown_threshold": -1.0 if threshold is None else threshold,
                                              "rejected": bool(reject)})
         return result
 
@@ -406,7 +472,9 @@ class AnnotationMixin:
         """The classifier's tensors by stable name (empty without a classifier), for ``classifier.safetensors``."""
         if self.classifier is None:
             return {}
-        return {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
+        state[FEATURE_BANK] = torch.from_numpy(np.ascontiguousarray(self._feature_bank, dtype=np.float32))
+        return state
 
     def _load_annotation_state(self, tensors: dict[str, torch.Tensor], config: dict | None = None) -> None:
         """Rebuild ``model.classifier`` from saved tensors and its config (default: ``extra_config['annotation']``).
@@ -424,7 +492,8 @@ class AnnotationMixin:
             classifier = TeacherClassifier(**arch)
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"The classifier settings in config.json are invalid ({exc}).") from exc
-        expected = classifier.state_dict()
+        expected = dict(classifier.state_dict())
+        expected[FEATURE_BANK] = torch.empty(int(cfg.get("feature_bank_size", -1)), int(arch.get("out_dim", -1)))
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         bad = [k for k in expected if k in tensors and tuple(expected[k].shape) != tuple(tensors[k].shape)]
@@ -432,8 +501,10 @@ class AnnotationMixin:
             raise ModelFileError(f"The classifier weights do not match its settings: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}. The classifier file is "
                                  "damaged or from another model; fine-tune and save again.")
-        classifier.load_state_dict(tensors, strict=True)
+        weights = {k: v for k, v in tensors.items() if k != FEATURE_BANK}
+        classifier.load_state_dict(weights, strict=True)
         self.classifier = classifier.eval()
+        self._feature_bank = tensors[FEATURE_BANK].detach().cpu().numpy().astype(np.float32)
         self.extra_config[ANNOTATION_CONFIG] = cfg
 
     # ------------------------------------------------------------------ cross-validation
@@ -484,7 +555,8 @@ class AnnotationMixin:
 
 
 def write_prediction(adata: ad.AnnData, result: AnnotationPrediction, extra: dict | None = None) -> None:
-    """Write a prediction into ``adata``: ``obs['L_pred'|'L_confidence'|'L_unknown']``, ``obsm['L_proba']``, ``uns``."""
+    """Write a prediction into ``adata``: ``obs['L_pred'|'L_confidence'|'L_unknown']``,
+    ``obsm['L_proba']`` (class names in ``uns['L_proba_classes']``) and ``uns['scconcerto_annotation']``."""
     key = result.label_key
     cats = list(result.classes) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in result.classes else [])
     adata.obs[f"{key}_pred"] = pd.Categorical(result.labels.astype(str), categories=cats)

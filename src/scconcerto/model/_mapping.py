@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,8 @@ UMAP_KEY = "X_umap_ref"
 IMPUTED_PROTEIN_KEY = "protein_imputed"
 UNKNOWN_LABEL = "unknown"
 FULL, RNA_ONLY = "full", "rna_only"
+#: The last faiss index built for each model (not saved, not copied with the model).
+_INDEX_CACHE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 #: References of at least this many cells are searched with an approximate (IVF) index by ``index='auto'``.
 APPROXIMATE_FROM = 1_000_000
 
@@ -306,6 +309,15 @@ class MappingMixin:
             p.requires_grad_(False)
         return net
 
+    def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int) -> Any:
+        """The faiss index over the reference embedding, built once and kept in memory for the next maps."""
+        cached = _INDEX_CACHE.get(self)
+        if cached is not None and cached[0] == (space, kind, seed) and cached[1] is ref_emb:
+            return cached[2]
+        index = build_index(ref_emb, kind=kind, seed=seed)
+        _INDEX_CACHE[self] = ((space, kind, seed), ref_emb, index)
+        return index
+
     def _embed_query(self, adata: ad.AnnData, batch_key: str | None, use_protein: bool | str,
                      finetune_epochs: int, min_overlap: float, batch_size: int, device: str, seed: int,
                      finetune_options: dict | None, timings: dict[str, float]
@@ -433,7 +445,7 @@ class MappingMixin:
         t0 = time.perf_counter()
         ref_emb = self._space_embedding(space)
         kind = ("ivf" if len(ref_emb) >= APPROXIMATE_FROM else "flat") if index == "auto" else index
-        faiss_index = build_index(ref_emb, kind=kind, seed=seed)
+        faiss_index = self._reference_index(space, ref_emb, kind, seed)
         k_eff = int(min(k, len(ref_emb)))
         neighbors = knn(embedding, faiss_index, k=k_eff)
         timings["knn"] = time.perf_counter() - t0

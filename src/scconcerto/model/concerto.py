@@ -28,6 +28,7 @@ from .storage import ReferenceStore, read_model_dir, save_model_dir
 log = logging.getLogger("scconcerto")
 
 EMBEDDING_KEY = "X_concerto"
+UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first mapping or plot
 
 
 def default_epochs(n_cells: int) -> int:
@@ -101,8 +102,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         return self.train_config is not None
 
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
-              max_genes: int | None = 512, gene_dropout: float = 0.4, seed: int | None = None, device: str = "auto", progress: bool = True,
-              checkpoint_dir: str | Path | None = None, resume: bool = False, **kwargs: Any) -> "Concerto":
+              max_genes: int | None = 512, gene_dropout: float = 0.4, seed: int | None = None, device: str = "auto",
+              progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
+              prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
 
         Parameters
@@ -125,6 +127,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             Show a progress bar.
         checkpoint_dir
             Write ``last.ckpt`` there every epoch; with ``resume=True`` continue from it.
+        prepare_mapping
+            After training, calibrate the mapping confidence and unknown thresholds on the reference
+            (and, up to ``UMAP_AT_TRAIN_MAX_CELLS`` cells, compute the reference UMAP); a dict is passed
+            to :meth:`prepare_mapping` as options; ``False`` skips it (it then runs on first mapping).
         **kwargs
             Other :class:`~scconcerto.train.TrainConfig` fields (``temperature``, ``devices``, ``strategy``...).
         """
@@ -132,11 +138,12 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             raise InputError("This model has no reference AnnData attached (it was loaded); it is already trained.")
         prepared = self._prepare(self.adata, what="the reference")
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
-                             max_genes=max_genes, gene_dropout=gene_dropout, seed=self.seed if seed is None else seed, device=device,
-                             progress=progress, **kwargs)
+                             max_genes=max_genes, gene_dropout=gene_dropout, seed=self.seed if seed is None else seed,
+                             device=device, progress=progress, **kwargs)
         if batch_size < 2:
             raise InputError(f"batch_size must be at least 2 (contrastive negatives, batch norm), got {batch_size}.")
         start = time.perf_counter()
+        self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume)
@@ -144,6 +151,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         self.history = history
         self.extra_config["train_seconds"] = time.perf_counter() - start
         self._store_reference(prepared)
+        if prepare_mapping:
+            options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
+            options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
+            self.prepare_mapping(**options)
         return self
 
     def _store_reference(self, prepared: PreparedCells) -> None:

@@ -64,7 +64,7 @@ if numba is not None:
     _B0, _B2 = np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03)
     _B4, _B6 = np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06)
 
-    @njit(inline="always", fastmath=True)
+    @njit(inline="always", fastmath=True, error_model="numpy")
     def _tanh(x):  # noqa: ANN001, ANN202 - numba scalar helper
         x = min(max(x, -_CLAMP), _CLAMP)
         x2 = x * x
@@ -80,7 +80,7 @@ if numba is not None:
         q = q * x2 + _B0
         return p / q
 
-    @njit(fastmath=True, cache=True, nogil=True)
+    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
     def _forward_kernel(P, b, u, indices, values, offsets, lo, hi, max_len, hidden, weights):  # noqa: ANN001
         d = P.shape[1]
         H = np.empty((max(max_len, 1), d), dtype=np.float32)
@@ -120,7 +120,7 @@ if numba is not None:
             for k in range(d):
                 hidden[c, k] = acc[k]
 
-    @njit(fastmath=True, cache=True, nogil=True)
+    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
     def _backward_kernel(P, b, u, indices, values, offsets, weights, hidden, grad_hidden, grad_weights,  # noqa: ANN001
                          has_grad_weights, need_values_grad, lo, hi, dPc, dbc, duc, dv):
         d = P.shape[1]

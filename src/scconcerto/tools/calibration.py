@@ -3,8 +3,10 @@
 Temperature scaling (Guo et al., 2017) fits one scalar ``T`` on held-out
 labeled cells so that ``softmax(logits / T)`` is calibrated; the expected
 calibration error (ECE) measures it. A cell is *unknown* (none of the
-training types) when its calibrated confidence falls below a threshold chosen
-on held-out reference cells (a target rate of wrongly rejected seen cells).
+training types) when a score falls below a threshold chosen on held-out
+labeled cells (a target rate of wrongly rejected seen cells). Scores: the
+calibrated top probability, the feature similarity to the nearest training
+cells (Sun et al., 2022), or both through their empirical CDFs on held-out cells.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from scipy.special import log_softmax, logsumexp, softmax
 from .._errors import InputError
 
 __all__ = ["energy_confidence", "expected_calibration_error", "feature_knn_similarity", "fit_temperature",
-           "max_softmax", "probability_to_log_odds", "rejection_threshold", "scaled_probabilities", "top_class_log_odds",
-           "unknown_auroc"]
+           "empirical_cdf", "max_softmax", "probability_to_log_odds", "rejection_threshold", "scaled_probabilities",
+           "score_quantiles", "top_class_log_odds", "unknown_auroc"]
 
 # A perfectly separated validation set drives the NLL-optimal temperature to 0; the lower bound keeps
 # the calibrated probabilities from becoming arbitrarily sharp on shifted data.
@@ -94,6 +96,25 @@ def feature_knn_similarity(features: np.ndarray, bank: np.ndarray, k: int = 10) 
         raise InputError("The feature bank is empty: there are no training cells to compare with.")
     sims = knn(np.asarray(features, dtype=np.float32), bank, k=min(k, bank.shape[0])).similarities
     return sims[:, -1].astype(np.float32)
+
+
+def score_quantiles(values: np.ndarray, n: int = 501) -> np.ndarray:
+    """``n`` evenly spaced quantiles (0 to 1) of ``values``: a compact record of their distribution."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise InputError("No values to summarise.")
+    return np.quantile(v, np.linspace(0.0, 1.0, n))
+
+
+def empirical_cdf(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Fraction of the reference distribution (given by :func:`score_quantiles`) below each value.
+
+    0 below the smallest reference value, 1 above the largest, linear in between.
+    Scores of different scales become comparable: a low value means atypical
+    for held-out cells of seen types.
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    return np.interp(np.asarray(values, dtype=np.float64), q, np.linspace(0.0, 1.0, q.size), left=0.0, right=1.0)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = _T_BOUNDS) -> float:

@@ -47,7 +47,7 @@ NOVELTY_FEATURES = ("vote_share", "winner_similarity", "top_similarity", "log_de
 NOVELTY_SMALL_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
 #: Below this many cells a query has no neighbourhood of its own: the density ratio is not used.
 MIN_QUERY_CELLS = 30
-_MAX_DENSITY_CELLS = 20_000
+_MAX_DENSITY_CELLS = 10_000
 
 
 # ---------------------------------------------------------------------------------------------- features

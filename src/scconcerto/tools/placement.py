@@ -24,8 +24,9 @@ def reference_umap(embedding: np.ndarray, n_neighbors: int = 15, min_dist: float
     emb = l2_normalize(embedding)
     if len(emb) <= 2:
         return np.zeros((len(emb), 2), dtype=np.float32)
+    # spectral initialisation needs more cells than eigenvectors; tiny references start at random
     reducer = umap.UMAP(n_neighbors=int(min(n_neighbors, len(emb) - 1)), min_dist=min_dist, metric="cosine",
-                        random_state=seed, n_components=2)
+                        random_state=seed, n_components=2, init="spectral" if len(emb) > 10 else "random")
     return np.asarray(reducer.fit_transform(emb), dtype=np.float32)
 
 

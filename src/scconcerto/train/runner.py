@@ -20,6 +20,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -48,9 +49,9 @@ def resolve_device(device: str) -> torch.device:
 def _strategy(config: TrainConfig):  # noqa: ANN202 - a Lightning strategy or its name
     """Data-parallel runs use DDP without per-step buffer broadcasts (gloo on CPUs, NCCL on GPUs).
 
-    The domain-specific BN running statistics are averaged over ranks at the end
-    of every epoch instead (:class:`~scconcerto.train.plan.ContrastivePlan`),
-    so they reflect every rank's batches, not rank 0's only.
+    Instead of copying rank 0's buffers to every rank before each step, the
+    domain-specific BN running statistics are updated on every rank with every
+    rank's batch statistics (:class:`~scconcerto.train.plan.RunningStatsSync`).
     """
     devices, num_nodes = _layout(config)
     if devices * num_nodes > 1 and config.strategy in ("ddp", "auto"):
@@ -139,12 +140,9 @@ def _row_blocks(n_cells: int, rows: np.ndarray | None, batch_size: int) -> Itera
             yield np.arange(start, min(start + batch_size, n_cells), dtype=np.int64)
         return
     rows = np.sort(np.asarray(rows, dtype=np.int64))
-    parts = -(-rows.size // batch_size)
-    if rows.size == 1:  # batch statistics (AdaBN) need two cells; a lone cell gets no statistics of its own
-        yield rows
+    if rows.size == 0:
         return
-    for part in np.array_split(rows, parts):
-        yield part
+    yield from np.array_split(rows, -(-rows.size // batch_size))  # near-equal batches, no tiny remainder
 
 
 def _batches(cells: CellMatrix, rows: np.ndarray | None, batch_size: int) -> Iterator[tuple[np.ndarray, CellBatch]]:
@@ -167,7 +165,7 @@ def iter_embeddings(network: ConcertoNetwork, cells: CellMatrix, batch_size: int
     expensive part, runs once per cell.
     """
     dev = resolve_device(device)
-    with CpuThreads() if dev.type == "cpu" else _nothing():
+    with CpuThreads() if dev.type == "cpu" else nullcontext():
         if not adapt_domains:
             net = network.to(dev).eval()
             try:
@@ -205,14 +203,6 @@ def _with_new_domains(network: ConcertoNetwork, domains: list[int]) -> ConcertoN
     return net
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def embed_cells(network: ConcertoNetwork, cells: CellMatrix, batch_size: int = 1024, device: str = "auto",
                 adapt_domains: list[int] | None = None) -> np.ndarray:
     """Teacher embedding (eval mode, L2-normalized) of every cell.
@@ -244,7 +234,7 @@ def adapt_batch_norm(network: ConcertoNetwork, cells: CellMatrix, domains: list[
         norm.start_adapting(new)
     net = net.to(dev).eval()
     rows = np.flatnonzero(np.isin(cells.domains, new))
-    with CpuThreads() if dev.type == "cpu" else _nothing():
+    with CpuThreads() if dev.type == "cpu" else nullcontext():
         for _, batch in _batches(cells, rows, batch_size):
             batch = batch.to(dev)
             net.teacher(batch)
