@@ -10,6 +10,8 @@ and ``prepare_cells`` need to stream a dataset larger than memory.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import queue
 import threading
@@ -267,6 +269,27 @@ def read_backed(path: str | os.PathLike[str]) -> ad.AnnData:
     from .._io import read_h5ad
 
     return read_h5ad(path, backed=True)
+
+
+@functools.cache
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by the program back to the operating system (glibc ``malloc_trim``; no-op elsewhere).
+
+    Streaming allocates and frees large arrays from several threads; glibc keeps
+    freed heap pages mapped when fragmentation pins the heap top, so the
+    resident size crept up with the number of cells streamed (0.45 GB after
+    400 training steps). Trimming once per window keeps it flat.
+    """
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:

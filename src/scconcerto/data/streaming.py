@@ -2,14 +2,16 @@
 
 Each epoch the rows are cut into contiguous chunks whose order is shuffled;
 consecutive shuffled chunks form a *window* that is read from disk in one go
-(:func:`~scconcerto.data.sampling.chunk_windows`). Inside a window the cells are
-split into shuffled source-homogeneous batches
-(:func:`~scconcerto.data.sampling.source_batches`). So a batch mixes cells from
-``window_chunks`` random places of the file, every cell is seen once per
-epoch, and at most a few windows are in memory: peak memory grows with
-``chunk_size * window_chunks``, not with the number of cells. Under
-``torch.distributed`` each rank reads only its own windows.
-"""
+(:func:`~scconcerto.data.sampling.chunk_windows`). Inside a window the cells of
+each source are shuffled and cut into full single-source batches
+(:func:`~scconcerto.data.sampling.full_source_batches`); the few cells left over
+per source are carried into the next window, and the last window's cells are
+split into near-equal batches. So a batch mixes cells from ``window_chunks``
+random places of the file, every cell is seen once per epoch, each source gives
+``ceil(n / batch_size)`` batches whatever the windows are, and at most a few
+windows are in memory: peak memory grows with ``chunk_size * window_chunks``,
+not with the number of cells. Under ``torch.distributed`` each rank reads only
+its own chunks."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import scipy.sparse as sp
 import torch.utils.data
 
 from .._ragged import CellBatch
-from .backed import BackedCSR, prefetch
+from .backed import BackedCSR, prefetch, release_freed_memory
 from .cells import CellMatrix
 from .sampling import chunk_windows, full_source_batches, rank_batch_counts, source_batches, window_rows
 
@@ -122,6 +124,8 @@ class StreamingBatches(torch.utils.data.IterableDataset):
                 batch = local.batch(part, self.max_genes, aug, self.gene_dropout)
                 batch.rows = torch.from_numpy(global_rows)
                 yield batch
+            del local
+            release_freed_memory()
 
     def _all_batches(self) -> Iterator[CellBatch]:
         epoch = self.epoch

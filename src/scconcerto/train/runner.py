@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .._ragged import CellBatch
-from ..data.backed import prefetch
+from ..data.backed import prefetch, release_freed_memory
 from ..data.cells import CellMatrix
 from ..nn import ConcertoNetwork
 from .config import TrainConfig
@@ -58,7 +58,7 @@ def _strategy(config: TrainConfig):  # noqa: ANN202 - a Lightning strategy or it
         from lightning.pytorch.strategies import DDPStrategy
 
         backend = "gloo" if resolve_device(config.device).type == "cpu" else None
-        return DDPStrategy(process_group_backend=backend, broadcast_buffers=False)
+        return DDPStrategy(process_group_backend=backend, forward_sync_buffers=False)
     return config.strategy
 
 
@@ -147,7 +147,14 @@ def _row_blocks(n_cells: int, rows: np.ndarray | None, batch_size: int) -> Itera
 
 def _batches(cells: CellMatrix, rows: np.ndarray | None, batch_size: int) -> Iterator[tuple[np.ndarray, CellBatch]]:
     """``(rows, batch)`` in row order, the next one built in a background thread."""
-    return prefetch(((r, cells.batch(r)) for r in _row_blocks(cells.n_cells, rows, batch_size)), depth=2)
+
+    def build() -> Iterator[tuple[np.ndarray, CellBatch]]:
+        for i, r in enumerate(_row_blocks(cells.n_cells, rows, batch_size)):
+            if i % 64 == 63:
+                release_freed_memory()
+            yield r, cells.batch(r)
+
+    return prefetch(build(), depth=2)
 
 
 @torch.no_grad()
