@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scconcerto import Concerto
-from scconcerto.data import source_batches
+from scconcerto.data import prepare_cells, source_batches
 from scconcerto.datasets import simulate
 from scconcerto.train import TrainConfig, fit
 
@@ -41,7 +41,7 @@ def test_two_cpu_processes_match_one_process_accumulating_their_batches(tmp_path
 
     adata = simulate(512, 120, n_types=3, n_batches=2, seed=5)
     model = Concerto(adata, batch_key="batch", seed=3)
-    cells = model._prepare(adata).cells
+    cells = prepare_cells(adata, model.setup).cells
     batch_size = _even_batch_size(cells.domains)
 
     script = tmp_path / "ddp_train.py"
