@@ -28,7 +28,8 @@ def build(model, sim, n_query: int = 200, with_protein: bool = True):
 
     The query is ``n_query`` cells of ``sim``'s ``batch_1`` presented as a new
     source ``tech_new`` (so the embedding uses AdaBN), mapped by a
-    similarity-weighted 10-NN vote against the reference cells of ``batch_0``.
+    similarity-weighted 10-NN vote against the reference cells of ``batch_0``
+    (a quarter of their labels shuffled, so that some votes split).
     """
     from scconcerto.data.setup import normalize_protein
     from scconcerto.tools import knn, vote
@@ -45,7 +46,11 @@ def build(model, sim, n_query: int = 200, with_protein: bool = True):
     voters = np.flatnonzero(ref.domains == 0)
     nn = knn(query.obsm["X_concerto"], ref.embedding[voters], k=10)
     cats = np.asarray(model.setup.labels["cell_type"], dtype=object)
-    transfer = vote(nn, ref.labels["cell_type"][voters], len(cats))
+    # a quarter of the voters' labels shuffled: votes split for some cells, so "unknown" cells exist to draw
+    voter_labels = ref.labels["cell_type"][voters].copy()
+    noisy = np.random.default_rng(1).random(len(voters)) < 0.25
+    voter_labels[noisy] = np.random.default_rng(2).permutation(voter_labels[noisy])
+    transfer = vote(nn, voter_labels, len(cats))
     query.obs["cell_type_pred"] = cats[transfer.codes]
     query.obs["cell_type_confidence"] = transfer.confidence
     query.obs["cell_type_unknown"] = transfer.confidence < THRESHOLD

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reject", action="store_true", help="write 'unknown' as the prediction of low-confidence cells")
     p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
                    help="k-NN index: exact 'flat' (default below a million reference cells) or approximate")
+    p.add_argument("--impute-k", type=int, default=20,
+                   help="reference neighbours averaged to impute proteins (default: 20)")
     p.add_argument("--no-umap", action="store_true", help="do not place the query on the reference UMAP")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the query must have (default: 0.5)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     adata = read_h5ad(args.data)
     result = model.map_query(adata, k=args.k, batch_key=args.batch_key, finetune_epochs=args.finetune_epochs,
                              levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,
-                             index=args.index, place=not args.no_umap, min_overlap=args.min_overlap,
+                             index=args.index, impute_k=args.impute_k, place=not args.no_umap, min_overlap=args.min_overlap,
                              batch_size=args.batch_size or 1024, device=args.device, seed=args.seed)
     adata.uns["scconcerto_mapping"]["model"] = str(args.model)
     write_h5ad(adata, args.out, overwrite=args.overwrite)

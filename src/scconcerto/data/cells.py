@@ -66,6 +66,10 @@ class CellMatrix:
         Source code of each cell (int64).
     protein
         Normalized protein values, cells x model proteins (float32), or ``None``.
+    positives
+        ``(n_cells, k)`` candidate positives per cell for training (see
+        :mod:`scconcerto.data.positives`): the student view of a cell is drawn
+        from one of them. ``None``: both views come from the cell itself (the paper).
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -74,6 +78,7 @@ class CellMatrix:
     kind: InputKind
     domains: np.ndarray
     protein: np.ndarray | None = None
+    positives: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -104,28 +109,42 @@ class CellMatrix:
         return indices, values, indptr
 
     def batch(self, rows: np.ndarray, max_genes: int | None = None, rng: np.random.Generator | None = None,
-              gene_dropout: float = 0.0) -> CellBatch:
+              gene_dropout: float = 0.0, modality_dropout: float = 0.0) -> CellBatch:
         """Build the mini-batch of ``rows``.
 
         With ``rng`` (training), each view independently loses a fraction
-        ``gene_dropout`` of the expressed genes, and the teacher view keeps at
-        most ``max_genes`` genes per cell. Without ``rng`` both views are the full cell.
+        ``gene_dropout`` of the expressed genes, the teacher view keeps at
+        most ``max_genes`` genes per cell, and, when :attr:`positives` is set,
+        the student view is a randomly drawn positive of each cell instead of
+        the cell itself; with probability ``modality_dropout`` the teacher view
+        of the whole batch loses its proteins (so that the RNA-only teacher learns
+        to land where RNA + protein cells do: RNA-only queries, protein imputation).
+        Without ``rng`` both views are the full cell.
         """
         rows = np.asarray(rows, dtype=np.int64)
         student: dict[str, Ragged] = {}
         teacher: dict[str, Ragged] = {}
         ind, val, off = self.rna_rows(rows)
+        student_rows = rows
         if rng is None:
             student["rna"] = teacher["rna"] = Ragged.from_numpy(ind, val, off)
         else:
-            student["rna"] = Ragged.from_numpy(*drop_entries(ind, val, off, gene_dropout, rng))
+            if self.positives is not None:
+                student_rows = self.positives[rows, rng.integers(0, self.positives.shape[1], len(rows))]
+                s_ind, s_val, s_off = self.rna_rows(student_rows)
+            else:
+                s_ind, s_val, s_off = ind, val, off
+            student["rna"] = Ragged.from_numpy(*drop_entries(s_ind, s_val, s_off, gene_dropout, rng))
             t_ind, t_val, t_off = drop_entries(ind, val, off, gene_dropout, rng)
             if max_genes is not None:
                 t_ind, t_val, t_off = subsample_rows(t_ind, t_val, t_off, max_genes, rng)
             teacher["rna"] = Ragged.from_numpy(t_ind, t_val, t_off)
         if self.protein is not None:
-            prot = Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein[rows]))
-            student["protein"] = teacher["protein"] = prot
+            teacher["protein"] = Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein[rows]))
+            student["protein"] = (teacher["protein"] if student_rows is rows
+                                  else Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein[student_rows])))
+            if rng is not None and modality_dropout > 0 and rng.random() < modality_dropout:
+                del teacher["protein"]
         import torch
 
         return CellBatch(student, teacher, torch.from_numpy(self.domains[rows].astype(np.int64)),

@@ -29,6 +29,9 @@ log = logging.getLogger("scconcerto")
 
 EMBEDDING_KEY = "X_concerto"
 UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first mapping or plot
+CALIBRATION_FRACTION = 0.25  # labeled cells whose labels do not shape the positives: the confidence is calibrated on them
+CALIBRATION_MAX_CELLS = 5_000
+CALIBRATION_EXTRA = "calibration_rows"
 
 
 def default_epochs(n_cells: int) -> int:
@@ -95,6 +98,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         self.reference: ReferenceStore | None = None
         self.adata: ad.AnnData | None = None
         self.extra_config: dict[str, Any] = {}
+        self._calibration_rows: np.ndarray | None = None
 
     # ------------------------------------------------------------------ training
     @property
@@ -102,7 +106,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         return self.train_config is not None
 
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
-              max_genes: int | None = 512, gene_dropout: float = 0.4, seed: int | None = None, device: str = "auto",
+              max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
+              positive_neighbors: int = 10,
+              label_positives: bool = True, seed: int | None = None, device: str = "auto",
               progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
@@ -119,6 +125,17 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             At most this many expressed genes per cell in the teacher's training view.
         gene_dropout
             Fraction of expressed genes dropped in each training view (augmentation).
+        modality_dropout
+            RNA + protein models: probability that a training batch's teacher view is RNA-only, so
+            that RNA-only cells embed where RNA + protein cells do (RNA-only queries, protein imputation).
+        positive_neighbors
+            Draw each cell's student view from one of its this many nearest cells of the same
+            source (:mod:`scconcerto.data.positives`); ``0``: the paper's views of the cell itself.
+            Needs the matrix in memory (a backed reference trains with the paper's views).
+        label_positives
+            With label keys, neighbour positives share the cell's labels (the labels shape the
+            embedding, as in scANVI); 25 % of the labeled cells (at most 5,000) are kept out of
+            this and calibrate the mapping confidence.
         seed
             Training seed (default: the model's seed).
         device
@@ -137,19 +154,28 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if self.adata is None:
             raise InputError("This model has no reference AnnData attached (it was loaded); it is already trained.")
         prepared = self._prepare(self.adata, what="the reference")
-        config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
-                             max_genes=max_genes, gene_dropout=gene_dropout, seed=self.seed if seed is None else seed,
-                             device=device, progress=progress, **kwargs)
         if batch_size < 2:
             raise InputError(f"batch_size must be at least 2 (contrastive negatives, batch norm), got {batch_size}.")
+        if positive_neighbors < 0:
+            raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
+        seed = self.seed if seed is None else seed
+        label_positives = self._attach_positives(prepared, positive_neighbors, label_positives, seed)
+        config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
+                             max_genes=max_genes, gene_dropout=gene_dropout,
+                             modality_dropout=modality_dropout if self.setup.proteins else 0.0,
+                             positive_neighbors=positive_neighbors if prepared.cells.positives is not None else 0,
+                             label_positives=label_positives, seed=seed, device=device, progress=progress, **kwargs)
         start = time.perf_counter()
         self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+        from ..train.runner import is_global_zero, seeded_rng
+
+        with seeded_rng(config.seed, device):  # forks (and seeds) the CPU and, when used, the CUDA generator
             history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume)
         self.train_config = config
         self.history = history
         self.extra_config["train_seconds"] = time.perf_counter() - start
+        if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
+            return self
         self._store_reference(prepared)
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
@@ -157,11 +183,35 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             self.prepare_mapping(**options)
         return self
 
+    def _attach_positives(self, prepared: PreparedCells, k: int, label_positives: bool, seed: int) -> bool:
+        """Set ``prepared.cells.positives`` (in-memory references); returns whether labels shaped them."""
+        from ..data.positives import neighbor_positives
+
+        self._calibration_rows = None
+        if k == 0:
+            return False
+        if prepared.cells.on_disk:
+            log.info("The reference is read from disk: training with the paper's views (no neighbour positives).")
+            return False
+        groups = None
+        if label_positives and self.setup.label_keys:
+            codes = label_codes(self.adata, self.setup)
+            groups = _label_groups([codes[key] for key in self.setup.label_keys])
+            labeled = np.flatnonzero(groups >= 0)
+            rng = np.random.default_rng(seed)
+            n_open = int(min(CALIBRATION_MAX_CELLS, round(CALIBRATION_FRACTION * labeled.size)))
+            self._calibration_rows = np.sort(rng.choice(labeled, n_open, replace=False)) if n_open else None
+        prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups,
+                                                      open_rows=self._calibration_rows, seed=seed)
+        return groups is not None
+
     def _store_reference(self, prepared: PreparedCells) -> None:
         emb = embed_cells(self.network, prepared.cells, device=self.train_config.device)
         labels = label_codes(self.adata, self.setup)
         self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
                                         protein=prepared.cells.protein)
+        if getattr(self, "_calibration_rows", None) is not None:
+            self.reference.extra[CALIBRATION_EXTRA] = self._calibration_rows.astype(np.int64)
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
@@ -243,3 +293,13 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         s = self.setup
         return (f"Concerto({len(s.genes)} genes{f', {len(s.proteins)} proteins' if s.proteins else ''}, "
                 f"{len(s.sources)} sources, labels {list(s.labels)}, trained={self.is_trained})")
+
+
+def _label_groups(codes: list[np.ndarray]) -> np.ndarray:
+    """One group code per cell from its codes under every label key; ``-1`` when any is missing."""
+    stacked = np.stack([np.asarray(c, dtype=np.int64) for c in codes], axis=1)
+    missing = (stacked < 0).any(axis=1)
+    _, groups = np.unique(stacked, axis=0, return_inverse=True)
+    groups = groups.astype(np.int64).ravel()
+    groups[missing] = -1
+    return groups

@@ -289,7 +289,7 @@ def _weighted_auroc(score: np.ndarray, positive: np.ndarray, weight: np.ndarray 
 
 def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: int, k: int = 5,
                          max_cells: int = 5_000, min_type_cells: int = 3, false_rejection_rate: float = 0.05,
-                         seed: int = 0) -> CalibrationResult:
+                         seed: int = 0, pseudo_query: np.ndarray | None = None) -> CalibrationResult:
     """Fit the confidence model on a reference (see the module docstring).
 
     Parameters
@@ -312,6 +312,10 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         right transfers unknown (its quantile of their confidences).
     seed
         Seed of the split and the subsamples.
+    pseudo_query
+        Reference rows to use as the pseudo-query (their labeled ones, at most
+        ``max_cells``), e.g. cells whose labels were kept out of training; by
+        default a random half of the labeled cells.
 
     Returns
     -------
@@ -327,8 +331,12 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
                          f"labeled reference cells; found {len(np.unique(codes[labeled]))} types in "
                          f"{labeled.size} cells. Give a label key with several types.")
     rng = np.random.default_rng(seed)
-    n_query = int(min(max_cells, labeled.size // 2))
-    pseudo_query = np.sort(rng.choice(labeled, n_query, replace=False))
+    chosen = None if pseudo_query is None else np.intersect1d(np.asarray(pseudo_query, dtype=np.int64), labeled)
+    if chosen is not None and len(np.unique(codes[chosen])) >= 2 and chosen.size >= 2 * max(k, 1):
+        pseudo_query = np.sort(rng.choice(chosen, min(max_cells, chosen.size), replace=False))
+    else:
+        n_query = int(min(max_cells, labeled.size // 2))
+        pseudo_query = np.sort(rng.choice(labeled, n_query, replace=False))
     is_pseudo_ref = np.ones(len(emb), dtype=bool)
     is_pseudo_ref[pseudo_query] = False
     pseudo_ref = np.flatnonzero(is_pseudo_ref)

@@ -30,6 +30,15 @@ class TrainConfig:
     gene_dropout
         Fraction of a cell's expressed genes dropped, independently in each view,
         at training time (gene-level augmentation on top of the network dropout).
+    modality_dropout
+        Probability that a training batch's teacher view loses its proteins
+        (RNA + protein models): the RNA-only teacher then learns the joint space.
+    positive_neighbors
+        The student view of a cell is drawn from one of its this many nearest
+        cells (same source; same label when ``label_positives``), see
+        :mod:`scconcerto.data.positives`. ``0``: the paper's two views of the cell itself.
+    label_positives
+        Whether neighbour positives were restricted to cells of the same reference label.
     seed
         Seed for weights, shuffling, dropout and gene sampling.
     device
@@ -54,6 +63,9 @@ class TrainConfig:
     temperature: float = 0.1
     max_genes: int | None = 512
     gene_dropout: float = 0.0
+    modality_dropout: float = 0.0
+    positive_neighbors: int = 0
+    label_positives: bool = False
     seed: int = 0
     device: str = "auto"
     devices: int = 1

@@ -22,11 +22,13 @@ from .config import TrainConfig
 class CellBatchDataset(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole mini-batches (index = list of rows)."""
 
-    def __init__(self, cells: CellMatrix, max_genes: int | None, seed: int, gene_dropout: float = 0.0):
+    def __init__(self, cells: CellMatrix, max_genes: int | None, seed: int, gene_dropout: float = 0.0,
+                 modality_dropout: float = 0.0):
         self.cells = cells
         self.max_genes = max_genes
         self.seed = seed
         self.gene_dropout = gene_dropout
+        self.modality_dropout = modality_dropout
 
     def __len__(self) -> int:
         return self.cells.n_cells
@@ -34,7 +36,7 @@ class CellBatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, rows: list[int]) -> CellBatch:
         rows_arr = np.asarray(rows, dtype=np.int64)
         rng = np.random.default_rng([self.seed, *rows_arr[:4].tolist(), len(rows_arr)])
-        return self.cells.batch(rows_arr, self.max_genes, rng, self.gene_dropout)
+        return self.cells.batch(rows_arr, self.max_genes, rng, self.gene_dropout, self.modality_dropout)
 
 
 def _unbatched(item: CellBatch) -> CellBatch:
@@ -59,7 +61,8 @@ def training_loader(cells: CellMatrix, config: TrainConfig, num_replicas: int = 
         return torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_unbatched, num_workers=0)
     sampler = SourceBatchSampler(cells.domains, config.batch_size, shuffle=True, seed=config.seed,
                                  num_replicas=num_replicas, rank=rank)
-    return torch.utils.data.DataLoader(CellBatchDataset(cells, config.max_genes, config.seed, config.gene_dropout),
+    dataset = CellBatchDataset(cells, config.max_genes, config.seed, config.gene_dropout, config.modality_dropout)
+    return torch.utils.data.DataLoader(dataset,
                                        sampler=sampler, batch_size=None, collate_fn=_unbatched,
                                        num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
 
