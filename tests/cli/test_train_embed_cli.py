@@ -53,3 +53,24 @@ def test_bad_inputs_give_one_line_errors_not_tracebacks(tmp_path, capsys):
     assert "not an .h5ad" in err and "Traceback" not in err
     assert main(["embed", str(tmp_path / "no_model"), str(not_h5), "--out", str(tmp_path / "o.h5ad")]) == 2
     assert "not a model directory" in capsys.readouterr().err
+
+
+def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, capsys):
+    import json
+
+    rc = main(["train", str(ref_file), "--batch-key", "batch", "--label-key", "cell_type", "--epochs", "1",
+               "--positive-neighbors", "0", "--out", str(tmp_path / "paper"), "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "paper" / "config.json").read_text())
+    train = cfg["train"]
+    assert train["positive_neighbors"] == 0 and train["label_positives"] is False
+    rc = main(["train", str(ref_file), "--batch-key", "batch", "--label-key", "cell_type", "--epochs", "1",
+               "--positive-neighbors", "4", "--no-label-positives", "--out", str(tmp_path / "nb"), "--device", "cpu",
+               "--no-progress"])
+    assert rc == 0
+    train = json.loads((tmp_path / "nb" / "config.json").read_text())["train"]
+    assert train["positive_neighbors"] == 4 and train["label_positives"] is False
+    capsys.readouterr()
+    assert main(["train", str(ref_file), "--modality-dropout", "2", "--out", str(tmp_path / "bad"),
+                 "--no-progress"]) == 2
+    assert "modality_dropout must be between 0 and 1" in capsys.readouterr().err

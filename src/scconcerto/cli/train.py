@@ -22,6 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: by size)")
     p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--positive-neighbors", type=int, default=10,
+                   help="draw the student view from one of this many nearest cells (default: 10; 0: the paper's "
+                        "views of the cell itself)")
+    p.add_argument("--no-label-positives", action="store_true",
+                   help="neighbour positives ignore the labels (default: with --label-key they share the labels)")
+    p.add_argument("--modality-dropout", type=float, default=0.5,
+                   help="RNA + protein: share of training batches whose teacher sees RNA only (default: 0.5)")
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -47,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                      layer=args.layer, hvg=args.hvg, seed=args.seed)
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                devices=args.devices, strategy=args.strategy, precision=args.precision)
+                positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
+                modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy, precision=args.precision)
     if not is_global_zero():  # data-parallel run: rank 0 writes the model
         return 0
     model.save(args.out, overwrite=args.overwrite)

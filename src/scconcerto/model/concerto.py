@@ -156,6 +156,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         prepared = self._prepare(self.adata, what="the reference")
         if batch_size < 2:
             raise InputError(f"batch_size must be at least 2 (contrastive negatives, batch norm), got {batch_size}.")
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise InputError(f"modality_dropout must be between 0 and 1, got {modality_dropout}.")
         if positive_neighbors < 0:
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
         seed = self.seed if seed is None else seed
