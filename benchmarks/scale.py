@@ -45,6 +45,14 @@ def emit(record: dict) -> None:
     print("RESULT " + json.dumps(record), flush=True)
 
 
+def uptime() -> str:
+    """``uptime``'s line (the machine is shared: its load average says how far wall-clock times are to be trusted)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def machine() -> dict:
     import torch
 
@@ -61,6 +69,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    up0 = uptime()
     opts = dict(n_types=args.types, n_batches=args.batches, seed=args.seed, markers_per_type=args.markers,
                 batch_effect=args.batch_effect, mean_depth=args.depth)
     frac = simulate(400, args.genes, **opts).obs["batch"].value_counts(normalize=True)
@@ -80,7 +89,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     os.remove(world)
     emit({"phase": "simulate", "simulation": opts, "n_total": n_total, "n_ref": int(ref_rows.size), "genes": args.genes,
           "queries": [int(min(q, query_rows.size)) for q in args.queries], "simulate_seconds": round(t_sim, 1),
-          "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(peak_rss_gb(), 2)})
+          "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(peak_rss_gb(), 2),
+          "uptime_start": up0, "uptime_end": uptime()})
 
 
 # ---------------------------------------------------------------- build
@@ -92,6 +102,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     from scconcerto.data.backed import read_backed
     from scconcerto.tools.ann import ann_index
 
+    up0 = uptime()
     cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     adata = read_backed(args.ref)
@@ -115,7 +126,7 @@ def cmd_build(args: argparse.Namespace) -> None:
           "build_seconds": round(t_model, 1), "index_seconds": round(t_index, 1),
           "final_loss": round(model.history[-1]["loss"], 4), "peak_rss_gb": round(peak_rss_gb(), 2),
           "process_cpu_seconds": round(cpu_seconds() - cpu0, 1),
-          "machine": machine()})
+          "uptime_start": up0, "uptime_end": uptime(), "machine": machine()})
 
 
 # ---------------------------------------------------------------- converge
@@ -193,6 +204,7 @@ def cmd_map(args: argparse.Namespace) -> None:
     index = faiss.read_index(str(Path(args.model).with_suffix(".ivf.faiss")))
     index.nprobe = args.nprobe
     rss_loaded = peak_rss_gb()
+    up0 = uptime()
     cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     query = read_backed(args.query)
@@ -220,6 +232,7 @@ def cmd_map(args: argparse.Namespace) -> None:
     result = transfer_streaming(timed_blocks(), index, ref.labels, n_classes, query.n_obs, k=5)
     total = time.perf_counter() - t0
     cpu_used = cpu_seconds() - cpu0
+    rss_mapped = peak_rss_gb()  # before the recall check below (its exact search copies the reference)
     cats = np.asarray(model.setup.labels["cell_type"], dtype=object)
     report = annotation_report(query.obs["cell_type"].astype(str).to_numpy(),
                                cats[result.codes["cell_type"]].astype(str))
@@ -233,7 +246,9 @@ def cmd_map(args: argparse.Namespace) -> None:
           "accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
           "ivf_recall_at_5": round(neighbor_recall(approx, exact), 4), "nprobe": args.nprobe,
           "nlist": int(index.nlist), "recall_sample": int(sample.shape[0]),
-          "peak_rss_gb": round(peak_rss_gb(), 2), "rss_after_model_load_gb": round(rss_loaded, 2)})
+          "peak_rss_gb": round(peak_rss_gb(), 2), "peak_rss_mapping_gb": round(rss_mapped, 2),
+          "rss_after_model_load_gb": round(rss_loaded, 2),
+          "adapted_sources": len(new), "uptime_start": up0, "uptime_end": uptime()})
 
 
 # ---------------------------------------------------------------- peers
@@ -354,7 +369,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         queries = [str(q) for q in args.queries]
         if not (work / f"ref_{n}.h5ad").exists() or args.resimulate:
             results += child(["simulate", "--n-ref", str(n), "--genes", str(args.genes), "--queries", *queries,
-                              "--types", str(args.types), "--markers", str(args.markers), "--batch-effect",
+                              "--types", str(args.types), "--batches", str(args.batches),
+                              "--markers", str(args.markers), "--batch-effect",
                               str(args.batch_effect), "--depth", str(args.depth), *common], log)
         model = work / f"model_{n}"
         build = ["build", "--ref", str(work / f"ref_{n}.h5ad"), "--model", str(model), "--device", args.device]
@@ -421,6 +437,7 @@ def main() -> None:
     r.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     r.add_argument("--genes", type=int, default=2000)
     r.add_argument("--types", type=int, default=10)
+    r.add_argument("--batches", type=int, default=4, help="reference batches + 1 held-out query batch")
     r.add_argument("--markers", type=int, default=20)
     r.add_argument("--batch-effect", type=float, default=0.5)
     r.add_argument("--depth", type=float, default=2000.0)

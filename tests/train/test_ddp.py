@@ -11,6 +11,7 @@ import torch
 
 from scconcerto import Concerto
 from scconcerto.data import prepare_cells, source_batches
+from scconcerto.data.positives import neighbor_positives
 from scconcerto.datasets import simulate
 from scconcerto.train import TrainConfig, fit
 
@@ -24,7 +25,10 @@ SCRIPT = textwrap.dedent('''
     out, batch_size = sys.argv[1], int(sys.argv[2])
     adata = simulate(512, 120, n_types=3, n_batches=2, seed=5)
     model = Concerto(adata, batch_key="batch", seed=3)
+    # default neighbour positives (no labels): every rank computes the same ones
     model.train(epochs=2, batch_size=batch_size, device="cpu", progress=False, devices=2, strategy="ddp")
+    import torch.distributed as dist
+    print(f"RANK {dist.get_rank()} REFERENCE {model.reference is not None}", flush=True)
     if is_global_zero():
         save_file({k: v.contiguous() for k, v in model.network.state_dict().items()}, out)
 ''')
@@ -42,6 +46,7 @@ def test_two_cpu_processes_match_one_process_accumulating_their_batches(tmp_path
     adata = simulate(512, 120, n_types=3, n_batches=2, seed=5)
     model = Concerto(adata, batch_key="batch", seed=3)
     cells = prepare_cells(adata, model.setup).cells
+    cells.positives = neighbor_positives(cells, 10, seed=3)  # what Concerto.train attaches (no label keys)
     batch_size = _even_batch_size(cells.domains)
 
     script = tmp_path / "ddp_train.py"
@@ -52,12 +57,13 @@ def test_two_cpu_processes_match_one_process_accumulating_their_batches(tmp_path
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in run.stdout + run.stderr  # two processes really ran
+    assert "RANK 0 REFERENCE True" in run.stdout and "RANK 1 REFERENCE False" in run.stdout  # rank 0 alone embeds
     ddp = load_file(str(out))
 
     # one process, same global batches, gradients of rank-0 and rank-1 batches summed before each step
     initial = {k: v.clone() for k, v in model.network.state_dict().items()}
     config = TrainConfig(epochs=2, batch_size=batch_size, device="cpu", progress=False, gene_dropout=0.4,
-                         max_genes=512, seed=3)
+                         max_genes=512, positive_neighbors=10, seed=3)
     fit(model.network, cells, config, accumulate_grad_batches=2)
     single = model.network.state_dict()
     for name, value in single.items():

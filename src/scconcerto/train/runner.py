@@ -20,7 +20,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -127,10 +127,45 @@ def fit(network: ConcertoNetwork, cells: CellMatrix, config: TrainConfig, checkp
 
 
 def is_global_zero() -> bool:
-    """Whether this process is rank 0 of a data-parallel run (always true in a single process)."""
+    """Whether this process is rank 0 of a data-parallel run (always true in a single process).
+
+    Uses the process group when it exists (Lightning keeps it after ``fit``),
+    else the launcher's environment: ``RANK`` (torchrun), or ``NODE_RANK`` and
+    ``LOCAL_RANK`` (processes started by Lightning).
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+    if os.environ.get("RANK"):
+        return int(os.environ["RANK"]) == 0
+    return all(int(os.environ.get(name) or 0) == 0 for name in ("NODE_RANK", "LOCAL_RANK"))
+
+
+def rng_devices(device: str) -> list[int]:
+    """The CUDA devices whose random state training on ``device`` uses (and must fork); empty on CPU.
+
+    One device per process: the index in ``device`` (``"cuda:1"``), else this
+    process's local rank (DDP puts rank ``r`` of a node on GPU ``r``), else 0.
+    Only that device is touched, so other GPUs get no CUDA context.
+    """
+    dev = resolve_device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return []
+    index = dev.index if dev.index is not None else int(os.environ.get("LOCAL_RANK") or 0)
+    return [min(index, torch.cuda.device_count() - 1)]
+
+
+@contextmanager
+def seeded_rng(seed: int, device: str = "cpu") -> Iterator[None]:
+    """Run the block with torch's generators seeded by ``seed``; restore the caller's states afterwards.
+
+    The CPU generator is always forked; the CUDA generator of the device that
+    ``device`` resolves to (:func:`rng_devices`) is forked too, so training on
+    a GPU is reproducible and leaves the caller's CUDA random state as it was.
+    CPU results do not change (the CPU generator is seeded the same way).
+    """
+    with torch.random.fork_rng(devices=rng_devices(device)):
+        torch.manual_seed(seed)
+        yield
 
 
 def _row_blocks(n_cells: int, rows: np.ndarray | None, batch_size: int) -> Iterator[np.ndarray]:
@@ -165,39 +200,47 @@ def iter_embeddings(network: ConcertoNetwork, cells: CellMatrix, batch_size: int
     Only one batch of cells (and the next, being read) is in memory, so a query
     on disk of any size streams through. Sources in ``adapt_domains`` are not in
     the network: their teacher BN statistics are estimated on their own cells
-    (AdaBN) on a copy of the network. That needs every cell's pooled hidden
-    vector before any output, so the pass that accumulates the statistics keeps
-    the hidden vectors (``d`` floats a cell, the size of the output) and the
-    output layers are then applied to them; the attention over genes, the
-    expensive part, runs once per cell.
+    (AdaBN) on a copy of the network, in a first pass over those cells that
+    keeps only running sums per source (:func:`estimate_teacher_statistics`);
+    the second pass embeds. Memory stays that of a batch whatever the number of
+    cells; the attention runs twice for cells of adapted sources.
     """
     dev = resolve_device(device)
     with CpuThreads() if dev.type == "cpu" else nullcontext():
-        if not adapt_domains:
-            net = network.to(dev).eval()
-            try:
-                for rows, batch in _batches(cells, None, batch_size):
-                    yield rows, net.embed(batch.to(dev)).float().cpu().numpy()
-            finally:
-                network.cpu()
-            return
-        net = _with_new_domains(network, adapt_domains).to(dev).eval()
-        norm = net.teacher_tail.norm
-        hidden = np.empty((cells.n_cells, norm.num_features), dtype=np.float32)
-        norm.start_adapting(sorted(set(adapt_domains)))
-        for rows, batch in _batches(cells, None, batch_size):
-            batch = batch.to(dev)
-            h, _ = net.teacher_hidden(batch.teacher)
-            norm(h, batch.domains)  # accumulates the new sources' statistics
-            hidden[rows] = h.float().cpu().numpy()
-        norm.finish_adapting()
-        domains = torch.from_numpy(cells.domains)
-        for start in range(0, cells.n_cells, batch_size):
-            stop = min(start + batch_size, cells.n_cells)
-            h = torch.from_numpy(hidden[start:stop]).to(dev)
-            z = net.teacher_tail(h, domains[start:stop].to(dev))
-            emb = torch.nn.functional.normalize(z, dim=1, eps=1e-12).float().cpu().numpy()
-            yield np.arange(start, stop), emb
+        net = network
+        if adapt_domains:
+            net = _with_new_domains(network, adapt_domains).to(dev).eval()
+            estimate_teacher_statistics(net, cells, adapt_domains, batch_size, dev)
+        net = net.to(dev).eval()
+        try:
+            for rows, batch in _batches(cells, None, batch_size):
+                yield rows, net.embed(batch.to(dev)).float().cpu().numpy()
+        finally:
+            network.cpu()
+
+
+@torch.no_grad()
+def estimate_teacher_statistics(network: ConcertoNetwork, cells: CellMatrix, domains: list[int], batch_size: int,
+                                device: torch.device) -> None:
+    """Set the teacher BN statistics of ``domains`` (slots already in ``network``) from their cells (AdaBN).
+
+    One streamed pass over the cells of ``domains``: each batch's pooled hidden
+    vectors are added to per-source running sums (count, sum, sum of squares,
+    in float64; :meth:`~scconcerto.nn.dsbn.DomainSpecificBatchNorm1d.start_adapting`)
+    and dropped, so memory does not grow with the number of cells. The
+    statistics are sums over all the cells, independent of the batch size and
+    order (to float64 rounding).
+    """
+    new = sorted(set(int(d) for d in domains))
+    in_new = np.isin(cells.domains, new)
+    rows = None if bool(in_new.all()) else np.flatnonzero(in_new)
+    norm = network.teacher_tail.norm
+    norm.start_adapting(new)
+    for _, batch in _batches(cells, rows, batch_size):
+        batch = batch.to(device)
+        hidden, _ = network.teacher_hidden(batch.teacher)
+        norm(hidden, batch.domains)  # adds the batch to its sources' sums
+    norm.finish_adapting()
 
 
 def _with_new_domains(network: ConcertoNetwork, domains: list[int]) -> ConcertoNetwork:
