@@ -20,22 +20,34 @@ PAPER = {
     "speed": "paper: CPU only, reference 100 k cells 1.1 h, query 100 k cells 30 min; "
              "8 GPUs: reference 1 M cells 585 s, query 10 k cells 8 s.",
     "integration": "paper: no single scib table; compare methods here among themselves.",
+    "integration_scib_metrics": "the same embeddings scored by the scib-metrics Benchmarker (raw scores; its "
+                                "Total = 0.6 bio + 0.4 batch); no paper figure.",
+    "imputation": "paper: PBMC160k, 80 % bi-modal reference, 20 % RNA-only query: Pearson r 0.966–0.998 for the "
+                  "top 20 proteins (a larger panel and data set than cbmc_citeseq's 13 antibodies).",
 }
 #: Columns shown per task (the JSON keeps everything).
 COLUMNS = {
-    "label_transfer": ["split", "method", "acc", "macro_f1", "median_f1", "n_eval", "n_genes", "fit_s", "map_s"],
-    "unseen_type": ["split", "method", "auroc", "seen_acc", "conf_seen_median", "conf_unseen_median", "n_unseen"],
+    "label_transfer": ["split", "method", "acc", "macro_f1", "median_f1", "n_eval", "n_genes", "fit_s", "map_s",
+                       "epochs"],
+    "unseen_type": ["split", "method", "auroc", "seen_acc", "conf_seen_median", "conf_unseen_median", "n_unseen",
+                    "epochs"],
     "integration": ["dataset", "method", "total", "bio", "batch", "nmi", "ari", "silhouette_label", "clisi",
-                    "isolated_labels", "silhouette_batch", "ilisi", "kbet", "graph_connectivity"],
+                    "isolated_labels", "silhouette_batch", "ilisi", "kbet", "graph_connectivity", "epochs"],
+    "integration_scib_metrics": ["dataset", "method", "Total", "Bio conservation", "Batch correction",
+                                 "Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI", "BRAS",
+                                 "iLISI", "KBET", "Graph connectivity", "PCR comparison"],
+    "imputation": ["split", "method", "median_r", "min_r", "worst_protein", "n_ref", "n_query", "fit_s", "map_s",
+                   "epochs"],
     "clustering": ["dataset", "method", "best_ari", "median_ari", "best_nmi", "median_nmi"],
     "overcorrection": ["case", "method", "type_asw", "type_knn_purity", "n_type_cells"],
     "speed": ["n_cells", "method", "n_ref", "n_query", "fit_s", "map_s", "peak_rss_mb", "acc",
-              "fit_ratio_ours_over_peer", "map_ratio_ours_over_peer"],
+              "fit_ratio_ours_over_peer", "map_ratio_ours_over_peer", "epochs"],
 }
 #: The score averaged per method under each table (higher is better).
 HEADLINE = {"label_transfer": ["acc", "macro_f1", "median_f1"], "unseen_type": ["auroc"],
             "integration": ["total", "bio", "batch"], "clustering": ["best_ari", "median_ari"],
-            "overcorrection": ["type_asw"]}
+            "overcorrection": ["type_asw"], "imputation": ["median_r", "min_r"],
+            "integration_scib_metrics": ["Total", "Bio conservation", "Batch correction"]}
 
 
 def markdown(df: pd.DataFrame, index: bool = False) -> str:
@@ -45,7 +57,9 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
 
     def cell(v) -> str:
         if isinstance(v, float):
-            return "" if v != v else f"{v:.3f}"
+            if v != v:
+                return ""
+            return f"{v:.0f}" if abs(v) >= 100 and v == int(v) else f"{v:.3f}"
         return str(v).replace("|", "/")
 
     head = "| " + " | ".join(map(str, df.columns)) + " |"
@@ -70,6 +84,7 @@ def table(result: TaskResult) -> str:
             mean = df.groupby("method", sort=False)[heads].mean()
             lines += [f"Mean over {df.iloc[:, 0].nunique()} splits/data sets:", "",
                       markdown(mean, index=True), ""]
+    lines += [t + "\n" for t in result.extra_tables]
     lines += [f"- note: {n}" for n in result.notes]
     lines += [f"- skipped: {s}" for s in result.skipped]
     lines += [f"- figure: [{f}]({f})" for f in result.figures]
@@ -81,7 +96,7 @@ def write_task(out_dir: Path, result: TaskResult) -> None:
     from scconcerto._io import write_atomic_file
 
     payload = {"task": result.task, "rows": result.rows, "skipped": result.skipped, "notes": result.notes,
-               "figures": result.figures}
+               "figures": result.figures, "extra_tables": result.extra_tables}
     write_atomic_file(out_dir / f"{result.task}.json",
                       lambda p: p.write_text(json.dumps(payload, indent=1, default=float)), overwrite=True)
     write_atomic_file(out_dir / f"{result.task}.md", lambda p: p.write_text(table(result)), overwrite=True)
@@ -93,3 +108,13 @@ def write_summary(out_dir: Path, results: list[TaskResult], header: str) -> Path
 
     text = header + "\n" + "\n".join(table(r) for r in results)
     return write_atomic_file(out_dir / "SUMMARY.md", lambda p: p.write_text(text), overwrite=True)
+
+
+def read_task(out_dir: Path, task: str) -> TaskResult | None:
+    """A task's result back from ``<task>.json`` (``None`` when absent)."""
+    path = Path(out_dir) / f"{task}.json"
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    return TaskResult(payload["task"], payload.get("rows", []), payload.get("skipped", []),
+                      payload.get("figures", []), payload.get("notes", []), payload.get("extra_tables", []))

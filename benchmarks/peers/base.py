@@ -85,6 +85,18 @@ class Method(ABC):
         """The fitted reference cells' embedding (``None`` without one)."""
         return None
 
+    def extra_embeddings(self) -> dict[str, np.ndarray]:
+        """Other embeddings of the reference cells the fit produced on the way, by method name
+        (e.g. scANVI's scVI pre-training model: ``{"scvi": ...}``)."""
+        return {}
+
+    def epochs_text(self) -> str | None:
+        """The training epochs actually used, for the tables (``None`` for untrained methods)."""
+        used = getattr(self, "epochs_used", None)
+        if not used:
+            return None
+        return ",".join(f"{k}={v}" for k, v in used.items()) if isinstance(used, dict) else str(used)
+
 
 def lognorm(adata: ad.AnnData, is_counts: bool) -> ad.AnnData:
     """A copy with ``X`` = log1p(CP10K) float32 CSR (already log-normalized input is kept)."""
@@ -97,11 +109,25 @@ def lognorm(adata: ad.AnnData, is_counts: bool) -> ad.AnnData:
     return out
 
 
+#: No natural-log CP10K or CPM value exceeds ln(1e6 + 1) = 13.8; log-normalized input above it is log2
+#: (scClassify's pancreas: log2 CPM-like, maximum 18.5).
+NATURAL_LOG_MAX = float(np.log1p(1e6))
+
+
+def unlog(values: np.ndarray) -> np.ndarray:
+    """Undo the log of log-normalized values: ``expm1`` for a natural log, ``2**x - 1`` when the values
+    exceed what a natural log can give (:data:`NATURAL_LOG_MAX`)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size and float(values.max()) > NATURAL_LOG_MAX:
+        return np.exp2(values) - 1.0
+    return np.expm1(values)
+
+
 def counts(adata: ad.AnnData, is_counts: bool) -> ad.AnnData:
-    """A copy with integer-valued counts in ``X`` (pseudo-counts ``rint(expm1(x))`` for log-normalized input)."""
+    """A copy with integer-valued counts in ``X`` (pseudo-counts ``rint(unlog(x))`` for log-normalized input)."""
     x = sp.csr_matrix(adata.X, dtype=np.float32, copy=True)
     if not is_counts:
-        x.data = np.rint(np.expm1(x.data))
+        x.data = np.rint(unlog(x.data)).astype(np.float32)
         x.eliminate_zeros()
     else:
         x.data = np.rint(x.data)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 
-from .base import Mapping, Method, lognorm
+from .base import Mapping, Method, lognorm, unlog
 
 
 def _cp10k(adata: ad.AnnData, is_counts: bool) -> ad.AnnData:
-    """log1p CP10K, which CellTypist checks for: log-normalized input at another depth is brought back
-    to values (``expm1``) and renormalized to 10,000 per cell."""
+    """log1p CP10K, which CellTypist checks for: log-normalized input at another depth or base is brought
+    back to values (:func:`~benchmarks.peers.base.unlog`) and renormalized to 10,000 per cell."""
     if is_counts:
         return lognorm(adata, True)
     out = lognorm(adata, False)
-    out.X.data = np.expm1(out.X.data)
+    out.X.data = unlog(out.X.data).astype(np.float32)
     return lognorm(out, True)
+
 
 def _patch_sklearn_compat() -> None:
     """CellTypist 1.7.1 passes ``multi_class='ovr'`` to ``LogisticRegression``, which scikit-learn 1.8+

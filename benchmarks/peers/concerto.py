@@ -26,6 +26,7 @@ class ConcertoMethod(Method):
         self.label_key = label_key
         self.model = Concerto(reference, batch_key=batch_key, label_key=label_key, seed=self.seed)
         self.model.train(epochs=self.epochs, progress=False)
+        self.epochs_used = int(self.model.train_config.epochs)
         self.ref_labels = reference.obs[label_key].astype(str).to_numpy()
         self.used = "map_query"
 

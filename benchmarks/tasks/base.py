@@ -34,6 +34,10 @@ class Context:
         Training epochs for the trained methods (``None``: each method's own default).
     smoke
         Tiny simulated data instead of the real data sets.
+    speed_sizes, speed_cap_s
+        Reference sizes of the speed task and its time cap per method and size (``None``: defaults).
+    scib_metrics
+        Also run the scib-metrics ``Benchmarker`` in the integration task (when installed).
     """
 
     data_dir: Path | None
@@ -44,6 +48,8 @@ class Context:
     smoke: bool = False
     figures: bool = True
     speed_sizes: tuple[int, ...] | None = None
+    speed_cap_s: float | None = None
+    scib_metrics: bool = True
     cache: dict = field(default_factory=dict)
 
 
@@ -56,11 +62,12 @@ class TaskResult:
     skipped: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    extra_tables: list[str] = field(default_factory=list)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory of this process so far, or of its largest finished child process (MiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -104,6 +111,8 @@ def for_each_method(ctx: Context, split: Split, fn: Callable[[str, Fitted], dict
         else:
             row.update(fn(name, fitted))
             row.update({"fit_s": round(fitted.fit_s, 2), "map_s": round(fitted.map_s, 2)})
+            if (epochs := fitted.method.epochs_text()) is not None:
+                row["epochs"] = epochs
         rows.append(row)
         log.info("  %s", {k: v for k, v in row.items() if k not in ("split",)})
     return rows

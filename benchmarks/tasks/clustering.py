@@ -6,7 +6,7 @@ from scconcerto.metrics import best_leiden
 
 from .base import Context, TaskResult
 from .data import integration_datasets
-from .embeddings import embedding
+from .embeddings import all_embeddings
 
 RESOLUTIONS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0)
 
@@ -16,10 +16,7 @@ def run(ctx: Context) -> TaskResult:
     result = TaskResult("clustering")
     for name, adata, is_counts in integration_datasets(ctx.data_dir, result.skipped, ctx.smoke):
         labels = adata.obs["cell_type"].astype(str).to_numpy()
-        for method in ctx.methods:
-            emb = embedding(ctx, name, adata, is_counts, method)
-            if emb is None:
-                continue
+        for method, emb in all_embeddings(ctx, name, adata, is_counts).items():
             sweep = best_leiden(emb, labels, resolutions=RESOLUTIONS, seed=ctx.seed)
             result.rows.append({"dataset": name, "method": method, "best_ari": sweep["best_ari"],
                                 "best_ari_resolution": sweep["best_ari_resolution"],

@@ -3,13 +3,16 @@ method's embedding of whole multi-batch data sets, plus UMAPs coloured by label 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from scconcerto import metrics
 
 from .base import Context, TaskResult
 from .data import integration_datasets
-from .embeddings import embedding
+from .embeddings import all_embeddings, epochs_of
+from .scib_bench import benchmarker_rows
 
 BIO = ("nmi", "ari", "silhouette_label", "clisi", "isolated_labels")
 BATCH = ("silhouette_batch", "ilisi", "kbet", "graph_connectivity")
@@ -35,22 +38,32 @@ def scores(emb: np.ndarray, labels: np.ndarray, batches: np.ndarray, seed: int =
     return out
 
 
-def run(ctx: Context) -> TaskResult:
-    """Score every method with an embedding on every integration data set."""
+def run(ctx: Context) -> list[TaskResult]:
+    """Score every method with an embedding on every integration data set, with our formulas and (when
+    installed) the scib-metrics ``Benchmarker``; two tables."""
     result = TaskResult("integration")
+    scib = TaskResult("integration_scib_metrics")
     for name, adata, is_counts in integration_datasets(ctx.data_dir, result.skipped, ctx.smoke):
         labels = adata.obs["cell_type"].astype(str).to_numpy()
         batches = adata.obs["batch"].astype(str).to_numpy()
-        embeddings = {}
-        for method in ctx.methods:
-            emb = embedding(ctx, name, adata, is_counts, method)
-            if emb is None:
-                continue
-            embeddings[method] = emb
-            result.rows.append({"dataset": name, "method": method, "n_cells": adata.n_obs,
-                                **scores(emb, labels, batches, ctx.seed)})
+        embeddings = all_embeddings(ctx, name, adata, is_counts)
+        for method, emb in embeddings.items():
+            row = {"dataset": name, "method": method, "n_cells": adata.n_obs, **scores(emb, labels, batches, ctx.seed)}
+            if (epochs := epochs_of(ctx, name, method)) is not None:
+                row["epochs"] = epochs
+            result.rows.append(row)
+        if ctx.scib_metrics and embeddings:
+            t0 = time.perf_counter()
+            rows, message = benchmarker_rows(name, adata, is_counts, embeddings)
+            if rows is None:
+                scib.skipped.append(message)
+            else:
+                scib.rows.extend(rows)
+                scib.notes.append(f"{name}: {message}, {time.perf_counter() - t0:.0f} s")
         if ctx.figures and embeddings:
             from ..plots import umap_grid
 
             result.figures.append(umap_grid(ctx.out_dir, name, embeddings, labels, batches, ctx.seed))
-    return result
+    if not ctx.scib_metrics:
+        scib.skipped.append("scib-metrics Benchmarker not requested (--scib-metrics)")
+    return [result, scib]

@@ -11,7 +11,7 @@ from scconcerto.tools import knn
 
 from .base import Context, TaskResult
 from .data import load, simulated
-from .embeddings import embedding
+from .embeddings import all_embeddings
 
 #: (data set, cell type, the one source that keeps it)
 CASES = [("scclassify_pancreas_wang_xin", "beta", "wang"), ("symphony_pbmc_3tech", "B", "3pv2")]
@@ -30,10 +30,7 @@ def run(ctx: Context) -> TaskResult:
         labels = adata.obs["cell_type"].astype(str).to_numpy()
         target = labels == cell_type
         name = f"{dataset}:{cell_type}_only_in_{keeper}"
-        for method in ctx.methods:
-            emb = embedding(ctx, name, adata, dataset != "scclassify_pancreas_wang_xin", method)
-            if emb is None:
-                continue
+        for method, emb in all_embeddings(ctx, name, adata, dataset != "scclassify_pancreas_wang_xin").items():
             sil = silhouette_samples(emb, labels)
             nn = knn(emb[target], emb, k=5, exclude_self=True)
             purity = float((labels[nn.indices] == cell_type).mean())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("benchmarks.run")
@@ -16,19 +17,22 @@ pytest.importorskip("benchmarks.run")
 from benchmarks import run as runner  # noqa: E402
 from benchmarks.peers import available_methods, make  # noqa: E402
 from benchmarks.tasks.data import simulated  # noqa: E402
+from benchmarks.tasks.imputation import pearson_per_column, split_cells  # noqa: E402
+from benchmarks.tasks.speed import predicted_s  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def smoke_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     rc = runner.main(["--smoke", "--out", str(out), "--methods", "scconcerto,pca_knn", "--epochs", "2",
-                      "--tasks", "label_transfer,unseen_type,clustering", "--no-figures"])
+                      "--tasks", "label_transfer,unseen_type,clustering,imputation", "--no-figures",
+                      "--threads", "0"])  # leave this test process's thread settings alone
     assert rc == 0
     return out
 
 
 def test_writes_every_task_and_summary(smoke_out: Path) -> None:
-    for task in ("label_transfer", "unseen_type", "clustering"):
+    for task in ("label_transfer", "unseen_type", "clustering", "imputation"):
         payload = json.loads((smoke_out / f"{task}.json").read_text())
         assert payload["task"] == task
         assert {r["method"] for r in payload["rows"]} == {"scconcerto", "pca_knn"}
@@ -76,3 +80,43 @@ def test_peer_adapter_interface() -> None:
         if method.has_embedding:
             assert out.embedding.shape[0] == query.n_obs
             assert method.embed_reference().shape[0] == ref.n_obs
+
+
+def test_imputation_scores_known_answer(smoke_out: Path) -> None:
+    """The smoke protein panel follows the simulated cell type, so neighbours in a good embedding
+    impute it well; scConcerto imputes through ``map_query`` and every score is a correlation."""
+    payload = json.loads((smoke_out / "imputation.json").read_text())
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert set(rows) == {"scconcerto", "pca_knn"}
+    for r in rows.values():
+        assert -1.0 <= r["min_r"] <= r["median_r"] <= 1.0
+        assert set(r["pearson_r"]) == {f"prot_{j}" for j in range(6)}
+        assert r["n_ref"] + r["n_query"] == 300 and r["n_query"] < r["n_ref"]
+    assert rows["pca_knn"]["median_r"] > 0.5
+    assert rows["scconcerto"]["space"] == "rna_only"  # the query had no protein
+
+
+def test_pearson_per_column_matches_numpy() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
+    b[:, 1] = 3 * a[:, 1] + 2  # perfect linear relation
+    b[:, 3] = 1.0  # constant: undefined
+    r = pearson_per_column(a, b)
+    for j in (0, 2):
+        assert r[j] == pytest.approx(np.corrcoef(a[:, j], b[:, j])[0, 1])
+    assert r[1] == pytest.approx(1.0)
+    assert np.isnan(r[3])
+
+
+def test_split_cells_is_seeded() -> None:
+    adata = simulated(n_cells=200, n_genes=50)
+    first, again, other = split_cells(adata, 0), split_cells(adata, 0), split_cells(adata, 1)
+    assert (first == again).all() and not (first == other).all()
+    assert 0.1 < first.mean() < 0.3
+
+
+def test_speed_extrapolation_skips_runs_over_the_cap() -> None:
+    assert predicted_s(None, 1000) is None
+    assert predicted_s({"n_cells": 100, "fit_s": 3.0, "map_s": 1.0}, 1000) == pytest.approx(40.0)
+    assert predicted_s({"n_cells": 100, "cap_s": 60.0, "error": "did not finish"}, 1000) == pytest.approx(600.0)
+    assert predicted_s({"n_cells": 100, "error": "exited with code 1"}, 1000) is None
