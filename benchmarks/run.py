@@ -16,6 +16,7 @@ CPU threads of every process, methods alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import concurrent.futures as cf
 import logging
 import multiprocessing as mp
@@ -23,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import report
@@ -82,6 +84,32 @@ def _quiet_logs() -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+@contextlib.contextmanager
+def thread_settings_restored() -> Iterator[None]:
+    """Give a caller in the same process (tests, notebooks) its thread variables and torch threads back."""
+    import torch
+
+    saved_env = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+    saved_torch = torch.get_num_threads()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        saved_pools = threadpool_limits(limits=None)  # records the current BLAS/OpenMP pools, changes nothing
+    except ImportError:
+        saved_pools = None
+    try:
+        yield
+    finally:
+        if saved_pools is not None:
+            saved_pools.restore_original_limits()
+        for var, value in saved_env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        torch.set_num_threads(saved_torch)
+
+
 def limit_threads(n: int) -> None:
     """Use ``n`` CPU threads here and in every process started from now on (they inherit the variables);
     ``n <= 0`` leaves everything as it is."""
@@ -104,24 +132,30 @@ def run_tasks(ctx: Context, tasks: list[str], threads: int | None = None) -> lis
     """Run ``tasks`` in order on one shared context; write each one's JSON and table as it finishes.
 
     Returns ``(task, results, wall seconds)`` per task (a task may return several tables)."""
-    if threads is not None:
-        _quiet_logs()
-        limit_threads(threads)
-    done = []
-    for task in tasks:
-        t0 = time.perf_counter()
-        out = TASKS[task](ctx)
-        results = out if isinstance(out, list) else [out]
-        wall = time.perf_counter() - t0
-        results[0].notes.append(f"task wall time {wall:.0f} s")
-        for result in results:
-            report.write_task(ctx.out_dir, result)
-        log.info("%s done in %.0f s", task, wall)
-        done.append((task, results, wall))
+    with thread_settings_restored():
+        if threads is not None:
+            _quiet_logs()
+            limit_threads(threads)
+        done = []
+        for task in tasks:
+            t0 = time.perf_counter()
+            out = TASKS[task](ctx)
+            results = out if isinstance(out, list) else [out]
+            wall = time.perf_counter() - t0
+            results[0].notes.append(f"task wall time {wall:.0f} s")
+            for result in results:
+                report.write_task(ctx.out_dir, result)
+            log.info("%s done in %.0f s", task, wall)
+            done.append((task, results, wall))
     return done
 
 
 def main(argv: list[str] | None = None) -> int:
+    with thread_settings_restored():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     _quiet_logs()
     limit_threads(args.threads)
