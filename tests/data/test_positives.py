@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -66,7 +68,7 @@ def test_positives_are_reproducible_and_components_unit_norm(prepared):
 def test_student_view_comes_from_the_drawn_positive(prepared):
     cells = prepared.cells
     partner = np.roll(np.arange(cells.n_cells), 1)
-    cells_with = type(cells)(**{**cells.__dict__, "positives": partner[:, None]})
+    cells_with = dataclasses.replace(cells, positives=partner[:, None])
     rows = np.array([5, 17, 230])
     batch = cells_with.batch(rows, max_genes=None, rng=np.random.default_rng(0), gene_dropout=0.0)
     own = cells.batch(rows)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..tools.neighbors import knn
 from .cells import CellMatrix
 
 DEFAULT_COMPONENTS = 50
@@ -62,16 +63,6 @@ def expression_components(cells: CellMatrix, n_components: int = DEFAULT_COMPONE
 def _csr_of(cells: CellMatrix, rows: np.ndarray, n_genes: int) -> sp.csr_matrix:
     indices, values, offsets = cells.rna_rows(rows)
     return sp.csr_matrix((values.astype(np.float32), indices, offsets), shape=(len(rows), n_genes))
-
-
-def _search(points: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
-    """Indices into ``base`` of the ``k`` nearest rows of each point (cosine; exact up to 50k rows, else HNSW)."""
-    from ..tools.neighbors import build_index
-
-    index = build_index(base, "flat" if len(base) <= _EXACT_MAX_CELLS else "hnsw")
-    _, idx = index.search(np.ascontiguousarray(points, dtype=np.float32), min(k, len(base)))
-    idx = np.where(idx < 0, idx[:, :1], idx)  # an approximate index may return fewer hits than asked
-    return idx.astype(np.int64)
 
 
 def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None = None,
@@ -119,15 +110,9 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
             base = in_domain if code < 0 else rows  # unlabeled / open cells search their whole source
             if len(base) < 2:
                 continue
-            hits = _drop_own(_search(z[rows], z[base], k + 1), base, rows)[:, :k]
+            kind = "flat" if len(base) <= _EXACT_MAX_CELLS else "hnsw"
+            hits = knn(z[rows], z[base], k, exclude_self=True, kind=kind,
+                       self_rows=np.searchsorted(base, rows)).indices
+            hits = np.where(hits < 0, hits[:, :1], hits)  # an approximate index may return fewer hits than asked
             out[rows] = base[hits[:, np.arange(k) % hits.shape[1]]]
     return out
-
-
-def _drop_own(hits: np.ndarray, base: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Remove one column per row from ``hits`` (indices into ``base``): the row's own match, else the farthest."""
-    own = base[hits] == rows[:, None]
-    drop = np.where(own.any(axis=1), own.argmax(axis=1), hits.shape[1] - 1)
-    keep = np.ones_like(hits, dtype=bool)
-    keep[np.arange(len(hits)), drop] = False
-    return hits[keep].reshape(len(hits), hits.shape[1] - 1)

@@ -98,7 +98,6 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         self.reference: ReferenceStore | None = None
         self.adata: ad.AnnData | None = None
         self.extra_config: dict[str, Any] = {}
-        self._calibration_rows: np.ndarray | None = None
 
     # ------------------------------------------------------------------ training
     @property
@@ -161,7 +160,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if positive_neighbors < 0:
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
         seed = self.seed if seed is None else seed
-        label_positives = self._attach_positives(prepared, positive_neighbors, label_positives, seed)
+        label_positives, calibration_rows = self._attach_positives(prepared, positive_neighbors, label_positives,
+                                                                   seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
@@ -178,42 +178,45 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         self.extra_config["train_seconds"] = time.perf_counter() - start
         if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
-        self._store_reference(prepared)
+        self._store_reference(prepared, calibration_rows)
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
             self.prepare_mapping(**options)
         return self
 
-    def _attach_positives(self, prepared: PreparedCells, k: int, label_positives: bool, seed: int) -> bool:
-        """Set ``prepared.cells.positives`` (in-memory references); returns whether labels shaped them."""
+    def _attach_positives(self, prepared: PreparedCells, k: int, label_positives: bool,
+                          seed: int) -> tuple[bool, np.ndarray | None]:
+        """Set ``prepared.cells.positives`` (in-memory references).
+
+        Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
+        """
         from ..data.positives import neighbor_positives
 
-        self._calibration_rows = None
         if k == 0:
-            return False
+            return False, None
         if prepared.cells.on_disk:
             log.info("The reference is read from disk: training with the paper's views (no neighbour positives).")
-            return False
-        groups = None
+            return False, None
+        groups = calibration_rows = None
         if label_positives and self.setup.label_keys:
             codes = label_codes(self.adata, self.setup)
             groups = _label_groups([codes[key] for key in self.setup.label_keys])
             labeled = np.flatnonzero(groups >= 0)
             rng = np.random.default_rng(seed)
             n_open = int(min(CALIBRATION_MAX_CELLS, round(CALIBRATION_FRACTION * labeled.size)))
-            self._calibration_rows = np.sort(rng.choice(labeled, n_open, replace=False)) if n_open else None
-        prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups,
-                                                      open_rows=self._calibration_rows, seed=seed)
-        return groups is not None
+            calibration_rows = np.sort(rng.choice(labeled, n_open, replace=False)) if n_open else None
+        prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups, open_rows=calibration_rows,
+                                                      seed=seed)
+        return groups is not None, calibration_rows
 
-    def _store_reference(self, prepared: PreparedCells) -> None:
+    def _store_reference(self, prepared: PreparedCells, calibration_rows: np.ndarray | None = None) -> None:
         emb = embed_cells(self.network, prepared.cells, device=self.train_config.device)
         labels = label_codes(self.adata, self.setup)
         self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
                                         protein=prepared.cells.protein)
-        if getattr(self, "_calibration_rows", None) is not None:
-            self.reference.extra[CALIBRATION_EXTRA] = self._calibration_rows.astype(np.int64)
+        if calibration_rows is not None:
+            self.reference.extra[CALIBRATION_EXTRA] = calibration_rows.astype(np.int64)
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,

@@ -75,11 +75,13 @@ def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | No
 
 
 def knn(query: np.ndarray, reference: np.ndarray | faiss.Index, k: int = 5,
-        exclude_self: bool = False, kind: IndexKind = "flat") -> NeighborsResults:
+        exclude_self: bool = False, kind: IndexKind = "flat", self_rows: np.ndarray | None = None
+        ) -> NeighborsResults:
     """Cosine k-NN of ``query`` rows among ``reference`` rows (or a built index).
 
-    With ``exclude_self`` the query is the reference itself and each row's own
-    match is removed (the k neighbours are the k nearest *other* rows).
+    With ``exclude_self`` each query row's own match is removed (the k neighbours
+    are the k nearest *other* rows): the query is the reference itself, or, given
+    ``self_rows``, query row ``i`` is reference row ``self_rows[i]``.
     """
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}.")
@@ -90,7 +92,8 @@ def knn(query: np.ndarray, reference: np.ndarray | faiss.Index, k: int = 5,
     q = l2_normalize(query)
     sims, idx = index.search(q, k_eff)
     if exclude_self:
-        own = idx == np.arange(len(q))[:, None]
+        own_rows = np.arange(len(q)) if self_rows is None else np.asarray(self_rows, dtype=np.int64)
+        own = idx == own_rows[:, None]
         # drop the own match if present, else the last (worst) column
         drop = np.where(own.any(axis=1), own.argmax(axis=1), k_eff - 1)
         keep = np.ones_like(idx, dtype=bool)
