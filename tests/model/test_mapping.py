@@ -200,6 +200,22 @@ def test_rna_only_query_gets_proteins_that_match_the_truth(protein_model):
     assert np.mean(rna_only.obs["cell_type_pred"].astype(str) == rna_only.obs["cell_type"].astype(str)) >= 0.9
 
 
+def test_imputation_averages_the_impute_k_nearest_while_the_vote_uses_k(protein_model):
+    from scconcerto.tools import knn
+
+    model, query = protein_model
+    rna_only = query.copy()
+    del rna_only.obsm["protein"]
+    result = model.map_query(rna_only, k=3, impute_k=12, device="cpu", place=False)
+    ref = model.reference.extra["embedding_rna"]
+    nearest = knn(rna_only.obsm["X_concerto"], ref, k=12)
+    expected = model.reference.protein[nearest.indices].mean(axis=1)  # equal weights, by hand
+    np.testing.assert_allclose(rna_only.obsm["protein_imputed"], expected, rtol=1e-5, atol=1e-6)
+    assert result.neighbors.n_neighbors == 3
+    np.testing.assert_array_equal(result.neighbors.indices, nearest.indices[:, :3])
+    assert rna_only.uns["scconcerto_mapping"]["impute_k"] == 12
+
+
 def test_hierarchical_levels_are_consistent(protein_model):
     model, query = protein_model
     q = query.copy()

@@ -453,7 +453,13 @@ class MappingMixin:
         kind = ("ivf" if len(ref_emb) >= APPROXIMATE_FROM else "flat") if index == "auto" else index
         faiss_index = self._reference_index(space, ref_emb, kind, seed)
         k_eff = int(min(k, len(ref_emb)))
-        neighbors = knn(embedding, faiss_index, k=k_eff)
+        imputing = impute and self.reference.protein is not None
+        if imputing and impute_k < 1:
+            raise InputError(f"impute_k must be at least 1, got {impute_k}.")
+        k_imp = int(min(impute_k, len(ref_emb))) if imputing else k_eff
+        # one search serves the vote (the k nearest) and the imputation (the impute_k nearest)
+        searched = knn(embedding, faiss_index, k=max(k_eff, k_imp))
+        neighbors = _nearest(searched, k_eff)
         timings["knn"] = time.perf_counter() - t0
 
         # -- labels, confidence, unknowns
@@ -466,13 +472,9 @@ class MappingMixin:
         # -- proteins, placement
         imputed = None
         info: dict[str, Any] = {}
-        if impute and self.reference.protein is not None:
+        if imputing:
             t0 = time.perf_counter()
-            if impute_k < 1:
-                raise InputError(f"impute_k must be at least 1, got {impute_k}.")
-            k_imp = int(min(impute_k, len(ref_emb)))
-            imp_neighbors = neighbors if k_imp == k_eff else knn(embedding, faiss_index, k=k_imp)
-            imputed = impute_from_neighbors(imp_neighbors, self.reference.protein)
+            imputed = impute_from_neighbors(_nearest(searched, k_imp), self.reference.protein)
             adata.obsm[IMPUTED_PROTEIN_KEY] = imputed
             adata.uns[f"{IMPUTED_PROTEIN_KEY}_names"] = list(self.setup.proteins)
             info["protein_names"] = list(self.setup.proteins)
@@ -551,3 +553,10 @@ class MappingMixin:
             predictions[key] = pd.DataFrame({"pred": pred, "confidence": confidence, "unknown": unknown},
                                             index=adata.obs_names.copy())
         return predictions, thresholds, calib
+
+
+def _nearest(neighbors: NeighborsResults, k: int) -> NeighborsResults:
+    """The ``k`` nearest of a search for more (faiss returns them best first)."""
+    if neighbors.n_neighbors == k:
+        return neighbors
+    return NeighborsResults(indices=neighbors.indices[:, :k], similarities=neighbors.similarities[:, :k])
