@@ -131,22 +131,22 @@ def limit_threads(n: int) -> None:
 def run_tasks(ctx: Context, tasks: list[str], threads: int | None = None) -> list[tuple[str, list[TaskResult], float]]:
     """Run ``tasks`` in order on one shared context; write each one's JSON and table as it finishes.
 
-    Returns ``(task, results, wall seconds)`` per task (a task may return several tables)."""
-    with thread_settings_restored():
-        if threads is not None:
-            _quiet_logs()
-            limit_threads(threads)
-        done = []
-        for task in tasks:
-            t0 = time.perf_counter()
-            out = TASKS[task](ctx)
-            results = out if isinstance(out, list) else [out]
-            wall = time.perf_counter() - t0
-            results[0].notes.append(f"task wall time {wall:.0f} s")
-            for result in results:
-                report.write_task(ctx.out_dir, result)
-            log.info("%s done in %.0f s", task, wall)
-            done.append((task, results, wall))
+    Returns ``(task, results, wall seconds)`` per task (a task may return several tables).
+    ``threads`` sets this process's thread count (worker processes); :func:`main` restores the caller's."""
+    if threads is not None:
+        _quiet_logs()
+        limit_threads(threads)
+    done = []
+    for task in tasks:
+        t0 = time.perf_counter()
+        out = TASKS[task](ctx)
+        results = out if isinstance(out, list) else [out]
+        wall = time.perf_counter() - t0
+        results[0].notes.append(f"task wall time {wall:.0f} s")
+        for result in results:
+            report.write_task(ctx.out_dir, result)
+        log.info("%s done in %.0f s", task, wall)
+        done.append((task, results, wall))
     return done
 
 

@@ -258,19 +258,14 @@ def cmd_peer(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(HERE.parent.parent))
     from benchmarks.peers import make
+    from benchmarks.peers.base import timed_fit_map
     from scconcerto.metrics import annotation_report
 
     t0 = time.perf_counter()
     ref = ad.read_h5ad(args.ref)
     query = ad.read_h5ad(args.query)
     t_read = time.perf_counter() - t0
-    method = make(args.method, seed=0)
-    t1 = time.perf_counter()
-    method.fit(ref, "cell_type", "batch", True)
-    t_fit = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    mapped = method.map(query, "batch")
-    t_map = time.perf_counter() - t2
+    mapped, t_fit, t_map = timed_fit_map(make(args.method, seed=0), ref, query, "cell_type", "batch", True)
     report = annotation_report(query.obs["cell_type"].astype(str).to_numpy(), np.asarray(mapped.labels, dtype=str))
     emit({"phase": "peer", "method": args.method, "n_ref": ref.n_obs, "n_query": query.n_obs,
           "read_seconds": round(t_read, 1), "fit_seconds": round(t_fit, 1), "map_seconds": round(t_map, 1),

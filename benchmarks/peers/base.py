@@ -8,6 +8,7 @@ without one, e.g. CellTypist). ``embed_reference`` returns the reference cells' 
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -142,3 +143,14 @@ def knn_transfer(query_emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.ndar
     transfer = vote(knn(np.ascontiguousarray(query_emb, dtype=np.float32),
                         np.ascontiguousarray(ref_emb, dtype=np.float32), k), codes, len(cats))
     return Mapping(cats[transfer.codes], np.clip(transfer.confidence, 0, 1), query_emb)
+
+
+def timed_fit_map(method: Method, reference: ad.AnnData, query: ad.AnnData, label_key: str,
+                  batch_key: str | None, is_counts: bool) -> tuple[Mapping, float, float]:
+    """Fit ``method`` on ``reference`` and map ``query``: ``(mapping, fit seconds, map seconds)``."""
+    t0 = time.perf_counter()
+    method.fit(reference, label_key, batch_key, is_counts)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mapping = method.map(query, batch_key)
+    return mapping, fit_s, time.perf_counter() - t0

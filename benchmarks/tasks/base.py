@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..peers import Mapping, Method, Split, make
+from ..peers.base import timed_fit_map
 
 log = logging.getLogger("benchmarks")
 
@@ -85,12 +85,8 @@ def fit_and_map(ctx: Context, name: str, split: Split) -> Fitted:
     """Fit ``name`` on ``split.reference`` and map ``split.query``; errors are caught and reported."""
     try:
         method = make(name, epochs=ctx.epochs, seed=ctx.seed)
-        t0 = time.perf_counter()
-        method.fit(split.reference, split.label_key, split.batch_key, split.is_counts)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        mapping = method.map(split.query, split.batch_key)
-        map_s = time.perf_counter() - t0
+        mapping, fit_s, map_s = timed_fit_map(method, split.reference, split.query, split.label_key,
+                                              split.batch_key, split.is_counts)
         return Fitted(method, mapping, fit_s, map_s)
     except Exception as err:  # one method failing must not stop the others
         log.error("%s on %s failed: %s", name, split.name, err)

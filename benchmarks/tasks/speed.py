@@ -47,6 +47,7 @@ def _one(method: str, n_ref: int, n_genes: int, epochs: int | None, seed: int, q
     from scconcerto.datasets import simulate
 
     from ..peers import make
+    from ..peers.base import timed_fit_map
 
     adata = simulate(n_cells=int(n_ref * 1.5), n_genes=n_genes, n_types=8, n_batches=3, seed=seed)
     is_query = (adata.obs["batch"] == "batch_2").to_numpy()
@@ -62,12 +63,7 @@ def _one(method: str, n_ref: int, n_genes: int, epochs: int | None, seed: int, q
     elif method == "symphony":
         import symphonypy  # noqa: F401
     queue.put({"ready": True})  # the cap starts now: imports and simulation are not timed
-    t0 = time.perf_counter()
-    m.fit(ref, "cell_type", "batch", True)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = m.map(query, "batch")
-    map_s = time.perf_counter() - t0
+    out, fit_s, map_s = timed_fit_map(m, ref, query, "cell_type", "batch", True)
     acc = float(np.mean(out.labels == query.obs["cell_type"].to_numpy()))
     row = {"n_ref": ref.n_obs, "n_query": query.n_obs, "fit_s": fit_s, "map_s": map_s, "acc": acc,
            "peak_rss_mb": own_peak_rss_mb()}
