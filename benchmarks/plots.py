@@ -73,15 +73,17 @@ def umap_grid(out_dir: Path, dataset: str, embeddings: dict[str, np.ndarray], la
 
 
 def speed_plot(out_dir: Path, rows: list[dict]) -> str:
-    """Reference build time vs cells, log-log, one line per method."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    for method in sorted({r["method"] for r in rows}):
-        pts = sorted((r["n_cells"], r["fit_s"]) for r in rows if r["method"] == method and r.get("fit_s"))
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=method)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("reference cells")
-    ax.set_ylabel("reference build (s)")
-    ax.legend(fontsize=7)
+    """Reference build time and 100k-cell query mapping time vs reference cells, log-log, one line per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    for ax, key, title in ((axes[0], "fit_s", "reference build (s)"), (axes[1], "map_100k_s", "map 100k query (s)")):
+        for method in sorted({r["method"] for r in rows}):
+            pts = sorted((r["n_cells"], r[key]) for r in rows if r["method"] == method and r.get(key))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("reference cells")
+        ax.set_ylabel(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, out_dir, "speed_vs_cells")

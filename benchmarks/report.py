@@ -40,8 +40,9 @@ COLUMNS = {
                    "epochs"],
     "clustering": ["dataset", "method", "best_ari", "median_ari", "best_nmi", "median_nmi"],
     "overcorrection": ["case", "method", "type_asw", "type_knn_purity", "n_type_cells"],
-    "speed": ["n_cells", "method", "n_ref", "n_query", "fit_s", "map_s", "peak_rss_mb", "acc",
-              "fit_ratio_ours_over_peer", "map_ratio_ours_over_peer", "epochs"],
+    "speed": ["n_cells", "method", "n_ref", "fit_s", "map_10k_s", "map_100k_s", "peak_rss_mb", "acc_100k",
+              "fit_ratio_ours_over_peer", "map_10k_ratio_ours_over_peer", "map_100k_ratio_ours_over_peer",
+              "epochs"],
 }
 #: The score averaged per method under each table (higher is better).
 HEADLINE = {"label_transfer": ["acc", "macro_f1", "median_f1"], "unseen_type": ["auroc"],

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny simulated data instead of the real data sets")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--speed-sizes", default=None,
-                   help="reference sizes of the speed task, comma-separated (default 10000,100000)")
+                   help="reference sizes of the speed task, comma-separated (default 10000,100000,1000000)")
     p.add_argument("--speed-cap", type=float, default=None,
                    help=f"time cap (s) per method and size in the speed task (default {speed.TIME_CAP_S})")
     p.add_argument("--no-scib-metrics", action="store_true",

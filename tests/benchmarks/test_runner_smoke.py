@@ -18,7 +18,7 @@ from benchmarks import run as runner  # noqa: E402
 from benchmarks.peers import available_methods, make  # noqa: E402
 from benchmarks.tasks.data import simulated  # noqa: E402
 from benchmarks.tasks.imputation import pearson_per_column, split_cells  # noqa: E402
-from benchmarks.tasks.speed import predicted_s  # noqa: E402
+from benchmarks.tasks.speed import predicted_rss_mb, predicted_s, simulate_split, size_name  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,23 @@ def test_speed_extrapolation_skips_runs_over_the_cap() -> None:
     assert predicted_s({"n_cells": 100, "fit_s": 3.0, "map_s": 1.0}, 1000) == pytest.approx(40.0)
     assert predicted_s({"n_cells": 100, "cap_s": 60.0, "error": "did not finish"}, 1000) == pytest.approx(600.0)
     assert predicted_s({"n_cells": 100, "error": "exited with code 1"}, 1000) is None
+    # every mapping of a finished run counts
+    assert predicted_s({"n_cells": 100, "fit_s": 3.0, "map_10k_s": 1.0, "map_100k_s": 2.0}, 1000) == pytest.approx(60.0)
+
+
+def test_memory_extrapolation_follows_the_two_largest_runs() -> None:
+    assert predicted_rss_mb([], 1000) is None
+    assert predicted_rss_mb([{"n_cells": 100, "peak_rss_mb": 50.0}], 1000) is None  # fixed costs unknown
+    runs = [{"n_cells": 10, "peak_rss_mb": 900.0}, {"n_cells": 100, "peak_rss_mb": 1000.0},
+            {"n_cells": 1000, "peak_rss_mb": 2000.0}, {"n_cells": 5000, "error": "did not finish"}]
+    # the line through (100, 1000) and (1000, 2000): fixed costs are not multiplied
+    assert predicted_rss_mb(runs, 10_000) == pytest.approx(12_000.0)
+
+
+def test_speed_split_holds_nested_queries_of_an_unseen_batch() -> None:
+    ref, queries = simulate_split(400, 200, seed=3, query_sizes=(50, 150))
+    assert ref.n_obs == 400 and [q.n_obs for q in queries] == [50, 150]
+    assert set(ref.obs["batch"]) == {"batch_0", "batch_1"}
+    assert all(set(q.obs["batch"]) == {"batch_2"} for q in queries)
+    assert list(queries[1].obs_names[:50]) == list(queries[0].obs_names)  # the small query is inside the big one
+    assert [size_name(n) for n in (150, 10_000, 100_000, 1_500)] == ["150", "10k", "100k", "1500"]

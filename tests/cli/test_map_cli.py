@@ -38,6 +38,7 @@ def test_map_writes_the_annotated_query_and_never_touches_inputs(files, capsys):
     assert mapped.obsm["X_concerto"].shape == (150, 128) and mapped.obsm["X_umap_ref"].shape == (150, 2)
     info = mapped.uns["scconcerto_mapping"]
     assert info["k"] == 7 and info["adabn_sources"][0] == "new_lab" and info["model"] == str(files / "model")
+    assert info["adabn"]["balanced"] and info["adabn"]["label_key"] == "cell_type"
     truth, pred = mapped.obs["cell_type"].astype(str), mapped.obs["cell_type_pred"].astype(str)
     assert np.mean(truth == pred) >= 0.9
     assert digest(files / "query.h5ad") == before
@@ -50,6 +51,11 @@ def test_map_writes_the_annotated_query_and_never_touches_inputs(files, capsys):
     again = ad.read_h5ad(out)
     assert again.obs["cell_type_unknown"].all() and set(again.obs["cell_type_pred"].astype(str)) == {"unknown"}
     assert "X_umap_ref" not in again.obsm
+
+    plain = files / "plain.h5ad"
+    assert main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(plain), "--no-label-shift",
+                 "--device", "cpu"]) == 0
+    assert not bool(ad.read_h5ad(plain).uns["scconcerto_mapping"]["adabn"]["balanced"])
 
 
 def test_map_reports_bad_inputs_in_one_paragraph(files, capsys):

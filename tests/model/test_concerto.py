@@ -139,3 +139,15 @@ def test_bad_keys_are_clear_errors(sim):
         Concerto(sim, protein_key="nope")
     with pytest.raises(InputError, match="Layer 'counts'"):
         Concerto(sim, layer="counts")
+
+
+def test_default_epochs_give_small_references_more_passes_and_large_ones_at_least_two():
+    from scconcerto.model import default_epochs
+
+    assert default_epochs(0) == 100 and default_epochs(600) == 100  # ~60k cell visits, at most 100 epochs
+    assert default_epochs(1_000) == 60
+    assert default_epochs(10_000) == 8 and default_epochs(100_000) == 8
+    assert default_epochs(200_000) == 4  # ~800k visits above 100k cells
+    assert default_epochs(1_000_000) == 2 and default_epochs(50_000_000) == 2
+    sizes = [10**k for k in range(2, 8)]
+    assert all(default_epochs(a) * a <= default_epochs(b) * b or b > 100_000 for a, b in zip(sizes, sizes[1:]))

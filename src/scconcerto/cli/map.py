@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--impute-k", type=int, default=20,
                    help="reference neighbours averaged to impute proteins (default: 20)")
     p.add_argument("--no-umap", action="store_true", help="do not place the query on the reference UMAP")
+    p.add_argument("--no-label-shift", action="store_true",
+                   help="plain AdaBN for unseen query sources, without balancing their statistics for the "
+                        "predicted cell-type composition")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the query must have (default: 0.5)")
     p.add_argument("--reference", default=None,
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     result = model.map_query(adata, k=args.k, batch_key=args.batch_key, finetune_epochs=args.finetune_epochs,
                              levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,
                              index=args.index, impute_k=args.impute_k, place=not args.no_umap, min_overlap=args.min_overlap,
-                             batch_size=args.batch_size or 1024, device=args.device, seed=args.seed)
+                             batch_size=args.batch_size or 1024, device=args.device, seed=args.seed,
+                             label_shift=not args.no_label_shift)
     adata.uns["scconcerto_mapping"]["model"] = str(args.model)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     info = result.info

@@ -36,6 +36,8 @@ from ..tools.confidence import MIN_QUERY_CELLS, ConfidenceModel, calibrate_confi
     neighborhood_features
 from ..tools.hierarchy import hierarchical_transfer
 from ..tools.imputation import impute_from_neighbors
+from ..nn.dsbn import MIN_ADAPT_CELLS
+from ..tools.label_shift import balancing_weights, subsample_per_group, weighted_moments
 from ..tools.label_transfer import LabelTransfer, vote
 from ..tools.neighbors import NeighborsResults, build_index, knn
 from ..tools.placement import place_on_reference
@@ -60,6 +62,16 @@ FULL, RNA_ONLY = "full", "rna_only"
 _INDEX_CACHE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 #: References of at least this many cells are searched with an approximate (IVF) index by ``index='auto'``.
 APPROXIMATE_FROM = 1_000_000
+#: ... and from this many reference cells when the query times the reference exceeds ``APPROXIMATE_WORK`` pairs:
+#: on one CPU thread an exact search of 20k queries among 100k cells took 5.0 s, building an IVF index 3.4 s
+#: and searching it 0.9 s.
+APPROXIMATE_MIN_REFERENCE = 100_000
+APPROXIMATE_WORK = 2e9
+#: Query cells per unseen source whose predicted types balance its AdaBN statistics (a seeded sample above it).
+LABEL_SHIFT_CELLS = 20_000
+#: Rounds of predict-then-reweight (benchmark label-transfer splits: the second round added up to 0.002 ACC,
+#: a third nothing).
+LABEL_SHIFT_ROUNDS = 2
 
 
 @dataclass
@@ -101,6 +113,16 @@ def _levels_list(levels: str | list[str] | tuple[str, ...] | None) -> list[str]:
     if isinstance(levels, str):
         return [s.strip() for s in levels.split(",") if s.strip()]
     return [str(s) for s in levels]
+
+
+def index_kind(n_reference: int, n_query: int, index: str = "auto") -> str:
+    """The faiss index of a search: ``index`` unless ``"auto"``, which is exact (``"flat"``) except for references
+    of ``APPROXIMATE_FROM`` cells, or of ``APPROXIMATE_MIN_REFERENCE`` cells searched by enough queries that the
+    exact search costs more than building and searching an IVF index (``"ivf"``)."""
+    if index != "auto":
+        return index
+    large = n_reference >= APPROXIMATE_MIN_REFERENCE and n_reference * n_query >= APPROXIMATE_WORK
+    return "ivf" if n_reference >= APPROXIMATE_FROM or large else "flat"
 
 
 def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
@@ -322,8 +344,8 @@ class MappingMixin:
 
     def _embed_query(self, adata: ad.AnnData, batch_key: str | None, use_protein: bool | str,
                      finetune_epochs: int, min_overlap: float, batch_size: int, device: str, seed: int,
-                     finetune_options: dict | None, timings: dict[str, float]
-                     ) -> tuple[np.ndarray, "PreparedCells", str]:
+                     finetune_options: dict | None, timings: dict[str, float], label_shift: bool = False,
+                     k: int = 5, index: str = "auto", info: dict | None = None) -> tuple[np.ndarray, "PreparedCells", str]:
         """The query embedding in the reference space, its prepared cells, and the space (full / RNA-only)."""
         from ..train import embed_cells
 
@@ -352,11 +374,70 @@ class MappingMixin:
             network = self._finetuned_network(prepared, new_domains, finetune_epochs, seed, device,
                                               dict(finetune_options or {}))
             timings["finetune"] = time.perf_counter() - t0
+        adapt = new_domains or None
+        if label_shift and new_domains and finetune_epochs == 0:
+            t0 = time.perf_counter()
+            balanced = self._balanced_adabn(network, prepared.cells, new_domains, space, k, index, batch_size, device,
+                                            seed)
+            if balanced is not None:
+                network, adapt = balanced[0], None
+                if info is not None:
+                    info["label_shift"] = balanced[1]
+                timings["label_shift"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        embedding = embed_cells(network, prepared.cells, batch_size=batch_size, device=device,
-                                adapt_domains=new_domains or None)
+        embedding = embed_cells(network, prepared.cells, batch_size=batch_size, device=device, adapt_domains=adapt)
         timings["embed"] = time.perf_counter() - t0
         return embedding, prepared, space
+
+    def _balanced_adabn(self, network: "ConcertoNetwork", cells: Any, new_domains: list[int], space: str, k: int,
+                        index: str, batch_size: int, device: str, seed: int) -> tuple["ConcertoNetwork", dict] | None:
+        """A copy of ``network`` whose BN statistics of the unseen sources ``new_domains`` are AdaBN moments
+        reweighted to the reference's cell-type composition (:mod:`scconcerto.tools.label_shift`).
+
+        The types are those predicted for (a sample of at most ``LABEL_SHIFT_CELLS`` cells of) each
+        source by the vote of the first label key, with plain AdaBN statistics at first and the
+        reweighted ones after each of ``LABEL_SHIFT_ROUNDS`` rounds. ``None`` without a label key of
+        at least two types.
+        """
+        from ..train import embed_hidden, teacher_hidden_states, with_new_domains
+
+        key = next((key for key, names in self.setup.labels.items() if len(names) > 1), None)
+        if key is None:
+            return None
+        ref_codes = self.reference.labels[key]
+        labeled = ref_codes >= 0
+        n_types = len(self.setup.labels[key])
+        composition = np.bincount(ref_codes[labeled], minlength=n_types) / max(int(labeled.sum()), 1)
+        rows = np.flatnonzero(np.isin(cells.domains, new_domains))
+        rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, seed)]
+        net = with_new_domains(network, new_domains).eval()
+        hidden = teacher_hidden_states(net, cells, rows, batch_size, device)
+        domains = cells.domains[rows]
+        ref_emb = self._space_embedding(space)
+        kind = index_kind(len(ref_emb), cells.n_cells, index)
+        faiss_index = self._reference_index(space, ref_emb, kind, seed)
+        norm = net.teacher_tail.norm
+        known = len(self.setup.sources)
+        weights = None
+        for round_ in range(LABEL_SHIFT_ROUNDS + 1):
+            for d in new_domains:
+                mine = domains == d
+                if mine.sum() < MIN_ADAPT_CELLS:  # no statistics of its own: the known sources' mean, as AdaBN
+                    norm.set_statistics(d, norm.running_mean[:known].mean(0), norm.running_var[:known].mean(0))
+                    continue
+                mean, var = weighted_moments(hidden[mine], None if weights is None else weights[mine])
+                norm.set_statistics(d, torch.from_numpy(mean), torch.from_numpy(var))
+            if round_ == LABEL_SHIFT_ROUNDS:
+                break
+            pred = vote(knn(embed_hidden(net, hidden, domains), faiss_index, k=min(k, len(ref_emb))), ref_codes,
+                        n_types).codes
+            weights = np.ones(len(rows))
+            for d in new_domains:
+                mine = domains == d
+                weights[mine] = balancing_weights(pred[mine], composition)
+        info = {"label_key": key, "rounds": LABEL_SHIFT_ROUNDS, "cells": int(len(rows)),
+                "max_weight": round(float(weights.max()), 3) if weights is not None and len(weights) else None}
+        return net, info
 
     # ------------------------------------------------------------------ mapping
     def map_query(self, adata: ad.AnnData, k: int = 5, batch_key: str | None = "__setup__",
@@ -365,7 +446,8 @@ class MappingMixin:
                   index: str = "auto", use_protein: bool | str = "auto", impute: bool = True,
                   impute_k: int = DEFAULT_IMPUTE_K, place: bool = True,
                   min_overlap: float = DEFAULT_MIN_OVERLAP, batch_size: int = 1024, device: str = "auto",
-                  seed: int | None = None, finetune_options: dict | None = None) -> MappingResult:
+                  seed: int | None = None, finetune_options: dict | None = None,
+                  label_shift: bool = True) -> MappingResult:
         """Map query cells onto the reference and annotate ``adata`` in place.
 
         Writes ``obsm['X_concerto']`` (query embedding in the reference space);
@@ -404,8 +486,9 @@ class MappingMixin:
             Write ``"unknown"`` into ``L_pred`` for unknown cells (otherwise the
             best label is kept and only ``L_unknown`` flags them).
         index
-            ``"auto"`` (exact ``"flat"`` below a million reference cells, ``"ivf"``
-            above), ``"flat"``, ``"ivf"`` or ``"hnsw"``.
+            ``"auto"`` (exact ``"flat"``, except ``"ivf"`` from a million reference
+            cells, or from 100k when query x reference cells exceed 2e9: see
+            :func:`index_kind`), ``"flat"``, ``"ivf"`` or ``"hnsw"``.
         use_protein
             ``"auto"``: use the query's proteins when it has the model's panel.
             Without them the query is searched against the RNA-only reference embedding.
@@ -424,6 +507,12 @@ class MappingMixin:
             Seed of fine-tuning and of the confidence's subsamples (default: the model's).
         finetune_options
             Other :class:`~scconcerto.train.TrainConfig` fields for fine-tuning (``lr``, ``batch_size``...).
+        label_shift
+            Balance the AdaBN statistics of unseen query sources for their predicted cell-type
+            composition (:mod:`scconcerto.tools.label_shift`), so that a query richer or poorer in
+            some types than the reference keeps that biology. Needs a reference label key; not used
+            with fine-tuning. Benchmark label-transfer splits: pancreas Xin query 0.948 -> 0.972 ACC,
+            pbmcsca CEL-Seq2 0.957 -> 0.993. ``False``: plain AdaBN.
 
         Returns
         -------
@@ -444,13 +533,15 @@ class MappingMixin:
                              f"{list(self.setup.labels)}). Train the reference with these label keys.")
         timings: dict[str, float] = {}
         start = time.perf_counter()
+        shift_info: dict[str, Any] = {}
         embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, finetune_epochs, min_overlap,
-                                                       batch_size, device, seed, finetune_options, timings)
+                                                       batch_size, device, seed, finetune_options, timings,
+                                                       label_shift=label_shift, k=k, index=index, info=shift_info)
 
         # -- neighbours in the reference
         t0 = time.perf_counter()
         ref_emb = self._space_embedding(space)
-        kind = ("ivf" if len(ref_emb) >= APPROXIMATE_FROM else "flat") if index == "auto" else index
+        kind = index_kind(len(ref_emb), len(embedding), index)
         faiss_index = self._reference_index(space, ref_emb, kind, seed)
         k_eff = int(min(k, len(ref_emb)))
         imputing = impute and self.reference.protein is not None
@@ -497,6 +588,7 @@ class MappingMixin:
         adapted = prepared.source_names if space == RNA_ONLY or finetune_epochs > 0 else prepared.unseen_sources
         if adapted:
             info["adabn_sources"] = [str(s) for s in adapted]
+            info["adabn"] = {"balanced": True, **shift_info["label_shift"]} if shift_info else {"balanced": False}
         if calib:
             info["calibration"] = calib
         adata.uns[MAPPING_UNS] = info

@@ -35,8 +35,14 @@ CALIBRATION_EXTRA = "calibration_rows"
 
 
 def default_epochs(n_cells: int) -> int:
-    """Epochs for about 60k cell visits, between 8 and 100 (held-out accuracy plateaus by epoch 4-8 at 100k cells)."""
-    return int(min(100, max(8, math.ceil(60_000 / max(n_cells, 1)))))
+    """Passes over a reference of ``n_cells``: about 60k cell visits for small references (at most 100
+    epochs), 8 epochs up to 100k cells, then about 800k visits (at least 2 epochs) for larger ones.
+
+    On a 100k-cell simulated reference the held-out kNN accuracy plateaued after 4 of 8 epochs (400k
+    cell visits; ``benchmarks/SCALE.md``), so a million cells need no more than two passes.
+    """
+    n = max(n_cells, 1)
+    return int(min(100, max(math.ceil(60_000 / n), min(8, max(2, math.ceil(800_000 / n))))))
 
 
 class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):

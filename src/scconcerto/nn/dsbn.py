@@ -58,6 +58,12 @@ class DomainSpecificBatchNorm1d(nn.Module):
             self.running_var = torch.cat([self.running_var, self.running_var.new_ones(n_new, self.num_features)])
         return ids
 
+    def set_statistics(self, domain: int, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Set the running mean and variance of source ``domain`` (statistics estimated elsewhere)."""
+        with torch.no_grad():
+            self.running_mean[domain] = torch.as_tensor(mean, dtype=self.running_mean.dtype)
+            self.running_var[domain] = torch.as_tensor(var, dtype=self.running_var.dtype)
+
     def start_adapting(self, domain_ids: list[int]) -> None:
         """Begin AdaBN: forward passes now accumulate exact statistics for ``domain_ids``."""
         self._adapt_sums = {int(d): [torch.zeros(()), torch.zeros(self.num_features, dtype=torch.float64),

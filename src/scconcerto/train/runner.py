@@ -209,7 +209,7 @@ def iter_embeddings(network: ConcertoNetwork, cells: CellMatrix, batch_size: int
     with CpuThreads() if dev.type == "cpu" else nullcontext():
         net = network
         if adapt_domains:
-            net = _with_new_domains(network, adapt_domains).to(dev).eval()
+            net = with_new_domains(network, adapt_domains).to(dev).eval()
             estimate_teacher_statistics(net, cells, adapt_domains, batch_size, dev)
         net = net.to(dev).eval()
         try:
@@ -243,7 +243,41 @@ def estimate_teacher_statistics(network: ConcertoNetwork, cells: CellMatrix, dom
     norm.finish_adapting()
 
 
-def _with_new_domains(network: ConcertoNetwork, domains: list[int]) -> ConcertoNetwork:
+@torch.no_grad()
+def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.ndarray, batch_size: int = 1024,
+                          device: str = "auto") -> np.ndarray:
+    """The teacher's pooled hidden vectors before its source-specific BN, ``(len(rows), dim)`` float32, for
+    ``rows`` in increasing order."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    dev = resolve_device(device)
+    out = np.empty((len(rows), network.teacher_tail.norm.num_features), dtype=np.float32)
+    net = network.to(dev).eval()
+    pos = 0
+    try:
+        with CpuThreads() if dev.type == "cpu" else nullcontext():
+            for r, batch in _batches(cells, rows, batch_size):
+                hidden, _ = net.teacher_hidden(batch.to(dev).teacher)
+                out[pos:pos + len(r)] = hidden.float().cpu().numpy()
+                pos += len(r)
+    finally:
+        network.cpu()
+    return out
+
+
+@torch.no_grad()
+def embed_hidden(network: ConcertoNetwork, hidden: np.ndarray, domains: np.ndarray, batch_size: int = 65_536
+                 ) -> np.ndarray:
+    """L2-normalized teacher embedding of pooled hidden vectors (:func:`teacher_hidden_states`) of ``domains``."""
+    tail = network.teacher_tail.cpu().eval()
+    out = np.empty((len(hidden), tail.dense.out_features), dtype=np.float32)
+    for start in range(0, len(hidden), batch_size):
+        h = torch.from_numpy(np.ascontiguousarray(hidden[start:start + batch_size]))
+        d = torch.from_numpy(np.asarray(domains[start:start + batch_size], dtype=np.int64))
+        out[start:start + len(h)] = torch.nn.functional.normalize(tail(h, d), dim=1, eps=1e-12).numpy()
+    return out
+
+
+def with_new_domains(network: ConcertoNetwork, domains: list[int]) -> ConcertoNetwork:
     """A CPU copy of ``network`` with domain-specific BN slots up to the largest of ``domains``."""
     net = copy.deepcopy(network).cpu()
     needed = max(domains) + 1 - net.teacher_tail.norm.n_domains
@@ -279,7 +313,7 @@ def adapt_batch_norm(network: ConcertoNetwork, cells: CellMatrix, domains: list[
     """
     dev = resolve_device(device)
     new = sorted(set(domains))
-    net = _with_new_domains(network, new)
+    net = with_new_domains(network, new)
     for norm in net.domain_norms():
         norm.start_adapting(new)
     net = net.to(dev).eval()
