@@ -250,9 +250,15 @@ def test_a_handful_of_query_cells_maps_like_the_whole_source(held_out, mapped):
     assert np.unique(few.obsm["X_concerto"].round(4), axis=0).shape[0] == 6  # not collapsed to one point
 
 
-def test_label_shift_balancing_keeps_a_skewed_query_accurate(held_out):
+@pytest.mark.parametrize("reference_cells", [None, 150])
+def test_label_shift_balancing_keeps_a_skewed_query_accurate(held_out, reference_cells, monkeypatch):
     """A query source made mostly of one type: plain AdaBN subtracts part of that type's biology as a batch
-    effect; the balanced statistics reweight the query to the reference's mix of types."""
+    effect; the balanced statistics reweight the query to the reference's mix of types. With
+    ``reference_cells`` the rounds search a sample of the reference, as for large references."""
+    import scconcerto.model._mapping as mapping_module
+
+    if reference_cells is not None:
+        monkeypatch.setattr(mapping_module, "LABEL_SHIFT_REFERENCE_CELLS", reference_cells)
     model, query = held_out
     truth = query.obs["cell_type"].astype(str).to_numpy()
     rows = np.concatenate([np.flatnonzero(truth == "type_1"),
