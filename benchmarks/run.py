@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU threads per process (torch, BLAS, OpenMP, numba) for every method (default 1: on "
                         "a small shared machine more threads spin-wait; torch at 2 threads cost 14x the CPU time "
                         "of 1 thread in scVI training here; 0: leave the libraries' defaults)")
+    p.add_argument("--note", default=None,
+                   help="text added under the summary's header (e.g. the runs a --summary-only summary gathers)")
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: rebuild SUMMARY.md from the <task>.json files already in --out")
     return p.parse_args(argv)
@@ -200,9 +202,12 @@ def _main(argv: list[str] | None) -> int:
         "(timings are noisy)  ",
         f"Methods: {', '.join(methods)}" + (f" (not installed: {', '.join(missing)})" if missing else "") + "  ",
         f"Epochs: {args.epochs or EPOCHS_DEFAULT}; seed {args.seed}  ",
-        f"Processes: {args.jobs} (task groups at once), {args.threads} CPU thread(s) each  ",
-        f"Wall time: {wall:.0f} s; peak RSS {peak_rss_mb():.0f} MiB (this process), "
-        f"{peak_rss_mb(children=True):.0f} MiB (largest child process)", ""])
+        *([f"Rebuilt from the <task>.json files in {args.out}; each task's wall time is in its notes.", ""]
+          if args.summary_only else [
+            f"Processes: {args.jobs} (task groups at once), {args.threads} CPU thread(s) each  ",
+            f"Wall time: {wall:.0f} s; peak RSS {peak_rss_mb():.0f} MiB (this process), "
+            f"{peak_rss_mb(children=True):.0f} MiB (largest child process)", ""]),
+        *([args.note, ""] if args.note else [])])
     path = report.write_summary(args.out, results, header)
     print(f"wrote {path} ({wall:.0f} s)")
     return 0

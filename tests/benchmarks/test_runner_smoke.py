@@ -42,6 +42,21 @@ def test_writes_every_task_and_summary(smoke_out: Path) -> None:
     assert "## label_transfer" in summary and "Wall time" in summary
 
 
+def test_summary_only_gathers_the_tables_already_written(smoke_out: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "gathered"
+    out.mkdir()
+    for task in ("label_transfer", "clustering"):
+        shutil.copy(smoke_out / f"{task}.json", out)
+    assert runner.main(["--out", str(out), "--summary-only", "--tasks", "label_transfer,clustering,speed",
+                        "--note", "Runs: the smoke run.", "--threads", "0"]) == 0
+    summary = (out / "SUMMARY.md").read_text()
+    assert "Rebuilt from the <task>.json files" in summary and "Wall time" not in summary
+    assert "Runs: the smoke run." in summary
+    assert "## label_transfer" in summary and "## clustering" in summary and "## speed" not in summary
+
+
 def test_label_transfer_scores_are_consistent(smoke_out: Path) -> None:
     rows = json.loads((smoke_out / "label_transfer.json").read_text())["rows"]
     assert len(rows) == 2 * 3  # 3 leave-one-batch-out splits x 2 methods, on the same cells
