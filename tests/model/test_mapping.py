@@ -281,3 +281,32 @@ def test_label_shift_balancing_keeps_a_skewed_query_accurate(held_out, reference
     sim = {name: float(np.mean(np.sort(a.obsm["X_concerto"] @ model.reference.embedding.T, axis=1)[:, -5:]))
            for name, a in (("plain", plain), ("balanced", balanced))}
     assert sim["balanced"] > sim["plain"]
+
+
+def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading(held_out, tmp_path, monkeypatch):
+    import copy
+
+    import faiss
+
+    import scconcerto.model._mapping as mapping_module
+
+    model, query = held_out
+    model = copy.deepcopy(model)
+    monkeypatch.setattr(mapping_module, "APPROXIMATE_MIN_REFERENCE", 100)  # this reference counts as large
+    model.prepare_mapping(umap=False)
+    stored = model.reference.extra["ivf_centroids.full"]
+    assert stored.shape[1] == model.reference.embedding.shape[1]
+    first = query.copy()
+    model.map_query(first, device="cpu", place=False, index="ivf")
+    model.save(tmp_path / "m")
+    loaded = Concerto.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.reference.extra["ivf_centroids.full"], stored)
+
+    def no_kmeans(*args, **kwargs):
+        raise AssertionError("k-means ran although the model stores the centroids")
+
+    monkeypatch.setattr(faiss.IndexIVFFlat, "train", no_kmeans)
+    again = query.copy()
+    loaded.map_query(again, device="cpu", place=False, index="ivf")
+    assert np.array_equal(first.obs["cell_type_pred"].to_numpy(), again.obs["cell_type_pred"].to_numpy())
+    np.testing.assert_allclose(first.obs["cell_type_confidence"], again.obs["cell_type_confidence"], atol=1e-5)

@@ -46,11 +46,14 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | None = None,
-                nprobe: int = 16, hnsw_m: int = 32, seed: int = 0) -> faiss.Index:
+                nprobe: int = 16, hnsw_m: int = 32, seed: int = 0, centroids: np.ndarray | None = None
+                ) -> faiss.Index:
     """Build a faiss inner-product index over L2-normalized ``reference`` rows.
 
     ``flat`` is exact; ``ivf`` (inverted lists, trained by k-means) and
     ``hnsw`` (graph) are approximate and meant for references of millions of cells.
+    ``centroids`` (``ivf`` only; from :func:`ivf_centroids`) skip the k-means: the
+    index is rebuilt by assigning the rows to them.
     """
     ref = l2_normalize(reference)
     n, d = ref.shape
@@ -59,11 +62,16 @@ def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | No
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
         quantizer = faiss.IndexFlatIP(d)
+        if centroids is not None:
+            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            nlist = quantizer.ntotal
+        else:
+            nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.train(ref)
+        if centroids is None:
+            index.train(ref)
         index.nprobe = min(nprobe, nlist)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -72,6 +80,12 @@ def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | No
         raise InputError(f"Unknown index kind {kind!r}; use 'flat', 'ivf' or 'hnsw'.")
     index.add(ref)
     return index
+
+
+def ivf_centroids(index: faiss.Index) -> np.ndarray:
+    """The ``(nlist, d)`` float32 centroids of an IVF index (to store, and rebuild it with ``build_index``)."""
+    ivf = faiss.extract_index_ivf(index)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
 
 
 def knn(query: np.ndarray, reference: np.ndarray | faiss.Index, k: int = 5,
