@@ -130,6 +130,22 @@ def limit_threads(n: int) -> None:
         pass
 
 
+def _shown(argv: list[str]) -> list[str]:
+    """The command line for the summary header, with the ``--note`` text (printed below it) left out."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            out.append("--note ...")
+            skip = True
+        elif arg.startswith("--note="):
+            out.append("--note=...")
+        else:
+            out.append(arg)
+    return out
+
+
 def run_tasks(ctx: Context, tasks: list[str], threads: int | None = None) -> list[tuple[str, list[TaskResult], float]]:
     """Run ``tasks`` in order on one shared context; write each one's JSON and table as it finishes.
 
@@ -197,7 +213,7 @@ def _main(argv: list[str] | None) -> int:
     wall = time.perf_counter() - start
     header = "\n".join([
         "# scConcerto benchmark summary", "",
-        f"Command: `python -m benchmarks.run {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+        f"Command: `python -m benchmarks.run {' '.join(_shown(argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, shared with other jobs "
         "(timings are noisy)  ",
         f"Methods: {', '.join(methods)}" + (f" (not installed: {', '.join(missing)})" if missing else "") + "  ",

@@ -170,7 +170,9 @@ def measure(method: str, n_ref: int, n_genes: int, epochs: int | None, seed: int
             proc.join()
             return {"cap_s": cap_s, "error": f"did not finish within cap ({cap_s:.0f} s)"}
         proc.join()
-        return {"error": f"exited with code {proc.exitcode}"}
+        phase = "during the data simulation" if ready is None else "during the reference build or mapping"
+        killed = " (SIGKILL: most likely the out-of-memory killer)" if proc.exitcode == -9 else ""
+        return {"error": f"exited with code {proc.exitcode}{killed} {phase}"}
     proc.join()
     return result
 

@@ -53,7 +53,7 @@ def test_summary_only_gathers_the_tables_already_written(smoke_out: Path, tmp_pa
                         "--note", "Runs: the smoke run.", "--threads", "0"]) == 0
     summary = (out / "SUMMARY.md").read_text()
     assert "Rebuilt from the <task>.json files" in summary and "Wall time" not in summary
-    assert "Runs: the smoke run." in summary
+    assert "Runs: the smoke run." in summary and "--note ..." in summary and summary.count("the smoke run") == 1
     assert "## label_transfer" in summary and "## clustering" in summary and "## speed" not in summary
 
 
