@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> int:
     from .._io import write_h5ad
     from ..metrics import annotation_report
     from ..model import EMBEDDING_KEY, Concerto
-    from ..tools import knn, vote
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,13 +47,8 @@ def run(args: argparse.Namespace) -> int:
     model.save(out / "reference_model", overwrite=args.overwrite)
 
     t0 = time.perf_counter()
-    query.obsm[EMBEDDING_KEY] = model.embed(query, device=args.device)
-    cats = model.setup.labels["bulk_labels"]
-    transfer = vote(knn(query.obsm[EMBEDDING_KEY], model.reference.embedding, k=5),
-                    model.reference.labels["bulk_labels"], len(cats))
+    result = model.map_query(query, device=args.device)  # obs: bulk_labels_pred/_confidence/_unknown
     t_map = time.perf_counter() - t0
-    query.obs["bulk_labels_pred"] = np.asarray(cats, dtype=object)[transfer.codes]
-    query.obs["bulk_labels_confidence"] = transfer.confidence
     report = annotation_report(query.obs["bulk_labels"].astype(str).to_numpy(),
                                query.obs["bulk_labels_pred"].astype(str).to_numpy())
 
@@ -67,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     write_h5ad(both, out / "pbmc68k_embedded.h5ad", overwrite=args.overwrite)
     summary = {"reference_cells": int(ref.n_obs), "query_cells": int(query.n_obs),
                **{k: round(float(v), 4) for k, v in report.items()},
+               "unknown_rate": round(float(query.obs["bulk_labels_unknown"].mean()), 4),
+               "gene_overlap": result.info["gene_overlap"]["overlap"],
                "train_seconds": round(t_train, 1), "map_seconds": round(t_map, 2),
                "outputs": [str(out / "reference_model"), str(out / "pbmc68k_embedded.h5ad"), str(out / "umap.png")]}
     print(json.dumps(summary, indent=1))
