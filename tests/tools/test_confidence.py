@@ -32,12 +32,37 @@ def test_neighborhood_features_by_hand():
     nb = NeighborsResults(indices=np.array([[0, 1, 2], [2, 3, 0]]),
                           similarities=np.array([[0.9, 0.8, 0.5], [0.7, 0.6, -0.2]], dtype=np.float32))
     codes = np.array([0, 0, 1, -1])
-    tr = vote(nb, codes, 2)
+    tr = vote(nb, codes, 2, rare_scaling=False)
     f = neighborhood_features(nb, tr, codes)
     # cell 0: votes 0 -> 1.7, 1 -> 0.5; cell 1: 1 -> 0.7, 0 -> 0 (negative similarity), 3 is unlabeled
     np.testing.assert_allclose(f["vote_share"], [1.7 / 2.2, 1.0], rtol=1e-6)
     np.testing.assert_allclose(f["winner_similarity"], [0.85, 0.7], rtol=1e-6)
     np.testing.assert_allclose(f["top_similarity"], [0.9, 0.7], rtol=1e-6)
+
+
+def test_labels_rarer_than_k_are_scaled_to_a_full_vote():
+    nb = NeighborsResults(indices=np.array([[0, 1, 2], [2, 3, 0]]),
+                          similarities=np.array([[0.9, 0.8, 0.5], [0.7, 0.6, -0.2]], dtype=np.float32))
+    codes = np.array([0, 0, 1, -1])  # label 0 has 2 reference cells, label 1 one; k = 3
+    tr = vote(nb, codes, 2)
+    np.testing.assert_allclose(tr.votes, [[1.7 * 3 / 2, 0.5 * 3], [0.0, 0.7 * 3]], rtol=1e-6)
+    np.testing.assert_allclose(tr.confidence, [2.55 / 4.05, 1.0], rtol=1e-6)
+    # a label with one reference cell wins when that cell is the nearest and the others are far ...
+    codes = np.array([0, 0, 0, 0, 0, 1])
+    one = NeighborsResults(indices=np.array([[5, 0, 1, 2, 3]]),
+                           similarities=np.array([[0.9, 0.8, 0.2, 0.1, 0.1]], dtype=np.float32))
+    assert vote(one, codes, 2, rare_scaling=False).codes[0] == 0 and vote(one, codes, 2).codes[0] == 1
+    # ... or is among the neighbours at more than 4/5 of their mean similarity (5 x 0.75 > 0.9 + 0.9 + 0.85 + 0.85),
+    # but not when it is clearly farther (5 x 0.65 < 3.5)
+    for sim, winner in ((0.75, 1), (0.65, 0)):
+        near = NeighborsResults(indices=np.array([[0, 1, 2, 3, 5]]),
+                                similarities=np.array([[0.9, 0.9, 0.85, 0.85, sim]], dtype=np.float32))
+        assert vote(near, codes, 2).codes[0] == winner
+    # labels with at least k reference cells are not rescaled
+    big = np.array([0] * 5 + [1] * 5)
+    nb5 = NeighborsResults(indices=np.array([[0, 5, 6, 1, 2]]),
+                           similarities=np.array([[0.9, 0.8, 0.7, 0.6, 0.5]], dtype=np.float32))
+    np.testing.assert_allclose(vote(nb5, big, 2).votes, vote(nb5, big, 2, rare_scaling=False).votes)
 
 
 def test_density_ratio_is_low_for_cells_far_from_the_reference_and_size_free(toy):
