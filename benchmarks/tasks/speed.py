@@ -127,10 +127,10 @@ def _one(method: str, n_ref: int, n_genes: int, epochs: int | None, seed: int, q
             t0 = time.perf_counter()
             out = m.map(query, "batch")
             map_s = time.perf_counter() - t0
-        size = size_name(size)
-        row[f"n_query_{size}"] = query.n_obs
-        row[f"map_{size}_s"] = map_s
-        row[f"acc_{size}"] = float(np.mean(out.labels == query.obs["cell_type"].to_numpy()))
+        name = size_name(size)
+        row[f"n_query_{name}"] = query.n_obs
+        row[f"map_{name}_s"] = map_s
+        row[f"acc_{name}"] = float(np.mean(out.labels == query.obs["cell_type"].to_numpy()))
     row["peak_rss_mb"] = own_peak_rss_mb()
     if (epochs := m.epochs_text()) is not None:
         row["epochs"] = epochs

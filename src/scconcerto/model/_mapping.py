@@ -444,13 +444,13 @@ class MappingMixin:
         else:
             faiss_index = self._reference_index(space, ref_emb, index_kind(len(ref_emb), cells.n_cells, index), seed)
         norm = net.teacher_tail.norm
-        known = len(self.setup.sources)
+        known = list(range(len(self.setup.sources)))
         weights = None
         for round_ in range(LABEL_SHIFT_ROUNDS + 1):
             for d in new_domains:
                 mine = domains == d
                 if mine.sum() < MIN_ADAPT_CELLS:  # no statistics of its own: the known sources' mean, as AdaBN
-                    norm.set_statistics(d, norm.running_mean[:known].mean(0), norm.running_var[:known].mean(0))
+                    norm.use_mean_statistics(d, known)
                     continue
                 mean, var = weighted_moments(hidden[mine], None if weights is None else weights[mine])
                 norm.set_statistics(d, torch.from_numpy(mean), torch.from_numpy(var))

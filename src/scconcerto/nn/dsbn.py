@@ -64,6 +64,11 @@ class DomainSpecificBatchNorm1d(nn.Module):
             self.running_mean[domain] = torch.as_tensor(mean, dtype=self.running_mean.dtype)
             self.running_var[domain] = torch.as_tensor(var, dtype=self.running_var.dtype)
 
+    def use_mean_statistics(self, domain: int, sources: list[int]) -> None:
+        """Give source ``domain`` the mean running statistics of ``sources`` (a source too small for its own)."""
+        if sources:
+            self.set_statistics(domain, self.running_mean[sources].mean(0), self.running_var[sources].mean(0))
+
     def start_adapting(self, domain_ids: list[int]) -> None:
         """Begin AdaBN: forward passes now accumulate exact statistics for ``domain_ids``."""
         self._adapt_sums = {int(d): [torch.zeros(()), torch.zeros(self.num_features, dtype=torch.float64),
@@ -82,9 +87,7 @@ class DomainSpecificBatchNorm1d(nn.Module):
         with torch.no_grad():
             for d, (n, s1, s2) in sums.items():
                 if n.item() < MIN_ADAPT_CELLS:
-                    if known:
-                        self.running_mean[d] = self.running_mean[known].mean(0)
-                        self.running_var[d] = self.running_var[known].mean(0)
+                    self.use_mean_statistics(d, known)
                     continue
                 mean = s1 / n
                 var = (s2 / n - mean**2).clamp_min(0)

@@ -65,7 +65,12 @@ class ConcertoNetwork(nn.Module):
 
     def embed(self, batch: CellBatch) -> torch.Tensor:
         """L2-normalized teacher output (call in eval mode for the deterministic embedding)."""
-        return F.normalize(self.teacher(batch), dim=1, eps=1e-12)
+        hidden, _ = self.teacher_hidden(batch.teacher)
+        return self.embed_hidden(hidden, batch.domains)
+
+    def embed_hidden(self, hidden: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` from the teacher's pooled hidden vectors (:meth:`teacher_hidden`) of ``domains``."""
+        return F.normalize(self.teacher_tail(hidden, domains), dim=1, eps=1e-12)
 
     def domain_norms(self) -> list[nn.Module]:
         return [self.teacher_tail.norm, self.student_tail.norm]

@@ -268,12 +268,12 @@ def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.
 def embed_hidden(network: ConcertoNetwork, hidden: np.ndarray, domains: np.ndarray, batch_size: int = 65_536
                  ) -> np.ndarray:
     """L2-normalized teacher embedding of pooled hidden vectors (:func:`teacher_hidden_states`) of ``domains``."""
-    tail = network.teacher_tail.cpu().eval()
-    out = np.empty((len(hidden), tail.dense.out_features), dtype=np.float32)
+    net = network.cpu().eval()
+    out = np.empty((len(hidden), net.teacher_tail.dense.out_features), dtype=np.float32)
     for start in range(0, len(hidden), batch_size):
         h = torch.from_numpy(np.ascontiguousarray(hidden[start:start + batch_size]))
         d = torch.from_numpy(np.asarray(domains[start:start + batch_size], dtype=np.int64))
-        out[start:start + len(h)] = torch.nn.functional.normalize(tail(h, d), dim=1, eps=1e-12).numpy()
+        out[start:start + len(h)] = net.embed_hidden(h, d).numpy()
     return out
 
 
