@@ -251,6 +251,126 @@ def cmd_map(args: argparse.Namespace) -> None:
           "adapted_sources": len(new), "uptime_start": up0, "uptime_end": uptime()})
 
 
+# ---------------------------------------------------------------- memory (one GPU, or CPU)
+def _build_and_map(ref, world, queries: dict, batch_size: int, train_opts: dict, device: str,  # noqa: ANN001
+                   sync) -> None:  # noqa: ANN001
+    """One ``memory`` build (``Concerto.train`` + ``prepare_mapping``) and its query mappings."""
+    import torch
+
+    from scconcerto import Concerto
+    from scconcerto.metrics import annotation_report
+
+    sync()
+    t0 = time.perf_counter()
+    model = Concerto(ref, batch_key="batch", label_key="cell_type")
+    model.train(progress=False, device=device, prepare_mapping=False, batch_size=batch_size, **train_opts)
+    sync()
+    t_train_call = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    model.prepare_mapping(umap=False, device=device)
+    t_prepare = time.perf_counter() - t1
+    build = time.perf_counter() - t0
+    fit_s = sum(h["seconds"] for h in model.history)
+    emit({"phase": "build", "n_cells": ref.n_obs, "epochs": model.train_config.epochs,
+          "batch_size": batch_size, "precision": model.train_config.precision,
+          "seconds_per_epoch": [round(h["seconds"], 1) for h in model.history],
+          "train_cells_per_s": round(ref.n_obs * len(model.history) / fit_s),
+          "fit_seconds": round(fit_s, 1), "positives_and_reference_embedding_seconds": round(t_train_call - fit_s, 1),
+          "prepare_mapping_seconds": round(t_prepare, 1), "build_seconds": round(build, 1),
+          "final_loss": round(model.history[-1]["loss"], 4), "peak_rss_gb": round(peak_rss_gb(), 2),
+          "gpu_peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if torch.cuda.is_available() else None})
+    for q, rows in queries.items():
+        query = world[rows].copy()
+        truth = query.obs["cell_type"].astype(str).to_numpy()
+        sync()
+        t0 = time.perf_counter()
+        result = model.map_query(query, impute=False, place=False, device=device)
+        sync()
+        total = time.perf_counter() - t0
+        report = annotation_report(truth, query.obs["cell_type_pred"].astype(str).to_numpy())
+        info = query.uns["scconcerto_mapping"]
+        emit({"phase": "map", "n_query": query.n_obs, "batch_size": batch_size, "seconds": round(total, 2),
+              "cells_per_s": round(query.n_obs / total), "timings": info.get("timings"),
+              "index": info.get("index"), "accuracy": round(report["accuracy"], 4),
+              "macro_f1": round(report["macro_f1"], 4), "peak_rss_gb": round(peak_rss_gb(), 2)})
+        del query, result
+
+
+def cmd_memory(args: argparse.Namespace) -> None:
+    """Reference build and query mapping with the data in memory, as a user with a GPU runs them.
+
+    The world is simulated with every core (``simulate(n_jobs=None)``); the
+    reference is the first ``n_ref`` cells outside the held-out batch and each
+    query the first cells of that batch (unseen: AdaBN with label shift). The
+    build is ``Concerto.train`` with its defaults (neighbour positives,
+    training, reference embedding, mapping preparation with the IVF centroids);
+    the mapping is ``map_query`` (no UMAP placement, no imputation).
+    """
+    import torch
+
+    from scconcerto.datasets import simulate
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    up0 = uptime()
+    t0 = time.perf_counter()
+    opts = dict(n_types=args.types, n_batches=args.batches, seed=args.seed, markers_per_type=args.markers,
+                batch_effect=args.batch_effect, mean_depth=args.depth)
+    frac = simulate(400, args.genes, **opts).obs["batch"].value_counts(normalize=True)
+    held_out = f"batch_{args.batches - 1}"
+    f_q = float(frac[held_out])
+    n_total = int(math.ceil(max(args.n_ref / (1 - f_q), max(args.queries) / f_q) * 1.03))
+    world = simulate(n_total, args.genes, n_jobs=None, **opts)
+    batches = world.obs["batch"].astype(str).to_numpy()
+    ref = world[np.flatnonzero(batches != held_out)[: args.n_ref]].copy()
+    query_rows = np.flatnonzero(batches == held_out)
+    queries = {q: query_rows[:q] for q in args.queries}
+    emit({"phase": "simulate", "n_total": n_total, "n_ref": ref.n_obs, "seconds": round(time.perf_counter() - t0, 1),
+          "nnz_per_cell": round(ref.X.nnz / ref.n_obs, 1), "machine": machine()})
+
+    train_opts = {"epochs": args.epochs} if args.epochs else {}
+    if args.precision:
+        train_opts["precision"] = args.precision
+    for batch_size in args.batch_size:
+        _build_and_map(ref, world, queries, batch_size, train_opts, args.device, sync)
+    emit({"phase": "memory-done", "uptime_start": up0, "uptime_end": uptime()})
+
+
+# ---------------------------------------------------------------- search
+def cmd_search(args: argparse.Namespace) -> None:
+    """Exact k-NN on a device (``tools.neighbors.exact_search``): block top-k against a plain top-k."""
+    import torch
+
+    from scconcerto.tools import neighbors
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, args.dim)).astype(np.float32)  # clustered, as embeddings are
+    base = centres[rng.integers(0, 50, args.n_ref)] + 0.3 * rng.normal(size=(args.n_ref, args.dim)).astype(np.float32)
+    query = centres[rng.integers(0, 50, args.n_query)] + 0.3 * rng.normal(size=(args.n_query, args.dim)).astype(
+        np.float32)
+    base, query = neighbors.l2_normalize(base), neighbors.l2_normalize(query)
+    out = {"phase": "search", "n_ref": args.n_ref, "n_query": args.n_query, "dim": args.dim, "k": args.k,
+           "device": args.device}
+    results = {}
+    block = neighbors.TOPK_BLOCK
+    for name, block_size, tf32_pairs in (("block_topk", block, 1 << 62), ("plain_topk", 1 << 40, 1 << 62),
+                                          ("block_topk_tf32", block, 0)):
+        neighbors.TOPK_BLOCK, neighbors.GPU_TF32_MIN_PAIRS = block_size, tf32_pairs
+        neighbors.exact_search(query[:1000], base, args.k, device=args.device)  # warm-up
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        results[name] = neighbors.exact_search(query, base, args.k, device=args.device)
+        out[f"{name}_seconds"] = round(time.perf_counter() - t, 2)
+    out["same_neighbours"] = round(float(np.mean(results["block_topk"][1] == results["plain_topk"][1])), 6)
+    out["tf32_same_neighbours"] = round(float(np.mean(results["block_topk_tf32"][1] == results["block_topk"][1])), 6)
+    out["tf32_recall_at_k"] = round(float(np.mean([len(np.intersect1d(a, b)) / len(a) for a, b in zip(
+        results["block_topk_tf32"][1][:20000], results["block_topk"][1][:20000])])), 6)
+    emit(out)
+
+
 # ---------------------------------------------------------------- peers
 def cmd_peer(args: argparse.Namespace) -> None:
     """A peer method (benchmarks/peers adapters) on the same reference/query files, in memory as they need."""
@@ -275,7 +395,13 @@ def cmd_peer(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- profile
 def cmd_profile(args: argparse.Namespace) -> None:
-    """Where a training step's time goes (torch profiler), and train/embed cells/s per attention backend."""
+    """Where a training step's time goes (torch profiler), and train/embed cells/s per attention backend.
+
+    ``batch_seconds`` is the host-side assembly of a training batch (sampling genes,
+    the ragged layout); the step figures exclude it, as Lightning overlaps neither.
+    """
+    import contextlib
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -284,53 +410,84 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from scconcerto.nn import ConcertoNetwork, nt_xent
     from scconcerto.nn.attention import attention_backend
     from scconcerto.train.plan import CpuThreads
+    from scconcerto.train.runner import resolve_device
+
+    dev = resolve_device(args.device)
+    cuda = dev.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def autocast():  # noqa: ANN202
+        if args.precision == "bf16":
+            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     adata = simulate(args.cells, args.genes, n_types=8, n_batches=3, seed=0)
     setup = setup_reference(adata, batch_key="batch")
     cells = prepare_cells(adata, setup).cells
-    rows = np.flatnonzero(cells.domains == 0)[:256]
-    batch = cells.batch(rows, 512, np.random.default_rng(0), 0.4)
-    full = cells.batch(np.arange(2048))
-    out = {"phase": "profile", "cells": args.cells, "genes": args.genes,
+    rows = np.flatnonzero(cells.domains == 0)[: args.batch_size]
+    rng = np.random.default_rng(0)
+    tb = time.perf_counter()
+    for _ in range(10):
+        cells.batch(rows, 512, rng, 0.4)
+    batch_seconds = (time.perf_counter() - tb) / 10
+    batch = cells.batch(rows, 512, np.random.default_rng(0), 0.4).to(dev)
+    full = cells.batch(np.arange(min(2048, cells.n_cells))).to(dev)
+    out = {"phase": "profile", "cells": args.cells, "genes": args.genes, "device": str(dev),
+           "precision": args.precision, "batch_cells": int(len(rows)),
+           "batch_assembly_ms": round(1e3 * batch_seconds, 2),
            "expressed_genes_per_cell": round(cells.X.nnz / cells.n_cells, 1),
            "teacher_genes_per_cell_training": round(batch.teacher["rna"].indices.numel() / len(rows), 1)}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     for backend in args.backends:
         torch.manual_seed(0)
-        net = ConcertoNetwork(setup.n_features, len(setup.sources), dropout=0.3)
+        net = ConcertoNetwork(setup.n_features, len(setup.sources), dropout=0.3).to(dev)
         opt = torch.optim.Adam(net.parameters(), 1e-3)
 
         def step() -> None:
-            zt, zs = net(batch)
-            loss = nt_xent(zt, zs)
+            with autocast():
+                zt, zs = net(batch)
+                loss = nt_xent(zt.float(), zs.float())
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        with attention_backend(backend), CpuThreads():
-            step()
+        with attention_backend(backend), CpuThreads() if not cuda else contextlib.nullcontext():
+            for _ in range(3):
+                step()
+            sync()
             times = []
             for _ in range(args.repeats):
                 t = time.perf_counter()
                 step()
+                sync()
                 times.append(time.perf_counter() - t)
             net.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 net.embed(full)
+                sync()
                 etimes = []
                 for _ in range(max(2, args.repeats // 4)):
                     t = time.perf_counter()
                     net.embed(full)
+                    sync()
                     etimes.append(time.perf_counter() - t)
             net.train()
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=activities) as prof:
                 for _ in range(5):
                     step()
-        out[backend] = {"train_step_ms_median": round(1e3 * float(np.median(times)), 1),
-                        "train_step_ms_min": round(1e3 * float(np.min(times)), 1),
+                sync()
+        out[backend] = {"train_step_ms_median": round(1e3 * float(np.median(times)), 2),
+                        "train_step_ms_min": round(1e3 * float(np.min(times)), 2),
                         "train_cells_per_s_median": round(len(rows) / float(np.median(times))),
+                        "train_cells_per_s_with_batch_assembly": round(
+                            len(rows) / (float(np.median(times)) + batch_seconds)),
                         "embed_cells_per_s_median": round(full.n_cells / float(np.median(etimes)))}
-        print(f"--- {backend}: 5 training steps of {len(rows)} cells, ops by self CPU time")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(f"--- {backend}: 5 training steps of {len(rows)} cells, ops by {key}")
+        print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
     out["machine"] = machine()
     emit(out)
 
@@ -418,6 +575,26 @@ def main() -> None:
     m.add_argument("--nprobe", type=int, default=16)
     m.add_argument("--recall-sample", type=int, default=5000)
     m.add_argument("--device", default="auto")
+    mem = sub.add_parser("memory", help=cmd_memory.__doc__.splitlines()[0])
+    mem.add_argument("--n-ref", type=int, required=True)
+    mem.add_argument("--queries", type=int, nargs="+", default=[10_000, 100_000])
+    mem.add_argument("--genes", type=int, default=2000)
+    mem.add_argument("--types", type=int, default=10)
+    mem.add_argument("--batches", type=int, default=4)
+    mem.add_argument("--seed", type=int, default=0)
+    mem.add_argument("--markers", type=int, default=20)
+    mem.add_argument("--batch-effect", type=float, default=0.5)
+    mem.add_argument("--depth", type=float, default=2000.0)
+    mem.add_argument("--epochs", type=int, default=None)
+    mem.add_argument("--batch-size", type=int, nargs="+", default=[256], help="one build per size")
+    mem.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed")
+    mem.add_argument("--device", default="auto")
+    q = sub.add_parser("search", help=cmd_search.__doc__.splitlines()[0])
+    q.add_argument("--n-ref", type=int, default=1_000_000)
+    q.add_argument("--n-query", type=int, default=100_000)
+    q.add_argument("--dim", type=int, default=128)
+    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--device", default="cuda")
     e = sub.add_parser("peer")
     e.add_argument("--method", required=True, help="celltypist, symphony, pca_knn, scanvi")
     e.add_argument("--ref", required=True)
@@ -427,7 +604,10 @@ def main() -> None:
     f.add_argument("--genes", type=int, default=2000)
     f.add_argument("--repeats", type=int, default=20)
     f.add_argument("--rows", type=int, default=15)
-    f.add_argument("--backends", nargs="+", default=["torch", "fused"])
+    f.add_argument("--backends", nargs="+", default=["torch", "fused"], help="on a GPU: torch (and compiled)")
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--precision", default="32", help="32 or bf16 (autocast on the device)")
+    f.add_argument("--batch-size", type=int, default=256)
     r = sub.add_parser("run")
     r.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     r.add_argument("--genes", type=int, default=2000)
@@ -447,7 +627,8 @@ def main() -> None:
     r.add_argument("--out", default=None)
     args = p.parse_args()
     {"simulate": cmd_simulate, "build": cmd_build, "converge": cmd_converge, "map": cmd_map,
-     "profile": cmd_profile, "peer": cmd_peer, "run": cmd_run}[args.cmd](args)
+     "profile": cmd_profile, "peer": cmd_peer, "run": cmd_run, "memory": cmd_memory,
+     "search": cmd_search}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ class Ragged:
         return Ragged(self.indices.to(device, non_blocking=True), self.values.to(device, non_blocking=True),
                       self.offsets.to(device, non_blocking=True))
 
+    def pin_memory(self) -> "Ragged":
+        """A copy in page-locked memory (DataLoader ``pin_memory``: asynchronous copies to the GPU)."""
+        return Ragged(self.indices.pin_memory(), self.values.pin_memory(), self.offsets.pin_memory())
+
     @classmethod
     def from_numpy(cls, indices: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> "Ragged":
         return cls(torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64)),
@@ -82,4 +86,11 @@ class CellBatch:
     def to(self, device: torch.device | str) -> "CellBatch":
         return CellBatch({k: v.to(device) for k, v in self.student.items()},
                          {k: v.to(device) for k, v in self.teacher.items()},
-                         self.domains.to(device), self.rows.to(device))
+                         self.domains.to(device, non_blocking=True), self.rows.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "CellBatch":
+        """A copy in page-locked memory (called by the DataLoader's pinning thread)."""
+        pinned = {id(v): v.pin_memory() for v in (*self.student.values(), *self.teacher.values())}
+        return CellBatch({k: pinned[id(v)] for k, v in self.student.items()},
+                         {k: pinned[id(v)] for k, v in self.teacher.items()},
+                         self.domains.pin_memory(), self.rows.pin_memory())

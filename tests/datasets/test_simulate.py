@@ -109,6 +109,19 @@ def test_chunk_size_does_not_change_data() -> None:
     _assert_adata_equal(a, b)
 
 
+def test_threads_do_not_change_data(tmp_path: Path) -> None:
+    kw = dict(n_cells=30_000, n_genes=300, n_types=4, n_batches=3, seed=3)  # 3 blocks of ~14k cells
+    a = simulate(**kw, n_jobs=1)
+    b = simulate(**kw, n_jobs=3, chunk_size=9_999)
+    _assert_adata_equal(a, b)
+    path = simulate_to_h5ad(tmp_path / "threads.h5ad", kw["n_cells"], kw["n_genes"], n_jobs=2,
+                            **{k: v for k, v in kw.items() if k not in ("n_cells", "n_genes")})
+    c = ad.read_h5ad(path)
+    assert (c.X != a.X).nnz == 0
+    with pytest.raises(ValueError, match="n_jobs"):
+        simulate(**SMALL, n_jobs=0)
+
+
 def test_every_type_in_every_batch(adata: ad.AnnData) -> None:
     tab = pd.crosstab(adata.obs["cell_type"], adata.obs["batch"])
     assert tab.shape == (4, 3)

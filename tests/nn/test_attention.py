@@ -77,3 +77,26 @@ def test_gradients_flow_to_embedding_projection_and_context():
     hidden.sum().backward()
     for p in (enc.embedding, enc.projection.weight, enc.projection.bias, enc.context):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_bf16_inputs_pool_in_float32():
+    """Under bf16 (GPU autocast), the softmax and the sum over genes still run in float32."""
+    from scconcerto.nn.attention import attention_pool_torch
+
+    torch.manual_seed(0)
+    dense = _cells(n=8, g=300) * 3
+    cells = Ragged.from_dense(dense)
+    P, b, u = torch.randn(300, 16), torch.randn(16), torch.randn(16)
+    h32, w32 = attention_pool_torch(P, b, u, cells.indices, cells.values, cells.offsets)
+    h16, w16 = attention_pool_torch(P.bfloat16(), b.bfloat16(), u.bfloat16(), cells.indices,
+                                    cells.values.bfloat16(), cells.offsets)
+    assert w16.dtype == torch.float32 and h16.dtype == torch.float32
+    segments = torch.repeat_interleave(torch.arange(len(dense)), cells.offsets[1:] - cells.offsets[:-1])
+    sums = torch.zeros(len(dense)).index_add(0, segments, w16)
+    torch.testing.assert_close(sums, torch.ones(len(dense)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(h16, h32, atol=0.05, rtol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        enc = AttentionEncoder(300, 16)
+        hidden, weights = enc(cells)
+        hidden.float().sum().backward()
+    assert torch.isfinite(enc.embedding.grad).all()

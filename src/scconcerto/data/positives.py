@@ -26,9 +26,12 @@ Neighbours are searched
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 
+from .._cpus import available_cpus
 from ..tools.neighbors import knn
 from .cells import CellMatrix
 
@@ -53,9 +56,17 @@ def expression_components(cells: CellMatrix, n_components: int = DEFAULT_COMPONE
     svd = TruncatedSVD(n_comp, algorithm="randomized", random_state=seed).fit(fit_block)
     loadings = svd.components_.T.astype(np.float32)  # genes x c
     out = np.empty((n, n_comp), dtype=np.float32)
-    for start in range(0, n, _BLOCK_ROWS):
+
+    def project(start: int) -> None:  # scipy's sparse products release the GIL: blocks run in threads
         rows = np.arange(start, min(n, start + _BLOCK_ROWS))
         out[rows] = np.asarray(_csr_of(cells, rows, n_genes) @ loadings, dtype=np.float32)
+
+    starts = range(0, n, _BLOCK_ROWS)
+    if len(starts) > 1:
+        with ThreadPoolExecutor(min(len(starts), available_cpus(cap=16))) as pool:
+            list(pool.map(project, starts))
+    else:
+        project(0)
     out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-12
     return out
 

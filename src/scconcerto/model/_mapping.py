@@ -39,7 +39,8 @@ from ..tools.imputation import impute_from_neighbors
 from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import balancing_weights, subsample_per_group, weighted_moments
 from ..tools.label_transfer import LabelTransfer, vote
-from ..tools.neighbors import NeighborsResults, build_index, ivf_centroids, knn
+from ..tools.neighbors import (NeighborsResults, build_index, gpu_search_active, ivf_centroids, knn,
+                               searches_on_its_device)
 from ..tools.placement import place_on_reference
 from ..tools.placement import reference_umap as umap_of_embedding
 
@@ -202,6 +203,7 @@ class MappingMixin:
             per_k[str(k)] = entry
         return ConfidenceModel.from_dict(entry) if entry.get("correctness") else None
 
+    @searches_on_its_device
     def prepare_mapping(self, adata: ad.AnnData | None = None, k: int = 5, umap: bool = True,
                         calibration_cells: int = 5_000, umap_neighbors: int = 15, umap_min_dist: float = 0.3,
                         seed: int | None = None, batch_size: int = 1024, device: str = "auto",
@@ -259,7 +261,9 @@ class MappingMixin:
         for space in self._spaces():
             for key in self.setup.labels:
                 self._confidence_model(space, key, k, calibration_cells, seed)
-            if len(self.reference.embedding) >= APPROXIMATE_MIN_REFERENCE:  # large queries search an IVF index
+            # large queries search an IVF index on CPUs (on a GPU the search is exact: its centroids are
+            # computed on the first CPU mapping instead)
+            if len(self.reference.embedding) >= APPROXIMATE_MIN_REFERENCE and not gpu_search_active():
                 self._reference_index(space, self._space_embedding(space), "ivf", seed)
         if umap:
             self.reference_umap(umap_neighbors, umap_min_dist, seed)
@@ -350,6 +354,8 @@ class MappingMixin:
         with the model), so another process rebuilds it by assigning the cells to them: on a 1M-cell
         reference the first mapping in a process took 99.7 s with the k-means (speed benchmark).
         """
+        if gpu_search_active():  # exact search of the array on the GPU: no index to build
+            return ref_emb
         cached = _INDEX_CACHE.get(self)
         if cached is not None and cached[0] == (space, kind, seed) and cached[1] is ref_emb:
             return cached[2]
@@ -440,7 +446,7 @@ class MappingMixin:
             sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
                                                                 replace=False))
             ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
-            faiss_index = build_index(ref_emb, kind="flat")
+            faiss_index = ref_emb if gpu_search_active() else build_index(ref_emb, kind="flat")
         else:
             faiss_index = self._reference_index(space, ref_emb, index_kind(len(ref_emb), cells.n_cells, index), seed)
         norm = net.teacher_tail.norm
@@ -467,6 +473,7 @@ class MappingMixin:
         return net, info
 
     # ------------------------------------------------------------------ mapping
+    @searches_on_its_device
     def map_query(self, adata: ad.AnnData, k: int = 5, batch_key: str | None = "__setup__",
                   finetune_epochs: int = 0, levels: str | list[str] | None = None,
                   unknown_threshold: float | dict[str, float] | None = None, reject: bool = False,
@@ -515,7 +522,8 @@ class MappingMixin:
         index
             ``"auto"`` (exact ``"flat"``, except ``"ivf"`` from a million reference
             cells, or from 100k when query x reference cells exceed 2e9: see
-            :func:`index_kind`), ``"flat"``, ``"ivf"`` or ``"hnsw"``.
+            :func:`index_kind`), ``"flat"``, ``"ivf"`` or ``"hnsw"``. With a GPU ``device``
+            every search is exact, on the GPU (:func:`~scconcerto.tools.neighbors.search_device`).
         use_protein
             ``"auto"``: use the query's proteins when it has the model's panel.
             Without them the query is searched against the RNA-only reference embedding.
@@ -568,7 +576,7 @@ class MappingMixin:
         # -- neighbours in the reference
         t0 = time.perf_counter()
         ref_emb = self._space_embedding(space)
-        kind = index_kind(len(ref_emb), len(embedding), index)
+        kind = "flat" if gpu_search_active() else index_kind(len(ref_emb), len(embedding), index)
         faiss_index = self._reference_index(space, ref_emb, kind, seed)
         k_eff = int(min(k, len(ref_emb)))
         imputing = impute and self.reference.protein is not None
@@ -606,7 +614,8 @@ class MappingMixin:
             timings["place"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
 
-        info.update({"gene_overlap": prepared.alignment.summary(), "k": k_eff, "index": kind, "space": space,
+        info.update({"gene_overlap": prepared.alignment.summary(), "k": k_eff, "index": kind,
+                     "search_on": "gpu" if gpu_search_active() else "cpu", "space": space,
                      "with_protein": prepared.cells.protein is not None, "n_reference": int(len(ref_emb)),
                      "thresholds": thresholds, "reject": bool(reject), "finetune_epochs": int(finetune_epochs),
                      "timings": {name: round(v, 4) for name, v in timings.items()}})

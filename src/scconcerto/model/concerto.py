@@ -19,6 +19,7 @@ from ..data import DataSetup, label_codes, prepare_cells, setup_reference
 from ..data.setup import PreparedCells, protein_matrix, normalize_protein
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
+from ..tools.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
 from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
@@ -110,6 +111,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def is_trained(self) -> bool:
         return self.train_config is not None
 
+    @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
               positive_neighbors: int = 10,

@@ -77,7 +77,11 @@ def segment_softmax(logits: torch.Tensor, segments: torch.Tensor, n_segments: in
     """Softmax of ``logits`` within each segment (numerically stable: max-subtracted).
 
     Segments with no entries simply produce nothing; no padding is involved.
+    Half-precision input is computed in float32 (bf16 autocast runs
+    ``exp`` in float32, and a bf16 sum over hundreds of genes loses digits).
     """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     neg_inf = torch.full((n_segments,), float("-inf"), dtype=logits.dtype, device=logits.device)
     seg_max = neg_inf.scatter_reduce(0, segments, logits.detach(), reduce="amax", include_self=True)
     shifted = torch.exp(logits - seg_max[segments])
@@ -98,8 +102,8 @@ def attention_pool_torch(projected: torch.Tensor, bias: torch.Tensor, context: t
     gathered = F.embedding(indices, projected)
     h = torch.tanh(torch.addcmul(bias.to(gathered.dtype), gathered, values.to(gathered.dtype).unsqueeze(1)))
     weights = segment_softmax(h @ context.to(h.dtype), segments, n_rows)
-    hidden = torch.zeros(n_rows, h.shape[1], dtype=h.dtype, device=h.device)
-    hidden = hidden.index_add(0, segments, h * weights.unsqueeze(1))
+    weighted = h * weights.unsqueeze(1)  # float32 (the weights are): the sums over genes accumulate in float32
+    hidden = torch.zeros(n_rows, h.shape[1], dtype=weighted.dtype, device=h.device).index_add(0, segments, weighted)
     return hidden, weights
 
 

@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .._cpus import available_cpus
+
 try:  # numba ships with umap-learn / pynndescent; without it the torch path is used
     import numba
     from numba import njit
@@ -183,7 +185,7 @@ def get_num_threads() -> int:
     env = os.environ.get("SCCONCERTO_NUM_THREADS")
     if env:
         return max(1, int(env))
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return available_cpus()
 
 
 def _executor(n_workers: int) -> ThreadPoolExecutor:

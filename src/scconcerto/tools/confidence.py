@@ -31,12 +31,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
 from .._errors import InputError
 from .label_transfer import LabelTransfer, vote
-from .neighbors import NeighborsResults, l2_normalize
+from .neighbors import NeighborsResults, exact_search, l2_normalize
 
 __all__ = ["CORRECTNESS_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult", "ConfidenceModel",
            "LogisticScore", "calibrate_confidence", "density_ratio", "neighborhood_features"]
@@ -80,19 +79,13 @@ def neighborhood_features(neighbors: NeighborsResults, transfer: LabelTransfer,
             "top_similarity": top}
 
 
-def _flat_index(x: np.ndarray) -> faiss.Index:
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(np.ascontiguousarray(x, dtype=np.float32))
-    return index
-
-
 def _mean_top_similarity(query: np.ndarray, base: np.ndarray, k: int, own: np.ndarray | None = None) -> np.ndarray:
     """Mean cosine similarity of each query row to its ``k`` nearest ``base`` rows.
 
     ``own[i]`` is the row of ``base`` that is query row ``i`` itself (``-1``: none); it is skipped.
     """
     k = max(1, min(k, len(base) - (own is not None)))
-    sims, idx = _flat_index(base).search(np.ascontiguousarray(query, dtype=np.float32), k + (own is not None))
+    sims, idx = exact_search(query, base, k + (own is not None))
     if own is not None:
         is_own = idx == own[:, None]
         drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), sims.shape[1] - 1)
@@ -260,11 +253,11 @@ class CalibrationResult:
 def _search_within(embedding: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int) -> NeighborsResults:
     """Exact k-NN of ``query`` among ``embedding[rows]``, as row numbers of ``embedding``.
 
-    A flat index over the subset keeps faiss's batched (BLAS) search; a search
+    A flat search over the subset keeps batched (BLAS or GPU) search; a search
     filtered by an id selector would scan query by query.
     """
-    sims, idx = _flat_index(embedding[rows]).search(np.ascontiguousarray(query, dtype=np.float32), k)
-    missing = idx < 0  # fewer than k cells: padded by faiss
+    sims, idx = exact_search(query, embedding[rows], k)
+    missing = idx < 0  # fewer than k cells: padded
     return NeighborsResults(np.where(missing, rows[0], rows[np.maximum(idx, 0)]).astype(np.int64),
                             np.where(missing, 0.0, sims).astype(np.float32))
 

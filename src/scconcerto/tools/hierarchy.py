@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import faiss
 import numpy as np
 
 from .._errors import InputError
 from .label_transfer import LabelTransfer, vote
-from .neighbors import NeighborsResults, l2_normalize
+from .neighbors import NeighborsResults, exact_search, l2_normalize
 
 __all__ = ["hierarchical_transfer", "knn_within_groups"]
 
 
 def knn_within_groups(query: np.ndarray, reference: np.ndarray, query_group: np.ndarray,
                       reference_group: np.ndarray, k: int = 5) -> NeighborsResults:
-    """Cosine k-NN of each query row among the reference rows of the same group (exact, faiss).
+    """Cosine k-NN of each query row among the reference rows of the same group (exact).
+
+    faiss on the CPU, or the GPU inside :func:`~scconcerto.tools.neighbors.search_device`.
 
     Parameters
     ----------
@@ -51,10 +52,8 @@ def knn_within_groups(query: np.ndarray, reference: np.ndarray, query_group: np.
         members = np.flatnonzero(reference_group == g)
         if members.size == 0:
             members = np.arange(len(r))
-        index = faiss.IndexFlatIP(r.shape[1])
-        index.add(r[members])
         k_eff = min(k, members.size)
-        s, i = index.search(q[rows], k_eff)
+        s, i = exact_search(q[rows], r[members], k_eff)
         if k_eff < k:  # pad: repeat the last neighbour with no weight
             i = np.concatenate([i, np.repeat(i[:, -1:], k - k_eff, axis=1)], axis=1)
             s = np.concatenate([s, np.zeros((len(rows), k - k_eff), dtype=np.float32)], axis=1)

@@ -50,7 +50,8 @@ class TrainConfig:
     precision
         Lightning precision (``"32-true"``, ``"bf16-mixed"``...).
     num_workers
-        DataLoader workers.
+        DataLoader workers assembling mini-batches; ``None``: up to 4 (pinned memory) when
+        training on a GPU with the data in memory, else 0 (on CPUs the cores run the model).
     progress
         Show a progress bar.
     """
@@ -71,7 +72,7 @@ class TrainConfig:
     devices: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
-    num_workers: int = 0
+    num_workers: int | None = None
     progress: bool = True
 
     def to_dict(self) -> dict:

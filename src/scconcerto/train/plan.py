@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from .._cpus import available_cpus
 from .._ragged import CellBatch
 from ..data.backed import is_backed_csr
 from ..data.cells import CellMatrix
@@ -62,9 +63,29 @@ def training_loader(cells: CellMatrix, config: TrainConfig, num_replicas: int = 
     sampler = SourceBatchSampler(cells.domains, config.batch_size, shuffle=True, seed=config.seed,
                                  num_replicas=num_replicas, rank=rank)
     dataset = CellBatchDataset(cells, config.max_genes, config.seed, config.gene_dropout, config.modality_dropout)
+    workers, pin = loader_workers(config, num_replicas)
     return torch.utils.data.DataLoader(dataset,
                                        sampler=sampler, batch_size=None, collate_fn=_unbatched,
-                                       num_workers=config.num_workers, persistent_workers=config.num_workers > 0)
+                                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
+
+
+def loader_workers(config: TrainConfig, processes: int = 1) -> tuple[int, bool]:
+    """DataLoader workers and memory pinning for in-memory training.
+
+    On a GPU the host assembles each mini-batch (gene sampling, the ragged layout:
+    5.7 ms for 256 cells on an H100 machine's CPU, as long as the step itself), so
+    by default up to 4 workers per process assemble them ahead, in pinned memory.
+    On CPUs the cores run the model: no workers unless asked for.
+    """
+    from .runner import resolve_device
+
+    on_gpu = resolve_device(config.device).type == "cuda"
+    if config.num_workers is not None:
+        return int(config.num_workers), on_gpu and config.num_workers > 0
+    if not on_gpu:
+        return 0, False
+    workers = max(0, min(4, cpu_count() // max(1, processes) - 1))
+    return workers, workers > 0
 
 
 def batch_seed(seed: int, epoch: int, rows: torch.Tensor) -> int:
@@ -79,7 +100,7 @@ def batch_seed(seed: int, epoch: int, rows: torch.Tensor) -> int:
 
 def cpu_count() -> int:
     """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cpus()
 
 
 class CpuThreads:

@@ -192,6 +192,14 @@ def _batches(cells: CellMatrix, rows: np.ndarray | None, batch_size: int) -> Ite
     return prefetch(build(), depth=2)
 
 
+GPU_INFERENCE_BATCH = 4096
+
+
+def inference_batch_size(batch_size: int, device: torch.device) -> int:
+    """Cells per inference batch: ``batch_size``, at least ``GPU_INFERENCE_BATCH`` on a GPU."""
+    return max(int(batch_size), GPU_INFERENCE_BATCH) if device.type == "cuda" else int(batch_size)
+
+
 @torch.no_grad()
 def iter_embeddings(network: ConcertoNetwork, cells: CellMatrix, batch_size: int = 1024, device: str = "auto",
                     adapt_domains: list[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -203,9 +211,12 @@ def iter_embeddings(network: ConcertoNetwork, cells: CellMatrix, batch_size: int
     (AdaBN) on a copy of the network, in a first pass over those cells that
     keeps only running sums per source (:func:`estimate_teacher_statistics`);
     the second pass embeds. Memory stays that of a batch whatever the number of
-    cells; the attention runs twice for cells of adapted sources.
+    cells; the attention runs twice for cells of adapted sources. On a GPU,
+    batches hold at least ``GPU_INFERENCE_BATCH`` cells (fewer, larger transfers;
+    the results do not depend on the batch size).
     """
     dev = resolve_device(device)
+    batch_size = inference_batch_size(batch_size, dev)
     with CpuThreads() if dev.type == "cpu" else nullcontext():
         net = network
         if adapt_domains:
@@ -250,6 +261,7 @@ def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.
     ``rows`` in increasing order."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     dev = resolve_device(device)
+    batch_size = inference_batch_size(batch_size, dev)
     out = np.empty((len(rows), network.teacher_tail.norm.num_features), dtype=np.float32)
     net = network.to(dev).eval()
     pos = 0
