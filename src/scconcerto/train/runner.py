@@ -119,22 +119,47 @@ def fit(network: ConcertoNetwork, cells: CellMatrix, config: TrainConfig, checkp
                         use_distributed_sampler=False, deterministic=False, num_sanity_val_steps=0,
                         accumulate_grad_batches=accumulate_grad_batches,
                         default_root_dir=str(checkpoint_dir) if checkpoint_dir else os.getcwd())
+    ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")  # our length is exact
         trainer.fit(plan, ckpt_path=ckpt_path)
+    if ours:
+        _close_process_group()
     network.cpu()
     return plan.epoch_history
+
+
+_finished_rank: int | None = None  # this process's rank in the last data-parallel fit (its group is closed)
+
+
+def _close_process_group() -> None:
+    """After a data-parallel fit, wait for every rank, then close the process group Lightning opened.
+
+    Rank 0 goes on alone (reference embedding), while the other ranks return and
+    exit; a gloo group left open tore down under a running rank 0 and aborted
+    rank 1 at exit ("terminate called without an active exception") in about
+    one run in five. The rank is kept for :func:`is_global_zero`.
+    """
+    global _finished_rank
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    _finished_rank = torch.distributed.get_rank()
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def is_global_zero() -> bool:
     """Whether this process is rank 0 of a data-parallel run (always true in a single process).
 
-    Uses the process group when it exists (Lightning keeps it after ``fit``),
-    else the launcher's environment: ``RANK`` (torchrun), or ``NODE_RANK`` and
+    Uses the process group when it exists, else the rank of the last
+    data-parallel :func:`fit` (which closes the group it opened), else the
+    launcher's environment: ``RANK`` (torchrun), or ``NODE_RANK`` and
     ``LOCAL_RANK`` (processes started by Lightning).
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
+    if _finished_rank is not None:
+        return _finished_rank == 0
     if os.environ.get("RANK"):
         return int(os.environ["RANK"]) == 0
     return all(int(os.environ.get(name) or 0) == 0 for name in ("NODE_RANK", "LOCAL_RANK"))
