@@ -10,9 +10,11 @@ def add_output(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
 
 
-def add_runtime(p: argparse.ArgumentParser) -> None:
+def add_runtime(p: argparse.ArgumentParser, training: bool = False) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--batch-size", type=int, default=None, help="cells per mini-batch")
+    help = ("cells per training mini-batch (default 256; on a GPU, 1024 built a 1M-cell reference in 51 s "
+            "instead of 155 s on an H100: benchmarks/SCALE.md)") if training else "cells per mini-batch"
+    p.add_argument("--batch-size", type=int, default=None, help=help)
 
 
 def check_output_free(path: str, overwrite: bool) -> None:

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=1, help="data-parallel processes (one per GPU, or CPU processes)")
     p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (default: ddp)")
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPUs")
-    add_runtime(p)
+    add_runtime(p, training=True)
     p.set_defaults(func=run)
 
 
