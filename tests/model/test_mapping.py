@@ -168,6 +168,27 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     assert np.array_equal(again.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())
     np.testing.assert_allclose(again.obs["cell_type_confidence"], query.obs["cell_type_confidence"], atol=1e-5)
     np.testing.assert_allclose(again.obsm["X_umap_ref"], query.obsm["X_umap_ref"], atol=1e-5)
+    # the expression space travels with the model (the loaded one has no reference AnnData)
+    assert loaded.reference.extra["expression_loadings"].shape[0] == len(model.setup.genes)
+    assert 0 < len(loaded.reference.extra["expression_sample"]) <= 10_000
+    novelty = loaded.extra_config["mapping"]["confidence"]["full"]["cell_type"]["5"]["novelty"]["features"]
+    assert "expression_similarity" in novelty and "log_expression_density_ratio" in novelty
+
+
+def test_a_reference_read_from_disk_maps_without_expression_features(tmp_path):
+    from scconcerto.data.backed import read_backed
+    from scconcerto.datasets import simulate_to_h5ad
+
+    path = simulate_to_h5ad(tmp_path / "ref.h5ad", 400, 200, n_types=3, n_batches=2, seed=4)
+    model = Concerto(read_backed(path), batch_key="batch", label_key="cell_type").train(epochs=3, progress=False,
+                                                                                       device="cpu")
+    assert "expression_loadings" not in model.reference.extra  # no expression space without the matrix in memory
+    query = simulate(150, 200, n_types=3, n_batches=3, seed=4)
+    query = query[(query.obs["batch"] == "batch_2").to_numpy()].copy()
+    model.map_query(query, place=False, device="cpu")
+    novelty = model.extra_config["mapping"]["confidence"]["full"]["cell_type"]["5"]["novelty"]["features"]
+    assert "expression_similarity" not in novelty
+    assert query.obs["cell_type_confidence"].between(0, 1).all()
 
 
 def test_bad_levels_are_a_clear_error(held_out, mapped):

@@ -8,7 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from scconcerto import InputError
 from scconcerto.tools import NeighborsResults, knn, l2_normalize, vote
-from scconcerto.tools.confidence import (MIN_QUERY_CELLS, ConfidenceModel, calibrate_confidence, density_ratio,
+from scconcerto.tools.confidence import (EXPRESSION_FEATURES, MIN_QUERY_CELLS, ConfidenceModel, LogisticScore,
+                                         calibrate_confidence, density_ratio, expression_features,
                                          neighborhood_features)
 
 
@@ -114,3 +115,45 @@ def test_calibration_needs_two_labeled_types(toy):
         calibrate_confidence(ref, np.zeros(len(ref), dtype=np.int64), 1)
     with pytest.raises(InputError, match="one label code per reference cell"):
         calibrate_confidence(ref, np.zeros(3, dtype=np.int64), 1)
+
+
+def test_logistic_score_is_fitted_in_standardized_units():
+    """A feature varying over a few hundredths still gets a decisive weight (the L2 penalty is unit-free)."""
+    rng = np.random.default_rng(0)
+    target = rng.random(400) < 0.5
+    tiny = 0.9 + 0.01 * target + 0.001 * rng.standard_normal(400)  # informative, range ~0.01
+    score = LogisticScore.fit({"tiny": tiny}, ("tiny",), target)
+    p = score({"tiny": tiny})
+    assert p[target].mean() > 0.9 and p[~target].mean() < 0.1
+    shifted = LogisticScore.fit({"tiny": tiny * 100 + 5}, ("tiny",), target)  # units do not matter
+    np.testing.assert_allclose(shifted({"tiny": tiny * 100 + 5}), p, atol=1e-6)
+
+
+def test_expression_features_find_a_type_the_embedding_merged():
+    """The embedding puts an unseen type onto a seen one; the expression space tells them apart."""
+    rng = np.random.default_rng(1)
+    emb_centers = rng.standard_normal((4, 16))
+    expr_centers = rng.standard_normal((5, 20))
+    ref_emb, ref_codes = clusters(emb_centers, [150, 120, 100, 80], 0.35, rng)
+    ref_expr, _ = clusters(expr_centers[:4], [150, 120, 100, 80], 0.35, rng)
+    q_codes = np.repeat(np.arange(5), [40, 40, 40, 40, 60])
+    q_emb = l2_normalize(emb_centers[np.minimum(q_codes, 3) * (q_codes < 4)] + 0.35 * rng.standard_normal((220, 16)))
+    q_expr = l2_normalize(expr_centers[q_codes] + 0.35 * rng.standard_normal((220, 20)))  # type 4 lands on type 0
+    unseen = q_codes == 4
+
+    def query_features(model, with_expression):
+        nb = knn(q_emb, ref_emb, k=5)
+        f = neighborhood_features(nb, vote(nb, ref_codes, 4), ref_codes)
+        f["log_density_ratio"] = density_ratio(q_emb, ref_emb, k=5)
+        if with_expression:  # relative to the query's median cell, as map_query gives them
+            f.update({n: v - np.median(v) for n, v in expression_features(q_expr, ref_expr, k=5).items()})
+        return model.confidence(f)
+
+    plain = calibrate_confidence(ref_emb, ref_codes, 4, k=5, seed=0).model
+    with_expr = calibrate_confidence(ref_emb, ref_codes, 4, k=5, seed=0, expression=ref_expr).model
+    assert not plain.uses_expression and with_expr.uses_expression
+    assert set(EXPRESSION_FEATURES) <= set(with_expr.novelty.features)
+    assert roc_auc_score(~unseen, query_features(plain, False)) < 0.85  # the density ratio alone
+    assert roc_auc_score(~unseen, query_features(with_expr, True)) > 0.95
+    f = expression_features(ref_expr[:10], ref_expr, k=1, with_ratio=False)
+    np.testing.assert_allclose(f["expression_similarity"], 1.0, atol=1e-5)  # each cell finds itself

@@ -80,7 +80,7 @@ def test_mapping_with_the_torch_search_equals_faiss(trained_model, sim, monkeypa
     np.testing.assert_array_equal(got.neighbors.indices, expected.neighbors.indices)
     for key, frame in expected.predictions.items():
         assert (got.predictions[key]["pred"] == frame["pred"]).all()
-        np.testing.assert_allclose(got.predictions[key]["confidence"], frame["confidence"], atol=1e-5)
+        np.testing.assert_allclose(got.predictions[key]["confidence"], frame["confidence"], atol=1e-4)  # float32 sums
     assert got.info["search_on"] == "gpu" and expected.info["search_on"] == "cpu"
     assert expected.info["adabn"]["balanced"]
 

@@ -44,17 +44,48 @@ _EXACT_MAX_CELLS = 50_000  # larger groups are searched with an HNSW index
 def expression_components(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS,
                           svd_cells: int = DEFAULT_SVD_CELLS, seed: int = 0) -> np.ndarray:
     """``(n_cells, c)`` float32: each cell's normalized expression in a truncated-SVD space (L2-normalized rows)."""
+    return expression_space(cells, n_components, svd_cells, seed)[0]
+
+
+def expression_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS,
+                     svd_cells: int = DEFAULT_SVD_CELLS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The cells in a truncated-SVD space of their normalized expression, and its loadings.
+
+    Returns
+    -------
+    components
+        ``(n_cells, c)`` float32, L2-normalized rows (see :func:`expression_components`).
+    loadings
+        ``(n_vocabulary_genes, c)`` float32: :func:`project_expression` places other
+        cells (a query aligned to the same vocabulary) in the same space.
+    """
     from sklearn.decomposition import TruncatedSVD
 
     n = cells.n_cells
-    col = cells.column_to_vocab
-    n_genes = int(cells.X.shape[1] if col is None else max(int(col.max()) + 1, 1))
+    n_genes = _vocabulary_width(cells)
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, min(n, svd_cells), replace=False))
     fit_block = _csr_of(cells, fit_rows, n_genes)
     n_comp = int(max(1, min(n_components, min(fit_block.shape) - 1)))
     svd = TruncatedSVD(n_comp, algorithm="randomized", random_state=seed).fit(fit_block)
     loadings = svd.components_.T.astype(np.float32)  # genes x c
+    return project_expression(cells, loadings), loadings
+
+
+def _vocabulary_width(cells: CellMatrix) -> int:
+    col = cells.column_to_vocab
+    return int(cells.X.shape[1] if col is None else max(int(col.max()) + 1, 1))
+
+
+def project_expression(cells: CellMatrix, loadings: np.ndarray) -> np.ndarray:
+    """``(n_cells, c)`` float32: the cells' normalized expression times ``loadings``, L2-normalized rows.
+
+    Block by block (never densified), blocks in threads.
+    """
+    n, n_comp = cells.n_cells, loadings.shape[1]
+    n_genes = loadings.shape[0]
+    if _vocabulary_width(cells) > n_genes:
+        raise ValueError(f"the cells use {_vocabulary_width(cells)} vocabulary genes, the loadings {n_genes}")
     out = np.empty((n, n_comp), dtype=np.float32)
 
     def project(start: int) -> None:  # scipy's sparse products release the GIL: blocks run in threads
@@ -78,7 +109,7 @@ def _csr_of(cells: CellMatrix, rows: np.ndarray, n_genes: int) -> sp.csr_matrix:
 
 def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None = None,
                        open_rows: np.ndarray | None = None, n_components: int = DEFAULT_COMPONENTS,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, components: np.ndarray | None = None) -> np.ndarray:
     """Candidate positives of every cell: ``(n_cells, k)`` row numbers.
 
     Parameters
@@ -98,6 +129,8 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
         Width of the truncated-SVD space.
     seed
         Seed of the SVD.
+    components
+        The cells' expression components, if already computed (:func:`expression_space`).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -107,7 +140,7 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
     n_genes = int(cells.X.shape[1] if col is None else int((col >= 0).sum()))
     if n < 3 or n_genes < 2:  # nothing to search: every cell is its own positive
         return out
-    z = expression_components(cells, n_components, seed=seed)
+    z = expression_components(cells, n_components, seed=seed) if components is None else components
     domains = np.asarray(cells.domains, dtype=np.int64)
     codes = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).copy()
     if codes.shape != (n,):

@@ -33,7 +33,7 @@ import torch
 from .._errors import InputError
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..tools.confidence import MIN_QUERY_CELLS, ConfidenceModel, calibrate_confidence, density_ratio, \
-    neighborhood_features
+    expression_features, neighborhood_features
 from ..tools.hierarchy import hierarchical_transfer
 from ..tools.imputation import impute_from_neighbors
 from ..nn.dsbn import MIN_ADAPT_CELLS
@@ -55,6 +55,9 @@ MAPPING_UNS = "scconcerto_mapping"
 UMAP_EXTRA = "umap"
 IVF_CENTROIDS_EXTRA = "ivf_centroids"
 RNA_EMBEDDING_EXTRA = "embedding_rna"
+EXPRESSION_LOADINGS_EXTRA = "expression_loadings"  # genes x c: the reference's expression space (SVD)
+EXPRESSION_SAMPLE_EXTRA = "expression_sample"  # <= 10k reference cells in that space, for the confidence
+EXPRESSION_SAMPLE_CELLS = 10_000
 UMAP_KEY = "X_umap_ref"
 IMPUTED_PROTEIN_KEY = "protein_imputed"
 DEFAULT_IMPUTE_K = 20
@@ -158,6 +161,36 @@ class MappingMixin:
             return np.asarray(self.reference.extra[RNA_EMBEDDING_EXTRA], dtype=np.float32)
         return self.reference.embedding
 
+    def _reference_expression(self) -> np.ndarray | None:
+        """The reference cells in its expression space: kept from training, else projected from the
+        reference AnnData with the stored loadings; ``None`` without either (e.g. a backed reference)."""
+        from ..data.positives import project_expression
+
+        cached = getattr(self, "_expression_cache", None)
+        if cached is not None and len(cached) == len(self.reference.embedding):
+            return cached
+        loadings = self.reference.extra.get(EXPRESSION_LOADINGS_EXTRA)
+        adata = getattr(self, "adata", None)
+        if loadings is None or adata is None:
+            return None
+        self._expression_cache = project_expression(self._prepare(adata, what="the reference").cells,
+                                                    np.asarray(loadings, dtype=np.float32))
+        return self._expression_cache
+
+    def _query_expression_features(self, cells: Any, k: int, seed: int) -> dict[str, np.ndarray]:
+        """The query's expression features for the confidence (:func:`expression_features`)."""
+        from ..data.positives import project_expression
+
+        loadings = self.reference.extra.get(EXPRESSION_LOADINGS_EXTRA)
+        sample = self.reference.extra.get(EXPRESSION_SAMPLE_EXTRA)
+        if loadings is None or sample is None:
+            raise InputError("The confidence model uses expression features but the model has no expression space "
+                             "stored; re-run `model.prepare_mapping(overwrite=True)` with the reference attached.")
+        query = project_expression(cells, np.asarray(loadings, dtype=np.float32))
+        features = expression_features(query, np.asarray(sample, dtype=np.float32), k=k, seed=seed)
+        # relative to the query's median cell, as calibrated (the expression space keeps batch effects)
+        return {name: v - float(np.median(v)) for name, v in features.items()}
+
     def _rna_only_reference(self, adata: ad.AnnData | None, batch_size: int, device: str) -> bool:
         """Embed the reference from RNA alone (AdaBN per source) for RNA-only queries; ``False`` if impossible."""
         from ..train import embed_cells
@@ -191,11 +224,16 @@ class MappingMixin:
         entry = per_k.get(str(k))
         if entry is None:
             n_cells = calibration_cells or int(cfg.get("calibration_cells", 5_000))
+            seed = self.seed if seed is None else seed
+            expression = self._reference_expression()
+            if expression is not None and EXPRESSION_SAMPLE_EXTRA not in self.reference.extra:
+                rows = np.random.default_rng(seed).permutation(len(expression))[:EXPRESSION_SAMPLE_CELLS]
+                self.reference.extra[EXPRESSION_SAMPLE_EXTRA] = expression[np.sort(rows)]
             try:
                 result = calibrate_confidence(self._space_embedding(space), self.reference.labels[key],
-                                              len(self.setup.labels[key]), k=k, max_cells=n_cells,
-                                              seed=self.seed if seed is None else seed,
-                                              pseudo_query=self.reference.extra.get("calibration_rows"))
+                                              len(self.setup.labels[key]), k=k, max_cells=n_cells, seed=seed,
+                                              pseudo_query=self.reference.extra.get("calibration_rows"),
+                                              expression=expression)
                 entry = result.model.to_dict()
             except InputError as exc:  # e.g. a single labeled type: fall back to the vote share
                 log.warning("confidence for %r not calibrated (%s); using the vote share", key, exc)
@@ -591,7 +629,8 @@ class MappingMixin:
         # -- labels, confidence, unknowns
         t0 = time.perf_counter()
         predictions, thresholds, calib = self._transfer_labels(
-            adata, embedding, ref_emb, neighbors, level_keys, space, k_eff, unknown_threshold, reject, seed)
+            adata, embedding, ref_emb, neighbors, level_keys, space, k_eff, unknown_threshold, reject, seed,
+            prepared.cells)
         timings["labels"] = time.perf_counter() - t0
         adata.obsm["X_concerto"] = embedding
 
@@ -633,8 +672,8 @@ class MappingMixin:
 
     def _transfer_labels(self, adata: ad.AnnData, embedding: np.ndarray, ref_emb: np.ndarray,
                          neighbors: NeighborsResults, level_keys: list[str], space: str, k: int,
-                         unknown_threshold: float | dict[str, float] | None, reject: bool, seed: int
-                         ) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict]]:
+                         unknown_threshold: float | dict[str, float] | None, reject: bool, seed: int,
+                         cells: Any = None) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict]]:
         keys = list(self.setup.labels)
         results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {}
         if level_keys:
@@ -648,12 +687,17 @@ class MappingMixin:
         ratio = density_ratio(embedding, ref_emb, k=k, seed=seed) if len(embedding) >= MIN_QUERY_CELLS else None
 
         predictions, thresholds, calib = {}, {}, {}
+        expression: dict[str, np.ndarray] | None = None
         for key in keys:
             nb, transfer = results[key]
             features = neighborhood_features(nb, transfer, self.reference.labels[key])
             if ratio is not None:
                 features["log_density_ratio"] = ratio
             model = self._confidence_model(space, key, k)
+            if model is not None and model.uses_expression and cells is not None and ratio is not None:
+                if expression is None:  # once for all keys (small queries use the model without them)
+                    expression = self._query_expression_features(cells, k, seed)
+                features.update(expression)
             if model is not None:
                 confidence = model.confidence(features)
                 default = model.threshold_for(features)

@@ -23,7 +23,7 @@ from ..tools.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
 from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
-from ._mapping import MappingMixin
+from ._mapping import EXPRESSION_LOADINGS_EXTRA, MappingMixin
 from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
@@ -168,6 +168,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if positive_neighbors < 0:
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
         seed = self.seed if seed is None else seed
+        self._fit_expression_space(prepared, seed)
         label_positives, calibration_rows = self._attach_positives(prepared, positive_neighbors, label_positives,
                                                                    seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
@@ -193,6 +194,23 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             self.prepare_mapping(**options)
         return self
 
+    def _fit_expression_space(self, prepared: PreparedCells, seed: int) -> None:
+        """The reference in a truncated-SVD space of its expression (in-memory references).
+
+        The neighbour positives are searched there; its loadings are saved with the
+        model (``reference.extra['expression_loadings']``) for the mapping confidence's
+        expression features (:func:`~scconcerto.tools.confidence.expression_features`).
+        """
+        from ..data.positives import expression_space
+
+        self._expression_cache = self._expression_loadings = None
+        if prepared.cells.on_disk or prepared.cells.n_cells < 3:
+            return
+        try:
+            self._expression_cache, self._expression_loadings = expression_space(prepared.cells, seed=seed)
+        except ValueError as exc:  # e.g. a single expressed gene: nothing to decompose
+            log.info("No expression space for the reference (%s).", exc)
+
     def _attach_positives(self, prepared: PreparedCells, k: int, label_positives: bool,
                           seed: int) -> tuple[bool, np.ndarray | None]:
         """Set ``prepared.cells.positives`` (in-memory references).
@@ -215,7 +233,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             n_open = int(min(CALIBRATION_MAX_CELLS, round(CALIBRATION_FRACTION * labeled.size)))
             calibration_rows = np.sort(rng.choice(labeled, n_open, replace=False)) if n_open else None
         prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups, open_rows=calibration_rows,
-                                                      seed=seed)
+                                                      seed=seed, components=self._expression_cache)
         return groups is not None, calibration_rows
 
     def _store_reference(self, prepared: PreparedCells, calibration_rows: np.ndarray | None = None) -> None:
@@ -225,6 +243,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                                         protein=prepared.cells.protein)
         if calibration_rows is not None:
             self.reference.extra[CALIBRATION_EXTRA] = calibration_rows.astype(np.int64)
+        if getattr(self, "_expression_loadings", None) is not None:
+            self.reference.extra[EXPRESSION_LOADINGS_EXTRA] = self._expression_loadings
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,

@@ -18,6 +18,20 @@ reference itself:
   pseudo-reference without ``t`` are *unseen* (each left-out type weighs the
   same, and the unseen group as much as the seen one).
 
+**Expression features.** When the model keeps the reference's expression space
+(a truncated SVD of the normalized expression, fitted at training for the
+neighbour positives), the novelty model of queries with neighbourhoods of their
+own also sees the similarity and the density ratio in that space
+(:func:`expression_features`): the trained embedding is shaped by the
+reference's labels and can pull a new type onto a known one, the expression
+space cannot. That space is not batch-corrected, so both features are taken
+relative to the query's median cell (the pseudo-query's in the calibration):
+a query from another technology is not less "seen" as a whole. Features are
+standardized before the logistic fits (the L2 penalty would otherwise depend on
+their units). Pancreas Wang -> Xin with beta cells left out of the reference:
+seen-vs-unseen AUROC 0.786 -> 0.979; PBMC without B cells 0.995 -> 0.997,
+without CD8 T cells 0.813 -> 0.785 (``benchmarks/mapping.py --only unseen``).
+
 A query too small to have neighbours of its own (fewer than
 :data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
 default *unknown* threshold is the confidence below which 5 % of the
@@ -37,13 +51,15 @@ from .._errors import InputError
 from .label_transfer import LabelTransfer, vote
 from .neighbors import NeighborsResults, exact_search, l2_normalize
 
-__all__ = ["CORRECTNESS_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult", "ConfidenceModel",
-           "LogisticScore", "calibrate_confidence", "density_ratio", "neighborhood_features"]
+__all__ = ["CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult",
+           "ConfidenceModel", "LogisticScore", "calibrate_confidence", "density_ratio", "expression_features",
+           "neighborhood_features"]
 
 NEIGHBORHOOD_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
 CORRECTNESS_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
 NOVELTY_FEATURES = ("vote_share", "winner_similarity", "top_similarity", "log_density_ratio")
 NOVELTY_SMALL_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
+EXPRESSION_FEATURES = ("expression_similarity", "log_expression_density_ratio")
 #: Below this many cells a query has no neighbourhood of its own: the density ratio is not used.
 MIN_QUERY_CELLS = 30
 _MAX_DENSITY_CELLS = 10_000
@@ -146,6 +162,25 @@ def density_ratio(query: np.ndarray, reference: np.ndarray, query_pool: np.ndarr
     return np.log(np.maximum(to_ref, 1e-3)) - np.log(np.maximum(to_query, 1e-3))
 
 
+def expression_features(query: np.ndarray, reference: np.ndarray, k: int = 5, seed: int = 0,
+                        query_pool: np.ndarray | None = None, query_rows_in_pool: np.ndarray | None = None,
+                        with_ratio: bool = True, max_cells: int = _MAX_DENSITY_CELLS) -> dict[str, np.ndarray]:
+    """Novelty features of cells in the reference's expression space (L2-normalized SVD coordinates).
+
+    ``expression_similarity``: mean cosine similarity to the ``k`` nearest of a
+    seeded sample of at most ``max_cells`` reference cells;
+    ``log_expression_density_ratio`` (with ``with_ratio``): :func:`density_ratio` in that space.
+    """
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(reference), max_cells, replace=False)) if len(reference) > max_cells else None
+    base = reference if sample is None else reference[sample]
+    out = {"expression_similarity": _mean_top_similarity(query, base, k).astype(np.float64)}
+    if with_ratio:
+        out["log_expression_density_ratio"] = density_ratio(query, reference, query_pool, k=k, max_cells=max_cells,
+                                                            seed=seed, query_rows_in_pool=query_rows_in_pool)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class LogisticScore:
@@ -175,9 +210,14 @@ class LogisticScore:
             weight: np.ndarray | None = None) -> "LogisticScore":
         from sklearn.linear_model import LogisticRegression
 
-        x = np.column_stack([features[f] for f in names])
-        clf = LogisticRegression(C=1.0, max_iter=1000).fit(x, target, sample_weight=weight)
-        return cls(names, tuple(float(c) for c in clf.coef_[0]), float(clf.intercept_[0]))
+        x = np.column_stack([np.asarray(features[f], dtype=np.float64) for f in names])
+        # fitted on standardized features, so that the L2 penalty does not depend on a feature's units
+        # (similarities vary over a few hundredths, log ratios over units); folded back into raw units
+        mean, scale = x.mean(axis=0), x.std(axis=0)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        clf = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, target, sample_weight=weight)
+        coef = clf.coef_[0] / scale
+        return cls(names, tuple(float(c) for c in coef), float(clf.intercept_[0] - coef @ mean))
 
 
 @dataclass(frozen=True)
@@ -216,6 +256,11 @@ class ConfidenceModel:
         """
         novelty = self.novelty if "log_density_ratio" in features else self.novelty_small
         return (self.correctness(features) * novelty(features)).astype(np.float32)
+
+    @property
+    def uses_expression(self) -> bool:
+        """Whether the novelty models need the expression features (:func:`expression_features`)."""
+        return any(name in self.novelty.features for name in EXPRESSION_FEATURES)
 
     def threshold_for(self, features: dict[str, np.ndarray]) -> float:
         """The default unknown threshold matching the model :meth:`confidence` uses for ``features``."""
@@ -282,7 +327,8 @@ def _weighted_auroc(score: np.ndarray, positive: np.ndarray, weight: np.ndarray 
 
 def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: int, k: int = 5,
                          max_cells: int = 5_000, min_type_cells: int = 3, false_rejection_rate: float = 0.05,
-                         seed: int = 0, pseudo_query: np.ndarray | None = None) -> CalibrationResult:
+                         seed: int = 0, pseudo_query: np.ndarray | None = None,
+                         expression: np.ndarray | None = None) -> CalibrationResult:
     """Fit the confidence model on a reference (see the module docstring).
 
     Parameters
@@ -309,6 +355,9 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         Reference rows to use as the pseudo-query (their labeled ones, at most
         ``max_cells``), e.g. cells whose labels were kept out of training; by
         default a random half of the labeled cells.
+    expression
+        ``(n_ref, c)`` the reference cells in its expression space (L2-normalized
+        rows); the novelty models then use :data:`EXPRESSION_FEATURES` too.
 
     Returns
     -------
@@ -341,6 +390,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     tr = vote(nb, codes, n_classes)
     seen = neighborhood_features(nb, tr, codes)
     seen["log_density_ratio"] = density_ratio(emb[pseudo_query], emb[pseudo_ref], k=k, seed=seed)
+    if expression is not None:
+        seen.update(expression_features(expression[pseudo_query], expression[pseudo_ref], k=k, seed=seed))
     seen_correct = tr.codes == q_codes
 
     # unseen: each type's pseudo-query cells against the pseudo-reference without that type
@@ -356,8 +407,16 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         f = neighborhood_features(nb_t, vote(nb_t, codes, n_classes), codes)
         f["log_density_ratio"] = density_ratio(emb[pseudo_query[rows]], emb[ref_without_t], emb[pseudo_query], k=k,
                                                seed=seed, query_rows_in_pool=rows)
+        if expression is not None:
+            f.update(expression_features(expression[pseudo_query[rows]], expression[ref_without_t], k=k, seed=seed,
+                                         query_pool=expression[pseudo_query], query_rows_in_pool=rows))
         f["weight"] = np.full(len(rows), 1.0 / (len(types) * len(rows)))
         parts.append(f)
+    if expression is not None:  # relative to the (pseudo-)query's typical cell, as at mapping
+        centres = {name: float(np.median(seen[name])) for name in EXPRESSION_FEATURES}
+        for features in (seen, *parts):
+            for name, c in centres.items():
+                features[name] = features[name] - c
     unseen = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     w_unseen = unseen.pop("weight")
     n_seen = len(seen_correct)
@@ -371,7 +430,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         correctness = LogisticScore(("vote_share",), (4.0,), -2.0)
     else:
         correctness = LogisticScore.fit(seen, CORRECTNESS_FEATURES, seen_correct)
-    novelty = LogisticScore.fit(both, NOVELTY_FEATURES, is_seen, weight)
+    extra = EXPRESSION_FEATURES if expression is not None else ()
+    novelty = LogisticScore.fit(both, NOVELTY_FEATURES + extra, is_seen, weight)
     novelty_small = LogisticScore.fit(both, NOVELTY_SMALL_FEATURES, is_seen, weight)
 
     right = is_seen & np.concatenate([seen_correct, np.zeros(len(w_unseen), dtype=bool)])
