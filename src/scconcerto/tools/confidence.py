@@ -29,8 +29,9 @@ relative to the query's median cell (the pseudo-query's in the calibration):
 a query from another technology is not less "seen" as a whole. Features are
 standardized before the logistic fits (the L2 penalty would otherwise depend on
 their units). Pancreas Wang -> Xin with beta cells left out of the reference:
-seen-vs-unseen AUROC 0.786 -> 0.979; PBMC without B cells 0.995 -> 0.997,
-without CD8 T cells 0.813 -> 0.785 (``benchmarks/mapping.py --only unseen``).
+seen-vs-unseen AUROC 0.786 -> 0.969 (benchmark task ``unseen_type``); PBMC
+without B cells 0.995 -> 0.997, without CD8 T cells 0.813 -> 0.785
+(``benchmarks/mapping.py --only unseen``).
 
 A query too small to have neighbours of its own (fewer than
 :data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
@@ -115,7 +116,8 @@ def _mean_top_similarity(query: np.ndarray, base: np.ndarray, k: int, own: np.nd
 
 def density_ratio(query: np.ndarray, reference: np.ndarray, query_pool: np.ndarray | None = None,
                   k: int = 5, max_cells: int = _MAX_DENSITY_CELLS, seed: int = 0,
-                  query_rows_in_pool: np.ndarray | None = None) -> np.ndarray:
+                  query_rows_in_pool: np.ndarray | None = None, return_similarity: bool = False
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Log ratio of each query cell's similarity to the reference and to the other query cells.
 
     Both sides are subsampled (seeded) to the same number of cells
@@ -141,11 +143,13 @@ def density_ratio(query: np.ndarray, reference: np.ndarray, query_pool: np.ndarr
         Seed of the subsamples.
     query_rows_in_pool
         Row of each ``query`` cell in ``query_pool`` (``-1``: absent); default: ``query`` is the pool.
+    return_similarity
+        Also return the similarity to the reference side (the ratio's numerator).
 
     Returns
     -------
     numpy.ndarray
-        ``(n,)`` float64.
+        ``(n,)`` float64 (and, with ``return_similarity``, the ``(n,)`` mean similarity to the reference).
     """
     rng = np.random.default_rng(seed)
     pool = query if query_pool is None else query_pool
@@ -159,26 +163,22 @@ def density_ratio(query: np.ndarray, reference: np.ndarray, query_pool: np.ndarr
     own_in_sub = np.where(own >= 0, position[np.maximum(own, 0)], -1)
     to_ref = _mean_top_similarity(query, reference[ref_rows], k)
     to_query = _mean_top_similarity(query, pool[pool_rows], k, own=own_in_sub)
-    return np.log(np.maximum(to_ref, 1e-3)) - np.log(np.maximum(to_query, 1e-3))
+    ratio = np.log(np.maximum(to_ref, 1e-3)) - np.log(np.maximum(to_query, 1e-3))
+    return (ratio, to_ref) if return_similarity else ratio
 
 
 def expression_features(query: np.ndarray, reference: np.ndarray, k: int = 5, seed: int = 0,
                         query_pool: np.ndarray | None = None, query_rows_in_pool: np.ndarray | None = None,
-                        with_ratio: bool = True, max_cells: int = _MAX_DENSITY_CELLS) -> dict[str, np.ndarray]:
+                        max_cells: int = _MAX_DENSITY_CELLS) -> dict[str, np.ndarray]:
     """Novelty features of cells in the reference's expression space (L2-normalized SVD coordinates).
 
-    ``expression_similarity``: mean cosine similarity to the ``k`` nearest of a
-    seeded sample of at most ``max_cells`` reference cells;
-    ``log_expression_density_ratio`` (with ``with_ratio``): :func:`density_ratio` in that space.
+    ``log_expression_density_ratio``: :func:`density_ratio` in that space;
+    ``expression_similarity``: its numerator, the mean cosine similarity to the
+    ``k`` nearest reference cells (at the ratio's matched sample size).
     """
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(reference), max_cells, replace=False)) if len(reference) > max_cells else None
-    base = reference if sample is None else reference[sample]
-    out = {"expression_similarity": _mean_top_similarity(query, base, k).astype(np.float64)}
-    if with_ratio:
-        out["log_expression_density_ratio"] = density_ratio(query, reference, query_pool, k=k, max_cells=max_cells,
-                                                            seed=seed, query_rows_in_pool=query_rows_in_pool)
-    return out
+    ratio, similarity = density_ratio(query, reference, query_pool, k=k, max_cells=max_cells, seed=seed,
+                                      query_rows_in_pool=query_rows_in_pool, return_similarity=True)
+    return {"expression_similarity": similarity.astype(np.float64), "log_expression_density_ratio": ratio}
 
 
 # ---------------------------------------------------------------------------------------------- models
