@@ -251,20 +251,28 @@ def cmd_map(args: argparse.Namespace) -> None:
           "adapted_sources": len(new), "uptime_start": up0, "uptime_end": uptime()})
 
 
+def sync_cuda() -> None:
+    """Wait for queued GPU work (timings of asynchronous CUDA calls); nothing without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 # ---------------------------------------------------------------- memory (one GPU, or CPU)
-def _build_and_map(ref, world, queries: dict, batch_size: int, train_opts: dict, device: str,  # noqa: ANN001
-                   sync) -> None:  # noqa: ANN001
+def _build_and_map(ref, world, queries: dict, batch_size: int, train_opts: dict,  # noqa: ANN001
+                   device: str) -> None:
     """One ``memory`` build (``Concerto.train`` + ``prepare_mapping``) and its query mappings."""
     import torch
 
     from scconcerto import Concerto
     from scconcerto.metrics import annotation_report
 
-    sync()
+    sync_cuda()
     t0 = time.perf_counter()
     model = Concerto(ref, batch_key="batch", label_key="cell_type")
     model.train(progress=False, device=device, prepare_mapping=False, batch_size=batch_size, **train_opts)
-    sync()
+    sync_cuda()
     t_train_call = time.perf_counter() - t0
     t1 = time.perf_counter()
     model.prepare_mapping(umap=False, device=device)
@@ -282,10 +290,10 @@ def _build_and_map(ref, world, queries: dict, batch_size: int, train_opts: dict,
     for q, rows in queries.items():
         query = world[rows].copy()
         truth = query.obs["cell_type"].astype(str).to_numpy()
-        sync()
+        sync_cuda()
         t0 = time.perf_counter()
         result = model.map_query(query, impute=False, place=False, device=device)
-        sync()
+        sync_cuda()
         total = time.perf_counter() - t0
         report = annotation_report(truth, query.obs["cell_type_pred"].astype(str).to_numpy())
         info = query.uns["scconcerto_mapping"]
@@ -302,17 +310,12 @@ def cmd_memory(args: argparse.Namespace) -> None:
     The world is simulated with every core (``simulate(n_jobs=None)``); the
     reference is the first ``n_ref`` cells outside the held-out batch and each
     query the first cells of that batch (unseen: AdaBN with label shift). The
-    build is ``Concerto.train`` with its defaults (neighbour positives,
-    training, reference embedding, mapping preparation with the IVF centroids);
-    the mapping is ``map_query`` (no UMAP placement, no imputation).
+    build is ``Concerto.train`` with its defaults but the batch size (neighbour
+    positives, training, reference embedding) and ``prepare_mapping`` without
+    the reference UMAP (calibration; the IVF centroids on CPUs only); the
+    mapping is ``map_query`` (no UMAP placement, no imputation).
     """
-    import torch
-
     from scconcerto.datasets import simulate
-
-    def sync() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
 
     up0 = uptime()
     t0 = time.perf_counter()
@@ -334,15 +337,13 @@ def cmd_memory(args: argparse.Namespace) -> None:
     if args.precision:
         train_opts["precision"] = args.precision
     for batch_size in args.batch_size:
-        _build_and_map(ref, world, queries, batch_size, train_opts, args.device, sync)
+        _build_and_map(ref, world, queries, batch_size, train_opts, args.device)
     emit({"phase": "memory-done", "uptime_start": up0, "uptime_end": uptime()})
 
 
 # ---------------------------------------------------------------- search
 def cmd_search(args: argparse.Namespace) -> None:
     """Exact k-NN on a device (``tools.neighbors.exact_search``): block top-k against a plain top-k."""
-    import torch
-
     from scconcerto.tools import neighbors
 
     rng = np.random.default_rng(0)
@@ -359,8 +360,7 @@ def cmd_search(args: argparse.Namespace) -> None:
                                           ("block_topk_tf32", block, 0)):
         neighbors.TOPK_BLOCK, neighbors.GPU_TF32_MIN_PAIRS = block_size, tf32_pairs
         neighbors.exact_search(query[:1000], base, args.k, device=args.device)  # warm-up
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync_cuda()
         t = time.perf_counter()
         results[name] = neighbors.exact_search(query, base, args.k, device=args.device)
         out[f"{name}_seconds"] = round(time.perf_counter() - t, 2)
@@ -397,8 +397,9 @@ def cmd_peer(args: argparse.Namespace) -> None:
 def cmd_profile(args: argparse.Namespace) -> None:
     """Where a training step's time goes (torch profiler), and train/embed cells/s per attention backend.
 
-    ``batch_seconds`` is the host-side assembly of a training batch (sampling genes,
-    the ragged layout); the step figures exclude it, as Lightning overlaps neither.
+    ``batch_assembly_ms`` is the host-side assembly of a training batch (sampling
+    genes, the ragged layout); the step figures exclude it (in training, DataLoader
+    workers overlap it with the steps on a GPU, not on CPUs).
     """
     import contextlib
 
@@ -414,10 +415,6 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
 
     def autocast():  # noqa: ANN202
         if args.precision == "bf16":
@@ -457,28 +454,28 @@ def cmd_profile(args: argparse.Namespace) -> None:
         with attention_backend(backend), CpuThreads() if not cuda else contextlib.nullcontext():
             for _ in range(3):
                 step()
-            sync()
+            sync_cuda()
             times = []
             for _ in range(args.repeats):
                 t = time.perf_counter()
                 step()
-                sync()
+                sync_cuda()
                 times.append(time.perf_counter() - t)
             net.eval()
             with torch.no_grad(), autocast():
                 net.embed(full)
-                sync()
+                sync_cuda()
                 etimes = []
                 for _ in range(max(2, args.repeats // 4)):
                     t = time.perf_counter()
                     net.embed(full)
-                    sync()
+                    sync_cuda()
                     etimes.append(time.perf_counter() - t)
             net.train()
             with profile(activities=activities) as prof:
                 for _ in range(5):
                     step()
-                sync()
+                sync_cuda()
         out[backend] = {"train_step_ms_median": round(1e3 * float(np.median(times)), 2),
                         "train_step_ms_min": round(1e3 * float(np.min(times)), 2),
                         "train_cells_per_s_median": round(len(rows) / float(np.median(times))),

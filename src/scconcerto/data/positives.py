@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 
-from .._cpus import available_cpus
+from .._hardware import available_cpus
 from ..tools.neighbors import knn
 from .cells import CellMatrix
 

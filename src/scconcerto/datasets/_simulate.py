@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._cpus import available_cpus
+from .._hardware import available_cpus
 
 __all__ = ["simulate", "simulate_to_h5ad"]
 

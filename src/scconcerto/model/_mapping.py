@@ -484,9 +484,9 @@ class MappingMixin:
             sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
                                                                 replace=False))
             ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
-            faiss_index = ref_emb if gpu_search_active() else build_index(ref_emb, kind="flat")
+            search_in = ref_emb  # knn searches the sample exactly (faiss flat, or the GPU)
         else:
-            faiss_index = self._reference_index(space, ref_emb, index_kind(len(ref_emb), cells.n_cells, index), seed)
+            search_in = self._reference_index(space, ref_emb, index_kind(len(ref_emb), cells.n_cells, index), seed)
         norm = net.teacher_tail.norm
         known = list(range(len(self.setup.sources)))
         weights = None
@@ -500,7 +500,7 @@ class MappingMixin:
                 norm.set_statistics(d, torch.from_numpy(mean), torch.from_numpy(var))
             if round_ == LABEL_SHIFT_ROUNDS:
                 break
-            pred = vote(knn(embed_hidden(net, hidden, domains), faiss_index, k=min(k, len(ref_emb))), ref_codes,
+            pred = vote(knn(embed_hidden(net, hidden, domains), search_in, k=min(k, len(ref_emb))), ref_codes,
                         n_types).codes
             weights = np.ones(len(rows))
             for d in new_domains:
@@ -673,7 +673,7 @@ class MappingMixin:
     def _transfer_labels(self, adata: ad.AnnData, embedding: np.ndarray, ref_emb: np.ndarray,
                          neighbors: NeighborsResults, level_keys: list[str], space: str, k: int,
                          unknown_threshold: float | dict[str, float] | None, reject: bool, seed: int,
-                         cells: Any = None) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict]]:
+                         cells: Any) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict]]:
         keys = list(self.setup.labels)
         results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {}
         if level_keys:
@@ -694,7 +694,7 @@ class MappingMixin:
             if ratio is not None:
                 features["log_density_ratio"] = ratio
             model = self._confidence_model(space, key, k)
-            if model is not None and model.uses_expression and cells is not None and ratio is not None:
+            if model is not None and model.uses_expression and ratio is not None:
                 if expression is None:  # once for all keys (small queries use the model without them)
                     expression = self._query_expression_features(cells, k, seed)
                 features.update(expression)

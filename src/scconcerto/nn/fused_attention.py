@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .._cpus import available_cpus
+from .._hardware import available_cpus
 
 try:  # numba ships with umap-learn / pynndescent; without it the torch path is used
     import numba

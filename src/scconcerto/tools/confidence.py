@@ -50,7 +50,7 @@ import numpy as np
 
 from .._errors import InputError
 from .label_transfer import LabelTransfer, vote
-from .neighbors import NeighborsResults, exact_search, l2_normalize
+from .neighbors import NeighborsResults, exact_search, knn, l2_normalize
 
 __all__ = ["CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult",
            "ConfidenceModel", "LogisticScore", "calibrate_confidence", "density_ratio", "expression_features",
@@ -101,16 +101,10 @@ def _mean_top_similarity(query: np.ndarray, base: np.ndarray, k: int, own: np.nd
 
     ``own[i]`` is the row of ``base`` that is query row ``i`` itself (``-1``: none); it is skipped.
     """
+    if own is not None and len(base) < 2:  # one base cell: nothing but itself to skip
+        return np.where(own == 0, 0.0, np.clip(query @ base[0], 0.0, None))
     k = max(1, min(k, len(base) - (own is not None)))
-    sims, idx = exact_search(query, base, k + (own is not None))
-    if own is not None:
-        is_own = idx == own[:, None]
-        drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), sims.shape[1] - 1)
-        keep = np.ones_like(idx, dtype=bool)
-        keep[np.arange(len(idx)), drop] = False
-        sims = sims[keep].reshape(len(idx), k)
-    else:
-        sims = np.where(idx < 0, 0.0, sims)
+    sims = knn(query, base, k, exclude_self=own is not None, self_rows=own).similarities
     return np.clip(sims, 0.0, None).mean(axis=1)
 
 

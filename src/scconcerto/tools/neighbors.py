@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .._errors import InputError
+from .._hardware import resolve_device
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
@@ -69,9 +70,7 @@ def search_device(device: str | torch.device | None) -> Iterator[None]:
     """
     global _search_on
     previous = _search_on
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device("cuda" if device == "gpu" else device) if device is not None else None
+    dev = resolve_device(device) if device is not None else None
     _search_on = dev if dev is not None and dev.type != "cpu" else None
     try:
         yield

@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from .._cpus import available_cpus
+from .._hardware import available_cpus, resolve_device
 from .._ragged import CellBatch
 from ..data.backed import is_backed_csr
 from ..data.cells import CellMatrix
@@ -77,8 +77,6 @@ def loader_workers(config: TrainConfig, processes: int = 1) -> tuple[int, bool]:
     by default up to 4 workers per process assemble them ahead, in pinned memory.
     On CPUs the cores run the model: no workers unless asked for.
     """
-    from .runner import resolve_device
-
     on_gpu = resolve_device(config.device).type == "cuda"
     if config.num_workers is not None:
         return int(config.num_workers), on_gpu and config.num_workers > 0

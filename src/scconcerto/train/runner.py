@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from .._hardware import resolve_device
 from .._ragged import CellBatch
 from ..data.backed import prefetch, release_freed_memory
 from ..data.cells import CellMatrix
@@ -38,12 +39,6 @@ log = logging.getLogger("scconcerto")
 
 _ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}
 
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device for inference (``auto`` picks CUDA when available)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device("cuda" if device == "gpu" else device)
 
 
 def _strategy(config: TrainConfig):  # noqa: ANN202 - a Lightning strategy or its name
