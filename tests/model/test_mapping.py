@@ -171,8 +171,53 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     # the expression space travels with the model (the loaded one has no reference AnnData)
     assert loaded.reference.extra["expression_loadings"].shape[0] == len(model.setup.genes)
     assert 0 < len(loaded.reference.extra["expression_sample"]) <= 10_000
+    np.testing.assert_array_equal(loaded.reference.extra["expression"], model.reference.extra["expression"])
     novelty = loaded.extra_config["mapping"]["confidence"]["full"]["cell_type"]["5"]["novelty"]["features"]
     assert "expression_similarity" in novelty and "log_expression_density_ratio" in novelty
+
+
+def test_contested_labels_get_the_expression_space_vote(held_out, mapped):
+    """The predicted labels are the embedding vote blended, for contested cells, with the vote of the
+    nearest reference cells in the expression space (recomputed here from the stored coordinates)."""
+    from scconcerto.tools import blend_votes, contested_rows, knn, vote
+
+    assert mapped[1].uns["scconcerto_mapping"]["expression_vote"]["weight"] == 0.5  # the default
+    model, query, result = copy.deepcopy(held_out[0]), mapped[1].copy(), mapped[2]
+    model.prepare_mapping(umap=False, expression_vote=2.0, overwrite=True)  # above 1: every cell is contested
+    model.map_query(query, place=False, device="cpu")
+    info = query.uns["scconcerto_mapping"]["expression_vote"]
+    codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
+    first = vote(result.neighbors, codes, n)
+    rows = contested_rows(first, 2.0)
+    assert info["weight"] == 2.0 and info["contested_cells"] == len(rows) == query.n_obs
+    coords = model._query_expression(model._prepare(query, what="the query").cells)
+    assert model.reference.extra["expression"].shape == (len(codes), coords.shape[1])
+    second = vote(knn(coords[rows], model.reference.extra["expression"], k=5), codes, n)
+    blended = blend_votes(first, rows, second, 2.0)
+    expected = np.asarray(model.setup.labels["cell_type"])[blended.codes]
+    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), expected)
+    assert info["changed"]["cell_type"] == int((blended.codes != first.codes).sum()) > 0
+
+
+def test_no_second_opinion_when_off_or_calibrated_without_it(held_out, mapped):
+    from scconcerto.tools import vote
+
+    model, query, result = copy.deepcopy(held_out[0]), mapped[1].copy(), mapped[2]
+    plain = np.asarray(model.setup.labels["cell_type"])[
+        vote(result.neighbors, model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])).codes]
+    model.prepare_mapping(umap=False, expression_vote=0.0)  # calibrated with 0.5: kept, with a warning
+    assert model.extra_config["mapping"]["expression_vote"] == 0.5
+    model.prepare_mapping(umap=False, expression_vote=0.0, overwrite=True)
+    model.map_query(query, place=False, device="cpu")
+    assert "expression_vote" not in query.uns["scconcerto_mapping"]
+    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), plain)
+    with pytest.raises(InputError, match="expression_vote"):
+        model.prepare_mapping(umap=False, expression_vote=-1.0)
+    old = copy.deepcopy(held_out[0])  # a model saved before the second opinion (mapping config version 1)
+    del old.extra_config["mapping"]["expression_vote"]
+    again = mapped[1].copy()
+    old.map_query(again, place=False, device="cpu")
+    np.testing.assert_array_equal(again.obs["cell_type_pred"].astype(str).to_numpy(), plain)
 
 
 def test_a_reference_read_from_disk_maps_without_expression_features(tmp_path):

@@ -157,3 +157,21 @@ def test_expression_features_find_a_type_the_embedding_merged():
     assert roc_auc_score(~unseen, query_features(with_expr, True)) > 0.95
     f = expression_features(ref_expr, ref_expr[:200], k=1)  # matched size: the 200 cells themselves
     np.testing.assert_allclose(f["expression_similarity"][:200], 1.0, atol=1e-5)  # each finds itself
+
+
+def test_calibration_scales_rare_labels_by_their_pseudo_reference_count():
+    """A type with 5 cells, 3 of them pseudo-queries: the 2 left to vote are scaled to a full vote, as a
+    reference of 2 such cells would be at mapping (its whole-reference count, 5 = k, would not scale)."""
+    rng = np.random.default_rng(0)
+    d = 8
+    e = np.eye(d)
+    rare = e[0] + 0.01 * rng.standard_normal((5, d))
+    near = np.cos(0.3) * e[0] + np.sin(0.3) * e[1] + 0.01 * rng.standard_normal((3, d))  # similarity ~0.955
+    big = e[2] + 0.3 * rng.standard_normal((97, d))
+    other = e[3] + 0.3 * rng.standard_normal((50, d))
+    emb = l2_normalize(np.vstack([rare, near, big, other]))
+    codes = np.array([0] * 5 + [1] * 100 + [2] * 50)
+    pseudo_query = np.concatenate([[0, 1, 2], np.arange(20, 40), np.arange(110, 130)])
+    result = calibrate_confidence(emb, codes, 3, k=5, seed=0, pseudo_query=pseudo_query, max_cells=len(pseudo_query))
+    # each rare pseudo-query cell: 2 rare neighbours (similarity ~1, scaled by 5/2) beat 3 near ones (~0.955 each)
+    assert result.seen_correct[:3].all()

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=1, help="data-parallel processes (one per GPU, or CPU processes)")
     p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (default: ddp)")
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPUs")
+    p.add_argument("--expression-vote", type=float, default=0.5,
+                   help="weight of the expression space's vote on contested query labels at mapping (0: off)")
     add_runtime(p, training=True)
     p.set_defaults(func=run)
 
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
-                modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy, precision=args.precision)
+                modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
+                precision=args.precision, prepare_mapping={"expression_vote": args.expression_vote})
     if not is_global_zero():  # data-parallel run: rank 0 writes the model
         return 0
     model.save(args.out, overwrite=args.overwrite)

@@ -3,17 +3,20 @@
 :meth:`MappingMixin.map_query` embeds a query in the reference space (genes
 aligned by name, AdaBN per unseen query source, optional fine-tuning of the
 query sources' adapters), finds each query cell's k nearest reference cells
-(faiss), votes their labels (flat or hierarchical), scores each transfer with
-a confidence calibrated on the reference, imputes the reference's proteins,
-and places the query on the stored reference UMAP.
+(faiss), votes their labels (flat or hierarchical), asks the reference's
+expression space for a second opinion on contested votes, scores each
+transfer with a confidence calibrated on the reference, imputes the
+reference's proteins, and places the query on the stored reference UMAP.
 
 What mapping needs of the reference is prepared once by
 :meth:`MappingMixin.prepare_mapping` (or lazily on the first map) and saved
-with the model: confidence models and unknown thresholds in
-``extra_config['mapping']``, the reference UMAP (``reference.extra['umap']``)
-and, for RNA + protein models, the RNA-only reference embedding
-(``reference.extra['embedding_rna']``) against which RNA-only queries are
-searched.
+with the model: confidence models, unknown thresholds and the second
+opinion's weight in ``extra_config['mapping']``, the reference UMAP
+(``reference.extra['umap']``) and, for RNA + protein models, the RNA-only
+reference embedding (``reference.extra['embedding_rna']``) against which
+RNA-only queries are searched. Training stores the reference in its
+expression space (``reference.extra['expression']``, 50 float32 per cell,
+and the loadings that project a query there).
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ import torch
 
 from .._errors import InputError
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
-from ..tools.confidence import MIN_QUERY_CELLS, ConfidenceModel, calibrate_confidence, density_ratio, \
-    expression_features, neighborhood_features
+from ..tools.confidence import MIN_QUERY_CELLS, ConfidenceModel, calibrate_confidence, centred_on, density_ratio, \
+    expression_centres, expression_features, neighborhood_features
 from ..tools.hierarchy import hierarchical_transfer
 from ..tools.imputation import impute_from_neighbors
 from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import balancing_weights, subsample_per_group, weighted_moments
-from ..tools.label_transfer import LabelTransfer, vote
+from ..tools.label_transfer import LabelTransfer, blend_votes, contested_rows, vote
 from ..tools.neighbors import (NeighborsResults, build_index, gpu_search_active, ivf_centroids, knn,
                                searches_on_its_device)
 from ..tools.placement import place_on_reference
@@ -57,14 +60,19 @@ IVF_CENTROIDS_EXTRA = "ivf_centroids"
 RNA_EMBEDDING_EXTRA = "embedding_rna"
 EXPRESSION_LOADINGS_EXTRA = "expression_loadings"  # genes x c: the reference's expression space (SVD)
 EXPRESSION_SAMPLE_EXTRA = "expression_sample"  # <= 10k reference cells in that space, for the confidence
+EXPRESSION_EXTRA = "expression"  # every reference cell in that space (n_ref x c float32), for the second opinion
+#: Weight of the expression space's vote, added to the embedding's vote shares of contested cells
+#: (:func:`~scconcerto.tools.label_transfer.blend_votes`). Fixed at 0.5 before it was measured; label-transfer
+#: splits of the benchmark: see ``prepare_mapping``.
+DEFAULT_EXPRESSION_VOTE = 0.5
 EXPRESSION_SAMPLE_CELLS = 10_000
 UMAP_KEY = "X_umap_ref"
 IMPUTED_PROTEIN_KEY = "protein_imputed"
 DEFAULT_IMPUTE_K = 20
 UNKNOWN_LABEL = "unknown"
 FULL, RNA_ONLY = "full", "rna_only"
-#: The last faiss index built for each model (not saved, not copied with the model).
-_INDEX_CACHE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+#: The last faiss index built for each model and space (not saved, not copied with the model).
+_INDEX_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, tuple]]" = weakref.WeakKeyDictionary()
 #: References of at least this many cells are searched with an approximate (IVF) index by ``index='auto'``.
 APPROXIMATE_FROM = 1_000_000
 #: ... and from this many reference cells when the query times the reference exceeds ``APPROXIMATE_WORK`` pairs:
@@ -149,7 +157,13 @@ class MappingMixin:
 
     # ------------------------------------------------------------------ preparing the reference
     def _mapping_config(self) -> dict:
-        return self.extra_config.setdefault(MAPPING_CONFIG, {"version": 1, "confidence": {}})
+        # version 2: ``expression_vote`` (configs of version 1 were calibrated without the second opinion)
+        return self.extra_config.setdefault(MAPPING_CONFIG, {"version": 2, "confidence": {},
+                                                             "expression_vote": DEFAULT_EXPRESSION_VOTE})
+
+    def _expression_vote(self) -> float:
+        """The weight of the expression space's second opinion the confidence was calibrated with (0: none)."""
+        return float(self._mapping_config().get("expression_vote", 0.0))
 
     def _require_reference(self) -> None:
         if getattr(self, "reference", None) is None:
@@ -162,34 +176,41 @@ class MappingMixin:
         return self.reference.embedding
 
     def _reference_expression(self) -> np.ndarray | None:
-        """The reference cells in its expression space: kept from training, else projected from the
-        reference AnnData with the stored loadings; ``None`` without either (e.g. a backed reference)."""
+        """The reference cells in its expression space (``reference.extra['expression']``, stored at
+        training), else projected from the reference AnnData with the stored loadings and stored;
+        ``None`` without either (e.g. a backed reference)."""
         from ..data.positives import project_expression
 
-        cached = getattr(self, "_expression_cache", None)
-        if cached is not None and len(cached) == len(self.reference.embedding):
-            return cached
+        stored = self.reference.extra.get(EXPRESSION_EXTRA)
+        if stored is not None and len(stored) == len(self.reference.embedding):
+            return np.asarray(stored, dtype=np.float32)
         loadings = self.reference.extra.get(EXPRESSION_LOADINGS_EXTRA)
         adata = getattr(self, "adata", None)
-        if loadings is None or adata is None:
+        if loadings is None or adata is None or adata.n_obs != len(self.reference.embedding):
             return None
-        self._expression_cache = project_expression(self._prepare(adata, what="the reference").cells,
-                                                    np.asarray(loadings, dtype=np.float32))
-        return self._expression_cache
+        coords = project_expression(self._prepare(adata, what="the reference").cells,
+                                    np.asarray(loadings, dtype=np.float32))
+        self.reference.extra[EXPRESSION_EXTRA] = coords
+        return coords
 
-    def _query_expression_features(self, cells: Any, k: int, seed: int) -> dict[str, np.ndarray]:
-        """The query's expression features for the confidence (:func:`expression_features`)."""
+    def _query_expression(self, cells: Any) -> np.ndarray:
+        """The query cells in the reference's expression space (the stored loadings)."""
         from ..data.positives import project_expression
 
         loadings = self.reference.extra.get(EXPRESSION_LOADINGS_EXTRA)
+        if loadings is None:
+            raise InputError("The mapping uses the reference's expression space but the model has none stored; "
+                             "re-run `model.prepare_mapping(overwrite=True)` with the reference attached.")
+        return project_expression(cells, np.asarray(loadings, dtype=np.float32))
+
+    def _query_expression_features(self, query: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
+        """The query's expression features for the confidence (:func:`expression_features`)."""
         sample = self.reference.extra.get(EXPRESSION_SAMPLE_EXTRA)
-        if loadings is None or sample is None:
+        if sample is None:
             raise InputError("The confidence model uses expression features but the model has no expression space "
                              "stored; re-run `model.prepare_mapping(overwrite=True)` with the reference attached.")
-        query = project_expression(cells, np.asarray(loadings, dtype=np.float32))
         features = expression_features(query, np.asarray(sample, dtype=np.float32), k=k, seed=seed)
-        # relative to the query's median cell, as calibrated (the expression space keeps batch effects)
-        return {name: v - float(np.median(v)) for name, v in features.items()}
+        return centred_on(features, expression_centres(features))  # relative to the query's median, as calibrated
 
     def _rna_only_reference(self, adata: ad.AnnData | None, batch_size: int, device: str) -> bool:
         """Embed the reference from RNA alone (AdaBN per source) for RNA-only queries; ``False`` if impossible."""
@@ -233,7 +254,7 @@ class MappingMixin:
                 result = calibrate_confidence(self._space_embedding(space), self.reference.labels[key],
                                               len(self.setup.labels[key]), k=k, max_cells=n_cells, seed=seed,
                                               pseudo_query=self.reference.extra.get("calibration_rows"),
-                                              expression=expression)
+                                              expression=expression, expression_vote=self._expression_vote())
                 entry = result.model.to_dict()
             except InputError as exc:  # e.g. a single labeled type: fall back to the vote share
                 log.warning("confidence for %r not calibrated (%s); using the vote share", key, exc)
@@ -245,13 +266,15 @@ class MappingMixin:
     def prepare_mapping(self, adata: ad.AnnData | None = None, k: int = 5, umap: bool = True,
                         calibration_cells: int = 5_000, umap_neighbors: int = 15, umap_min_dist: float = 0.3,
                         seed: int | None = None, batch_size: int = 1024, device: str = "auto",
-                        overwrite: bool = False) -> dict:
+                        overwrite: bool = False, expression_vote: float = DEFAULT_EXPRESSION_VOTE) -> dict:
         """Compute and store what query mapping needs of the reference (call once after training).
 
         * per label key, a confidence model calibrated by leave-one-type-out on the
           reference and its default unknown threshold (``extra_config['mapping']``);
         * the reference UMAP (``reference.extra['umap']``), on which queries are placed;
         * from 100k reference cells, the IVF index's centroids (``reference.extra['ivf_centroids.<space>']``);
+        * the weight of the expression space's second opinion (``expression_vote``), with which the
+          confidence is calibrated;
         * for RNA + protein models, the RNA-only reference embedding
           (``reference.extra['embedding_rna']``; needs the reference AnnData:
           ``adata`` or the one the model was trained on).
@@ -274,6 +297,14 @@ class MappingMixin:
             For embedding the reference from RNA alone.
         overwrite
             Recompute what is already stored.
+        expression_vote
+            Weight of a second opinion on contested labels: each query cell whose two best labels'
+            vote shares differ by less than this weight also gets the vote of its ``k`` nearest
+            reference cells in the reference's expression space (a truncated SVD of its normalized
+            expression, not shaped by the labels), added to its vote shares at this weight
+            (:func:`~scconcerto.tools.label_transfer.blend_votes`). ``0`` turns it off; models
+            without an expression space (read from disk) have none. Changing it needs ``overwrite``
+            (the confidence is calibrated with it).
 
         Returns
         -------
@@ -282,7 +313,14 @@ class MappingMixin:
         """
         self._require_reference()
         seed = self.seed if seed is None else seed
+        if not 0.0 <= expression_vote <= 10.0:
+            raise InputError(f"expression_vote must lie in [0, 10] (a weight on vote shares), got {expression_vote}.")
         cfg = self._mapping_config()
+        if overwrite or not cfg["confidence"]:
+            cfg["expression_vote"] = float(expression_vote)
+        elif self._expression_vote() != expression_vote:
+            log.warning("Kept expression_vote=%s: the stored confidence was calibrated with it. Pass "
+                        "overwrite=True to calibrate again with %s.", self._expression_vote(), expression_vote)
         if overwrite:
             cfg["confidence"] = {}
             self.reference.extra.pop(UMAP_EXTRA, None)
@@ -303,6 +341,9 @@ class MappingMixin:
             # computed on the first CPU mapping instead)
             if len(self.reference.embedding) >= APPROXIMATE_MIN_REFERENCE and not gpu_search_active():
                 self._reference_index(space, self._space_embedding(space), "ivf", seed)
+        expression = self._reference_expression() if self._expression_vote() > 0 else None
+        if expression is not None and len(expression) >= APPROXIMATE_MIN_REFERENCE and not gpu_search_active():
+            self._reference_index(EXPRESSION_EXTRA, expression, "ivf", seed)
         if umap:
             self.reference_umap(umap_neighbors, umap_min_dist, seed)
         return cfg
@@ -386,7 +427,8 @@ class MappingMixin:
         return net
 
     def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int) -> Any:
-        """The faiss index over the reference embedding, built once and kept in memory for the next maps.
+        """The faiss index over the reference cells in ``space`` (an embedding, or the expression space),
+        built once and kept in memory for the next maps.
 
         An IVF index's k-means centroids are kept in ``reference.extra['ivf_centroids.<space>']`` (saved
         with the model), so another process rebuilds it by assigning the cells to them: on a 1M-cell
@@ -394,8 +436,9 @@ class MappingMixin:
         """
         if gpu_search_active():  # exact search of the array on the GPU: no index to build
             return ref_emb
-        cached = _INDEX_CACHE.get(self)
-        if cached is not None and cached[0] == (space, kind, seed) and cached[1] is ref_emb:
+        cache = _INDEX_CACHE.setdefault(self, {})
+        cached = cache.get(space)
+        if cached is not None and cached[0] == (kind, seed) and cached[1] is ref_emb:
             return cached[2]
         stored = f"{IVF_CENTROIDS_EXTRA}.{space}"
         centroids = self.reference.extra.get(stored) if kind == "ivf" else None
@@ -404,7 +447,7 @@ class MappingMixin:
         index = build_index(ref_emb, kind=kind, seed=seed, centroids=centroids)
         if kind == "ivf" and centroids is None:  # saved with the model: later processes skip the k-means
             self.reference.extra[stored] = ivf_centroids(index)
-        _INDEX_CACHE[self] = ((space, kind, seed), ref_emb, index)
+        cache[space] = ((kind, seed), ref_emb, index)
         return index
 
     def _embed_query(self, adata: ad.AnnData, batch_key: str | None, use_protein: bool | str,
@@ -628,9 +671,9 @@ class MappingMixin:
 
         # -- labels, confidence, unknowns
         t0 = time.perf_counter()
-        predictions, thresholds, calib = self._transfer_labels(
+        predictions, thresholds, calib, second = self._transfer_labels(
             adata, embedding, ref_emb, neighbors, level_keys, space, k_eff, unknown_threshold, reject, seed,
-            prepared.cells)
+            prepared.cells, index)
         timings["labels"] = time.perf_counter() - t0
         adata.obsm["X_concerto"] = embedding
 
@@ -666,24 +709,66 @@ class MappingMixin:
             info["adabn"] = {"balanced": True, **shift_info["label_shift"]} if shift_info else {"balanced": False}
         if calib:
             info["calibration"] = calib
+        if second:
+            info["expression_vote"] = second
         adata.uns[MAPPING_UNS] = info
         return MappingResult(embedding=embedding, predictions=predictions, protein_imputed=imputed, umap=coords,
                              neighbors=neighbors, info=info)
 
+    def _second_opinion(self, transfers: dict[str, LabelTransfer], query_expression: Any, k: int, seed: int,
+                        index: str) -> tuple[dict[str, LabelTransfer], dict[str, Any]]:
+        """Blend the expression space's vote into the contested votes of ``transfers`` (per label key).
+
+        The query cells contested under any key are searched once among the reference cells in
+        the expression space; each key then blends the vote of those neighbours into its
+        contested cells (:func:`~scconcerto.tools.label_transfer.blend_votes`).
+        ``query_expression()`` gives the query cells in that space (projected once per mapping).
+        """
+        weight = self._expression_vote()
+        coords = self._reference_expression() if weight > 0 and transfers else None
+        if coords is None:
+            return transfers, {}
+        contested = {key: contested_rows(tr, weight) for key, tr in transfers.items()}
+        union = np.unique(np.concatenate(list(contested.values())))
+        info: dict[str, Any] = {"weight": weight, "contested_cells": int(len(union)), "changed": {}}
+        if not len(union):
+            return transfers, info
+        kind = "flat" if gpu_search_active() else index_kind(len(coords), len(union), index)
+        found = knn(query_expression()[union], self._reference_index(EXPRESSION_EXTRA, coords, kind, seed),
+                    k=int(min(k, len(coords))))
+        out = {}
+        for key, tr in transfers.items():
+            at = np.searchsorted(union, contested[key])
+            nb = NeighborsResults(indices=found.indices[at], similarities=found.similarities[at])
+            second = vote(nb, self.reference.labels[key], len(self.setup.labels[key]))
+            out[key] = blend_votes(tr, contested[key], second, weight)
+            info["changed"][key] = int((out[key].codes != tr.codes).sum())
+        return out, info
+
     def _transfer_labels(self, adata: ad.AnnData, embedding: np.ndarray, ref_emb: np.ndarray,
                          neighbors: NeighborsResults, level_keys: list[str], space: str, k: int,
                          unknown_threshold: float | dict[str, float] | None, reject: bool, seed: int,
-                         cells: Any) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict]]:
+                         cells: Any, index: str = "auto"
+                         ) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict], dict[str, Any]]:
         keys = list(self.setup.labels)
-        results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {}
+        projected: list[np.ndarray] = []
+
+        def query_expression() -> np.ndarray:  # projected once, for the second opinion and the confidence
+            if not projected:
+                projected.append(self._query_expression(cells))
+            return projected[0]
+
+        # flat votes (and the first level of a hierarchy), with the expression space's second opinion
+        flat = [key for key in keys if key not in level_keys[1:]]
+        transfers = {key: vote(neighbors, self.reference.labels[key], len(self.setup.labels[key])) for key in flat}
+        transfers, second = self._second_opinion(transfers, query_expression, k, seed, index)
+        results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {key: (neighbors, transfers[key])
+                                                                      for key in flat}
         if level_keys:
             levels = hierarchical_transfer(embedding, ref_emb, [self.reference.labels[key] for key in level_keys],
                                            [len(self.setup.labels[key]) for key in level_keys], k=k,
-                                           first_neighbors=neighbors)
+                                           first_neighbors=neighbors, first_transfer=transfers[level_keys[0]])
             results.update(dict(zip(level_keys, levels)))
-        for key in keys:
-            if key not in results:
-                results[key] = (neighbors, vote(neighbors, self.reference.labels[key], len(self.setup.labels[key])))
         ratio = density_ratio(embedding, ref_emb, k=k, seed=seed) if len(embedding) >= MIN_QUERY_CELLS else None
 
         predictions, thresholds, calib = {}, {}, {}
@@ -696,7 +781,7 @@ class MappingMixin:
             model = self._confidence_model(space, key, k)
             if model is not None and model.uses_expression and ratio is not None:
                 if expression is None:  # once for all keys (small queries use the model without them)
-                    expression = self._query_expression_features(cells, k, seed)
+                    expression = self._query_expression_features(query_expression(), k, seed)
                 features.update(expression)
             if model is not None:
                 confidence = model.confidence(features)
@@ -724,7 +809,7 @@ class MappingMixin:
             thresholds[key] = round(threshold, 6)
             predictions[key] = pd.DataFrame({"pred": pred, "confidence": confidence, "unknown": unknown},
                                             index=adata.obs_names.copy())
-        return predictions, thresholds, calib
+        return predictions, thresholds, calib, second
 
 
 def _nearest(neighbors: NeighborsResults, k: int) -> NeighborsResults:

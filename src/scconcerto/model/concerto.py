@@ -23,7 +23,7 @@ from ..tools.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
 from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
-from ._mapping import EXPRESSION_LOADINGS_EXTRA, MappingMixin
+from ._mapping import EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA, MappingMixin
 from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
@@ -197,9 +197,11 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def _fit_expression_space(self, prepared: PreparedCells, seed: int) -> None:
         """The reference in a truncated-SVD space of its expression (in-memory references).
 
-        The neighbour positives are searched there; its loadings are saved with the
-        model (``reference.extra['expression_loadings']``) for the mapping confidence's
-        expression features (:func:`~scconcerto.tools.confidence.expression_features`).
+        The neighbour positives are searched there; its loadings and the reference cells'
+        coordinates are saved with the model (``reference.extra['expression_loadings']``,
+        ``reference.extra['expression']``) for the mapping's second opinion on contested
+        labels and its confidence's expression features
+        (:func:`~scconcerto.tools.confidence.expression_features`).
         """
         from ..data.positives import expression_space
 
@@ -243,8 +245,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                                         protein=prepared.cells.protein)
         if calibration_rows is not None:
             self.reference.extra[CALIBRATION_EXTRA] = calibration_rows.astype(np.int64)
-        if getattr(self, "_expression_loadings", None) is not None:
+        if getattr(self, "_expression_loadings", None) is not None:  # kept with the reference, saved with the model
             self.reference.extra[EXPRESSION_LOADINGS_EXTRA] = self._expression_loadings
+            self.reference.extra[EXPRESSION_EXTRA] = self._expression_cache
+        self._expression_cache = self._expression_loadings = None
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,

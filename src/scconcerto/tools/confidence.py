@@ -33,6 +33,12 @@ seen-vs-unseen AUROC 0.786 -> 0.969 (benchmark task ``unseen_type``); PBMC
 without B cells 0.995 -> 0.997, without CD8 T cells 0.813 -> 0.785
 (``benchmarks/mapping.py --only unseen``).
 
+**Second opinion.** When mapping blends the expression space's vote into
+contested votes (:func:`~scconcerto.tools.label_transfer.blend_votes`), the
+calibration does the same for its pseudo-query cells (searched among the
+pseudo-reference, or the pseudo-reference without their type, in that space),
+so the vote share and winner the confidence models see are those of mapping.
+
 A query too small to have neighbours of its own (fewer than
 :data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
 default *unknown* threshold is the confidence below which 5 % of the
@@ -49,12 +55,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import InputError
-from .label_transfer import LabelTransfer, vote
+from .label_transfer import LabelTransfer, blend_votes, contested_rows, vote
 from .neighbors import NeighborsResults, exact_search, knn, l2_normalize
 
 __all__ = ["CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult",
-           "ConfidenceModel", "LogisticScore", "calibrate_confidence", "density_ratio", "expression_features",
-           "neighborhood_features"]
+           "ConfidenceModel", "LogisticScore", "calibrate_confidence", "centred_on", "density_ratio",
+           "expression_centres", "expression_features", "neighborhood_features"]
 
 NEIGHBORHOOD_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
 CORRECTNESS_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
@@ -173,6 +179,17 @@ def expression_features(query: np.ndarray, reference: np.ndarray, k: int = 5, se
     ratio, similarity = density_ratio(query, reference, query_pool, k=k, max_cells=max_cells, seed=seed,
                                       query_rows_in_pool=query_rows_in_pool, return_similarity=True)
     return {"expression_similarity": similarity.astype(np.float64), "log_expression_density_ratio": ratio}
+
+
+def expression_centres(features: dict[str, np.ndarray]) -> dict[str, float]:
+    """The query's median of each expression feature: both are read relative to the query's typical cell,
+    since the expression space keeps batch effects (a query from another technology is not less "seen")."""
+    return {name: float(np.median(features[name])) for name in EXPRESSION_FEATURES}
+
+
+def centred_on(features: dict[str, np.ndarray], centres: dict[str, float]) -> dict[str, np.ndarray]:
+    """``features`` with ``centres`` (:func:`expression_centres`) subtracted from the features they name."""
+    return {name: v - centres[name] if name in centres else v for name, v in features.items()}
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -322,7 +339,7 @@ def _weighted_auroc(score: np.ndarray, positive: np.ndarray, weight: np.ndarray 
 def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: int, k: int = 5,
                          max_cells: int = 5_000, min_type_cells: int = 3, false_rejection_rate: float = 0.05,
                          seed: int = 0, pseudo_query: np.ndarray | None = None,
-                         expression: np.ndarray | None = None) -> CalibrationResult:
+                         expression: np.ndarray | None = None, expression_vote: float = 0.0) -> CalibrationResult:
     """Fit the confidence model on a reference (see the module docstring).
 
     Parameters
@@ -352,6 +369,9 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     expression
         ``(n_ref, c)`` the reference cells in its expression space (L2-normalized
         rows); the novelty models then use :data:`EXPRESSION_FEATURES` too.
+    expression_vote
+        Weight of the expression space's second opinion on contested votes
+        (:func:`~scconcerto.tools.label_transfer.blend_votes`), as mapping will use it; ``0``: none.
 
     Returns
     -------
@@ -378,10 +398,25 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     pseudo_ref = np.flatnonzero(is_pseudo_ref)
     k_eff = int(min(k, len(pseudo_ref) - 1))
     q_codes = codes[pseudo_query]
+    # the labels of the cells searched: rare labels are scaled by their pseudo-reference counts, as a
+    # reference of that size would be at mapping
+    voting = np.where(is_pseudo_ref, codes, -1)
+
+    def transfer(nb: NeighborsResults, query_rows: np.ndarray, base_rows: np.ndarray) -> LabelTransfer:
+        """The vote on ``nb``, with the expression space's second opinion as at mapping."""
+        tr = vote(nb, voting, n_classes)
+        if expression is None or expression_vote <= 0:
+            return tr
+        contested = contested_rows(tr, expression_vote)
+        if not len(contested):
+            return tr
+        second = vote(_search_within(expression, base_rows, expression[query_rows[contested]], k_eff), voting,
+                      n_classes)
+        return blend_votes(tr, contested, second, expression_vote)
 
     # seen: pseudo-query cells against the pseudo-reference
     nb = _search_within(emb, pseudo_ref, emb[pseudo_query], k_eff)
-    tr = vote(nb, codes, n_classes)
+    tr = transfer(nb, pseudo_query, pseudo_ref)
     seen = neighborhood_features(nb, tr, codes)
     seen["log_density_ratio"] = density_ratio(emb[pseudo_query], emb[pseudo_ref], k=k, seed=seed)
     if expression is not None:
@@ -398,7 +433,7 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         rows = np.flatnonzero(q_codes == t)
         ref_without_t = pseudo_ref[codes[pseudo_ref] != t]
         nb_t = _search_within(emb, ref_without_t, emb[pseudo_query[rows]], k_eff)
-        f = neighborhood_features(nb_t, vote(nb_t, codes, n_classes), codes)
+        f = neighborhood_features(nb_t, transfer(nb_t, pseudo_query[rows], ref_without_t), codes)
         f["log_density_ratio"] = density_ratio(emb[pseudo_query[rows]], emb[ref_without_t], emb[pseudo_query], k=k,
                                                seed=seed, query_rows_in_pool=rows)
         if expression is not None:
@@ -407,10 +442,9 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         f["weight"] = np.full(len(rows), 1.0 / (len(types) * len(rows)))
         parts.append(f)
     if expression is not None:  # relative to the (pseudo-)query's typical cell, as at mapping
-        centres = {name: float(np.median(seen[name])) for name in EXPRESSION_FEATURES}
-        for features in (seen, *parts):
-            for name, c in centres.items():
-                features[name] = features[name] - c
+        centres = expression_centres(seen)
+        seen = centred_on(seen, centres)
+        parts = [centred_on(p, centres) for p in parts]
     unseen = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     w_unseen = unseen.pop("weight")
     n_seen = len(seen_correct)

@@ -64,8 +64,8 @@ def knn_within_groups(query: np.ndarray, reference: np.ndarray, query_group: np.
 
 def hierarchical_transfer(query: np.ndarray, reference: np.ndarray, level_codes: Sequence[np.ndarray],
                           n_classes: Sequence[int], k: int = 5,
-                          first_neighbors: NeighborsResults | None = None
-                          ) -> list[tuple[NeighborsResults, LabelTransfer]]:
+                          first_neighbors: NeighborsResults | None = None,
+                          first_transfer: LabelTransfer | None = None) -> list[tuple[NeighborsResults, LabelTransfer]]:
     """Transfer labels level by level, each level within the predicted label of the one above.
 
     Parameters
@@ -80,6 +80,8 @@ def hierarchical_transfer(query: np.ndarray, reference: np.ndarray, level_codes:
         Neighbours per query cell.
     first_neighbors
         Level-1 neighbours over the whole reference, if already searched (e.g. with an approximate index).
+    first_transfer
+        Level-1 labels, if already voted (e.g. with a second opinion): they choose the level-2 parents.
 
     Returns
     -------
@@ -91,7 +93,9 @@ def hierarchical_transfer(query: np.ndarray, reference: np.ndarray, level_codes:
     if first_neighbors is None:
         first_neighbors = knn_within_groups(query, reference, np.zeros(len(query), np.int64),
                                             np.zeros(len(reference), np.int64), k)
-    out = [(first_neighbors, vote(first_neighbors, level_codes[0], n_classes[0]))]
+    if first_transfer is None:
+        first_transfer = vote(first_neighbors, level_codes[0], n_classes[0])
+    out = [(first_neighbors, first_transfer)]
     for codes, n in zip(level_codes[1:], n_classes[1:]):
         parent_pred = out[-1][1].codes
         parent_ref = np.asarray(level_codes[len(out) - 1])

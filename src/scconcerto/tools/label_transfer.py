@@ -1,4 +1,5 @@
-"""k-NN label transfer from reference to query embeddings (similarity-weighted votes)."""
+"""k-NN label transfer from reference to query embeddings (similarity-weighted votes), and the blend of
+a second vote (e.g. of the neighbours in another space) into the contested ones."""
 
 from __future__ import annotations
 
@@ -50,3 +51,42 @@ def vote(neighbors: NeighborsResults, reference_codes: np.ndarray, n_classes: in
     conf = np.divide(votes[np.arange(n_query), best], total, out=np.zeros(n_query), where=total > 0)
     return LabelTransfer(codes=best.astype(np.int64), confidence=conf.astype(np.float32),
                          votes=votes.astype(np.float32))
+
+
+def contested_rows(transfer: LabelTransfer, weight: float) -> np.ndarray:
+    """Rows whose vote a second opinion of weight ``weight`` could overturn.
+
+    A second opinion adds at most ``weight`` to a label's share of the vote
+    (shares sum to 1), so only cells whose two best labels' shares differ by less
+    than ``weight`` (or that got no vote) can change label.
+    """
+    shares = _shares(transfer.votes)
+    if shares.shape[1] < 2:
+        return np.flatnonzero(shares.sum(axis=1) <= 0)
+    top_two = np.partition(shares, shares.shape[1] - 2, axis=1)[:, -2:]
+    return np.flatnonzero((top_two[:, 1] - top_two[:, 0] < weight) | (shares.sum(axis=1) <= 0))
+
+
+def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer, weight: float) -> LabelTransfer:
+    """``transfer``'s vote shares plus ``weight`` times ``other``'s for the cells ``rows``.
+
+    ``other`` holds one row per entry of ``rows`` (a second vote, e.g. of the
+    cells' neighbours in another space). The result's votes are shares (the
+    other cells keep their own, unchanged), its confidence the winner's share of
+    the blended vote.
+    """
+    shares = _shares(transfer.votes)
+    if len(rows):
+        shares[rows] += weight * _shares(other.votes)
+    total = shares.sum(axis=1)
+    best = shares.argmax(axis=1)
+    conf = np.divide(shares[np.arange(len(shares)), best], total, out=np.zeros(len(shares)), where=total > 0)
+    return LabelTransfer(codes=best.astype(np.int64), confidence=conf.astype(np.float32),
+                         votes=shares.astype(np.float32))
+
+
+def _shares(votes: np.ndarray) -> np.ndarray:
+    """Each row of ``votes`` divided by its sum (rows without votes stay zero), float64."""
+    votes = np.asarray(votes, dtype=np.float64)
+    total = votes.sum(axis=1, keepdims=True)
+    return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)

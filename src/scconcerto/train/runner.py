@@ -200,8 +200,11 @@ def _row_blocks(n_cells: int, rows: np.ndarray | None, batch_size: int) -> Itera
     yield from np.array_split(rows, -(-rows.size // batch_size))  # near-equal batches, no tiny remainder
 
 
-def _batches(cells: CellMatrix, rows: np.ndarray | None, batch_size: int) -> Iterator[tuple[np.ndarray, CellBatch]]:
-    """``(rows, batch)`` in row order, the next one built in a background thread."""
+def _batches(cells: CellMatrix, rows: np.ndarray | None, batch_size: int,
+             device: torch.device) -> Iterator[tuple[np.ndarray, CellBatch]]:
+    """``(rows, batch)`` of inference in row order, the next one built in a background thread; batches of
+    at least ``GPU_INFERENCE_BATCH`` cells on a GPU (:func:`inference_batch_size`)."""
+    batch_size = inference_batch_size(batch_size, device)
 
     def build() -> Iterator[tuple[np.ndarray, CellBatch]]:
         for i, r in enumerate(_row_blocks(cells.n_cells, rows, batch_size)):
@@ -236,7 +239,6 @@ def iter_embeddings(network: ConcertoNetwork, cells: CellMatrix, batch_size: int
     the results do not depend on the batch size).
     """
     dev = resolve_device(device)
-    batch_size = inference_batch_size(batch_size, dev)
     with CpuThreads() if dev.type == "cpu" else nullcontext():
         net = network
         if adapt_domains:
@@ -244,7 +246,7 @@ def iter_embeddings(network: ConcertoNetwork, cells: CellMatrix, batch_size: int
             estimate_teacher_statistics(net, cells, adapt_domains, batch_size, dev)
         net = net.to(dev).eval()
         try:
-            for rows, batch in _batches(cells, None, batch_size):
+            for rows, batch in _batches(cells, None, batch_size, dev):
                 yield rows, net.embed(batch.to(dev)).float().cpu().numpy()
         finally:
             network.cpu()
@@ -267,7 +269,7 @@ def estimate_teacher_statistics(network: ConcertoNetwork, cells: CellMatrix, dom
     rows = None if bool(in_new.all()) else np.flatnonzero(in_new)
     norm = network.teacher_tail.norm
     norm.start_adapting(new)
-    for _, batch in _batches(cells, rows, batch_size):
+    for _, batch in _batches(cells, rows, batch_size, device):
         batch = batch.to(device)
         hidden, _ = network.teacher_hidden(batch.teacher)
         norm(hidden, batch.domains)  # adds the batch to its sources' sums
@@ -281,13 +283,12 @@ def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.
     ``rows`` in increasing order."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     dev = resolve_device(device)
-    batch_size = inference_batch_size(batch_size, dev)
     out = np.empty((len(rows), network.teacher_tail.norm.num_features), dtype=np.float32)
     net = network.to(dev).eval()
     pos = 0
     try:
         with CpuThreads() if dev.type == "cpu" else nullcontext():
-            for r, batch in _batches(cells, rows, batch_size):
+            for r, batch in _batches(cells, rows, batch_size, dev):
                 hidden, _ = net.teacher_hidden(batch.to(dev).teacher)
                 out[pos:pos + len(r)] = hidden.float().cpu().numpy()
                 pos += len(r)
@@ -351,7 +352,7 @@ def adapt_batch_norm(network: ConcertoNetwork, cells: CellMatrix, domains: list[
     net = net.to(dev).eval()
     rows = np.flatnonzero(np.isin(cells.domains, new))
     with CpuThreads() if dev.type == "cpu" else nullcontext():
-        for _, batch in _batches(cells, rows, batch_size):
+        for _, batch in _batches(cells, rows, batch_size, dev):
             batch = batch.to(dev)
             net.teacher(batch)
             net.student(batch)

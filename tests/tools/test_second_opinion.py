@@ -1,0 +1,77 @@
+"""The expression space's second opinion on contested votes: which cells, how blended, calibrated alike."""
+
+import numpy as np
+import pytest
+
+from scconcerto.tools import LabelTransfer, NeighborsResults, blend_votes, contested_rows, l2_normalize, vote
+from scconcerto.tools.confidence import calibrate_confidence
+
+
+def transfer_of(votes) -> LabelTransfer:
+    votes = np.asarray(votes, dtype=np.float32)
+    total = votes.sum(axis=1)
+    best = votes.argmax(axis=1)
+    conf = np.divide(votes[np.arange(len(votes)), best], total, out=np.zeros(len(votes)), where=total > 0)
+    return LabelTransfer(codes=best, confidence=conf.astype(np.float32), votes=votes)
+
+
+def test_contested_cells_are_those_a_second_opinion_could_overturn():
+    tr = transfer_of([[3.0, 2.0, 0.0],   # shares 0.6 / 0.4: margin 0.2
+                      [9.0, 1.0, 0.0],   # margin 0.8
+                      [0.0, 0.0, 0.0],   # no vote at all
+                      [1.0, 1.0, 2.0]])  # 0.5 / 0.25: margin 0.25
+    np.testing.assert_array_equal(contested_rows(tr, 0.5), [0, 2, 3])
+    np.testing.assert_array_equal(contested_rows(tr, 0.21), [0, 2])
+    np.testing.assert_array_equal(contested_rows(transfer_of([[1.0], [0.0]]), 0.5), [1])  # one label: no contest
+
+
+def test_blend_by_hand_and_only_contested_cells_change():
+    tr = transfer_of([[3.0, 2.0], [9.0, 1.0]])
+    second = transfer_of([[0.0, 4.0]])  # the expression space's vote of cell 0 only
+    out = blend_votes(tr, np.array([0]), second, 0.5)
+    # cell 0: 0.6 / 0.4 + 0.5 x (0 / 1) = 0.6 / 0.9 -> label 1, share 0.9 / 1.5; cell 1 keeps its vote
+    np.testing.assert_array_equal(out.codes, [1, 0])
+    np.testing.assert_allclose(out.confidence, [0.6, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(out.votes, [[0.6, 0.9], [0.9, 0.1]], rtol=1e-6)
+
+
+def test_asking_only_contested_cells_gives_the_labels_of_asking_all():
+    rng = np.random.default_rng(0)
+    for weight in (0.3, 0.5, 1.0):
+        tr = transfer_of(rng.gamma(0.5, size=(2000, 6)) * (rng.random((2000, 1)) > 0.05))
+        other = transfer_of(rng.gamma(0.5, size=(2000, 6)))
+        everyone = blend_votes(tr, np.arange(2000), other, weight)
+        rows = contested_rows(tr, weight)
+        asked = blend_votes(tr, rows, transfer_of(other.votes[rows]), weight)
+        assert 0 < len(rows) and (weight > 0.3 or len(rows) < 2000)
+        np.testing.assert_array_equal(asked.codes, everyone.codes)
+
+
+def test_calibration_is_unchanged_by_a_second_opinion_that_agrees():
+    """With the expression space equal to the embedding, the second opinion repeats the vote:
+    blended shares order the labels as before, so the fitted confidence is the same."""
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((4, 12))
+    codes = np.repeat(np.arange(4), [120, 100, 80, 60])
+    emb = l2_normalize(centers[codes] + 0.6 * rng.standard_normal((len(codes), 12)))
+    plain = calibrate_confidence(emb, codes, 4, k=5, seed=0, expression=emb).model
+    asked = calibrate_confidence(emb, codes, 4, k=5, seed=0, expression=emb, expression_vote=0.5).model
+    assert plain.report["seen_accuracy"] < 1.0  # some votes are contested
+    assert asked.report["seen_accuracy"] == plain.report["seen_accuracy"]
+    np.testing.assert_allclose(asked.correctness.coef, plain.correctness.coef, rtol=1e-6)
+    np.testing.assert_allclose(asked.novelty.coef, plain.novelty.coef, rtol=1e-6)
+    assert asked.threshold == pytest.approx(plain.threshold, rel=1e-6)
+
+
+def test_calibration_sees_the_second_opinion():
+    """An expression space that separates two types the embedding mixes raises the calibration's accuracy."""
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(3), [150, 150, 100])
+    emb_centers = rng.standard_normal((3, 12))
+    emb_centers[1] = emb_centers[0]  # types 0 and 1 share one place in the embedding
+    emb = l2_normalize(emb_centers[codes] + 0.5 * rng.standard_normal((len(codes), 12)))
+    expr = l2_normalize(rng.standard_normal((3, 20))[codes] + 0.3 * rng.standard_normal((len(codes), 20)))
+    plain = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr).model.report["seen_accuracy"]
+    asked = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr, expression_vote=0.5
+                                 ).model.report["seen_accuracy"]
+    assert plain < 0.7 and asked > plain + 0.15  # only cells with a vote margin below 0.5 are asked
