@@ -11,13 +11,13 @@ from scconcerto.train.plan import loader_workers, training_loader
 
 
 def test_workers_only_by_default_on_a_gpu(monkeypatch):
-    monkeypatch.setattr(plan, "cpu_count", lambda: 16)
+    monkeypatch.setattr(plan, "available_cpus", lambda: 16)
     assert loader_workers(TrainConfig(device="cpu")) == (0, False)
     assert loader_workers(TrainConfig(device="cuda")) == (4, True)
     assert loader_workers(TrainConfig(device="cuda"), processes=8) == (1, True)
     assert loader_workers(TrainConfig(device="cuda", num_workers=0)) == (0, False)
     assert loader_workers(TrainConfig(device="cpu", num_workers=2)) == (2, False)
-    monkeypatch.setattr(plan, "cpu_count", lambda: 1)
+    monkeypatch.setattr(plan, "available_cpus", lambda: 1)
     assert loader_workers(TrainConfig(device="cuda")) == (0, False)
 
 

@@ -22,6 +22,7 @@ and the loadings that project a query there).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 import weakref
@@ -753,12 +754,8 @@ class MappingMixin:
                          cells: Any, index: str = "auto"
                          ) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict], dict[str, Any]]:
         keys = list(self.setup.labels)
-        projected: list[np.ndarray] = []
-
-        def query_expression() -> np.ndarray:  # projected once, for the second opinion and the confidence
-            if not projected:
-                projected.append(self._query_expression(cells))
-            return projected[0]
+        # the query in the expression space: projected once, if the second opinion or the confidence asks
+        query_expression = functools.cache(lambda: self._query_expression(cells))
 
         # flat votes (and the first level of a hierarchy), with the expression space's second opinion
         flat = [key for key in keys if key not in level_keys[1:]]

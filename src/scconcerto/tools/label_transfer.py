@@ -46,11 +46,7 @@ def vote(neighbors: NeighborsResults, reference_codes: np.ndarray, n_classes: in
         labeled = reference_codes[reference_codes >= 0]
         counts = np.bincount(labeled, minlength=n_classes)[:n_classes]
         votes *= k / np.clip(np.minimum(counts, k), 1, None)
-    total = votes.sum(axis=1)
-    best = votes.argmax(axis=1)
-    conf = np.divide(votes[np.arange(n_query), best], total, out=np.zeros(n_query), where=total > 0)
-    return LabelTransfer(codes=best.astype(np.int64), confidence=conf.astype(np.float32),
-                         votes=votes.astype(np.float32))
+    return _winners(votes)
 
 
 def contested_rows(transfer: LabelTransfer, weight: float) -> np.ndarray:
@@ -78,11 +74,16 @@ def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer,
     shares = _shares(transfer.votes)
     if len(rows):
         shares[rows] += weight * _shares(other.votes)
-    total = shares.sum(axis=1)
-    best = shares.argmax(axis=1)
-    conf = np.divide(shares[np.arange(len(shares)), best], total, out=np.zeros(len(shares)), where=total > 0)
+    return _winners(shares)
+
+
+def _winners(votes: np.ndarray) -> LabelTransfer:
+    """Each row's best label and its share of the row's votes (0 without votes)."""
+    total = votes.sum(axis=1)
+    best = votes.argmax(axis=1)
+    conf = np.divide(votes[np.arange(len(votes)), best], total, out=np.zeros(len(votes)), where=total > 0)
     return LabelTransfer(codes=best.astype(np.int64), confidence=conf.astype(np.float32),
-                         votes=shares.astype(np.float32))
+                         votes=votes.astype(np.float32))
 
 
 def _shares(votes: np.ndarray) -> np.ndarray:

@@ -82,7 +82,7 @@ def loader_workers(config: TrainConfig, processes: int = 1) -> tuple[int, bool]:
         return int(config.num_workers), on_gpu and config.num_workers > 0
     if not on_gpu:
         return 0, False
-    workers = max(0, min(4, cpu_count() // max(1, processes) - 1))
+    workers = max(0, min(4, available_cpus() // max(1, processes) - 1))
     return workers, workers > 0
 
 
@@ -94,11 +94,6 @@ def batch_seed(seed: int, epoch: int, rows: torch.Tensor) -> int:
     """
     head = rows[:4].tolist() if rows.device.type == "cpu" else rows[:4].cpu().tolist()
     return int(np.random.default_rng([seed, epoch, *head, int(rows.shape[0])]).integers(2**63 - 1))
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on."""
-    return available_cpus()
 
 
 class CpuThreads:
@@ -119,7 +114,7 @@ class CpuThreads:
         if get_attention_backend() in ("auto", "fused") and fused_available():
             from ..nn import fused_attention
 
-            cpus = cpu_count()
+            cpus = available_cpus()
             self._saved = (torch.get_num_threads(), fused_attention.num_threads_setting())
             env = os.environ.get("SCCONCERTO_TORCH_THREADS")
             torch.set_num_threads(int(env) if env else max(1, cpus // self.processes // 8))

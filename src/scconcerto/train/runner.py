@@ -40,7 +40,6 @@ log = logging.getLogger("scconcerto")
 _ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}
 
 
-
 def _strategy(config: TrainConfig):  # noqa: ANN202 - a Lightning strategy or its name
     """Data-parallel runs use DDP without per-step buffer broadcasts (gloo on CPUs, NCCL on GPUs).
 
