@@ -47,15 +47,18 @@ def test_map_writes_the_annotated_query_and_never_touches_inputs(files, capsys):
     assert main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err and digest(out) == first
     assert main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(out), "--overwrite",
-                 "--unknown-threshold", "1", "--reject", "--no-umap", "--device", "cpu"]) == 0
+                 "--unknown-threshold", "1", "--reject", "--no-umap", "--device", "cpu", "--adjust-proportions"]) == 0
     again = ad.read_h5ad(out)
     assert again.obs["cell_type_unknown"].all() and set(again.obs["cell_type_pred"].astype(str)) == {"unknown"}
     assert "X_umap_ref" not in again.obsm
+    report = again.uns["scconcerto_mapping"]["label_proportions"]["cell_type"]  # lists survive the h5ad round trip
+    assert len(report["labels"]) == len(report["estimated"]) == len(report["reference"]) > 1
 
     plain = files / "plain.h5ad"
     assert main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(plain), "--no-label-shift",
                  "--device", "cpu"]) == 0
     assert not bool(ad.read_h5ad(plain).uns["scconcerto_mapping"]["adabn"]["balanced"])
+    assert "label_proportions" not in ad.read_h5ad(plain).uns["scconcerto_mapping"]
 
 
 def test_map_reports_bad_inputs_in_one_paragraph(files, capsys):

@@ -220,6 +220,40 @@ def test_no_second_opinion_when_off_or_calibrated_without_it(held_out, mapped):
     np.testing.assert_array_equal(again.obs["cell_type_pred"].astype(str).to_numpy(), plain)
 
 
+def test_votes_adjusted_to_the_query_proportions_on_request(held_out, mapped):
+    """With ``adjust_proportions`` the labels are the vote adjusted to the query's EM proportions (recomputed
+    here); the report names each label's estimated proportion (close to the query's predicted mix) and its
+    reference proportion. By default, and for queries under ``MIN_QUERY_CELLS`` cells, the vote is plain."""
+    from scconcerto.tools import adjust_to_proportions, blend_votes, contested_rows, knn, vote
+    from scconcerto.tools.confidence import MIN_QUERY_CELLS
+
+    model, plain, result = held_out[0], mapped[1], mapped[2]
+    assert "label_proportions" not in plain.uns["scconcerto_mapping"]
+    query = plain.copy()
+    model.map_query(query, device="cpu", place=False, adjust_proportions=True)
+    codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
+    first = vote(result.neighbors, codes, n)
+    rows = contested_rows(first, 0.5)
+    coords = model._query_expression(model._prepare(query, what="the query").cells)
+    blended = blend_votes(first, rows, vote(knn(coords[rows], model.reference.extra["expression"], k=5), codes, n),
+                          0.5)
+    adjusted, estimated = adjust_to_proportions(blended, np.bincount(codes[codes >= 0], minlength=n))
+    names = np.asarray(model.setup.labels["cell_type"])
+    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[adjusted.codes])
+    report = query.uns["scconcerto_mapping"]["label_proportions"]["cell_type"]
+    assert report["changed"] == int((adjusted.codes != blended.codes).sum())
+    assert report["labels"] == [t for t in names if t in report["labels"]]
+    pred = query.obs["cell_type_pred"].astype(str).to_numpy()
+    for name, share, reference in zip(report["labels"], report["estimated"], report["reference"]):
+        c = list(names).index(name)
+        assert share == pytest.approx(estimated[c], abs=1e-4)
+        assert share == pytest.approx(np.mean(pred == name), abs=0.05)
+        assert reference == pytest.approx(np.mean(codes[codes >= 0] == c), abs=1e-4)
+    small = plain[:MIN_QUERY_CELLS - 1].copy()
+    model.map_query(small, device="cpu", place=False, adjust_proportions=True)
+    assert "label_proportions" not in small.uns["scconcerto_mapping"]
+
+
 def test_a_reference_read_from_disk_maps_without_expression_features(tmp_path):
     from scconcerto.data.backed import read_backed
     from scconcerto.datasets import simulate_to_h5ad

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-label-shift", action="store_true",
                    help="plain AdaBN for unseen query sources, without balancing their statistics for the "
                         "predicted cell-type composition")
+    p.add_argument("--adjust-proportions", action="store_true",
+                   help="adjust the k-NN votes to the query's own label proportions (EM estimate), for a query "
+                        "whose cell-type mix differs strongly from the reference's")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the query must have (default: 0.5)")
     p.add_argument("--reference", default=None,
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                              levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,
                              index=args.index, impute_k=args.impute_k, place=not args.no_umap, min_overlap=args.min_overlap,
                              batch_size=args.batch_size or 1024, device=args.device, seed=args.seed,
-                             label_shift=not args.no_label_shift)
+                             label_shift=not args.no_label_shift, adjust_proportions=args.adjust_proportions)
     adata.uns["scconcerto_mapping"]["model"] = str(args.model)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     info = result.info

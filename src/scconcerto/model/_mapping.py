@@ -42,7 +42,7 @@ from ..tools.hierarchy import hierarchical_transfer
 from ..tools.imputation import impute_from_neighbors
 from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import balancing_weights, subsample_per_group, weighted_moments
-from ..tools.label_transfer import LabelTransfer, blend_votes, contested_rows, vote
+from ..tools.label_transfer import LabelTransfer, adjust_to_proportions, blend_votes, contested_rows, vote
 from ..tools.neighbors import (NeighborsResults, build_index, gpu_search_active, ivf_centroids, knn,
                                searches_on_its_device)
 from ..tools.placement import place_on_reference
@@ -565,7 +565,7 @@ class MappingMixin:
                   impute_k: int = DEFAULT_IMPUTE_K, place: bool = True,
                   min_overlap: float = DEFAULT_MIN_OVERLAP, batch_size: int = 1024, device: str = "auto",
                   seed: int | None = None, finetune_options: dict | None = None,
-                  label_shift: bool = True) -> MappingResult:
+                  label_shift: bool = True, adjust_proportions: bool = False) -> MappingResult:
         """Map query cells onto the reference and annotate ``adata`` in place.
 
         Writes ``obsm['X_concerto']`` (query embedding in the reference space);
@@ -632,6 +632,14 @@ class MappingMixin:
             some types than the reference keeps that biology. Needs a reference label key; not used
             with fine-tuning. Benchmark label-transfer splits: pancreas Xin query 0.948 -> 0.972 ACC,
             pbmcsca CEL-Seq2 0.957 -> 0.993. ``False``: plain AdaBN.
+        adjust_proportions
+            Adjust the flat label keys' votes (and the first level's) to the query's own label
+            proportions, estimated by EM
+            (:func:`~scconcerto.tools.label_transfer.adjust_to_proportions`; queries of at least
+            ``MIN_QUERY_CELLS`` cells), for a query whose cell-type mix differs strongly from the
+            reference's (sorted cells, a depleted type). Off by default: on the benchmark's
+            label-transfer splits it moved mean ACC / macro-F1 over 3 seeds by +0.002 / +0.003 only,
+            trading symphony 3pv1 accuracy for Kang's.
 
         Returns
         -------
@@ -674,9 +682,9 @@ class MappingMixin:
 
         # -- labels, confidence, unknowns
         t0 = time.perf_counter()
-        predictions, thresholds, calib, second = self._transfer_labels(
+        predictions, thresholds, calib, second, proportions = self._transfer_labels(
             adata, embedding, ref_emb, neighbors, level_keys, space, k_eff, unknown_threshold, reject, seed,
-            prepared.cells, index)
+            prepared.cells, index, adjust_proportions)
         timings["labels"] = time.perf_counter() - t0
         adata.obsm["X_concerto"] = embedding
 
@@ -714,6 +722,8 @@ class MappingMixin:
             info["calibration"] = calib
         if second:
             info["expression_vote"] = second
+        if proportions:
+            info["label_proportions"] = proportions
         adata.uns[MAPPING_UNS] = info
         return MappingResult(embedding=embedding, predictions=predictions, protein_imputed=imputed, umap=coords,
                              neighbors=neighbors, info=info)
@@ -748,11 +758,34 @@ class MappingMixin:
             info["changed"][key] = int((out[key].codes != tr.codes).sum())
         return out, info
 
+    def _to_query_proportions(self, transfers: dict[str, LabelTransfer]
+                              ) -> tuple[dict[str, LabelTransfer], dict[str, Any]]:
+        """Each key's votes adjusted to the query's label proportions (EM), and a report per key.
+
+        The report lists the labels above 0.1 % in the query or the reference, their estimated and
+        reference proportions, and how many cells changed label.
+        """
+        out, info = {}, {}
+        for key, tr in transfers.items():
+            codes = self.reference.labels[key]
+            counts = np.bincount(codes[codes >= 0], minlength=tr.votes.shape[1])[:tr.votes.shape[1]]
+            out[key], estimated = adjust_to_proportions(tr, counts)
+            names = list(self.setup.labels[key])
+            reference = counts / counts.sum()
+            shown = np.flatnonzero((estimated > 1e-3) | (reference > 1e-3))
+            # lists, not dicts keyed by label: label names may hold "/", which h5ad reads as a path
+            info[key] = {"labels": [str(names[c]) for c in shown],
+                         "estimated": np.round(estimated[shown], 4).tolist(),
+                         "reference": np.round(reference[shown], 4).tolist(),
+                         "changed": int((out[key].codes != tr.codes).sum())}
+        return out, info
+
     def _transfer_labels(self, adata: ad.AnnData, embedding: np.ndarray, ref_emb: np.ndarray,
                          neighbors: NeighborsResults, level_keys: list[str], space: str, k: int,
                          unknown_threshold: float | dict[str, float] | None, reject: bool, seed: int,
-                         cells: Any, index: str = "auto"
-                         ) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict], dict[str, Any]]:
+                         cells: Any, index: str = "auto", adjust_proportions: bool = False
+                         ) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict], dict[str, Any],
+                                    dict[str, Any]]:
         keys = list(self.setup.labels)
         # the query in the expression space: projected once, if the second opinion or the confidence asks
         query_expression = functools.cache(lambda: self._query_expression(cells))
@@ -761,6 +794,9 @@ class MappingMixin:
         flat = [key for key in keys if key not in level_keys[1:]]
         transfers = {key: vote(neighbors, self.reference.labels[key], len(self.setup.labels[key])) for key in flat}
         transfers, second = self._second_opinion(transfers, query_expression, k, seed, index)
+        proportions: dict[str, Any] = {}
+        if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
+            transfers, proportions = self._to_query_proportions(transfers)
         results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {key: (neighbors, transfers[key])
                                                                       for key in flat}
         if level_keys:
@@ -808,7 +844,7 @@ class MappingMixin:
             thresholds[key] = round(threshold, 6)
             predictions[key] = pd.DataFrame({"pred": pred, "confidence": confidence, "unknown": unknown},
                                             index=adata.obs_names.copy())
-        return predictions, thresholds, calib, second
+        return predictions, thresholds, calib, second, proportions
 
 
 def _nearest(neighbors: NeighborsResults, k: int) -> NeighborsResults:

@@ -1,5 +1,6 @@
-"""k-NN label transfer from reference to query embeddings (similarity-weighted votes), and the blend of
-a second vote (e.g. of the neighbours in another space) into the contested ones."""
+"""k-NN label transfer from reference to query embeddings (similarity-weighted votes), the blend of
+a second vote (e.g. of the neighbours in another space) into the contested ones, and the votes'
+adjustment to the query's own label proportions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .label_shift import SHARE_TEMPERATURE, query_proportions, reweighted, sharpened
 from .neighbors import NeighborsResults
 
 
@@ -75,6 +77,41 @@ def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer,
     if len(rows):
         shares[rows] += weight * _shares(other.votes)
     return _winners(shares)
+
+
+def adjust_to_proportions(transfer: LabelTransfer, reference_counts: np.ndarray,
+                          temperature: float = SHARE_TEMPERATURE) -> tuple[LabelTransfer, np.ndarray]:
+    """``transfer``'s vote shares adjusted to the query's label proportions, and those proportions.
+
+    The proportions are estimated by EM from the shares sharpened by ``temperature``
+    (:func:`~scconcerto.tools.label_shift.query_proportions`); each share is then multiplied
+    by ``(p_query / p_ref) ** (1 / temperature)``, which picks the same winner as the sharpened
+    posteriors times ``p_query / p_ref`` while keeping the share scale. A cell whose voters
+    all agree keeps its label.
+
+    Parameters
+    ----------
+    transfer
+        The vote (:func:`vote`, possibly blended).
+    reference_counts
+        ``(n_classes,)`` labeled reference cells per label.
+    temperature
+        Power that turns vote shares into posteriors for the EM.
+
+    Returns
+    -------
+    tuple
+        The adjusted :class:`LabelTransfer` (votes are shares) and the ``(n_classes,)`` estimated
+        query proportions.
+    """
+    counts = np.asarray(reference_counts, dtype=np.float64)
+    if counts.shape != (transfer.votes.shape[1],) or counts.sum() <= 0:
+        raise ValueError(f"reference_counts must hold one positive count per label "
+                         f"({transfer.votes.shape[1]}), got shape {counts.shape} summing to {counts.sum()}.")
+    reference = counts / counts.sum()
+    shares = _shares(transfer.votes)
+    proportions = query_proportions(sharpened(shares, temperature), reference)
+    return _winners(reweighted(shares, proportions, reference, power=1.0 / temperature)), proportions
 
 
 def _winners(votes: np.ndarray) -> LabelTransfer:
