@@ -97,7 +97,7 @@ def write_task(out_dir: Path, result: TaskResult) -> None:
     from scconcerto._io import write_atomic_file
 
     payload = {"task": result.task, "rows": result.rows, "skipped": result.skipped, "notes": result.notes,
-               "figures": result.figures, "extra_tables": result.extra_tables}
+               "figures": result.figures, "extra_tables": result.extra_tables, "seed": result.seed}
     write_atomic_file(out_dir / f"{result.task}.json",
                       lambda p: p.write_text(json.dumps(payload, indent=1, default=float)), overwrite=True)
     write_atomic_file(out_dir / f"{result.task}.md", lambda p: p.write_text(table(result)), overwrite=True)
@@ -118,4 +118,5 @@ def read_task(out_dir: Path, task: str) -> TaskResult | None:
         return None
     payload = json.loads(path.read_text())
     return TaskResult(payload["task"], payload.get("rows", []), payload.get("skipped", []),
-                      payload.get("figures", []), payload.get("notes", []), payload.get("extra_tables", []))
+                      payload.get("figures", []), payload.get("notes", []), payload.get("extra_tables", []),
+                      payload.get("seed"))

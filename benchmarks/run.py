@@ -162,6 +162,7 @@ def run_tasks(ctx: Context, tasks: list[str], threads: int | None = None) -> lis
         wall = time.perf_counter() - t0
         results[0].notes.append(f"task wall time {wall:.0f} s")
         for result in results:
+            result.seed = ctx.seed
             report.write_task(ctx.out_dir, result)
         log.info("%s done in %.0f s", task, wall)
         done.append((task, results, wall))

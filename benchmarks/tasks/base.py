@@ -63,6 +63,7 @@ class TaskResult:
     figures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra_tables: list[str] = field(default_factory=list)
+    seed: int | None = None
 
 
 def peak_rss_mb(children: bool = False) -> float:

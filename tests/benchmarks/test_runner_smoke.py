@@ -34,7 +34,7 @@ def smoke_out(tmp_path_factory) -> Path:
 def test_writes_every_task_and_summary(smoke_out: Path) -> None:
     for task in ("label_transfer", "unseen_type", "clustering", "imputation"):
         payload = json.loads((smoke_out / f"{task}.json").read_text())
-        assert payload["task"] == task
+        assert payload["task"] == task and payload["seed"] == 0
         assert {r["method"] for r in payload["rows"]} == {"scconcerto", "pca_knn"}
         assert not [r for r in payload["rows"] if "error" in r]
         assert (smoke_out / f"{task}.md").read_text().startswith(f"## {task}")
