@@ -176,27 +176,59 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     assert "expression_similarity" in novelty and "log_expression_density_ratio" in novelty
 
 
+def expected_labels(model, query, neighbors, weight: float, veto: bool = True, adjust: bool = False):
+    """The mapped labels recomputed by hand from the saved expression coordinates: the embedding vote,
+    the expression vote blended into contested cells, its veto where unanimous, the proportion adjustment.
+    Returns (names, first, blended, final) votes."""
+    from scconcerto.tools import adjust_to_proportions, blend_votes, contested_rows, knn, overrule, veto_rows, vote
+
+    codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
+    counts = np.bincount(codes[codes >= 0], minlength=n)
+    first = vote(neighbors, codes, n)
+    rows = contested_rows(first, weight)
+    coords = model._query_expression(model._prepare(query, what="the query").cells)
+    assert model.reference.extra["expression"].shape == (len(codes), coords.shape[1])
+    second = vote(knn(coords, model.reference.extra["expression"], k=5), codes, n)
+    blended = blend_votes(first, rows, vote(knn(coords[rows], model.reference.extra["expression"], k=5), codes, n),
+                          weight)
+    final = overrule(blended, veto_rows(blended, second, counts, 5), second) if veto else blended
+    if adjust:
+        final = adjust_to_proportions(final, counts)[0]
+    return np.asarray(model.setup.labels["cell_type"]), first, blended, final
+
+
 def test_contested_labels_get_the_expression_space_vote(held_out, mapped):
     """The predicted labels are the embedding vote blended, for contested cells, with the vote of the
     nearest reference cells in the expression space (recomputed here from the stored coordinates)."""
-    from scconcerto.tools import blend_votes, contested_rows, knn, vote
+    from scconcerto.tools import contested_rows
 
     assert mapped[1].uns["scconcerto_mapping"]["expression_vote"]["weight"] == 0.5  # the default
     model, query, result = copy.deepcopy(held_out[0]), mapped[1].copy(), mapped[2]
     model.prepare_mapping(umap=False, expression_vote=2.0, overwrite=True)  # above 1: every cell is contested
     model.map_query(query, place=False, device="cpu")
     info = query.uns["scconcerto_mapping"]["expression_vote"]
-    codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
-    first = vote(result.neighbors, codes, n)
-    rows = contested_rows(first, 2.0)
-    assert info["weight"] == 2.0 and info["contested_cells"] == len(rows) == query.n_obs
-    coords = model._query_expression(model._prepare(query, what="the query").cells)
-    assert model.reference.extra["expression"].shape == (len(codes), coords.shape[1])
-    second = vote(knn(coords[rows], model.reference.extra["expression"], k=5), codes, n)
-    blended = blend_votes(first, rows, second, 2.0)
-    expected = np.asarray(model.setup.labels["cell_type"])[blended.codes]
-    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), expected)
-    assert info["changed"]["cell_type"] == int((blended.codes != first.codes).sum()) > 0
+    names, first, blended, final = expected_labels(model, query, result.neighbors, 2.0)
+    assert info["weight"] == 2.0 and info["contested_cells"] == len(contested_rows(first, 2.0)) == query.n_obs
+    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
+    assert info["changed"]["cell_type"] == int((final.codes != first.codes).sum()) > 0
+    assert (blended.codes != first.codes).sum() > 0
+
+
+def test_a_unanimous_expression_vote_overrules_the_embedding(held_out, mapped):
+    """With the default weight, cells whose 5 expression-space neighbours all name another label than the
+    embedding's winner take that label (recomputed by hand); a model calibrated before the veto (mapping
+    config version 2) keeps the embedding's winner there."""
+    model, query, result = held_out[0], mapped[1], mapped[2]
+    info = query.uns["scconcerto_mapping"]["expression_vote"]
+    names, first, blended, final = expected_labels(model, query, result.neighbors, 0.5)
+    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
+    assert info["veto"] and info["vetoed"]["cell_type"] == int((final.codes != blended.codes).sum())
+    old = copy.deepcopy(model)
+    old.extra_config["mapping"].pop("expression_veto")
+    again = query.copy()
+    old.map_query(again, place=False, device="cpu")
+    np.testing.assert_array_equal(again.obs["cell_type_pred"].astype(str).to_numpy(), names[blended.codes])
+    assert not again.uns["scconcerto_mapping"]["expression_vote"]["veto"]
 
 
 def test_no_second_opinion_when_off_or_calibrated_without_it(held_out, mapped):
@@ -224,24 +256,19 @@ def test_votes_adjusted_to_the_query_proportions_on_request(held_out, mapped):
     """With ``adjust_proportions`` the labels are the vote adjusted to the query's EM proportions (recomputed
     here); the report names each label's estimated proportion (close to the query's predicted mix) and its
     reference proportion. By default, and for queries under ``MIN_QUERY_CELLS`` cells, the vote is plain."""
-    from scconcerto.tools import adjust_to_proportions, blend_votes, contested_rows, knn, vote
+    from scconcerto.tools import adjust_to_proportions
     from scconcerto.tools.confidence import MIN_QUERY_CELLS
 
     model, plain, result = held_out[0], mapped[1], mapped[2]
     assert "label_proportions" not in plain.uns["scconcerto_mapping"]
     query = plain.copy()
     model.map_query(query, device="cpu", place=False, adjust_proportions=True)
-    codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
-    first = vote(result.neighbors, codes, n)
-    rows = contested_rows(first, 0.5)
-    coords = model._query_expression(model._prepare(query, what="the query").cells)
-    blended = blend_votes(first, rows, vote(knn(coords[rows], model.reference.extra["expression"], k=5), codes, n),
-                          0.5)
-    adjusted, estimated = adjust_to_proportions(blended, np.bincount(codes[codes >= 0], minlength=n))
-    names = np.asarray(model.setup.labels["cell_type"])
+    names, _, _, before = expected_labels(model, query, result.neighbors, 0.5)
+    codes, n = model.reference.labels["cell_type"], len(names)
+    adjusted, estimated = adjust_to_proportions(before, np.bincount(codes[codes >= 0], minlength=n))
     np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[adjusted.codes])
     report = query.uns["scconcerto_mapping"]["label_proportions"]["cell_type"]
-    assert report["changed"] == int((adjusted.codes != blended.codes).sum())
+    assert report["changed"] == int((adjusted.codes != before.codes).sum())
     assert report["labels"] == [t for t in names if t in report["labels"]]
     pred = query.obs["cell_type_pred"].astype(str).to_numpy()
     for name, share, reference in zip(report["labels"], report["estimated"], report["reference"]):
@@ -359,7 +386,9 @@ def test_label_shift_balancing_keeps_a_skewed_query_accurate(held_out, reference
 
     if reference_cells is not None:
         monkeypatch.setattr(mapping_module, "LABEL_SHIFT_REFERENCE_CELLS", reference_cells)
-    model, query = held_out
+    model, query = copy.deepcopy(held_out[0]), held_out[1]
+    # the labels from the embedding alone: the expression space's veto would rescue plain AdaBN's errors
+    model.prepare_mapping(umap=False, expression_vote=0.0, overwrite=True)
     truth = query.obs["cell_type"].astype(str).to_numpy()
     rows = np.concatenate([np.flatnonzero(truth == "type_1"),
                            np.flatnonzero((truth != "type_1") & (truth != UNSEEN))[:12]])

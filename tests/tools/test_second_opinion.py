@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scconcerto.tools import LabelTransfer, NeighborsResults, blend_votes, contested_rows, l2_normalize, vote
+from scconcerto.tools import (LabelTransfer, NeighborsResults, blend_votes, contested_rows, l2_normalize, overrule,
+                              veto_rows, vote)
 from scconcerto.tools.confidence import calibrate_confidence
 
 
@@ -55,12 +56,14 @@ def test_calibration_is_unchanged_by_a_second_opinion_that_agrees():
     codes = np.repeat(np.arange(4), [120, 100, 80, 60])
     emb = l2_normalize(centers[codes] + 0.6 * rng.standard_normal((len(codes), 12)))
     plain = calibrate_confidence(emb, codes, 4, k=5, seed=0, expression=emb).model
-    asked = calibrate_confidence(emb, codes, 4, k=5, seed=0, expression=emb, expression_vote=0.5).model
     assert plain.report["seen_accuracy"] < 1.0  # some votes are contested
-    assert asked.report["seen_accuracy"] == plain.report["seen_accuracy"]
-    np.testing.assert_allclose(asked.correctness.coef, plain.correctness.coef, rtol=1e-6)
-    np.testing.assert_allclose(asked.novelty.coef, plain.novelty.coef, rtol=1e-6)
-    assert asked.threshold == pytest.approx(plain.threshold, rel=1e-6)
+    for veto in (False, True):  # a unanimous second vote names the winner itself: no veto either
+        asked = calibrate_confidence(emb, codes, 4, k=5, seed=0, expression=emb, expression_vote=0.5,
+                                     expression_veto=veto).model
+        assert asked.report["seen_accuracy"] == plain.report["seen_accuracy"]
+        np.testing.assert_allclose(asked.correctness.coef, plain.correctness.coef, rtol=1e-6)
+        np.testing.assert_allclose(asked.novelty.coef, plain.novelty.coef, rtol=1e-6)
+        assert asked.threshold == pytest.approx(plain.threshold, rel=1e-6)
 
 
 def test_calibration_sees_the_second_opinion():
@@ -75,3 +78,37 @@ def test_calibration_sees_the_second_opinion():
     asked = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr, expression_vote=0.5
                                  ).model.report["seen_accuracy"]
     assert plain < 0.7 and asked > plain + 0.15  # only cells with a vote margin below 0.5 are asked
+
+
+def test_veto_by_hand_spares_rare_winners_and_split_votes():
+    tr = transfer_of([[5.0, 0.0, 0.0],   # label 0, the second space unanimous for 1: vetoed
+                      [3.0, 2.0, 0.0],   # label 0, second space split 4:1 for 1: kept
+                      [0.0, 0.0, 5.0],   # label 2 (3 reference cells < k): kept although the second says 0
+                      [5.0, 0.0, 0.0],   # second agrees: kept
+                      [5.0, 0.0, 0.0]])  # second has no vote: kept
+    other = transfer_of([[0.0, 5.0, 0.0], [1.0, 4.0, 0.0], [5.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    counts = np.array([50, 40, 3])
+    rows = veto_rows(tr, other, counts, k=5)
+    np.testing.assert_array_equal(rows, [0])
+    out = overrule(tr, rows, other)
+    np.testing.assert_array_equal(out.codes, [1, 0, 2, 0, 0])
+    np.testing.assert_allclose(out.votes[:2], [[0.0, 1.0, 0.0], [0.6, 0.4, 0.0]])
+    np.testing.assert_array_equal(veto_rows(tr, other, np.array([50, 40, 5]), k=5), [0, 2])  # 5 cells: can be
+    with pytest.raises(ValueError, match="shape"):
+        veto_rows(tr, transfer_of([[1.0, 0.0]]), counts, k=5)
+
+
+def test_calibration_sees_the_veto():
+    """Types 0 and 1 share one place in the embedding but not in the expression space: the veto
+    corrects the cells the 0.5 blend cannot reach (unanimous wrong embedding votes)."""
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(3), [150, 150, 100])
+    emb_centers = rng.standard_normal((3, 12))
+    emb_centers[1] = emb_centers[0]
+    emb = l2_normalize(emb_centers[codes] + 0.5 * rng.standard_normal((len(codes), 12)))
+    expr = l2_normalize(rng.standard_normal((3, 20))[codes] + 0.3 * rng.standard_normal((len(codes), 20)))
+    blend = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr, expression_vote=0.5
+                                 ).model.report["seen_accuracy"]
+    veto = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr, expression_vote=0.5,
+                                expression_veto=True).model.report["seen_accuracy"]
+    assert veto > blend and veto > 0.95

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (default: ddp)")
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPUs")
     p.add_argument("--expression-vote", type=float, default=0.5,
-                   help="weight of the expression space's vote on contested query labels at mapping (0: off)")
+                   help="weight of the expression space's vote on contested query labels at mapping; a unanimous "
+                        "expression vote also overrules the embedding's (0: both off)")
     add_runtime(p, training=True)
     p.set_defaults(func=run)
 

@@ -37,7 +37,8 @@ without B cells 0.995 -> 0.997, without CD8 T cells 0.813 -> 0.785
 contested votes (:func:`~scconcerto.tools.label_transfer.blend_votes`), the
 calibration does the same for its pseudo-query cells (searched among the
 pseudo-reference, or the pseudo-reference without their type, in that space),
-so the vote share and winner the confidence models see are those of mapping.
+so the vote share and winner the confidence models see are those of mapping. The same holds for the
+veto of a unanimous expression-space vote (all pseudo-query cells are searched in that space then).
 
 A query too small to have neighbours of its own (fewer than
 :data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
@@ -55,7 +56,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import InputError
-from .label_transfer import LabelTransfer, blend_votes, contested_rows, vote
+from .hierarchy import with_neighbors_of_labels
+from .label_transfer import LabelTransfer, blend_votes, contested_rows, overrule, veto_rows, vote
 from .neighbors import NeighborsResults, exact_search, knn, l2_normalize
 
 __all__ = ["CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult",
@@ -339,7 +341,8 @@ def _weighted_auroc(score: np.ndarray, positive: np.ndarray, weight: np.ndarray 
 def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: int, k: int = 5,
                          max_cells: int = 5_000, min_type_cells: int = 3, false_rejection_rate: float = 0.05,
                          seed: int = 0, pseudo_query: np.ndarray | None = None,
-                         expression: np.ndarray | None = None, expression_vote: float = 0.0) -> CalibrationResult:
+                         expression: np.ndarray | None = None, expression_vote: float = 0.0,
+                         expression_veto: bool = False) -> CalibrationResult:
     """Fit the confidence model on a reference (see the module docstring).
 
     Parameters
@@ -372,6 +375,9 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     expression_vote
         Weight of the expression space's second opinion on contested votes
         (:func:`~scconcerto.tools.label_transfer.blend_votes`), as mapping will use it; ``0``: none.
+    expression_veto
+        With the second opinion, a unanimous expression-space vote overrules the winner
+        (:func:`~scconcerto.tools.label_transfer.veto_rows`), as mapping will do.
 
     Returns
     -------
@@ -402,21 +408,32 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     # reference of that size would be at mapping
     voting = np.where(is_pseudo_ref, codes, -1)
 
-    def transfer(nb: NeighborsResults, query_rows: np.ndarray, base_rows: np.ndarray) -> LabelTransfer:
-        """The vote on ``nb``, with the expression space's second opinion as at mapping."""
+    def transfer(nb: NeighborsResults, query_rows: np.ndarray, base_rows: np.ndarray
+                 ) -> tuple[NeighborsResults, LabelTransfer]:
+        """The vote on ``nb``, with the expression space's second opinion (and veto) as at mapping; vetoed
+        cells get their nearest cells of their new label as neighbours, as at mapping."""
         tr = vote(nb, voting, n_classes)
         if expression is None or expression_vote <= 0:
-            return tr
+            return nb, tr
         contested = contested_rows(tr, expression_vote)
-        if not len(contested):
-            return tr
-        second = vote(_search_within(expression, base_rows, expression[query_rows[contested]], k_eff), voting,
+        asked = np.arange(len(query_rows)) if expression_veto else contested
+        if not len(asked):
+            return nb, tr
+        second = vote(_search_within(expression, base_rows, expression[query_rows[asked]], k_eff), voting,
                       n_classes)
-        return blend_votes(tr, contested, second, expression_vote)
+        if not expression_veto:
+            return nb, blend_votes(tr, contested, second, expression_vote)
+        blended = blend_votes(tr, contested, LabelTransfer(second.codes[contested], second.confidence[contested],
+                                                           second.votes[contested]), expression_vote)
+        counts = np.bincount(codes[base_rows][codes[base_rows] >= 0], minlength=n_classes)
+        vetoed = veto_rows(blended, second, counts, k_eff)
+        tr = overrule(blended, vetoed, second)
+        return with_neighbors_of_labels(nb, vetoed, emb[query_rows[vetoed]], emb[base_rows], codes[base_rows],
+                                        tr.codes[vetoed], reference_rows=base_rows), tr
 
     # seen: pseudo-query cells against the pseudo-reference
     nb = _search_within(emb, pseudo_ref, emb[pseudo_query], k_eff)
-    tr = transfer(nb, pseudo_query, pseudo_ref)
+    nb, tr = transfer(nb, pseudo_query, pseudo_ref)
     seen = neighborhood_features(nb, tr, codes)
     seen["log_density_ratio"] = density_ratio(emb[pseudo_query], emb[pseudo_ref], k=k, seed=seed)
     if expression is not None:
@@ -433,7 +450,7 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         rows = np.flatnonzero(q_codes == t)
         ref_without_t = pseudo_ref[codes[pseudo_ref] != t]
         nb_t = _search_within(emb, ref_without_t, emb[pseudo_query[rows]], k_eff)
-        f = neighborhood_features(nb_t, transfer(nb_t, pseudo_query[rows], ref_without_t), codes)
+        f = neighborhood_features(*transfer(nb_t, pseudo_query[rows], ref_without_t), codes)
         f["log_density_ratio"] = density_ratio(emb[pseudo_query[rows]], emb[ref_without_t], emb[pseudo_query], k=k,
                                                seed=seed, query_rows_in_pool=rows)
         if expression is not None:

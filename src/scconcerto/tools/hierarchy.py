@@ -16,7 +16,7 @@ from .._errors import InputError
 from .label_transfer import LabelTransfer, vote
 from .neighbors import NeighborsResults, exact_search, l2_normalize
 
-__all__ = ["hierarchical_transfer", "knn_within_groups"]
+__all__ = ["hierarchical_transfer", "knn_within_groups", "with_neighbors_of_labels"]
 
 
 def knn_within_groups(query: np.ndarray, reference: np.ndarray, query_group: np.ndarray,
@@ -60,6 +60,39 @@ def knn_within_groups(query: np.ndarray, reference: np.ndarray, query_group: np.
         idx[rows] = members[i]
         sims[rows] = s
     return NeighborsResults(indices=idx, similarities=sims)
+
+
+def with_neighbors_of_labels(neighbors: NeighborsResults, rows: np.ndarray, query: np.ndarray,
+                             reference: np.ndarray, reference_codes: np.ndarray, labels: np.ndarray,
+                             reference_rows: np.ndarray | None = None) -> NeighborsResults:
+    """``neighbors`` with each of ``rows`` given its nearest reference cells of the label ``labels[i]``.
+
+    For cells whose label was set by another space (the expression space's veto), so that
+    their neighbourhood features describe them against the cells of the label they get.
+
+    Parameters
+    ----------
+    neighbors
+        The search result to amend (not modified).
+    rows
+        Rows of ``neighbors`` to replace.
+    query
+        ``(len(rows), d)`` those cells' embeddings.
+    reference, reference_codes
+        The reference cells searched and their label codes.
+    labels
+        ``(len(rows),)`` the label code each row is searched within.
+    reference_rows
+        Row numbers that ``neighbors`` uses for the rows of ``reference`` (default: the same).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return neighbors
+    found = knn_within_groups(query, reference, labels, reference_codes, k=neighbors.n_neighbors)
+    indices, sims = neighbors.indices.copy(), neighbors.similarities.copy()
+    indices[rows] = found.indices if reference_rows is None else np.asarray(reference_rows)[found.indices]
+    sims[rows] = found.similarities
+    return NeighborsResults(indices=indices, similarities=sims)
 
 
 def hierarchical_transfer(query: np.ndarray, reference: np.ndarray, level_codes: Sequence[np.ndarray],

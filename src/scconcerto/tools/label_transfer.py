@@ -1,6 +1,6 @@
 """k-NN label transfer from reference to query embeddings (similarity-weighted votes), the blend of
-a second vote (e.g. of the neighbours in another space) into the contested ones, and the votes'
-adjustment to the query's own label proportions."""
+a second vote (e.g. of the neighbours in another space) into the contested ones, its veto where it is
+unanimous, and the votes' adjustment to the query's own label proportions."""
 
 from __future__ import annotations
 
@@ -76,6 +76,30 @@ def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer,
     shares = _shares(transfer.votes)
     if len(rows):
         shares[rows] += weight * _shares(other.votes)
+    return _winners(shares)
+
+
+def veto_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: np.ndarray, k: int) -> np.ndarray:
+    """Rows where a unanimous second vote overrules ``transfer``'s winner.
+
+    ``other`` holds one row per row of ``transfer`` (e.g. the vote of each cell's ``k``
+    nearest reference cells in another space). A row is vetoed when all of its voters in
+    ``other`` name one label, that label is not ``transfer``'s winner, and the winner has at
+    least ``k`` reference cells: a label with fewer could never be named unanimously there,
+    so a rare label is never overruled this way.
+    """
+    if other.votes.shape != transfer.votes.shape:
+        raise ValueError(f"the second vote must have the first's shape {transfer.votes.shape}, got "
+                         f"{other.votes.shape}.")
+    counts = np.asarray(reference_counts)
+    unanimous = (other.votes.sum(axis=1) > 0) & (other.confidence >= 1.0 - 1e-6)
+    return np.flatnonzero(unanimous & (other.codes != transfer.codes) & (counts[transfer.codes] >= k))
+
+
+def overrule(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer) -> LabelTransfer:
+    """``transfer`` with the votes of ``rows`` replaced by ``other``'s (one row per row of ``transfer``)."""
+    shares = _shares(transfer.votes)
+    shares[rows] = _shares(other.votes[rows])
     return _winners(shares)
 
 
