@@ -27,3 +27,27 @@ def test_fine_labels_never_contradict_the_coarse_ones():
     (_, major_tr), (nb2, minor_tr) = hierarchical_transfer(query, reference, [major, minor], [2, 4], k=3)
     assert major_tr.codes[0] == 0 and flat.codes[0] == 2  # flat: a minor type of the other major group
     assert minor_tr.codes[0] in (0, 1) and np.all(major[nb2.indices] == 0)
+
+
+def test_vetoed_rows_get_their_nearest_cells_of_the_new_label():
+    from scconcerto.tools.hierarchy import with_neighbors_of_labels
+
+    rng = np.random.default_rng(5)
+    ref = l2_normalize(rng.standard_normal((60, 8)))
+    ref_codes = np.repeat([0, 1, 2], 20)
+    query = l2_normalize(rng.standard_normal((10, 8)))
+    nb = knn(query, ref, k=4)
+    rows = np.array([2, 7])
+    out = with_neighbors_of_labels(nb, rows, query[rows], ref, ref_codes, np.array([1, 2]))
+    others = np.setdiff1d(np.arange(10), rows)
+    np.testing.assert_array_equal(out.indices[others], nb.indices[others])  # the other rows are untouched
+    assert set(ref_codes[out.indices[2]]) == {1} and set(ref_codes[out.indices[7]]) == {2}
+    best_of_1 = np.argsort(-(ref[20:40] @ query[2]))[:4] + 20  # by hand: the 4 most similar cells of label 1
+    np.testing.assert_array_equal(out.indices[2], best_of_1)
+    np.testing.assert_allclose(out.similarities[2], ref[best_of_1] @ query[2], rtol=1e-5)
+    # a searched subset, numbered by reference_rows
+    sub = np.arange(20, 60)
+    moved = with_neighbors_of_labels(nb, rows[:1], query[2:3], ref[sub], ref_codes[sub], np.array([1]),
+                                     reference_rows=sub)
+    np.testing.assert_array_equal(moved.indices[2], best_of_1)
+    assert with_neighbors_of_labels(nb, np.zeros(0, int), query[:0], ref, ref_codes, np.zeros(0, int)) is nb

@@ -38,7 +38,8 @@ contested votes (:func:`~scconcerto.tools.label_transfer.blend_votes`), the
 calibration does the same for its pseudo-query cells (searched among the
 pseudo-reference, or the pseudo-reference without their type, in that space),
 so the vote share and winner the confidence models see are those of mapping. The same holds for the
-veto of a unanimous expression-space vote (all pseudo-query cells are searched in that space then).
+veto of a unanimous expression-space vote (all pseudo-query cells are searched in that space then); a
+vetoed cell's neighbourhood features are taken among the reference cells of its new label, in both.
 
 A query too small to have neighbours of its own (fewer than
 :data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
