@@ -760,11 +760,10 @@ class MappingMixin:
             return transfers, {}, {}
         veto = self._expression_veto()
         contested = {key: contested_rows(tr, weight) for key, tr in transfers.items()}
-        n_query = len(next(iter(transfers.values())).codes)
-        rows = np.arange(n_query) if veto else np.unique(np.concatenate(list(contested.values())))
-        info: dict[str, Any] = {"weight": weight, "veto": veto,
-                                "contested_cells": int(len(np.unique(np.concatenate(list(contested.values()))))),
-                                "changed": {}, "vetoed": {}}
+        union = np.unique(np.concatenate(list(contested.values())))
+        rows = np.arange(len(next(iter(transfers.values())).codes)) if veto else union
+        info: dict[str, Any] = {"weight": weight, "veto": veto, "contested_cells": int(len(union)), "changed": {},
+                                "vetoed": {}}
         if not len(rows):
             return transfers, info, {}
         kind = "flat" if gpu_search_active() else index_kind(len(coords), len(rows), index)
@@ -824,16 +823,17 @@ class MappingMixin:
         if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
             transfers, proportions = self._to_query_proportions(transfers)
         # a vetoed cell's neighbourhood features are taken among the reference cells of its new label
-        results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {
-            key: (with_neighbors_of_labels(neighbors, vetoes.get(key, np.zeros(0, np.int64)),
-                                           embedding[vetoes.get(key, np.zeros(0, np.int64))], ref_emb,
-                                           self.reference.labels[key],
-                                           transfers[key].codes[vetoes.get(key, np.zeros(0, np.int64))]),
-                  transfers[key]) for key in flat}
+        results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {}
+        for key in flat:
+            moved = vetoes.get(key, np.zeros(0, dtype=np.int64))
+            results[key] = (with_neighbors_of_labels(neighbors, moved, embedding[moved], ref_emb,
+                                                     self.reference.labels[key], transfers[key].codes[moved]),
+                            transfers[key])
         if level_keys:
             levels = hierarchical_transfer(embedding, ref_emb, [self.reference.labels[key] for key in level_keys],
                                            [len(self.setup.labels[key]) for key in level_keys], k=k,
-                                           first_neighbors=neighbors, first_transfer=transfers[level_keys[0]])
+                                           first_neighbors=results[level_keys[0]][0],
+                                           first_transfer=transfers[level_keys[0]])
             results.update(dict(zip(level_keys, levels)))
         ratio = density_ratio(embedding, ref_emb, k=k, seed=seed) if len(embedding) >= MIN_QUERY_CELLS else None
 
