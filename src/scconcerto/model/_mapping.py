@@ -42,8 +42,8 @@ from ..tools.hierarchy import hierarchical_transfer, with_neighbors_of_labels
 from ..tools.imputation import impute_from_neighbors
 from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import balancing_weights, subsample_per_group, weighted_moments
-from ..tools.label_transfer import (LabelTransfer, adjust_to_proportions, blend_votes, contested_rows, overrule,
-                                   veto_rows, vote)
+from ..tools.label_transfer import (LabelTransfer, adjust_to_proportions, contested_rows, label_counts,
+                                   second_opinion, vote)
 from ..tools.neighbors import (NeighborsResults, build_index, gpu_search_active, ivf_centroids, knn,
                                searches_on_its_device)
 from ..tools.placement import place_on_reference
@@ -72,6 +72,10 @@ EXPRESSION_EXTRA = "expression"  # every reference cell in that space (n_ref x c
 #: 0.940 / 0.869 (pancreas Xin query 0.963 -> 0.981 on average).
 DEFAULT_EXPRESSION_VOTE = 0.5
 EXPRESSION_SAMPLE_CELLS = 10_000
+#: The rules a confidence calibrated now was calibrated with. Version 2 added ``expression_vote`` (configs of
+#: version 1 were calibrated without the second opinion), version 3 ``expression_veto`` (configs of version 2
+#: were calibrated without the veto); what a config lacks is off.
+CALIBRATION_RULES = {"version": 3, "expression_veto": True}
 UMAP_KEY = "X_umap_ref"
 IMPUTED_PROTEIN_KEY = "protein_imputed"
 DEFAULT_IMPUTE_K = 20
@@ -163,11 +167,8 @@ class MappingMixin:
 
     # ------------------------------------------------------------------ preparing the reference
     def _mapping_config(self) -> dict:
-        # version 2: ``expression_vote`` (configs of version 1 were calibrated without the second opinion);
-        # version 3: ``expression_veto`` (configs of version 2 were calibrated without the veto)
-        return self.extra_config.setdefault(MAPPING_CONFIG, {"version": 3, "confidence": {},
-                                                             "expression_vote": DEFAULT_EXPRESSION_VOTE,
-                                                             "expression_veto": True})
+        return self.extra_config.setdefault(MAPPING_CONFIG, {"confidence": {}, **CALIBRATION_RULES,
+                                                             "expression_vote": DEFAULT_EXPRESSION_VOTE})
 
     def _expression_vote(self) -> float:
         """The weight of the expression space's second opinion the confidence was calibrated with (0: none)."""
@@ -333,7 +334,7 @@ class MappingMixin:
             raise InputError(f"expression_vote must lie in [0, 10] (a weight on vote shares), got {expression_vote}.")
         cfg = self._mapping_config()
         if overwrite or not cfg["confidence"]:  # calibrated now: with the current rules
-            cfg.update({"expression_vote": float(expression_vote), "expression_veto": True, "version": 3})
+            cfg.update({**CALIBRATION_RULES, "expression_vote": float(expression_vote)})
         elif self._expression_vote() != expression_vote:
             log.warning("Kept expression_vote=%s: the stored confidence was calibrated with it. Pass "
                         "overwrite=True to calibrate again with %s.", self._expression_vote(), expression_vote)
@@ -530,9 +531,9 @@ class MappingMixin:
         if key is None:
             return None
         ref_codes = self.reference.labels[key]
-        labeled = ref_codes >= 0
         n_types = len(self.setup.labels[key])
-        composition = np.bincount(ref_codes[labeled], minlength=n_types) / max(int(labeled.sum()), 1)
+        counts = label_counts(ref_codes, n_types)
+        composition = counts / max(int(counts.sum()), 1)
         rows = np.flatnonzero(np.isin(cells.domains, new_domains))
         rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, seed)]
         net = with_new_domains(network, new_domains).eval()
@@ -773,12 +774,9 @@ class MappingMixin:
         for key, tr in transfers.items():
             codes = self.reference.labels[key]
             second = vote(found, codes, len(self.setup.labels[key]))
-            out[key] = blend_votes(tr, contested[key], _rows_of(second, np.searchsorted(rows, contested[key])),
-                                   weight)
-            if veto:  # rows are all the query cells
-                counts = np.bincount(codes[codes >= 0], minlength=tr.votes.shape[1])
-                vetoes[key] = veto_rows(out[key], second, counts, k_expr)
-                out[key] = overrule(out[key], vetoes[key], second)
+            counts = label_counts(codes, tr.votes.shape[1]) if veto else None  # veto: rows are all query cells
+            out[key], vetoes[key] = second_opinion(tr, contested[key], rows, second, weight, counts, k_expr)
+            if veto:
                 info["vetoed"][key] = int(len(vetoes[key]))
             info["changed"][key] = int((out[key].codes != tr.codes).sum())
         return out, info, vetoes
@@ -792,8 +790,7 @@ class MappingMixin:
         """
         out, info = {}, {}
         for key, tr in transfers.items():
-            codes = self.reference.labels[key]
-            counts = np.bincount(codes[codes >= 0], minlength=tr.votes.shape[1])[:tr.votes.shape[1]]
+            counts = label_counts(self.reference.labels[key], tr.votes.shape[1])
             out[key], estimated = adjust_to_proportions(tr, counts)
             names = list(self.setup.labels[key])
             reference = counts / counts.sum()
@@ -876,11 +873,6 @@ class MappingMixin:
             predictions[key] = pd.DataFrame({"pred": pred, "confidence": confidence, "unknown": unknown},
                                             index=adata.obs_names.copy())
         return predictions, thresholds, calib, second, proportions
-
-
-def _rows_of(transfer: LabelTransfer, rows: np.ndarray) -> LabelTransfer:
-    """The vote of ``rows`` only."""
-    return LabelTransfer(codes=transfer.codes[rows], confidence=transfer.confidence[rows], votes=transfer.votes[rows])
 
 
 def _nearest(neighbors: NeighborsResults, k: int) -> NeighborsResults:

@@ -58,7 +58,7 @@ import numpy as np
 
 from .._errors import InputError
 from .hierarchy import with_neighbors_of_labels
-from .label_transfer import LabelTransfer, blend_votes, contested_rows, overrule, veto_rows, vote
+from .label_transfer import LabelTransfer, contested_rows, label_counts, second_opinion, vote
 from .neighbors import NeighborsResults, exact_search, knn, l2_normalize
 
 __all__ = ["CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult",
@@ -422,13 +422,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
             return nb, tr
         second = vote(_search_within(expression, base_rows, expression[query_rows[asked]], k_eff), voting,
                       n_classes)
-        if not expression_veto:
-            return nb, blend_votes(tr, contested, second, expression_vote)
-        blended = blend_votes(tr, contested, LabelTransfer(second.codes[contested], second.confidence[contested],
-                                                           second.votes[contested]), expression_vote)
-        counts = np.bincount(codes[base_rows][codes[base_rows] >= 0], minlength=n_classes)
-        vetoed = veto_rows(blended, second, counts, k_eff)
-        tr = overrule(blended, vetoed, second)
+        counts = label_counts(codes[base_rows], n_classes) if expression_veto else None
+        tr, vetoed = second_opinion(tr, contested, asked, second, expression_vote, counts, k_eff)
         return with_neighbors_of_labels(nb, vetoed, emb[query_rows[vetoed]], emb[base_rows], codes[base_rows],
                                         tr.codes[vetoed], reference_rows=base_rows), tr
 

@@ -21,6 +21,16 @@ class LabelTransfer:
     confidence: np.ndarray
     votes: np.ndarray
 
+    def take(self, rows: np.ndarray) -> "LabelTransfer":
+        """The transfer of ``rows`` only."""
+        return LabelTransfer(codes=self.codes[rows], confidence=self.confidence[rows], votes=self.votes[rows])
+
+
+def label_counts(reference_codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Labeled reference cells per label code (``-1``, unlabeled, not counted), ``(n_classes,)``."""
+    codes = np.asarray(reference_codes)
+    return np.bincount(codes[codes >= 0], minlength=n_classes)[:n_classes]
+
 
 def vote(neighbors: NeighborsResults, reference_codes: np.ndarray, n_classes: int,
          rare_scaling: bool = True) -> LabelTransfer:
@@ -45,9 +55,7 @@ def vote(neighbors: NeighborsResults, reference_codes: np.ndarray, n_classes: in
     rows = np.repeat(np.arange(n_query), k)[ok]
     votes = sp.coo_matrix((weights[ok], (rows, codes[ok])), shape=(n_query, n_classes)).toarray()
     if rare_scaling:
-        labeled = reference_codes[reference_codes >= 0]
-        counts = np.bincount(labeled, minlength=n_classes)[:n_classes]
-        votes *= k / np.clip(np.minimum(counts, k), 1, None)
+        votes *= k / np.clip(np.minimum(label_counts(reference_codes, n_classes), k), 1, None)
     return _winners(votes)
 
 
@@ -77,6 +85,23 @@ def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer,
     if len(rows):
         shares[rows] += weight * _shares(other.votes)
     return _winners(shares)
+
+
+def second_opinion(transfer: LabelTransfer, contested: np.ndarray, asked: np.ndarray, second: LabelTransfer,
+                   weight: float, reference_counts: np.ndarray | None = None, k: int = 0
+                   ) -> tuple[LabelTransfer, np.ndarray]:
+    """``transfer`` with a second vote blended into its ``contested`` rows and, with ``reference_counts``,
+    its veto where unanimous (:func:`blend_votes`, then :func:`veto_rows` and :func:`overrule`).
+
+    ``second`` holds the second vote of the sorted rows ``asked``, which include every contested row
+    (every row of ``transfer`` for the veto); ``k`` is its number of voters. Returns the result and the
+    vetoed rows.
+    """
+    out = blend_votes(transfer, contested, second.take(np.searchsorted(asked, contested)), weight)
+    if reference_counts is None:
+        return out, np.zeros(0, dtype=np.int64)
+    vetoed = veto_rows(out, second, reference_counts, k)
+    return overrule(out, vetoed, second), vetoed
 
 
 def veto_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: np.ndarray, k: int) -> np.ndarray:
