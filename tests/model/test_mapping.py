@@ -176,22 +176,34 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     assert "expression_similarity" in novelty and "log_expression_density_ratio" in novelty
 
 
-def expected_labels(model, query, neighbors, weight: float, veto: bool = True, adjust: bool = False):
+def expected_labels(model, query, neighbors, weight: float, veto: bool = True, adjust: bool = False,
+                    scaled: bool = True):
     """The mapped labels recomputed by hand from the saved expression coordinates: the embedding vote,
-    the expression vote blended into contested cells, its veto where unanimous, the proportion adjustment.
+    the scaled space's vote blended into contested cells (the plain space's with ``scaled=False``), the
+    plain space's veto where unanimous, a rare label's claim by the scaled space, the proportion adjustment.
     Returns (names, first, blended, final) votes."""
+    from scconcerto.data.scaled_space import ScaledSpace
     from scconcerto.tools import adjust_to_proportions, blend_votes, contested_rows, knn, overrule, veto_rows, vote
+    from scconcerto.tools.label_transfer import rare_label_rows
 
+    extra = model.reference.extra
     codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
     counts = np.bincount(codes[codes >= 0], minlength=n)
     first = vote(neighbors, codes, n)
     rows = contested_rows(first, weight)
-    coords = model._query_expression(model._prepare(query, what="the query").cells)
-    assert model.reference.extra["expression"].shape == (len(codes), coords.shape[1])
-    second = vote(knn(coords, model.reference.extra["expression"], k=5), codes, n)
-    blended = blend_votes(first, rows, vote(knn(coords[rows], model.reference.extra["expression"], k=5), codes, n),
-                          weight)
-    final = overrule(blended, veto_rows(blended, second, counts, 5), second) if veto else blended
+    cells = model._prepare(query, what="the query").cells
+    coords = model._query_expression(cells)
+    assert extra["expression"].shape == (len(codes), coords.shape[1])
+    plain = vote(knn(coords, extra["expression"], k=5), codes, n)
+    second = plain
+    if scaled:
+        space = ScaledSpace(extra["scaled_expression_loadings"], extra["scaled_expression_offset"],
+                            extra["scaled_expression_caps"])
+        second = vote(knn(space.project(cells), extra["scaled_expression"], k=5), codes, n)
+    blended = blend_votes(first, rows, second.take(rows), weight)
+    final = overrule(blended, veto_rows(blended, plain, counts, 5), plain) if veto else blended
+    if scaled:
+        final = overrule(final, rare_label_rows(final, second, counts, 20), second)
     if adjust:
         final = adjust_to_proportions(final, counts)[0]
     return np.asarray(model.setup.labels["cell_type"]), first, blended, final
@@ -199,36 +211,55 @@ def expected_labels(model, query, neighbors, weight: float, veto: bool = True, a
 
 def test_contested_labels_get_the_expression_space_vote(held_out, mapped):
     """The predicted labels are the embedding vote blended, for contested cells, with the vote of the
-    nearest reference cells in the expression space (recomputed here from the stored coordinates)."""
+    nearest reference cells in the scaled expression space (the plain one for a version-3 config),
+    recomputed here from the stored coordinates."""
     from scconcerto.tools import contested_rows
 
     assert mapped[1].uns["scconcerto_mapping"]["expression_vote"]["weight"] == 0.5  # the default
-    model, query, result = copy.deepcopy(held_out[0]), mapped[1].copy(), mapped[2]
-    model.prepare_mapping(umap=False, expression_vote=2.0, overwrite=True)  # above 1: every cell is contested
-    model.map_query(query, place=False, device="cpu")
-    info = query.uns["scconcerto_mapping"]["expression_vote"]
-    names, first, blended, final = expected_labels(model, query, result.neighbors, 2.0)
-    assert info["weight"] == 2.0 and info["contested_cells"] == len(contested_rows(first, 2.0)) == query.n_obs
-    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
-    assert info["changed"]["cell_type"] == int((final.codes != first.codes).sum()) > 0
-    assert (blended.codes != first.codes).sum() > 0
+    result = mapped[2]
+    for version in (4, 3):
+        model, query = copy.deepcopy(held_out[0]), mapped[1].copy()
+        model.prepare_mapping(umap=False, expression_vote=2.0, overwrite=True)  # above 1: every cell is contested
+        if version == 3:
+            for name in ("rare_label_cells", "scaled_expression"):
+                model.extra_config["mapping"].pop(name)
+            model.extra_config["mapping"]["version"] = 3
+        model.map_query(query, place=False, device="cpu")
+        info = query.uns["scconcerto_mapping"]["expression_vote"]
+        names, first, blended, final = expected_labels(model, query, result.neighbors, 2.0, scaled=version == 4)
+        assert info["weight"] == 2.0 and info["contested_cells"] == len(contested_rows(first, 2.0)) == query.n_obs
+        assert info["scaled_space"] == (version == 4)
+        np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
+        assert info["changed"]["cell_type"] == int((final.codes != first.codes).sum()) > 0
+        if version == 3:  # the plain space, batch effects and all, disagrees with the embedding on some cells
+            assert (blended.codes != first.codes).sum() > 0
 
 
 def test_a_unanimous_expression_vote_overrules_the_embedding(held_out, mapped):
-    """With the default weight, cells whose 5 expression-space neighbours all name another label than the
-    embedding's winner take that label (recomputed by hand); a model calibrated before the veto (mapping
-    config version 2) keeps the embedding's winner there."""
+    """With the default weight, cells whose 5 plain expression-space neighbours all name another label than
+    the embedding's winner take that label (recomputed by hand); a model calibrated before the scaled space
+    (mapping config version 3) blends the plain space's vote instead, and one calibrated before the veto
+    (version 2) keeps the embedding's winner there."""
     model, query, result = held_out[0], mapped[1], mapped[2]
     info = query.uns["scconcerto_mapping"]["expression_vote"]
     names, first, blended, final = expected_labels(model, query, result.neighbors, 0.5)
     np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
-    assert info["veto"] and info["vetoed"]["cell_type"] == int((final.codes != blended.codes).sum())
-    old = copy.deepcopy(model)
-    old.extra_config["mapping"].pop("expression_veto")
-    again = query.copy()
-    old.map_query(again, place=False, device="cpu")
-    np.testing.assert_array_equal(again.obs["cell_type_pred"].astype(str).to_numpy(), names[blended.codes])
-    assert not again.uns["scconcerto_mapping"]["expression_vote"]["veto"]
+    assert info["veto"] and info["scaled_space"] and info["rare_label_cells"] == 20
+    assert info["vetoed"]["cell_type"] + info["rare_claimed"]["cell_type"] >= int((final.codes != blended.codes).sum())
+    for version in (3, 2):
+        old = copy.deepcopy(model)
+        cfg = old.extra_config["mapping"]
+        cfg["version"] = version
+        cfg.pop("rare_label_cells")
+        cfg.pop("scaled_expression")
+        if version == 2:
+            cfg.pop("expression_veto")
+        again = query.copy()
+        old.map_query(again, place=False, device="cpu")
+        _, _, blended, final = expected_labels(old, again, result.neighbors, 0.5, veto=version == 3, scaled=False)
+        np.testing.assert_array_equal(again.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
+        report = again.uns["scconcerto_mapping"]["expression_vote"]
+        assert report["veto"] == (version == 3) and not report["scaled_space"] and not report["rare_claimed"]
 
 
 def test_no_second_opinion_when_off_or_calibrated_without_it(held_out, mapped):
@@ -439,3 +470,33 @@ def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading
     loaded.map_query(again, device="cpu", place=False, index="ivf")
     assert np.array_equal(first.obs["cell_type_pred"].to_numpy(), again.obs["cell_type_pred"].to_numpy())
     np.testing.assert_allclose(first.obs["cell_type_confidence"], again.obs["cell_type_confidence"], atol=1e-5)
+
+
+def test_a_rare_reference_type_claims_its_query_cells():
+    """A type with 8 reference cells: the embedding files some of its query cells under other types; its
+    majority among their nearest cells in the scaled expression space gives them back (labels recomputed by
+    hand). A model calibrated before the claim (version 3) leaves them misfiled."""
+    adata = simulate(900, 300, n_types=4, n_batches=3, seed=0)
+    is_query = (adata.obs["batch"] == "batch_2").to_numpy()
+    rare = (adata.obs["cell_type"] == UNSEEN).to_numpy()
+    rows = np.union1d(np.flatnonzero(~is_query & ~rare), np.flatnonzero(~is_query & rare)[:8])
+    model = Concerto(adata[rows].copy(), batch_key="batch", label_key="cell_type").train(
+        epochs=30, lr=3e-3, progress=False, device="cpu", prepare_mapping={"umap": False})
+    query = adata[is_query].copy()
+    result = model.map_query(query, place=False, device="cpu")
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    names, _, _, final = expected_labels(model, query, result.neighbors, 0.5)
+    pred = query.obs["cell_type_pred"].astype(str).to_numpy()
+    np.testing.assert_array_equal(pred, names[final.codes])
+    info = query.uns["scconcerto_mapping"]["expression_vote"]
+    assert info["rare_claimed"]["cell_type"] > 0
+    old = copy.deepcopy(model)
+    cfg = old.extra_config["mapping"]
+    cfg["version"] = 3
+    for name in ("rare_label_cells", "scaled_expression"):
+        cfg.pop(name)
+    before = query.copy()
+    old.map_query(before, place=False, device="cpu")
+    recall = lambda p: (p[truth == UNSEEN] == UNSEEN).mean()  # noqa: E731
+    assert recall(pred) > recall(before.obs["cell_type_pred"].astype(str).to_numpy()) + 0.1
+    assert recall(pred) >= 0.95 and (truth[pred == UNSEEN] == UNSEEN).mean() >= 0.95  # and precise

@@ -6,6 +6,7 @@ import pytest
 from scconcerto.tools import (LabelTransfer, NeighborsResults, blend_votes, contested_rows, l2_normalize, overrule,
                               veto_rows, vote)
 from scconcerto.tools.confidence import calibrate_confidence
+from scconcerto.tools.label_transfer import rare_label_rows, second_opinion
 
 
 def transfer_of(votes) -> LabelTransfer:
@@ -112,3 +113,59 @@ def test_calibration_sees_the_veto():
     veto = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr, expression_vote=0.5,
                                 expression_veto=True).model.report["seen_accuracy"]
     assert veto > blend and veto > 0.95
+
+
+def test_rare_labels_claim_cells_by_a_majority_of_the_second_vote():
+    tr = transfer_of([[5.0, 0.0, 0.0],   # second vote 3:2 for label 2 (8 reference cells): claimed
+                      [5.0, 0.0, 0.0],   # 2:3 for label 2: a minority, kept
+                      [5.0, 0.0, 0.0],   # 3:2 for label 1 (40 cells, not rare): kept
+                      [0.0, 0.0, 5.0],   # already label 2: nothing to claim
+                      [5.0, 0.0, 0.0]])  # the second has no vote: kept
+    other = transfer_of([[2.0, 0.0, 3.0], [3.0, 0.0, 2.0], [2.0, 3.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
+    counts = np.array([50, 40, 8])
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=20), [0])
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=8), [])  # 8 is not below 8
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=41), [0, 2])
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=20, min_share=0.7), [])  # 0.6
+    with pytest.raises(ValueError, match="shape"):
+        rare_label_rows(tr, transfer_of([[1.0, 0.0]]), counts, rare_cells=20)
+
+
+def test_second_opinion_vetoes_by_one_vote_and_claims_by_the_other():
+    """Blend and rare claim follow ``second``, the veto follows ``veto_vote`` (another space)."""
+    tr = transfer_of([[5.0, 0.0, 0.0],   # veto_vote unanimous for 1: vetoed
+                      [5.0, 0.0, 0.0],   # second 3:2 for the rare label 2: claimed
+                      [3.0, 2.0, 0.0]])  # contested: second's 0:5 for 1 blended in -> 0.6 / 1.4
+    second = transfer_of([[5.0, 0.0, 0.0], [2.0, 0.0, 3.0], [0.0, 5.0, 0.0]])
+    veto_vote = transfer_of([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0], [1.0, 4.0, 0.0]])
+    counts = np.array([50, 40, 8])
+    rows = np.arange(3)
+    out, vetoed, claimed = second_opinion(tr, contested_rows(tr, 0.5), rows, second, 0.5, counts, 5,
+                                          veto_vote=veto_vote, rare_cells=20)
+    np.testing.assert_array_equal(out.codes, [1, 2, 1])
+    np.testing.assert_array_equal(vetoed, [0]) and np.testing.assert_array_equal(claimed, [1])
+    np.testing.assert_allclose(out.votes[1], [0.4, 0.0, 0.6])  # the claiming vote's shares
+    np.testing.assert_allclose(out.votes[2], [0.6 / 1.5, 0.9 / 1.5, 0.0], rtol=1e-6)  # blended, as shares
+    same, vetoed, claimed = second_opinion(tr, contested_rows(tr, 0.5), rows, second, 0.5, counts, 5)
+    np.testing.assert_array_equal(same.codes, [0, 0, 1])  # no veto vote of its own, no rare claim
+    assert not len(vetoed) and not len(claimed)
+
+
+def test_calibration_sees_rare_labels_claim_their_cells():
+    """A rare type the embedding files under a common one, which the scaled space keeps apart: with the
+    claim, the calibration's pseudo-query cells of that type get their label, as at mapping. A scaled space
+    equal to the plain one without the claim changes nothing."""
+    rng = np.random.default_rng(4)
+    codes = np.repeat(np.arange(3), [200, 150, 24])  # type 2: 24 cells, about 12 in the pseudo-reference
+    emb_centers = rng.standard_normal((3, 12))
+    emb_centers[2] = emb_centers[0]  # the rare type sits inside type 0 in the embedding
+    emb = l2_normalize(emb_centers[codes] + 0.5 * rng.standard_normal((len(codes), 12)))
+    expr = l2_normalize(emb_centers[codes] + 0.5 * rng.standard_normal((len(codes), 12)))  # as mixed
+    scaled = l2_normalize(rng.standard_normal((3, 20))[codes] + 0.3 * rng.standard_normal((len(codes), 20)))
+    common = dict(k=5, seed=0, expression=expr, expression_vote=0.5, expression_veto=True)
+    before = calibrate_confidence(emb, codes, 3, **common).model
+    same = calibrate_confidence(emb, codes, 3, scaled_expression=expr, **common).model
+    assert same.report["seen_accuracy"] == before.report["seen_accuracy"]
+    np.testing.assert_allclose(same.novelty.coef, before.novelty.coef, rtol=1e-6)
+    claimed = calibrate_confidence(emb, codes, 3, scaled_expression=scaled, rare_label_cells=20, **common).model
+    assert claimed.report["seen_accuracy"] > before.report["seen_accuracy"] + 0.01

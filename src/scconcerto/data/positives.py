@@ -77,10 +77,12 @@ def _vocabulary_width(cells: CellMatrix) -> int:
     return int(cells.X.shape[1] if col is None else max(int(col.max()) + 1, 1))
 
 
-def project_expression(cells: CellMatrix, loadings: np.ndarray) -> np.ndarray:
+def project_expression(cells: CellMatrix, loadings: np.ndarray, offset: np.ndarray | None = None,
+                       caps: np.ndarray | None = None) -> np.ndarray:
     """``(n_cells, c)`` float32: the cells' normalized expression times ``loadings``, L2-normalized rows.
 
-    Block by block (never densified), blocks in threads.
+    With ``caps`` (one per gene) values above them are clipped first; ``offset`` (one per
+    component) is subtracted from the product. Block by block (never densified), blocks in threads.
     """
     n, n_comp = cells.n_cells, loadings.shape[1]
     n_genes = loadings.shape[0]
@@ -90,7 +92,10 @@ def project_expression(cells: CellMatrix, loadings: np.ndarray) -> np.ndarray:
 
     def project(start: int) -> None:  # scipy's sparse products release the GIL: blocks run in threads
         rows = np.arange(start, min(n, start + _BLOCK_ROWS))
-        out[rows] = np.asarray(_csr_of(cells, rows, n_genes) @ loadings, dtype=np.float32)
+        block = _csr_of(cells, rows, n_genes)
+        if caps is not None:
+            block.data = np.minimum(block.data, caps[block.indices])
+        out[rows] = np.asarray(block @ loadings, dtype=np.float32)
 
     starts = range(0, n, _BLOCK_ROWS)
     if len(starts) > 1:
@@ -98,6 +103,8 @@ def project_expression(cells: CellMatrix, loadings: np.ndarray) -> np.ndarray:
             list(pool.map(project, starts))
     else:
         project(0)
+    if offset is not None:
+        out -= np.asarray(offset, dtype=np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-12
     return out
 

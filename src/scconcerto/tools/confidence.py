@@ -30,7 +30,7 @@ a query from another technology is not less "seen" as a whole. Features are
 standardized before the logistic fits (the L2 penalty would otherwise depend on
 their units). Pancreas Wang -> Xin with beta cells left out of the reference:
 seen-vs-unseen AUROC 0.786 -> 0.969 (benchmark task ``unseen_type``); PBMC
-without B cells 0.995 -> 0.997, without CD8 T cells 0.813 -> 0.785
+without B cells 0.995 -> 0.997, without CD8 T cells 0.813 -> 0.785 (measured when they were added)
 (``benchmarks/mapping.py --only unseen``).
 
 **Second opinion.** When mapping blends the expression space's vote into
@@ -38,8 +38,10 @@ contested votes (:func:`~scconcerto.tools.label_transfer.blend_votes`), the
 calibration does the same for its pseudo-query cells (searched among the
 pseudo-reference, or the pseudo-reference without their type, in that space),
 so the vote share and winner the confidence models see are those of mapping. The same holds for the
-veto of a unanimous expression-space vote (all pseudo-query cells are searched in that space then); a
-vetoed cell's neighbourhood features are taken among the reference cells of its new label, in both.
+veto of a unanimous expression-space vote (all pseudo-query cells are searched in that space then) and,
+with the scaled expression space, for its blend and its rare labels' claims (rare by their
+pseudo-reference counts); an overruled cell's neighbourhood features are taken among the reference cells
+of its new label, in both.
 
 A query too small to have neighbours of its own (fewer than
 :data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
@@ -343,7 +345,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
                          max_cells: int = 5_000, min_type_cells: int = 3, false_rejection_rate: float = 0.05,
                          seed: int = 0, pseudo_query: np.ndarray | None = None,
                          expression: np.ndarray | None = None, expression_vote: float = 0.0,
-                         expression_veto: bool = False) -> CalibrationResult:
+                         expression_veto: bool = False, scaled_expression: np.ndarray | None = None,
+                         rare_label_cells: int = 0) -> CalibrationResult:
     """Fit the confidence model on a reference (see the module docstring).
 
     Parameters
@@ -379,6 +382,13 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     expression_veto
         With the second opinion, a unanimous expression-space vote overrules the winner
         (:func:`~scconcerto.tools.label_transfer.veto_rows`), as mapping will do.
+    scaled_expression
+        ``(n_ref, c)`` the reference cells in its scaled expression space
+        (:mod:`scconcerto.data.scaled_space`): its vote is then the one blended in and the one
+        rare labels claim by, the plain expression space's the one that vetoes, as at mapping.
+    rare_label_cells
+        With the veto, a label with fewer pseudo-reference cells holding at least half of the
+        second vote wins (:func:`~scconcerto.tools.label_transfer.rare_label_rows`); ``0``: never.
 
     Returns
     -------
@@ -411,8 +421,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
 
     def transfer(nb: NeighborsResults, query_rows: np.ndarray, base_rows: np.ndarray
                  ) -> tuple[NeighborsResults, LabelTransfer]:
-        """The vote on ``nb``, with the expression space's second opinion (and veto) as at mapping; vetoed
-        cells get their nearest cells of their new label as neighbours, as at mapping."""
+        """The vote on ``nb``, with the expression spaces' second opinion (blend, veto, rare labels' claim) as
+        at mapping; overruled cells get their nearest cells of their new label as neighbours, as at mapping."""
         tr = vote(nb, voting, n_classes)
         if expression is None or expression_vote <= 0:
             return nb, tr
@@ -420,12 +430,17 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         asked = np.arange(len(query_rows)) if expression_veto else contested
         if not len(asked):
             return nb, tr
-        second = vote(_search_within(expression, base_rows, expression[query_rows[asked]], k_eff), voting,
+        second_space = expression if scaled_expression is None else scaled_expression
+        second = vote(_search_within(second_space, base_rows, second_space[query_rows[asked]], k_eff), voting,
                       n_classes)
+        veto_vote = None if scaled_expression is None or not expression_veto else vote(
+            _search_within(expression, base_rows, expression[query_rows[asked]], k_eff), voting, n_classes)
         counts = label_counts(codes[base_rows], n_classes) if expression_veto else None
-        tr, vetoed = second_opinion(tr, contested, asked, second, expression_vote, counts, k_eff)
-        return with_neighbors_of_labels(nb, vetoed, emb[query_rows[vetoed]], emb[base_rows], codes[base_rows],
-                                        tr.codes[vetoed], reference_rows=base_rows), tr
+        tr, vetoed, claimed = second_opinion(tr, contested, asked, second, expression_vote, counts, k_eff,
+                                             veto_vote=veto_vote, rare_cells=rare_label_cells)
+        moved = np.union1d(vetoed, claimed)
+        return with_neighbors_of_labels(nb, moved, emb[query_rows[moved]], emb[base_rows], codes[base_rows],
+                                        tr.codes[moved], reference_rows=base_rows), tr
 
     # seen: pseudo-query cells against the pseudo-reference
     nb = _search_within(emb, pseudo_ref, emb[pseudo_query], k_eff)

@@ -88,20 +88,28 @@ def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer,
 
 
 def second_opinion(transfer: LabelTransfer, contested: np.ndarray, asked: np.ndarray, second: LabelTransfer,
-                   weight: float, reference_counts: np.ndarray | None = None, k: int = 0
-                   ) -> tuple[LabelTransfer, np.ndarray]:
+                   weight: float, reference_counts: np.ndarray | None = None, k: int = 0,
+                   veto_vote: LabelTransfer | None = None, rare_cells: int = 0
+                   ) -> tuple[LabelTransfer, np.ndarray, np.ndarray]:
     """``transfer`` with a second vote blended into its ``contested`` rows and, with ``reference_counts``,
-    its veto where unanimous (:func:`blend_votes`, then :func:`veto_rows` and :func:`overrule`).
+    the veto of a unanimous vote and the claim of a rare label (:func:`blend_votes`, then
+    :func:`veto_rows` and :func:`rare_label_rows`, each applied by :func:`overrule`).
 
     ``second`` holds the second vote of the sorted rows ``asked``, which include every contested row
-    (every row of ``transfer`` for the veto); ``k`` is its number of voters. Returns the result and the
-    vetoed rows.
+    (every row of ``transfer`` for the veto); ``k`` is its number of voters. ``veto_vote`` (same rows,
+    e.g. of another space) vetoes instead of ``second``; a label with fewer than ``rare_cells``
+    reference cells that holds at least half of ``second``'s vote wins (``0``: never). Returns the
+    result, the vetoed rows and the rows a rare label claimed.
     """
+    none = np.zeros(0, dtype=np.int64)
     out = blend_votes(transfer, contested, second.take(np.searchsorted(asked, contested)), weight)
     if reference_counts is None:
-        return out, np.zeros(0, dtype=np.int64)
-    vetoed = veto_rows(out, second, reference_counts, k)
-    return overrule(out, vetoed, second), vetoed
+        return out, none, none
+    veto_vote = second if veto_vote is None else veto_vote
+    vetoed = veto_rows(out, veto_vote, reference_counts, k)
+    out = overrule(out, vetoed, veto_vote)
+    claimed = rare_label_rows(out, second, reference_counts, rare_cells) if rare_cells > 0 else none
+    return overrule(out, claimed, second), vetoed, claimed
 
 
 def veto_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: np.ndarray, k: int) -> np.ndarray:
@@ -119,6 +127,25 @@ def veto_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: n
     counts = np.asarray(reference_counts)
     unanimous = (other.votes.sum(axis=1) > 0) & (other.confidence >= 1.0 - 1e-6)
     return np.flatnonzero(unanimous & (other.codes != transfer.codes) & (counts[transfer.codes] >= k))
+
+
+def rare_label_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: np.ndarray,
+                    rare_cells: int, min_share: float = 0.5) -> np.ndarray:
+    """Rows where a rare label claims the cell: ``other``'s winner has fewer than ``rare_cells``
+    reference cells, at least ``min_share`` of its vote, and is not ``transfer``'s winner.
+
+    ``other`` holds one row per row of ``transfer`` (the vote of each cell's nearest reference
+    cells in a space that was not trained on the labels). An embedding learns little from a type
+    with a handful of reference cells and files its query cells under a common neighbour; a
+    majority of such a label among the cell's neighbours in expression is strong evidence, since
+    at most a handful of cells anywhere can vote for it.
+    """
+    if other.votes.shape != transfer.votes.shape:
+        raise ValueError(f"the second vote must have the first's shape {transfer.votes.shape}, got "
+                         f"{other.votes.shape}.")
+    counts = np.asarray(reference_counts)
+    claims = (other.votes.sum(axis=1) > 0) & (other.confidence >= min_share) & (counts[other.codes] < rare_cells)
+    return np.flatnonzero(claims & (other.codes != transfer.codes))
 
 
 def overrule(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer) -> LabelTransfer:

@@ -1,0 +1,80 @@
+"""The scaled expression space: scanpy's scale + PCA, without densifying; clipping; rare cells in the fit."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+
+from scconcerto.data import prepare_cells, setup_reference
+from scconcerto.data.positives import _csr_of, _vocabulary_width
+from scconcerto.data.scaled_space import CLIP_SD, fit_scaled_space
+from scconcerto.datasets import simulate
+
+
+@pytest.fixture(scope="module")
+def cells(sim):
+    return prepare_cells(sim, setup_reference(sim, batch_key="batch", label_key="cell_type")).cells
+
+
+def normalized(cells) -> np.ndarray:
+    return _csr_of(cells, np.arange(cells.n_cells), _vocabulary_width(cells)).toarray()
+
+
+def test_equals_scanpy_scale_and_pca(cells):
+    """Each component matches scanpy's ``pp.scale(max_value=10)`` + ``pp.pca`` up to its sign."""
+    space = fit_scaled_space(cells, n_components=10, seed=0)
+    mine = space.project(cells)
+    a = ad.AnnData(normalized(cells))
+    sc.pp.scale(a, max_value=CLIP_SD)
+    sc.pp.pca(a, n_comps=10, svd_solver="arpack")
+    theirs = a.obsm["X_pca"] / np.linalg.norm(a.obsm["X_pca"], axis=1, keepdims=True)
+    cos = np.abs((mine * theirs).sum(0)) / (np.linalg.norm(mine, axis=0) * np.linalg.norm(theirs, axis=0))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, rtol=1e-5)
+
+
+def test_values_above_the_cap_are_clipped(cells):
+    """A query value beyond mean + 10 sd projects as if it were the cap itself."""
+    space = fit_scaled_space(cells, n_components=10, seed=0)
+    X = normalized(cells)[:3]
+    gene = int(np.argmax(X[0]))
+    dense = X.copy()
+    dense[0, gene] = 1e4  # far beyond the cap
+    capped = dense.copy()
+    capped[0, gene] = space.caps[gene]
+    z = lambda m: (np.minimum(m, space.caps) @ space.loadings) - space.offset  # noqa: E731
+    np.testing.assert_allclose(z(dense), z(capped), rtol=1e-5)
+    assert np.isfinite(space.caps[gene]) and space.caps[gene] < 1e4
+    assert not np.allclose(dense @ space.loadings, capped @ space.loadings)  # the cap does bind here
+
+
+def test_reproducible_and_rare_cells_kept_in_a_small_fit(cells):
+    """The same seed gives the same space; the rows in ``keep_rows`` are fitted on even when the sample
+    is small: six cells with private marker genes then find each other as nearest neighbours."""
+    a, b = fit_scaled_space(cells, n_components=8, seed=3), fit_scaled_space(cells, n_components=8, seed=3)
+    np.testing.assert_array_equal(a.loadings, b.loadings)
+    adata = simulate(600, 300, n_types=4, n_batches=2, seed=0)
+    rare = np.arange(594, 600)
+    X = adata.X.tolil()
+    X[rare, :20] = 50.0  # genes 0-19: markers of the six cells only
+    X[:594, :20] = 0.0
+    adata.X = X.tocsr()
+    prepared = prepare_cells(adata, setup_reference(adata, batch_key="batch", label_key="cell_type")).cells
+
+    def found_each_other(keep_rows) -> float:
+        coords = fit_scaled_space(prepared, n_components=8, fit_cells=50, seed=0, keep_rows=keep_rows).project(prepared)
+        sim = coords[rare] @ coords.T
+        sim[np.arange(6), rare] = -np.inf
+        return float(np.isin(np.argsort(-sim, axis=1)[:, :5], rare).mean())
+
+    assert found_each_other(rare) >= 0.8 > found_each_other(None)
+
+
+def test_too_few_varying_genes_is_an_error():
+    adata = simulate(60, 100, n_types=2, n_batches=1, seed=0)
+    X = adata.X.tolil()
+    X[:, :] = 1.0
+    adata.X = X.tocsr()
+    prepared = prepare_cells(adata, setup_reference(adata)).cells
+    with pytest.raises(ValueError, match="vary"):
+        fit_scaled_space(prepared)
