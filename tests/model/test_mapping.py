@@ -203,7 +203,7 @@ def expected_labels(model, query, neighbors, weight: float, veto: bool = True, a
     blended = blend_votes(first, rows, second.take(rows), weight)
     final = overrule(blended, veto_rows(blended, plain, counts, 5), plain) if veto else blended
     if scaled:
-        final = overrule(final, rare_label_rows(final, second, counts, 20), second)
+        final = overrule(final, rare_label_rows(final, second, counts < 20), second)
     if adjust:
         final = adjust_to_proportions(final, counts)[0]
     return np.asarray(model.setup.labels["cell_type"]), first, blended, final

@@ -123,12 +123,14 @@ def test_rare_labels_claim_cells_by_a_majority_of_the_second_vote():
                       [5.0, 0.0, 0.0]])  # the second has no vote: kept
     other = transfer_of([[2.0, 0.0, 3.0], [3.0, 0.0, 2.0], [2.0, 3.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
     counts = np.array([50, 40, 8])
-    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=20), [0])
-    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=8), [])  # 8 is not below 8
-    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=41), [0, 2])
-    np.testing.assert_array_equal(rare_label_rows(tr, other, counts, rare_cells=20, min_share=0.7), [])  # 0.6
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts < 20), [0])
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts < 8), [])  # 8 is not below 8
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts < 41), [0, 2])
+    np.testing.assert_array_equal(rare_label_rows(tr, other, counts < 20, min_share=0.7), [])  # 0.6
     with pytest.raises(ValueError, match="shape"):
-        rare_label_rows(tr, transfer_of([[1.0, 0.0]]), counts, rare_cells=20)
+        rare_label_rows(tr, transfer_of([[1.0, 0.0]]), counts < 20)
+    with pytest.raises(ValueError, match="one bool per label"):
+        rare_label_rows(tr, other, np.array([True]))
 
 
 def test_second_opinion_vetoes_by_one_vote_and_claims_by_the_other():
@@ -141,7 +143,7 @@ def test_second_opinion_vetoes_by_one_vote_and_claims_by_the_other():
     counts = np.array([50, 40, 8])
     rows = np.arange(3)
     out, vetoed, claimed = second_opinion(tr, contested_rows(tr, 0.5), rows, second, 0.5, counts, 5,
-                                          veto_vote=veto_vote, rare_cells=20)
+                                          veto_vote=veto_vote, rare_labels=counts < 20)
     np.testing.assert_array_equal(out.codes, [1, 2, 1])
     np.testing.assert_array_equal(vetoed, [0]) and np.testing.assert_array_equal(claimed, [1])
     np.testing.assert_allclose(out.votes[1], [0.4, 0.0, 0.6])  # the claiming vote's shares
@@ -153,10 +155,11 @@ def test_second_opinion_vetoes_by_one_vote_and_claims_by_the_other():
 
 def test_calibration_sees_rare_labels_claim_their_cells():
     """A rare type the embedding files under a common one, which the scaled space keeps apart: with the
-    claim, the calibration's pseudo-query cells of that type get their label, as at mapping. A scaled space
-    equal to the plain one without the claim changes nothing."""
+    claim, the calibration's pseudo-query cells of that type are claimed as at mapping, and left out of the
+    fits (no longer wrong transfers there). A scaled space equal to the plain one without the claim changes
+    nothing."""
     rng = np.random.default_rng(4)
-    codes = np.repeat(np.arange(3), [200, 150, 24])  # type 2: 24 cells, about 12 in the pseudo-reference
+    codes = np.repeat(np.arange(3), [200, 150, 16])  # type 2: 16 cells (rare), about 8 in the pseudo-reference
     emb_centers = rng.standard_normal((3, 12))
     emb_centers[2] = emb_centers[0]  # the rare type sits inside type 0 in the embedding
     emb = l2_normalize(emb_centers[codes] + 0.5 * rng.standard_normal((len(codes), 12)))
@@ -169,3 +172,4 @@ def test_calibration_sees_rare_labels_claim_their_cells():
     np.testing.assert_allclose(same.novelty.coef, before.novelty.coef, rtol=1e-6)
     claimed = calibrate_confidence(emb, codes, 3, scaled_expression=scaled, rare_label_cells=20, **common).model
     assert claimed.report["seen_accuracy"] > before.report["seen_accuracy"] + 0.01
+    assert 0 < before.report["n_seen"] - claimed.report["n_seen"] <= 8  # the claimed cells of type 2

@@ -387,8 +387,9 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         (:mod:`scconcerto.data.scaled_space`): its vote is then the one blended in and the one
         rare labels claim by, the plain expression space's the one that vetoes, as at mapping.
     rare_label_cells
-        With the veto, a label with fewer pseudo-reference cells holding at least half of the
-        second vote wins (:func:`~scconcerto.tools.label_transfer.rare_label_rows`); ``0``: never.
+        With the veto, a label with fewer reference cells (the whole reference's, so the same
+        labels claim as at mapping) holding at least half of the second vote wins
+        (:func:`~scconcerto.tools.label_transfer.rare_label_rows`); ``0``: never.
 
     Returns
     -------
@@ -418,18 +419,22 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     # the labels of the cells searched: rare labels are scaled by their pseudo-reference counts, as a
     # reference of that size would be at mapping
     voting = np.where(is_pseudo_ref, codes, -1)
+    # the labels that may claim cells: rare in the whole reference, as at mapping
+    rare_labels = label_counts(codes, n_classes) < rare_label_cells if rare_label_cells > 0 else None
 
     def transfer(nb: NeighborsResults, query_rows: np.ndarray, base_rows: np.ndarray
-                 ) -> tuple[NeighborsResults, LabelTransfer]:
+                 ) -> tuple[NeighborsResults, LabelTransfer, np.ndarray]:
         """The vote on ``nb``, with the expression spaces' second opinion (blend, veto, rare labels' claim) as
-        at mapping; overruled cells get their nearest cells of their new label as neighbours, as at mapping."""
+        at mapping; overruled cells get their nearest cells of their new label as neighbours, as at mapping.
+        Also returns the rows a rare label claimed."""
         tr = vote(nb, voting, n_classes)
+        none = np.zeros(0, dtype=np.int64)
         if expression is None or expression_vote <= 0:
-            return nb, tr
+            return nb, tr, none
         contested = contested_rows(tr, expression_vote)
         asked = np.arange(len(query_rows)) if expression_veto else contested
         if not len(asked):
-            return nb, tr
+            return nb, tr, none
         second_space = expression if scaled_expression is None else scaled_expression
         second = vote(_search_within(second_space, base_rows, second_space[query_rows[asked]], k_eff), voting,
                       n_classes)
@@ -437,19 +442,28 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
             _search_within(expression, base_rows, expression[query_rows[asked]], k_eff), voting, n_classes)
         counts = label_counts(codes[base_rows], n_classes) if expression_veto else None
         tr, vetoed, claimed = second_opinion(tr, contested, asked, second, expression_vote, counts, k_eff,
-                                             veto_vote=veto_vote, rare_cells=rare_label_cells)
+                                             veto_vote=veto_vote, rare_labels=rare_labels)
         moved = np.union1d(vetoed, claimed)
         return with_neighbors_of_labels(nb, moved, emb[query_rows[moved]], emb[base_rows], codes[base_rows],
-                                        tr.codes[moved], reference_rows=base_rows), tr
+                                        tr.codes[moved], reference_rows=base_rows), tr, claimed
+
+    def without(features: dict[str, np.ndarray], claimed: np.ndarray) -> dict[str, np.ndarray]:
+        """``features`` without the claimed rows: a rare label's claim is a rule outside the neighbourhood
+        the models describe (fitted on them, one right claim among 150 cells made the right-vs-wrong
+        model accept far weaker neighbourhoods: PBMC without CD8 T, seen-vs-unseen AUROC 0.785 -> 0.737)."""
+        kept = np.setdiff1d(np.arange(len(next(iter(features.values())))), claimed)
+        return {name: v[kept] for name, v in features.items()}
 
     # seen: pseudo-query cells against the pseudo-reference
     nb = _search_within(emb, pseudo_ref, emb[pseudo_query], k_eff)
-    nb, tr = transfer(nb, pseudo_query, pseudo_ref)
+    nb, tr, claimed = transfer(nb, pseudo_query, pseudo_ref)
     seen = neighborhood_features(nb, tr, codes)
     seen["log_density_ratio"] = density_ratio(emb[pseudo_query], emb[pseudo_ref], k=k, seed=seed)
     if expression is not None:
         seen.update(expression_features(expression[pseudo_query], expression[pseudo_ref], k=k, seed=seed))
-    seen_correct = tr.codes == q_codes
+    seen["correct"] = (tr.codes == q_codes).astype(np.float64)
+    seen = without(seen, claimed)
+    seen_correct = seen.pop("correct") > 0.5
 
     # unseen: each type's pseudo-query cells against the pseudo-reference without that type
     types = [t for t in np.unique(q_codes) if (q_codes == t).sum() >= min_type_cells
@@ -461,13 +475,15 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         rows = np.flatnonzero(q_codes == t)
         ref_without_t = pseudo_ref[codes[pseudo_ref] != t]
         nb_t = _search_within(emb, ref_without_t, emb[pseudo_query[rows]], k_eff)
-        f = neighborhood_features(*transfer(nb_t, pseudo_query[rows], ref_without_t), codes)
+        nb_t, tr_t, claimed = transfer(nb_t, pseudo_query[rows], ref_without_t)
+        f = neighborhood_features(nb_t, tr_t, codes)
         f["log_density_ratio"] = density_ratio(emb[pseudo_query[rows]], emb[ref_without_t], emb[pseudo_query], k=k,
                                                seed=seed, query_rows_in_pool=rows)
         if expression is not None:
             f.update(expression_features(expression[pseudo_query[rows]], expression[ref_without_t], k=k, seed=seed,
                                          query_pool=expression[pseudo_query], query_rows_in_pool=rows))
-        f["weight"] = np.full(len(rows), 1.0 / (len(types) * len(rows)))
+        f = without(f, claimed)
+        f["weight"] = np.full(len(rows) - len(claimed), 1.0 / (len(types) * max(len(rows) - len(claimed), 1)))
         parts.append(f)
     if expression is not None:  # relative to the (pseudo-)query's typical cell, as at mapping
         centres = expression_centres(seen)

@@ -89,7 +89,7 @@ def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer,
 
 def second_opinion(transfer: LabelTransfer, contested: np.ndarray, asked: np.ndarray, second: LabelTransfer,
                    weight: float, reference_counts: np.ndarray | None = None, k: int = 0,
-                   veto_vote: LabelTransfer | None = None, rare_cells: int = 0
+                   veto_vote: LabelTransfer | None = None, rare_labels: np.ndarray | None = None
                    ) -> tuple[LabelTransfer, np.ndarray, np.ndarray]:
     """``transfer`` with a second vote blended into its ``contested`` rows and, with ``reference_counts``,
     the veto of a unanimous vote and the claim of a rare label (:func:`blend_votes`, then
@@ -97,8 +97,8 @@ def second_opinion(transfer: LabelTransfer, contested: np.ndarray, asked: np.nda
 
     ``second`` holds the second vote of the sorted rows ``asked``, which include every contested row
     (every row of ``transfer`` for the veto); ``k`` is its number of voters. ``veto_vote`` (same rows,
-    e.g. of another space) vetoes instead of ``second``; a label with fewer than ``rare_cells``
-    reference cells that holds at least half of ``second``'s vote wins (``0``: never). Returns the
+    e.g. of another space) vetoes instead of ``second``; a label marked in ``rare_labels`` (one bool
+    per label) that holds at least half of ``second``'s vote wins (``None``: none). Returns the
     result, the vetoed rows and the rows a rare label claimed.
     """
     none = np.zeros(0, dtype=np.int64)
@@ -108,7 +108,7 @@ def second_opinion(transfer: LabelTransfer, contested: np.ndarray, asked: np.nda
     veto_vote = second if veto_vote is None else veto_vote
     vetoed = veto_rows(out, veto_vote, reference_counts, k)
     out = overrule(out, vetoed, veto_vote)
-    claimed = rare_label_rows(out, second, reference_counts, rare_cells) if rare_cells > 0 else none
+    claimed = none if rare_labels is None else rare_label_rows(out, second, rare_labels)
     return overrule(out, claimed, second), vetoed, claimed
 
 
@@ -129,10 +129,11 @@ def veto_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: n
     return np.flatnonzero(unanimous & (other.codes != transfer.codes) & (counts[transfer.codes] >= k))
 
 
-def rare_label_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: np.ndarray,
-                    rare_cells: int, min_share: float = 0.5) -> np.ndarray:
-    """Rows where a rare label claims the cell: ``other``'s winner has fewer than ``rare_cells``
-    reference cells, at least ``min_share`` of its vote, and is not ``transfer``'s winner.
+def rare_label_rows(transfer: LabelTransfer, other: LabelTransfer, rare_labels: np.ndarray,
+                    min_share: float = 0.5) -> np.ndarray:
+    """Rows where a rare label claims the cell: ``other``'s winner is marked in ``rare_labels`` (one
+    bool per label, e.g. fewer than 20 reference cells), holds at least ``min_share`` of its vote,
+    and is not ``transfer``'s winner.
 
     ``other`` holds one row per row of ``transfer`` (the vote of each cell's nearest reference
     cells in a space that was not trained on the labels). An embedding learns little from a type
@@ -143,8 +144,10 @@ def rare_label_rows(transfer: LabelTransfer, other: LabelTransfer, reference_cou
     if other.votes.shape != transfer.votes.shape:
         raise ValueError(f"the second vote must have the first's shape {transfer.votes.shape}, got "
                          f"{other.votes.shape}.")
-    counts = np.asarray(reference_counts)
-    claims = (other.votes.sum(axis=1) > 0) & (other.confidence >= min_share) & (counts[other.codes] < rare_cells)
+    rare = np.asarray(rare_labels, dtype=bool)
+    if rare.shape != (transfer.votes.shape[1],):
+        raise ValueError(f"rare_labels must hold one bool per label ({transfer.votes.shape[1]}), got {rare.shape}.")
+    claims = (other.votes.sum(axis=1) > 0) & (other.confidence >= min_share) & rare[other.codes]
     return np.flatnonzero(claims & (other.codes != transfer.codes))
 
 
