@@ -500,3 +500,32 @@ def test_a_rare_reference_type_claims_its_query_cells():
     recall = lambda p: (p[truth == UNSEEN] == UNSEEN).mean()  # noqa: E731
     assert recall(pred) > recall(before.obs["cell_type_pred"].astype(str).to_numpy()) + 0.1
     assert recall(pred) >= 0.95 and (truth[pred == UNSEEN] == UNSEEN).mean() >= 0.95  # and precise
+
+
+def test_a_model_saved_before_the_scaled_space_gets_it_from_the_reference(held_out, mapped, tmp_path):
+    """Loaded without its reference AnnData, a model calibrated with version 3 keeps mapping as calibrated;
+    ``prepare_mapping(overwrite=True)`` alone moves it to version 4 without the scaled space (nothing to fit
+    it on), and with the reference AnnData it fits the same space the trained model holds."""
+    model, query = held_out[0], mapped[1]
+    old = copy.deepcopy(model)
+    for name in [n for n in old.reference.extra if n.startswith("scaled_expression")]:
+        del old.reference.extra[name]
+    cfg = old.extra_config["mapping"]
+    cfg["version"] = 3
+    for name in ("rare_label_cells", "scaled_expression"):
+        cfg.pop(name)
+    loaded = Concerto.load(old.save(tmp_path / "v3"))
+    assert loaded.adata is None
+    again = query.copy()
+    loaded.map_query(again, place=False, device="cpu")
+    assert not again.uns["scconcerto_mapping"]["expression_vote"]["scaled_space"]
+    loaded.prepare_mapping(umap=False, overwrite=True)
+    assert loaded.extra_config["mapping"]["version"] == 4 and not loaded.extra_config["mapping"]["scaled_expression"]
+    reference = model.adata
+    loaded.prepare_mapping(reference, umap=False, overwrite=True)
+    assert loaded.extra_config["mapping"]["scaled_expression"]
+    np.testing.assert_allclose(loaded.reference.extra["scaled_expression"], model.reference.extra["scaled_expression"],
+                               atol=1e-5)
+    again = query.copy()
+    loaded.map_query(again, place=False, device="cpu")
+    np.testing.assert_array_equal(again.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())

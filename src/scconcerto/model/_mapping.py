@@ -192,18 +192,18 @@ class MappingMixin:
         """Whether a unanimous expression-space vote overrules the embedding's (with the second opinion on)."""
         return self._expression_vote() > 0 and bool(self._mapping_config().get("expression_veto", False))
 
-    def _scaled_expression(self) -> tuple[np.ndarray, ScaledSpace] | None:
+    def _scaled_expression(self, adata: ad.AnnData | None = None) -> tuple[np.ndarray, ScaledSpace] | None:
         """The reference cells in its scaled expression space and that space, when the mapping rules use it.
 
         Configs of version 4 use it (with the second opinion on) when the reference had one at calibration
         (``extra_config['mapping']['scaled_expression']``, decided once): stored in ``reference.extra``,
-        else fitted on the reference AnnData the model holds.
+        else fitted on the reference AnnData (``adata``, else the one the model holds).
         """
         cfg = self._mapping_config()
         if int(cfg.get("version", 1)) < 4 or self._expression_vote() <= 0:
             return None
         if "scaled_expression" not in cfg:
-            cfg["scaled_expression"] = self._reference_scaled_expression() is not None
+            cfg["scaled_expression"] = self._reference_scaled_expression(adata) is not None
         if not cfg["scaled_expression"]:
             return None
         found = self._reference_scaled_expression()
@@ -212,16 +212,17 @@ class MappingMixin:
                              "which the model no longer holds; re-run `model.prepare_mapping(overwrite=True)`.")
         return found
 
-    def _reference_scaled_expression(self) -> tuple[np.ndarray, ScaledSpace] | None:
+    def _reference_scaled_expression(self, adata: ad.AnnData | None = None
+                                     ) -> tuple[np.ndarray, ScaledSpace] | None:
         """The stored scaled expression space (:mod:`scconcerto.data.scaled_space`), else fitted on the
-        in-memory reference AnnData (every cell of a label with fewer than :data:`RARE_LABEL_CELLS` cells
-        among the fitted ones) and stored; ``None`` without either."""
+        in-memory reference AnnData (``adata``, else the model's; every cell of a label with fewer than
+        :data:`RARE_LABEL_CELLS` cells among the fitted ones) and stored; ``None`` without either."""
         extra = self.reference.extra
         if SCALED_EXPRESSION_EXTRA in extra and len(extra[SCALED_EXPRESSION_EXTRA]) == len(self.reference.embedding):
             space = ScaledSpace(*(np.asarray(extra[name], dtype=np.float32)
                                   for name in (SCALED_LOADINGS_EXTRA, SCALED_OFFSET_EXTRA, SCALED_CAPS_EXTRA)))
             return np.asarray(extra[SCALED_EXPRESSION_EXTRA], dtype=np.float32), space
-        adata = getattr(self, "adata", None)
+        adata = adata if adata is not None else getattr(self, "adata", None)
         if adata is None or adata.n_obs != len(self.reference.embedding):
             return None
         cells = self._prepare(adata, what="the reference").cells
@@ -360,7 +361,8 @@ class MappingMixin:
         Parameters
         ----------
         adata
-            The reference AnnData (only for RNA + protein models loaded from disk).
+            The reference AnnData, for models loaded from disk: RNA + protein models embed it from
+            RNA alone, and models saved before the scaled expression space fit it (with ``overwrite``).
         k
             Neighbours the confidence is calibrated for (mapping with another ``k`` recalibrates).
         umap
@@ -415,10 +417,11 @@ class MappingMixin:
             _INDEX_CACHE.pop(self, None)
             if adata is not None or getattr(self, "adata", None) is not None:
                 self.reference.extra.pop(RNA_EMBEDDING_EXTRA, None)
-            if getattr(self, "adata", None) is not None:  # refitted from it
+            if adata is not None or getattr(self, "adata", None) is not None:  # refitted from it
                 for name in (SCALED_EXPRESSION_EXTRA, SCALED_LOADINGS_EXTRA, SCALED_OFFSET_EXTRA, SCALED_CAPS_EXTRA):
                     self.reference.extra.pop(name, None)
         cfg.update({"k": k, "calibration_cells": calibration_cells, "seed": seed})
+        self._scaled_expression(adata)  # decided (and fitted) before the calibration uses it
         if self.setup.proteins and self.reference.protein is not None:
             if not self._rna_only_reference(adata, batch_size, device):
                 log.warning("The reference was not embedded from RNA alone (no reference AnnData): RNA-only queries "

@@ -44,16 +44,16 @@ def knn_within_groups(query: np.ndarray, reference: np.ndarray, query_group: np.
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}.")
     q = l2_normalize(query)
-    r = l2_normalize(reference)
     idx = np.zeros((len(q), k), dtype=np.int64)
     sims = np.zeros((len(q), k), dtype=np.float32)
     for g in np.unique(query_group):
         rows = np.flatnonzero(query_group == g)
         members = np.flatnonzero(reference_group == g)
         if members.size == 0:
-            members = np.arange(len(r))
+            members = np.arange(len(reference))
         k_eff = min(k, members.size)
-        s, i = exact_search(q[rows], r[members], k_eff)
+        # only the group's cells are copied (normalized): the whole reference may be an atlas
+        s, i = exact_search(q[rows], l2_normalize(reference[members]), k_eff)
         if k_eff < k:  # pad: repeat the last neighbour with no weight
             i = np.concatenate([i, np.repeat(i[:, -1:], k - k_eff, axis=1)], axis=1)
             s = np.concatenate([s, np.zeros((len(rows), k - k_eff), dtype=np.float32)], axis=1)
