@@ -176,6 +176,17 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     assert "expression_similarity" in novelty and "log_expression_density_ratio" in novelty
 
 
+def calibrated_as(model, version: int):
+    """A copy of ``model`` whose mapping config says it was calibrated with the rules of ``version`` (2 or 3:
+    no scaled expression space; 2: no veto either)."""
+    old = copy.deepcopy(model)
+    cfg = old.extra_config["mapping"]
+    cfg["version"] = version
+    for name in ("rare_label_cells", "scaled_expression") + (("expression_veto",) if version == 2 else ()):
+        cfg.pop(name)
+    return old
+
+
 def expected_labels(model, query, neighbors, weight: float, veto: bool = True, adjust: bool = False,
                     scaled: bool = True):
     """The mapped labels recomputed by hand from the saved expression coordinates: the embedding vote,
@@ -221,9 +232,7 @@ def test_contested_labels_get_the_expression_space_vote(held_out, mapped):
         model, query = copy.deepcopy(held_out[0]), mapped[1].copy()
         model.prepare_mapping(umap=False, expression_vote=2.0, overwrite=True)  # above 1: every cell is contested
         if version == 3:
-            for name in ("rare_label_cells", "scaled_expression"):
-                model.extra_config["mapping"].pop(name)
-            model.extra_config["mapping"]["version"] = 3
+            model = calibrated_as(model, 3)
         model.map_query(query, place=False, device="cpu")
         info = query.uns["scconcerto_mapping"]["expression_vote"]
         names, first, blended, final = expected_labels(model, query, result.neighbors, 2.0, scaled=version == 4)
@@ -247,13 +256,7 @@ def test_a_unanimous_expression_vote_overrules_the_embedding(held_out, mapped):
     assert info["veto"] and info["scaled_space"] and info["rare_label_cells"] == 20
     assert info["vetoed"]["cell_type"] + info["rare_claimed"]["cell_type"] >= int((final.codes != blended.codes).sum())
     for version in (3, 2):
-        old = copy.deepcopy(model)
-        cfg = old.extra_config["mapping"]
-        cfg["version"] = version
-        cfg.pop("rare_label_cells")
-        cfg.pop("scaled_expression")
-        if version == 2:
-            cfg.pop("expression_veto")
+        old = calibrated_as(model, version)
         again = query.copy()
         old.map_query(again, place=False, device="cpu")
         _, _, blended, final = expected_labels(old, again, result.neighbors, 0.5, veto=version == 3, scaled=False)
@@ -490,11 +493,7 @@ def test_a_rare_reference_type_claims_its_query_cells():
     np.testing.assert_array_equal(pred, names[final.codes])
     info = query.uns["scconcerto_mapping"]["expression_vote"]
     assert info["rare_claimed"]["cell_type"] > 0
-    old = copy.deepcopy(model)
-    cfg = old.extra_config["mapping"]
-    cfg["version"] = 3
-    for name in ("rare_label_cells", "scaled_expression"):
-        cfg.pop(name)
+    old = calibrated_as(model, 3)
     before = query.copy()
     old.map_query(before, place=False, device="cpu")
     recall = lambda p: (p[truth == UNSEEN] == UNSEEN).mean()  # noqa: E731
@@ -507,13 +506,9 @@ def test_a_model_saved_before_the_scaled_space_gets_it_from_the_reference(held_o
     ``prepare_mapping(overwrite=True)`` alone moves it to version 4 without the scaled space (nothing to fit
     it on), and with the reference AnnData it fits the same space the trained model holds."""
     model, query = held_out[0], mapped[1]
-    old = copy.deepcopy(model)
+    old = calibrated_as(model, 3)
     for name in [n for n in old.reference.extra if n.startswith("scaled_expression")]:
         del old.reference.extra[name]
-    cfg = old.extra_config["mapping"]
-    cfg["version"] = 3
-    for name in ("rare_label_cells", "scaled_expression"):
-        cfg.pop(name)
     loaded = Concerto.load(old.save(tmp_path / "v3"))
     assert loaded.adata is None
     again = query.copy()
