@@ -195,7 +195,7 @@ def expected_labels(model, query, neighbors, weight: float, veto: bool = True, a
     Returns (names, first, blended, final) votes."""
     from scconcerto.data.scaled_space import ScaledSpace
     from scconcerto.tools import adjust_to_proportions, blend_votes, contested_rows, knn, overrule, veto_rows, vote
-    from scconcerto.tools.label_transfer import rare_label_rows
+    from scconcerto.tools.label_transfer import rare_label_rows, rare_labels
 
     extra = model.reference.extra
     codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
@@ -214,7 +214,7 @@ def expected_labels(model, query, neighbors, weight: float, veto: bool = True, a
     blended = blend_votes(first, rows, second.take(rows), weight)
     final = overrule(blended, veto_rows(blended, plain, counts, 5), plain) if veto else blended
     if scaled:
-        final = overrule(final, rare_label_rows(final, second, counts < 20), second)
+        final = overrule(final, rare_label_rows(final, second, rare_labels(counts, 20)), second)
     if adjust:
         final = adjust_to_proportions(final, counts)[0]
     return np.asarray(model.setup.labels["cell_type"]), first, blended, final

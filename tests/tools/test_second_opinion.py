@@ -6,7 +6,7 @@ import pytest
 from scconcerto.tools import (LabelTransfer, NeighborsResults, blend_votes, contested_rows, l2_normalize, overrule,
                               veto_rows, vote)
 from scconcerto.tools.confidence import calibrate_confidence
-from scconcerto.tools.label_transfer import rare_label_rows, second_opinion
+from scconcerto.tools.label_transfer import rare_label_rows, rare_labels, second_opinion
 
 
 def transfer_of(votes) -> LabelTransfer:
@@ -131,6 +131,11 @@ def test_rare_labels_claim_cells_by_a_majority_of_the_second_vote():
         rare_label_rows(tr, transfer_of([[1.0, 0.0]]), counts < 20)
     with pytest.raises(ValueError, match="one bool per label"):
         rare_label_rows(tr, other, np.array([True]))
+
+
+def test_rare_labels_have_two_to_fewer_than_the_limit_cells():
+    np.testing.assert_array_equal(rare_labels(np.array([0, 1, 2, 19, 20, 500]), 20),
+                                  [False, False, True, True, False, False])
 
 
 def test_second_opinion_vetoes_by_one_vote_and_claims_by_the_other():

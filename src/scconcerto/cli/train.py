@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (default: ddp)")
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPUs")
     p.add_argument("--expression-vote", type=float, default=0.5,
-                   help="weight of the expression space's vote on contested query labels at mapping; a unanimous "
-                        "expression vote also overrules the embedding's (0: both off)")
+                   help="weight of the scaled expression space's vote on contested query labels at mapping; a "
+                        "unanimous plain expression vote also overrules the embedding's, and a label of 2-19 "
+                        "reference cells holding half of the scaled vote claims the cell (0: all off)")
     add_runtime(p, training=True)
     p.set_defaults(func=run)
 

@@ -47,7 +47,7 @@ from ..tools.imputation import impute_from_neighbors
 from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import balancing_weights, subsample_per_group, weighted_moments
 from ..tools.label_transfer import (LabelTransfer, adjust_to_proportions, contested_rows, label_counts,
-                                   second_opinion, vote)
+                                   rare_labels, second_opinion, vote)
 from ..tools.neighbors import (NeighborsResults, build_index, gpu_search_active, ivf_centroids, knn,
                                searches_on_its_device)
 from ..tools.placement import place_on_reference
@@ -80,7 +80,7 @@ SCALED_CAPS_EXTRA = "scaled_expression_caps"  # genes: clipping values
 #: 0.940 / 0.869 (pancreas Xin query 0.963 -> 0.981 on average).
 DEFAULT_EXPRESSION_VOTE = 0.5
 EXPRESSION_SAMPLE_CELLS = 10_000
-#: A label with fewer reference cells claims a query cell when it holds at least half of the cell's vote in
+#: A label with fewer reference cells (and at least 2) claims a query cell when it holds at least half of its vote in
 #: the scaled expression space (:func:`~scconcerto.tools.label_transfer.rare_label_rows`). Over seeds 0-2 and 7
 #: label-transfer splits (offline, same models, that space's vote also blended in), 10, 20, 50 and 100 gave mean
 #: macro-F1 0.909-0.911 against 0.869 without either; 200 gave 0.882.
@@ -388,7 +388,7 @@ class MappingMixin:
             with fewer than ``k`` reference cells). With the reference's scaled expression space
             (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`; fitted here from the
             reference AnnData unless stored), the vote blended in is that space's, and a label with
-            fewer than :data:`RARE_LABEL_CELLS` reference cells holding at least half of it claims
+            2 to fewer than :data:`RARE_LABEL_CELLS` reference cells holding at least half of it claims
             the cell (:func:`~scconcerto.tools.label_transfer.rare_label_rows`). ``0`` turns all of
             them off; models without an expression space (read from disk) have none. Changing it
             needs ``overwrite`` (the confidence is calibrated with it).
@@ -831,7 +831,7 @@ class MappingMixin:
         scaled space's vote (the plain space's for models without it, calibrated before version 4) is
         blended into the contested cells (:func:`~scconcerto.tools.label_transfer.blend_votes`); the
         plain space's vote then overrules the winner of each cell whose ``k`` neighbours there all name
-        another label (:func:`~scconcerto.tools.label_transfer.veto_rows`), and a label with fewer than
+        another label (:func:`~scconcerto.tools.label_transfer.veto_rows`), and a label with 2 to fewer than
         :data:`RARE_LABEL_CELLS` reference cells holding at least half of the scaled space's vote wins
         (:func:`~scconcerto.tools.label_transfer.rare_label_rows`). ``query_expression()`` and
         ``query_scaled()`` give the query cells in those spaces (projected once per mapping). Returns the
@@ -864,7 +864,7 @@ class MappingMixin:
             second = vote(found_scaled, codes, n_labels)
             veto_vote = None if scaled is None else vote(found, codes, n_labels)
             counts = label_counts(codes, tr.votes.shape[1]) if veto else None  # veto: rows are all query cells
-            rare = counts < rare_cells if rare_cells and counts is not None else None
+            rare = rare_labels(counts, rare_cells) if rare_cells and counts is not None else None
             out[key], vetoed, claimed = second_opinion(tr, contested[key], rows, second, weight, counts, k_expr,
                                                        veto_vote=veto_vote, rare_labels=rare)
             overruled[key] = np.union1d(vetoed, claimed)

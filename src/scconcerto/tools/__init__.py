@@ -1,11 +1,12 @@
 """What uses an embedding: neighbours, label transfer (and more)."""
 
-from .label_transfer import (LabelTransfer, adjust_to_proportions, blend_votes, contested_rows, overrule, veto_rows,
-                             vote)
+from .label_transfer import (LabelTransfer, adjust_to_proportions, blend_votes, contested_rows, overrule,
+                             rare_label_rows, rare_labels, second_opinion, veto_rows, vote)
 from .neighbors import NeighborsResults, build_index, knn, l2_normalize
 
 __all__ = ["LabelTransfer", "NeighborsResults", "adjust_to_proportions", "blend_votes", "build_index",
-           "contested_rows", "knn", "l2_normalize", "overrule", "veto_rows", "vote"]
+           "contested_rows", "knn", "l2_normalize", "overrule", "rare_label_rows", "rare_labels", "second_opinion",
+           "veto_rows", "vote"]
 
 from .clustering import DEFAULT_SWEEP, LeidenSweep, cluster, leiden, leiden_sweep, neighbor_graph  # noqa: E402
 

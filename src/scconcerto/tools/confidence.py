@@ -60,7 +60,7 @@ import numpy as np
 
 from .._errors import InputError
 from .hierarchy import with_neighbors_of_labels
-from .label_transfer import LabelTransfer, contested_rows, label_counts, second_opinion, vote
+from .label_transfer import LabelTransfer, contested_rows, label_counts, rare_labels, second_opinion, vote
 from .neighbors import NeighborsResults, exact_search, knn, l2_normalize
 
 __all__ = ["CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult",
@@ -420,7 +420,7 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     # reference of that size would be at mapping
     voting = np.where(is_pseudo_ref, codes, -1)
     # the labels that may claim cells: rare in the whole reference, as at mapping
-    rare_labels = label_counts(codes, n_classes) < rare_label_cells if rare_label_cells > 0 else None
+    claiming = rare_labels(label_counts(codes, n_classes), rare_label_cells) if rare_label_cells > 0 else None
 
     def transfer(nb: NeighborsResults, query_rows: np.ndarray, base_rows: np.ndarray
                  ) -> tuple[NeighborsResults, LabelTransfer, np.ndarray]:
@@ -442,7 +442,7 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
             _search_within(expression, base_rows, expression[query_rows[asked]], k_eff), voting, n_classes)
         counts = label_counts(codes[base_rows], n_classes) if expression_veto else None
         tr, vetoed, claimed = second_opinion(tr, contested, asked, second, expression_vote, counts, k_eff,
-                                             veto_vote=veto_vote, rare_labels=rare_labels)
+                                             veto_vote=veto_vote, rare_labels=claiming)
         moved = np.union1d(vetoed, claimed)
         return with_neighbors_of_labels(nb, moved, emb[query_rows[moved]], emb[base_rows], codes[base_rows],
                                         tr.codes[moved], reference_rows=base_rows), tr, claimed

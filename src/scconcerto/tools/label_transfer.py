@@ -129,6 +129,14 @@ def veto_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: n
     return np.flatnonzero(unanimous & (other.codes != transfer.codes) & (counts[transfer.codes] >= k))
 
 
+def rare_labels(reference_counts: np.ndarray, max_cells: int) -> np.ndarray:
+    """Labels that may claim cells (:func:`rare_label_rows`): fewer than ``max_cells`` reference cells,
+    but at least two (one cell is no evidence of a type, and the k / n scaling of :func:`vote` would let
+    a single neighbour of it hold a majority)."""
+    counts = np.asarray(reference_counts)
+    return (counts >= 2) & (counts < max_cells)
+
+
 def rare_label_rows(transfer: LabelTransfer, other: LabelTransfer, rare_labels: np.ndarray,
                     min_share: float = 0.5) -> np.ndarray:
     """Rows where a rare label claims the cell: ``other``'s winner is marked in ``rare_labels`` (one
