@@ -212,11 +212,12 @@ def expected_labels(model, query, neighbors, weight: float, veto: bool = True, a
                             extra["scaled_expression_caps"])
         second = vote(knn(space.project(cells), extra["scaled_expression"], k=5), codes, n)
     blended = blend_votes(first, rows, second.take(rows), weight)
-    final = overrule(blended, veto_rows(blended, plain, counts, 5), plain) if veto else blended
-    if scaled:
-        final = overrule(final, rare_label_rows(final, second, rare_labels(counts, 20)), second)
-    if adjust:
-        final = adjust_to_proportions(final, counts)[0]
+    vetoed = veto_rows(blended, plain, counts, 5) if veto else np.zeros(0, dtype=np.int64)
+    final = overrule(blended, vetoed, plain)
+    claimed = rare_label_rows(final, second, rare_labels(counts, 20)) if scaled else np.zeros(0, dtype=np.int64)
+    final = overrule(final, claimed, second)
+    if adjust:  # the overruled cells keep their votes
+        final = overrule(adjust_to_proportions(final, counts)[0], np.union1d(vetoed, claimed), final)
     return np.asarray(model.setup.labels["cell_type"]), first, blended, final
 
 
@@ -287,8 +288,8 @@ def test_no_second_opinion_when_off_or_calibrated_without_it(held_out, mapped):
 
 
 def test_votes_adjusted_to_the_query_proportions_on_request(held_out, mapped):
-    """With ``adjust_proportions`` the labels are the vote adjusted to the query's EM proportions (recomputed
-    here); the report names each label's estimated proportion (close to the query's predicted mix) and its
+    """With ``adjust_proportions`` the labels are the vote adjusted to the query's EM proportions, save the
+    vetoed and claimed cells' (recomputed here); the report names each label's estimated proportion (close to the query's predicted mix) and its
     reference proportion. By default, and for queries under ``MIN_QUERY_CELLS`` cells, the vote is plain."""
     from scconcerto.tools import adjust_to_proportions
     from scconcerto.tools.confidence import MIN_QUERY_CELLS
@@ -298,8 +299,9 @@ def test_votes_adjusted_to_the_query_proportions_on_request(held_out, mapped):
     query = plain.copy()
     model.map_query(query, device="cpu", place=False, adjust_proportions=True)
     names, _, _, before = expected_labels(model, query, result.neighbors, 0.5)
+    adjusted = expected_labels(model, query, result.neighbors, 0.5, adjust=True)[3]  # vetoed, claimed cells kept
     codes, n = model.reference.labels["cell_type"], len(names)
-    adjusted, estimated = adjust_to_proportions(before, np.bincount(codes[codes >= 0], minlength=n))
+    estimated = adjust_to_proportions(before, np.bincount(codes[codes >= 0], minlength=n))[1]
     np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[adjusted.codes])
     report = query.uns["scconcerto_mapping"]["label_proportions"]["cell_type"]
     assert report["changed"] == int((adjusted.codes != before.codes).sum())
@@ -524,3 +526,24 @@ def test_a_model_saved_before_the_scaled_space_gets_it_from_the_reference(held_o
     again = query.copy()
     loaded.map_query(again, place=False, device="cpu")
     np.testing.assert_array_equal(again.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())
+
+
+def test_the_proportion_adjustment_keeps_overruled_cells(held_out):
+    """Rows set by a veto or a rare label's claim keep their votes when the rest is adjusted to the
+    query's proportions, and the report counts only the cells the adjustment moved."""
+    from scconcerto.tools import LabelTransfer, adjust_to_proportions
+
+    model = held_out[0]
+    codes = model.reference.labels["cell_type"]
+    n = len(model.setup.labels["cell_type"])
+    counts = np.bincount(codes[codes >= 0], minlength=n)
+    votes = np.zeros((200, n), dtype=np.float32)
+    votes[:150, 0] = 1.0  # a query rich in label 0
+    votes[150:, 0], votes[150:, 1] = 0.45, 0.55  # near ties that its proportions tip to label 0
+    tr = LabelTransfer(codes=votes.argmax(1), confidence=votes.max(1), votes=votes)
+    moved = adjust_to_proportions(tr, counts)[0]
+    assert (moved.codes[150:] == 0).all()  # the adjustment alone moves every near tie
+    out, info = model._to_query_proportions({"cell_type": tr}, {"cell_type": np.array([150, 151])})
+    np.testing.assert_array_equal(out["cell_type"].codes[150:152], [1, 1])
+    np.testing.assert_array_equal(out["cell_type"].codes[152:], moved.codes[152:])
+    assert info["cell_type"]["changed"] == 48
