@@ -39,9 +39,10 @@ calibration does the same for its pseudo-query cells (searched among the
 pseudo-reference, or the pseudo-reference without their type, in that space),
 so the vote share and winner the confidence models see are those of mapping. The same holds for the
 veto of a unanimous expression-space vote (all pseudo-query cells are searched in that space then) and,
-with the scaled expression space, for its blend and its rare labels' claims (rare by their
-pseudo-reference counts); an overruled cell's neighbourhood features are taken among the reference cells
-of its new label, in both.
+with the scaled expression space, for its blend and its rare labels' claims (rare by their counts in the
+whole reference, as at mapping); an overruled cell's neighbourhood features are taken among the reference
+cells of its new label, in both. Claimed cells are then left out of the fits: a claim is a rule outside the
+neighbourhood the models describe.
 
 A query too small to have neighbours of its own (fewer than
 :data:`MIN_QUERY_CELLS` cells) uses a novelty model without the ratio. The
@@ -451,8 +452,7 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         """``features`` without the claimed rows: a rare label's claim is a rule outside the neighbourhood
         the models describe (fitted on them, one right claim among 150 cells made the right-vs-wrong
         model accept far weaker neighbourhoods: PBMC without CD8 T, seen-vs-unseen AUROC 0.785 -> 0.737)."""
-        kept = np.setdiff1d(np.arange(len(next(iter(features.values())))), claimed)
-        return {name: v[kept] for name, v in features.items()}
+        return {name: np.delete(v, claimed) for name, v in features.items()}
 
     # seen: pseudo-query cells against the pseudo-reference
     nb = _search_within(emb, pseudo_ref, emb[pseudo_query], k_eff)
@@ -461,9 +461,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     seen["log_density_ratio"] = density_ratio(emb[pseudo_query], emb[pseudo_ref], k=k, seed=seed)
     if expression is not None:
         seen.update(expression_features(expression[pseudo_query], expression[pseudo_ref], k=k, seed=seed))
-    seen["correct"] = (tr.codes == q_codes).astype(np.float64)
     seen = without(seen, claimed)
-    seen_correct = seen.pop("correct") > 0.5
+    seen_correct = np.delete(tr.codes == q_codes, claimed)
 
     # unseen: each type's pseudo-query cells against the pseudo-reference without that type
     types = [t for t in np.unique(q_codes) if (q_codes == t).sum() >= min_type_cells
@@ -483,7 +482,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
             f.update(expression_features(expression[pseudo_query[rows]], expression[ref_without_t], k=k, seed=seed,
                                          query_pool=expression[pseudo_query], query_rows_in_pool=rows))
         f = without(f, claimed)
-        f["weight"] = np.full(len(rows) - len(claimed), 1.0 / (len(types) * max(len(rows) - len(claimed), 1)))
+        n_kept = len(rows) - len(claimed)
+        f["weight"] = np.full(n_kept, 1.0 / (len(types) * max(n_kept, 1)))
         parts.append(f)
     if expression is not None:  # relative to the (pseudo-)query's typical cell, as at mapping
         centres = expression_centres(seen)

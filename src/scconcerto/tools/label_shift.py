@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["balancing_weights", "query_proportions", "reweighted", "sharpened", "subsample_per_group",
+__all__ = ["balancing_weights", "query_proportions", "reweighted", "row_shares", "sharpened", "subsample_per_group",
            "weighted_moments"]
 
 #: Weights are clipped to this range: a type predicted for a handful of query cells must not dominate.
@@ -94,11 +94,16 @@ def subsample_per_group(groups: np.ndarray, max_per_group: int, seed: int) -> np
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
+def row_shares(values: np.ndarray) -> np.ndarray:
+    """Each row of ``values`` divided by its sum (rows summing to 0 stay zero), float64."""
+    values = np.asarray(values, dtype=np.float64)
+    total = values.sum(axis=1, keepdims=True)
+    return np.divide(values, total, out=np.zeros_like(values), where=total > 0)
+
+
 def sharpened(shares: np.ndarray, temperature: float) -> np.ndarray:
     """Rows of ``shares`` raised to ``temperature`` and renormalized (rows without votes stay zero), float64."""
-    p = np.asarray(shares, dtype=np.float64) ** temperature
-    total = p.sum(axis=1, keepdims=True)
-    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+    return row_shares(np.asarray(shares, dtype=np.float64) ** temperature)
 
 
 def query_proportions(posteriors: np.ndarray, reference_proportions: np.ndarray, max_iter: int = 500,
@@ -156,6 +161,4 @@ def reweighted(shares: np.ndarray, query_proportions: np.ndarray, reference_prop
     """Rows of ``shares`` times ``(q / r) ** power``, renormalized (ratio 1 where ``r`` is 0; empty rows stay 0)."""
     ratio = np.divide(query_proportions, reference_proportions, out=np.ones(len(reference_proportions)),
                       where=reference_proportions > 0) ** power
-    out = np.asarray(shares, dtype=np.float64) * ratio
-    total = out.sum(axis=1, keepdims=True)
-    return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
+    return row_shares(np.asarray(shares, dtype=np.float64) * ratio)

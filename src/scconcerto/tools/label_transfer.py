@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .label_shift import SHARE_TEMPERATURE, query_proportions, reweighted, sharpened
+from .label_shift import SHARE_TEMPERATURE, query_proportions, reweighted, row_shares, sharpened
 from .neighbors import NeighborsResults
 
 
@@ -66,7 +66,7 @@ def contested_rows(transfer: LabelTransfer, weight: float) -> np.ndarray:
     (shares sum to 1), so only cells whose two best labels' shares differ by less
     than ``weight`` (or that got no vote) can change label.
     """
-    shares = _shares(transfer.votes)
+    shares = row_shares(transfer.votes)
     if shares.shape[1] < 2:
         return np.flatnonzero(shares.sum(axis=1) <= 0)
     top_two = np.partition(shares, shares.shape[1] - 2, axis=1)[:, -2:]
@@ -81,9 +81,9 @@ def blend_votes(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer,
     other cells keep their own, unchanged), its confidence the winner's share of
     the blended vote.
     """
-    shares = _shares(transfer.votes)
+    shares = row_shares(transfer.votes)
     if len(rows):
-        shares[rows] += weight * _shares(other.votes)
+        shares[rows] += weight * row_shares(other.votes)
     return _winners(shares)
 
 
@@ -121,9 +121,7 @@ def veto_rows(transfer: LabelTransfer, other: LabelTransfer, reference_counts: n
     least ``k`` reference cells: a label with fewer could never be named unanimously there,
     so a rare label is never overruled this way.
     """
-    if other.votes.shape != transfer.votes.shape:
-        raise ValueError(f"the second vote must have the first's shape {transfer.votes.shape}, got "
-                         f"{other.votes.shape}.")
+    _check_same_shape(transfer, other)
     counts = np.asarray(reference_counts)
     unanimous = (other.votes.sum(axis=1) > 0) & (other.confidence >= 1.0 - 1e-6)
     return np.flatnonzero(unanimous & (other.codes != transfer.codes) & (counts[transfer.codes] >= k))
@@ -149,9 +147,7 @@ def rare_label_rows(transfer: LabelTransfer, other: LabelTransfer, rare_labels: 
     majority of such a label among the cell's neighbours in expression is strong evidence, since
     at most a handful of cells anywhere can vote for it.
     """
-    if other.votes.shape != transfer.votes.shape:
-        raise ValueError(f"the second vote must have the first's shape {transfer.votes.shape}, got "
-                         f"{other.votes.shape}.")
+    _check_same_shape(transfer, other)
     rare = np.asarray(rare_labels, dtype=bool)
     if rare.shape != (transfer.votes.shape[1],):
         raise ValueError(f"rare_labels must hold one bool per label ({transfer.votes.shape[1]}), got {rare.shape}.")
@@ -159,10 +155,17 @@ def rare_label_rows(transfer: LabelTransfer, other: LabelTransfer, rare_labels: 
     return np.flatnonzero(claims & (other.codes != transfer.codes))
 
 
+def _check_same_shape(transfer: LabelTransfer, other: LabelTransfer) -> None:
+    """A second vote must hold one row per row of ``transfer`` over the same labels."""
+    if other.votes.shape != transfer.votes.shape:
+        raise ValueError(f"the second vote must have the first's shape {transfer.votes.shape}, got "
+                         f"{other.votes.shape}.")
+
+
 def overrule(transfer: LabelTransfer, rows: np.ndarray, other: LabelTransfer) -> LabelTransfer:
     """``transfer`` with the votes of ``rows`` replaced by ``other``'s (one row per row of ``transfer``)."""
-    shares = _shares(transfer.votes)
-    shares[rows] = _shares(other.votes[rows])
+    shares = row_shares(transfer.votes)
+    shares[rows] = row_shares(other.votes[rows])
     return _winners(shares)
 
 
@@ -196,7 +199,7 @@ def adjust_to_proportions(transfer: LabelTransfer, reference_counts: np.ndarray,
         raise ValueError(f"reference_counts must hold one positive count per label "
                          f"({transfer.votes.shape[1]}), got shape {counts.shape} summing to {counts.sum()}.")
     reference = counts / counts.sum()
-    shares = _shares(transfer.votes)
+    shares = row_shares(transfer.votes)
     proportions = query_proportions(sharpened(shares, temperature), reference)
     return _winners(reweighted(shares, proportions, reference, power=1.0 / temperature)), proportions
 
@@ -208,10 +211,3 @@ def _winners(votes: np.ndarray) -> LabelTransfer:
     conf = np.divide(votes[np.arange(len(votes)), best], total, out=np.zeros(len(votes)), where=total > 0)
     return LabelTransfer(codes=best.astype(np.int64), confidence=conf.astype(np.float32),
                          votes=votes.astype(np.float32))
-
-
-def _shares(votes: np.ndarray) -> np.ndarray:
-    """Each row of ``votes`` divided by its sum (rows without votes stay zero), float64."""
-    votes = np.asarray(votes, dtype=np.float64)
-    total = votes.sum(axis=1, keepdims=True)
-    return np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
