@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scconcerto.data import prepare_cells, setup_reference
-from scconcerto.data.positives import expression_components, neighbor_positives
+from scconcerto.data.positives import expression_components, joint_components, neighbor_positives
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,19 @@ def test_student_view_comes_from_the_drawn_positive(prepared):
     np.testing.assert_allclose(batch.student["rna"].values.numpy(), other.student["rna"].values.numpy())
     assert np.array_equal(batch.teacher["rna"].indices.numpy(), own.teacher["rna"].indices.numpy())
     assert np.array_equal(batch.rows.numpy(), rows)
+
+
+def test_joint_components_average_the_cosines_of_their_spaces():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 4)), 5.0 * rng.normal(size=(7, 3))
+
+    def cosines(m):
+        u = m / np.linalg.norm(m, axis=1, keepdims=True)
+        return u @ u.T
+
+    z = joint_components(a, b)
+    assert z.shape == (7, 7) and z.dtype == np.float32
+    np.testing.assert_allclose(z @ z.T, (cosines(a) + cosines(b)) / 2, atol=1e-6)
+    np.testing.assert_allclose(joint_components(a), a / np.linalg.norm(a, axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(ValueError, match="same cells"):
+        joint_components(a, b[:5])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import scconcerto.data.positives as positives
+import scconcerto.model._mapping as mapping
 from scconcerto import Concerto
 from scconcerto._errors import InputError
 
@@ -34,3 +36,32 @@ def test_paper_views_and_unlabeled_positives(sim):
 def test_negative_positive_neighbors_is_a_clear_error(sim):
     with pytest.raises(InputError, match="positive_neighbors"):
         Concerto(sim[:100].copy(), batch_key="batch").train(epochs=1, positive_neighbors=-1, progress=False)
+
+
+def test_positives_are_searched_in_the_joint_space_that_mapping_then_reuses(sim, monkeypatch):
+    """By default the positives' search space is the plain and the scaled expression spaces side by side;
+    the scaled space is fitted once, in training, and mapping uses that one. ``"svd"`` searches the plain
+    space alone (the scaled space is then fitted for mapping); a model that maps without the expression
+    vote keeps no scaled space."""
+    searched, fits = [], []
+    search, fit = positives.neighbor_positives, mapping.fit_scaled_space
+    monkeypatch.setattr(positives, "neighbor_positives",
+                        lambda cells, k, **kw: searched.append(kw["components"]) or search(cells, k, **kw))
+    monkeypatch.setattr(mapping, "fit_scaled_space", lambda *a, **kw: fits.append(1) or fit(*a, **kw))
+    small = sim[:300].copy()
+    options = {"epochs": 1, "progress": False, "device": "cpu"}
+    joint = Concerto(small, batch_key="batch", label_key="cell_type").train(**options, prepare_mapping={"umap": False})
+    extra = joint.reference.extra
+    assert joint.train_config.positive_space == "joint" and len(fits) == 1
+    np.testing.assert_allclose(searched[-1], positives.joint_components(extra["expression"],
+                                                                        extra["scaled_expression"]), atol=1e-6)
+    svd = Concerto(small, batch_key="batch", label_key="cell_type").train(
+        **options, positive_space="svd", prepare_mapping={"umap": False})
+    assert svd.train_config.positive_space == "svd" and len(fits) == 2  # fitted by prepare_mapping
+    np.testing.assert_array_equal(searched[-1], svd.reference.extra["expression"])
+    np.testing.assert_allclose(svd.reference.extra["scaled_expression"], extra["scaled_expression"], atol=1e-5)
+    off = Concerto(small, batch_key="batch", label_key="cell_type").train(
+        **options, prepare_mapping={"umap": False, "expression_vote": 0.0})
+    assert not [name for name in off.reference.extra if name.startswith("scaled_expression")]
+    with pytest.raises(InputError, match="positive_space"):
+        Concerto(small, batch_key="batch").train(**options, positive_space="scaled")

@@ -98,6 +98,22 @@ def test_calibrated_confidence_separates_unseen_type(toy):
     assert unknown[unseen].mean() > 0.8 and unknown[~unseen].mean() < 0.2
 
 
+def test_thresholds_are_set_on_the_seen_cells_when_no_transfer_is_right():
+    """Pseudo-query cells that all sit among the other type's cells: no right transfer to take the
+    threshold's quantile of, so it is taken over every seen cell instead of failing."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:2]
+    ref_side = np.repeat([0, 1], 30)
+    query_side = np.repeat([0, 1], 10)
+    emb = l2_normalize(np.vstack([centres[ref_side], centres[query_side]])
+                       + 0.05 * rng.standard_normal((80, 8)).astype(np.float32))
+    codes = np.concatenate([ref_side, 1 - query_side])  # the pseudo-query's labels are the other side's
+    result = calibrate_confidence(emb, codes, 2, k=5, seed=0, pseudo_query=np.arange(60, 80))
+    assert not result.seen_correct.any()
+    assert result.model.threshold == pytest.approx(float(np.quantile(result.seen_confidence, 0.05)), abs=1e-6)
+    assert 0.0 <= result.model.threshold <= 1.0
+
+
 def test_confidence_model_survives_json(toy):
     ref, ref_codes, query, _ = toy
     model = calibrate_confidence(ref, ref_codes, 4, k=3, seed=2).model

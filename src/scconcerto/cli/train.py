@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "views of the cell itself)")
     p.add_argument("--no-label-positives", action="store_true",
                    help="neighbour positives ignore the labels (default: with --label-key they share the labels)")
+    p.add_argument("--positive-space", choices=("joint", "svd"), default="joint",
+                   help="where neighbour positives are searched: 'joint' (default) averages the cosine similarity "
+                        "of the plain (SVD) and scaled (z-scored PCA) expression spaces; 'svd': the plain one")
     p.add_argument("--modality-dropout", type=float, default=0.5,
                    help="RNA + protein: share of training batches whose teacher sees RNA only (default: 0.5)")
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
+                positive_space=args.positive_space,
                 modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
                 precision=args.precision, prepare_mapping={"expression_vote": args.expression_vote})
     if not is_global_zero():  # data-parallel run: rank 0 writes the model

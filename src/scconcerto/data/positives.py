@@ -13,7 +13,9 @@ Neighbours are searched
 
 * in a low-rank expression space: a truncated SVD of the normalized values,
   fitted on at most ``svd_cells`` cells and applied block by block (the matrix
-  is never densified), cosine similarity through faiss;
+  is never densified), cosine similarity through faiss; the model joins it to
+  the scaled expression space (:mod:`scconcerto.data.scaled_space`) by default
+  (:func:`joint_components`: the mean of the two cosine similarities);
 * among cells of the same source only (batch effects must not be learnt as
   positives);
 * when reference labels are given, among cells of the same label too (a
@@ -70,6 +72,20 @@ def expression_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS,
     svd = TruncatedSVD(n_comp, algorithm="randomized", random_state=seed).fit(fit_block)
     loadings = svd.components_.T.astype(np.float32)  # genes x c
     return project_expression(cells, loadings), loadings
+
+
+def joint_components(*spaces: np.ndarray) -> np.ndarray:
+    """The cells in several spaces side by side: ``(n_cells, total width)`` float32.
+
+    Each space's rows are L2-normalized and divided by the square root of the number of
+    spaces, so the inner product of two rows is the mean of their cosine similarities in the
+    spaces (and the rows have unit norm).
+    """
+    if not spaces or len({len(z) for z in spaces}) != 1:
+        raise ValueError("joint_components needs at least one space, all with the same cells")
+    scale = 1.0 / np.sqrt(len(spaces))
+    return np.hstack([z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12) * scale
+                      for z in spaces]).astype(np.float32)
 
 
 def _vocabulary_width(cells: CellMatrix) -> int:

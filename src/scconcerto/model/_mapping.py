@@ -71,6 +71,7 @@ SCALED_EXPRESSION_EXTRA = "scaled_expression"  # every reference cell in the sca
 SCALED_LOADINGS_EXTRA = "scaled_expression_loadings"  # genes x c (:class:`~scconcerto.data.scaled_space.ScaledSpace`)
 SCALED_OFFSET_EXTRA = "scaled_expression_offset"  # c
 SCALED_CAPS_EXTRA = "scaled_expression_caps"  # genes: clipping values
+SCALED_EXTRAS = (SCALED_EXPRESSION_EXTRA, SCALED_LOADINGS_EXTRA, SCALED_OFFSET_EXTRA, SCALED_CAPS_EXTRA)
 #: Weight of the expression space's vote, added to the embedding's vote shares of contested cells
 #: (:func:`~scconcerto.tools.label_transfer.blend_votes`). Fixed at 0.5 before it was measured. Benchmark label
 #: transfer, ACC / macro-F1: symphony 3pv1 0.928 / 0.771 -> 0.934 / 0.795, 3pv2 0.910 / 0.816 -> 0.915 / 0.824,
@@ -219,8 +220,7 @@ class MappingMixin:
     def _reference_scaled_expression(self, adata: ad.AnnData | None = None
                                      ) -> tuple[np.ndarray, ScaledSpace] | None:
         """The stored scaled expression space (:mod:`scconcerto.data.scaled_space`), else fitted on the
-        in-memory reference AnnData (``adata``, else the model's; every cell of a label with fewer than
-        :data:`RARE_LABEL_CELLS` cells among the fitted ones) and stored; ``None`` without either."""
+        in-memory reference AnnData (``adata``, else the model's) and stored; ``None`` without either."""
         extra = self.reference.extra
         if SCALED_EXPRESSION_EXTRA in extra and len(extra[SCALED_EXPRESSION_EXTRA]) == len(self.reference.embedding):
             space = ScaledSpace(*(np.asarray(extra[name], dtype=np.float32)
@@ -232,17 +232,29 @@ class MappingMixin:
         cells = self._prepare(adata, what="the reference").cells
         if cells.on_disk:
             return None
+        fitted = self._fit_scaled_expression(cells, self.reference.labels, self.seed)
+        if fitted is not None:
+            self._store_scaled_expression(*fitted)
+        return fitted
+
+    def _fit_scaled_expression(self, cells: Any, label_codes: dict[str, np.ndarray], seed: int
+                               ) -> tuple[np.ndarray, ScaledSpace] | None:
+        """The in-memory reference ``cells`` in a scaled expression space fitted on them (every cell of a
+        label with fewer than :data:`RARE_LABEL_CELLS` cells among the fitted ones), and that space;
+        ``None`` when there is nothing to fit (e.g. a single varying gene)."""
         rare = [np.flatnonzero((codes >= 0) & (label_counts(codes, len(self.setup.labels[key]))[np.maximum(codes, 0)]
-                                               < RARE_LABEL_CELLS)) for key, codes in self.reference.labels.items()]
+                                               < RARE_LABEL_CELLS)) for key, codes in label_codes.items()]
         try:
-            space = fit_scaled_space(cells, seed=self.seed, keep_rows=np.concatenate(rare) if rare else None)
-        except ValueError as exc:  # e.g. a single varying gene
+            space = fit_scaled_space(cells, seed=seed, keep_rows=np.concatenate(rare) if rare else None)
+        except ValueError as exc:
             log.info("No scaled expression space for the reference (%s).", exc)
             return None
-        coords = space.project(cells)
-        extra.update({SCALED_EXPRESSION_EXTRA: coords, SCALED_LOADINGS_EXTRA: space.loadings,
-                      SCALED_OFFSET_EXTRA: space.offset, SCALED_CAPS_EXTRA: space.caps})
-        return coords, space
+        return space.project(cells), space
+
+    def _store_scaled_expression(self, coords: np.ndarray, space: ScaledSpace) -> None:
+        """Keep the reference cells' scaled coordinates and the space with the reference (saved with the model)."""
+        self.reference.extra.update({SCALED_EXPRESSION_EXTRA: coords, SCALED_LOADINGS_EXTRA: space.loadings,
+                                     SCALED_OFFSET_EXTRA: space.offset, SCALED_CAPS_EXTRA: space.caps})
 
     def _require_reference(self) -> None:
         if getattr(self, "reference", None) is None:
@@ -420,11 +432,12 @@ class MappingMixin:
                 del self.reference.extra[name]
             _INDEX_CACHE.pop(self, None)
             if adata is not None or getattr(self, "adata", None) is not None:  # recomputed from it
-                for name in (RNA_EMBEDDING_EXTRA, SCALED_EXPRESSION_EXTRA, SCALED_LOADINGS_EXTRA, SCALED_OFFSET_EXTRA,
-                             SCALED_CAPS_EXTRA):
+                for name in (RNA_EMBEDDING_EXTRA, *SCALED_EXTRAS):
                     self.reference.extra.pop(name, None)
         cfg.update({"k": k, "calibration_cells": calibration_cells, "seed": seed})
-        self._scaled_expression(adata)  # decided (and fitted) before the calibration uses it
+        if self._scaled_expression(adata) is None:  # decided (and fitted) before the calibration uses it
+            for name in SCALED_EXTRAS:  # e.g. fitted in training for the positives: kept only if mapping uses it
+                self.reference.extra.pop(name, None)
         if self.setup.proteins and self.reference.protein is not None:
             if not self._rna_only_reference(adata, batch_size, device):
                 log.warning("The reference was not embedded from RNA alone (no reference AnnData): RNA-only queries "

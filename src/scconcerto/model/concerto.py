@@ -33,6 +33,7 @@ UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first ma
 CALIBRATION_FRACTION = 0.25  # labeled cells whose labels do not shape the positives: the confidence is calibrated on them
 CALIBRATION_MAX_CELLS = 5_000
 CALIBRATION_EXTRA = "calibration_rows"
+POSITIVE_SPACES = ("joint", "svd")
 
 
 def default_epochs(n_cells: int) -> int:
@@ -114,8 +115,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
-              positive_neighbors: int = 10,
-              label_positives: bool = True, seed: int | None = None, device: str = "auto",
+              positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
+              seed: int | None = None, device: str = "auto",
               progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
@@ -143,6 +144,11 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             With label keys, neighbour positives share the cell's labels (the labels shape the
             embedding, as in scANVI); 25 % of the labeled cells (at most 5,000) are kept out of
             this and calibrate the mapping confidence.
+        positive_space
+            Where the neighbour positives are searched: ``"joint"`` (default), the mean cosine
+            similarity in the plain expression space (truncated SVD of the normalized values) and in
+            the scaled one (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`, which then serves
+            mapping too); ``"svd"``: the plain space alone (as models trained before the option).
         seed
             Training seed (default: the model's seed).
         device
@@ -167,15 +173,19 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             raise InputError(f"modality_dropout must be between 0 and 1, got {modality_dropout}.")
         if positive_neighbors < 0:
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
+        if positive_space not in POSITIVE_SPACES:
+            raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
         seed = self.seed if seed is None else seed
-        self._fit_expression_space(prepared, seed)
+        self._fit_expression_space(prepared, seed, scaled=positive_neighbors > 0 and positive_space == "joint")
         label_positives, calibration_rows = self._attach_positives(prepared, positive_neighbors, label_positives,
                                                                    seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
                              positive_neighbors=positive_neighbors if prepared.cells.positives is not None else 0,
-                             label_positives=label_positives, seed=seed, device=device, progress=progress, **kwargs)
+                             label_positives=label_positives,
+                             positive_space=positive_space if self._scaled_cache is not None else "svd",
+                             seed=seed, device=device, progress=progress, **kwargs)
         start = time.perf_counter()
         self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
         from ..train.runner import is_global_zero, seeded_rng
@@ -194,24 +204,29 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             self.prepare_mapping(**options)
         return self
 
-    def _fit_expression_space(self, prepared: PreparedCells, seed: int) -> None:
-        """The reference in a truncated-SVD space of its expression (in-memory references).
+    def _fit_expression_space(self, prepared: PreparedCells, seed: int, scaled: bool = False) -> None:
+        """The reference in a truncated-SVD space of its expression, and with ``scaled`` in its scaled
+        expression space too (in-memory references).
 
-        The neighbour positives are searched there; its loadings and the reference cells'
+        The neighbour positives are searched there. The loadings and the reference cells'
         coordinates are saved with the model (``reference.extra['expression_loadings']``,
-        ``reference.extra['expression']``) for the mapping's second opinion on contested
-        labels and its confidence's expression features
+        ``reference.extra['expression']``, and the ``scaled_expression*`` entries) for the mapping's
+        second opinion on contested labels and its confidence's expression features
         (:func:`~scconcerto.tools.confidence.expression_features`).
         """
         from ..data.positives import expression_space
 
-        self._expression_cache = self._expression_loadings = None
+        self._expression_cache = self._expression_loadings = self._scaled_cache = None
         if prepared.cells.on_disk or prepared.cells.n_cells < 3:
             return
         try:
             self._expression_cache, self._expression_loadings = expression_space(prepared.cells, seed=seed)
         except ValueError as exc:  # e.g. a single expressed gene: nothing to decompose
             log.info("No expression space for the reference (%s).", exc)
+            return
+        if scaled:
+            self._scaled_cache = self._fit_scaled_expression(prepared.cells, label_codes(self.adata, self.setup),
+                                                             seed)
 
     def _attach_positives(self, prepared: PreparedCells, k: int, label_positives: bool,
                           seed: int) -> tuple[bool, np.ndarray | None]:
@@ -219,7 +234,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
         Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
         """
-        from ..data.positives import neighbor_positives
+        from ..data.positives import joint_components, neighbor_positives
 
         if k == 0:
             return False, None
@@ -234,8 +249,11 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             rng = np.random.default_rng(seed)
             n_open = int(min(CALIBRATION_MAX_CELLS, round(CALIBRATION_FRACTION * labeled.size)))
             calibration_rows = np.sort(rng.choice(labeled, n_open, replace=False)) if n_open else None
+        components = self._expression_cache
+        if components is not None and self._scaled_cache is not None:
+            components = joint_components(components, self._scaled_cache[0])
         prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups, open_rows=calibration_rows,
-                                                      seed=seed, components=self._expression_cache)
+                                                      seed=seed, components=components)
         return groups is not None, calibration_rows
 
     def _store_reference(self, prepared: PreparedCells, calibration_rows: np.ndarray | None = None) -> None:
@@ -248,7 +266,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if getattr(self, "_expression_loadings", None) is not None:  # kept with the reference, saved with the model
             self.reference.extra[EXPRESSION_LOADINGS_EXTRA] = self._expression_loadings
             self.reference.extra[EXPRESSION_EXTRA] = self._expression_cache
-        self._expression_cache = self._expression_loadings = None
+        if getattr(self, "_scaled_cache", None) is not None:
+            self._store_scaled_expression(*self._scaled_cache)
+        self._expression_cache = self._expression_loadings = self._scaled_cache = None
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,

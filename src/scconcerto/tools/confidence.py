@@ -507,6 +507,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     novelty_small = LogisticScore.fit(both, NOVELTY_SMALL_FEATURES, is_seen, weight)
 
     right = is_seen & np.concatenate([seen_correct, np.zeros(len(w_unseen), dtype=bool)])
+    if not right.any():  # no right transfer to set the thresholds on (a tiny or unlabelable reference)
+        right = is_seen
     conf = correctness(both) * novelty(both)
     conf_small = correctness(both) * novelty_small(both)
     report = {"auroc_seen_vs_left_out": _weighted_auroc(conf, is_seen, weight),

@@ -39,6 +39,9 @@ class TrainConfig:
         :mod:`scconcerto.data.positives`. ``0``: the paper's two views of the cell itself.
     label_positives
         Whether neighbour positives were restricted to cells of the same reference label.
+    positive_space
+        Where they were searched: ``"joint"`` (plain and scaled expression spaces) or ``"svd"``
+        (the plain space; the default here is that of models saved before the setting existed).
     seed
         Seed for weights, shuffling, dropout and gene sampling.
     device
@@ -67,6 +70,7 @@ class TrainConfig:
     modality_dropout: float = 0.0
     positive_neighbors: int = 0
     label_positives: bool = False
+    positive_space: str = "svd"
     seed: int = 0
     device: str = "auto"
     devices: int = 1
