@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,11 @@ def test_label_aware_training_records_positives_and_a_calibration_hold_out(train
     trained_model.save(tmp_path / "m")
     loaded = Concerto.load(tmp_path / "m")
     assert np.array_equal(loaded.reference.extra["calibration_rows"], rows)
-    assert loaded.train_config.positive_neighbors == 10
+    assert loaded.train_config.positive_neighbors == 10 and loaded.train_config.positive_space == "joint"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["train"]["positive_space"]  # a model saved before the setting existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert Concerto.load(tmp_path / "m").train_config.positive_space == "svd"
 
 
 def test_paper_views_and_unlabeled_positives(sim):
