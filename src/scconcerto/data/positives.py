@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._hardware import available_cpus
-from ..tools.neighbors import knn
+from ..tools.neighbors import knn, l2_normalize
 from .cells import CellMatrix
 
 DEFAULT_COMPONENTS = 50
@@ -84,8 +84,7 @@ def joint_components(*spaces: np.ndarray) -> np.ndarray:
     if not spaces or len({len(z) for z in spaces}) != 1:
         raise ValueError("joint_components needs at least one space, all with the same cells")
     scale = 1.0 / np.sqrt(len(spaces))
-    return np.hstack([z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12) * scale
-                      for z in spaces]).astype(np.float32)
+    return np.hstack([l2_normalize(z) * scale for z in spaces]).astype(np.float32)
 
 
 def _vocabulary_width(cells: CellMatrix) -> int:
