@@ -4,7 +4,6 @@ width (raw, Euclidean, cell-type labels) of the kept type's cells, and their 5-N
 
 from __future__ import annotations
 
-import numpy as np
 from sklearn.metrics import silhouette_samples
 
 from scconcerto.tools import knn

@@ -418,10 +418,10 @@ def test_label_shift_balancing_keeps_a_skewed_query_accurate(held_out, reference
     """A query source made mostly of one type: plain AdaBN subtracts part of that type's biology as a batch
     effect; the balanced statistics reweight the query to the reference's mix of types. With
     ``reference_cells`` the rounds search a sample of the reference, as for large references."""
-    import scconcerto.model._mapping as mapping_module
+    import scconcerto.model._query_embedding as query_embedding
 
     if reference_cells is not None:
-        monkeypatch.setattr(mapping_module, "LABEL_SHIFT_REFERENCE_CELLS", reference_cells)
+        monkeypatch.setattr(query_embedding, "LABEL_SHIFT_REFERENCE_CELLS", reference_cells)
     model, query = copy.deepcopy(held_out[0]), held_out[1]
     # the labels from the embedding alone: the expression space's veto would rescue plain AdaBN's errors
     model.prepare_mapping(umap=False, expression_vote=0.0, overwrite=True)
@@ -453,11 +453,11 @@ def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading
 
     import faiss
 
-    import scconcerto.model._mapping as mapping_module
+    import scconcerto.model._reference as reference_module
 
     model, query = held_out
     model = copy.deepcopy(model)
-    monkeypatch.setattr(mapping_module, "APPROXIMATE_MIN_REFERENCE", 100)  # this reference counts as large
+    monkeypatch.setattr(reference_module, "APPROXIMATE_MIN_REFERENCE", 100)  # this reference counts as large
     model.prepare_mapping(umap=False)
     stored = model.reference.extra["ivf_centroids.full"]
     assert stored.shape[1] == model.reference.embedding.shape[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,23 @@ import torch
 from .. import __version__
 from .._errors import InputError, ModelFileError
 from ..data import DataSetup, label_codes, prepare_cells, setup_reference
-from ..data.setup import PreparedCells, protein_matrix, normalize_protein
+from ..data.setup import PreparedCells
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
 from ..tools.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
 from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
-from ._mapping import EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA, MappingMixin
+from ._mapping import MappingMixin
+from ._reference import EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA
 from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
 
 EMBEDDING_KEY = "X_concerto"
 UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first mapping or plot
-CALIBRATION_FRACTION = 0.25  # labeled cells whose labels do not shape the positives: the confidence is calibrated on them
+#: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
+CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
 CALIBRATION_EXTRA = "calibration_rows"
 POSITIVE_SPACES = ("joint", "svd")
@@ -176,9 +177,11 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if positive_space not in POSITIVE_SPACES:
             raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
         seed = self.seed if seed is None else seed
-        self._fit_expression_space(prepared, seed, scaled=positive_neighbors > 0 and positive_space == "joint")
-        label_positives, calibration_rows = self._attach_positives(prepared, positive_neighbors, label_positives,
-                                                                   seed)
+        labels = label_codes(self.adata, self.setup)
+        self._fit_expression_space(prepared, labels, seed,
+                                   scaled=positive_neighbors > 0 and positive_space == "joint")
+        label_positives, calibration_rows = self._attach_positives(prepared, labels, positive_neighbors,
+                                                                   label_positives, seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
@@ -197,14 +200,15 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         self.extra_config["train_seconds"] = time.perf_counter() - start
         if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
-        self._store_reference(prepared, calibration_rows)
+        self._store_reference(prepared, labels, calibration_rows)
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
             self.prepare_mapping(**options)
         return self
 
-    def _fit_expression_space(self, prepared: PreparedCells, seed: int, scaled: bool = False) -> None:
+    def _fit_expression_space(self, prepared: PreparedCells, labels: dict[str, np.ndarray], seed: int,
+                              scaled: bool = False) -> None:
         """The reference in a truncated-SVD space of its expression, and with ``scaled`` in its scaled
         expression space too (in-memory references).
 
@@ -225,11 +229,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             log.info("No expression space for the reference (%s).", exc)
             return
         if scaled:
-            self._scaled_cache = self._fit_scaled_expression(prepared.cells, label_codes(self.adata, self.setup),
-                                                             seed)
+            self._scaled_cache = self._fit_scaled_expression(prepared.cells, labels, seed)
 
-    def _attach_positives(self, prepared: PreparedCells, k: int, label_positives: bool,
-                          seed: int) -> tuple[bool, np.ndarray | None]:
+    def _attach_positives(self, prepared: PreparedCells, labels: dict[str, np.ndarray], k: int,
+                          label_positives: bool, seed: int) -> tuple[bool, np.ndarray | None]:
         """Set ``prepared.cells.positives`` (in-memory references).
 
         Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
@@ -243,8 +246,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             return False, None
         groups = calibration_rows = None
         if label_positives and self.setup.label_keys:
-            codes = label_codes(self.adata, self.setup)
-            groups = _label_groups([codes[key] for key in self.setup.label_keys])
+            groups = _label_groups([labels[key] for key in self.setup.label_keys])
             labeled = np.flatnonzero(groups >= 0)
             rng = np.random.default_rng(seed)
             n_open = int(min(CALIBRATION_MAX_CELLS, round(CALIBRATION_FRACTION * labeled.size)))
@@ -256,9 +258,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                                                       seed=seed, components=components)
         return groups is not None, calibration_rows
 
-    def _store_reference(self, prepared: PreparedCells, calibration_rows: np.ndarray | None = None) -> None:
+    def _store_reference(self, prepared: PreparedCells, labels: dict[str, np.ndarray],
+                         calibration_rows: np.ndarray | None = None) -> None:
         emb = embed_cells(self.network, prepared.cells, device=self.train_config.device)
-        labels = label_codes(self.adata, self.setup)
         self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
                                         protein=prepared.cells.protein)
         if calibration_rows is not None:
