@@ -26,6 +26,7 @@ import torch
 from scipy.special import expit
 
 from .._errors import InputError, ModelFileError
+from .._keys import UNKNOWN_LABEL, confidence_key, pred_key, unknown_key
 from ..data.setup import DEFAULT_SOURCE
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
@@ -37,7 +38,6 @@ from ..train.classifier import ClassifierConfig, classifier_outputs, fit_classif
 log = logging.getLogger("scconcerto")
 
 ANNOTATION_CONFIG = "annotation"
-UNKNOWN_LABEL = "unknown"
 TARGET_SOURCE = "target"
 QUERY_SOURCE = "query"
 UNKNOWN_SCORES = ("combined", "knn", "max_softmax")
@@ -559,9 +559,9 @@ def write_prediction(adata: ad.AnnData, result: AnnotationPrediction, extra: dic
     ``obsm['L_proba']`` (class names in ``uns['L_proba_classes']``) and ``uns['scconcerto_annotation']``."""
     key = result.label_key
     cats = list(result.classes) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in result.classes else [])
-    adata.obs[f"{key}_pred"] = pd.Categorical(result.labels.astype(str), categories=cats)
-    adata.obs[f"{key}_confidence"] = result.confidence.astype(np.float32)
-    adata.obs[f"{key}_unknown"] = result.unknown.astype(bool)
+    adata.obs[pred_key(key)] = pd.Categorical(result.labels.astype(str), categories=cats)
+    adata.obs[confidence_key(key)] = result.confidence.astype(np.float32)
+    adata.obs[unknown_key(key)] = result.unknown.astype(bool)
     adata.obsm[f"{key}_proba"] = result.probabilities.astype(np.float32)
     adata.uns[f"{key}_proba_classes"] = np.asarray(result.classes, dtype=object)
     adata.uns["scconcerto_annotation"] = {"label_key": key, "gene_overlap": dict(result.gene_overlap),

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
+from .._keys import (IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY, UNKNOWN_LABEL,
+                     confidence_key, pred_key, unknown_key)
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..tools.confidence import MIN_QUERY_CELLS, centred_on, density_ratio, expression_centres, expression_features, \
     neighborhood_features
@@ -42,11 +44,7 @@ from ._query_embedding import QueryEmbeddingMixin
 from ._reference import (EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA, EXPRESSION_SAMPLE_EXTRA, RNA_ONLY,
                          SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind)
 
-MAPPING_UNS = "scconcerto_mapping"
-UMAP_KEY = "X_umap_ref"
-IMPUTED_PROTEIN_KEY = "protein_imputed"
 DEFAULT_IMPUTE_K = 20
-UNKNOWN_LABEL = "unknown"
 
 
 @dataclass
@@ -236,7 +234,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             t0 = time.perf_counter()
             imputed = impute_from_neighbors(_nearest(searched, k_imp), self.reference.protein)
             adata.obsm[IMPUTED_PROTEIN_KEY] = imputed
-            adata.uns[f"{IMPUTED_PROTEIN_KEY}_names"] = list(self.setup.proteins)
+            adata.uns[IMPUTED_PROTEIN_NAMES_KEY] = list(self.setup.proteins)
             info["protein_names"] = list(self.setup.proteins)
             info["impute_k"] = k_imp
             timings["impute"] = time.perf_counter() - t0
@@ -244,7 +242,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         if place:
             t0 = time.perf_counter()
             coords = place_on_reference(neighbors, self.reference_umap())
-            adata.obsm[UMAP_KEY] = coords
+            adata.obsm[REFERENCE_UMAP_KEY] = coords
             timings["place"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
 
@@ -414,9 +412,9 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                 names = np.where(unknown, UNKNOWN_LABEL, names)
                 cats = cats + [UNKNOWN_LABEL] if UNKNOWN_LABEL not in cats else cats
             pred = pd.Categorical(names, categories=cats)
-            adata.obs[f"{key}_pred"] = pred
-            adata.obs[f"{key}_confidence"] = confidence
-            adata.obs[f"{key}_unknown"] = unknown
+            adata.obs[pred_key(key)] = pred
+            adata.obs[confidence_key(key)] = confidence
+            adata.obs[unknown_key(key)] = unknown
             thresholds[key] = round(threshold, 6)
             predictions[key] = pd.DataFrame({"pred": pred, "confidence": confidence, "unknown": unknown},
                                             index=adata.obs_names.copy())

@@ -28,7 +28,6 @@ from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
 
-EMBEDDING_KEY = "X_concerto"
 UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first mapping or plot
 #: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
 CALIBRATION_FRACTION = 0.25

@@ -12,13 +12,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._errors import InputError
+from .._keys import UNKNOWN_LABEL
 
 #: Colour of cells drawn as background (the reference, other sources).
 BACKGROUND = "#d3d3d3"
 #: Colour of cells called unknown (none of the reference labels).
 UNKNOWN_COLOR = "#000000"
-#: Name shown for unknown cells in legends and tables.
-UNKNOWN_LABEL = "unknown"
 
 SaveArg = str | Path | bool | None
 

@@ -1,12 +1,4 @@
-"""The names a mapped query carries (written by query mapping) and how to read them.
-
-For each label key ``L`` of the reference, mapping writes ``obs['L_pred']``,
-``obs['L_confidence']`` (0-1) and ``obs['L_unknown']`` (bool); the embedding is
-``obsm['X_concerto']``, the query placed on the reference UMAP is
-``obsm['X_umap_ref']``, imputed proteins are ``obsm['protein_imputed']`` and
-the run's parameters (gene overlap, k, thresholds, timings) are in
-``uns['scconcerto_mapping']``.
-"""
+"""Reading what query mapping wrote into a query AnnData (the names are in :mod:`scconcerto._keys`)."""
 
 from __future__ import annotations
 
@@ -17,24 +9,8 @@ import anndata as ad
 import numpy as np
 
 from .._errors import InputError
-from ._base import UNKNOWN_LABEL, as_strings
-
-EMBEDDING = "X_concerto"
-REFERENCE_UMAP = "X_umap_ref"
-IMPUTED_PROTEIN = "protein_imputed"
-MAPPING_UNS = "scconcerto_mapping"
-
-
-def pred_key(label_key: str) -> str:
-    return f"{label_key}_pred"
-
-
-def confidence_key(label_key: str) -> str:
-    return f"{label_key}_confidence"
-
-
-def unknown_key(label_key: str) -> str:
-    return f"{label_key}_unknown"
+from .._keys import IMPUTED_PROTEIN_KEY, MAPPING_UNS, UNKNOWN_LABEL, pred_key, unknown_key
+from ._base import as_strings
 
 
 def mapped_label_keys(adata: ad.AnnData) -> list[str]:
@@ -99,7 +75,7 @@ def gene_overlap(adata: ad.AnnData) -> dict[str, Any] | None:
     return None
 
 
-def imputed_protein(adata: ad.AnnData, key: str = IMPUTED_PROTEIN) -> tuple[np.ndarray, list[str]] | None:
+def imputed_protein(adata: ad.AnnData, key: str = IMPUTED_PROTEIN_KEY) -> tuple[np.ndarray, list[str]] | None:
     """Imputed protein matrix and its names (``uns['<key>_names']``, mapping info, or ``uns['protein_names']``)."""
     if key not in adata.obsm:
         return None

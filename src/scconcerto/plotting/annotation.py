@@ -11,8 +11,10 @@ from matplotlib.patches import PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
 from .._errors import InputError
-from ._base import UNKNOWN_LABEL, SaveArg, as_strings, category_colors, finish, new_axes
-from ._mapped import confidence_key, pred_key, predicted_labels, require_obs, unknown_key, unknown_threshold
+from .._keys import UNKNOWN_LABEL
+from ._base import SaveArg, as_strings, category_colors, finish, new_axes
+from .._keys import confidence_key, pred_key, unknown_key
+from ._mapped import predicted_labels, require_obs, unknown_threshold
 
 
 def _ordered(values: np.ndarray, preferred: list[str] | None = None) -> list[str]:

@@ -10,23 +10,23 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._errors import InputError
-from ._base import (BACKGROUND, UNKNOWN_LABEL, SaveArg, as_strings, categorical_legend, category_colors,
-                    clean_embedding_axes, finish, new_axes, point_size, subsample)
-from ._mapped import REFERENCE_UMAP, confidence_key, mapped_label_keys, predicted_labels, require_obs
+from .._keys import REFERENCE_UMAP_KEY, UNKNOWN_LABEL, confidence_key
+from ._base import (BACKGROUND, SaveArg, as_strings, categorical_legend, category_colors, clean_embedding_axes,
+                    finish, new_axes, point_size, subsample)
+from ..model._reference import UMAP_EXTRA
+from ._mapped import mapped_label_keys, predicted_labels, require_obs
 
 if TYPE_CHECKING:
     from ..model import Concerto
-
-REFERENCE_UMAP_EXTRA = "umap"
 
 
 def reference_umap_coords(model: "Concerto") -> np.ndarray:
     """The reference UMAP stored with the model (``model.reference.extra['umap']``), ``(n_ref, 2)``."""
     ref = getattr(model, "reference", None)
-    if ref is None or REFERENCE_UMAP_EXTRA not in ref.extra:
+    if ref is None or UMAP_EXTRA not in ref.extra:
         raise InputError("The model stores no reference UMAP (`model.reference.extra['umap']`). Build the "
                          "reference with query mapping's UMAP step, or pass `reference_coords=`.")
-    coords = np.asarray(ref.extra[REFERENCE_UMAP_EXTRA], dtype=np.float32)
+    coords = np.asarray(ref.extra[UMAP_EXTRA], dtype=np.float32)
     if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] != ref.embedding.shape[0]:
         raise InputError(f"The stored reference UMAP has shape {coords.shape}; expected ({ref.embedding.shape[0]}, 2).")
     return coords
@@ -52,7 +52,8 @@ def _default_label_key(query: ad.AnnData, model: "Concerto | None") -> str:
 
 def mapping_umap(query: ad.AnnData, model: "Concerto | None" = None,
                  color: Literal["label", "confidence", "source"] = "label", label_key: str | None = None,
-                 source_key: str | None = None, basis: str = REFERENCE_UMAP, reference_coords: np.ndarray | None = None,
+                 source_key: str | None = None, basis: str = REFERENCE_UMAP_KEY,
+                 reference_coords: np.ndarray | None = None,
                  max_points: int | None = 100_000, seed: int = 0, title: str | None = None,
                  ax: Axes | None = None, show: bool | None = None, save: SaveArg = None) -> Figure:
     """The reference UMAP with the query cells placed on it.

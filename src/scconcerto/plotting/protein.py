@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 
 from .._errors import InputError
 from ._base import SaveArg, finish, subsample
-from ._mapped import IMPUTED_PROTEIN, imputed_protein
+from .._keys import IMPUTED_PROTEIN_KEY
+from ._mapped import imputed_protein
 
 
 def pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -29,7 +30,7 @@ def pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (a * b).sum(axis=0) / np.where(denom > 0, denom, 1), np.nan)
 
 
-def measured_vs_imputed(adata: ad.AnnData, measured_key: str = "protein", imputed_key: str = IMPUTED_PROTEIN,
+def measured_vs_imputed(adata: ad.AnnData, measured_key: str = "protein", imputed_key: str = IMPUTED_PROTEIN_KEY,
                         normalize: str | None = "clr") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Measured (normalized like the model's proteins) and imputed values of the proteins both hold.
 
@@ -65,7 +66,7 @@ def measured_vs_imputed(adata: ad.AnnData, measured_key: str = "protein", impute
     return measured[:, pos[shared]], imputed[:, shared], [names[i] for i in shared]
 
 
-def protein_imputation(adata: ad.AnnData, measured_key: str = "protein", imputed_key: str = IMPUTED_PROTEIN,
+def protein_imputation(adata: ad.AnnData, measured_key: str = "protein", imputed_key: str = IMPUTED_PROTEIN_KEY,
                        normalize: str | None = "clr", proteins: Sequence[str] | None = None, max_panels: int = 12,
                        ncols: int = 4, max_points: int | None = 20_000, seed: int = 0,
                        ax: Axes | Sequence[Axes] | None = None, show: bool | None = None,

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..plotting._base import as_strings
-from ..plotting._mapped import (confidence_key, gene_overlap, mapping_info, pred_key, predicted_labels, unknown_key,
-                                unknown_threshold)
+from .._keys import confidence_key, pred_key, unknown_key
+from ..plotting._mapped import gene_overlap, mapping_info, predicted_labels, unknown_threshold
 
 if TYPE_CHECKING:
     from ..model import Concerto
@@ -83,7 +83,8 @@ def label_summary(query: ad.AnnData, label_key: str, true_key: str | None) -> di
     n = query.n_obs
     unknown = (query.obs[unknown_key(label_key)].to_numpy(dtype=bool) if unknown_key(label_key) in query.obs
                else np.zeros(n, dtype=bool))
-    out: dict[str, Any] = {"cells": n, "unknown": int(unknown.sum()), "unknown_fraction": float(unknown.mean()) if n else 0.0,
+    out: dict[str, Any] = {"cells": n, "unknown": int(unknown.sum()),
+                           "unknown_fraction": float(unknown.mean()) if n else 0.0,
                            "threshold": unknown_threshold(query, label_key), "median_confidence": None,
                            "scores": None, "given_key": None, "labeled_cells": 0, "accuracy_of_known": None}
     if confidence_key(label_key) in query.obs:

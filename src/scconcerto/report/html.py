@@ -20,9 +20,10 @@ from markupsafe import Markup
 from .. import plotting as pl
 from .._errors import InputError
 from .._io import check_output, write_atomic_file
-from ..plotting._mapped import (EMBEDDING, IMPUTED_PROTEIN, REFERENCE_UMAP, imputed_protein, mapped_label_keys,
-                                predicted_labels)
-from ..plotting.mapping import REFERENCE_UMAP_EXTRA, reference_labels
+from .._keys import EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, REFERENCE_UMAP_KEY
+from ..plotting._mapped import imputed_protein, mapped_label_keys, predicted_labels
+from ..model._reference import RNA_EMBEDDING_EXTRA, UMAP_EXTRA
+from ..plotting.mapping import reference_labels
 from . import _facts as facts
 from ._template import TEMPLATE
 
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..model import Concerto
-
-RNA_EMBEDDING_EXTRA = "embedding_rna"  # the RNA-only reference embedding stored by mapping
 
 
 @dataclass(frozen=True)
@@ -84,18 +83,18 @@ def _coordinates(query: ad.AnnData, model: "Concerto", seed: int) -> tuple[np.nd
     from ..tools.placement import place_on_reference, reference_umap
 
     ref = model.reference
-    stored = REFERENCE_UMAP_EXTRA in ref.extra
-    if stored and REFERENCE_UMAP in query.obsm:
-        return (np.asarray(ref.extra[REFERENCE_UMAP_EXTRA], dtype=np.float32),
-                np.asarray(query.obsm[REFERENCE_UMAP], dtype=np.float32)[:, :2], "")
-    if EMBEDDING not in query.obsm:
-        return None, None, (f"The query has neither `obsm['{REFERENCE_UMAP}']` nor `obsm['{EMBEDDING}']`: "
+    stored = UMAP_EXTRA in ref.extra
+    if stored and REFERENCE_UMAP_KEY in query.obsm:
+        return (np.asarray(ref.extra[UMAP_EXTRA], dtype=np.float32),
+                np.asarray(query.obsm[REFERENCE_UMAP_KEY], dtype=np.float32)[:, :2], "")
+    if EMBEDDING_KEY not in query.obsm:
+        return None, None, (f"The query has neither `obsm['{REFERENCE_UMAP_KEY}']` nor `obsm['{EMBEDDING_KEY}']`: "
                             "no UMAP is drawn.")
     space = facts.mapping_info(query).get("space")
     ref_emb = ref.extra.get(RNA_EMBEDDING_EXTRA, ref.embedding) if space == "rna_only" else ref.embedding
-    ref_xy = (np.asarray(ref.extra[REFERENCE_UMAP_EXTRA], dtype=np.float32) if stored
+    ref_xy = (np.asarray(ref.extra[UMAP_EXTRA], dtype=np.float32) if stored
               else reference_umap(ref.embedding, seed=seed))
-    q_xy = place_on_reference(knn(np.asarray(query.obsm[EMBEDDING]), ref_emb, k=5), ref_xy)
+    q_xy = place_on_reference(knn(np.asarray(query.obsm[EMBEDDING_KEY]), ref_emb, k=5), ref_xy)
     what = "the stored reference UMAP" if stored else "a reference UMAP computed for this report"
     return ref_xy, q_xy, (f"The query has no stored place on the reference UMAP: it was placed here on {what}, "
                           "each cell at the similarity-weighted mean of its 5 nearest reference cells.")
@@ -284,11 +283,11 @@ def _write_readable(tmp: Path, text: str) -> None:
 
 def _protein_section(query: ad.AnnData, model: "Concerto", figs: _Figures, max_points: int | None,
                      seed: int) -> dict[str, Any] | None:
-    if IMPUTED_PROTEIN not in query.obsm:
+    if IMPUTED_PROTEIN_KEY not in query.obsm:
         return None
     measured_key = model.setup.protein_key
     if measured_key is None or measured_key not in query.obsm:
-        imputed = np.asarray(query.obsm[IMPUTED_PROTEIN], dtype=np.float32)
+        imputed = np.asarray(query.obsm[IMPUTED_PROTEIN_KEY], dtype=np.float32)
         found = imputed_protein(query)
         names = found[1] if found else []
         table = pd.DataFrame({"mean imputed level": imputed.mean(axis=0)}, index=pd.Index(names, name="protein"))
@@ -301,7 +300,7 @@ def _protein_section(query: ad.AnnData, model: "Concerto", figs: _Figures, max_p
                        lambda: pl.protein_imputation(query, measured_key=measured_key, normalize=norm,
                                                      max_points=max_points, seed=seed), wide=True)
     try:
-        measured, imputed, names = pl.measured_vs_imputed(query, measured_key, IMPUTED_PROTEIN, norm)
+        measured, imputed, names = pl.measured_vs_imputed(query, measured_key, IMPUTED_PROTEIN_KEY, norm)
     except InputError as exc:
         figs.notes.append(f"Protein table: {exc}")
         return {"figure": figure, "table_html": Markup("")}
