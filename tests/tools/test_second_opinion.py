@@ -2,11 +2,14 @@
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from scconcerto.tools import (LabelTransfer, NeighborsResults, blend_votes, contested_rows, l2_normalize, overrule,
                               veto_rows, vote)
-from scconcerto.tools.confidence import calibrate_confidence
-from scconcerto.tools.label_transfer import rare_label_rows, rare_labels, second_opinion
+from scconcerto.tools import knn
+from scconcerto.tools.confidence import AGREEMENT_FEATURE, CORRECTNESS_FEATURES, calibrate_confidence, \
+    neighborhood_features
+from scconcerto.tools.label_transfer import rare_label_rows, rare_labels, second_opinion, share_of
 
 
 def transfer_of(votes) -> LabelTransfer:
@@ -62,9 +65,12 @@ def test_calibration_is_unchanged_by_a_second_opinion_that_agrees():
         asked = calibrate_confidence(emb, codes, 4, k=5, seed=0, expression=emb, expression_vote=0.5,
                                      expression_veto=veto).model
         assert asked.report["seen_accuracy"] == plain.report["seen_accuracy"]
-        np.testing.assert_allclose(asked.correctness.coef, plain.correctness.coef, rtol=1e-6)
         np.testing.assert_allclose(asked.novelty.coef, plain.novelty.coef, rtol=1e-6)
-        assert asked.threshold == pytest.approx(plain.threshold, rel=1e-6)
+        if not veto:
+            np.testing.assert_allclose(asked.correctness.coef, plain.correctness.coef, rtol=1e-6)
+            assert asked.threshold == pytest.approx(plain.threshold, rel=1e-6)
+        else:  # every cell searched: the correctness also reads the second vote's agreement (here the share)
+            assert asked.correctness.features == CORRECTNESS_FEATURES + (AGREEMENT_FEATURE,)
 
 
 def test_calibration_sees_the_second_opinion():
@@ -79,6 +85,44 @@ def test_calibration_sees_the_second_opinion():
     asked = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr, expression_vote=0.5
                                  ).model.report["seen_accuracy"]
     assert plain < 0.7 and asked > plain + 0.15  # only cells with a vote margin below 0.5 are asked
+
+
+def test_the_second_spaces_agreement_tells_right_from_wrong_transfers():
+    """Two types the embedding blurs, kept apart in the expression space. With the veto every cell is
+    searched there, and the correctness model also reads how much of that vote backs the label given:
+    transfers of a query are then ranked right above wrong far better than by the embedding alone."""
+    rng = np.random.default_rng(0)
+    codes = np.repeat(np.arange(3), [150, 150, 100])
+    q_codes = np.repeat(np.arange(3), [80, 80, 60])
+    emb_centers = rng.standard_normal((3, 12))
+    emb_centers[1] = emb_centers[0] + 0.35 * rng.standard_normal(12)
+    expr_centers = rng.standard_normal((3, 20))
+
+    def draw(c):
+        return (l2_normalize(emb_centers[c] + 0.5 * rng.standard_normal((len(c), 12))),
+                l2_normalize(expr_centers[c] + 1.3 * rng.standard_normal((len(c), 20))))
+
+    (emb, expr), (q_emb, q_expr) = draw(codes), draw(q_codes)
+    nb = knn(q_emb, emb, k=5)
+    tr = vote(nb, codes, 3)
+    features = neighborhood_features(nb, tr, codes)
+    features[AGREEMENT_FEATURE] = share_of(vote(knn(q_expr, expr, k=5), codes, 3), tr.codes)
+    right = tr.codes == q_codes
+    assert 0.8 < right.mean() < 0.95  # types 0 and 1 are confused in the embedding
+    auroc = {}
+    for veto in (False, True):
+        model = calibrate_confidence(emb, codes, 3, k=5, seed=0, expression=expr, expression_vote=0.5,
+                                     expression_veto=veto).model
+        assert (AGREEMENT_FEATURE in model.correctness.features) == veto == model.uses_agreement
+        auroc[veto] = roc_auc_score(right, model.correctness(features))
+    coef = dict(zip(model.correctness.features, model.correctness.coef))
+    assert coef[AGREEMENT_FEATURE] > 0
+    assert auroc[False] < 0.8 and auroc[True] > 0.95  # measured 0.496 and 1.000
+
+
+def test_share_of_by_hand():
+    tr = transfer_of([[3.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 2.0]])
+    np.testing.assert_allclose(share_of(tr, np.array([1, 0, 2])), [0.25, 0.0, 0.5])
 
 
 def test_veto_by_hand_spares_rare_winners_and_split_votes():

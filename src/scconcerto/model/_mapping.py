@@ -32,12 +32,12 @@ from .._errors import InputError
 from .._keys import (IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY, UNKNOWN_LABEL,
                      confidence_key, pred_key, unknown_key)
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
-from ..tools.confidence import MIN_QUERY_CELLS, centred_on, density_ratio, expression_centres, expression_features, \
-    neighborhood_features
+from ..tools.confidence import (AGREEMENT_FEATURE, MIN_QUERY_CELLS, centred_on, density_ratio, expression_centres,
+                                expression_features, neighborhood_features)
 from ..tools.hierarchy import hierarchical_transfer, with_neighbors_of_labels
 from ..tools.imputation import impute_from_neighbors
 from ..tools.label_transfer import (LabelTransfer, adjust_to_proportions, contested_rows, label_counts,
-                                   overrule, rare_labels, second_opinion, vote)
+                                   overrule, rare_labels, second_opinion, share_of, vote)
 from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
 from ._query_embedding import QueryEmbeddingMixin
@@ -269,7 +269,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
 
     def _second_opinion(self, transfers: dict[str, LabelTransfer], query_expression: Any, query_scaled: Any, k: int,
                         seed: int, index: str
-                        ) -> tuple[dict[str, LabelTransfer], dict[str, Any], dict[str, np.ndarray]]:
+                        ) -> tuple[dict[str, LabelTransfer], dict[str, Any], dict[str, np.ndarray],
+                                   NeighborsResults | None]:
         """The expression spaces' votes: blended into the contested votes of ``transfers``, a veto where
         unanimous, a rare label's claim where it holds a majority.
 
@@ -282,12 +283,14 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         :data:`RARE_LABEL_CELLS` reference cells holding at least half of the scaled space's vote wins
         (:func:`~scconcerto.tools.label_transfer.rare_label_rows`). ``query_expression()`` and
         ``query_scaled()`` give the query cells in those spaces (projected once per mapping). Returns the
-        votes, the report for ``uns`` and the overruled rows (vetoed or claimed) per key.
+        votes, the report for ``uns``, the overruled rows (vetoed or claimed) per key and, with the veto,
+        every query cell's neighbours in the space whose vote is blended in (for the confidence's
+        :data:`~scconcerto.tools.confidence.AGREEMENT_FEATURE`).
         """
         weight = self._expression_vote()
         coords = self._reference_expression() if weight > 0 and transfers else None
         if coords is None:
-            return transfers, {}, {}
+            return transfers, {}, {}, None
         veto = self._expression_veto()
         scaled = self._scaled_expression()
         rare_cells = self._rare_label_cells(scaled)
@@ -298,7 +301,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                                 "rare_label_cells": rare_cells, "contested_cells": int(len(union)), "changed": {},
                                 "vetoed": {}, "rare_claimed": {}}
         if not len(rows):
-            return transfers, info, {}
+            return transfers, info, {}, None
         kind = "flat" if gpu_search_active() else index_kind(len(coords), len(rows), index)
         k_expr = int(min(k, len(coords)))
         found = knn(query_expression()[rows], self._reference_index(EXPRESSION_EXTRA, coords, kind, seed), k=k_expr)
@@ -320,7 +323,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             if rare_cells:
                 info["rare_claimed"][key] = int(len(claimed))
             info["changed"][key] = int((out[key].codes != tr.codes).sum())
-        return out, info, overruled
+        return out, info, overruled, found_scaled if veto else None
 
     def _to_query_proportions(self, transfers: dict[str, LabelTransfer], kept: dict[str, np.ndarray]
                               ) -> tuple[dict[str, LabelTransfer], dict[str, Any]]:
@@ -360,8 +363,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         # flat votes (and the first level of a hierarchy), with the expression space's second opinion
         flat = [key for key in keys if key not in level_keys[1:]]
         transfers = {key: vote(neighbors, self.reference.labels[key], len(self.setup.labels[key])) for key in flat}
-        transfers, second, overruled = self._second_opinion(transfers, query_expression, query_scaled, k, seed,
-                                                          index)
+        transfers, second, overruled, expression_neighbors = self._second_opinion(
+            transfers, query_expression, query_scaled, k, seed, index)
         proportions: dict[str, Any] = {}
         if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
             transfers, proportions = self._to_query_proportions(transfers, overruled)
@@ -392,6 +395,14 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                 if expression is None:  # once for all keys (small queries use the model without them)
                     expression = self._query_expression_features(query_expression(), k, seed)
                 features.update(expression)
+            if model is not None and model.uses_agreement:
+                if expression_neighbors is None:
+                    raise InputError("The confidence model reads the expression space's vote, which this mapping "
+                                     "did not search (the model lacks its expression space); re-run "
+                                     "`model.prepare_mapping(overwrite=True)` with the reference attached.")
+                codes = self.reference.labels[key]
+                features[AGREEMENT_FEATURE] = share_of(vote(expression_neighbors, codes, len(self.setup.labels[key])),
+                                                       transfer.codes)
             if model is not None:
                 confidence = model.confidence(features)
                 default = model.threshold_for(features)

@@ -309,9 +309,11 @@ class ReferenceMixin:
             (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`; fitted here from the
             reference AnnData unless stored), the vote blended in is that space's, and a label with
             2 to fewer than :data:`RARE_LABEL_CELLS` reference cells holding at least half of it claims
-            the cell (:func:`~scconcerto.tools.label_transfer.rare_label_rows`). ``0`` turns all of
-            them off; models without an expression space (read from disk) have none. Changing it
-            needs ``overwrite`` (the confidence is calibrated with it).
+            the cell (:func:`~scconcerto.tools.label_transfer.rare_label_rows`); the confidence also
+            reads how much of that vote backs each cell's label
+            (:data:`~scconcerto.tools.confidence.AGREEMENT_FEATURE`). ``0`` turns all of them off;
+            models without an expression space (read from disk) have none. Changing it needs
+            ``overwrite`` (the confidence is calibrated with it).
 
         Returns
         -------

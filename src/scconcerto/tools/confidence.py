@@ -5,8 +5,12 @@ each a small logistic model of the cell's neighbourhood fitted on the
 reference itself:
 
 * **correctness** ``P(right | seen type)``: do the neighbours agree (vote
-  share) and are they close (cosine similarity)? Fitted on reference cells
-  searched against the other reference cells: is their own label recovered?
+  share) and are they close (cosine similarity)? With the expression spaces'
+  veto (every cell is then searched there), also: how much of the cell's vote
+  among its neighbours in the expression space backs the label it was given
+  (:data:`AGREEMENT_FEATURE`; a wrong transfer often has a clean neighbourhood
+  in the label-shaped embedding but not in expression). Fitted on reference
+  cells searched against the other reference cells: is their own label recovered?
 * **novelty** ``P(seen type)``: a cell of a type the reference lacks still finds
   k neighbours, often of one type, but it is closer to *other query cells* (its
   own type) than to the reference. The log ratio of the two similarities, at
@@ -61,18 +65,22 @@ import numpy as np
 
 from .._errors import InputError
 from .hierarchy import with_neighbors_of_labels
-from .label_transfer import LabelTransfer, contested_rows, label_counts, rare_labels, second_opinion, vote
+from .label_transfer import (LabelTransfer, contested_rows, label_counts, rare_labels, second_opinion, share_of,
+                             vote)
 from .neighbors import NeighborsResults, exact_search, knn, l2_normalize
 
-__all__ = ["CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES", "CalibrationResult",
-           "ConfidenceModel", "LogisticScore", "calibrate_confidence", "centred_on", "density_ratio",
-           "expression_centres", "expression_features", "neighborhood_features"]
+__all__ = ["AGREEMENT_FEATURE", "CORRECTNESS_FEATURES", "EXPRESSION_FEATURES", "MIN_QUERY_CELLS", "NOVELTY_FEATURES",
+           "CalibrationResult", "ConfidenceModel", "LogisticScore", "calibrate_confidence", "centred_on",
+           "density_ratio", "expression_centres", "expression_features", "neighborhood_features"]
 
 NEIGHBORHOOD_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
 CORRECTNESS_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
 NOVELTY_FEATURES = ("vote_share", "winner_similarity", "top_similarity", "log_density_ratio")
 NOVELTY_SMALL_FEATURES = ("vote_share", "winner_similarity", "top_similarity")
 EXPRESSION_FEATURES = ("expression_similarity", "log_expression_density_ratio")
+#: Correctness feature of models with the expression spaces' veto (every cell searched there): the share
+#: of a cell's vote among its ``k`` nearest reference cells in the expression space that backs its label.
+AGREEMENT_FEATURE = "expression_agreement"
 #: Below this many cells a query has no neighbourhood of its own: the density ratio is not used.
 MIN_QUERY_CELLS = 30
 _MAX_DENSITY_CELLS = 10_000
@@ -275,6 +283,11 @@ class ConfidenceModel:
         return (self.correctness(features) * novelty(features)).astype(np.float32)
 
     @property
+    def uses_agreement(self) -> bool:
+        """Whether the correctness model needs the :data:`AGREEMENT_FEATURE`."""
+        return AGREEMENT_FEATURE in self.correctness.features
+
+    @property
     def uses_expression(self) -> bool:
         """Whether the novelty models need the expression features (:func:`expression_features`)."""
         return any(name in self.novelty.features for name in EXPRESSION_FEATURES)
@@ -424,18 +437,18 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     claiming = rare_labels(label_counts(codes, n_classes), rare_label_cells) if rare_label_cells > 0 else None
 
     def transfer(nb: NeighborsResults, query_rows: np.ndarray, base_rows: np.ndarray
-                 ) -> tuple[NeighborsResults, LabelTransfer, np.ndarray]:
+                 ) -> tuple[NeighborsResults, LabelTransfer, np.ndarray, np.ndarray | None]:
         """The vote on ``nb``, with the expression spaces' second opinion (blend, veto, rare labels' claim) as
         at mapping; overruled cells get their nearest cells of their new label as neighbours, as at mapping.
-        Also returns the rows a rare label claimed."""
+        Also returns the rows a rare label claimed and, with the veto, the :data:`AGREEMENT_FEATURE`."""
         tr = vote(nb, voting, n_classes)
         none = np.zeros(0, dtype=np.int64)
         if expression is None or expression_vote <= 0:
-            return nb, tr, none
+            return nb, tr, none, None
         contested = contested_rows(tr, expression_vote)
         asked = np.arange(len(query_rows)) if expression_veto else contested
         if not len(asked):
-            return nb, tr, none
+            return nb, tr, none, None
         second_space = expression if scaled_expression is None else scaled_expression
         second = vote(_search_within(second_space, base_rows, second_space[query_rows[asked]], k_eff), voting,
                       n_classes)
@@ -445,8 +458,9 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         tr, vetoed, claimed = second_opinion(tr, contested, asked, second, expression_vote, counts, k_eff,
                                              veto_vote=veto_vote, rare_labels=claiming)
         moved = np.union1d(vetoed, claimed)
+        agreement = share_of(second, tr.codes) if expression_veto else None  # the veto searched every cell
         return with_neighbors_of_labels(nb, moved, emb[query_rows[moved]], emb[base_rows], codes[base_rows],
-                                        tr.codes[moved], reference_rows=base_rows), tr, claimed
+                                        tr.codes[moved], reference_rows=base_rows), tr, claimed, agreement
 
     def without(features: dict[str, np.ndarray], claimed: np.ndarray) -> dict[str, np.ndarray]:
         """``features`` without the claimed rows: a rare label's claim is a rule outside the neighbourhood
@@ -456,8 +470,10 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
 
     # seen: pseudo-query cells against the pseudo-reference
     nb = _search_within(emb, pseudo_ref, emb[pseudo_query], k_eff)
-    nb, tr, claimed = transfer(nb, pseudo_query, pseudo_ref)
+    nb, tr, claimed, agreement = transfer(nb, pseudo_query, pseudo_ref)
     seen = neighborhood_features(nb, tr, codes)
+    if agreement is not None:
+        seen[AGREEMENT_FEATURE] = agreement
     seen["log_density_ratio"] = density_ratio(emb[pseudo_query], emb[pseudo_ref], k=k, seed=seed)
     if expression is not None:
         seen.update(expression_features(expression[pseudo_query], expression[pseudo_ref], k=k, seed=seed))
@@ -474,8 +490,10 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         rows = np.flatnonzero(q_codes == t)
         ref_without_t = pseudo_ref[codes[pseudo_ref] != t]
         nb_t = _search_within(emb, ref_without_t, emb[pseudo_query[rows]], k_eff)
-        nb_t, tr_t, claimed = transfer(nb_t, pseudo_query[rows], ref_without_t)
+        nb_t, tr_t, claimed, agreement_t = transfer(nb_t, pseudo_query[rows], ref_without_t)
         f = neighborhood_features(nb_t, tr_t, codes)
+        if AGREEMENT_FEATURE in seen:
+            f[AGREEMENT_FEATURE] = agreement_t if agreement_t is not None else np.zeros(len(rows))
         f["log_density_ratio"] = density_ratio(emb[pseudo_query[rows]], emb[ref_without_t], emb[pseudo_query], k=k,
                                                seed=seed, query_rows_in_pool=rows)
         if expression is not None:
@@ -501,7 +519,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
     if seen_correct.all() or not seen_correct.any():  # nothing to learn: the share alone orders cells
         correctness = LogisticScore(("vote_share",), (4.0,), -2.0)
     else:
-        correctness = LogisticScore.fit(seen, CORRECTNESS_FEATURES, seen_correct)
+        agreeing = (AGREEMENT_FEATURE,) if AGREEMENT_FEATURE in seen else ()
+        correctness = LogisticScore.fit(seen, CORRECTNESS_FEATURES + agreeing, seen_correct)
     extra = EXPRESSION_FEATURES if expression is not None else ()
     novelty = LogisticScore.fit(both, NOVELTY_FEATURES + extra, is_seen, weight)
     novelty_small = LogisticScore.fit(both, NOVELTY_SMALL_FEATURES, is_seen, weight)

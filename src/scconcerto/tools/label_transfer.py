@@ -59,6 +59,15 @@ def vote(neighbors: NeighborsResults, reference_codes: np.ndarray, n_classes: in
     return _winners(votes)
 
 
+def share_of(transfer: LabelTransfer, codes: np.ndarray) -> np.ndarray:
+    """Each row's share of ``transfer``'s vote that goes to the label ``codes[i]`` (0 without votes), float64.
+
+    E.g. how much of a cell's vote among its neighbours in another space backs the label it was given.
+    """
+    shares = row_shares(transfer.votes)
+    return shares[np.arange(len(shares)), np.asarray(codes, dtype=np.int64)]
+
+
 def contested_rows(transfer: LabelTransfer, weight: float) -> np.ndarray:
     """Rows whose vote a second opinion of weight ``weight`` could overturn.
 
