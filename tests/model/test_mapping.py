@@ -392,6 +392,38 @@ def test_hierarchical_levels_are_consistent(protein_model):
     assert q.uns["scconcerto_mapping"]["levels"] == ["cell_type_major", "cell_type"]
 
 
+def test_every_key_gets_the_expression_spaces_agreement_with_its_label(protein_model):
+    """A confidence that reads only the agreement: each key's confidence, the hierarchy's finer level
+    included, is that function of the share of the cell's scaled-space neighbours' vote backing its label
+    (reference labels made noisy, so that share varies)."""
+    from scconcerto.tools import knn, vote
+    from scconcerto.tools.confidence import AGREEMENT_FEATURE, ConfidenceModel, LogisticScore
+    from scconcerto.tools.label_transfer import share_of
+
+    model = copy.deepcopy(protein_model[0])
+    q = protein_model[1].copy()
+    del q.obsm["protein"]  # searched in the RNA-only space
+    by_agreement = LogisticScore(("vote_share", AGREEMENT_FEATURE), (0.0, 5.0), -2.5)
+    always_seen = LogisticScore(("vote_share",), (0.0,), 30.0)
+    hand = ConfidenceModel(by_agreement, always_seen, always_seen, threshold=0.5, threshold_small=0.5, k=5)
+    rng = np.random.default_rng(0)
+    for key, names in model.setup.labels.items():
+        model.extra_config["mapping"]["confidence"]["rna_only"][key]["5"] = hand.to_dict()
+        codes = model.reference.labels[key]  # a third of the labels shuffled: the two spaces' votes then differ
+        noisy = rng.random(len(codes)) < 0.3
+        codes[noisy] = rng.integers(0, len(names), noisy.sum())
+    model.map_query(q, levels=["cell_type_major", "cell_type"], device="cpu", place=False)
+
+    coords, scaled = model._scaled_expression()
+    neighbors = knn(scaled.project(model._prepare(q, use_protein=False).cells), coords, k=5)
+    for key, names in model.setup.labels.items():
+        given = pd.Categorical(q.obs[f"{key}_pred"].astype(str), categories=names).codes
+        agreement = share_of(vote(neighbors, model.reference.labels[key], len(names)), given)
+        assert agreement.std() > 0.05  # it varies from cell to cell
+        expected = 1.0 / (1.0 + np.exp(-(5.0 * agreement - 2.5))) / (1.0 + np.exp(-30.0))
+        np.testing.assert_allclose(q.obs[f"{key}_confidence"].to_numpy(), expected, rtol=1e-4)
+
+
 def test_rna_only_query_without_an_rna_reference_is_a_clear_error(protein_model):
     model, query = protein_model
     bare = copy.deepcopy(model)
