@@ -492,8 +492,8 @@ def calibrate_confidence(embedding: np.ndarray, codes: np.ndarray, n_classes: in
         nb_t = _search_within(emb, ref_without_t, emb[pseudo_query[rows]], k_eff)
         nb_t, tr_t, claimed, agreement_t = transfer(nb_t, pseudo_query[rows], ref_without_t)
         f = neighborhood_features(nb_t, tr_t, codes)
-        if AGREEMENT_FEATURE in seen:
-            f[AGREEMENT_FEATURE] = agreement_t if agreement_t is not None else np.zeros(len(rows))
+        if agreement_t is not None:  # with the veto, as for the seen cells
+            f[AGREEMENT_FEATURE] = agreement_t
         f["log_density_ratio"] = density_ratio(emb[pseudo_query[rows]], emb[ref_without_t], emb[pseudo_query], k=k,
                                                seed=seed, query_rows_in_pool=rows)
         if expression is not None:
