@@ -132,6 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from .._io import read_h5ad, write_h5ad
+    from .._keys import pred_key
     from ..model import Concerto
 
     check_output_free(args.out, args.overwrite)
@@ -142,7 +143,7 @@ def run_predict(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size or 1024,
                            device=args.device, min_overlap=args.min_overlap)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
-    counts = adata.obs[f"{result.label_key}_pred"].value_counts()
+    counts = adata.obs[pred_key(result.label_key)].value_counts()
     print(json.dumps({"wrote": args.out, "cells": int(adata.n_obs), "label_key": result.label_key,
                       "predicted": {str(k): int(v) for k, v in counts.items() if v},
                       "unknown": int(result.unknown.sum()), "gene_overlap": result.gene_overlap}))

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import scanpy as sc
 
     from .._io import write_h5ad
+    from .._keys import pred_key, unknown_key
     from ..metrics import annotation_report
     from ..model import EMBEDDING_KEY, Concerto
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     result = model.map_query(query, device=args.device)  # obs: bulk_labels_pred/_confidence/_unknown
     t_map = time.perf_counter() - t0
     report = annotation_report(query.obs["bulk_labels"].astype(str).to_numpy(),
-                               query.obs["bulk_labels_pred"].astype(str).to_numpy())
+                               query.obs[pred_key("bulk_labels")].astype(str).to_numpy())
 
     both = sc.concat({"reference": ref, "query": query}, label="dataset")
     both.obsm[EMBEDDING_KEY] = np.vstack([model.reference.embedding, query.obsm[EMBEDDING_KEY]])
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     write_h5ad(both, out / "pbmc68k_embedded.h5ad", overwrite=args.overwrite)
     summary = {"reference_cells": int(ref.n_obs), "query_cells": int(query.n_obs),
                **{k: round(float(v), 4) for k, v in report.items()},
-               "unknown_rate": round(float(query.obs["bulk_labels_unknown"].mean()), 4),
+               "unknown_rate": round(float(query.obs[unknown_key("bulk_labels")].mean()), 4),
                "gene_overlap": result.info["gene_overlap"]["overlap"],
                "train_seconds": round(t_train, 1), "map_seconds": round(t_map, 2),
                "outputs": [str(out / "reference_model"), str(out / "pbmc68k_embedded.h5ad"), str(out / "umap.png")]}

@@ -15,7 +15,8 @@ from ._base import as_strings
 
 def mapped_label_keys(adata: ad.AnnData) -> list[str]:
     """Label keys ``L`` for which ``obs['L_pred']`` exists."""
-    return [c[: -len("_pred")] for c in map(str, adata.obs.columns) if c.endswith("_pred") and len(c) > 5]
+    suffix = pred_key("")
+    return [c[: -len(suffix)] for c in map(str, adata.obs.columns) if c.endswith(suffix) and len(c) > len(suffix)]
 
 
 def require_obs(adata: ad.AnnData, key: str, hint: str) -> np.ndarray:
