@@ -25,6 +25,25 @@ FILES = {
 #: Data sets whose ``X`` is log-normalized rather than counts.
 LOGNORM = {"scclassify_pancreas_wang_xin"}
 
+#: Development data: every setting and constant of the method is chosen on these (and on adversarial
+#: variants built from them). PBMC across chemistries and a perturbed condition, clean cell lines,
+#: CITE-seq, and the demo's PBMC 68k.
+DEVELOPMENT = frozenset({"symphony_pbmc_3tech", "kang_ifnb_pbmc_scgen", "cellbench_5cl_celseq2_3plates",
+                         "cbmc_citeseq", "scanpy_pbmc68k_reduced", "pbmc3k_raw_desc", "citefuse_eccite_pbmc"})
+#: Test data: only reported, never tuned on. Cross-technology pancreas (already log-normalized),
+#: cross-protocol PBMC with a small gene overlap, and a mouse two-batch set.
+TEST = frozenset({"scclassify_pancreas_wang_xin", "pbmcsca_dropseq_indrops", "pbmcsca_celseq2", "scmerge_mesc"})
+
+
+def role(dataset: str) -> str:
+    """``"development"`` or ``"test"`` for a data set (or a split named ``dataset:...``)."""
+    name = dataset.split(":", 1)[0]
+    if name in DEVELOPMENT or name.startswith(("symphony", "kang", "cellbench", "cbmc")):
+        return "development"
+    if name in TEST or name.startswith(("scclassify_pancreas", "pbmcsca", "scmerge")):
+        return "test"
+    return "development"  # simulated data
+
 
 def load(data_dir: Path | None, name: str, skipped: list[str]) -> ad.AnnData | None:
     """Read one data set (read-only; cleaned as its README says), or record why it is skipped."""
@@ -122,4 +141,4 @@ def first(iterator) -> object | None:
     return next(iter(iterator), None)
 
 
-__all__ = ["FILES", "drop_type", "integration_datasets", "label_transfer_splits", "load", "simulated", "first"]
+__all__ = ["DEVELOPMENT", "FILES", "TEST", "role", "drop_type", "integration_datasets", "label_transfer_splits", "load", "simulated", "first"]
