@@ -3,9 +3,9 @@ and the probability that a cell is of a type the reference has, all fitted on he
 
 from .hierarchy import parent_labels, within_parent
 from .label_model import DEFAULT_K, LabelModel, fit_label_model, query_features
-from .posterior import KernelPosterior, adjust_to_query_proportions, label_frequencies
+from .posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features
 
-__all__ = ["DEFAULT_K", "KernelPosterior", "LabelModel", "LogisticScore", "adjust_to_query_proportions", "agreement",
+__all__ = ["DEFAULT_K", "VotePosterior", "LabelModel", "LogisticScore", "adjust_to_query_proportions", "agreement",
            "density_ratio", "fit_label_model", "label_frequencies", "neighbourhood_features", "parent_labels",
            "query_features", "within_parent"]

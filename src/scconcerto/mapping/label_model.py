@@ -6,9 +6,10 @@ cells: the labeled cells kept out of the label-aware training positives (or a ra
 among the other labeled cells **of other sources** when the reference has several (as a query from a new
 source will be), else among all the others.
 
-* **Posterior** ``p(label | cell)``: the calibrated kernel vote of :mod:`.posterior`.
-* **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds and, when the model keeps an
-  expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
+* **Posterior** ``p(label | cell)``: the calibrated similarity-weighted vote of :mod:`.posterior` (its most
+  probable label is the plain vote's).
+* **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds, the best and mean similarity
+  of the voters and, when the model keeps an expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
   (:func:`~.scores.agreement`): a wrong label often has a clean neighbourhood in the label-shaped embedding but
   not in expression.
 * **Seen** ``P(seen type)``: a logistic model of the neighbourhood (log odds, best and mean similarity), the
@@ -30,13 +31,13 @@ import numpy as np
 
 from .._errors import InputError
 from ..tools.neighbors import exact_search, l2_normalize
-from .posterior import KernelPosterior, label_frequencies
+from .posterior import VotePosterior, label_frequencies
 from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features
 
 __all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "fit_label_model", "query_features"]
 
-#: Candidates of the kernel vote (chosen on the development data; see ``docs/mapping.md``).
-DEFAULT_K = 20
+#: Neighbours that vote (the paper's 5; the alternatives measured in ``benchmarks/DECISION.md``).
+DEFAULT_K = 5
 #: Share of held-out reference cells of seen types that the default unknown threshold flags.
 FALSE_REJECTION = 0.05
 #: Below this many cells a query has no neighbourhood of its own: the density ratios are not used.
@@ -73,7 +74,7 @@ class LabelModel:
     """
 
     classes: tuple[str, ...]
-    posterior: KernelPosterior
+    posterior: VotePosterior
     right: LogisticScore | None
     seen: LogisticScore
     seen_small: LogisticScore
@@ -110,7 +111,7 @@ class LabelModel:
     def from_dict(cls, d: dict) -> "LabelModel":
         try:
             classes = tuple(str(c) for c in d["classes"])
-            posterior = KernelPosterior.from_dict(d["posterior"])
+            posterior = VotePosterior.from_dict(d["posterior"])
             if len(classes) != posterior.n_classes:
                 raise ValueError(f"{len(classes)} classes but a prior over {posterior.n_classes}")
             model = cls(classes=classes, posterior=posterior,
@@ -224,7 +225,7 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     if not len(fit_rows):
         raise InputError("No held-out reference cell has its type among the reference cells of other sources; "
                          "the label decision cannot be calibrated.")
-    posterior = KernelPosterior.fit(sims[fit_rows], labels[fit_rows], codes[held[fit_rows]], prior, k)
+    posterior = VotePosterior.fit(sims[fit_rows], labels[fit_rows], codes[held[fit_rows]], prior, k)
     post = posterior.posterior(sims, labels)
     right = post.argmax(axis=1) == codes[held]
 
@@ -274,12 +275,12 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     seen_small = LogisticScore.fit(both, NEIGHBOURHOOD, is_seen, weight)
     right_model = None
     if 0 < right[fit_rows].sum() < len(fit_rows):
-        names = ("log_odds", AGREEMENT) if expr is not None else ("log_odds",)
+        names = NEIGHBOURHOOD + ((AGREEMENT,) if expr is not None else ())
         right_model = LogisticScore.fit({n: seen[n][fit_rows] for n in names}, names, right[fit_rows])
     p_seen, p_seen_small = seen_model(both)[:n_seen], seen_small(both)[:n_seen]
     p_right = post.max(axis=1) if right_model is None else right_model(seen)
     report = {"held_out_cells": float(n_seen), "held_out_accuracy": float(right[fit_rows].mean()),
-              "beta": posterior.beta, "alpha": posterior.alpha, "left_out_types": float(len(types)),
+              "alpha": posterior.alpha, "gamma": posterior.gamma, "left_out_types": float(len(types)),
               "auroc_seen_vs_left_out": _auroc(np.r_[p_seen, seen_model(both)[n_seen:]], is_seen, weight),
               "auroc_right_vs_wrong": _auroc(p_right[fit_rows], right[fit_rows])}
     return LabelModel(classes=tuple(str(c) for c in classes), posterior=posterior, right=right_model,

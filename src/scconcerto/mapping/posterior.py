@@ -1,15 +1,16 @@
-"""The label posterior of a query cell: a calibrated kernel vote of its nearest reference cells.
+"""The label posterior of a query cell: the similarity-weighted vote of its ``k`` nearest reference cells,
+calibrated.
 
-For a cell with candidate neighbours ``j = 1..K`` (cosine similarities ``s_j``, best first) whose
-labels are ``y_j``::
+For a cell whose ``k`` nearest reference cells have cosine similarities ``s_j`` and labels ``y_j``::
 
-    p(c | x) = (sum_j exp(beta * (s_j - s_1)) [y_j = c] + alpha * prior_c) / normalizer
+    p(c | x) = (sum_j max(s_j, 0) [y_j = c] + alpha * prior_c) ** gamma / normalizer
 
-``beta`` (how fast a neighbour's weight falls with its similarity) and ``alpha`` (how much the
-reference's label frequencies ``prior`` count where the neighbours are few or far) are fitted on held-out
-reference cells by maximum likelihood (:meth:`KernelPosterior.fit`), so the posterior is calibrated on the
-reference: a cell given probability 0.8 is right about 80 % of the time there. Unlabeled reference cells
-(code ``-1``) take a neighbour's place but vote for nothing.
+The most probable label is the plain similarity-weighted vote's (``k = 5`` by default, as in the paper),
+with the reference's label frequencies ``prior`` breaking only ties. ``alpha`` (how much those frequencies
+count where the vote is thin) and ``gamma`` (how sure a given share of the vote makes: neighbours are not
+independent witnesses) are fitted on held-out reference cells by maximum likelihood
+(:meth:`VotePosterior.fit`), so the probability is calibrated there: a label given 0.8 is right about
+80 % of the time. Unlabeled reference cells (code ``-1``) take a neighbour's place but vote for nothing.
 
 A query whose label proportions differ from the reference's can have the posterior's prior moved to its
 own proportions, estimated by EM (Saerens et al., 2002) with the reference's proportions as a Dirichlet
@@ -23,14 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
+from scipy.special import logsumexp
 
 from .._errors import InputError
 
-__all__ = ["KernelPosterior", "adjust_to_query_proportions", "class_evidence", "label_frequencies"]
+__all__ = ["VotePosterior", "adjust_to_query_proportions", "class_votes", "label_frequencies"]
 
-#: Search ranges of the fitted parameters (``beta`` in 1 / cosine units, ``alpha`` in votes).
-BETA_RANGE = (0.5, 500.0)
+#: Search ranges of the fitted parameters (``alpha`` in votes, ``gamma`` a power).
 ALPHA_RANGE = (1e-3, 10.0)
+GAMMA_RANGE = (0.25, 16.0)
 
 
 def label_frequencies(codes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -40,41 +42,44 @@ def label_frequencies(codes: np.ndarray, n_classes: int) -> np.ndarray:
     return counts / counts.sum() if counts.sum() > 0 else np.full(n_classes, 1.0 / n_classes)
 
 
-def class_evidence(similarities: np.ndarray, labels: np.ndarray, n_classes: int, beta: float) -> np.ndarray:
-    """``(n, n_classes)`` kernel weight of each cell's candidates per label.
+def class_votes(similarities: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n, n_classes)`` similarity-weighted votes of each cell's neighbours.
 
-    ``similarities`` and ``labels`` are ``(n, K)`` (best first; label ``-1`` votes for nothing). Weights
-    are ``exp(beta * (s_j - s_1))``, so the best candidate weighs 1.
+    ``similarities`` and ``labels`` are ``(n, k)``; negative similarities count as zero and label ``-1``
+    (unlabeled) votes for nothing.
     """
-    sims = np.asarray(similarities, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    n, k = labels.shape
-    if k == 0:
-        return np.zeros((n, n_classes))
-    weights = np.exp(beta * (sims - sims[:, :1]))
+    n = labels.shape[0]
+    weights = np.clip(np.asarray(similarities, dtype=np.float64), 0.0, None)
     ok = labels >= 0
     rows = np.broadcast_to(np.arange(n)[:, None], labels.shape)
     return sp.coo_matrix((weights[ok], (rows[ok], labels[ok])), shape=(n, n_classes)).toarray()
 
 
+def _normalized(evidence: np.ndarray, gamma: float) -> np.ndarray:
+    """Rows of ``evidence ** gamma`` scaled to sum to one (in logs: no overflow for large ``gamma``)."""
+    log_e = gamma * np.log(evidence)
+    return np.exp(log_e - logsumexp(log_e, axis=1, keepdims=True))
+
+
 @dataclass(frozen=True)
-class KernelPosterior:
-    """Calibrated kernel vote over a cell's ``k`` nearest reference cells (see the module docstring).
+class VotePosterior:
+    """Calibrated similarity-weighted vote of a cell's ``k`` nearest reference cells (see the module docstring).
 
     Attributes
     ----------
-    beta
-        Sharpness of the kernel.
     alpha
         Weight of the reference's label frequencies.
+    gamma
+        Power of the smoothed vote (its calibration).
     prior
         ``(n_classes,)`` label frequencies of the reference.
     k
-        Candidates per cell.
+        Neighbours that vote.
     """
 
-    beta: float
     alpha: float
+    gamma: float
     prior: np.ndarray
     k: int
 
@@ -83,59 +88,59 @@ class KernelPosterior:
         return int(len(self.prior))
 
     def posterior(self, similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """``(n, n_classes)`` float64 posterior from each cell's candidates (``(n, >= k)``, best first)."""
-        evidence = class_evidence(similarities[:, :self.k], labels[:, :self.k], self.n_classes, self.beta)
-        evidence += self.alpha * self.prior[None, :]
-        return evidence / evidence.sum(axis=1, keepdims=True)
+        """``(n, n_classes)`` float64 posterior from each cell's neighbours (``(n, >= k)``, best first)."""
+        votes = class_votes(similarities[:, :self.k], labels[:, :self.k], self.n_classes)
+        return _normalized(votes + self.alpha * self.prior[None, :], self.gamma)
 
     @classmethod
     def fit(cls, similarities: np.ndarray, labels: np.ndarray, truth: np.ndarray, prior: np.ndarray,
-            k: int) -> "KernelPosterior":
-        """Fit ``beta`` and ``alpha`` by maximum likelihood of ``truth`` (held-out cells' own labels).
+            k: int) -> "VotePosterior":
+        """Fit ``alpha`` and ``gamma`` by maximum likelihood of ``truth`` (held-out cells' own labels).
 
         Parameters
         ----------
         similarities, labels
-            ``(n, >= k)`` each held-out cell's candidates among the other reference cells, best first.
+            ``(n, >= k)`` each held-out cell's neighbours among the other reference cells, best first.
         truth
             ``(n,)`` the held-out cells' label codes.
         prior
             ``(n_classes,)`` the reference's label frequencies.
         k
-            Candidates per cell.
+            Neighbours that vote.
         """
         truth = np.asarray(truth, dtype=np.int64)
         prior = np.asarray(prior, dtype=np.float64)
         if len(truth) == 0:
             raise InputError("Fitting the label posterior needs held-out labeled reference cells; found none.")
-        sims, labs = np.asarray(similarities)[:, :k], np.asarray(labels)[:, :k]
+        votes = class_votes(np.asarray(similarities)[:, :k], np.asarray(labels)[:, :k], len(prior))
         rows = np.arange(len(truth))
 
         def nll(theta: np.ndarray) -> float:
-            beta, alpha = np.exp(theta)
-            evidence = class_evidence(sims, labs, len(prior), beta) + alpha * prior[None, :]
-            return float(-np.mean(np.log(evidence[rows, truth] / evidence.sum(axis=1))))
+            alpha, gamma = np.exp(theta)
+            log_e = gamma * np.log(votes + alpha * prior[None, :])
+            return float(-np.mean(log_e[rows, truth] - logsumexp(log_e, axis=1)))
 
-        grid = [np.log([b, a]) for b in (2.0, 5.0, 10.0, 20.0, 50.0, 100.0) for a in (0.01, 0.1, 1.0)]
+        grid = [np.log([a, g]) for a in (0.01, 0.1, 1.0) for g in (0.5, 1.0, 2.0, 4.0, 8.0)]
         start = min(grid, key=nll)
-        bounds = [tuple(np.log(BETA_RANGE)), tuple(np.log(ALPHA_RANGE))]
+        bounds = [tuple(np.log(ALPHA_RANGE)), tuple(np.log(GAMMA_RANGE))]
         best = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
-        beta, alpha = np.exp(best.x if best.fun <= nll(start) else start)
-        return cls(beta=float(beta), alpha=float(alpha), prior=prior, k=int(k))
+        alpha, gamma = np.exp(best.x if best.fun <= nll(start) else start)
+        return cls(alpha=float(alpha), gamma=float(gamma), prior=prior, k=int(k))
 
     def to_dict(self) -> dict:
-        return {"beta": self.beta, "alpha": self.alpha, "prior": [float(p) for p in self.prior], "k": self.k}
+        return {"alpha": self.alpha, "gamma": self.gamma, "prior": [float(p) for p in self.prior], "k": self.k}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "KernelPosterior":
+    def from_dict(cls, d: dict) -> "VotePosterior":
         prior = np.asarray(d["prior"], dtype=np.float64)
-        beta, alpha, k = float(d["beta"]), float(d["alpha"]), int(d["k"])
+        alpha, gamma, k = float(d["alpha"]), float(d["gamma"]), int(d["k"])
         if prior.ndim != 1 or len(prior) < 1 or not np.all(np.isfinite(prior)) or (prior < 0).any() \
                 or not np.isclose(prior.sum(), 1.0, atol=1e-6):
             raise ValueError("prior must be label frequencies summing to one")
-        if not (BETA_RANGE[0] <= beta <= BETA_RANGE[1] and ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1] and k >= 1):
-            raise ValueError(f"beta {beta}, alpha {alpha} or k {k} out of range")
-        return cls(beta=beta, alpha=alpha, prior=prior, k=k)
+        inside = [lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9) for v, (lo, hi) in ((alpha, ALPHA_RANGE), (gamma, GAMMA_RANGE))]
+        if not all(inside) or k < 1:
+            raise ValueError(f"alpha {alpha}, gamma {gamma} or k {k} out of range")
+        return cls(alpha=alpha, gamma=gamma, prior=prior, k=k)
 
 
 def adjust_to_query_proportions(posterior: np.ndarray, prior: np.ndarray, strength: float = 1.0,

@@ -24,7 +24,7 @@ from .._keys import (EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_K
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..mapping.hierarchy import parent_labels, within_parent
 from ..mapping.label_model import MIN_QUERY_CELLS, LabelModel, query_features
-from ..mapping.posterior import KernelPosterior, adjust_to_query_proportions, label_frequencies
+from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from ..tools.imputation import impute_from_neighbors
 from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
@@ -33,7 +33,7 @@ from ._reference import SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind
 
 DEFAULT_IMPUTE_K = 20
 #: The plain vote of a label key that could not be calibrated (a single labeled type, too few cells).
-_UNCALIBRATED = dict(beta=20.0, alpha=0.01)
+_UNCALIBRATED = dict(alpha=0.01, gamma=1.0)
 
 
 @dataclass
@@ -261,6 +261,35 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         self._write_mapping(adata, result)
         return result
 
+    @searches_on_its_device
+    def known_probability(self, adata: ad.AnnData, label_key: str, batch_key: str | None = "__setup__",
+                          use_protein: bool | str = "auto", batch_size: int = 1024, device: str = "auto",
+                          min_overlap: float = DEFAULT_MIN_OVERLAP, seed: int | None = None
+                          ) -> tuple[np.ndarray, float]:
+        """The probability that each cell is of a type the reference has under ``label_key``, and the default
+        unknown threshold: the novelty model of mapping, for other predictors (e.g. the classifier).
+
+        The cells are embedded and searched as :meth:`map_query` does; ``adata`` is not changed.
+        """
+        self._require_reference()
+        if label_key not in self.setup.labels:
+            raise InputError(f"{label_key!r} is not a label key of the reference ({list(self.setup.labels)}).")
+        seed = self.seed if seed is None else seed
+        embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, 0, min_overlap, batch_size,
+                                                       device, seed, None, {}, label_shift=True)
+        model = self.label_model(label_key, space)
+        if model is None:
+            raise InputError(f"The label decision of {label_key!r} is not calibrated (see the training log), so "
+                             "there is no novelty model for it.")
+        ref_emb = self._space_embedding(space)
+        k = int(min(model.posterior.k, len(ref_emb)))
+        kind = "flat" if gpu_search_active() else index_kind(len(ref_emb), len(embedding), "auto")
+        searched = knn(embedding, self._reference_index(space, ref_emb, kind, seed), k=k)
+        expression = self._query_expression_neighbors({label_key: model}, prepared.cells, k, "auto", seed)
+        out = self._decide_labels({label_key: model}, {label_key: k}, searched, embedding, ref_emb, expression, [],
+                                  False, seed, keys=[label_key])
+        return out[label_key][2], out[label_key][3]
+
     # ------------------------------------------------------------------ pieces
     @staticmethod
     def _threshold(unknown_threshold: float | dict[str, float] | None, key: str, default: float) -> float:
@@ -292,18 +321,19 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
     def _decide_labels(self, models: dict[str, LabelModel | None], ks: dict[str, int], searched: NeighborsResults,
                        embedding: np.ndarray, ref_emb: np.ndarray,
                        expression: tuple[np.ndarray, np.ndarray, NeighborsResults] | None, level_keys: list[str],
-                       adjust_proportions: bool, seed: int
+                       adjust_proportions: bool, seed: int, keys: list[str] | None = None
                        ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-        """Per label key: the posterior, ``P(right | seen)``, ``P(seen)`` and the default threshold."""
+        """Per label key (default: all): the posterior, ``P(right | seen)``, ``P(seen)`` and the default threshold."""
         out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
         sims, idx = searched.similarities, searched.indices
         coarse_pred: dict[str, np.ndarray] = {}
-        ordered = level_keys + [key for key in self.setup.labels if key not in level_keys]
+        keys = list(self.setup.labels) if keys is None else keys
+        ordered = level_keys + [key for key in keys if key not in level_keys]
         for key in ordered:
             model, k_key = models[key], ks[key]
             codes = self.reference.labels[key]
             n_labels = len(self.setup.labels[key])
-            kernel = model.posterior if model is not None else KernelPosterior(
+            kernel = model.posterior if model is not None else VotePosterior(
                 prior=label_frequencies(codes, n_labels), k=k_key, **_UNCALIBRATED)
             kernel = replace(kernel, k=min(k_key, idx.shape[1]))
             posterior = kernel.posterior(sims, codes[idx])
@@ -325,7 +355,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             features = query_features(sims[:, :kernel.k], posterior, embedding, ref_emb, expr, seed=seed)
             p_right, p_known, _, threshold = model.decide(features, posterior)
             out[key] = (posterior, p_right, p_known, threshold)
-        return {key: out[key] for key in self.setup.labels}
+        return {key: out[key] for key in keys}
 
     def _write_mapping(self, adata: ad.AnnData, result: MappingResult) -> None:
         """Write the result into the query AnnData under the stable names of :mod:`scconcerto._keys`."""
