@@ -3,21 +3,24 @@ probability that the cell is of a type the reference has.
 
 Everything is fitted on the reference when it is built (:func:`fit_label_model`), on *held-out* reference
 cells: the labeled cells kept out of the label-aware training positives (or a random quarter), each searched
-among the other labeled cells **of other sources** when the reference has several (as a query from a new
-source will be), else among all the others.
+among the other labeled cells. (Searching them among other sources only, as a query from a new source would
+be, was measured and not kept: ``docs/mapping.md``.)
 
 * **Posterior** ``p(label | cell)``: the calibrated similarity-weighted vote of :mod:`.posterior` (its most
   probable label is the plain vote's).
-* **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds, the best and mean similarity
-  of the voters and, when the model keeps an expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
+* **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds and, when the model keeps an
+  expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
   (:func:`~.scores.agreement`): a wrong label often has a clean neighbourhood in the label-shaped embedding but
   not in expression.
-* **Seen** ``P(seen type)``: a logistic model of the neighbourhood (log odds, best and mean similarity), the
-  density ratio (:func:`~.scores.density_ratio`) and, with an expression space, the same two read there
-  (relative to the query's median cell, since that space keeps batch effects). Fitted by leaving one type
-  out at a time: held-out cells of type ``t`` searched among reference cells without ``t`` are the unseen
-  examples (every type weighs the same, and unseen as much as seen). A query under
-  :data:`MIN_QUERY_CELLS` cells has no neighbourhood of its own: its model reads no density ratio.
+* **Seen** ``P(seen type)``: a logistic model of the posterior's log odds, the best and mean similarity of the
+  voters, the density ratio (:func:`~.scores.density_ratio`) and, with an expression space, the similarity and
+  density ratio read there, each similarity relative to the query's median cell (per query source): a query
+  from a new source is farther from the reference as a whole, which says nothing of its cells' types. Fitted
+  by leaving one type out at a time: held-out cells of type ``t`` searched among reference cells without ``t``
+  are the unseen examples (every type weighs the same, and unseen as much as seen). A query under
+  :data:`MIN_QUERY_CELLS` cells has no median cell to speak of: its model reads the log odds and the absolute
+  similarities only. The price of reading a query relative to itself: a query made only of types the reference
+  lacks looks as typical as any; its posterior's log odds are then the only sign.
 
 A cell's ``confidence`` is ``P(seen) * P(right | seen)``; it is *unknown* when ``P(seen)`` falls below the
 value that :data:`FALSE_REJECTION` of the held-out cells fall below.
@@ -48,9 +51,14 @@ CALIBRATION_CELLS = 5_000
 MIN_LEFT_OUT_CELLS = 3
 
 NEIGHBOURHOOD = ("log_odds", "top_similarity", "mean_similarity")
-DENSITY = ("log_density_ratio",)
-EXPRESSION = ("expression_similarity", "log_expression_density_ratio")
+#: Read relative to the query's median cell (``relative_`` + name): a query from a new source is farther from
+#: the reference as a whole, which says nothing of its cells' types.
+SHIFTED = ("top_similarity", "mean_similarity", "log_density_ratio", "expression_similarity",
+           "log_expression_density_ratio")
+RELATIVE = tuple(f"relative_{name}" for name in SHIFTED)
 AGREEMENT = "expression_agreement"
+#: Nearest reference cells in the expression space whose labels the agreement counts.
+AGREEMENT_K = 20
 
 
 @dataclass(frozen=True)
@@ -85,17 +93,18 @@ class LabelModel:
     @property
     def uses_expression(self) -> bool:
         """Whether the model reads the expression space (agreement or expression novelty features)."""
-        return any(name in self.seen.features for name in EXPRESSION) or (
+        return any(name in self.seen.features for name in RELATIVE[3:]) or (
             self.right is not None and AGREEMENT in self.right.features)
 
     def decide(self, features: dict[str, np.ndarray], posterior: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """``P(right | seen)``, ``P(seen)``, the confidence and the default threshold of each cell.
 
-        ``features`` hold the novelty features; without ``log_density_ratio`` the small-query model is used.
+        ``features`` come from :func:`query_features`; without the relative features (a query too small to
+        have a median cell) the small-query model is used.
         """
         p_right = posterior.max(axis=1) if self.right is None else self.right(features)
-        with_ratio = "log_density_ratio" in features
+        with_ratio = "relative_log_density_ratio" in features
         p_seen = (self.seen if with_ratio else self.seen_small)(features)
         threshold = self.threshold if with_ratio else self.threshold_small
         return p_right, p_seen, p_right * p_seen, threshold
@@ -128,21 +137,14 @@ class LabelModel:
 
 
 # ------------------------------------------------------------------------------------------------ searching
-def _held_out_search(emb: np.ndarray, codes: np.ndarray, domains: np.ndarray, held: np.ndarray,
-                     pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each held-out cell's ``k`` nearest ``pool`` cells (of other sources when the pool has several),
-    as ``(similarities, pool rows)``; fewer than ``k`` candidates are padded with label-less rows (-1)."""
+def _held_out_search(emb: np.ndarray, held: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each held-out cell's ``k`` nearest ``pool`` cells as ``(similarities, pool rows)``; fewer than ``k`` are
+    padded with label-less rows (-1)."""
     sims = np.full((len(held), k), -1.0, dtype=np.float32)
     rows = np.full((len(held), k), -1, dtype=np.int64)
-    groups = [(np.arange(len(held)), pool)]
-    if len(np.unique(domains[pool])) > 1:
-        groups = [(np.flatnonzero(domains[held] == d), pool[domains[pool] != d]) for d in np.unique(domains[held])]
-    for which, base in groups:
-        if not len(which) or not len(base):
-            continue
-        s, i = exact_search(emb[held[which]], emb[base], min(k, len(base)))
-        sims[which, :s.shape[1]] = s
-        rows[which, :i.shape[1]] = np.where(i >= 0, base[np.maximum(i, 0)], -1)
+    s, i = exact_search(emb[held], emb[pool], min(k, len(pool)))
+    sims[:, :s.shape[1]] = s
+    rows[:, :i.shape[1]] = np.where(i >= 0, pool[np.maximum(i, 0)], -1)
     return sims, rows
 
 
@@ -150,30 +152,16 @@ def _labels_of(rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return np.where(rows >= 0, codes[np.maximum(rows, 0)], -1)
 
 
-def _source_density(emb: np.ndarray, held: np.ndarray, cells: np.ndarray, base: np.ndarray, domains: np.ndarray,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Density ratio of held-out ``cells`` (rows of ``held``) against ``base``: each source's cells against the
-    base cells of other sources (when there are several) and the held-out cells of their own source."""
-    ratio = np.zeros(len(cells))
-    similarity = np.zeros(len(cells))
-    several = len(np.unique(domains[base])) > 1
-    for d in np.unique(domains[held[cells]]):
-        mine = np.flatnonzero(domains[held[cells]] == d)
-        own_source = np.flatnonzero(domains[held] == d)
-        against = base[domains[base] != d] if several else base
-        if not len(against):
-            continue
-        position = np.searchsorted(own_source, cells[mine])
-        r, s = density_ratio(emb[held[cells[mine]]], emb[against], emb[held[own_source]],
-                             query_rows_in_pool=position, seed=seed)
-        ratio[mine], similarity[mine] = r, s
-    return ratio, similarity
+def _held_out_density(emb: np.ndarray, held: np.ndarray, cells: np.ndarray, pool: np.ndarray, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Density ratio of the held-out ``cells`` (rows of ``held``) against ``pool``, the held-out cells standing
+    for the query."""
+    return density_ratio(emb[held[cells]], emb[pool], emb[held], query_rows_in_pool=cells, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------ fitting
-def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str], domains: np.ndarray,
-                    held_out: np.ndarray | None = None, expression: np.ndarray | None = None,
-                    k: int = DEFAULT_K, max_cells: int = CALIBRATION_CELLS, seed: int = 0) -> LabelModel:
+def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str], held_out: np.ndarray | None = None,
+                    expression: np.ndarray | None = None, k: int = DEFAULT_K, max_cells: int = CALIBRATION_CELLS, seed: int = 0) -> LabelModel:
     """Fit the label decision of one key on the reference (see the module docstring).
 
     Parameters
@@ -184,15 +172,13 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
         ``(n_ref,)`` label codes (``-1``: unlabeled).
     classes
         Label names (``len(classes)`` codes).
-    domains
-        ``(n_ref,)`` source of each reference cell.
     held_out
         Reference rows kept out of label-aware training (their labeled ones calibrate); default: a random
         quarter of the labeled cells.
     expression
         ``(n_ref, c)`` the reference cells in an expression space (L2-normalized rows), or ``None``.
     k
-        Candidates of the kernel vote.
+        Neighbours that vote.
     max_cells
         At most this many held-out cells (seeded sample).
     seed
@@ -200,10 +186,9 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     """
     emb = l2_normalize(embedding)
     codes = np.asarray(codes, dtype=np.int64)
-    domains = np.asarray(domains)
     n_classes = len(classes)
-    if codes.shape != (len(emb),) or domains.shape != (len(emb),):
-        raise InputError(f"codes and domains must hold one entry per reference cell ({len(emb)}).")
+    if codes.shape != (len(emb),):
+        raise InputError(f"codes must hold one label code per reference cell ({len(emb)}).")
     labeled = np.flatnonzero(codes >= 0)
     if len(np.unique(codes[labeled])) < 2 or len(labeled) < 2 * k:
         raise InputError(f"A label decision needs at least two labeled cell types and {2 * k} labeled "
@@ -218,25 +203,22 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     pool = np.setdiff1d(labeled, held)
     prior = label_frequencies(codes, n_classes)
 
-    sims, rows = _held_out_search(emb, codes, domains, held, pool, k)
+    sims, rows = _held_out_search(emb, held, pool, k)
     labels = _labels_of(rows, codes)
     # a held-out cell whose type is absent from the cells it was searched among cannot be labelled: left out
-    fit_rows = np.flatnonzero(_type_in_pool(codes, domains, held, pool))
-    if not len(fit_rows):
-        raise InputError("No held-out reference cell has its type among the reference cells of other sources; "
-                         "the label decision cannot be calibrated.")
+    fit_rows = np.flatnonzero(np.isin(codes[held], codes[pool]))  # a type with no other cell cannot be voted
     posterior = VotePosterior.fit(sims[fit_rows], labels[fit_rows], codes[held[fit_rows]], prior, k)
     post = posterior.posterior(sims, labels)
     right = post.argmax(axis=1) == codes[held]
 
     seen = neighbourhood_features(sims, post)
-    seen["log_density_ratio"], _ = _source_density(emb, held, np.arange(len(held)), pool, domains, seed)
+    seen["log_density_ratio"], _ = _held_out_density(emb, held, np.arange(len(held)), pool, seed)
     expr = None if expression is None else l2_normalize(expression)
     if expr is not None:
-        _, expr_rows = _held_out_search(expr, codes, domains, held, pool, k)
+        _, expr_rows = _held_out_search(expr, held, pool, AGREEMENT_K)
         seen[AGREEMENT] = agreement(_labels_of(expr_rows, codes), post.argmax(axis=1))
-        seen["log_expression_density_ratio"], seen["expression_similarity"] = _source_density(
-            expr, held, np.arange(len(held)), pool, domains, seed)
+        seen["log_expression_density_ratio"], seen["expression_similarity"] = _held_out_density(
+            expr, held, np.arange(len(held)), pool, seed)
 
     # unseen examples: each type's held-out cells searched among the reference without that type
     parts = []
@@ -245,43 +227,40 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     for t in types:
         mine = np.flatnonzero(codes[held] == t)
         without = pool[codes[pool] != t]
-        s_t, r_t = _held_out_search(emb, codes, domains, held[mine], without, k)
+        s_t, r_t = _held_out_search(emb, held[mine], without, k)
         p_t = posterior.posterior(s_t, _labels_of(r_t, codes))
         f = neighbourhood_features(s_t, p_t)
-        f["log_density_ratio"], _ = _source_density(emb, held, mine, without, domains, seed)
+        f["log_density_ratio"], _ = _held_out_density(emb, held, mine, without, seed)
         if expr is not None:
-            f["log_expression_density_ratio"], f["expression_similarity"] = _source_density(
-                expr, held, mine, without, domains, seed)
+            f["log_expression_density_ratio"], f["expression_similarity"] = _held_out_density(
+                expr, held, mine, without, seed)
         f["weight"] = np.full(len(mine), 1.0 / (len(types) * len(mine)))
         parts.append(f)
     if not parts:
         raise InputError("No cell type has enough labeled reference cells to fit the unknown-type model "
                          f"(at least {MIN_LEFT_OUT_CELLS} held-out cells of a type are needed).")
-    if expr is not None:  # relative to the held-out cells' median, as a query's to its own
-        centres = {name: float(np.median(seen[name])) for name in EXPRESSION}
-        for f in [seen, *parts]:
-            for name in EXPRESSION:
-                f[name] = f[name] - centres[name]
     unseen = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     w_unseen = unseen.pop("weight")
     n_seen = len(held)
     both = {name: np.concatenate([seen[name], unseen[name]]) for name in unseen}
     is_seen = np.r_[np.ones(n_seen, dtype=bool), np.zeros(len(w_unseen), dtype=bool)]
+    # relative to the held-out cells' median, as a query's features to its own median cell
+    relative = _relative_to(both, np.zeros(len(is_seen), dtype=np.int64), is_seen)
     weight = np.r_[np.full(n_seen, 1.0 / n_seen), w_unseen]
     weight /= weight.mean()
 
-    extra = EXPRESSION if expr is not None else ()
-    seen_model = LogisticScore.fit(both, NEIGHBOURHOOD + DENSITY + extra, is_seen, weight)
+    names = ("log_odds",) + RELATIVE[:3] + (RELATIVE[3:] if expr is not None else ())
+    seen_model = LogisticScore.fit(relative, names, is_seen, weight)
     seen_small = LogisticScore.fit(both, NEIGHBOURHOOD, is_seen, weight)
     right_model = None
     if 0 < right[fit_rows].sum() < len(fit_rows):
-        names = NEIGHBOURHOOD + ((AGREEMENT,) if expr is not None else ())
-        right_model = LogisticScore.fit({n: seen[n][fit_rows] for n in names}, names, right[fit_rows])
-    p_seen, p_seen_small = seen_model(both)[:n_seen], seen_small(both)[:n_seen]
+        right_names = ("log_odds", AGREEMENT) if expr is not None else ("log_odds",)
+        right_model = LogisticScore.fit({n: seen[n][fit_rows] for n in right_names}, right_names, right[fit_rows])
+    p_seen, p_seen_small = seen_model(relative)[:n_seen], seen_small(both)[:n_seen]
     p_right = post.max(axis=1) if right_model is None else right_model(seen)
     report = {"held_out_cells": float(n_seen), "held_out_accuracy": float(right[fit_rows].mean()),
               "alpha": posterior.alpha, "gamma": posterior.gamma, "left_out_types": float(len(types)),
-              "auroc_seen_vs_left_out": _auroc(np.r_[p_seen, seen_model(both)[n_seen:]], is_seen, weight),
+              "auroc_seen_vs_left_out": _auroc(seen_model(relative), is_seen, weight),
               "auroc_right_vs_wrong": _auroc(p_right[fit_rows], right[fit_rows])}
     return LabelModel(classes=tuple(str(c) for c in classes), posterior=posterior, right=right_model,
                       seen=seen_model, seen_small=seen_small,
@@ -289,14 +268,21 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
                       threshold_small=float(np.quantile(p_seen_small, FALSE_REJECTION)), report=report)
 
 
-def _type_in_pool(codes: np.ndarray, domains: np.ndarray, held: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Whether each held-out cell's type exists among the pool cells it is searched against."""
-    several = len(np.unique(domains[pool])) > 1
-    out = np.zeros(len(held), dtype=bool)
-    for d in np.unique(domains[held]):
-        mine = domains[held] == d
-        against = pool[domains[pool] != d] if several else pool
-        out[mine] = np.isin(codes[held[mine]], codes[against])
+def _relative_to(features: dict[str, np.ndarray], groups: np.ndarray, reference_rows: np.ndarray
+                 ) -> dict[str, np.ndarray]:
+    """``features`` plus ``relative_<name>`` for the :data:`SHIFTED` ones: minus the median of the
+    ``reference_rows`` of the same group (e.g. a query source's cells)."""
+    out = dict(features)
+    for name in SHIFTED:
+        if name not in features:
+            continue
+        values = np.asarray(features[name], dtype=np.float64)
+        relative = np.empty_like(values)
+        for g in np.unique(groups):
+            mine = groups == g
+            base = values[mine & reference_rows]
+            relative[mine] = values[mine] - (np.median(base) if len(base) else np.median(values[mine]))
+        out[f"relative_{name}"] = relative
     return out
 
 
@@ -310,14 +296,14 @@ def _auroc(score: np.ndarray, positive: np.ndarray, weight: np.ndarray | None = 
 
 # ------------------------------------------------------------------------------------------------ querying
 def query_features(similarities: np.ndarray, posterior: np.ndarray, query: np.ndarray, reference: np.ndarray,
-                   expression: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, seed: int = 0
-                   ) -> dict[str, np.ndarray]:
+                   expression: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                   groups: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """The features a :class:`LabelModel` reads of query cells.
 
     Parameters
     ----------
     similarities
-        ``(n, k)`` similarities of the candidates the posterior was voted by.
+        ``(n, k)`` similarities of the neighbours the posterior was voted by.
     posterior
         ``(n, n_classes)`` the cells' posterior.
     query, reference
@@ -325,17 +311,24 @@ def query_features(similarities: np.ndarray, posterior: np.ndarray, query: np.nd
     expression
         ``(query cells, reference cells, labels of each query cell's nearest reference cells)`` in the
         expression space, or ``None``.
+    groups
+        Source of each query cell: the relative features are taken against each source's median cell
+        (a source under :data:`MIN_QUERY_CELLS` cells against the whole query's).
     seed
         Seed of the density ratios' samples.
     """
     features = neighbourhood_features(similarities, posterior)
-    if len(query) >= MIN_QUERY_CELLS:
-        features["log_density_ratio"], _ = density_ratio(query, reference, seed=seed)
     if expression is not None:
-        q_expr, ref_expr, expr_labels = expression
-        features[AGREEMENT] = agreement(expr_labels, posterior.argmax(axis=1))
-        if len(query) >= MIN_QUERY_CELLS:
-            ratio, similarity = density_ratio(q_expr, ref_expr, seed=seed)
-            features["log_expression_density_ratio"] = ratio - np.median(ratio)
-            features["expression_similarity"] = similarity - np.median(similarity)
-    return features
+        features[AGREEMENT] = agreement(expression[2], posterior.argmax(axis=1))
+    if len(query) < MIN_QUERY_CELLS:
+        return features
+    features["log_density_ratio"], _ = density_ratio(query, reference, seed=seed)
+    if expression is not None:
+        features["log_expression_density_ratio"], features["expression_similarity"] = density_ratio(
+            expression[0], expression[1], seed=seed)
+    groups = np.zeros(len(query), dtype=np.int64) if groups is None else np.asarray(groups)
+    sizes = dict(zip(*np.unique(groups, return_counts=True)))
+    groups = np.where([sizes[g] >= MIN_QUERY_CELLS for g in groups], groups, -1)  # small sources: one group
+    if (groups == -1).any() and (groups != -1).any():
+        groups = np.where(groups == -1, groups.max() + 1, groups)
+    return _relative_to(features, groups, np.ones(len(query), dtype=bool))

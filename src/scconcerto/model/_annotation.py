@@ -320,10 +320,10 @@ class AnnotationMixin:
         self.classifier = classifier
         self._feature_bank = bank
         if unknown_score in ("auto", "reference"):
-            shared = self._has_novelty_model(label_key)
+            shared = self._has_novelty_model(label_key, classes)
             if unknown_score == "reference" and not shared:
                 raise InputError(f"unknown_score='reference' needs a calibrated mapping decision for {label_key!r} "
-                                 "(train the reference with that label key).")
+                                 "over the classifier's classes (train the reference with that label key).")
             unknown_score = "reference" if shared else "combined"
         self.extra_config[ANNOTATION_CONFIG] = {
             "label_key": label_key, "classes": classes, "pretrained": bool(pretrain),
@@ -335,9 +335,14 @@ class AnnotationMixin:
             "feature_bank_size": int(bank.shape[0]), **calibration}
         return self
 
-    def _has_novelty_model(self, label_key: str) -> bool:
-        """Whether mapping's novelty model can flag unknown cells of ``label_key`` (a calibrated reference key)."""
+    def _has_novelty_model(self, label_key: str, classes: list[str]) -> bool:
+        """Whether mapping's novelty model can flag the classifier's unknown cells: ``label_key`` is a calibrated
+        reference key whose labeled reference cells carry exactly the classifier's ``classes``."""
         if getattr(self, "reference", None) is None or label_key not in self.setup.labels:
+            return False
+        codes = self.reference.labels[label_key]
+        names = np.asarray(self.setup.labels[label_key], dtype=object)
+        if set(names[np.unique(codes[codes >= 0])].astype(str)) != set(map(str, classes)):
             return False
         try:
             return self.label_model(label_key) is not None
@@ -459,7 +464,7 @@ class AnnotationMixin:
         score = cfg["unknown_score"] if unknown_score is None else unknown_score
         if score not in UNKNOWN_SCORES:
             raise InputError(f"unknown_score must be one of {UNKNOWN_SCORES}, got {score!r}.")
-        if score == "reference" and not self._has_novelty_model(cfg["label_key"]):
+        if score == "reference" and not self._has_novelty_model(cfg["label_key"], cfg["classes"]):
             raise InputError(f"unknown_score='reference' needs mapping's decision for {cfg['label_key']!r}, which "
                              "this model does not have; use 'combined'.")
         logits, features = self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)

@@ -23,7 +23,7 @@ from .._keys import (EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_K
                      UNKNOWN_LABEL, confidence_key, known_key, pred_key, proba_key, unknown_key)
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..mapping.hierarchy import parent_labels, within_parent
-from ..mapping.label_model import MIN_QUERY_CELLS, LabelModel, query_features
+from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, query_features
 from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from ..tools.imputation import impute_from_neighbors
 from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
@@ -203,9 +203,10 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
 
         # -- labels, confidence, unknowns
         t0 = time.perf_counter()
-        expression = self._query_expression_neighbors(models, prepared.cells, k_search, index, seed)
+        expression = self._query_expression_neighbors(models, prepared.cells, index, seed)
+        proportions: dict[str, Any] = {}
         out = self._decide_labels(models, ks, searched, embedding, ref_emb, expression, level_keys,
-                                  adjust_proportions, seed)
+                                  adjust_proportions, seed, groups=prepared.cells.domains, proportions=proportions)
         predictions, probabilities, thresholds = {}, {}, {}
         for key, (posterior, p_right, p_known, threshold_default) in out.items():
             threshold = self._threshold(unknown_threshold, key, threshold_default)
@@ -251,6 +252,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                      "timings": {name: round(v, 4) for name, v in timings.items()}})
         if level_keys:
             info["levels"] = level_keys
+        if proportions:
+            info["label_proportions"] = proportions
         adapted = prepared.source_names if finetune_epochs > 0 else prepared.unseen_sources
         if adapted:
             info["adabn_sources"] = [str(s) for s in adapted]
@@ -285,9 +288,9 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         k = int(min(model.posterior.k, len(ref_emb)))
         kind = "flat" if gpu_search_active() else index_kind(len(ref_emb), len(embedding), "auto")
         searched = knn(embedding, self._reference_index(space, ref_emb, kind, seed), k=k)
-        expression = self._query_expression_neighbors({label_key: model}, prepared.cells, k, "auto", seed)
+        expression = self._query_expression_neighbors({label_key: model}, prepared.cells, "auto", seed)
         out = self._decide_labels({label_key: model}, {label_key: k}, searched, embedding, ref_emb, expression, [],
-                                  False, seed, keys=[label_key])
+                                  False, seed, keys=[label_key], groups=prepared.cells.domains)
         return out[label_key][2], out[label_key][3]
 
     # ------------------------------------------------------------------ pieces
@@ -301,7 +304,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             raise InputError(f"The unknown threshold is a probability in [0, 1], got {threshold}.")
         return threshold
 
-    def _query_expression_neighbors(self, models: dict[str, LabelModel | None], cells: Any, k: int, index: str,
+    def _query_expression_neighbors(self, models: dict[str, LabelModel | None], cells: Any, index: str,
                                     seed: int) -> tuple[np.ndarray, np.ndarray, NeighborsResults] | None:
         """The query and reference cells in the scaled expression space and each query cell's nearest reference
         cells there, when a label decision reads that space."""
@@ -315,15 +318,17 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         query_expr = space.project(cells)
         kind = "flat" if gpu_search_active() else index_kind(len(ref_expr), len(query_expr), index)
         found = knn(query_expr, self._reference_index(SCALED_EXPRESSION_EXTRA, ref_expr, kind, seed),
-                    k=min(k, len(ref_expr)))
+                    k=min(AGREEMENT_K, len(ref_expr)))
         return query_expr, ref_expr, found
 
     def _decide_labels(self, models: dict[str, LabelModel | None], ks: dict[str, int], searched: NeighborsResults,
                        embedding: np.ndarray, ref_emb: np.ndarray,
                        expression: tuple[np.ndarray, np.ndarray, NeighborsResults] | None, level_keys: list[str],
-                       adjust_proportions: bool, seed: int, keys: list[str] | None = None
+                       adjust_proportions: bool, seed: int, keys: list[str] | None = None,
+                       groups: np.ndarray | None = None, proportions: dict | None = None
                        ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-        """Per label key (default: all): the posterior, ``P(right | seen)``, ``P(seen)`` and the default threshold."""
+        """Per label key (default: all): the posterior, ``P(right | seen)``, ``P(seen)`` and the default threshold;
+        with ``adjust_proportions``, the estimated query proportions go into ``proportions``."""
         out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
         sims, idx = searched.similarities, searched.indices
         coarse_pred: dict[str, np.ndarray] = {}
@@ -338,7 +343,13 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             kernel = replace(kernel, k=min(k_key, idx.shape[1]))
             posterior = kernel.posterior(sims, codes[idx])
             if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
-                posterior, _ = adjust_to_query_proportions(posterior, kernel.prior)
+                posterior, estimated = adjust_to_query_proportions(posterior, kernel.prior)
+                if proportions is not None:
+                    shown = np.flatnonzero((estimated > 1e-3) | (kernel.prior > 1e-3))
+                    # lists, not dicts keyed by label: label names may hold "/", which h5ad reads as a path
+                    proportions[key] = {"labels": [str(self.setup.labels[key][c]) for c in shown],
+                                        "estimated": np.round(estimated[shown], 4).tolist(),
+                                        "reference": np.round(kernel.prior[shown], 4).tolist()}
             position = level_keys.index(key) if key in level_keys else -1
             if position > 0:
                 parent_key = level_keys[position - 1]
@@ -352,7 +363,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                 out[key] = (posterior, posterior.max(axis=1), ones, 0.0)
                 continue
             expr = None if expression is None else (expression[0], expression[1], codes[expression[2].indices])
-            features = query_features(sims[:, :kernel.k], posterior, embedding, ref_emb, expr, seed=seed)
+            features = query_features(sims[:, :kernel.k], posterior, embedding, ref_emb, expr, groups=groups,
+                                      seed=seed)
             p_right, p_known, _, threshold = model.decide(features, posterior)
             out[key] = (posterior, p_right, p_known, threshold)
         return {key: out[key] for key in keys}

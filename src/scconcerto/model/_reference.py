@@ -175,7 +175,7 @@ class ReferenceMixin:
         for key, names in self.setup.labels.items():
             try:
                 model = fit_label_model(self._space_embedding(space), self.reference.labels[key], list(names),
-                                        self.reference.domains, self.reference.extra.get(CALIBRATION_EXTRA),
+                                        self.reference.extra.get(CALIBRATION_EXTRA),
                                         None if scaled is None else scaled[0], k=k, seed=seed)
                 per_key[key] = model.to_dict()
             except InputError as exc:
