@@ -1,5 +1,6 @@
-"""The label decision of query mapping: a calibrated kernel-vote posterior, the probability that a label is right
-and the probability that a cell is of a type the reference has, all fitted on held-out reference cells."""
+"""The label decision of query mapping: the calibrated similarity-weighted vote of a cell's nearest reference
+cells, the probability that its label is right and the probability that it is of a type the reference has, all
+fitted on held-out reference cells (``docs/mapping.md``)."""
 
 from .hierarchy import parent_labels, within_parent
 from .label_model import DEFAULT_K, LabelModel, fit_label_model, query_features

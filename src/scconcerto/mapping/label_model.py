@@ -70,7 +70,7 @@ class LabelModel:
     classes
         Label names, in code order.
     posterior
-        The kernel vote.
+        The calibrated vote.
     right
         ``P(right | seen)``; ``None``: the posterior's best probability.
     seen, seen_small

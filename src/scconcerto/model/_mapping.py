@@ -3,7 +3,7 @@
 :meth:`MappingMixin.map_query` embeds a query in the reference space (:mod:`._query_embedding`: genes aligned by
 name, AdaBN per unseen query source, optional fine-tuning of the query sources' adapters), finds each query
 cell's nearest reference cells (faiss), and per label key reads the calibrated decision prepared with the
-reference (:class:`~scconcerto.mapping.LabelModel`): the posterior of the kernel vote, the probability that the
+reference (:class:`~scconcerto.mapping.LabelModel`): the posterior of the calibrated vote, the probability that the
 label is right and the probability that the cell is of a type the reference has. It imputes the reference's
 proteins and places the query on the stored reference UMAP. The model is never changed by mapping.
 """
@@ -146,7 +146,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             so that a query richer or poorer in some types than the reference keeps that biology (needs a
             reference label key; not used with fine-tuning). ``False``: plain AdaBN.
         k
-            Candidates of each cell's label vote (default: those the decision was calibrated with).
+            Neighbours that vote for each cell's label (default: those the decision was calibrated with, 5).
         impute_k
             Neighbours averaged for imputation.
         index
@@ -338,18 +338,18 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             model, k_key = models[key], ks[key]
             codes = self.reference.labels[key]
             n_labels = len(self.setup.labels[key])
-            kernel = model.posterior if model is not None else VotePosterior(
+            vote_model = model.posterior if model is not None else VotePosterior(
                 prior=label_frequencies(codes, n_labels), k=k_key, **_UNCALIBRATED)
-            kernel = replace(kernel, k=min(k_key, idx.shape[1]))
-            posterior = kernel.posterior(sims, codes[idx])
+            vote_model = replace(vote_model, k=min(k_key, idx.shape[1]))
+            posterior = vote_model.posterior(sims, codes[idx])
             if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
-                posterior, estimated = adjust_to_query_proportions(posterior, kernel.prior)
+                posterior, estimated = adjust_to_query_proportions(posterior, vote_model.prior)
                 if proportions is not None:
-                    shown = np.flatnonzero((estimated > 1e-3) | (kernel.prior > 1e-3))
+                    shown = np.flatnonzero((estimated > 1e-3) | (vote_model.prior > 1e-3))
                     # lists, not dicts keyed by label: label names may hold "/", which h5ad reads as a path
                     proportions[key] = {"labels": [str(self.setup.labels[key][c]) for c in shown],
                                         "estimated": np.round(estimated[shown], 4).tolist(),
-                                        "reference": np.round(kernel.prior[shown], 4).tolist()}
+                                        "reference": np.round(vote_model.prior[shown], 4).tolist()}
             position = level_keys.index(key) if key in level_keys else -1
             if position > 0:
                 parent_key = level_keys[position - 1]
@@ -363,7 +363,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                 out[key] = (posterior, posterior.max(axis=1), ones, 0.0)
                 continue
             expr = None if expression is None else (expression[0], expression[1], codes[expression[2].indices])
-            features = query_features(sims[:, :kernel.k], posterior, embedding, ref_emb, expr, groups=groups,
+            features = query_features(sims[:, :vote_model.k], posterior, embedding, ref_emb, expr, groups=groups,
                                       seed=seed)
             p_right, p_known, _, threshold = model.decide(features, posterior)
             out[key] = (posterior, p_right, p_known, threshold)
