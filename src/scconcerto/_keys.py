@@ -1,8 +1,10 @@
 """The names scConcerto writes into an AnnData: stable, since other tools read them.
 
 Query mapping (:meth:`~scconcerto.Concerto.map_query`) and annotation write, for each
-label key ``L``, ``obs['L_pred']``, ``obs['L_confidence']`` (0-1) and ``obs['L_unknown']``
-(bool); the embedding is ``obsm['X_concerto']``; mapping also writes the query placed on
+label key ``L``, ``obs['L_pred']``, ``obs['L_confidence']`` (probability that the label is
+right), ``obs['L_known_prob']`` (probability that the cell is of a type the reference has),
+``obs['L_unknown']`` (bool) and ``obsm['L_proba']`` (the posterior over the labels listed in
+``uns['scconcerto_mapping']['classes'][L]``); the embedding is ``obsm['X_concerto']``; mapping also writes the query placed on
 the reference UMAP (``obsm['X_umap_ref']``), the imputed proteins
 (``obsm['protein_imputed']``, names in ``uns['protein_imputed_names']``) and the run's
 report (``uns['scconcerto_mapping']``).
@@ -11,7 +13,7 @@ report (``uns['scconcerto_mapping']``).
 from __future__ import annotations
 
 __all__ = ["EMBEDDING_KEY", "IMPUTED_PROTEIN_KEY", "IMPUTED_PROTEIN_NAMES_KEY", "MAPPING_UNS", "REFERENCE_UMAP_KEY",
-           "UNKNOWN_LABEL", "confidence_key", "pred_key", "unknown_key"]
+           "UNKNOWN_LABEL", "confidence_key", "known_key", "pred_key", "proba_key", "unknown_key"]
 
 EMBEDDING_KEY = "X_concerto"
 REFERENCE_UMAP_KEY = "X_umap_ref"
@@ -35,3 +37,13 @@ def confidence_key(label_key: str) -> str:
 def unknown_key(label_key: str) -> str:
     """``obs`` column flagging the cells whose confidence is below the unknown threshold."""
     return f"{label_key}_unknown"
+
+
+def known_key(label_key: str) -> str:
+    """``obs`` column of the probability that a cell is of a type the reference has (under ``label_key``)."""
+    return f"{label_key}_known_prob"
+
+
+def proba_key(label_key: str) -> str:
+    """``obsm`` key of the posterior over the labels of ``label_key`` (one column per label)."""
+    return f"{label_key}_proba"

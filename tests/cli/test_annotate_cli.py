@@ -35,7 +35,8 @@ def test_train_from_pretrained_then_predict(files, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["classes"] == ["type_0", "type_1", "type_2", "type_3"]
     assert summary["train_cells"] + summary["validation_cells"] == 300
-    assert summary["unknown_score"] == "combined" and 0 < summary["unknown_thresholds"]["max_softmax"] <= 1
+    # the label key is the reference's: unknown cells are flagged by mapping's novelty model
+    assert summary["unknown_score"] == "reference" and 0 < summary["unknown_thresholds"]["max_softmax"] <= 1
     loaded = Concerto.load(tmp_path / "clf")
     assert loaded.extra_config["annotation"]["label_key"] == "cell_type"
     assert loaded.classifier is not None  # classifier.safetensors round trip

@@ -37,7 +37,7 @@ def test_map_writes_the_annotated_query_and_never_touches_inputs(files, capsys):
     assert {"cell_type_pred", "cell_type_confidence", "cell_type_unknown"} <= set(mapped.obs.columns)
     assert mapped.obsm["X_concerto"].shape == (150, 128) and mapped.obsm["X_umap_ref"].shape == (150, 2)
     info = mapped.uns["scconcerto_mapping"]
-    assert info["k"] == 7 and info["adabn_sources"][0] == "new_lab" and info["model"] == str(files / "model")
+    assert info["k"] == {"cell_type": 7} and info["adabn_sources"][0] == "new_lab" and info["model"] == str(files / "model")
     assert info["adabn"]["balanced"] and info["adabn"]["label_key"] == "cell_type"
     truth, pred = mapped.obs["cell_type"].astype(str), mapped.obs["cell_type_pred"].astype(str)
     assert np.mean(truth == pred) >= 0.9

@@ -65,15 +65,14 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
     train = cfg["train"]
     assert train["positive_neighbors"] == 0 and train["label_positives"] is False
     assert train["positive_space"] == "svd"  # no positives were searched
-    assert cfg["extra"]["mapping"]["expression_vote"] == 0.5  # the default
+    assert cfg["extra"]["mapping"]["labels"]["full"]["cell_type"]["posterior"]["k"] == 5  # the default vote
     rc = main(["train", str(ref_file), "--batch-key", "batch", "--label-key", "cell_type", "--epochs", "1",
                "--positive-neighbors", "4", "--no-label-positives", "--positive-space", "svd", "--out",
-               str(tmp_path / "nb"), "--device", "cpu", "--no-progress", "--expression-vote", "0"])
+               str(tmp_path / "nb"), "--device", "cpu", "--no-progress"])
     assert rc == 0
     cfg = json.loads((tmp_path / "nb" / "config.json").read_text())
     assert cfg["train"]["positive_neighbors"] == 4 and cfg["train"]["label_positives"] is False
     assert cfg["train"]["positive_space"] == "svd"
-    assert cfg["extra"]["mapping"]["expression_vote"] == 0.0
     capsys.readouterr()
     assert main(["train", str(ref_file), "--modality-dropout", "2", "--out", str(tmp_path / "bad"),
                  "--no-progress"]) == 2

@@ -57,11 +57,11 @@ def test_label_transfer_recovers_labels_of_a_held_out_batch(mapped):
     assert report["accuracy"] >= 0.95 and report["macro_f1"] >= 0.95
 
 
-def test_a_type_missing_from_the_reference_gets_low_confidence(mapped):
+def test_a_type_missing_from_the_reference_is_told_apart(mapped):
     _, query, _ = mapped
     seen = (query.obs["cell_type"] != UNSEEN).to_numpy()
-    confidence = query.obs["cell_type_confidence"].to_numpy()
-    assert roc_auc_score(seen, confidence) > 0.8
+    assert roc_auc_score(seen, query.obs["cell_type_known_prob"].to_numpy()) > 0.8
+    assert roc_auc_score(seen, query.obs["cell_type_confidence"].to_numpy()) > 0.8
     unknown = query.obs["cell_type_unknown"].to_numpy()
     assert unknown[~seen].mean() > unknown[seen].mean() + 0.3
 
@@ -74,11 +74,23 @@ def test_outputs_use_the_stable_names(mapped, tmp_path):
     assert list(query.obs["cell_type_pred"].cat.categories) == model.setup.labels["cell_type"]
     assert query.obs["cell_type_unknown"].dtype == bool
     conf = query.obs["cell_type_confidence"].to_numpy()
-    assert conf.min() >= 0 and conf.max() <= 1
+    known = query.obs["cell_type_known_prob"].to_numpy()
+    assert conf.min() >= 0 and conf.max() <= 1 and (conf <= known + 1e-6).all()  # P(right) = P(right | seen) P(seen)
     info = query.uns["scconcerto_mapping"]
-    assert info["gene_overlap"]["overlap"] == 1.0 and info["k"] == 5 and info["index"] == "flat"
-    assert info["thresholds"]["cell_type"] == pytest.approx(model.unknown_thresholds()["cell_type"], abs=1e-6)
+    decision = model.label_model("cell_type")
+    assert info["gene_overlap"]["overlap"] == 1.0 and info["k"] == {"cell_type": decision.posterior.k}
+    assert info["index"] == "flat" and info["calibrated"] == {"cell_type": True}
+    assert info["thresholds"]["cell_type"] == pytest.approx(decision.threshold, abs=1e-6)
+    np.testing.assert_array_equal(query.obs["cell_type_unknown"].to_numpy(), known < decision.threshold)
     assert info["adabn_sources"] == ["batch_2"] and info["timings"]["total"] > 0
+    # the posterior: one column per reference label, rows summing to one, its best label the prediction
+    proba = query.obsm["cell_type_proba"]
+    assert info["classes"]["cell_type"] == model.setup.labels["cell_type"]
+    assert proba.shape == (query.n_obs, len(model.setup.labels["cell_type"]))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    names = np.asarray(info["classes"]["cell_type"])
+    np.testing.assert_array_equal(names[proba.argmax(axis=1)], query.obs["cell_type_pred"].astype(str).to_numpy())
+    np.testing.assert_array_equal(result.probabilities["cell_type"], proba)
     np.testing.assert_array_equal(result.predictions["cell_type"]["unknown"].to_numpy(),
                                   query.obs["cell_type_unknown"].to_numpy())
     write_h5ad(query, tmp_path / "mapped.h5ad")  # every output is writable to .h5ad
@@ -137,6 +149,7 @@ def test_reject_and_explicit_thresholds(held_out, mapped):
     model = held_out[0]
     query = mapped[1].copy()
     model.map_query(query, reject=True, place=False, device="cpu")
+    np.testing.assert_array_equal(query.obs["cell_type_unknown"].to_numpy(), mapped[1].obs["cell_type_unknown"])
     unknown = query.obs["cell_type_unknown"].to_numpy()
     assert unknown.any() and "unknown" in query.obs["cell_type_pred"].cat.categories
     assert np.array_equal(query.obs["cell_type_pred"].to_numpy() == "unknown", unknown)
@@ -152,16 +165,60 @@ def test_small_query_maps_without_the_density_ratio(held_out, mapped):
     model = held_out[0]
     small = mapped[1][:10].copy()
     model.map_query(small, place=False, device="cpu")
-    stored = model.extra_config["mapping"]["confidence"]["full"]["cell_type"]["5"]
+    decision = model.label_model("cell_type")
     used = small.uns["scconcerto_mapping"]["thresholds"]["cell_type"]
-    assert used == pytest.approx(stored["threshold_small"], abs=1e-6) and stored["threshold_small"] != stored["threshold"]
+    assert used == pytest.approx(decision.threshold_small, abs=1e-6) and decision.threshold_small != decision.threshold
+    # the labels do not depend on the query's size: the same cells mapped with the rest get the same labels
+    np.testing.assert_array_equal(small.obs["cell_type_pred"].to_numpy(), mapped[1].obs["cell_type_pred"][:10])
+
+
+def test_mapping_leaves_the_model_unchanged(held_out, mapped):
+    """Mapping reads the prepared reference and stores nothing into the model, whatever the options."""
+    model, query = held_out[0], mapped[1]
+    config = json.dumps(model.extra_config, sort_keys=True)
+    extra = {name: value.copy() for name, value in model.reference.extra.items()}
+    for options in ({"k": 7}, {"index": "ivf"}, {"adjust_proportions": True}, {"reject": True}):
+        model.map_query(query.copy(), place=False, device="cpu", **options)
+    assert json.dumps(model.extra_config, sort_keys=True) == config
+    assert extra.keys() == model.reference.extra.keys()
+    assert all(np.array_equal(extra[name], model.reference.extra[name]) for name in extra)
+
+
+def test_a_model_prepared_by_an_older_version_asks_to_be_prepared_again(held_out, mapped):
+    model = copy.deepcopy(held_out[0])
+    model.extra_config["mapping"]["version"] = 4
+    with pytest.raises(InputError, match="earlier version.*prepare_mapping"):
+        model.map_query(mapped[1][:40].copy(), device="cpu")
+    model.prepare_mapping(umap=False, overwrite=True)  # the reference AnnData is attached: prepared again
+    again = mapped[1].copy()
+    model.map_query(again, place=False, device="cpu")
+    np.testing.assert_array_equal(again.obs["cell_type_pred"].to_numpy(), mapped[1].obs["cell_type_pred"].to_numpy())
+
+
+def test_query_proportions_are_estimated_and_move_the_posterior_at_most_half_way(held_out, mapped):
+    """A query made mostly of one type: its estimated share of that type rises above the reference's, but at
+    most half-way toward the query's own share, and that type's probabilities never fall."""
+    model, query = held_out[0], mapped[1]
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    rows = np.concatenate([np.flatnonzero(truth == "type_1"), np.flatnonzero(truth != "type_1")[:10]])
+    skewed = query[np.sort(rows)].copy()
+    plain, adjusted = skewed.copy(), skewed.copy()
+    model.map_query(plain, place=False, device="cpu")
+    model.map_query(adjusted, place=False, device="cpu", adjust_proportions=True)
+    report = adjusted.uns["scconcerto_mapping"]["label_proportions"]["cell_type"]
+    i = report["labels"].index("type_1")
+    share = float(np.mean(truth[np.sort(rows)] == "type_1"))
+    assert report["reference"][i] < report["estimated"][i] <= (report["reference"][i] + share) / 2 + 0.02
+    c = model.setup.labels["cell_type"].index("type_1")
+    assert (adjusted.obsm["cell_type_proba"][:, c] >= plain.obsm["cell_type_proba"][:, c] - 1e-6).all()
+    assert "label_proportions" not in plain.uns["scconcerto_mapping"]
 
 
 def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     model, query = held_out[0], mapped[1]
     json.dumps(model.extra_config, allow_nan=False)  # plain JSON in config.json
     loaded = Concerto.load(model.save(tmp_path / "model"))
-    assert loaded.unknown_thresholds() == model.unknown_thresholds()
+    assert loaded.label_model("cell_type").to_dict() == model.label_model("cell_type").to_dict()
     np.testing.assert_array_equal(loaded.reference.extra["umap"], model.reference.extra["umap"])
     again = query.copy()
     loaded.map_query(again, device="cpu")
@@ -169,152 +226,10 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     np.testing.assert_allclose(again.obs["cell_type_confidence"], query.obs["cell_type_confidence"], atol=1e-5)
     np.testing.assert_allclose(again.obsm["X_umap_ref"], query.obsm["X_umap_ref"], atol=1e-5)
     # the expression space travels with the model (the loaded one has no reference AnnData)
-    assert loaded.reference.extra["expression_loadings"].shape[0] == len(model.setup.genes)
-    assert 0 < len(loaded.reference.extra["expression_sample"]) <= 10_000
-    np.testing.assert_array_equal(loaded.reference.extra["expression"], model.reference.extra["expression"])
-    novelty = loaded.extra_config["mapping"]["confidence"]["full"]["cell_type"]["5"]["novelty"]["features"]
-    assert "expression_similarity" in novelty and "log_expression_density_ratio" in novelty
-
-
-def calibrated_as(model, version: int):
-    """A copy of ``model`` whose mapping config says it was calibrated with the rules of ``version`` (2 or 3:
-    no scaled expression space; 2: no veto either)."""
-    old = copy.deepcopy(model)
-    cfg = old.extra_config["mapping"]
-    cfg["version"] = version
-    for name in ("rare_label_cells", "scaled_expression") + (("expression_veto",) if version == 2 else ()):
-        cfg.pop(name)
-    return old
-
-
-def expected_labels(model, query, neighbors, weight: float, veto: bool = True, adjust: bool = False,
-                    scaled: bool = True):
-    """The mapped labels recomputed by hand from the saved expression coordinates: the embedding vote,
-    the scaled space's vote blended into contested cells (the plain space's with ``scaled=False``), the
-    plain space's veto where unanimous, a rare label's claim by the scaled space, the proportion adjustment.
-    Returns (names, first, blended, final) votes."""
-    from scconcerto.data.scaled_space import ScaledSpace
-    from scconcerto.tools import adjust_to_proportions, blend_votes, contested_rows, knn, overrule, veto_rows, vote
-    from scconcerto.tools.label_transfer import rare_label_rows, rare_labels
-
-    extra = model.reference.extra
-    codes, n = model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])
-    counts = np.bincount(codes[codes >= 0], minlength=n)
-    first = vote(neighbors, codes, n)
-    rows = contested_rows(first, weight)
-    cells = model._prepare(query, what="the query").cells
-    coords = model._query_expression(cells)
-    assert extra["expression"].shape == (len(codes), coords.shape[1])
-    plain = vote(knn(coords, extra["expression"], k=5), codes, n)
-    second = plain
-    if scaled:
-        space = ScaledSpace(extra["scaled_expression_loadings"], extra["scaled_expression_offset"],
-                            extra["scaled_expression_caps"])
-        second = vote(knn(space.project(cells), extra["scaled_expression"], k=5), codes, n)
-    blended = blend_votes(first, rows, second.take(rows), weight)
-    vetoed = veto_rows(blended, plain, counts, 5) if veto else np.zeros(0, dtype=np.int64)
-    final = overrule(blended, vetoed, plain)
-    claimed = rare_label_rows(final, second, rare_labels(counts, 20)) if scaled else np.zeros(0, dtype=np.int64)
-    final = overrule(final, claimed, second)
-    if adjust:  # the overruled cells keep their votes
-        final = overrule(adjust_to_proportions(final, counts)[0], np.union1d(vetoed, claimed), final)
-    return np.asarray(model.setup.labels["cell_type"]), first, blended, final
-
-
-def test_contested_labels_get_the_expression_space_vote(held_out, mapped):
-    """The predicted labels are the embedding vote blended, for contested cells, with the vote of the
-    nearest reference cells in the scaled expression space (the plain one for a version-3 config),
-    recomputed here from the stored coordinates."""
-    from scconcerto.tools import contested_rows
-
-    assert mapped[1].uns["scconcerto_mapping"]["expression_vote"]["weight"] == 0.5  # the default
-    result = mapped[2]
-    for version in (4, 3):
-        model, query = copy.deepcopy(held_out[0]), mapped[1].copy()
-        model.prepare_mapping(umap=False, expression_vote=2.0, overwrite=True)  # above 1: every cell is contested
-        if version == 3:
-            model = calibrated_as(model, 3)
-        model.map_query(query, place=False, device="cpu")
-        info = query.uns["scconcerto_mapping"]["expression_vote"]
-        names, first, blended, final = expected_labels(model, query, result.neighbors, 2.0, scaled=version == 4)
-        assert info["weight"] == 2.0 and info["contested_cells"] == len(contested_rows(first, 2.0)) == query.n_obs
-        assert info["scaled_space"] == (version == 4)
-        np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
-        assert info["changed"]["cell_type"] == int((final.codes != first.codes).sum()) > 0
-        if version == 3:  # the plain space, batch effects and all, disagrees with the embedding on some cells
-            assert (blended.codes != first.codes).sum() > 0
-
-
-def test_a_unanimous_expression_vote_overrules_the_embedding(held_out, mapped):
-    """With the default weight, cells whose 5 plain expression-space neighbours all name another label than
-    the embedding's winner take that label (recomputed by hand); a model calibrated before the scaled space
-    (mapping config version 3) blends the plain space's vote instead, and one calibrated before the veto
-    (version 2) keeps the embedding's winner there."""
-    model, query, result = held_out[0], mapped[1], mapped[2]
-    info = query.uns["scconcerto_mapping"]["expression_vote"]
-    names, first, blended, final = expected_labels(model, query, result.neighbors, 0.5)
-    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
-    assert info["veto"] and info["scaled_space"] and info["rare_label_cells"] == 20
-    assert info["vetoed"]["cell_type"] + info["rare_claimed"]["cell_type"] >= int((final.codes != blended.codes).sum())
-    for version in (3, 2):
-        old = calibrated_as(model, version)
-        again = query.copy()
-        old.map_query(again, place=False, device="cpu")
-        _, _, blended, final = expected_labels(old, again, result.neighbors, 0.5, veto=version == 3, scaled=False)
-        np.testing.assert_array_equal(again.obs["cell_type_pred"].astype(str).to_numpy(), names[final.codes])
-        report = again.uns["scconcerto_mapping"]["expression_vote"]
-        assert report["veto"] == (version == 3) and not report["scaled_space"] and not report["rare_claimed"]
-
-
-def test_no_second_opinion_when_off_or_calibrated_without_it(held_out, mapped):
-    from scconcerto.tools import vote
-
-    model, query, result = copy.deepcopy(held_out[0]), mapped[1].copy(), mapped[2]
-    plain = np.asarray(model.setup.labels["cell_type"])[
-        vote(result.neighbors, model.reference.labels["cell_type"], len(model.setup.labels["cell_type"])).codes]
-    model.prepare_mapping(umap=False, expression_vote=0.0)  # calibrated with 0.5: kept, with a warning
-    assert model.extra_config["mapping"]["expression_vote"] == 0.5
-    model.prepare_mapping(umap=False, expression_vote=0.0, overwrite=True)
-    model.map_query(query, place=False, device="cpu")
-    assert "expression_vote" not in query.uns["scconcerto_mapping"]
-    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), plain)
-    with pytest.raises(InputError, match="expression_vote"):
-        model.prepare_mapping(umap=False, expression_vote=-1.0)
-    old = copy.deepcopy(held_out[0])  # a model saved before the second opinion (mapping config version 1)
-    del old.extra_config["mapping"]["expression_vote"]
-    again = mapped[1].copy()
-    old.map_query(again, place=False, device="cpu")
-    np.testing.assert_array_equal(again.obs["cell_type_pred"].astype(str).to_numpy(), plain)
-
-
-def test_votes_adjusted_to_the_query_proportions_on_request(held_out, mapped):
-    """With ``adjust_proportions`` the labels are the vote adjusted to the query's EM proportions, save the
-    vetoed and claimed cells' (recomputed here); the report names each label's estimated proportion (close to the query's predicted mix) and its
-    reference proportion. By default, and for queries under ``MIN_QUERY_CELLS`` cells, the vote is plain."""
-    from scconcerto.tools import adjust_to_proportions
-    from scconcerto.tools.confidence import MIN_QUERY_CELLS
-
-    model, plain, result = held_out[0], mapped[1], mapped[2]
-    assert "label_proportions" not in plain.uns["scconcerto_mapping"]
-    query = plain.copy()
-    model.map_query(query, device="cpu", place=False, adjust_proportions=True)
-    names, _, _, before = expected_labels(model, query, result.neighbors, 0.5)
-    adjusted = expected_labels(model, query, result.neighbors, 0.5, adjust=True)[3]  # vetoed, claimed cells kept
-    codes, n = model.reference.labels["cell_type"], len(names)
-    estimated = adjust_to_proportions(before, np.bincount(codes[codes >= 0], minlength=n))[1]
-    np.testing.assert_array_equal(query.obs["cell_type_pred"].astype(str).to_numpy(), names[adjusted.codes])
-    report = query.uns["scconcerto_mapping"]["label_proportions"]["cell_type"]
-    assert report["changed"] == int((adjusted.codes != before.codes).sum())
-    assert report["labels"] == [t for t in names if t in report["labels"]]
-    pred = query.obs["cell_type_pred"].astype(str).to_numpy()
-    for name, share, reference in zip(report["labels"], report["estimated"], report["reference"]):
-        c = list(names).index(name)
-        assert share == pytest.approx(estimated[c], abs=1e-4)
-        assert share == pytest.approx(np.mean(pred == name), abs=0.05)
-        assert reference == pytest.approx(np.mean(codes[codes >= 0] == c), abs=1e-4)
-    small = plain[:MIN_QUERY_CELLS - 1].copy()
-    model.map_query(small, device="cpu", place=False, adjust_proportions=True)
-    assert "label_proportions" not in small.uns["scconcerto_mapping"]
+    assert loaded.reference.extra["scaled_expression_loadings"].shape[0] == len(model.setup.genes)
+    np.testing.assert_array_equal(loaded.reference.extra["scaled_expression"],
+                                  model.reference.extra["scaled_expression"])
+    assert loaded.label_model("cell_type").uses_expression
 
 
 def test_a_reference_read_from_disk_maps_without_expression_features(tmp_path):
@@ -324,18 +239,19 @@ def test_a_reference_read_from_disk_maps_without_expression_features(tmp_path):
     path = simulate_to_h5ad(tmp_path / "ref.h5ad", 400, 200, n_types=3, n_batches=2, seed=4)
     model = Concerto(read_backed(path), batch_key="batch", label_key="cell_type").train(epochs=3, progress=False,
                                                                                        device="cpu")
-    assert "expression_loadings" not in model.reference.extra  # no expression space without the matrix in memory
+    assert "scaled_expression" not in model.reference.extra  # no expression space without the matrix in memory
     query = simulate(150, 200, n_types=3, n_batches=3, seed=4)
     query = query[(query.obs["batch"] == "batch_2").to_numpy()].copy()
     model.map_query(query, place=False, device="cpu")
-    novelty = model.extra_config["mapping"]["confidence"]["full"]["cell_type"]["5"]["novelty"]["features"]
-    assert "expression_similarity" not in novelty
+    assert not model.label_model("cell_type").uses_expression
     assert query.obs["cell_type_confidence"].between(0, 1).all()
 
 
 def test_bad_levels_are_a_clear_error(held_out, mapped):
     with pytest.raises(InputError, match="not label keys of the reference"):
         held_out[0].map_query(mapped[1][:40].copy(), levels="major,cell_type", device="cpu")
+    with pytest.raises(InputError, match="twice"):
+        held_out[0].map_query(mapped[1][:40].copy(), levels="cell_type,cell_type", device="cpu")
 
 
 # ------------------------------------------------------------------------------------ RNA + protein
@@ -371,6 +287,7 @@ def test_imputation_averages_the_impute_k_nearest_while_the_vote_uses_k(protein_
     rna_only = query.copy()
     del rna_only.obsm["protein"]
     result = model.map_query(rna_only, k=3, impute_k=12, device="cpu", place=False)
+    assert rna_only.uns["scconcerto_mapping"]["k"] == {"cell_type_major": 3, "cell_type": 3}
     ref = model.reference.extra["embedding_rna"]
     nearest = knn(rna_only.obsm["X_concerto"], ref, k=12)
     expected = model.reference.protein[nearest.indices].mean(axis=1)  # equal weights, by hand
@@ -390,38 +307,6 @@ def test_hierarchical_levels_are_consistent(protein_model):
     assert np.array_equal(implied, q.obs["cell_type_major_pred"].astype(str).to_numpy())
     assert np.mean(q.obs["cell_type_pred"].astype(str) == q.obs["cell_type"].astype(str)) >= 0.9
     assert q.uns["scconcerto_mapping"]["levels"] == ["cell_type_major", "cell_type"]
-
-
-def test_every_key_gets_the_expression_spaces_agreement_with_its_label(protein_model):
-    """A confidence that reads only the agreement: each key's confidence, the hierarchy's finer level
-    included, is that function of the share of the cell's scaled-space neighbours' vote backing its label
-    (reference labels made noisy, so that share varies)."""
-    from scconcerto.tools import knn, vote
-    from scconcerto.tools.confidence import AGREEMENT_FEATURE, ConfidenceModel, LogisticScore
-    from scconcerto.tools.label_transfer import share_of
-
-    model = copy.deepcopy(protein_model[0])
-    q = protein_model[1].copy()
-    del q.obsm["protein"]  # searched in the RNA-only space
-    by_agreement = LogisticScore(("vote_share", AGREEMENT_FEATURE), (0.0, 5.0), -2.5)
-    always_seen = LogisticScore(("vote_share",), (0.0,), 30.0)
-    hand = ConfidenceModel(by_agreement, always_seen, always_seen, threshold=0.5, threshold_small=0.5, k=5)
-    rng = np.random.default_rng(0)
-    for key, names in model.setup.labels.items():
-        model.extra_config["mapping"]["confidence"]["rna_only"][key]["5"] = hand.to_dict()
-        codes = model.reference.labels[key]  # a third of the labels shuffled: the two spaces' votes then differ
-        noisy = rng.random(len(codes)) < 0.3
-        codes[noisy] = rng.integers(0, len(names), noisy.sum())
-    model.map_query(q, levels=["cell_type_major", "cell_type"], device="cpu", place=False)
-
-    coords, scaled = model._scaled_expression()
-    neighbors = knn(scaled.project(model._prepare(q, use_protein=False).cells), coords, k=5)
-    for key, names in model.setup.labels.items():
-        given = pd.Categorical(q.obs[f"{key}_pred"].astype(str), categories=names).codes
-        agreement = share_of(vote(neighbors, model.reference.labels[key], len(names)), given)
-        assert agreement.std() > 0.05  # it varies from cell to cell
-        expected = 1.0 / (1.0 + np.exp(-(5.0 * agreement - 2.5))) / (1.0 + np.exp(-30.0))
-        np.testing.assert_allclose(q.obs[f"{key}_confidence"].to_numpy(), expected, rtol=1e-4)
 
 
 def test_rna_only_query_without_an_rna_reference_is_a_clear_error(protein_model):
@@ -455,8 +340,6 @@ def test_label_shift_balancing_keeps_a_skewed_query_accurate(held_out, reference
     if reference_cells is not None:
         monkeypatch.setattr(query_embedding, "LABEL_SHIFT_REFERENCE_CELLS", reference_cells)
     model, query = copy.deepcopy(held_out[0]), held_out[1]
-    # the labels from the embedding alone: the expression space's veto would rescue plain AdaBN's errors
-    model.prepare_mapping(umap=False, expression_vote=0.0, overwrite=True)
     truth = query.obs["cell_type"].astype(str).to_numpy()
     rows = np.concatenate([np.flatnonzero(truth == "type_1"),
                            np.flatnonzero((truth != "type_1") & (truth != UNSEEN))[:12]])
@@ -507,75 +390,3 @@ def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading
     loaded.map_query(again, device="cpu", place=False, index="ivf")
     assert np.array_equal(first.obs["cell_type_pred"].to_numpy(), again.obs["cell_type_pred"].to_numpy())
     np.testing.assert_allclose(first.obs["cell_type_confidence"], again.obs["cell_type_confidence"], atol=1e-5)
-
-
-def test_a_rare_reference_type_claims_its_query_cells():
-    """A type with 8 reference cells: the embedding files some of its query cells under other types; its
-    majority among their nearest cells in the scaled expression space gives them back (labels recomputed by
-    hand). A model calibrated before the claim (version 3) leaves them misfiled."""
-    adata = simulate(900, 300, n_types=4, n_batches=3, seed=0)
-    is_query = (adata.obs["batch"] == "batch_2").to_numpy()
-    rare = (adata.obs["cell_type"] == UNSEEN).to_numpy()
-    rows = np.union1d(np.flatnonzero(~is_query & ~rare), np.flatnonzero(~is_query & rare)[:8])
-    model = Concerto(adata[rows].copy(), batch_key="batch", label_key="cell_type").train(
-        epochs=30, lr=3e-3, progress=False, device="cpu", prepare_mapping={"umap": False})
-    query = adata[is_query].copy()
-    result = model.map_query(query, place=False, device="cpu")
-    truth = query.obs["cell_type"].astype(str).to_numpy()
-    names, _, _, final = expected_labels(model, query, result.neighbors, 0.5)
-    pred = query.obs["cell_type_pred"].astype(str).to_numpy()
-    np.testing.assert_array_equal(pred, names[final.codes])
-    info = query.uns["scconcerto_mapping"]["expression_vote"]
-    assert info["rare_claimed"]["cell_type"] > 0
-    old = calibrated_as(model, 3)
-    before = query.copy()
-    old.map_query(before, place=False, device="cpu")
-    recall = lambda p: (p[truth == UNSEEN] == UNSEEN).mean()  # noqa: E731
-    assert recall(pred) > recall(before.obs["cell_type_pred"].astype(str).to_numpy()) + 0.1
-    assert recall(pred) >= 0.95 and (truth[pred == UNSEEN] == UNSEEN).mean() >= 0.95  # and precise
-
-
-def test_a_model_saved_before_the_scaled_space_gets_it_from_the_reference(held_out, mapped, tmp_path):
-    """Loaded without its reference AnnData, a model calibrated with version 3 keeps mapping as calibrated;
-    ``prepare_mapping(overwrite=True)`` alone moves it to version 4 without the scaled space (nothing to fit
-    it on), and with the reference AnnData it fits the same space the trained model holds."""
-    model, query = held_out[0], mapped[1]
-    old = calibrated_as(model, 3)
-    for name in [n for n in old.reference.extra if n.startswith("scaled_expression")]:
-        del old.reference.extra[name]
-    loaded = Concerto.load(old.save(tmp_path / "v3"))
-    assert loaded.adata is None
-    again = query.copy()
-    loaded.map_query(again, place=False, device="cpu")
-    assert not again.uns["scconcerto_mapping"]["expression_vote"]["scaled_space"]
-    loaded.prepare_mapping(umap=False, overwrite=True)
-    assert loaded.extra_config["mapping"]["version"] == 4 and not loaded.extra_config["mapping"]["scaled_expression"]
-    reference = model.adata
-    loaded.prepare_mapping(reference, umap=False, overwrite=True)
-    assert loaded.extra_config["mapping"]["scaled_expression"]
-    np.testing.assert_allclose(loaded.reference.extra["scaled_expression"], model.reference.extra["scaled_expression"],
-                               atol=1e-5)
-    again = query.copy()
-    loaded.map_query(again, place=False, device="cpu")
-    np.testing.assert_array_equal(again.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())
-
-
-def test_the_proportion_adjustment_keeps_overruled_cells(held_out):
-    """Rows set by a veto or a rare label's claim keep their votes when the rest is adjusted to the
-    query's proportions, and the report counts only the cells the adjustment moved."""
-    from scconcerto.tools import LabelTransfer, adjust_to_proportions
-
-    model = held_out[0]
-    codes = model.reference.labels["cell_type"]
-    n = len(model.setup.labels["cell_type"])
-    counts = np.bincount(codes[codes >= 0], minlength=n)
-    votes = np.zeros((200, n), dtype=np.float32)
-    votes[:150, 0] = 1.0  # a query rich in label 0
-    votes[150:, 0], votes[150:, 1] = 0.45, 0.55  # near ties that its proportions tip to label 0
-    tr = LabelTransfer(codes=votes.argmax(1), confidence=votes.max(1), votes=votes)
-    moved = adjust_to_proportions(tr, counts)[0]
-    assert (moved.codes[150:] == 0).all()  # the adjustment alone moves every near tie
-    out, info = model._to_query_proportions({"cell_type": tr}, {"cell_type": np.array([150, 151])})
-    np.testing.assert_array_equal(out["cell_type"].codes[150:152], [1, 1])
-    np.testing.assert_array_equal(out["cell_type"].codes[152:], moved.codes[152:])
-    assert info["cell_type"]["changed"] == 48

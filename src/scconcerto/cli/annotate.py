@@ -33,9 +33,11 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="labeled cells held out to calibrate the confidence and the unknown threshold")
     p.add_argument("--false-rejection-rate", type=float, default=0.05,
                    help="fraction of held-out (known-type) cells allowed below the unknown threshold")
-    p.add_argument("--unknown-score", choices=["combined", "knn", "max_softmax"], default="combined",
-                   help="score that flags unknown cells: the calibrated top probability (max_softmax), the "
-                        "similarity to the nearest training cells' features (knn), or both (combined, default)")
+    p.add_argument("--unknown-score", choices=["auto", "reference", "combined", "knn", "max_softmax"], default="auto",
+                   help="score that flags unknown cells: the probability of a type the reference has, from "
+                        "mapping's novelty model (reference; the default 'auto' when the label key is the "
+                        "reference's), the calibrated top probability (max_softmax), the similarity to the nearest "
+                        "training cells' features (knn), or both of the latter (combined)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -68,12 +70,12 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-key", default="__setup__",
                    help="obs column of sources (default: the model's batch key, if the data has it)")
     p.add_argument("--reject", action="store_true", help="write 'unknown' as the prediction of low-confidence cells")
-    p.add_argument("--unknown-score", choices=["combined", "knn", "max_softmax"], default=None,
+    p.add_argument("--unknown-score", choices=["reference", "combined", "knn", "max_softmax"], default=None,
                    help="score that flags unknown cells (default: the model's)")
     p.add_argument("--unknown-threshold", type=float, default=None,
-                   help="score below which a cell is unknown: a confidence (0-1) for max_softmax, a cosine "
-                        "similarity for knn, a typicality (0-1) for combined (default: the model's, chosen on "
-                        "held-out labeled cells)")
+                   help="score below which a cell is unknown: a probability (0-1) for reference, a confidence "
+                        "(0-1) for max_softmax, a cosine similarity for knn, a typicality (0-1) for combined "
+                        "(default: the model's, chosen on held-out cells)")
     p.add_argument("--min-overlap", type=float, default=0.5, help="smallest fraction of the model's genes required")
     add_runtime(p)
     p.set_defaults(func=run_predict)

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="reference model directory written by `scconcerto train`")
     p.add_argument("data", help="query .h5ad: raw counts or log-normalized values (never modified)")
     add_output(p, "mapped query .h5ad to write")
-    p.add_argument("--k", type=int, default=5, help="neighbours per query cell (default: 5)")
+    p.add_argument("--k", type=int, default=None,
+                   help="candidates of each cell's label vote (default: those the model was calibrated with)")
     p.add_argument("--batch-key", default="__setup__",
                    help="obs column of the query's sources (default: the model's batch key, if the query has it)")
     p.add_argument("--finetune-epochs", type=int, default=0,
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", default=None,
                    help="comma-separated label keys, coarse to fine, for hierarchical mapping (e.g. major,minor)")
     p.add_argument("--unknown-threshold", type=float, default=None,
-                   help="confidence (0-1) below which a cell is unknown (default: the one calibrated on the reference)")
+                   help="probability that a cell's type is in the reference (0-1) below which it is unknown "
+                        "(default: the value 5 %% of held-out reference cells fall below)")
     p.add_argument("--reject", action="store_true", help="write 'unknown' as the prediction of low-confidence cells")
     p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
                    help="k-NN index: exact 'flat' (default below a million reference cells) or approximate")
@@ -38,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="plain AdaBN for unseen query sources, without balancing their statistics for the "
                         "predicted cell-type composition")
     p.add_argument("--adjust-proportions", action="store_true",
-                   help="adjust the k-NN votes to the query's own label proportions (EM estimate), for a query "
-                        "whose cell-type mix differs strongly from the reference's")
+                   help="move the label posterior to the query's own label proportions (EM estimate, at most "
+                        "half-way), for a query whose cell-type mix differs strongly from the reference's")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the query must have (default: 0.5)")
     p.add_argument("--reference", default=None,
@@ -56,11 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from ..model import Concerto
 
     check_output_free(args.out, args.overwrite)
-    if args.k < 1:
+    if args.k is not None and args.k < 1:
         raise InputError(f"--k must be at least 1, got {args.k}.")
     model = Concerto.load(args.model)
     if args.reference is not None:
-        model.prepare_mapping(read_h5ad(args.reference), k=args.k, umap=False, device=args.device)
+        model.prepare_mapping(read_h5ad(args.reference), umap=False, device=args.device)
     adata = read_h5ad(args.data)
     result = model.map_query(adata, k=args.k, batch_key=args.batch_key, finetune_epochs=args.finetune_epochs,
                              levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,

@@ -40,10 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=1, help="data-parallel processes (one per GPU, or CPU processes)")
     p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (default: ddp)")
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPUs")
-    p.add_argument("--expression-vote", type=float, default=0.5,
-                   help="weight of the scaled expression space's vote on contested query labels at mapping; a "
-                        "unanimous plain expression vote also overrules the embedding's, and a label of 2-19 "
-                        "reference cells holding half of the scaled vote claims the cell (0: all off)")
     add_runtime(p, training=True)
     p.set_defaults(func=run)
 
@@ -64,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
                 positive_space=args.positive_space,
                 modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
-                precision=args.precision, prepare_mapping={"expression_vote": args.expression_vote})
+                precision=args.precision)
     if not is_global_zero():  # data-parallel run: rank 0 writes the model
         return 0
     model.save(args.out, overwrite=args.overwrite)

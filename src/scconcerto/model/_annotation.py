@@ -26,7 +26,7 @@ import torch
 from scipy.special import expit
 
 from .._errors import InputError, ModelFileError
-from .._keys import UNKNOWN_LABEL, confidence_key, pred_key, unknown_key
+from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key
 from ..data.setup import DEFAULT_SOURCE
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
@@ -40,7 +40,9 @@ log = logging.getLogger("scconcerto")
 ANNOTATION_CONFIG = "annotation"
 TARGET_SOURCE = "target"
 QUERY_SOURCE = "query"
-UNKNOWN_SCORES = ("combined", "knn", "max_softmax")
+#: ``"reference"``: the probability of a known type from mapping's novelty model (one model for both);
+#: the others are the classifier's own scores.
+UNKNOWN_SCORES = ("reference", "combined", "knn", "max_softmax")
 FEATURE_BANK = "feature_bank"
 
 
@@ -100,6 +102,8 @@ class AnnotationPrediction:
         Which score decided ``unknown``.
     gene_overlap
         Gene alignment summary of the dataset against the model's genes.
+    known_prob
+        With the ``"reference"`` score: the probability that the cell is of a type the reference has.
     """
 
     label_key: str
@@ -113,6 +117,7 @@ class AnnotationPrediction:
     unknown: np.ndarray
     unknown_score: str
     gene_overlap: dict
+    known_prob: np.ndarray | None = None
 
 
 def _source_names(adata: ad.AnnData, batch_key: str | None, setup_batch_key: str | None, sources: list[str],
@@ -184,7 +189,7 @@ class AnnotationMixin:
                        epochs: int | None = None, batch_size: int = 128, lr: float = 1e-3,
                        consistency_weight: float = 1.0, sharpen_temperature: float = 0.5,
                        validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
-                       unknown_score: str = "combined", knn_k: int = 10, feature_bank_size: int = 20_000,
+                       unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000,
                        head_dropout: float = 0.0, batch_key: str | None = "__setup__",
                        target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
                        pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
@@ -219,7 +224,10 @@ class AnnotationMixin:
         false_rejection_rate
             Fraction of held-out (seen-type) cells allowed below the unknown threshold.
         unknown_score
-            Default score that flags unknown cells: ``"max_softmax"``, the calibrated top probability;
+            Default score that flags unknown cells: ``"reference"``, the probability that the cell is of a
+            type the reference has, from mapping's novelty model (:meth:`known_probability`; the default,
+            ``"auto"``, when ``label_key`` is a reference label key with a calibrated decision);
+            ``"max_softmax"``, the calibrated top probability;
             ``"knn"``, the cosine similarity of a cell's teacher features to its ``knn_k``-th nearest
             training cell (Sun et al., 2022); ``"combined"``, the smaller of their empirical CDF values
             on the held-out cells (unknown when atypical by either). Every threshold is chosen on the
@@ -266,8 +274,8 @@ class AnnotationMixin:
             raise InputError(f"validation_fraction must lie in [0, 1), got {validation_fraction}.")
         if batch_size < 2:
             raise InputError(f"batch_size must be at least 2 (batch normalization), got {batch_size}.")
-        if unknown_score not in UNKNOWN_SCORES:
-            raise InputError(f"unknown_score must be one of {UNKNOWN_SCORES}, got {unknown_score!r}.")
+        if unknown_score not in (*UNKNOWN_SCORES, "auto"):
+            raise InputError(f"unknown_score must be 'auto' or one of {UNKNOWN_SCORES}, got {unknown_score!r}.")
         if pretrain and not self.is_trained:
             self.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
 
@@ -311,6 +319,12 @@ class AnnotationMixin:
                                       false_rejection_rate, knn_k, device)
         self.classifier = classifier
         self._feature_bank = bank
+        if unknown_score in ("auto", "reference"):
+            shared = self._has_novelty_model(label_key, classes)
+            if unknown_score == "reference" and not shared:
+                raise InputError(f"unknown_score='reference' needs a calibrated mapping decision for {label_key!r} "
+                                 "over the classifier's classes (train the reference with that label key).")
+            unknown_score = "reference" if shared else "combined"
         self.extra_config[ANNOTATION_CONFIG] = {
             "label_key": label_key, "classes": classes, "pretrained": bool(pretrain),
             "architecture": classifier.architecture(), "domains": domains, "target_sources": target_names,
@@ -320,6 +334,20 @@ class AnnotationMixin:
             "history": history, "train_seconds": seconds, "unknown_score": unknown_score, "knn_k": int(knn_k),
             "feature_bank_size": int(bank.shape[0]), **calibration}
         return self
+
+    def _has_novelty_model(self, label_key: str, classes: list[str]) -> bool:
+        """Whether mapping's novelty model can flag the classifier's unknown cells: ``label_key`` is a calibrated
+        reference key whose labeled reference cells carry exactly the classifier's ``classes``."""
+        if getattr(self, "reference", None) is None or label_key not in self.setup.labels:
+            return False
+        codes = self.reference.labels[label_key]
+        names = np.asarray(self.setup.labels[label_key], dtype=object)
+        if set(names[np.unique(codes[codes >= 0])].astype(str)) != set(map(str, classes)):
+            return False
+        try:
+            return self.label_model(label_key) is not None
+        except InputError:
+            return False
 
     def _resolve_label_key(self, label_key: str | None) -> str:
         if label_key is not None:
@@ -436,6 +464,9 @@ class AnnotationMixin:
         score = cfg["unknown_score"] if unknown_score is None else unknown_score
         if score not in UNKNOWN_SCORES:
             raise InputError(f"unknown_score must be one of {UNKNOWN_SCORES}, got {score!r}.")
+        if score == "reference" and not self._has_novelty_model(cfg["label_key"], cfg["classes"]):
+            raise InputError(f"unknown_score='reference' needs mapping's decision for {cfg['label_key']!r}, which "
+                             "this model does not have; use 'combined'.")
         logits, features = self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)
         classes = list(cfg["classes"])
         proba = scaled_probabilities(logits, cfg["temperature"])
@@ -445,7 +476,15 @@ class AnnotationMixin:
         quantiles = cfg.get("score_quantiles")
         typicality = _typicality(log_odds, familiarity, quantiles) if quantiles else np.ones(len(log_odds))
         thresholds = cfg["thresholds"]
-        if score == "max_softmax":
+        known = None
+        if score == "reference":
+            known, default = self.known_probability(adata, cfg["label_key"], batch_key=batch_key,
+                                                    batch_size=batch_size, device=device, min_overlap=min_overlap)
+            if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
+                raise InputError(f"unknown_threshold is a probability in [0, 1], got {unknown_threshold}.")
+            threshold = default if unknown_threshold is None else float(unknown_threshold)
+            unknown = known < threshold
+        elif score == "max_softmax":
             if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
                 raise InputError(f"unknown_threshold is a confidence in [0, 1], got {unknown_threshold}.")
             threshold = thresholds["max_softmax"] if unknown_threshold is None else float(unknown_threshold)
@@ -460,7 +499,8 @@ class AnnotationMixin:
         if reject:
             labels = np.where(unknown, UNKNOWN_LABEL, labels)
         result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, log_odds, familiarity,
-                                      typicality.astype(np.float32), unknown, score, self.last_alignment.summary())
+                                      typicality.astype(np.float32), unknown, score, self.last_alignment.summary(),
+                                      None if known is None else known.astype(np.float32))
         if inplace:
             write_prediction(adata, result, {"temperature": cfg["temperature"], "unknown_score": score,
                                              "unknown_threshold": -1.0 if threshold is None else threshold,
@@ -562,6 +602,8 @@ def write_prediction(adata: ad.AnnData, result: AnnotationPrediction, extra: dic
     adata.obs[pred_key(key)] = pd.Categorical(result.labels.astype(str), categories=cats)
     adata.obs[confidence_key(key)] = result.confidence.astype(np.float32)
     adata.obs[unknown_key(key)] = result.unknown.astype(bool)
+    if result.known_prob is not None:
+        adata.obs[known_key(key)] = result.known_prob
     adata.obsm[f"{key}_proba"] = result.probabilities.astype(np.float32)
     adata.uns[f"{key}_proba_classes"] = np.asarray(result.classes, dtype=object)
     adata.uns["scconcerto_annotation"] = {"label_key": key, "gene_overlap": dict(result.gene_overlap),

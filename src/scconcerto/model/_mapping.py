@@ -1,27 +1,17 @@
-"""Query-to-reference mapping (label transfer, confidence, imputation, hierarchy).
+"""Query-to-reference mapping: labels with a calibrated posterior, confidence and unknowns, proteins, placement.
 
-:meth:`MappingMixin.map_query` embeds a query in the reference space
-(:mod:`._query_embedding`: genes aligned by name, AdaBN per unseen query
-source, optional fine-tuning of the query sources' adapters), finds each query
-cell's k nearest reference cells (faiss), votes their labels (flat or
-hierarchical), asks the reference's expression spaces for a second opinion (a
-blend into contested votes, a veto where unanimous, a rare label's claim where
-it holds a majority), scores each transfer with a confidence calibrated on the
-reference, imputes the reference's proteins, and places the query on the
-stored reference UMAP.
-
-What mapping needs of the reference (confidence models, unknown thresholds,
-the reference UMAP, the expression spaces, the RNA-only embedding of RNA +
-protein models) is prepared once by
-:meth:`~._reference.ReferenceMixin.prepare_mapping`, or lazily on the first
-map, and saved with the model (:mod:`._reference`).
+:meth:`MappingMixin.map_query` embeds a query in the reference space (:mod:`._query_embedding`: genes aligned by
+name, AdaBN per unseen query source, optional fine-tuning of the query sources' adapters), finds each query
+cell's nearest reference cells (faiss), and per label key reads the calibrated decision prepared with the
+reference (:class:`~scconcerto.mapping.LabelModel`): the posterior of the calibrated vote, the probability that the
+label is right and the probability that the cell is of a type the reference has. It imputes the reference's
+proteins and places the query on the stored reference UMAP. The model is never changed by mapping.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anndata as ad
@@ -29,22 +19,21 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
-from .._keys import (IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY, UNKNOWN_LABEL,
-                     confidence_key, pred_key, unknown_key)
+from .._keys import (EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY,
+                     UNKNOWN_LABEL, confidence_key, known_key, pred_key, proba_key, unknown_key)
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
-from ..tools.confidence import (AGREEMENT_FEATURE, MIN_QUERY_CELLS, centred_on, density_ratio, expression_centres,
-                                expression_features, neighborhood_features)
-from ..tools.hierarchy import hierarchical_transfer, with_neighbors_of_labels
+from ..mapping.hierarchy import parent_labels, within_parent
+from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, query_features
+from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from ..tools.imputation import impute_from_neighbors
-from ..tools.label_transfer import (LabelTransfer, adjust_to_proportions, contested_rows, label_counts,
-                                   overrule, rare_labels, second_opinion, share_of, vote)
 from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
 from ._query_embedding import QueryEmbeddingMixin
-from ._reference import (EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA, EXPRESSION_SAMPLE_EXTRA, RNA_ONLY,
-                         SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind)
+from ._reference import SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind
 
 DEFAULT_IMPUTE_K = 20
+#: The plain vote of a label key that could not be calibrated (a single labeled type, too few cells).
+_UNCALIBRATED = dict(alpha=0.01, gamma=1.0)
 
 
 @dataclass
@@ -56,19 +45,26 @@ class MappingResult:
     embedding
         ``(n_query, out_dim)`` query embedding in the reference space.
     predictions
-        Per label key, a DataFrame (query ``obs_names``) with ``pred``, ``confidence``, ``unknown``.
+        Per label key, a DataFrame (query ``obs_names``) with ``pred``, ``confidence`` (probability that the
+        label is right), ``known_prob`` (probability that the type is one the reference has) and ``unknown``.
+    probabilities
+        Per label key, the ``(n_query, n_labels)`` posterior (columns: ``classes[key]``).
+    classes
+        Per label key, the label names of the posterior's columns.
     protein_imputed
         ``(n_query, n_proteins)`` imputed normalized proteins, or ``None``.
     umap
         ``(n_query, 2)`` coordinates on the reference UMAP, or ``None``.
     neighbors
-        The query cells' neighbours among the reference cells (first level).
+        The query cells' nearest reference cells (the label vote's candidates).
     info
         What is written to ``uns['scconcerto_mapping']``.
     """
 
     embedding: np.ndarray
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    classes: dict[str, list[str]] = field(default_factory=dict)
     protein_imputed: np.ndarray | None = None
     umap: np.ndarray | None = None
     neighbors: NeighborsResults | None = None
@@ -88,97 +84,82 @@ def _levels_list(levels: str | list[str] | tuple[str, ...] | None) -> list[str]:
     return [str(s) for s in levels]
 
 
+def _nearest(neighbors: NeighborsResults, k: int) -> NeighborsResults:
+    """The ``k`` nearest of a search for more (faiss returns them best first)."""
+    if neighbors.n_neighbors == k:
+        return neighbors
+    return NeighborsResults(indices=neighbors.indices[:, :k], similarities=neighbors.similarities[:, :k])
+
+
 class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
-    """Query-to-reference mapping (label transfer, confidence, imputation, hierarchy).
+    """Query-to-reference mapping. Mixed into :class:`~scconcerto.model.Concerto`."""
 
-    Mixed into :class:`~scconcerto.model.Concerto`.
-    """
-
-    # ------------------------------------------------------------------ mapping
     @searches_on_its_device
-    def map_query(self, adata: ad.AnnData, k: int = 5, batch_key: str | None = "__setup__",
-                  finetune_epochs: int = 0, levels: str | list[str] | None = None,
-                  unknown_threshold: float | dict[str, float] | None = None, reject: bool = False,
-                  index: str = "auto", use_protein: bool | str = "auto", impute: bool = True,
-                  impute_k: int = DEFAULT_IMPUTE_K, place: bool = True,
-                  min_overlap: float = DEFAULT_MIN_OVERLAP, batch_size: int = 1024, device: str = "auto",
-                  seed: int | None = None, finetune_options: dict | None = None,
-                  label_shift: bool = True, adjust_proportions: bool = False) -> MappingResult:
-        """Map query cells onto the reference and annotate ``adata`` in place.
+    def map_query(self, adata: ad.AnnData, batch_key: str | None = "__setup__", levels: str | list[str] | None = None,
+                  reject: bool = False, unknown_threshold: float | dict[str, float] | None = None,
+                  adjust_proportions: bool = False, use_protein: bool | str = "auto", impute: bool = True,
+                  place: bool = True, finetune_epochs: int = 0, label_shift: bool = True, k: int | None = None,
+                  impute_k: int = DEFAULT_IMPUTE_K, index: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                  batch_size: int = 1024, device: str = "auto", seed: int | None = None,
+                  finetune_options: dict | None = None) -> MappingResult:
+        """Map query cells onto the reference and annotate ``adata`` in place (the model is not changed).
 
-        Writes ``obsm['X_concerto']`` (query embedding in the reference space);
-        for each reference label key ``L``: ``obs['L_pred']``,
-        ``obs['L_confidence']`` (0-1) and ``obs['L_unknown']`` (confidence below
-        the threshold); with proteins in the reference, ``obsm['protein_imputed']``
-        (mean normalized protein of the k nearest reference cells; names in
-        ``uns['protein_imputed_names']``); ``obsm['X_umap_ref']`` (the query
-        placed on the reference UMAP); and ``uns['scconcerto_mapping']`` (gene
-        overlap, k, thresholds, timings).
+        Writes ``obsm['X_concerto']`` (the query in the reference space); for each reference label key ``L``:
+        ``obs['L_pred']`` (the most probable label), ``obs['L_confidence']`` (probability that it is right),
+        ``obs['L_known_prob']`` (probability that the cell is of a type the reference has), ``obs['L_unknown']``
+        (that probability below the threshold) and ``obsm['L_proba']`` (the posterior; its columns are listed in
+        ``uns['scconcerto_mapping']['classes'][L]``); with proteins in the reference, ``obsm['protein_imputed']``;
+        ``obsm['X_umap_ref']`` (the query placed on the reference UMAP); and ``uns['scconcerto_mapping']``.
 
         Parameters
         ----------
         adata
-            Query cells: raw counts or log-normalized values; genes by name
-            (missing ones are absent, extra ones ignored).
-        k
-            Neighbours per query cell (similarity-weighted vote).
+            Query cells: raw counts or log-normalized values; genes by name (missing ones are absent,
+            extra ones ignored).
         batch_key
-            ``obs`` column of the query's sources (default: the model's batch key
-            if the query has it); each source unseen by the model gets its own
-            AdaBN statistics. ``None``: the query is one source.
-        finetune_epochs
-            Epochs of unsupervised contrastive fine-tuning of the query sources'
-            adapters (their DSBN scale and shift) from the reference weights; the
-            reference embedding is unchanged. ``0``: AdaBN only.
+            ``obs`` column of the query's sources (default: the model's batch key if the query has it); each
+            source unseen by the model gets its own AdaBN statistics. ``None``: the query is one source.
         levels
-            Label keys from coarse to fine (``["major", "minor"]`` or
-            ``"major,minor"``) for hierarchical mapping: each level after the first
-            is searched among the reference cells of the predicted parent label.
-            Other label keys are mapped against the whole reference.
-        unknown_threshold
-            Confidence below which a cell is unknown (a number, or one per label
-            key); default: the threshold calibrated on the reference.
+            Label keys from coarse to fine (``["major", "minor"]`` or ``"major,minor"``): each finer label is
+            chosen among those belonging to the coarser label predicted for the cell.
         reject
-            Write ``"unknown"`` into ``L_pred`` for unknown cells (otherwise the
-            best label is kept and only ``L_unknown`` flags them).
-        index
-            ``"auto"`` (exact ``"flat"``, except ``"ivf"`` from a million reference
-            cells, or from 100k when query x reference cells exceed 2e9: see
-            :func:`index_kind`), ``"flat"``, ``"ivf"`` or ``"hnsw"``. With a GPU ``device``
-            every search is exact, on the GPU (:func:`~scconcerto.tools.neighbors.search_device`).
+            Write ``"unknown"`` into ``L_pred`` for unknown cells (otherwise only ``L_unknown`` flags them).
+        unknown_threshold
+            ``L_known_prob`` below which a cell is unknown (a number, or one per label key); default: the value
+            that 5 % of held-out reference cells fall below.
+        adjust_proportions
+            Move each posterior's prior from the reference's label proportions to the query's own, estimated
+            by EM (bounded: at most half-way; queries of at least 30 cells), for a query whose cell-type mix
+            differs strongly from the reference's.
         use_protein
-            ``"auto"``: use the query's proteins when it has the model's panel.
-            Without them the query is searched against the RNA-only reference embedding.
+            ``"auto"``: use the query's proteins when it has the model's panel. Without them the query is
+            searched against the RNA-only reference embedding.
         impute
-            Impute the reference's proteins.
-        impute_k
-            Neighbours averaged for imputation (cbmc CITE-seq, median Pearson r over 13
-            antibodies: 0.861 with 5, 0.870 with 20).
+            Impute the reference's proteins (mean of the ``impute_k`` nearest reference cells).
         place
-            Place the query on the reference UMAP (computed and stored on first use).
+            Place the query on the reference UMAP stored with the model (when it has one).
+        finetune_epochs
+            Epochs of unsupervised contrastive fine-tuning of the query sources' adapters (their DSBN scale
+            and shift) from the reference weights. ``0``: AdaBN only.
+        label_shift
+            Balance the AdaBN statistics of unseen query sources for their predicted cell-type composition,
+            so that a query richer or poorer in some types than the reference keeps that biology (needs a
+            reference label key; not used with fine-tuning). ``False``: plain AdaBN.
+        k
+            Neighbours that vote for each cell's label (default: those the decision was calibrated with, 5).
+        impute_k
+            Neighbours averaged for imputation.
+        index
+            ``"auto"`` (exact ``"flat"``, approximate ``"ivf"`` for large references: see :func:`index_kind`),
+            ``"flat"``, ``"ivf"`` or ``"hnsw"``. With a GPU ``device`` every search is exact, on the GPU.
         min_overlap
             Minimum fraction of the model's genes the query must have.
         batch_size, device
             Inference settings.
         seed
-            Seed of fine-tuning and of the confidence's subsamples (default: the model's).
+            Seed of fine-tuning and of the density ratios' subsamples (default: the model's).
         finetune_options
             Other :class:`~scconcerto.train.TrainConfig` fields for fine-tuning (``lr``, ``batch_size``...).
-        label_shift
-            Balance the AdaBN statistics of unseen query sources for their predicted cell-type
-            composition (:mod:`scconcerto.tools.label_shift`), so that a query richer or poorer in
-            some types than the reference keeps that biology. Needs a reference label key; not used
-            with fine-tuning. Benchmark label-transfer splits: pancreas Xin query 0.948 -> 0.972 ACC,
-            pbmcsca CEL-Seq2 0.957 -> 0.993. ``False``: plain AdaBN.
-        adjust_proportions
-            Adjust the flat label keys' votes (and the first level's) to the query's own label
-            proportions, estimated by EM
-            (:func:`~scconcerto.tools.label_transfer.adjust_to_proportions`; queries of at least
-            ``MIN_QUERY_CELLS`` cells), for a query whose cell-type mix differs strongly from the
-            reference's (sorted cells, a depleted type). Off by default: on the benchmark's
-            label-transfer splits it moved mean ACC / macro-F1 over 3 seeds by +0.002 / +0.003 only,
-            trading symphony 3pv1 accuracy for Kang's. Cells set by the expression veto or a rare
-            label's claim keep their labels.
 
         Returns
         -------
@@ -187,274 +168,220 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         self._require_reference()
         if not isinstance(adata, ad.AnnData):
             raise InputError(f"map_query needs an AnnData, got {type(adata).__name__}.")
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}.")
+        if k is not None and (not isinstance(k, (int, np.integer)) or k < 1):
+            raise InputError(f"k must be a positive number of neighbours, got {k!r}.")
         if finetune_epochs < 0:
             raise InputError(f"finetune_epochs must be 0 or more, got {finetune_epochs}.")
+        if impute and self.reference.protein is not None and impute_k < 1:
+            raise InputError(f"impute_k must be at least 1, got {impute_k}.")
         seed = self.seed if seed is None else seed
         level_keys = _levels_list(levels)
-        unknown_keys = [key for key in level_keys if key not in self.setup.labels]
-        if unknown_keys:
-            raise InputError(f"levels {unknown_keys} are not label keys of the reference (it has "
+        wrong = [key for key in level_keys if key not in self.setup.labels]
+        if wrong:
+            raise InputError(f"levels {wrong} are not label keys of the reference (it has "
                              f"{list(self.setup.labels)}). Train the reference with these label keys.")
+        if len(set(level_keys)) != len(level_keys):
+            raise InputError(f"levels name a label key twice: {level_keys}. Give each key once, coarse to fine.")
         timings: dict[str, float] = {}
         start = time.perf_counter()
         shift_info: dict[str, Any] = {}
         embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, finetune_epochs, min_overlap,
                                                        batch_size, device, seed, finetune_options, timings,
-                                                       label_shift=label_shift, k=k, index=index, info=shift_info)
+                                                       label_shift=label_shift, index=index, info=shift_info)
+        models = {key: self.label_model(key, space) for key in self.setup.labels}
+        ks = {key: int(k or (m.posterior.k if m is not None else self._mapping_config().get("k", 20)))
+              for key, m in models.items()}
 
         # -- neighbours in the reference
         t0 = time.perf_counter()
         ref_emb = self._space_embedding(space)
         kind = "flat" if gpu_search_active() else index_kind(len(ref_emb), len(embedding), index)
-        faiss_index = self._reference_index(space, ref_emb, kind, seed)
-        k_eff = int(min(k, len(ref_emb)))
         imputing = impute and self.reference.protein is not None
-        if imputing and impute_k < 1:
-            raise InputError(f"impute_k must be at least 1, got {impute_k}.")
-        k_imp = int(min(impute_k, len(ref_emb))) if imputing else k_eff
-        # one search serves the vote (the k nearest) and the imputation (the impute_k nearest)
-        searched = knn(embedding, faiss_index, k=max(k_eff, k_imp))
-        neighbors = _nearest(searched, k_eff)
+        k_search = int(min(max([*ks.values(), impute_k if imputing else 1, 1]), len(ref_emb)))
+        searched = knn(embedding, self._reference_index(space, ref_emb, kind, seed), k=k_search)
         timings["knn"] = time.perf_counter() - t0
 
         # -- labels, confidence, unknowns
         t0 = time.perf_counter()
-        predictions, thresholds, calib, second, proportions = self._transfer_labels(
-            adata, embedding, ref_emb, neighbors, level_keys, space, k_eff, unknown_threshold, reject, seed,
-            prepared.cells, index, adjust_proportions)
+        expression = self._query_expression_neighbors(models, prepared.cells, index, seed)
+        proportions: dict[str, Any] = {}
+        out = self._decide_labels(models, ks, searched, embedding, ref_emb, expression, level_keys,
+                                  adjust_proportions, seed, groups=prepared.cells.domains, proportions=proportions)
+        predictions, probabilities, thresholds = {}, {}, {}
+        for key, (posterior, p_right, p_known, threshold_default) in out.items():
+            threshold = self._threshold(unknown_threshold, key, threshold_default)
+            unknown = p_known < threshold
+            names = np.asarray(self.setup.labels[key], dtype=object)
+            cats = list(names)
+            pred = names[posterior.argmax(axis=1)]
+            if reject:
+                pred = np.where(unknown, UNKNOWN_LABEL, pred)
+                cats = cats + [UNKNOWN_LABEL] if UNKNOWN_LABEL not in cats else cats
+            frame = pd.DataFrame({"pred": pd.Categorical(pred, categories=cats),
+                                  "confidence": (p_right * p_known).astype(np.float32),
+                                  "known_prob": p_known.astype(np.float32), "unknown": unknown},
+                                 index=adata.obs_names.copy())
+            predictions[key], probabilities[key], thresholds[key] = frame, posterior.astype(np.float32), threshold
         timings["labels"] = time.perf_counter() - t0
-        adata.obsm["X_concerto"] = embedding
 
         # -- proteins, placement
-        imputed = None
         info: dict[str, Any] = {}
+        imputed = None
         if imputing:
             t0 = time.perf_counter()
+            k_imp = int(min(impute_k, len(ref_emb)))
             imputed = impute_from_neighbors(_nearest(searched, k_imp), self.reference.protein)
-            adata.obsm[IMPUTED_PROTEIN_KEY] = imputed
-            adata.uns[IMPUTED_PROTEIN_NAMES_KEY] = list(self.setup.proteins)
-            info["protein_names"] = list(self.setup.proteins)
-            info["impute_k"] = k_imp
+            info.update({"protein_names": list(self.setup.proteins), "impute_k": k_imp})
             timings["impute"] = time.perf_counter() - t0
         coords = None
-        if place:
+        umap = self.reference_umap() if place else None
+        if umap is not None:
             t0 = time.perf_counter()
-            coords = place_on_reference(neighbors, self.reference_umap())
-            adata.obsm[REFERENCE_UMAP_KEY] = coords
+            coords = place_on_reference(_nearest(searched, min(15, k_search)), umap)
             timings["place"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
 
-        info.update({"gene_overlap": prepared.alignment.summary(), "k": k_eff, "index": kind,
+        info.update({"gene_overlap": prepared.alignment.summary(), "k": ks, "index": kind,
                      "search_on": "gpu" if gpu_search_active() else "cpu", "space": space,
                      "with_protein": prepared.cells.protein is not None, "n_reference": int(len(ref_emb)),
-                     "thresholds": thresholds, "reject": bool(reject), "finetune_epochs": int(finetune_epochs),
+                     "classes": {key: [str(c) for c in self.setup.labels[key]] for key in self.setup.labels},
+                     "thresholds": {key: round(float(v), 6) for key, v in thresholds.items()},
+                     "calibrated": {key: m is not None for key, m in models.items()},
+                     "reject": bool(reject), "finetune_epochs": int(finetune_epochs),
+                     "adjust_proportions": bool(adjust_proportions),
                      "timings": {name: round(v, 4) for name, v in timings.items()}})
         if level_keys:
             info["levels"] = level_keys
-        adapted = prepared.source_names if space == RNA_ONLY or finetune_epochs > 0 else prepared.unseen_sources
+        if proportions:
+            info["label_proportions"] = proportions
+        adapted = prepared.source_names if finetune_epochs > 0 else prepared.unseen_sources
         if adapted:
             info["adabn_sources"] = [str(s) for s in adapted]
             info["adabn"] = {"balanced": True, **shift_info["label_shift"]} if shift_info else {"balanced": False}
-        if calib:
-            info["calibration"] = calib
-        if second:
-            info["expression_vote"] = second
-        if proportions:
-            info["label_proportions"] = proportions
-        adata.uns[MAPPING_UNS] = info
-        return MappingResult(embedding=embedding, predictions=predictions, protein_imputed=imputed, umap=coords,
-                             neighbors=neighbors, info=info)
+        result = MappingResult(embedding=embedding, predictions=predictions, probabilities=probabilities,
+                               classes=info["classes"], protein_imputed=imputed, umap=coords,
+                               neighbors=_nearest(searched, min(ks.values()) if ks else k_search), info=info)
+        self._write_mapping(adata, result)
+        return result
 
-    def _second_opinion(self, transfers: dict[str, LabelTransfer], query_expression: Any, query_scaled: Any, k: int,
-                        seed: int, index: str
-                        ) -> tuple[dict[str, LabelTransfer], dict[str, Any], dict[str, np.ndarray],
-                                   NeighborsResults | None]:
-        """The expression spaces' votes: blended into the contested votes of ``transfers``, a veto where
-        unanimous, a rare label's claim where it holds a majority.
+    @searches_on_its_device
+    def known_probability(self, adata: ad.AnnData, label_key: str, batch_key: str | None = "__setup__",
+                          use_protein: bool | str = "auto", batch_size: int = 1024, device: str = "auto",
+                          min_overlap: float = DEFAULT_MIN_OVERLAP, seed: int | None = None
+                          ) -> tuple[np.ndarray, float]:
+        """The probability that each cell is of a type the reference has under ``label_key``, and the default
+        unknown threshold: the novelty model of mapping, for other predictors (e.g. the classifier).
 
-        The query cells are searched once among the reference cells in each expression space (only
-        the contested ones when the model has no veto, e.g. calibrated before it). Per label key, the
-        scaled space's vote (the plain space's for models without it, calibrated before version 4) is
-        blended into the contested cells (:func:`~scconcerto.tools.label_transfer.blend_votes`); the
-        plain space's vote then overrules the winner of each cell whose ``k`` neighbours there all name
-        another label (:func:`~scconcerto.tools.label_transfer.veto_rows`), and a label with 2 to fewer than
-        :data:`RARE_LABEL_CELLS` reference cells holding at least half of the scaled space's vote wins
-        (:func:`~scconcerto.tools.label_transfer.rare_label_rows`). ``query_expression()`` and
-        ``query_scaled()`` give the query cells in those spaces (projected once per mapping). Returns the
-        votes, the report for ``uns``, the overruled rows (vetoed or claimed) per key and, with the veto,
-        every query cell's neighbours in the space whose vote is blended in (for the confidence's
-        :data:`~scconcerto.tools.confidence.AGREEMENT_FEATURE`).
+        The cells are embedded and searched as :meth:`map_query` does; ``adata`` is not changed.
         """
-        weight = self._expression_vote()
-        coords = self._reference_expression() if weight > 0 and transfers else None
-        if coords is None:
-            return transfers, {}, {}, None
-        veto = self._expression_veto()
+        self._require_reference()
+        if label_key not in self.setup.labels:
+            raise InputError(f"{label_key!r} is not a label key of the reference ({list(self.setup.labels)}).")
+        seed = self.seed if seed is None else seed
+        embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, 0, min_overlap, batch_size,
+                                                       device, seed, None, {}, label_shift=True)
+        model = self.label_model(label_key, space)
+        if model is None:
+            raise InputError(f"The label decision of {label_key!r} is not calibrated (see the training log), so "
+                             "there is no novelty model for it.")
+        ref_emb = self._space_embedding(space)
+        k = int(min(model.posterior.k, len(ref_emb)))
+        kind = "flat" if gpu_search_active() else index_kind(len(ref_emb), len(embedding), "auto")
+        searched = knn(embedding, self._reference_index(space, ref_emb, kind, seed), k=k)
+        expression = self._query_expression_neighbors({label_key: model}, prepared.cells, "auto", seed)
+        out = self._decide_labels({label_key: model}, {label_key: k}, searched, embedding, ref_emb, expression, [],
+                                  False, seed, keys=[label_key], groups=prepared.cells.domains)
+        return out[label_key][2], out[label_key][3]
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _threshold(unknown_threshold: float | dict[str, float] | None, key: str, default: float) -> float:
+        if isinstance(unknown_threshold, dict):
+            threshold = float(unknown_threshold.get(key, default))
+        else:
+            threshold = default if unknown_threshold is None else float(unknown_threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"The unknown threshold is a probability in [0, 1], got {threshold}.")
+        return threshold
+
+    def _query_expression_neighbors(self, models: dict[str, LabelModel | None], cells: Any, index: str,
+                                    seed: int) -> tuple[np.ndarray, np.ndarray, NeighborsResults] | None:
+        """The query and reference cells in the scaled expression space and each query cell's nearest reference
+        cells there, when a label decision reads that space."""
+        if not any(m is not None and m.uses_expression for m in models.values()):
+            return None
         scaled = self._scaled_expression()
-        rare_cells = self._rare_label_cells(scaled)
-        contested = {key: contested_rows(tr, weight) for key, tr in transfers.items()}
-        union = np.unique(np.concatenate(list(contested.values())))
-        rows = np.arange(len(next(iter(transfers.values())).codes)) if veto else union
-        info: dict[str, Any] = {"weight": weight, "veto": veto, "scaled_space": scaled is not None,
-                                "rare_label_cells": rare_cells, "contested_cells": int(len(union)), "changed": {},
-                                "vetoed": {}, "rare_claimed": {}}
-        if not len(rows):
-            return transfers, info, {}, None
-        kind = "flat" if gpu_search_active() else index_kind(len(coords), len(rows), index)
-        k_expr = int(min(k, len(coords)))
-        found = knn(query_expression()[rows], self._reference_index(EXPRESSION_EXTRA, coords, kind, seed), k=k_expr)
-        found_scaled = found if scaled is None else knn(
-            query_scaled()[rows], self._reference_index(SCALED_EXPRESSION_EXTRA, scaled[0], kind, seed),
-            k=k_expr)
-        out, overruled = {}, {}
-        for key, tr in transfers.items():
-            codes, n_labels = self.reference.labels[key], len(self.setup.labels[key])
-            second = vote(found_scaled, codes, n_labels)
-            veto_vote = None if scaled is None else vote(found, codes, n_labels)
-            counts = label_counts(codes, tr.votes.shape[1]) if veto else None  # veto: rows are all query cells
-            rare = rare_labels(counts, rare_cells) if rare_cells and counts is not None else None
-            out[key], vetoed, claimed = second_opinion(tr, contested[key], rows, second, weight, counts, k_expr,
-                                                       veto_vote=veto_vote, rare_labels=rare)
-            overruled[key] = np.union1d(vetoed, claimed)
-            if veto:
-                info["vetoed"][key] = int(len(vetoed))
-            if rare_cells:
-                info["rare_claimed"][key] = int(len(claimed))
-            info["changed"][key] = int((out[key].codes != tr.codes).sum())
-        return out, info, overruled, found_scaled if veto else None
+        if scaled is None:
+            raise InputError("The model's label decision reads the reference's expression space, which the model "
+                             "no longer holds; run `model.prepare_mapping(reference_adata, overwrite=True)`.")
+        ref_expr, space = scaled
+        query_expr = space.project(cells)
+        kind = "flat" if gpu_search_active() else index_kind(len(ref_expr), len(query_expr), index)
+        found = knn(query_expr, self._reference_index(SCALED_EXPRESSION_EXTRA, ref_expr, kind, seed),
+                    k=min(AGREEMENT_K, len(ref_expr)))
+        return query_expr, ref_expr, found
 
-    def _to_query_proportions(self, transfers: dict[str, LabelTransfer], kept: dict[str, np.ndarray]
-                              ) -> tuple[dict[str, LabelTransfer], dict[str, Any]]:
-        """Each key's votes adjusted to the query's label proportions (EM), and a report per key.
+    def _decide_labels(self, models: dict[str, LabelModel | None], ks: dict[str, int], searched: NeighborsResults,
+                       embedding: np.ndarray, ref_emb: np.ndarray,
+                       expression: tuple[np.ndarray, np.ndarray, NeighborsResults] | None, level_keys: list[str],
+                       adjust_proportions: bool, seed: int, keys: list[str] | None = None,
+                       groups: np.ndarray | None = None, proportions: dict | None = None
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+        """Per label key (default: all): the posterior, ``P(right | seen)``, ``P(seen)`` and the default threshold;
+        with ``adjust_proportions``, the estimated query proportions go into ``proportions``."""
+        out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        sims, idx = searched.similarities, searched.indices
+        coarse_pred: dict[str, np.ndarray] = {}
+        keys = list(self.setup.labels) if keys is None else keys
+        ordered = level_keys + [key for key in keys if key not in level_keys]
+        for key in ordered:
+            model, k_key = models[key], ks[key]
+            codes = self.reference.labels[key]
+            n_labels = len(self.setup.labels[key])
+            vote_model = model.posterior if model is not None else VotePosterior(
+                prior=label_frequencies(codes, n_labels), k=k_key, **_UNCALIBRATED)
+            vote_model = replace(vote_model, k=min(k_key, idx.shape[1]))
+            posterior = vote_model.posterior(sims, codes[idx])
+            if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
+                posterior, estimated = adjust_to_query_proportions(posterior, vote_model.prior)
+                if proportions is not None:
+                    shown = np.flatnonzero((estimated > 1e-3) | (vote_model.prior > 1e-3))
+                    # lists, not dicts keyed by label: label names may hold "/", which h5ad reads as a path
+                    proportions[key] = {"labels": [str(self.setup.labels[key][c]) for c in shown],
+                                        "estimated": np.round(estimated[shown], 4).tolist(),
+                                        "reference": np.round(vote_model.prior[shown], 4).tolist()}
+            position = level_keys.index(key) if key in level_keys else -1
+            if position > 0:
+                parent_key = level_keys[position - 1]
+                parents = parent_labels(codes, self.reference.labels[parent_key], n_labels,
+                                        len(self.setup.labels[parent_key]))
+                posterior = within_parent(posterior, parents, coarse_pred[parent_key])
+            if key in level_keys:
+                coarse_pred[key] = posterior.argmax(axis=1)
+            if model is None:
+                ones = np.ones(len(posterior))
+                out[key] = (posterior, posterior.max(axis=1), ones, 0.0)
+                continue
+            expr = None if expression is None else (expression[0], expression[1], codes[expression[2].indices])
+            features = query_features(sims[:, :vote_model.k], posterior, embedding, ref_emb, expr, groups=groups,
+                                      seed=seed)
+            p_right, p_known, _, threshold = model.decide(features, posterior)
+            out[key] = (posterior, p_right, p_known, threshold)
+        return {key: out[key] for key in keys}
 
-        The rows ``kept[key]`` keep their votes: a label set by a veto or a rare label's claim is not
-        the embedding's vote to reweigh (left to the EM, a claim was undone on the symphony 5p split,
-        macro-F1 0.871 -> 0.834). The report lists the labels above 0.1 % in the query or the
-        reference, their estimated and reference proportions, and how many cells changed label.
-        """
-        out, info = {}, {}
-        for key, tr in transfers.items():
-            counts = label_counts(self.reference.labels[key], tr.votes.shape[1])
-            adjusted, estimated = adjust_to_proportions(tr, counts)
-            out[key] = overrule(adjusted, kept.get(key, np.zeros(0, dtype=np.int64)), tr)
-            names = list(self.setup.labels[key])
-            reference = counts / counts.sum()
-            shown = np.flatnonzero((estimated > 1e-3) | (reference > 1e-3))
-            # lists, not dicts keyed by label: label names may hold "/", which h5ad reads as a path
-            info[key] = {"labels": [str(names[c]) for c in shown],
-                         "estimated": np.round(estimated[shown], 4).tolist(),
-                         "reference": np.round(reference[shown], 4).tolist(),
-                         "changed": int((out[key].codes != tr.codes).sum())}
-        return out, info
-
-    def _transfer_labels(self, adata: ad.AnnData, embedding: np.ndarray, ref_emb: np.ndarray,
-                         neighbors: NeighborsResults, level_keys: list[str], space: str, k: int,
-                         unknown_threshold: float | dict[str, float] | None, reject: bool, seed: int,
-                         cells: Any, index: str = "auto", adjust_proportions: bool = False
-                         ) -> tuple[dict[str, pd.DataFrame], dict[str, float], dict[str, dict], dict[str, Any],
-                                    dict[str, Any]]:
-        keys = list(self.setup.labels)
-        # the query in the expression space: projected once, if the second opinion or the confidence asks
-        query_expression = functools.cache(lambda: self._query_expression(cells))
-        query_scaled = functools.cache(lambda: self._scaled_expression()[1].project(cells))
-
-        # flat votes (and the first level of a hierarchy), with the expression space's second opinion
-        flat = [key for key in keys if key not in level_keys[1:]]
-        transfers = {key: vote(neighbors, self.reference.labels[key], len(self.setup.labels[key])) for key in flat}
-        transfers, second, overruled, expression_neighbors = self._second_opinion(
-            transfers, query_expression, query_scaled, k, seed, index)
-        proportions: dict[str, Any] = {}
-        if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
-            transfers, proportions = self._to_query_proportions(transfers, overruled)
-        # an overruled cell's neighbourhood features are taken among the reference cells of its new label
-        results: dict[str, tuple[NeighborsResults, LabelTransfer]] = {}
-        for key in flat:
-            moved = overruled.get(key, np.zeros(0, dtype=np.int64))
-            results[key] = (with_neighbors_of_labels(neighbors, moved, embedding[moved], ref_emb,
-                                                     self.reference.labels[key], transfers[key].codes[moved]),
-                            transfers[key])
-        if level_keys:
-            levels = hierarchical_transfer(embedding, ref_emb, [self.reference.labels[key] for key in level_keys],
-                                           [len(self.setup.labels[key]) for key in level_keys], k=k,
-                                           first_neighbors=results[level_keys[0]][0],
-                                           first_transfer=transfers[level_keys[0]])
-            results.update(dict(zip(level_keys, levels)))
-        ratio = density_ratio(embedding, ref_emb, k=k, seed=seed) if len(embedding) >= MIN_QUERY_CELLS else None
-
-        predictions, thresholds, calib = {}, {}, {}
-        expression: dict[str, np.ndarray] | None = None
-        for key in keys:
-            nb, transfer = results[key]
-            features = neighborhood_features(nb, transfer, self.reference.labels[key])
-            if ratio is not None:
-                features["log_density_ratio"] = ratio
-            model = self._confidence_model(space, key, k)
-            if model is not None and model.uses_expression and ratio is not None:
-                if expression is None:  # once for all keys (small queries use the model without them)
-                    expression = self._query_expression_features(query_expression(), k, seed)
-                features.update(expression)
-            if model is not None and model.uses_agreement:
-                if expression_neighbors is None:
-                    raise InputError("The confidence model reads the expression space's vote, which this mapping "
-                                     "did not search (the model lacks its expression space); re-run "
-                                     "`model.prepare_mapping(overwrite=True)` with the reference attached.")
-                codes = self.reference.labels[key]
-                features[AGREEMENT_FEATURE] = share_of(vote(expression_neighbors, codes, len(self.setup.labels[key])),
-                                                       transfer.codes)
-            if model is not None:
-                confidence = model.confidence(features)
-                default = model.threshold_for(features)
-                calib[key] = {name: round(float(v), 4) for name, v in model.report.items() if v is not None}
-            else:
-                confidence, default = transfer.confidence.astype(np.float32), 0.0
-            if isinstance(unknown_threshold, dict):
-                threshold = float(unknown_threshold.get(key, default))
-            else:
-                threshold = default if unknown_threshold is None else float(unknown_threshold)
-            if not 0.0 <= threshold <= 1.0:
-                raise InputError(f"The unknown threshold must lie in [0, 1] (confidence scale), got {threshold}.")
-            no_vote = transfer.votes.sum(axis=1) <= 0
-            unknown = (confidence < threshold) | no_vote
-            cats = list(self.setup.labels[key])
-            names = np.asarray(cats, dtype=object)[transfer.codes]
-            if reject:
-                names = np.where(unknown, UNKNOWN_LABEL, names)
-                cats = cats + [UNKNOWN_LABEL] if UNKNOWN_LABEL not in cats else cats
-            pred = pd.Categorical(names, categories=cats)
-            adata.obs[pred_key(key)] = pred
-            adata.obs[confidence_key(key)] = confidence
-            adata.obs[unknown_key(key)] = unknown
-            thresholds[key] = round(threshold, 6)
-            predictions[key] = pd.DataFrame({"pred": pred, "confidence": confidence, "unknown": unknown},
-                                            index=adata.obs_names.copy())
-        return predictions, thresholds, calib, second, proportions
-
-    def _query_expression(self, cells: Any) -> np.ndarray:
-        """The query cells in the reference's expression space (the stored loadings)."""
-        from ..data.positives import project_expression
-
-        loadings = self.reference.extra.get(EXPRESSION_LOADINGS_EXTRA)
-        if loadings is None:
-            raise InputError("The mapping uses the reference's expression space but the model has none stored; "
-                             "re-run `model.prepare_mapping(overwrite=True)` with the reference attached.")
-        return project_expression(cells, np.asarray(loadings, dtype=np.float32))
-
-    def _query_expression_features(self, query: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
-        """The query's expression features for the confidence (:func:`expression_features`)."""
-        sample = self.reference.extra.get(EXPRESSION_SAMPLE_EXTRA)
-        if sample is None:
-            raise InputError("The confidence model uses expression features but the model has no expression space "
-                             "stored; re-run `model.prepare_mapping(overwrite=True)` with the reference attached.")
-        features = expression_features(query, np.asarray(sample, dtype=np.float32), k=k, seed=seed)
-        return centred_on(features, expression_centres(features))  # relative to the query's median, as calibrated
-
-
-
-def _nearest(neighbors: NeighborsResults, k: int) -> NeighborsResults:
-    """The ``k`` nearest of a search for more (faiss returns them best first)."""
-    if neighbors.n_neighbors == k:
-        return neighbors
-    return NeighborsResults(indices=neighbors.indices[:, :k], similarities=neighbors.similarities[:, :k])
-
+    def _write_mapping(self, adata: ad.AnnData, result: MappingResult) -> None:
+        """Write the result into the query AnnData under the stable names of :mod:`scconcerto._keys`."""
+        adata.obsm[EMBEDDING_KEY] = result.embedding
+        for key, frame in result.predictions.items():
+            adata.obs[pred_key(key)] = frame["pred"].to_numpy()
+            adata.obs[pred_key(key)] = adata.obs[pred_key(key)].astype(frame["pred"].dtype)
+            adata.obs[confidence_key(key)] = frame["confidence"].to_numpy()
+            adata.obs[known_key(key)] = frame["known_prob"].to_numpy()
+            adata.obs[unknown_key(key)] = frame["unknown"].to_numpy()
+            adata.obsm[proba_key(key)] = result.probabilities[key]
+        if result.protein_imputed is not None:
+            adata.obsm[IMPUTED_PROTEIN_KEY] = result.protein_imputed
+            adata.uns[IMPUTED_PROTEIN_NAMES_KEY] = list(self.setup.proteins)
+        if result.umap is not None:
+            adata.obsm[REFERENCE_UMAP_KEY] = result.umap
+        adata.uns[MAPPING_UNS] = result.info

@@ -23,7 +23,7 @@ from ..train import TrainConfig, embed_cells, fit
 from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
 from ._mapping import MappingMixin
-from ._reference import EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA
+from ._reference import CALIBRATION_EXTRA
 from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
@@ -32,7 +32,6 @@ UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first ma
 #: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
-CALIBRATION_EXTRA = "calibration_rows"
 POSITIVE_SPACES = ("joint", "svd")
 
 
@@ -211,11 +210,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         """The reference in a truncated-SVD space of its expression, and with ``scaled`` in its scaled
         expression space too (in-memory references).
 
-        The neighbour positives are searched there. The loadings and the reference cells'
-        coordinates are saved with the model (``reference.extra['expression_loadings']``,
-        ``reference.extra['expression']``, and the ``scaled_expression*`` entries) for the mapping's
-        second opinion on contested labels and its confidence's expression features
-        (:func:`~scconcerto.tools.confidence.expression_features`).
+        The neighbour positives are searched there. The scaled space and the reference cells' coordinates
+        in it are saved with the model (the ``scaled_expression*`` entries of ``reference.extra``): mapping's
+        label decision reads it (:mod:`scconcerto.mapping.label_model`).
         """
         from ..data.positives import expression_space
 
@@ -228,7 +225,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             log.info("No expression space for the reference (%s).", exc)
             return
         if scaled:
-            self._scaled_cache = self._fit_scaled_expression(prepared.cells, labels, seed)
+            self._scaled_cache = self._fit_scaled_expression(prepared.cells, seed)
 
     def _attach_positives(self, prepared: PreparedCells, labels: dict[str, np.ndarray], k: int,
                           label_positives: bool, seed: int) -> tuple[bool, np.ndarray | None]:
@@ -264,9 +261,6 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                                         protein=prepared.cells.protein)
         if calibration_rows is not None:
             self.reference.extra[CALIBRATION_EXTRA] = calibration_rows.astype(np.int64)
-        if getattr(self, "_expression_loadings", None) is not None:  # kept with the reference, saved with the model
-            self.reference.extra[EXPRESSION_LOADINGS_EXTRA] = self._expression_loadings
-            self.reference.extra[EXPRESSION_EXTRA] = self._expression_cache
         if getattr(self, "_scaled_cache", None) is not None:
             self._store_scaled_expression(*self._scaled_cache)
         self._expression_cache = self._expression_loadings = self._scaled_cache = None

@@ -1,12 +1,9 @@
 """What uses an embedding: neighbours, label transfer (and more)."""
 
-from .label_transfer import (LabelTransfer, adjust_to_proportions, blend_votes, contested_rows, overrule,
-                             rare_label_rows, rare_labels, second_opinion, veto_rows, vote)
+from .label_transfer import LabelTransfer, vote
 from .neighbors import NeighborsResults, build_index, knn, l2_normalize
 
-__all__ = ["LabelTransfer", "NeighborsResults", "adjust_to_proportions", "blend_votes", "build_index",
-           "contested_rows", "knn", "l2_normalize", "overrule", "rare_label_rows", "rare_labels", "second_opinion",
-           "veto_rows", "vote"]
+__all__ = ["LabelTransfer", "NeighborsResults", "build_index", "knn", "l2_normalize", "vote"]
 
 from .clustering import DEFAULT_SWEEP, LeidenSweep, cluster, leiden, leiden_sweep, neighbor_graph  # noqa: E402
 
@@ -16,12 +13,7 @@ from .attention import attention_marker_agreement, expression_markers, rank_atte
 
 __all__ += ["attention_marker_agreement", "expression_markers", "rank_attention", "ranked_names"]
 
-from .confidence import (CalibrationResult, ConfidenceModel, calibrate_confidence, density_ratio,  # noqa: E402
-                         neighborhood_features)
-from .hierarchy import hierarchical_transfer, knn_within_groups  # noqa: E402
 from .imputation import impute_from_neighbors, neighbor_weights  # noqa: E402
 from .placement import place_on_reference, reference_umap  # noqa: E402
 
-__all__ += ["CalibrationResult", "ConfidenceModel", "calibrate_confidence", "density_ratio", "hierarchical_transfer",
-            "impute_from_neighbors", "knn_within_groups", "neighbor_weights", "neighborhood_features",
-            "place_on_reference", "reference_umap"]
+__all__ += ["impute_from_neighbors", "neighbor_weights", "place_on_reference", "reference_umap"]

@@ -58,6 +58,8 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 _search_on: torch.device | None = None
 GPU_SEARCH_ELEMENTS = 1 << 29  # similarity entries per chunk of a GPU search (2 GiB in float32)
 TOPK_BLOCK = 256  # columns per block in the GPU top-k (:func:`_topk_by_blocks`)
+#: Exact CPU searches of at most this many query x base pairs are one numpy product (:func:`_small_search`).
+SMALL_SEARCH_PAIRS = 4_000_000
 GPU_TF32_MIN_PAIRS = 10**10  # query x base pairs from which a CUDA search scores in TF32, then rescores exactly
 
 
@@ -117,6 +119,8 @@ def exact_search(query: np.ndarray, base: np.ndarray, k: int, device: str | torc
     query = np.ascontiguousarray(query, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
     dev = torch.device(device) if device is not None else _search_on
+    if dev is None and len(query) * len(base) <= SMALL_SEARCH_PAIRS and 0 < k <= len(base):
+        return _small_search(query, base, k)
     if dev is None:
         index = faiss.IndexFlatIP(base.shape[1])
         index.add(base)
@@ -147,6 +151,16 @@ def exact_search(query: np.ndarray, base: np.ndarray, k: int, device: str | torc
             sims[start:start + step, :k_eff] = values.cpu().numpy()
             idx[start:start + step, :k_eff] = indices.cpu().numpy()
     return sims, idx
+
+
+def _small_search(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products by one matrix product (small searches: no thread pool to start or wait on)."""
+    scores = query @ base.T
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < base.shape[0] else np.tile(np.arange(base.shape[0]),
+                                                                                            (len(query), 1))
+    values = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((top, -values), axis=1)  # best first; ties by row number
+    return np.take_along_axis(values, order, 1), np.take_along_axis(top, order, 1).astype(np.int64)
 
 
 @contextmanager
@@ -245,6 +259,9 @@ def knn(query: np.ndarray, reference: np.ndarray | faiss.Index, k: int = 5,
         k_eff = min(k + extra, reference.ntotal)
         sims, idx = reference.search(q, k_eff)
     elif gpu_search_active():  # exact on the GPU, whatever ``kind``
+        k_eff = min(k + extra, len(reference))
+        sims, idx = exact_search(q, l2_normalize(reference), k_eff)
+    elif kind == "flat" and len(q) * len(reference) <= SMALL_SEARCH_PAIRS:
         k_eff = min(k + extra, len(reference))
         sims, idx = exact_search(q, l2_normalize(reference), k_eff)
     else:

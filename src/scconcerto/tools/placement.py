@@ -1,9 +1,9 @@
 """A UMAP of the reference embedding, and query cells placed on it without refitting (pickle-free).
 
-The reference UMAP is computed once (umap-learn, on a neighbour graph searched
-with faiss rather than umap's own pynndescent, whose just-in-time compilation
-alone took 36 s of a 51 s UMAP of 10k cells here) and its coordinates stored
-with the model. A query cell is placed at the similarity-weighted mean of its
+The reference UMAP is computed once, when the reference is built (umap-learn, on
+a neighbour graph searched with faiss rather than umap's own pynndescent), on at
+most ``UMAP_FIT_CELLS`` reference cells (a seeded sample; the others are placed
+as query cells are), and its coordinates are stored with the model. A query cell is placed at the similarity-weighted mean of its
 k nearest reference cells' coordinates (as Symphony and scArches place
 queries), so no fitted UMAP object needs to be saved.
 """
@@ -20,14 +20,32 @@ from .neighbors import NeighborsResults, knn, l2_normalize
 __all__ = ["place_on_reference", "reference_umap"]
 
 EXACT_GRAPH_MAX_CELLS = 50_000  # larger references get their UMAP graph from an HNSW index
+#: The reference UMAP is fitted on at most this many cells (a seeded sample); the others are placed on it.
+UMAP_FIT_CELLS = 50_000
 
 
-def reference_umap(embedding: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.3, seed: int = 0
-                   ) -> np.ndarray:
-    """2-D UMAP (cosine metric) of a reference embedding, ``(n_ref, 2)`` float32 (seeded, reproducible)."""
+def reference_umap(embedding: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.3, seed: int = 0,
+                   max_cells: int = UMAP_FIT_CELLS) -> np.ndarray:
+    """2-D UMAP (cosine metric) of a reference embedding, ``(n_ref, 2)`` float32 (seeded, reproducible).
+
+    Above ``max_cells`` cells the UMAP is fitted on a seeded sample of ``max_cells`` and every other cell
+    is placed on it (:func:`place_on_reference`, among its ``n_neighbors`` nearest sampled cells).
+    """
+    emb = l2_normalize(embedding)
+    if len(emb) > max_cells:
+        sample = np.sort(np.random.default_rng(seed).choice(len(emb), max_cells, replace=False))
+        coords = np.empty((len(emb), 2), dtype=np.float32)
+        coords[sample] = reference_umap(emb[sample], n_neighbors, min_dist, seed, max_cells)
+        rest = np.setdiff1d(np.arange(len(emb)), sample)
+        kind = "flat" if max_cells <= EXACT_GRAPH_MAX_CELLS else "hnsw"
+        coords[rest] = place_on_reference(knn(emb[rest], emb[sample], n_neighbors, kind=kind), coords[sample])
+        return coords
+    return _fitted_umap(emb, n_neighbors, min_dist, seed)
+
+
+def _fitted_umap(emb: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> np.ndarray:
     import umap
 
-    emb = l2_normalize(embedding)
     if len(emb) <= 2:
         return np.zeros((len(emb), 2), dtype=np.float32)
     k = int(min(n_neighbors, len(emb) - 1))

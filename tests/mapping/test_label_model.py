@@ -1,0 +1,125 @@
+"""The label decision fitted on held-out reference cells: posterior, P(right), P(known type), thresholds."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from scconcerto import InputError
+from scconcerto.mapping import LabelModel, agreement, density_ratio, fit_label_model, parent_labels, query_features, \
+    within_parent
+from scconcerto.mapping.label_model import FALSE_REJECTION
+from scconcerto.tools.neighbors import exact_search, l2_normalize
+
+
+def clusters(n_per: int, centres: np.ndarray, spread: float, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(centres)), n_per)
+    x = centres[labels] + rng.normal(0, spread, (len(labels), centres.shape[1]))
+    return l2_normalize(x), labels
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (5, 16))
+    ref, codes = clusters(120, centres[:4], 0.35, seed=1)  # type 4 is absent from the reference
+    query, truth = clusters(60, centres, 0.35, seed=2)
+    model = fit_label_model(ref, codes, ["a", "b", "c", "d"], k=10, seed=0)
+    return ref, codes, query, truth, model
+
+
+def decide(model, ref, codes, query):
+    sims, idx = exact_search(query, ref, model.posterior.k)
+    post = model.posterior.posterior(sims, codes[idx])
+    features = query_features(sims, post, query, ref)
+    return post, model.decide(features, post)
+
+
+def test_known_types_are_labelled_and_a_new_type_is_told_apart(world):
+    ref, codes, query, truth, model = world
+    post, (p_right, p_known, confidence, threshold) = decide(model, ref, codes, query)
+    seen = truth < 4
+    assert (post.argmax(1)[seen] == truth[seen]).mean() > 0.95
+    assert roc_auc_score(seen, p_known) > 0.9
+    unknown = p_known < threshold
+    assert unknown[~seen].mean() > 0.5 and unknown[seen].mean() < 0.2
+    np.testing.assert_allclose(confidence, p_right * p_known)
+
+
+def test_threshold_flags_the_chosen_share_of_held_out_cells(world):
+    *_, model = world
+    assert 0.0 < model.threshold < 1.0
+    # the reference's own held-out share is stated in the report; the threshold is its quantile, so a
+    # higher target rate would give a higher threshold
+    assert model.report["held_out_cells"] > 0 and FALSE_REJECTION == 0.05
+
+
+def test_label_model_round_trips_and_rejects_damaged_dicts(world):
+    ref, codes, query, _, model = world
+    again = LabelModel.from_dict(model.to_dict())
+    a = decide(model, ref, codes, query)[1][2]
+    b = decide(again, ref, codes, query)[1][2]
+    np.testing.assert_allclose(a, b)
+    bad = model.to_dict()
+    bad["classes"] = ["a", "b"]  # fewer names than the prior has labels
+    with pytest.raises(InputError):
+        LabelModel.from_dict(bad)
+    bad = model.to_dict()
+    bad["threshold"] = 3.0
+    with pytest.raises(InputError):
+        LabelModel.from_dict(bad)
+
+
+def test_expression_agreement_tells_right_from_wrong_labels():
+    """Two types merged in the embedding but apart in expression: the right-label model reads the expression
+    space's agreement and ranks the query's labels far better than the posterior alone."""
+    rng = np.random.default_rng(0)
+    n = 200
+    codes = np.repeat([0, 1, 2], n)
+    emb_centres = np.array([[1.0, 0, 0, 0], [1.0, 0.05, 0, 0], [0, 0, 1.0, 0]])
+    expr_centres = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    emb = l2_normalize(emb_centres[codes] + rng.normal(0, 0.1, (3 * n, 4)))
+    expr = l2_normalize(expr_centres[codes] + rng.normal(0, 0.2, (3 * n, 3)))
+    with_expr = fit_label_model(emb, codes, ["x", "y", "z"], expression=expr, k=10, seed=0)
+    without = fit_label_model(emb, codes, ["x", "y", "z"], k=10, seed=0)
+    assert with_expr.uses_expression and not without.uses_expression
+    truth = np.repeat([0, 1, 2], 100)
+    q_emb = l2_normalize(emb_centres[truth] + rng.normal(0, 0.1, (300, 4)))
+    q_expr = l2_normalize(expr_centres[truth] + rng.normal(0, 0.2, (300, 3)))
+    sims, idx = exact_search(q_emb, emb, 10)
+    _, e_idx = exact_search(q_expr, expr, 20)
+    scores = {}
+    for name, model, expression in (("with", with_expr, (q_expr, expr, codes[e_idx])), ("without", without, None)):
+        post = model.posterior.posterior(sims, codes[idx])
+        right = post.argmax(1) == truth
+        p_right = model.decide(query_features(sims, post, q_emb, emb, expression), post)[0]
+        scores[name] = roc_auc_score(right, p_right)
+    assert scores["with"] > 0.9 and scores["with"] > scores["without"] + 0.1
+
+
+def test_a_single_labeled_type_cannot_be_calibrated():
+    emb = l2_normalize(np.random.default_rng(0).normal(size=(100, 4)))
+    with pytest.raises(InputError):
+        fit_label_model(emb, np.zeros(100, dtype=int), ["only"], k=5)
+
+
+def test_agreement_and_density_ratio_by_hand():
+    np.testing.assert_allclose(agreement(np.array([[0, 0, 1], [-1, -1, -1], [2, -1, 2]]), np.array([0, 1, 2])),
+                               [2 / 3, 0.0, 1.0])
+    # a cell far from the reference but among other query cells has a low ratio
+    ref = l2_normalize(np.array([[1.0, 0, 0]] * 20) + np.random.default_rng(0).normal(0, 0.05, (20, 3)))
+    near = l2_normalize(np.array([[1.0, 0.1, 0]] * 10) + np.random.default_rng(1).normal(0, 0.05, (10, 3)))
+    far = l2_normalize(np.array([[0, 0, 1.0]] * 10) + np.random.default_rng(2).normal(0, 0.05, (10, 3)))
+    ratio, to_ref = density_ratio(np.vstack([near, far]), ref)
+    assert ratio[:10].min() > ratio[10:].max() and to_ref[:10].min() > to_ref[10:].max()
+
+
+def test_fine_labels_stay_within_the_predicted_coarse_label():
+    fine = np.array([0, 0, 1, 1, 2, 2, -1])
+    coarse = np.array([0, 0, 0, 0, 1, 1, 1])
+    parents = parent_labels(fine, coarse, 3, 2)
+    np.testing.assert_array_equal(parents, [0, 0, 1])
+    post = np.array([[0.2, 0.3, 0.5], [0.0, 0.0, 1.0]])
+    out = within_parent(post, parents, np.array([0, 0]))
+    np.testing.assert_allclose(out[0], [0.4, 0.6, 0.0])
+    np.testing.assert_allclose(out[1], [0.0, 0.0, 1.0])  # no allowed label has mass: the flat posterior
