@@ -177,3 +177,33 @@ def test_model_loading_never_unpickles(trained_model, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     assert Concerto.load(path).is_trained
+
+
+@pytest.mark.parametrize("kind", ["int", "float_with_nan", "bool", "int_categories"])
+def test_numeric_and_boolean_label_columns_are_kept(sim, kind):
+    x = sim[:120].copy()
+    types = x.obs["cell_type"].cat.codes.to_numpy()
+    column = {"int": types.astype(np.int64), "float_with_nan": np.where(np.arange(120) < 5, np.nan, types),
+              "bool": types == 0, "int_categories": pd.Categorical(types)}[kind]
+    x.obs["label"] = column
+    setup = Concerto(x, label_key="label").setup
+    from scconcerto.data import label_codes
+
+    codes = label_codes(x, setup)["label"]
+    names = np.asarray(setup.labels["label"], dtype=object)
+    present = pd.Series(column).notna().to_numpy()
+    assert (codes[~present] == -1).all() and (codes[present] >= 0).all()
+    np.testing.assert_array_equal(names[codes[present]], pd.Series(column)[present].astype(str).to_numpy())
+    before = x.obs["label"].copy()
+    label_codes(x, setup)
+    pd.testing.assert_series_equal(x.obs["label"], before)  # the input column is not modified
+
+
+def test_classifier_trains_on_integer_labels(sim):
+    x = sim[:160].copy()
+    x.obs["label"] = x.obs["cell_type"].cat.codes.astype(np.int64)
+    model = Concerto(x, label_key="label").train(epochs=1, progress=False, device="cpu", positive_neighbors=0)
+    model.fit_classifier(epochs=1, progress=False, device="cpu")
+    summary = model.annotation_summary
+    assert summary["classes"] == ["0", "1", "2", "3"]
+    assert summary["n_train"] + summary["n_validation"] == 160

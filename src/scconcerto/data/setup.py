@@ -239,7 +239,19 @@ def label_codes(adata: ad.AnnData, setup: DataSetup) -> dict[str, np.ndarray]:
     """Integer codes of each saved label key (``-1`` = missing)."""
     out = {}
     for key, cats in setup.labels.items():
-        col = adata.obs[key]
-        codes = pd.Categorical(col.astype(object).where(col.notna(), None), categories=cats).codes
-        out[key] = np.asarray(codes, dtype=np.int64)
+        out[key] = category_codes(adata.obs[key], cats)
     return out
+
+
+def category_codes(col: pd.Series, categories: list[str]) -> np.ndarray:
+    """Codes of ``col`` among ``categories`` (``-1`` = missing or not a category).
+
+    Values are compared as the strings :func:`setup_reference` recorded them as
+    (``str`` of each value), so integer, float and boolean columns keep their labels.
+    """
+    present = col.notna().to_numpy()
+    codes = np.full(len(col), UNLABELED, dtype=np.int64)
+    if present.any():
+        names = col[present].astype(str).to_numpy()
+        codes[present] = pd.Categorical(names, categories=categories).codes
+    return codes
