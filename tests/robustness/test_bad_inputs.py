@@ -160,7 +160,13 @@ def test_corrupt_model_files(trained_model, tmp_path):
     cfg = json.loads((path / "config.json").read_text())
     cfg["network"]["dim"] = 64  # shapes in the JSON disagree with the weights
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelFileError, match="missing|shapes"):
+    with pytest.raises(ModelFileError, match="its own checksum"):
+        Concerto.load(path)
+    from scconcerto.model.storage import config_checksum
+
+    cfg["config_checksum"] = config_checksum(cfg)  # the edit made on purpose, checksum updated
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="shapes or types that disagree"):
         Concerto.load(path)
 
 

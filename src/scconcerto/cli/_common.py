@@ -17,8 +17,9 @@ def add_runtime(p: argparse.ArgumentParser, training: bool = False) -> None:
     p.add_argument("--batch-size", type=int, default=None, help=help)
 
 
-def check_output_free(path: str, overwrite: bool) -> None:
-    """Fail before any work when the output exists and --overwrite was not given."""
+def check_output_free(path: str, overwrite: bool, kind: str | None = None) -> None:
+    """Fail before any work when the output exists and --overwrite was not given, or may not be replaced
+    (``kind``: ``"file"``, ``"model"`` folder, or ``None``: whichever is there)."""
     from .._io import check_output
 
-    check_output(path, overwrite)
+    check_output(path, overwrite, kind)

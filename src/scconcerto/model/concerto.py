@@ -24,6 +24,7 @@ from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
 from ._mapping import MappingMixin
 from ._reference import EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA
+from ._schema import check_bounded, check_config, check_reference, check_weights
 from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
@@ -311,40 +312,41 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     @classmethod
     def load(cls, path: str | Path) -> "Concerto":
-        """Load a model directory written by :meth:`save` (verifies version, checksums, every parameter)."""
+        """Load a model directory written by :meth:`save` (verifies version, checksums, the config's types and
+        ranges, and every array's name, shape and type before building anything)."""
         config, weights, reference, parts = read_model_dir(path)
-        try:
-            setup = DataSetup.from_dict(config["setup"])
-            net = dict(config["network"])
-            n_features, n_domains = net.pop("n_features"), net.pop("n_domains")
-            if n_features != setup.n_features or n_domains != len(setup.sources):
-                raise ModelFileError("the network sizes in config.json disagree with the recorded setup")
-            model = cls.__new__(cls)
-            model._init(setup, net, int(config.get("seed", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"config.json of {str(path)!r} is incomplete or invalid ({exc}).") from exc
-        expected = model.network.state_dict()
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        if missing or unexpected:
-            raise ModelFileError(f"The weights of {str(path)!r} do not match the network: missing {missing[:5]}, "
-                                 f"unexpected {unexpected[:5]}. The file is damaged or from another model.")
-        bad = [k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
-        if bad:
-            raise ModelFileError(f"Weights {bad[:5]} of {str(path)!r} have shapes that disagree with config.json.")
-        model.network.load_state_dict(weights, strict=True)
+        unknown_parts = sorted(set(parts) - {"classifier"})
+        if unknown_parts:
+            raise ModelFileError(f"config.json of {str(path)!r} lists files of unknown roles {unknown_parts[:5]}; a "
+                                 "newer scConcerto may have written it (upgrade), or it was edited.")
+        check_config(config, cls._network_cls)
+        setup = DataSetup.from_dict(config["setup"])
+        net = dict(config["network"])
+        n_features, n_domains = net.pop("n_features"), net.pop("n_domains")
+        check_weights(cls._network_cls, n_features, n_domains, net, weights)
         if reference is not None:
-            n = reference.embedding.shape[0]
-            ok = reference.embedding.ndim == 2 and reference.embedding.shape[1] == net.get("out_dim", 128) \
-                and reference.domains.shape == (n,) and all(v.shape == (n,) for v in reference.labels.values())
-            if not ok:
-                raise ModelFileError(f"The reference arrays of {str(path)!r} have inconsistent shapes.")
-        model.reference = reference
-        model.train_config = TrainConfig(**config["train"]) if config.get("train") else None
-        model.history = list(config.get("history", []))
-        model.extra_config = dict(config.get("extra", {}))
+            check_reference(reference, setup, net.get("out_dim", 128), index_extras=(CALIBRATION_EXTRA,))
+        model = cls.__new__(cls)
+        model._init(setup, net, int(config["seed"]))
+        model.network.load_state_dict(weights, strict=True)
+        model.reference = ReferenceStore.from_tensors(reference) if reference is not None else None
+        model.train_config = TrainConfig(**config["train"]) if config["train"] is not None else None
+        model.history = list(config["history"])
+        model.extra_config = dict(config["extra"])
         if "classifier" in parts:
-            model._load_annotation_state(parts["classifier"])
+            annotation = model.extra_config.get("annotation")
+            if isinstance(annotation, dict):
+                size = sum(int(t.numel()) for t in parts["classifier"].values())
+                check_bounded({k: annotation.get(k) for k in ("architecture", "feature_bank_size")}, size,
+                              "extra.annotation")
+            try:
+                model._load_annotation_state(parts["classifier"])
+            except ModelFileError:
+                raise
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise ModelFileError(f"The classifier of {str(path)!r} cannot be rebuilt from config.json and "
+                                     f"classifier.safetensors ({type(exc).__name__}: {exc}); the files are damaged. "
+                                     "Fine-tune and save the classifier again.") from exc
         return model
 
     def __repr__(self) -> str:
