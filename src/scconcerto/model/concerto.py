@@ -334,6 +334,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         model.history = list(config["history"])
         model.extra_config = dict(config["extra"])
         if "classifier" in parts:
+            nonfinite = [k for k, v in parts["classifier"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if nonfinite:
+                raise ModelFileError(f"The classifier of {str(path)!r} holds NaN or infinite values in {nonfinite[:5]}; "
+                                     "it is damaged. Fine-tune and save the classifier again.")
             annotation = model.extra_config.get("annotation")
             if isinstance(annotation, dict):
                 size = sum(int(t.numel()) for t in parts["classifier"].values())
