@@ -40,6 +40,7 @@ from ..tools.label_transfer import (LabelTransfer, adjust_to_proportions, contes
                                    overrule, rare_labels, second_opinion, share_of, vote)
 from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
+from ..train.config import check_seed
 from ._query_embedding import QueryEmbeddingMixin
 from ._reference import (EXPRESSION_EXTRA, EXPRESSION_LOADINGS_EXTRA, EXPRESSION_SAMPLE_EXTRA, RNA_ONLY,
                          SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind)
@@ -191,8 +192,13 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             raise InputError(f"k must be at least 1, got {k}.")
         if finetune_epochs < 0:
             raise InputError(f"finetune_epochs must be 0 or more, got {finetune_epochs}.")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of cells, got {batch_size!r}.")
         seed = self.seed if seed is None else seed
+        check_seed(seed)
         level_keys = _levels_list(levels)
+        if len(set(level_keys)) != len(level_keys):
+            raise InputError(f"levels {level_keys} name a label key twice; give each level once, coarse to fine.")
         unknown_keys = [key for key in level_keys if key not in self.setup.labels]
         if unknown_keys:
             raise InputError(f"levels {unknown_keys} are not label keys of the reference (it has "

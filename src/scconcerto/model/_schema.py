@@ -24,7 +24,7 @@ from .._errors import ModelFileError
 from ..data import DataSetup
 from ..train import TrainConfig
 
-MAX_SEED = 2**32 - 1
+from ..train.config import MAX_SEED
 #: Top-level keys: storage's, then the model's (``Concerto._config_dict``).
 STORAGE_KEYS = {"format", "format_version", "files", "checksums", "config_checksum"}
 MODEL_KEYS = {"scconcerto_version", "seed", "setup", "network", "train", "history", "extra"}

@@ -20,6 +20,7 @@ from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
 from ..tools.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
+from ..train.config import check_seed, check_settings
 from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
 from ._mapping import MappingMixin
@@ -90,6 +91,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if not isinstance(adata, ad.AnnData):
             raise InputError(f"Concerto needs an AnnData, got {type(adata).__name__}. Read files with "
                              "`scconcerto.read` or `anndata.read_h5ad`.")
+        check_seed(seed)
         setup = setup_reference(adata, batch_key=batch_key, label_key=label_key, protein_key=protein_key,
                                 layer=layer, hvg=hvg, protein_norm=protein_norm)
         self._init(setup, {"dim": dim, "out_dim": out_dim, "dropout": dropout}, seed)
@@ -167,9 +169,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         """
         if self.adata is None:
             raise InputError("This model has no reference AnnData attached (it was loaded); it is already trained.")
+        check_settings({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device,
+                        "seed": self.seed if seed is None else seed, **kwargs},
+                       checkpoint_dir=checkpoint_dir, resume=resume)  # before any work
         prepared = self._prepare(self.adata, what="the reference")
-        if batch_size < 2:
-            raise InputError(f"batch_size must be at least 2 (contrastive negatives, batch norm), got {batch_size}.")
         if not 0.0 <= modality_dropout <= 1.0:
             raise InputError(f"modality_dropout must be between 0 and 1, got {modality_dropout}.")
         if positive_neighbors < 0:
@@ -289,6 +292,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         cells, when ``adata`` lacks ``batch_key``) get AdaBN statistics estimated
         on themselves, per source. The model itself is not changed.
         """
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of cells, got {batch_size!r}.")
         prepared = self._prepare(adata, batch_key, min_overlap, what="the data", use_protein=use_protein)
         adapt = sorted(set(prepared.cells.domains[prepared.cells.domains >= len(self.setup.sources)].tolist()))
         self.last_alignment = prepared.alignment
