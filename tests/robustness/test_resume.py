@@ -130,23 +130,35 @@ def test_checkpoints_are_moved_into_place_from_their_own_folder(sim, tmp_path, m
 
 
 def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_last_checkpoint(sim, tmp_path, monkeypatch):
+    import builtins
     import errno
 
-    import torch
-
+    import scconcerto.train.checkpoints as checkpoints
     from scconcerto import OutputWriteError
     from scconcerto.train.checkpoints import read_checkpoint
 
-    real_save, calls = torch.save, []
+    calls = []
 
-    def save(obj, f, *args, **kwargs):
-        calls.append(f)
-        if len(calls) == 2:
-            Path(f).write_bytes(b"partial")
+    class FullDisk:  # the second checkpoint's file takes a few bytes, then the disk is full
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[:100])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", save)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        calls.append(file)
+        return FullDisk(f) if len(calls) == 2 else f
+
+    monkeypatch.setattr(checkpoints, "open", fake_open, raising=False)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(OutputWriteError, match="disk is full"):
         _small(sim).train(epochs=3, checkpoint_dir=ckpt, **TRAIN)

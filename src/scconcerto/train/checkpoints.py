@@ -12,6 +12,7 @@ settings, another network or other data, with one paragraph saying what differs.
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 import zipfile
@@ -60,7 +61,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic_file(path, lambda tmp: torch.save(checkpoint, tmp), overwrite=True)
+        buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of the write, not torch's
+        torch.save(checkpoint, buffer)  # RuntimeError from inside its zip writer
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+
+        write_atomic_file(path, write, overwrite=True)
 
     def load_checkpoint(self, path: Any, map_location: Callable | Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
