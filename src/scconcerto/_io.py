@@ -106,7 +106,7 @@ def model_dir_listing(path: Path) -> dict | None:
 
     try:
         config = json.loads(_read_regular(path / MODEL_CONFIG, MAX_CONFIG_BYTES))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         return None

@@ -169,7 +169,7 @@ def check_weights(network_cls: type, n_features: dict[str, int], n_domains: int,
     try:
         with torch.device("meta"):
             probe = network_cls(n_features, n_domains, **network_args)
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ModelFileError(f"The network settings in config.json are invalid ({exc}).") from exc
     expected = probe.state_dict()
     missing = sorted(set(expected) - set(weights))
