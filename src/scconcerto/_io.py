@@ -497,9 +497,10 @@ def write_h5ad(adata: ad.AnnData, path: str | Path, overwrite: bool = False) -> 
     from anndata.io import write_elem
 
     def write(tmp: Path) -> None:
-        if adata.isbacked:
+        if adata.isbacked:  # anndata copies from the open file (and appends to an existing one: start afresh)
             import h5py
 
+            tmp.unlink()
             adata.write_h5ad(tmp, compression="gzip")
             with h5py.File(tmp, "r+") as f:
                 f.attrs[OUTPUT_MARKER] = "1"
