@@ -20,3 +20,7 @@ class ModelFileError(ScConcertoError, OSError):
 
 class OutputExistsError(ScConcertoError, FileExistsError):
     """An output path exists and overwriting was not asked for."""
+
+
+class OutputWriteError(ScConcertoError, OSError):
+    """An output could not be written (disk full, permissions); nothing was left under its name."""

@@ -42,7 +42,12 @@ def test_existing_outputs_are_refused_unless_overwrite(ref_file, tmp_path, capsy
     rc = main(["embed", str(model_dir), str(ref_file), "--out", str(tmp_path / "emb.h5ad")])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "emb.h5ad").read_text() == "keep me"
-    assert main(["embed", str(model_dir), str(ref_file), "--out", str(tmp_path / "emb.h5ad"), "--overwrite"]) == 0
+    # --overwrite replaces only what scConcerto wrote: not this file, but an earlier output
+    rc = main(["embed", str(model_dir), str(ref_file), "--out", str(tmp_path / "emb.h5ad"), "--overwrite"])
+    assert rc == 2 and "did not write" in capsys.readouterr().err
+    assert (tmp_path / "emb.h5ad").read_text() == "keep me"
+    assert main(["embed", str(model_dir), str(ref_file), "--out", str(tmp_path / "out.h5ad")]) == 0
+    assert main(["embed", str(model_dir), str(ref_file), "--out", str(tmp_path / "out.h5ad"), "--overwrite"]) == 0
 
 
 def test_bad_inputs_give_one_line_errors_not_tracebacks(tmp_path, capsys):

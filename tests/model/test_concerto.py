@@ -47,19 +47,26 @@ def test_loading_rejects_missing_tampered_and_newer_files(trained_model, tmp_pat
     with pytest.raises(ModelFileError, match="checksum"):
         Concerto.load(path)
     cfg = json.loads((path / "config.json").read_text())
-    from scconcerto.model.storage import _sha256
+    from scconcerto.model.storage import _sha256, config_checksum
+
+    def write(cfg):  # an edit that also updates the checksums, as a deliberate tampering would
+        cfg["config_checksum"] = config_checksum(cfg)
+        (path / "config.json").write_text(json.dumps(cfg))
 
     cfg["checksums"]["weights.safetensors"] = _sha256(weights)
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelFileError, match="missing"):
+    with pytest.raises(ModelFileError, match="its own checksum"):
+        Concerto.load(path)
+    write(cfg)
+    with pytest.raises(ModelFileError, match="do not match the network: missing"):
         Concerto.load(path)
     cfg["format_version"] = 99
-    (path / "config.json").write_text(json.dumps(cfg))
+    write(cfg)
     with pytest.raises(ModelFileError, match="newer"):
         Concerto.load(path)
     cfg["format_version"] = 1
     cfg["files"]["weights"] = "../../etc/passwd"
-    (path / "config.json").write_text(json.dumps(cfg))
+    write(cfg)
     with pytest.raises(ModelFileError, match="plain file name"):
         Concerto.load(path)
 

@@ -160,7 +160,13 @@ def test_corrupt_model_files(trained_model, tmp_path):
     cfg = json.loads((path / "config.json").read_text())
     cfg["network"]["dim"] = 64  # shapes in the JSON disagree with the weights
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelFileError, match="missing|shapes"):
+    with pytest.raises(ModelFileError, match="its own checksum"):
+        Concerto.load(path)
+    from scconcerto.model.storage import config_checksum
+
+    cfg["config_checksum"] = config_checksum(cfg)  # the edit made on purpose, checksum updated
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="shapes or types that disagree"):
         Concerto.load(path)
 
 
@@ -177,3 +183,137 @@ def test_model_loading_never_unpickles(trained_model, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     assert Concerto.load(path).is_trained
+
+
+@pytest.mark.parametrize("kind", ["int", "float_with_nan", "bool", "int_categories"])
+def test_numeric_and_boolean_label_columns_are_kept(sim, kind):
+    x = sim[:120].copy()
+    types = x.obs["cell_type"].cat.codes.to_numpy()
+    column = {"int": types.astype(np.int64), "float_with_nan": np.where(np.arange(120) < 5, np.nan, types),
+              "bool": types == 0, "int_categories": pd.Categorical(types)}[kind]
+    x.obs["label"] = column
+    setup = Concerto(x, label_key="label").setup
+    from scconcerto.data import label_codes
+
+    codes = label_codes(x, setup)["label"]
+    names = np.asarray(setup.labels["label"], dtype=object)
+    present = pd.Series(column).notna().to_numpy()
+    assert (codes[~present] == -1).all() and (codes[present] >= 0).all()
+    np.testing.assert_array_equal(names[codes[present]], pd.Series(column)[present].astype(str).to_numpy())
+    before = x.obs["label"].copy()
+    label_codes(x, setup)
+    pd.testing.assert_series_equal(x.obs["label"], before)  # the input column is not modified
+
+
+def test_classifier_trains_on_integer_labels(sim):
+    x = sim[:160].copy()
+    x.obs["label"] = x.obs["cell_type"].cat.codes.astype(np.int64)
+    model = Concerto(x, label_key="label").train(epochs=1, progress=False, device="cpu", positive_neighbors=0)
+    model.fit_classifier(epochs=1, progress=False, device="cpu")
+    summary = model.annotation_summary
+    assert summary["classes"] == ["0", "1", "2", "3"]
+    assert summary["n_train"] + summary["n_validation"] == 160
+
+
+# ------------------------------------------------------------------ arguments
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, trained_model, sim):
+    root = tmp_path_factory.mktemp("args")
+    data = root / "cells.h5ad"
+    sim[:80].copy().write_h5ad(data)
+    return trained_model.save(root / "model"), data, root
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{data}", "--epochs", "0"], "epochs"),
+    (["train", "{data}", "--epochs", "-1"], "epochs"),
+    (["train", "{data}", "--lr", "nan"], "lr"),
+    (["train", "{data}", "--seed", "-1"], "seed"),
+    (["train", "{data}", "--seed", str(2**70)], "seed"),
+    (["train", "{data}", "--precision", "fp7"], "precision"),
+    (["train", "{data}", "--strategy", "gossip"], "strategy"),
+    (["train", "{data}", "--device", "tpu9"], "device"),
+    (["map", "{model}", "{data}", "--seed", "-1"], "seed"),
+    (["map", "{model}", "{data}", "--levels", "cell_type,cell_type"], "twice"),
+    (["map", "{model}", "{data}", "--batch-key", "nope"], r"'nope' is not a column .*\['cell_type', 'batch'\]"),
+    (["embed", "{model}", "{data}", "--batch-key", "nope"], "'nope' is not a column"),
+])
+def test_bad_arguments_are_one_paragraph_exit_2(cli_files, argv, message, capsys, tmp_path):
+    import re
+
+    from scconcerto.cli import main
+
+    model, data, _ = cli_files
+    out = tmp_path / "out"
+    argv = [a.format(model=model, data=data) for a in argv] + ["--out", str(out)]
+    if argv[0] == "train":
+        argv += ["--no-progress"] + ([] if "--device" in argv else ["--device", "cpu"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, size", [("train", "0"), ("embed", "0"), ("map", "0"), ("map", "-5")])
+def test_a_batch_size_below_one_is_refused_not_taken_for_the_default(cli_files, command, size, capsys, tmp_path):
+    from scconcerto.cli import main
+
+    model, data, _ = cli_files
+    argv = [command, *([] if command == "train" else [str(model)]), str(data), "--batch-size", size,
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:  # argparse's own usage error
+        main(argv)
+    assert stop.value.code == 2 and "--batch-size: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cuda_device_without_cuda_is_refused(monkeypatch):
+    import torch
+
+    from scconcerto._hardware import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("cuda", "cuda:0", "gpu"):
+        with pytest.raises(InputError, match="not available"):
+            resolve_device(device)
+    assert resolve_device("auto").type == "cpu"
+
+
+# ------------------------------------------------------------------ odd matrices
+def test_all_zero_reference_is_refused(sim):
+    x = sim[:50].copy()
+    x.X = sp.csr_matrix(x.shape, dtype=np.float32)
+    with pytest.raises(InputError, match="only zeros"):
+        Concerto(x)
+
+
+def test_repeated_csr_entries_are_summed_on_a_copy(sim):
+    from scconcerto.data.preprocess import csr_rows
+
+    x = sim[:30].copy().X.tocsr()
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    order = np.argsort(np.concatenate([rows, rows]), kind="stable")  # every entry stored twice, as two halves
+    doubled = sp.csr_matrix((np.concatenate([x.data, x.data])[order] / 2,
+                             np.concatenate([x.indices, x.indices])[order], 2 * x.indptr), shape=x.shape)
+    assert not doubled.has_canonical_format and doubled.nnz == 2 * x.nnz
+    before = (doubled.data.copy(), doubled.indices.copy(), doubled.indptr.copy())
+    m = csr_rows(doubled)
+    assert m.has_canonical_format and m.nnz == x.nnz
+    np.testing.assert_allclose(m.toarray(), x.toarray(), rtol=1e-6)
+    for a, b in zip(before, (doubled.data, doubled.indices, doubled.indptr)):
+        np.testing.assert_array_equal(a, b)  # the input is not modified
+    a = ad.AnnData(doubled, obs=sim.obs.iloc[:30].copy(), var=sim.var.copy())
+    model = Concerto(sim[:200].copy(), batch_key="batch").train(epochs=1, progress=False, device="cpu",
+                                                                 positive_neighbors=0, prepare_mapping=False)
+    np.testing.assert_allclose(model.embed(a), model.embed(sim[:30].copy()), atol=1e-5)
+
+
+def test_dense_float16_matrix_is_read_as_float32(sim):
+    x = sim[:60].copy()
+    half = x.copy()
+    half.X = x.X.toarray().astype(np.float16)
+    x.X = sp.csr_matrix(half.X.astype(np.float32))  # the same values (counts above 2048 are rounded in float16)
+    a, b = Concerto(half, batch_key="batch"), Concerto(x, batch_key="batch")
+    assert a.setup == b.setup
+    np.testing.assert_array_equal(a.embed(half), b.embed(x))

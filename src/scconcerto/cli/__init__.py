@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from .._errors import ScConcertoError
 
+#: Arguments that name files or folders a command reads.
+INPUT_ARGS = ("data", "model", "reference", "pretrained", "target", "checkpoint_dir")
 COMMANDS = ["train", "embed", "demo", "attention", "report", "cluster", "annotate", "map", "plot"]
 
 
@@ -32,8 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from .._io import protect_inputs
+
     try:
-        return int(args.func(args) or 0)
+        with protect_inputs(getattr(args, name, None) for name in INPUT_ARGS):  # --overwrite never hits an input
+            return int(args.func(args) or 0)
     except ScConcertoError as exc:
         print(f"scconcerto {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -106,7 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .._io import read_h5ad
     from ..model import Concerto
 
-    check_output_free(args.out, args.overwrite)
+    check_output_free(args.out, args.overwrite, kind="model")
     adata = read_h5ad(args.data)
     target = read_h5ad(args.target) if args.target else None
     if args.pretrained:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import Concerto
     from ..train import is_global_zero
 
-    check_output_free(args.out, args.overwrite)
+    check_output_free(args.out, args.overwrite, kind="model")
     adata = read_backed(args.data) if args.backed else read_h5ad(args.data)
     label = args.label_key[0] if args.label_key and len(args.label_key) == 1 else args.label_key
     model = Concerto(adata, batch_key=args.batch_key, label_key=label, protein_key=args.protein_key,

@@ -362,10 +362,9 @@ def write_rows_h5ad(source: str | os.PathLike[str], destination: str | os.PathLi
     here are added (``obsm`` arrays have one row per written cell). The file
     appears atomically.
     """
-    import h5py
     from anndata.io import write_elem
 
-    from .._io import write_atomic_file
+    from .._io import hdf5_writer, write_atomic_file
 
     src = read_backed(source)
     if not isinstance(src.X, BackedCSR) and not is_backed_csr(src.X):
@@ -383,7 +382,7 @@ def write_rows_h5ad(source: str | os.PathLike[str], destination: str | os.PathLi
     uns_out = {**dict(src.uns), **dict(uns or {})}
 
     def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
+        with hdf5_writer(tmp) as f:  # marked as ours; a full disk is an error, not a crash
             f.attrs["encoding-type"] = "anndata"
             f.attrs["encoding-version"] = "0.1.0"
             write_elem(f, "obs", obs)

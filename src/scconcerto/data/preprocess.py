@@ -82,15 +82,28 @@ def normalize_values(values: np.ndarray, row_of_value: np.ndarray, totals: np.nd
     return values
 
 
+DENSE_BLOCK_ROWS = 4096
+
+
 def csr_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
-    """Return ``matrix`` as CSR with float32 values, sorted indices and no explicit zeros (no densifying)."""
+    """Return ``matrix`` as CSR with float32 values, sorted indices, repeated entries summed and no explicit
+    zeros (no densifying; ``matrix`` itself is never changed)."""
     if not sp.issparse(matrix):
-        matrix = sp.csr_matrix(np.asarray(matrix))
+        arr = np.asarray(matrix)
+        if arr.ndim != 2 or arr.dtype.kind not in "biuf":
+            raise InputError(f"The expression matrix holds {arr.dtype} values of shape {arr.shape}; it must be a "
+                             "2-D matrix of numbers.")
+        blocks = [sp.csr_matrix(arr[i:i + DENSE_BLOCK_ROWS].astype(np.float32))  # float16 too, block by block
+                  for i in range(0, max(arr.shape[0], 1), DENSE_BLOCK_ROWS)]
+        matrix = blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
     m = matrix.tocsr()
+    if m.dtype.kind not in "biuf":
+        raise InputError(f"The expression matrix holds {m.dtype} values; it must hold real numbers.")
     if m.dtype != np.float32:
         m = m.astype(np.float32)
-    if not m.has_sorted_indices:
-        m = m.sorted_indices()
+    if not m.has_canonical_format:  # unsorted indices or repeated (row, gene) entries: sum them, on a copy
+        m = m.copy()
+        m.sum_duplicates()
     if m.nnz and np.any(m.data == 0):
         m = m.copy()
         m.eliminate_zeros()

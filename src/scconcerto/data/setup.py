@@ -140,7 +140,11 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
                     protein_norm: str = "clr") -> DataSetup:
     """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories)."""
     matrix = expression_matrix(adata, layer)
-    kind = detect_input_kind(stored_values(matrix), where=f"layers[{layer!r}]" if layer else "X")
+    where = f"layers[{layer!r}]" if layer else "X"
+    if matrix.nnz == 0:
+        raise InputError(f"{where} of the reference holds only zeros: there is nothing to learn from. Pass the "
+                         "layer with the counts (`layer=`), or check how the AnnData was built.")
+    kind = detect_input_kind(stored_values(matrix), where=where)
     names = pd.Index(adata.var_names.astype(str))
     GeneVocabulary(names)  # validates uniqueness
     if adata.obs_names.has_duplicates:
@@ -204,6 +208,11 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
     """
     if layer == "__setup__":  # the reference's layer if this data has it, else X
         layer = setup.layer if setup.layer in adata.layers else None
+    if batch_key != "__setup__" and batch_key is not None and batch_key not in adata.obs:
+        raise InputError(f"The batch key {batch_key!r} is not a column of {what}'s obs (columns: "
+                         f"{list(adata.obs.columns)[:20]}). Pass one of them, or leave the key out: "
+                         + (f"the model's ({setup.batch_key!r}) is used where {what} has it, else all cells are one "
+                            "new source." if setup.batch_key else "all cells are then one new source."))
     batch_key = setup.batch_key if batch_key == "__setup__" else batch_key
     matrix = expression_matrix(adata, layer)
     kind = detect_input_kind(stored_values(matrix), where=f"layers[{layer!r}]" if layer else "X")
@@ -239,7 +248,19 @@ def label_codes(adata: ad.AnnData, setup: DataSetup) -> dict[str, np.ndarray]:
     """Integer codes of each saved label key (``-1`` = missing)."""
     out = {}
     for key, cats in setup.labels.items():
-        col = adata.obs[key]
-        codes = pd.Categorical(col.astype(object).where(col.notna(), None), categories=cats).codes
-        out[key] = np.asarray(codes, dtype=np.int64)
+        out[key] = category_codes(adata.obs[key], cats)
     return out
+
+
+def category_codes(col: pd.Series, categories: list[str]) -> np.ndarray:
+    """Codes of ``col`` among ``categories`` (``-1`` = missing or not a category).
+
+    Values are compared as the strings :func:`setup_reference` recorded them as
+    (``str`` of each value), so integer, float and boolean columns keep their labels.
+    """
+    present = col.notna().to_numpy()
+    codes = np.full(len(col), UNLABELED, dtype=np.int64)
+    if present.any():
+        names = col[present].astype(str).to_numpy()
+        codes[present] = pd.Categorical(names, categories=categories).codes
+    return codes

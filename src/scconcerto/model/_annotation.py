@@ -27,7 +27,7 @@ from scipy.special import expit
 
 from .._errors import InputError, ModelFileError
 from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key
-from ..data.setup import DEFAULT_SOURCE
+from ..data.setup import DEFAULT_SOURCE, category_codes
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
 from ..tools.calibration import (empirical_cdf, expected_calibration_error, feature_knn_similarity,
@@ -269,7 +269,7 @@ class AnnotationMixin:
         if len(classes) < 2:
             raise InputError(f"`obs[{label_key!r}]` holds {len(classes)} cell type(s); a classifier needs at "
                              "least two.")
-        codes = np.asarray(pd.Categorical(labels, categories=classes).codes, dtype=np.int64)
+        codes = category_codes(labels, classes)  # compared as strings, like `classes`
         if not 0.0 <= validation_fraction < 1.0:
             raise InputError(f"validation_fraction must lie in [0, 1), got {validation_fraction}.")
         if batch_size < 2:

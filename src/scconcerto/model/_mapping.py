@@ -28,6 +28,7 @@ from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, labe
 from ..tools.imputation import impute_from_neighbors
 from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
+from ..train.config import check_seed
 from ._query_embedding import QueryEmbeddingMixin
 from ._reference import SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind
 
@@ -174,14 +175,17 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             raise InputError(f"finetune_epochs must be 0 or more, got {finetune_epochs}.")
         if impute and self.reference.protein is not None and impute_k < 1:
             raise InputError(f"impute_k must be at least 1, got {impute_k}.")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of cells, got {batch_size!r}.")
         seed = self.seed if seed is None else seed
+        check_seed(seed)
         level_keys = _levels_list(levels)
+        if len(set(level_keys)) != len(level_keys):
+            raise InputError(f"levels {level_keys} name a label key twice; give each level once, coarse to fine.")
         wrong = [key for key in level_keys if key not in self.setup.labels]
         if wrong:
             raise InputError(f"levels {wrong} are not label keys of the reference (it has "
                              f"{list(self.setup.labels)}). Train the reference with these label keys.")
-        if len(set(level_keys)) != len(level_keys):
-            raise InputError(f"levels name a label key twice: {level_keys}. Give each key once, coarse to fine.")
         timings: dict[str, float] = {}
         start = time.perf_counter()
         shift_info: dict[str, Any] = {}

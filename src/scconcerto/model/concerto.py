@@ -20,10 +20,12 @@ from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
 from ..tools.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
+from ..train.config import check_seed, check_settings
 from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
 from ._mapping import MappingMixin
 from ._reference import CALIBRATION_EXTRA
+from ._schema import check_bounded, check_config, check_reference, check_weights
 from .storage import ReferenceStore, read_model_dir, save_model_dir
 
 log = logging.getLogger("scconcerto")
@@ -88,6 +90,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if not isinstance(adata, ad.AnnData):
             raise InputError(f"Concerto needs an AnnData, got {type(adata).__name__}. Read files with "
                              "`scconcerto.read` or `anndata.read_h5ad`.")
+        check_seed(seed)
         setup = setup_reference(adata, batch_key=batch_key, label_key=label_key, protein_key=protein_key,
                                 layer=layer, hvg=hvg, protein_norm=protein_norm)
         self._init(setup, {"dim": dim, "out_dim": out_dim, "dropout": dropout}, seed)
@@ -165,9 +168,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         """
         if self.adata is None:
             raise InputError("This model has no reference AnnData attached (it was loaded); it is already trained.")
+        check_settings({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device,
+                        "seed": self.seed if seed is None else seed, **kwargs},
+                       checkpoint_dir=checkpoint_dir, resume=resume)  # before any work
         prepared = self._prepare(self.adata, what="the reference")
-        if batch_size < 2:
-            raise InputError(f"batch_size must be at least 2 (contrastive negatives, batch norm), got {batch_size}.")
         if not 0.0 <= modality_dropout <= 1.0:
             raise InputError(f"modality_dropout must be between 0 and 1, got {modality_dropout}.")
         if positive_neighbors < 0:
@@ -282,6 +286,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         cells, when ``adata`` lacks ``batch_key``) get AdaBN statistics estimated
         on themselves, per source. The model itself is not changed.
         """
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of cells, got {batch_size!r}.")
         prepared = self._prepare(adata, batch_key, min_overlap, what="the data", use_protein=use_protein)
         adapt = sorted(set(prepared.cells.domains[prepared.cells.domains >= len(self.setup.sources)].tolist()))
         self.last_alignment = prepared.alignment
@@ -305,40 +311,45 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     @classmethod
     def load(cls, path: str | Path) -> "Concerto":
-        """Load a model directory written by :meth:`save` (verifies version, checksums, every parameter)."""
+        """Load a model directory written by :meth:`save` (verifies version, checksums, the config's types and
+        ranges, and every array's name, shape and type before building anything)."""
         config, weights, reference, parts = read_model_dir(path)
-        try:
-            setup = DataSetup.from_dict(config["setup"])
-            net = dict(config["network"])
-            n_features, n_domains = net.pop("n_features"), net.pop("n_domains")
-            if n_features != setup.n_features or n_domains != len(setup.sources):
-                raise ModelFileError("the network sizes in config.json disagree with the recorded setup")
-            model = cls.__new__(cls)
-            model._init(setup, net, int(config.get("seed", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"config.json of {str(path)!r} is incomplete or invalid ({exc}).") from exc
-        expected = model.network.state_dict()
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        if missing or unexpected:
-            raise ModelFileError(f"The weights of {str(path)!r} do not match the network: missing {missing[:5]}, "
-                                 f"unexpected {unexpected[:5]}. The file is damaged or from another model.")
-        bad = [k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
-        if bad:
-            raise ModelFileError(f"Weights {bad[:5]} of {str(path)!r} have shapes that disagree with config.json.")
-        model.network.load_state_dict(weights, strict=True)
+        unknown_parts = sorted(set(parts) - {"classifier"})
+        if unknown_parts:
+            raise ModelFileError(f"config.json of {str(path)!r} lists files of unknown roles {unknown_parts[:5]}; a "
+                                 "newer scConcerto may have written it (upgrade), or it was edited.")
+        check_config(config, cls._network_cls)
+        setup = DataSetup.from_dict(config["setup"])
+        net = dict(config["network"])
+        n_features, n_domains = net.pop("n_features"), net.pop("n_domains")
+        check_weights(cls._network_cls, n_features, n_domains, net, weights)
         if reference is not None:
-            n = reference.embedding.shape[0]
-            ok = reference.embedding.ndim == 2 and reference.embedding.shape[1] == net.get("out_dim", 128) \
-                and reference.domains.shape == (n,) and all(v.shape == (n,) for v in reference.labels.values())
-            if not ok:
-                raise ModelFileError(f"The reference arrays of {str(path)!r} have inconsistent shapes.")
-        model.reference = reference
-        model.train_config = TrainConfig(**config["train"]) if config.get("train") else None
-        model.history = list(config.get("history", []))
-        model.extra_config = dict(config.get("extra", {}))
+            check_reference(reference, setup, net.get("out_dim", 128), index_extras=(CALIBRATION_EXTRA,))
+        model = cls.__new__(cls)
+        model._init(setup, net, int(config["seed"]))
+        model.network.load_state_dict(weights, strict=True)
+        model.reference = ReferenceStore.from_tensors(reference) if reference is not None else None
+        model.train_config = TrainConfig(**config["train"]) if config["train"] is not None else None
+        model.history = list(config["history"])
+        model.extra_config = dict(config["extra"])
         if "classifier" in parts:
-            model._load_annotation_state(parts["classifier"])
+            nonfinite = [k for k, v in parts["classifier"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if nonfinite:
+                raise ModelFileError(f"The classifier of {str(path)!r} holds NaN or infinite values in {nonfinite[:5]}; "
+                                     "it is damaged. Fine-tune and save the classifier again.")
+            annotation = model.extra_config.get("annotation")
+            if isinstance(annotation, dict):
+                size = sum(int(t.numel()) for t in parts["classifier"].values())
+                check_bounded({k: annotation.get(k) for k in ("architecture", "feature_bank_size")}, size,
+                              "extra.annotation")
+            try:
+                model._load_annotation_state(parts["classifier"])
+            except ModelFileError:
+                raise
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise ModelFileError(f"The classifier of {str(path)!r} cannot be rebuilt from config.json and "
+                                     f"classifier.safetensors ({type(exc).__name__}: {exc}); the files are damaged. "
+                                     "Fine-tune and save the classifier again.") from exc
         return model
 
     def __repr__(self) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +24,12 @@ from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from .._errors import ModelFileError
-from .._io import write_atomic_dir
+from .._io import MAX_CONFIG_BYTES, MODEL_CONFIG as CONFIG, MODEL_FORMAT as FORMAT, recover_leftovers, \
+    write_atomic_dir
 
-FORMAT = "scconcerto-model"
 FORMAT_VERSION = 1
-CONFIG = "config.json"
+#: Key of the SHA-256 of the config itself (:func:`config_checksum`); configs saved before it existed lack it.
+CONFIG_CHECKSUM = "config_checksum"
 WEIGHTS = "weights.safetensors"
 REFERENCE = "reference.safetensors"
 
@@ -58,12 +61,54 @@ class ReferenceStore:
                    extra={k[6:]: v for k, v in t.items() if k.startswith("extra.")})
 
 
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (a FIFO, device or folder is refused
+    without blocking)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ModelFileError(f"{path.name} of the model directory cannot be opened ({exc.strerror}); the directory "
+                             "is incomplete or damaged. Save the model again.") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ModelFileError(f"{path.name} in the model directory {str(path.parent)!r} is not a regular file (a "
+                             "folder, pipe or device); the directory was tampered with. Restore it from the "
+                             "original model directory.")
+    return fd
+
+
 def _sha256(path: Path) -> str:
+    """SHA-256 of a regular file, read up to its size on disk."""
+    fd = _open_regular(path)
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+    with os.fdopen(fd, "rb") as fh:
+        left = os.fstat(fh.fileno()).st_size
+        while left > 0:
+            block = fh.read(min(1 << 20, left))
+            if not block:
+                break
             h.update(block)
+            left -= len(block)
     return h.hexdigest()
+
+
+def config_checksum(config: dict) -> str:
+    """SHA-256 of ``config`` (without its own checksum) in a canonical JSON form."""
+    body = {k: v for k, v in config.items() if k != CONFIG_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read_config(cfg_path: Path) -> dict:
+    fd = _open_regular(cfg_path)
+    with os.fdopen(fd, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size > MAX_CONFIG_BYTES:
+            raise ModelFileError(f"{cfg_path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a scConcerto "
+                                 "model config.")
+        raw = fh.read(MAX_CONFIG_BYTES)
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{cfg_path} is not valid JSON ({exc}); the model directory is corrupt.") from exc
 
 
 def save_model_dir(path: str | Path, config: dict, state: dict[str, torch.Tensor],
@@ -86,6 +131,7 @@ def save_model_dir(path: str | Path, config: dict, state: dict[str, torch.Tensor
                 save_torch({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / files[name]))
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "files": files,
                 "checksums": {name: _sha256(tmp / name) for name in files.values()}}
+        full[CONFIG_CHECKSUM] = config_checksum(full)
         (tmp / CONFIG).write_text(json.dumps(full, indent=1))
 
     return write_atomic_dir(path, write, overwrite)
@@ -99,51 +145,56 @@ def _inside(directory: Path, name: str) -> Path:
 
 
 def read_model_dir(path: str | Path
-                   ) -> tuple[dict, dict[str, torch.Tensor], ReferenceStore | None, dict[str, dict[str, torch.Tensor]]]:
-    """Read and verify a model directory: format, version, files, checksums (no pickle anywhere).
+                   ) -> tuple[dict, dict[str, torch.Tensor], dict[str, np.ndarray] | None, dict[str, dict[str, torch.Tensor]]]:
+    """Read and verify a model directory: format, version, regular files, checksums of the files and of the config
+    itself (no pickle anywhere). The content is checked by :mod:`scconcerto.model._schema`.
 
-    Returns the config, the network weights, the reference store and the optional parts.
+    Returns the config, the network weights, the reference arrays (see :meth:`ReferenceStore.from_tensors`) and
+    the optional parts.
     """
     directory = Path(path)
     cfg_path = directory / CONFIG
+    recover_leftovers(directory)  # a previous model moved aside by a killed overwrite is put back
     if not directory.is_dir():
         raise ModelFileError(f"{str(directory)!r} is not a model directory (it does not exist or is a file). "
                              "Pass the folder written by `Concerto.save` / `scconcerto train --out`.")
-    if not cfg_path.exists():
+    if not os.path.lexists(cfg_path):
         raise ModelFileError(f"{str(directory)!r} has no {CONFIG}: it is not a scConcerto model directory, or the "
                              "save was interrupted. Train and save the model again.")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{cfg_path} is not valid JSON ({exc}); the model directory is corrupt.") from exc
+    config = _read_config(cfg_path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelFileError(f"{cfg_path} is not a scConcerto model config (format {config.get('format')!r}).")
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ModelFileError(f"{cfg_path} is not a scConcerto model config (format {found!r}).")
     version = config.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ModelFileError(f"{cfg_path} has no valid format_version ({version!r}).")
     if version > FORMAT_VERSION:
         raise ModelFileError(f"The model was saved in format version {version}, newer than this scConcerto reads "
                              f"({FORMAT_VERSION}). Upgrade scConcerto (`pip install -U scconcerto`).")
-    files = config.get("files", {})
-    checksums = config.get("checksums", {})
+    if CONFIG_CHECKSUM in config and config[CONFIG_CHECKSUM] != config_checksum(config):
+        raise ModelFileError(f"{cfg_path} does not match its own checksum ({CONFIG_CHECKSUM}): it was edited or "
+                             "damaged after saving. Restore it from the original model directory.")
+    files = config.get("files")
+    checksums = config.get("checksums")
     loaded: dict[str, dict] = {}
-    if not isinstance(files, dict):
-        raise ModelFileError(f"{cfg_path} has an invalid 'files' entry.")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ModelFileError(f"{cfg_path} has an invalid 'files' entry (a mapping of roles to file names).")
+    if not isinstance(checksums, dict):
+        raise ModelFileError(f"{cfg_path} has an invalid 'checksums' entry (a mapping of file names to SHA-256).")
     for role in ["weights", "reference", *sorted(set(files) - {"weights", "reference"})]:
         if role not in files:
             if role == "weights":
                 raise ModelFileError(f"{cfg_path} lists no weights file.")
             continue
         f = _inside(directory, files[role])
-        if not f.exists():
+        if not os.path.lexists(f):
             raise ModelFileError(f"The model directory lacks {f.name} ({role}); it is incomplete. Save it again.")
         if checksums.get(f.name) != _sha256(f):
             raise ModelFileError(f"{f.name} does not match the checksum recorded in {CONFIG}: the file was changed "
                                  "or damaged after saving. Restore it from the original model directory.")
         try:
             loaded[role] = load_numpy(str(f)) if role == "reference" else load_torch(str(f))
-        except (SafetensorError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise ModelFileError(f"{f.name} is not a valid safetensors file ({exc}).") from exc
-    ref = ReferenceStore.from_tensors(loaded["reference"]) if "reference" in loaded else None
     parts = {k: v for k, v in loaded.items() if k not in ("weights", "reference")}
-    return config, loaded["weights"], ref, parts
+    return config, loaded["weights"], loaded.get("reference"), parts

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .._errors import InputError
+
+#: Seeds are non-negative and fit the 32 bits numpy's legacy generators take (torch takes 64).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -81,3 +89,70 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_seed(seed: Any, what: str = "seed") -> None:
+    """A seed must be an integer in ``[0, MAX_SEED]``."""
+    if not _is_int(seed) or not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"{what} must be an integer from 0 to {MAX_SEED}, got {seed!r}.")
+
+
+def check_settings(settings: TrainConfig | dict, checkpoint_dir: str | Path | None = None,
+                   resume: bool = False) -> None:
+    """Refuse training settings that cannot work, with one paragraph each, before any work is done.
+
+    ``settings`` is a :class:`TrainConfig` or a dict of some of its fields (``epochs=None``: by size).
+    """
+    s = settings.to_dict() if isinstance(settings, TrainConfig) else dict(settings)
+    if resume and checkpoint_dir is None:
+        raise InputError("resume=True (--resume) continues from the last checkpoint in checkpoint_dir, but no "
+                         "checkpoint_dir (--checkpoint-dir) was given. Pass the folder of the interrupted run.")
+    epochs = s.get("epochs")
+    if epochs is not None and (not _is_int(epochs) or epochs < 1):
+        raise InputError(f"epochs (--epochs) must be a whole number of passes, at least 1, got {epochs!r} (leave it "
+                         "out to choose by the number of cells).")
+    if "batch_size" in s and (not _is_int(s["batch_size"]) or s["batch_size"] < 2):
+        raise InputError(f"batch_size must be at least 2 (contrastive negatives, batch norm), got {s['batch_size']!r}.")
+    lr = s.get("lr", 1e-3)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise InputError(f"lr (--lr) must be a positive finite learning rate, got {lr!r}.")
+    if "seed" in s and s["seed"] is not None:
+        check_seed(s["seed"])
+    if "devices" in s and (not _is_int(s["devices"]) or s["devices"] < 1):
+        raise InputError(f"devices (--devices) must be at least 1, got {s['devices']!r}.")
+    precisions = _precisions()
+    if "precision" in s and precisions and s["precision"] not in precisions:
+        names = ", ".join(dict.fromkeys(str(p) for p in precisions))
+        raise InputError(f"Unknown precision {s['precision']!r}; use one of {names} (bf16-mixed or 16-mixed on "
+                         "GPUs).")
+    strategy = s.get("strategy", "auto")
+    if isinstance(strategy, str) and strategy not in _strategies():
+        raise InputError(f"Unknown strategy {strategy!r}; use auto or ddp (or another name in Lightning's "
+                         "StrategyRegistry, e.g. ddp_spawn or fsdp).")
+    if "device" in s:
+        from .._hardware import resolve_device
+
+        resolve_device(s["device"])
+
+
+def _precisions() -> tuple:
+    try:
+        from typing import get_args
+
+        from lightning.fabric.plugins.precision.precision import (_PRECISION_INPUT_INT, _PRECISION_INPUT_STR,
+                                                                   _PRECISION_INPUT_STR_ALIAS)
+    except ImportError:  # Lightning checks it when the trainer is built
+        return ()
+    return get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS) + get_args(_PRECISION_INPUT_INT)
+
+
+def _strategies() -> set[str]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return {"auto", *StrategyRegistry.available_strategies()}

@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,13 +28,16 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from .._errors import InputError
 from .._hardware import resolve_device
 from .._ragged import CellBatch
 from ..data.backed import prefetch, release_freed_memory
 from ..data.cells import CellMatrix
 from ..nn import ConcertoNetwork
-from .config import TrainConfig
+from .checkpoints import RunRecord, SafeCheckpointIO, check_resumable
+from .config import TrainConfig, check_settings
 from .plan import ContrastivePlan, CpuThreads
 
 log = logging.getLogger("scconcerto")
@@ -92,35 +97,56 @@ def fit(network: ConcertoNetwork, cells: CellMatrix, config: TrainConfig, checkp
     Under DDP every rank runs this function (Lightning re-runs the script, or
     ``torchrun`` starts it); use :func:`is_global_zero` to write outputs once.
     """
+    check_settings(config, checkpoint_dir=checkpoint_dir, resume=resume)
     plan = ContrastivePlan(network, config, cells=cells, loader_options=loader_options)
     callbacks = list(callbacks or [])
     ckpt_path = None
+    plugins = []
     if checkpoint_dir is not None:
-        # one file, last.ckpt, rewritten after every epoch (Lightning writes it atomically); with
+        # one file, last.ckpt, rewritten after every epoch (atomically, in its folder: SafeCheckpointIO); with
         # save_top_k=0 Lightning would write it only at the end of training
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=str(checkpoint_dir), filename="last",
                                                              save_top_k=1, save_last=False, every_n_epochs=1,
                                                              enable_version_counter=False))
+        callbacks.append(RunRecord(config, cells.n_cells))
+        plugins.append(SafeCheckpointIO())
         last = Path(checkpoint_dir) / "last.ckpt"
         if resume and last.exists():
+            check_resumable(last, config, cells.n_cells, plan)
             ckpt_path = str(last)
+        elif resume:
+            log.warning("No checkpoint in %s yet: training from the first epoch.", checkpoint_dir)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     devices, num_nodes = _layout(config)
-    trainer = L.Trainer(max_epochs=config.epochs, accelerator=_ACCELERATORS.get(config.device, config.device),
-                        devices=devices, num_nodes=num_nodes, strategy=_strategy(config),
-                        precision=config.precision, logger=False, enable_checkpointing=checkpoint_dir is not None,
-                        callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
-                        use_distributed_sampler=False, deterministic=False, num_sanity_val_steps=0,
-                        accumulate_grad_batches=accumulate_grad_batches,
-                        default_root_dir=str(checkpoint_dir) if checkpoint_dir else os.getcwd())
+    try:
+        trainer = L.Trainer(max_epochs=config.epochs, accelerator=_ACCELERATORS.get(config.device, config.device),
+                            devices=devices, num_nodes=num_nodes, strategy=_strategy(config),
+                            precision=config.precision, logger=False, enable_checkpointing=checkpoint_dir is not None,
+                            callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
+                            use_distributed_sampler=False, deterministic=False, num_sanity_val_steps=0,
+                            accumulate_grad_batches=accumulate_grad_batches, plugins=plugins or None,
+                            default_root_dir=str(checkpoint_dir) if checkpoint_dir else os.getcwd())
+    except (ValueError, MisconfigurationException) as exc:
+        raise InputError(f"Lightning refused the training settings: {exc}") from exc
     ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")  # our length is exact
-        trainer.fit(plan, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(plan, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            _restore_interrupt_handler()  # Lightning ignores Ctrl-C from then on and exits with status 1
+            raise KeyboardInterrupt from None
     if ours:
         _close_process_group()
     network.cpu()
     return plan.epoch_history
+
+
+def _restore_interrupt_handler() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 _finished_rank: int | None = None  # this process's rank in the last data-parallel fit (its group is closed)
