@@ -80,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
     front = ["modality", "group", "rank"]
     result = pd.concat(tables, ignore_index=True)
     result = result[front + [c for c in result.columns if c not in front]]
+    write_atomic_file(args.out, lambda p: result.to_csv(p, index=False), overwrite=args.overwrite)
+    print(f"wrote {args.out}: {result['group'].nunique()} groups x {', '.join(modalities)}, top {args.n_top}")
     agreement = None
     if args.agreement:
         layer = model.setup.layer if model.setup.layer in adata.layers else None
         agreement = attention_marker_agreement(adata, args.groupby, n_top=args.n_top, layer=layer)
     figure = _draw_plot(adata, args, att, modalities) if args.plot else None
-    write_atomic_file(args.out, lambda p: result.to_csv(p, index=False), overwrite=args.overwrite)
-    print(f"wrote {args.out}: {result['group'].nunique()} groups x {', '.join(modalities)}, top {args.n_top}")
     if agreement is not None:
         write_atomic_file(args.agreement, lambda p: agreement.to_csv(p), overwrite=args.overwrite)
         print(f"wrote {args.agreement}: mean overlap {agreement['overlap'].mean():.2f} of top {args.n_top} "
