@@ -11,7 +11,7 @@ report (``uns['scconcerto_mapping']``).
 from __future__ import annotations
 
 __all__ = ["EMBEDDING_KEY", "IMPUTED_PROTEIN_KEY", "IMPUTED_PROTEIN_NAMES_KEY", "MAPPING_UNS", "REFERENCE_UMAP_KEY",
-           "UNKNOWN_LABEL", "confidence_key", "pred_key", "unknown_key"]
+           "UNKNOWN_LABEL", "confidence_key", "pred_key", "unknown_key", "unknown_score_key"]
 
 EMBEDDING_KEY = "X_concerto"
 REFERENCE_UMAP_KEY = "X_umap_ref"
@@ -35,3 +35,8 @@ def confidence_key(label_key: str) -> str:
 def unknown_key(label_key: str) -> str:
     """``obs`` column flagging the cells whose confidence is below the unknown threshold."""
     return f"{label_key}_unknown"
+
+
+def unknown_score_key(label_key: str) -> str:
+    """``obs`` column of the score behind ``obs['L_unknown']`` (annotation: the rejection score it thresholds)."""
+    return f"{label_key}_unknown_score"
