@@ -58,3 +58,9 @@ def test_a_classifier_without_rna_only_calibration_warns(protein_model, rna_quer
     with caplog.at_level(logging.WARNING, logger="scconcerto"):
         old.predict(rna_query.copy(), inplace=False, device="cpu")
     assert "lacks the model's proteins" in caplog.text and "Fit the classifier again" in caplog.text
+
+
+def test_predict_with_copy_returns_the_annotated_copy(protein_model, rna_query):
+    out = protein_model.predict(rna_query, device="cpu", copy=True)
+    assert "cell_type_pred" not in rna_query.obs and "cell_type_pred" in out.obs
+    assert out.uns["scconcerto_annotation"]["model_id"] == protein_model.model_id

@@ -7,9 +7,11 @@ import json
 import time
 from pathlib import Path
 
+from ._common import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build a reference on PBMC 68k (reduced, ships with scanpy) and map held-out cells",
+    p = add_command(sub, "demo", help="build a reference on PBMC 68k (reduced, ships with scanpy) and map held-out cells",
                        description="Build a reference on 70%% of scanpy's pbmc68k_reduced cells, map the other 30%%, "
                                    "print the label-transfer accuracy, write the embedded .h5ad and a UMAP PNG.")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model = Concerto(ref, label_key="bulk_labels", seed=args.seed)
-    model.train(epochs=args.epochs, device=args.device, progress=True)
+    model.train(epochs=args.epochs, device=args.device)
     t_train = time.perf_counter() - t0
     model.save(out / "reference_model", overwrite=args.overwrite)
 

@@ -33,6 +33,7 @@ from scipy.special import expit
 
 from .._errors import InputError, ModelFileError
 from .._keys import UNKNOWN_LABEL, confidence_key, pred_key, unknown_key, unknown_score_key
+from .._copy import with_copy
 from ..data.setup import DEFAULT_SOURCE
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
@@ -207,7 +208,7 @@ class AnnotationMixin:
                        head_dropout: float = 0.0, batch_key: str | None = "__setup__",
                        target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
                        pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
-                       progress: bool = True, **kwargs: Any) -> "AnnotationMixin":
+                       progress: bool | None = None, **kwargs: Any) -> "AnnotationMixin":
         """Fine-tune a cell-type classifier on the teacher; calibrate it and set the unknown threshold.
 
         Parameters
@@ -258,7 +259,7 @@ class AnnotationMixin:
         seed
             Seed (default: the model's).
         device, progress
-            ``"auto"``, ``"cpu"`` or ``"cuda"``; show progress bars.
+            ``"auto"``, ``"cpu"`` or ``"cuda"``; draw progress bars (``None``: as ``scconcerto.settings.progress``).
         **kwargs
             Other :class:`~scconcerto.train.classifier.ClassifierConfig` fields (``label_smoothing``,
             ``max_genes``, ``gene_dropout``, ``weight_decay``, ``consistency_min_confidence``...).
@@ -484,6 +485,7 @@ class AnnotationMixin:
                     "classifier again (`scconcerto annotate train`), or give the proteins.", self.setup.protein_key)
         return cfg, self._feature_bank
 
+    @with_copy()
     def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
                 unknown_threshold: float | None = None, unknown_score: str | None = None, inplace: bool = True,
                 batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP
@@ -514,8 +516,15 @@ class AnnotationMixin:
             ``"combined"``, ``"knn"`` or ``"max_softmax"`` (default: the one chosen at fitting).
         inplace
             Write the results into ``adata``.
+        copy
+            Write the results into a copy of ``adata`` and return the copy (keyword only; ``adata`` is untouched).
         batch_size, device, min_overlap
             Inference settings; smallest fraction of the model's genes the data must have.
+
+        Returns
+        -------
+        AnnotationPrediction or AnnData
+            The prediction; with ``copy=True``, the annotated copy.
         """
         cfg = self._require_classifier()
         score = cfg["unknown_score"] if unknown_score is None else unknown_score
@@ -551,7 +560,8 @@ class AnnotationMixin:
         if inplace:
             write_prediction(adata, result, {"temperature": calibration["temperature"], "unknown_score": score,
                                              "unknown_threshold": -1.0 if threshold is None else threshold,
-                                             "rejected": bool(reject), "modalities": modalities})
+                                             "rejected": bool(reject), "modalities": modalities,
+                                             "model_id": self.model_id})
         return result
 
     # ------------------------------------------------------------------ persistence hooks

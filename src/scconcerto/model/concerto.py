@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -112,12 +113,25 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def is_trained(self) -> bool:
         return self.train_config is not None
 
+    @property
+    def model_id(self) -> str:
+        """A fingerprint of the network's weights (16 hex digits of their SHA-256), the same after save and load.
+
+        Mapping and annotation record it in the query (``uns['scconcerto_mapping']['model_id']``), so that
+        plots and reports can check that a query is drawn on the reference it was mapped onto.
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.network.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
               seed: int | None = None, device: str = "auto",
-              progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
+              progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
 
@@ -154,7 +168,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         device
             ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress
-            Show a progress bar.
+            Draw a progress bar (standard error); ``None``: as ``scconcerto.settings.progress`` (a terminal or a
+            notebook; elsewhere one ``info`` log line per epoch).
         checkpoint_dir
             Write ``last.ckpt`` there every epoch; with ``resume=True`` continue from it.
         prepare_mapping

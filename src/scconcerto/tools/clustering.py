@@ -20,6 +20,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._copy import with_copy
 from .._errors import InputError
 
 __all__ = ["LeidenSweep", "cluster", "leiden", "leiden_sweep", "neighbor_graph", "DEFAULT_SWEEP"]
@@ -184,6 +185,7 @@ def leiden_sweep(embedding: np.ndarray, resolutions: Sequence[float] = DEFAULT_S
     return LeidenSweep(table=table, clusters=clusters, best_resolution=best)
 
 
+@with_copy()
 def cluster(adata: ad.AnnData, resolution: float | None = 1.0, use_rep: str = "X_concerto",
             sweep: Sequence[float] | None = None, n_neighbors: int = 15, metric: str = "cosine",
             key_added: str = "leiden", max_cells: int | None = 10_000, seed: int = 0) -> LeidenSweep | None:
@@ -202,11 +204,13 @@ def cluster(adata: ad.AnnData, resolution: float | None = 1.0, use_rep: str = "X
         clusters in ``obs['<key_added>_<resolution>']``.
     n_neighbors, metric, max_cells, seed
         See :func:`leiden_sweep`.
+    copy
+        Cluster a copy of ``adata`` and return it (keyword only; ``adata`` is untouched).
 
     Returns
     -------
-    LeidenSweep or None
-        The sweep, when one was asked for.
+    LeidenSweep, AnnData or None
+        The sweep, when one was asked for; with ``copy=True``, the clustered copy.
     """
     if use_rep not in adata.obsm:
         raise InputError(f"`obsm[{use_rep!r}]` is not in the AnnData (keys: {list(adata.obsm)}). Embed the cells "

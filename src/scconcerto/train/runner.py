@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -28,12 +27,14 @@ import numpy as np
 import torch
 
 from .._hardware import resolve_device
+from .._settings import quiet_third_party
 from .._ragged import CellBatch
 from ..data.backed import prefetch, release_freed_memory
 from ..data.cells import CellMatrix
 from ..nn import ConcertoNetwork
 from .config import TrainConfig
 from .plan import ContrastivePlan, CpuThreads
+from .progress import progress_callbacks
 
 log = logging.getLogger("scconcerto")
 
@@ -105,17 +106,18 @@ def fit(network: ConcertoNetwork, cells: CellMatrix, config: TrainConfig, checkp
         if resume and last.exists():
             ckpt_path = str(last)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    show_bar, shown = progress_callbacks(config.progress, "training")
+    callbacks += shown
     devices, num_nodes = _layout(config)
     trainer = L.Trainer(max_epochs=config.epochs, accelerator=_ACCELERATORS.get(config.device, config.device),
                         devices=devices, num_nodes=num_nodes, strategy=_strategy(config),
                         precision=config.precision, logger=False, enable_checkpointing=checkpoint_dir is not None,
-                        callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
+                        callbacks=callbacks, enable_progress_bar=show_bar, enable_model_summary=False,
                         use_distributed_sampler=False, deterministic=False, num_sanity_val_steps=0,
                         accumulate_grad_batches=accumulate_grad_batches,
                         default_root_dir=str(checkpoint_dir) if checkpoint_dir else os.getcwd())
     ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")  # our length is exact
+    with quiet_third_party():  # e.g. the IterableDataset length warning: our length is exact
         trainer.fit(plan, ckpt_path=ckpt_path)
     if ours:
         _close_process_group()
