@@ -130,9 +130,10 @@ def _check_hdf5(path: Path) -> None:
         raise InputError(f"The input file {str(path)!r} does not exist.")
     if path.is_dir() or path.stat().st_size == 0:
         raise InputError(f"{str(path)!r} is a folder or an empty file, not an .h5mu file.")
-    with open(path, "rb") as fh:
-        if fh.read(8) != b"\x89HDF\r\n\x1a\n":
-            raise InputError(f"{str(path)!r} is not an .h5mu (HDF5) file.")
+    import h5py
+
+    if not h5py.is_hdf5(path):  # (MuData files start with a user block: the HDF5 signature follows it)
+        raise InputError(f"{str(path)!r} is not an .h5mu (HDF5) file.")
 
 
 def read(path: str | Path, rna_modality: str | None = None, protein_modality: str | None = None,

@@ -16,6 +16,7 @@ import torch
 from .. import __version__
 from .._errors import InputError, ModelFileError
 from ..data import DataSetup, label_codes, prepare_cells, setup_reference
+from ..data.readers import PROTEIN_KEY, from_mudata, is_mudata
 from ..data.setup import PreparedCells
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
@@ -54,7 +55,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     Parameters
     ----------
     adata
-        Reference cells: raw counts (or log-normalized values) in ``X`` or ``layer``.
+        Reference cells: raw counts (or log-normalized values) in ``X`` or ``layer``. A MuData is read
+        as its RNA modality with the protein modality in ``obsm['protein']`` (the default ``protein_key``
+        then; see :func:`scconcerto.data.readers.from_mudata`).
     batch_key
         ``obs`` column of the source of each cell (domain-specific BN per source).
     label_key
@@ -87,9 +90,13 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                  protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
                  dim: int = 128, out_dim: int = 128, dropout: float = 0.3, protein_norm: str = "clr",
                  seed: int = 0):
+        if is_mudata(adata):  # RNA + protein modalities: one AnnData with the proteins in obsm['protein']
+            adata = from_mudata(adata)
+            if protein_key is None and PROTEIN_KEY in adata.obsm:
+                protein_key = PROTEIN_KEY
         if not isinstance(adata, ad.AnnData):
-            raise InputError(f"Concerto needs an AnnData, got {type(adata).__name__}. Read files with "
-                             "`scconcerto.read` or `anndata.read_h5ad`.")
+            raise InputError(f"Concerto needs an AnnData (or a MuData), got {type(adata).__name__}. Read files "
+                             "with `scconcerto.read` (.h5ad, .h5mu) or `anndata.read_h5ad`.")
         setup = setup_reference(adata, batch_key=batch_key, label_key=label_key, protein_key=protein_key,
                                 layer=layer, hvg=hvg, protein_norm=protein_norm)
         self._init(setup, {"dim": dim, "out_dim": out_dim, "dropout": dropout}, seed)
