@@ -21,7 +21,8 @@ __all__ = ["Concerto", "InputError", "ModelFileError", "OutputExistsError", "ScC
            "datasets", "pl", "read", "settings", "tl"]
 
 _LAZY = {"Concerto": (".model", "Concerto"), "read": (".data.readers", "read"),
-         "pl": (".pl", None), "tl": (".tl", None), "datasets": (".datasets", None)}
+         **{name: (f".{name}", None) for name in ("pl", "tl", "datasets", "metrics", "tools", "plotting", "model",
+                                                   "data", "report", "nn", "train")}}
 
 
 def _version() -> str:
