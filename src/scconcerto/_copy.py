@@ -33,6 +33,9 @@ def with_copy(after: Callable[..., None] | None = None) -> Callable[[Callable], 
             bound = signature.bind(*args, **kwargs)
             adata = bound.arguments.get("adata")
             if copy:
+                if bound.arguments.get("inplace") is False:
+                    raise InputError("copy=True writes the results into a copy of the AnnData; it cannot be "
+                                     "combined with inplace=False.")
                 if not isinstance(adata, ad.AnnData):
                     raise InputError(f"copy=True needs an AnnData, got {type(adata).__name__}.")
                 bound.arguments["adata"] = adata = adata.copy()
