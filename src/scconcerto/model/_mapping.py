@@ -97,8 +97,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
     """
 
     # ------------------------------------------------------------------ mapping
-    @with_copy(after=record_model_id)
     @searches_on_its_device
+    @with_copy(after=record_model_id)
     def map_query(self, adata: ad.AnnData, k: int = 5, batch_key: str | None = "__setup__",
                   finetune_epochs: int = 0, levels: str | list[str] | None = None,
                   unknown_threshold: float | dict[str, float] | None = None, reject: bool = False,
