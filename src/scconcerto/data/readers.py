@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from .._errors import InputError
 
-__all__ = ["PROTEIN_KEY", "RNA_MODALITIES", "PROTEIN_MODALITIES", "from_mudata", "read", "read_h5mu"]
+__all__ = ["PROTEIN_KEY", "PROTEIN_MODALITIES", "RNA_MODALITIES", "from_mudata", "is_mudata", "read", "read_h5mu"]
 
 #: ``obsm`` key the protein modality of a MuData is written to.
 PROTEIN_KEY = "protein"
