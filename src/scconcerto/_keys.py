@@ -13,7 +13,7 @@ report (``uns['scconcerto_mapping']``).
 from __future__ import annotations
 
 __all__ = ["EMBEDDING_KEY", "IMPUTED_PROTEIN_KEY", "IMPUTED_PROTEIN_NAMES_KEY", "MAPPING_UNS", "REFERENCE_UMAP_KEY",
-           "UNKNOWN_LABEL", "confidence_key", "known_key", "pred_key", "proba_key", "unknown_key"]
+           "UNKNOWN_LABEL", "confidence_key", "known_key", "pred_key", "proba_key", "unknown_key", "unknown_score_key"]
 
 EMBEDDING_KEY = "X_concerto"
 REFERENCE_UMAP_KEY = "X_umap_ref"
@@ -47,3 +47,8 @@ def known_key(label_key: str) -> str:
 def proba_key(label_key: str) -> str:
     """``obsm`` key of the posterior over the labels of ``label_key`` (one column per label)."""
     return f"{label_key}_proba"
+
+
+def unknown_score_key(label_key: str) -> str:
+    """``obs`` column of the score behind ``obs['L_unknown']`` (annotation: the rejection score it thresholds)."""
+    return f"{label_key}_unknown_score"

@@ -66,12 +66,15 @@ def test_cv_prints_per_fold_metrics_and_writes_the_table(files, tmp_path, capsys
                "--folds", "2", "--no-pretrain", "--epochs", "2", "--device", "cpu", "--no-progress",
                "--out", str(out)])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "ACC" in printed and "macro-F1" in printed and "median-F1" in printed and "mean" in printed
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the JSON result alone on stdout, the table for people on stderr
+    assert "ACC" in captured.err and "macro-F1" in captured.err and "median-F1" in captured.err
     table = pd.read_csv(out)
     assert list(table["fold"]) == [0, 1] and table["n_test"].sum() == 300  # every cell tested once
     # the printed figures are the table's (accuracy itself is tested in tests/model/test_annotation.py)
-    assert f"{table['median_f1'].mean():.4f}" in printed
+    assert f"{table['median_f1'].mean():.4f}" in captured.err
+    assert result["out"] == str(out) and [f["fold"] for f in result["folds"]] == [0, 1]
+    assert result["mean"]["median_f1"] == pytest.approx(table["median_f1"].mean())
     assert table[["accuracy", "macro_f1", "median_f1"]].stack().between(0, 1).all()
     rc = main(["annotate", "cv", str(files / "ref.h5ad"), "--label-key", "cell_type", "--folds", "2",
                "--out", str(out)])

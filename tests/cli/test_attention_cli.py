@@ -79,3 +79,21 @@ def test_protein_model_writes_both_modalities(sim_protein, tmp_path):
     assert table.groupby("modality").size().to_dict() == {"protein": 12, "rna": 12}
     assert set(table.loc[table["modality"] == "protein", "feature"]) <= set(sim_protein.uns["protein_names"])
     assert (tmp_path / "heat.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_agreement_skips_a_one_cell_group_and_still_writes_the_markers(files, sim, tmp_path, capsys, caplog):
+    data = sim.copy()
+    labels = data.obs["cell_type"].astype(str).to_numpy()
+    labels[0] = "singleton"  # scanpy's rank_genes_groups cannot test a group of one cell
+    data.obs["cell_type"] = pd.Categorical(labels)
+    data.write_h5ad(tmp_path / "data.h5ad")
+    out, agree = tmp_path / "markers.csv", tmp_path / "agree.csv"
+    with caplog.at_level("WARNING", logger="scconcerto"):
+        rc = main(["attention", str(files / "model"), str(tmp_path / "data.h5ad"), "--groupby", "cell_type",
+                   "--out", str(out), "--agreement", str(agree), "--n-top", "10", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert "singleton" in caplog.text and "too few cells" in caplog.text
+    assert "singleton" in set(pd.read_csv(out)["group"])  # its attention ranking is still written
+    agreement = pd.read_csv(agree, index_col=0)
+    assert "singleton" not in agreement.index
+    assert set(agreement.index) == {"type_0", "type_1", "type_2", "type_3"}

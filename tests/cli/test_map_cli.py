@@ -110,3 +110,39 @@ def test_rna_only_query_on_a_protein_model_needs_the_reference_once(sim_protein,
              "--device", "cpu"]
     assert main(args2) == 0
     assert ad.read_h5ad(tmp_path / "m2.h5ad").uns["scconcerto_mapping"]["space"] == "rna_only"
+
+
+def test_plot_refuses_a_query_mapped_onto_another_model(files, sim, tmp_path, capsys):
+    from scconcerto import Concerto
+
+    mapped = tmp_path / "mapped.h5ad"
+    assert main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(mapped), "--device", "cpu"]) == 0
+    recorded = ad.read_h5ad(mapped).uns["scconcerto_mapping"]["model_id"]
+    assert recorded == Concerto.load(files / "model").model_id
+    other = Concerto(sim, batch_key="batch", label_key="cell_type", seed=5).train(epochs=1, progress=False,
+                                                                                  device="cpu")
+    other.reference.extra["umap"] = np.zeros((sim.n_obs, 2), dtype=np.float32)
+    other.save(tmp_path / "other")
+    capsys.readouterr()
+    assert main(["plot", str(mapped), "--model", str(tmp_path / "other"), "--out", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert "mapped onto another model" in err and recorded in err and not (tmp_path / "f.png").exists()
+    # a query that was never mapped cannot be plotted either
+    assert main(["plot", str(files / "query.h5ad"), "--model", str(files / "model"),
+                 "--out", str(tmp_path / "g.png")]) == 2
+    assert "never mapped" in capsys.readouterr().err
+
+
+def test_every_command_prints_its_result_as_one_json_object_under_out(files, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "new_folder" / "embedded.h5ad"  # embed creates the output's folder
+    assert main(["embed", str(files / "model"), str(files / "query.h5ad"), "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["out"] == str(out) and out.exists() and result["cells"] == 150
+    assert main(["cluster", str(out), "--out", str(tmp_path / "c.h5ad")]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "c.h5ad")
+    mapped = tmp_path / "m.h5ad"
+    assert main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(mapped), "--device", "cpu",
+                 "--no-umap"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(mapped)

@@ -1,5 +1,6 @@
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import matplotlib
@@ -31,10 +32,10 @@ def test_report_command_writes_a_self_contained_html(mapped_files, tmp_path, cap
     model_dir, data = mapped_files
     before = hashlib.sha256(data.read_bytes()).hexdigest()
     out = tmp_path / "report.html"
-    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out),
+    assert main(["report", str(data), "--model", str(model_dir), "--out", str(out),
                  "--true-key", "cell_type=given", "--title", "PBMC test"]) == 0
     text = out.read_text(encoding="utf-8")
-    assert "<title>PBMC test</title>" in text and "wrote" in capsys.readouterr().out
+    assert "<title>PBMC test</title>" in text and json.loads(capsys.readouterr().out)["out"] == str(out)
     # by source, per-source panels, label, confidence, histogram, confusion, Sankey, training loss
     assert text.count('<img src="data:image/png;base64,') == 8
     assert "Against the given labels <code>given</code> (120 cells)" in text
@@ -44,12 +45,36 @@ def test_report_command_writes_a_self_contained_html(mapped_files, tmp_path, cap
 def test_report_command_without_true_key_and_refusals(mapped_files, tmp_path, capsys):
     model_dir, data = mapped_files
     out = tmp_path / "r.html"
-    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out)]) == 0
+    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out)]) == 0  # the former name
+    assert "--reference is deprecated" in capsys.readouterr().err
     assert "need given labels" in out.read_text(encoding="utf-8")
-    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out)]) == 2
+    assert main(["report", str(data), "--model", str(model_dir), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["report", str(data), "--reference", str(tmp_path / "nope"), "--out", str(tmp_path / "s.html")]) == 2
+    assert main(["report", str(data), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "s.html")]) == 2
     assert "not a model directory" in capsys.readouterr().err
-    assert main(["report", str(data), "--reference", str(model_dir), "--out", str(tmp_path / "t.html"),
+    assert main(["report", str(data), "--model", str(model_dir), "--out", str(tmp_path / "t.html"),
                  "--label-key", "missing"]) == 2
     assert "no predictions" in capsys.readouterr().err
+
+
+def test_report_on_a_query_never_mapped_is_a_clear_error(mapped_files, sim, tmp_path, capsys):
+    model_dir, _ = mapped_files
+    raw = tmp_path / "raw.h5ad"
+    sim[:50].copy().write_h5ad(raw)
+    out = tmp_path / "r.html"
+    assert main(["report", str(raw), "--model", str(model_dir), "--out", str(out)]) == 2  # was 0, an empty page
+    err = capsys.readouterr().err
+    assert "never mapped" in err and "scconcerto map" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_report_refuses_a_query_mapped_onto_another_model(mapped_files, trained_model, tmp_path, capsys):
+    import anndata as ad
+
+    model_dir, data = mapped_files
+    query = ad.read_h5ad(data)
+    query.uns["scconcerto_mapping"]["model_id"] = "0123456789abcdef"
+    query.write_h5ad(tmp_path / "other.h5ad")
+    assert main(["report", str(tmp_path / "other.h5ad"), "--model", str(model_dir),
+                 "--out", str(tmp_path / "r.html")]) == 2
+    assert "mapped onto another model" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._common import add_output, add_runtime, check_output_free
+from ._common import add_command, add_data, add_model, add_output, add_runtime, check_output_free, emit
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -16,18 +16,18 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("attention", help="rank the genes/proteins the teacher attends to per cell group",
-                       description="Compute the teacher's attention on an .h5ad, rank the features each cell group "
+    p = add_command(sub, "attention", help="rank the genes/proteins the teacher attends to per cell group",
+                    description="Compute the teacher's attention on an .h5ad, rank the features each cell group "
                                    "attends to more than the other cells, and write them as a CSV table "
                                    "(columns: modality, group, rank, feature, score, contrast, mean_in, mean_out, "
                                    "detection_in, detection_out, lift, logfoldchange, pval, pval_adj).")
-    p.add_argument("model", help="model directory written by `scconcerto train`")
-    p.add_argument("data", help=".h5ad with the cells (never modified)")
+    add_model(p)
+    add_data(p, ".h5ad with the cells (never modified)")
     p.add_argument("--groupby", required=True, help="obs column of the cell groups, e.g. cell_type")
     add_output(p, "CSV table of the top features per group (and modality) to write")
     p.add_argument("--modality", choices=["rna", "protein", "all"], default="all",
-                   help="features to rank: genes, proteins, or both when the model has proteins (default: all)")
-    p.add_argument("--n-top", type=int, default=20, help="features per group in the table (default: 20)")
+                   help="features to rank: genes, proteins, or all (both, when the model has proteins)")
+    p.add_argument("--n-top", type=int, default=20, help="features per group in the table")
     p.add_argument("--method", choices=["contrast", "wilcoxon"], default="contrast",
                    help="contrast: mean attention in the group minus elsewhere; wilcoxon: rank-sum test")
     p.add_argument("--min-detection", type=float, default=0.0,
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default=None,
                    help="also write a heatmap (mean attention per group on the top features; one panel per "
                         "modality); the format follows the suffix (.png, .pdf, .svg)")
-    p.add_argument("--plot-top", type=int, default=5, help="features per group in the plot (default: 5)")
+    p.add_argument("--plot-top", type=int, default=5, help="features per group in the plot")
     p.add_argument("--agreement", default=None,
                    help="also write a CSV of the overlap of each group's top genes with its expression markers "
                         "(scanpy rank_genes_groups, wilcoxon), against chance")
@@ -80,20 +80,22 @@ def run(args: argparse.Namespace) -> int:
     front = ["modality", "group", "rank"]
     result = pd.concat(tables, ignore_index=True)
     result = result[front + [c for c in result.columns if c not in front]]
+    write_atomic_file(args.out, lambda p: result.to_csv(p, index=False), overwrite=args.overwrite)
+    summary = {"out": args.out, "groups": int(result["group"].nunique()), "modalities": modalities,
+               "n_top": args.n_top}
     agreement = None
     if args.agreement:
         layer = model.setup.layer if model.setup.layer in adata.layers else None
         agreement = attention_marker_agreement(adata, args.groupby, n_top=args.n_top, layer=layer)
     figure = _draw_plot(adata, args, att, modalities) if args.plot else None
-    write_atomic_file(args.out, lambda p: result.to_csv(p, index=False), overwrite=args.overwrite)
-    print(f"wrote {args.out}: {result['group'].nunique()} groups x {', '.join(modalities)}, top {args.n_top}")
     if agreement is not None:
         write_atomic_file(args.agreement, lambda p: agreement.to_csv(p), overwrite=args.overwrite)
-        print(f"wrote {args.agreement}: mean overlap {agreement['overlap'].mean():.2f} of top {args.n_top} "
-              f"(chance {agreement['expected'].mean():.2f})")
+        summary["agreement"] = {"out": args.agreement, "mean_overlap": round(float(agreement["overlap"].mean()), 2),
+                                "chance": round(float(agreement["expected"].mean()), 2)}
     if figure is not None:
         _save_plot(figure, args.plot, args.overwrite)
-        print(f"wrote {args.plot}")
+        summary["plot"] = args.plot
+    emit(summary)
     return 0
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
-from ._common import add_output, check_output_free
+from ._common import add_command, add_data, add_output, check_output_free, emit
 
 
 def _resolutions(text: str) -> list[float]:
@@ -20,19 +19,19 @@ def _resolutions(text: str) -> list[float]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cluster", help="Leiden clustering of an embedded .h5ad",
-                       description="Leiden clustering (leidenalg via scanpy) of the kNN graph of an embedding; "
-                                   "writes a copy with obs[KEY] (and, with --sweep, one column per resolution and "
-                                   "the silhouette of each in uns[KEY_sweep]).")
-    p.add_argument("data", help="embedded .h5ad (output of `scconcerto embed` or `map`; never modified)")
+    p = add_command(sub, "cluster", help="Leiden clustering of an embedded .h5ad",
+                    description="Leiden clustering (leidenalg via scanpy) of the kNN graph of an embedding "
+                                "(neighbours searched by faiss); writes a copy with obs[KEY] (and, with --sweep, "
+                                "one column per resolution and the silhouette of each in uns[KEY_sweep]).")
+    add_data(p, "embedded .h5ad (output of `scconcerto embed` or `map`; never modified)")
     add_output(p, ".h5ad to write (the input plus the clusters)")
     p.add_argument("--resolution", type=float, default=None,
                    help="Leiden resolution (default 1.0; with --sweep, default: the best silhouette)")
     p.add_argument("--sweep", type=_resolutions, default=None, metavar="R1,R2,...",
                    help="comma-separated resolutions to try; prints the silhouette and cluster count of each")
-    p.add_argument("--use-rep", default="X_concerto", help="obsm key of the embedding (default: X_concerto)")
-    p.add_argument("--n-neighbors", type=int, default=15, help="neighbours per cell in the graph (default 15)")
-    p.add_argument("--key-added", default="leiden", help="obs column to write (default: leiden)")
+    p.add_argument("--use-rep", default="X_concerto", help="obsm key of the embedding")
+    p.add_argument("--n-neighbors", type=int, default=15, help="neighbours per cell in the graph")
+    p.add_argument("--key-added", default="leiden", help="obs column to write")
     p.add_argument("--seed", type=int, default=0, help="random seed (graph and Leiden)")
     p.set_defaults(func=run)
 
@@ -54,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         summary["sweep"] = [{"resolution": float(r), "n_clusters": int(row["n_clusters"]),
                              "silhouette": None if math.isnan(row["silhouette"]) else round(float(row["silhouette"]), 4)}
                             for r, row in sweep.table.iterrows()]
-    print(json.dumps(summary))
+    emit(summary)
     return 0

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ._common import add_output, add_runtime, check_output_free
+from ._common import (add_command, add_data, add_model, add_output, add_runtime, check_output_free, emit, read_data,
+                      use_protein_key)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("map", help="map query cells onto a reference model",
-                       description="Embed a query in the reference space (genes aligned by name, AdaBN per query "
+    p = add_command(sub, "map", help="map query cells onto a reference model",
+                    description="Embed a query in the reference space (genes aligned by name, AdaBN per query "
                                    "source, optional fine-tuning), transfer the reference labels by k-NN vote with a "
                                    "calibrated confidence, impute the reference's proteins, place the query on the "
                                    "reference UMAP. Writes a copy of the query with obs['<label>_pred'], "
                                    "obs['<label>_confidence'], obs['<label>_unknown'], obsm['X_concerto'], "
                                    "obsm['X_umap_ref'], obsm['protein_imputed'] and uns['scconcerto_mapping'].")
-    p.add_argument("model", help="reference model directory written by `scconcerto train`")
-    p.add_argument("data", help="query .h5ad: raw counts or log-normalized values (never modified)")
+    add_model(p, "reference model folder written by `scconcerto train`")
+    add_data(p, "query cells: raw counts or log-normalized values (never modified)", mudata=True)
     add_output(p, "mapped query .h5ad to write")
+    p.add_argument("--protein-key", default=None,
+                   help="obsm key of the query's protein counts (default: the model's, or an .h5mu's protein "
+                        "modality)")
     p.add_argument("--k", type=int, default=None,
-                   help="candidates of each cell's label vote (default: those the model was calibrated with)")
+                   help="neighbours that vote for each cell's label (default: those the model was calibrated "
+                        "with, 5)")
     p.add_argument("--batch-key", default="__setup__",
                    help="obs column of the query's sources (default: the model's batch key, if the query has it)")
     p.add_argument("--finetune-epochs", type=int, default=0,
@@ -54,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._errors import InputError
-    from .._io import read_h5ad, write_h5ad
+    from .._io import write_h5ad
     from ..model import Concerto
 
     check_output_free(args.out, args.overwrite)
@@ -62,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--k must be at least 1, got {args.k}.")
     model = Concerto.load(args.model)
     if args.reference is not None:
-        model.prepare_mapping(read_h5ad(args.reference), umap=False, device=args.device)
-    adata = read_h5ad(args.data)
+        model.prepare_mapping(read_data(args, args.reference), umap=False, device=args.device)
+    adata = read_data(args)
+    use_protein_key(adata, args.protein_key, model.setup.protein_key, args.data)
     result = model.map_query(adata, k=args.k, batch_key=args.batch_key, finetune_epochs=args.finetune_epochs,
                              levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,
                              index=args.index, impute_k=args.impute_k, place=not args.no_umap, min_overlap=args.min_overlap,
@@ -80,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
                           for key, df in result.predictions.items()},
                "proteins_imputed": 0 if result.protein_imputed is None else int(result.protein_imputed.shape[1]),
                "seconds": info["timings"]["total"]}
-    print(json.dumps(summary))
+    emit(summary)
     return 0

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_output, check_output_free
+from ._common import add_command, add_data, add_output, check_output_free, emit
+
+
+class _DeprecatedReference(argparse.Action):
+    """``--reference``, the former name of ``--model`` here: still accepted, with a deprecation message."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        import logging
+
+        logging.getLogger("scconcerto").warning("scconcerto report: --reference is deprecated; name the model "
+                                                "folder with --model.")
+        setattr(namespace, "model", values)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write an HTML report of a mapped query",
-                       description="Write one self-contained HTML file (figures embedded) describing a query mapped "
+    p = add_command(sub, "report", help="write an HTML report of a mapped query",
+                    description="Write one self-contained HTML file (figures embedded) describing a query mapped "
                                    "onto a reference: gene overlap, the query on the reference UMAP, predicted label "
                                    "counts with confidence, unknown cells, confusion matrix and Sankey plot (when the "
                                    "query has labels), imputed proteins, training loss, timings and versions.")
-    p.add_argument("data", help="mapped query .h5ad (output of `scconcerto map`; never modified)")
-    p.add_argument("--reference", required=True, help="model directory the query was mapped onto")
+    add_data(p, "mapped query .h5ad (output of `scconcerto map`; never modified)")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="the reference model folder the query was mapped onto (required)")
+    p.add_argument("--reference", action=_DeprecatedReference, metavar="MODEL", help=argparse.SUPPRESS)
     add_output(p, ".html file to write")
     p.add_argument("--label-key", action="append", default=None,
                    help="reference label key to report (repeat for several; default: every mapped key)")
@@ -24,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-key", default=None, help="obs column of the query's sources (default: the model's "
                                                       "batch key)")
     p.add_argument("--title", default="scConcerto mapping report", help="title of the page")
-    p.add_argument("--max-points", type=int, default=50_000, help="cells drawn per scatter plot (default 50000)")
+    p.add_argument("--max-points", type=int, default=50_000, help="cells drawn per scatter plot")
     p.add_argument("--seed", type=int, default=0, help="seed of subsamples and of a UMAP computed for the report")
     p.set_defaults(func=run)
 
@@ -46,17 +60,20 @@ def _true_keys(values: list[str] | None, label_keys: list[str] | None, model_key
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._errors import InputError
     from .._io import read_h5ad
     from ..model import Concerto
     from ..report import mapping_report
 
+    if args.model is None:
+        raise InputError("Name the reference model folder the query was mapped onto with --model MODEL.")
     check_output_free(args.out, args.overwrite)
-    model = Concerto.load(args.reference)
+    model = Concerto.load(args.model)
     adata = read_h5ad(args.data)
     path = mapping_report(adata, model, args.out, label_keys=args.label_key,
                           true_keys=_true_keys(args.true_key, args.label_key, list(model.setup.labels)),
                           source_key=args.source_key, title=args.title, query_name=str(args.data),
-                          model_name=str(args.reference), max_points=args.max_points, seed=args.seed,
+                          model_name=str(args.model), max_points=args.max_points, seed=args.seed,
                           overwrite=args.overwrite)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    emit({"out": str(path), "megabytes": round(path.stat().st_size / 1e6, 2)})
     return 0

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ._common import add_output, add_runtime, check_output_free
+from ._common import add_command, add_data, add_output, add_runtime, check_output_free, emit, read_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a reference model on an .h5ad file",
-                       description="Contrastive pre-training of a Concerto reference model; writes a model directory.")
-    p.add_argument("data", help="reference .h5ad (raw counts or log-normalized values)")
-    add_output(p, "model directory to write")
+    p = add_command(sub, "train", help="train a reference model on an .h5ad (or .h5mu) file",
+                    description="Contrastive pre-training of a Concerto reference model; writes a model folder.")
+    add_data(p, "reference cells: raw counts or log-normalized values", mudata=True)
+    add_output(p, "model folder to write")
     p.add_argument("--batch-key", default=None, help="obs column of the source/batch of each cell")
     p.add_argument("--label-key", default=None, action="append",
                    help="obs column of labels to store for transfer (repeat for several levels)")
-    p.add_argument("--protein-key", default=None, help="obsm key of protein counts (names in uns['protein_names'])")
+    p.add_argument("--protein-key", default=None,
+                   help="obsm key of protein counts, names in uns['protein_names'] (default: none; .h5mu input: "
+                        "the protein modality)")
     p.add_argument("--layer", default=None, help="layer holding the values (default: X)")
     p.add_argument("--hvg", type=int, default=None, help="use N highly variable genes (default: all genes)")
     p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: by size)")
@@ -34,29 +35,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="RNA + protein: share of training batches whose teacher sees RNA only (default: 0.5)")
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--backed", action="store_true",
                    help="stream X from disk instead of loading it (.h5ad or .zarr; memory follows the read window)")
     p.add_argument("--devices", type=int, default=1, help="data-parallel processes (one per GPU, or CPU processes)")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (default: ddp)")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy for --devices > 1 (auto: ddp)")
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPUs")
     add_runtime(p, training=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import read_h5ad
     from ..data.backed import read_backed
+    from ..data.readers import PROTEIN_KEY
     from ..model import Concerto
     from ..train import is_global_zero
 
     check_output_free(args.out, args.overwrite, kind="model")
-    adata = read_backed(args.data) if args.backed else read_h5ad(args.data)
+    adata = read_backed(args.data) if args.backed else read_data(args)
+    protein_key = args.protein_key
+    if protein_key is None and str(args.data).lower().endswith(".h5mu") and PROTEIN_KEY in adata.obsm:
+        protein_key = PROTEIN_KEY  # the MuData's protein modality
     label = args.label_key[0] if args.label_key and len(args.label_key) == 1 else args.label_key
-    model = Concerto(adata, batch_key=args.batch_key, label_key=label, protein_key=args.protein_key,
+    model = Concerto(adata, batch_key=args.batch_key, label_key=label, protein_key=protein_key,
                      layer=args.layer, hvg=args.hvg, seed=args.seed)
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
-                progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
                 positive_space=args.positive_space,
                 modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     model.save(args.out, overwrite=args.overwrite)
     last = model.history[-1] if model.history else {}
-    print(json.dumps({"model": args.out, "cells": adata.n_obs, "genes": len(model.setup.genes),
-                      "epochs": model.train_config.epochs, "final_loss": round(last.get("loss", float("nan")), 4),
-                      "train_seconds": round(model.extra_config.get("train_seconds", 0.0), 1)}))
+    emit({"out": args.out, "cells": adata.n_obs, "genes": len(model.setup.genes),
+          "proteins": len(model.setup.proteins), "epochs": model.train_config.epochs,
+          "final_loss": round(last.get("loss", float("nan")), 4),
+          "train_seconds": round(model.extra_config.get("train_seconds", 0.0), 1)})
     return 0

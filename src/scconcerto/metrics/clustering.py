@@ -86,6 +86,8 @@ def _neighbor_graph(embedding: np.ndarray, n_neighbors: int, seed: int, metric: 
     import anndata as ad
     import scanpy as sc
 
+    from ..tools.knn_graph import FaissKNNTransformer
+
     x = _check_embedding(embedding, min_rows=3)
     if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 2:
         raise InputError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
@@ -98,8 +100,8 @@ def _neighbor_graph(embedding: np.ndarray, n_neighbors: int, seed: int, metric: 
         obs=pd.DataFrame(index=pd.RangeIndex(x.shape[0]).astype(str)),
         obsm={_REP: np.ascontiguousarray(x, dtype=np.float32)},
     )
-    sc.pp.neighbors(adata, n_neighbors=int(n_neighbors), use_rep=_REP, metric=metric,
-                    random_state=seed)
+    sc.pp.neighbors(adata, use_rep=_REP, metric=metric, random_state=seed,
+                    transformer=FaissKNNTransformer(int(n_neighbors), metric))
     return adata
 
 
@@ -128,8 +130,7 @@ def leiden_clusters(embedding: np.ndarray, resolution: float = 1.0, n_neighbors:
     seed
         Random state of the neighbour search and of Leiden.
     metric
-        Distance of the neighbour search (any ``sc.pp.neighbors`` metric,
-        e.g. ``"cosine"``).
+        Distance of the neighbour search (faiss): ``"euclidean"`` or ``"cosine"``.
 
     Returns
     -------

@@ -10,6 +10,12 @@ threshold below which a cell is called unknown.
 
 The model's own network (and its reference embedding for mapping) is never
 changed by fine-tuning: the classifier is a separate module, ``model.classifier``.
+
+An RNA + protein model also calibrates the classifier from RNA alone (proteins
+hidden, batch-norm statistics re-estimated per source on the RNA-only cells):
+a query without the proteins is predicted that way, each of its sources with
+its own statistics, against the RNA-only feature bank and thresholds, as
+query mapping searches RNA-only queries in its RNA-only reference embedding.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import torch
 from scipy.special import expit
 
 from .._errors import InputError, ModelFileError
-from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key
+from .._copy import with_copy
+from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key, unknown_score_key
 from ..data.setup import DEFAULT_SOURCE, category_codes
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
@@ -44,6 +51,8 @@ QUERY_SOURCE = "query"
 #: the others are the classifier's own scores.
 UNKNOWN_SCORES = ("reference", "combined", "knn", "max_softmax")
 FEATURE_BANK = "feature_bank"
+FEATURE_BANK_RNA_ONLY = "feature_bank_rna_only"
+RNA_ONLY_CONFIG = "rna_only"
 
 
 def default_classifier_epochs(n_cells: int) -> int:
@@ -102,6 +111,9 @@ class AnnotationPrediction:
         Which score decided ``unknown``.
     gene_overlap
         Gene alignment summary of the dataset against the model's genes.
+    modalities
+        ``"rna+protein"``, ``"rna"`` (an RNA-only model) or ``"rna_only"`` (an RNA + protein
+        model predicting cells without the proteins, with its RNA-only calibration).
     known_prob
         With the ``"reference"`` score: the probability that the cell is of a type the reference has.
     """
@@ -117,7 +129,16 @@ class AnnotationPrediction:
     unknown: np.ndarray
     unknown_score: str
     gene_overlap: dict
+    modalities: str = "rna"
     known_prob: np.ndarray | None = None
+
+    @property
+    def score(self) -> np.ndarray:
+        """The values of the rejection score (``unknown`` is this below its threshold)."""
+        if self.unknown_score == "reference":
+            return self.known_prob
+        return {"combined": self.typicality, "knn": self.familiarity,
+                "max_softmax": self.confidence}[self.unknown_score]
 
 
 def _source_names(adata: ad.AnnData, batch_key: str | None, setup_batch_key: str | None, sources: list[str],
@@ -182,6 +203,7 @@ class AnnotationMixin:
 
     classifier: TeacherClassifier | None = None
     _feature_bank: np.ndarray | None = None
+    _feature_bank_rna_only: np.ndarray | None = None
 
     # ------------------------------------------------------------------ training
     def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
@@ -193,7 +215,7 @@ class AnnotationMixin:
                        head_dropout: float = 0.0, batch_key: str | None = "__setup__",
                        target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
                        pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
-                       progress: bool = True, **kwargs: Any) -> "AnnotationMixin":
+                       progress: bool | None = None, **kwargs: Any) -> "AnnotationMixin":
         """Fine-tune a cell-type classifier on the teacher; calibrate it and set the unknown threshold.
 
         Parameters
@@ -247,7 +269,7 @@ class AnnotationMixin:
         seed
             Seed (default: the model's).
         device, progress
-            ``"auto"``, ``"cpu"`` or ``"cuda"``; show progress bars.
+            ``"auto"``, ``"cpu"`` or ``"cuda"``; draw progress bars (``None``: as ``scconcerto.settings.progress``).
         **kwargs
             Other :class:`~scconcerto.train.classifier.ClassifierConfig` fields (``label_smoothing``,
             ``max_genes``, ``gene_dropout``, ``weight_decay``, ``consistency_min_confidence``...).
@@ -317,8 +339,14 @@ class AnnotationMixin:
         _, bank = classifier_outputs(classifier, source.cells, bank_rows, device=device)
         calibration = self._calibrate(classifier, bank, source.cells, np.flatnonzero(held), codes,
                                       false_rejection_rate, knn_k, device)
+        rna_bank, rna_only = None, None
+        if source.cells.protein is not None:
+            rna_bank, rna_only = self._rna_only_calibration(classifier, data, source.cells.domains, bank_rows,
+                                                            np.flatnonzero(held), codes, false_rejection_rate,
+                                                            knn_k, min_overlap, device)
         self.classifier = classifier
         self._feature_bank = bank
+        self._feature_bank_rna_only = rna_bank
         if unknown_score in ("auto", "reference"):
             shared = self._has_novelty_model(label_key, classes)
             if unknown_score == "reference" and not shared:
@@ -333,6 +361,8 @@ class AnnotationMixin:
             "gene_overlap": source.alignment.summary(), "target_gene_overlap": target_overlap,
             "history": history, "train_seconds": seconds, "unknown_score": unknown_score, "knn_k": int(knn_k),
             "feature_bank_size": int(bank.shape[0]), **calibration}
+        if rna_only is not None:
+            self.extra_config[ANNOTATION_CONFIG][RNA_ONLY_CONFIG] = rna_only
         return self
 
     def _has_novelty_model(self, label_key: str, classes: list[str]) -> bool:
@@ -364,15 +394,40 @@ class AnnotationMixin:
         fresh = self._network_cls(self.setup.n_features, len(self.setup.sources), **self.network_args)
         return TeacherClassifier.from_network(fresh, n_classes, head_dropout)
 
+    def _rna_only_calibration(self, classifier: TeacherClassifier, data: ad.AnnData, domains: np.ndarray,
+                              bank_rows: np.ndarray, held_rows: np.ndarray, codes: np.ndarray,
+                              false_rejection_rate: float, knn_k: int, min_overlap: float, device: str
+                              ) -> tuple[np.ndarray, dict]:
+        """The feature bank and calibration of the labeled cells seen from RNA alone (proteins hidden), each
+        source with batch-norm statistics estimated on its RNA-only cells (as an RNA-only query gets)."""
+        prepared = self._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data",
+                                 use_protein=False)
+        prepared.cells.domains = classifier.n_domains + np.asarray(domains, dtype=np.int64)
+        adapt = sorted(set(prepared.cells.domains.tolist()))
+        rows = np.union1d(bank_rows, held_rows)
+        logits, features = classifier_outputs(classifier, prepared.cells, rows, device=device, adapt_domains=adapt)
+        bank = features[np.searchsorted(rows, bank_rows)]
+        at = np.searchsorted(rows, held_rows)
+        return bank, self._calibration_of(logits[at], features[at], codes[held_rows], bank, false_rejection_rate,
+                                          knn_k)
+
     def _calibrate(self, classifier: TeacherClassifier, bank: np.ndarray, cells: Any, held_rows: np.ndarray,
                    codes: np.ndarray, false_rejection_rate: float, knn_k: int, device: str) -> dict:
         """Temperature, ECE before/after, held-out score distributions and the thresholds of every score."""
         if held_rows.size == 0:
+            return self._calibration_of(np.empty((0, 0)), np.empty((0, 0)), codes[:0], bank, false_rejection_rate,
+                                        knn_k)
+        logits, features = classifier_outputs(classifier, cells, held_rows, device=device)
+        return self._calibration_of(logits, features, codes[held_rows], bank, false_rejection_rate, knn_k)
+
+    @staticmethod
+    def _calibration_of(logits: np.ndarray, features: np.ndarray, y: np.ndarray, bank: np.ndarray,
+                        false_rejection_rate: float, knn_k: int) -> dict:
+        """Calibration of held-out outputs (``logits``, ``features``, true codes ``y``) against ``bank``."""
+        if y.size == 0:
             return {"temperature": 1.0, "thresholds": {"max_softmax": 0.0, "max_softmax_log_odds": None, "knn": None,
                                                        "combined": None},
                     "score_quantiles": None, "calibration": None}
-        logits, features = classifier_outputs(classifier, cells, held_rows, device=device)
-        y = codes[held_rows]
         temperature = fit_temperature(logits, y)
         log_odds = top_class_log_odds(logits, temperature)
         familiarity = feature_knn_similarity(features, bank, knn_k)
@@ -380,7 +435,7 @@ class AnnotationMixin:
                      "familiarity": score_quantiles(familiarity).tolist()}
         typicality = _typicality(log_odds, familiarity, quantiles)
         log_odds_cut = rejection_threshold(log_odds, false_rejection_rate)
-        report = {"n_cells": int(held_rows.size),
+        report = {"n_cells": int(y.size),
                   "accuracy": float((logits.argmax(1) == y).mean()),
                   "ece_before": expected_calibration_error(scaled_probabilities(logits), y),
                   "ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), y),
@@ -419,17 +474,48 @@ class AnnotationMixin:
 
     def _classifier_outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
                             min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+        return self._classifier_pass(adata, batch_key, batch_size, device, min_overlap)[:2]
+
+    def _classifier_pass(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
+                         min_overlap: float) -> tuple[np.ndarray, np.ndarray, str]:
+        """Logits, features and the modalities used (see :attr:`AnnotationPrediction.modalities`).
+
+        Cells without the model's proteins are RNA-only: every source of theirs gets batch-norm
+        statistics estimated on its own cells, as the RNA-only calibration had.
+        """
         cfg = self._require_classifier()
         prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data")
         self.last_alignment = prepared.alignment
         domains = list(cfg["domains"])
         names = _source_names(adata, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE)
-        codes = _domain_codes(names, domains, grow=False)
+        modalities = "rna+protein" if prepared.cells.protein is not None else "rna"
+        if prepared.cells.protein is None and self.setup.proteins:
+            modalities = "rna_only"
+            unique = sorted(pd.unique(names).tolist())
+            codes = len(domains) + np.searchsorted(unique, names).astype(np.int64)
+        else:
+            codes = _domain_codes(names, domains, grow=False)
         prepared.cells.domains = codes
         adapt = sorted(set(codes[codes >= len(domains)].tolist()))
-        return classifier_outputs(self.classifier, prepared.cells, batch_size=batch_size, device=device,
-                                  adapt_domains=adapt or None)
+        logits, features = classifier_outputs(self.classifier, prepared.cells, batch_size=batch_size, device=device,
+                                              adapt_domains=adapt or None)
+        return logits, features, modalities
 
+    def _prediction_calibration(self, cfg: dict, modalities: str) -> tuple[dict, np.ndarray]:
+        """The calibration (temperature, quantiles, thresholds) and feature bank for cells of ``modalities``."""
+        if modalities != "rna_only":
+            return cfg, self._feature_bank
+        if cfg.get(RNA_ONLY_CONFIG) is not None and self._feature_bank_rna_only is not None:
+            log.info("The data lacks the model's proteins (obsm[%r]): predicting from RNA alone, with the "
+                     "classifier's RNA-only calibration.", self.setup.protein_key)
+            return cfg[RNA_ONLY_CONFIG], self._feature_bank_rna_only
+        log.warning("The data lacks the model's proteins (obsm[%r]) and this classifier was fitted before "
+                    "scConcerto calibrated classifiers from RNA alone: the confidence and the unknown flags are "
+                    "those of cells with proteins, and will flag far too many cells as unknown. Fit the "
+                    "classifier again (`scconcerto annotate train`), or give the proteins.", self.setup.protein_key)
+        return cfg, self._feature_bank
+
+    @with_copy()
     def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
                 unknown_threshold: float | None = None, unknown_score: str | None = None, inplace: bool = True,
                 batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP
@@ -439,7 +525,10 @@ class AnnotationMixin:
         With ``inplace`` (default) writes, for the classifier's label ``L``:
         ``obs['L_pred']``, ``obsm['L_proba']`` (calibrated probabilities; class
         names in ``uns['L_proba_classes']``), ``obs['L_confidence']`` (0-1),
-        ``obs['L_unknown']`` and ``uns['scconcerto_annotation']`` (score and threshold used).
+        ``obs['L_unknown']``, ``obs['L_unknown_score']`` (the rejection score it
+        thresholds) and ``uns['scconcerto_annotation']`` (score, threshold and modalities used).
+        Cells without the proteins of an RNA + protein model are predicted from RNA
+        alone, with the classifier's RNA-only calibration.
 
         Parameters
         ----------
@@ -450,15 +539,23 @@ class AnnotationMixin:
         reject
             Write ``"unknown"`` in ``L_pred`` for cells below the threshold.
         unknown_threshold
-            Threshold of the rejection score: a confidence in [0, 1] for ``"max_softmax"``, a cosine
-            similarity for ``"knn"``, a typicality in [0, 1] for ``"combined"`` (default: the one chosen
-            on held-out labeled cells).
+            Threshold of the rejection score: a probability in [0, 1] for ``"reference"``, a confidence in
+            [0, 1] for ``"max_softmax"``, a cosine similarity for ``"knn"``, a typicality in [0, 1] for
+            ``"combined"`` (default: the one chosen on held-out cells).
         unknown_score
+            ``"reference"`` (mapping's probability of a known type, written to ``obs['L_known_prob']``),
             ``"combined"``, ``"knn"`` or ``"max_softmax"`` (default: the one chosen at fitting).
         inplace
             Write the results into ``adata``.
+        copy
+            Write the results into a copy of ``adata`` and return the copy (keyword only; ``adata`` is untouched).
         batch_size, device, min_overlap
             Inference settings; smallest fraction of the model's genes the data must have.
+
+        Returns
+        -------
+        AnnotationPrediction or AnnData
+            The prediction; with ``copy=True``, the annotated copy.
         """
         cfg = self._require_classifier()
         score = cfg["unknown_score"] if unknown_score is None else unknown_score
@@ -467,15 +564,16 @@ class AnnotationMixin:
         if score == "reference" and not self._has_novelty_model(cfg["label_key"], cfg["classes"]):
             raise InputError(f"unknown_score='reference' needs mapping's decision for {cfg['label_key']!r}, which "
                              "this model does not have; use 'combined'.")
-        logits, features = self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)
+        logits, features, modalities = self._classifier_pass(adata, batch_key, batch_size, device, min_overlap)
+        calibration, bank = self._prediction_calibration(cfg, modalities)
         classes = list(cfg["classes"])
-        proba = scaled_probabilities(logits, cfg["temperature"])
+        proba = scaled_probabilities(logits, calibration["temperature"])
         confidence = proba.max(axis=1)
-        log_odds = top_class_log_odds(logits, cfg["temperature"])
-        familiarity = feature_knn_similarity(features, self._feature_bank, cfg["knn_k"])
-        quantiles = cfg.get("score_quantiles")
+        log_odds = top_class_log_odds(logits, calibration["temperature"])
+        familiarity = feature_knn_similarity(features, bank, cfg["knn_k"])
+        quantiles = calibration.get("score_quantiles")
         typicality = _typicality(log_odds, familiarity, quantiles) if quantiles else np.ones(len(log_odds))
-        thresholds = cfg["thresholds"]
+        thresholds = calibration["thresholds"]
         known = None
         if score == "reference":
             known, default = self.known_probability(adata, cfg["label_key"], batch_key=batch_key,
@@ -500,11 +598,12 @@ class AnnotationMixin:
             labels = np.where(unknown, UNKNOWN_LABEL, labels)
         result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, log_odds, familiarity,
                                       typicality.astype(np.float32), unknown, score, self.last_alignment.summary(),
-                                      None if known is None else known.astype(np.float32))
+                                      modalities, None if known is None else known.astype(np.float32))
         if inplace:
-            write_prediction(adata, result, {"temperature": cfg["temperature"], "unknown_score": score,
+            write_prediction(adata, result, {"temperature": calibration["temperature"], "unknown_score": score,
                                              "unknown_threshold": -1.0 if threshold is None else threshold,
-                                             "rejected": bool(reject)})
+                                             "rejected": bool(reject), "modalities": modalities,
+                                             "model_id": self.model_id})
         return result
 
     # ------------------------------------------------------------------ persistence hooks
@@ -514,6 +613,9 @@ class AnnotationMixin:
             return {}
         state = {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
         state[FEATURE_BANK] = torch.from_numpy(np.ascontiguousarray(self._feature_bank, dtype=np.float32))
+        if self._feature_bank_rna_only is not None:
+            state[FEATURE_BANK_RNA_ONLY] = torch.from_numpy(
+                np.ascontiguousarray(self._feature_bank_rna_only, dtype=np.float32))
         return state
 
     def _load_annotation_state(self, tensors: dict[str, torch.Tensor], config: dict | None = None) -> None:
@@ -534,6 +636,8 @@ class AnnotationMixin:
             raise ModelFileError(f"The classifier settings in config.json are invalid ({exc}).") from exc
         expected = dict(classifier.state_dict())
         expected[FEATURE_BANK] = torch.empty(int(cfg.get("feature_bank_size", -1)), int(arch.get("out_dim", -1)))
+        if cfg.get(RNA_ONLY_CONFIG) is not None:
+            expected[FEATURE_BANK_RNA_ONLY] = expected[FEATURE_BANK]
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         bad = [k for k in expected if k in tensors and tuple(expected[k].shape) != tuple(tensors[k].shape)]
@@ -541,10 +645,12 @@ class AnnotationMixin:
             raise ModelFileError(f"The classifier weights do not match its settings: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}. The classifier file is "
                                  "damaged or from another model; fine-tune and save again.")
-        weights = {k: v for k, v in tensors.items() if k != FEATURE_BANK}
+        weights = {k: v for k, v in tensors.items() if k not in (FEATURE_BANK, FEATURE_BANK_RNA_ONLY)}
         classifier.load_state_dict(weights, strict=True)
         self.classifier = classifier.eval()
         self._feature_bank = tensors[FEATURE_BANK].detach().cpu().numpy().astype(np.float32)
+        rna_bank = tensors.get(FEATURE_BANK_RNA_ONLY)
+        self._feature_bank_rna_only = None if rna_bank is None else rna_bank.detach().cpu().numpy().astype(np.float32)
         self.extra_config[ANNOTATION_CONFIG] = cfg
 
     # ------------------------------------------------------------------ cross-validation
@@ -595,13 +701,15 @@ class AnnotationMixin:
 
 
 def write_prediction(adata: ad.AnnData, result: AnnotationPrediction, extra: dict | None = None) -> None:
-    """Write a prediction into ``adata``: ``obs['L_pred'|'L_confidence'|'L_unknown']``,
-    ``obsm['L_proba']`` (class names in ``uns['L_proba_classes']``) and ``uns['scconcerto_annotation']``."""
+    """Write a prediction into ``adata``: ``obs['L_pred'|'L_confidence'|'L_unknown']``, the rejection score
+    behind ``L_unknown`` in ``obs['L_unknown_score']``, ``obsm['L_proba']`` (class names in
+    ``uns['L_proba_classes']``) and ``uns['scconcerto_annotation']``."""
     key = result.label_key
     cats = list(result.classes) + ([UNKNOWN_LABEL] if UNKNOWN_LABEL not in result.classes else [])
     adata.obs[pred_key(key)] = pd.Categorical(result.labels.astype(str), categories=cats)
     adata.obs[confidence_key(key)] = result.confidence.astype(np.float32)
     adata.obs[unknown_key(key)] = result.unknown.astype(bool)
+    adata.obs[unknown_score_key(key)] = np.asarray(result.score, dtype=np.float32)
     if result.known_prob is not None:
         adata.obs[known_key(key)] = result.known_prob
     adata.obsm[f"{key}_proba"] = result.probabilities.astype(np.float32)

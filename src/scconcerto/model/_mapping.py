@@ -29,6 +29,8 @@ from ..tools.imputation import impute_from_neighbors
 from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
 from ..train.config import check_seed
+from .._copy import with_copy
+from ._provenance import record_model_id
 from ._query_embedding import QueryEmbeddingMixin
 from ._reference import SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind
 
@@ -96,6 +98,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
     """Query-to-reference mapping. Mixed into :class:`~scconcerto.model.Concerto`."""
 
     @searches_on_its_device
+    @with_copy(after=record_model_id)
     def map_query(self, adata: ad.AnnData, batch_key: str | None = "__setup__", levels: str | list[str] | None = None,
                   reject: bool = False, unknown_threshold: float | dict[str, float] | None = None,
                   adjust_proportions: bool = False, use_protein: bool | str = "auto", impute: bool = True,
@@ -103,7 +106,9 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                   impute_k: int = DEFAULT_IMPUTE_K, index: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
                   batch_size: int = 1024, device: str = "auto", seed: int | None = None,
                   finetune_options: dict | None = None) -> MappingResult:
-        """Map query cells onto the reference and annotate ``adata`` in place (the model is not changed).
+        """Map query cells onto the reference and annotate ``adata`` (in place, or a copy with ``copy=True``).
+
+        The model is not changed.
 
         Writes ``obsm['X_concerto']`` (the query in the reference space); for each reference label key ``L``:
         ``obs['L_pred']`` (the most probable label), ``obs['L_confidence']`` (probability that it is right),
@@ -161,10 +166,15 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             Seed of fine-tuning and of the density ratios' subsamples (default: the model's).
         finetune_options
             Other :class:`~scconcerto.train.TrainConfig` fields for fine-tuning (``lr``, ``batch_size``...).
+        copy
+            Map a copy of ``adata`` and return it, leaving ``adata`` untouched (keyword only).
 
         Returns
         -------
-        MappingResult
+        MappingResult or AnnData
+            The result (``adata`` holds it too); with ``copy=True``, the mapped copy. The model's
+            fingerprint (:attr:`~scconcerto.Concerto.model_id`) is recorded in
+            ``uns['scconcerto_mapping']['model_id']``.
         """
         self._require_reference()
         if not isinstance(adata, ad.AnnData):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ import torch
 from .. import __version__
 from .._errors import InputError, ModelFileError
 from ..data import DataSetup, label_codes, prepare_cells, setup_reference
+from ..data.readers import PROTEIN_KEY, from_mudata, is_mudata
 from ..data.setup import PreparedCells
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
@@ -54,7 +56,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     Parameters
     ----------
     adata
-        Reference cells: raw counts (or log-normalized values) in ``X`` or ``layer``.
+        Reference cells: raw counts (or log-normalized values) in ``X`` or ``layer``. A MuData is read
+        as its RNA modality with the protein modality in ``obsm['protein']`` (the default ``protein_key``
+        then; see :func:`scconcerto.data.readers.from_mudata`).
     batch_key
         ``obs`` column of the source of each cell (domain-specific BN per source).
     label_key
@@ -87,9 +91,13 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                  protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
                  dim: int = 128, out_dim: int = 128, dropout: float = 0.3, protein_norm: str = "clr",
                  seed: int = 0):
+        if is_mudata(adata):  # RNA + protein modalities: one AnnData with the proteins in obsm['protein']
+            adata = from_mudata(adata)
+            if protein_key is None and PROTEIN_KEY in adata.obsm:
+                protein_key = PROTEIN_KEY
         if not isinstance(adata, ad.AnnData):
-            raise InputError(f"Concerto needs an AnnData, got {type(adata).__name__}. Read files with "
-                             "`scconcerto.read` or `anndata.read_h5ad`.")
+            raise InputError(f"Concerto needs an AnnData (or a MuData), got {type(adata).__name__}. Read files "
+                             "with `scconcerto.read` (.h5ad, .h5mu) or `anndata.read_h5ad`.")
         check_seed(seed)
         setup = setup_reference(adata, batch_key=batch_key, label_key=label_key, protein_key=protein_key,
                                 layer=layer, hvg=hvg, protein_norm=protein_norm)
@@ -114,12 +122,25 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def is_trained(self) -> bool:
         return self.train_config is not None
 
+    @property
+    def model_id(self) -> str:
+        """A fingerprint of the network's weights (16 hex digits of their SHA-256), the same after save and load.
+
+        Mapping and annotation record it in the query (``uns['scconcerto_mapping']['model_id']``), so that
+        plots and reports can check that a query is drawn on the reference it was mapped onto.
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.network.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
               seed: int | None = None, device: str = "auto",
-              progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
+              progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
 
@@ -156,7 +177,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         device
             ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress
-            Show a progress bar.
+            Draw a progress bar (standard error); ``None``: as ``scconcerto.settings.progress`` (a terminal or a
+            notebook; elsewhere one ``info`` log line per epoch).
         checkpoint_dir
             Write ``last.ckpt`` there every epoch; with ``resume=True`` continue from it.
         prepare_mapping

@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 
 from .._errors import InputError
-from .._keys import IMPUTED_PROTEIN_KEY, MAPPING_UNS, UNKNOWN_LABEL, pred_key, unknown_key
+from .._keys import IMPUTED_PROTEIN_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY, UNKNOWN_LABEL, pred_key, unknown_key
 from ._base import as_strings
 
 
@@ -40,6 +40,35 @@ def mapping_info(adata: ad.AnnData) -> dict[str, Any]:
     """``uns['scconcerto_mapping']`` as a plain dict (empty when absent)."""
     info = adata.uns.get(MAPPING_UNS, {})
     return dict(info) if isinstance(info, Mapping) else {}
+
+
+ANNOTATION_UNS = "scconcerto_annotation"
+
+
+def check_mapped_onto(adata: ad.AnnData, model: Any, require: bool = True) -> None:
+    """Fail clearly when ``adata`` was not mapped (or annotated) with ``model``.
+
+    Mapping and annotation record the model's fingerprint (``model_id``) in
+    ``uns['scconcerto_mapping']`` / ``uns['scconcerto_annotation']``; a record naming
+    another model is an error. With ``require``, a query holding neither record nor any mapping
+    output (``obs['<label>_pred']``, ``obsm['X_umap_ref']``) is an error too.
+    """
+    records = {key: adata.uns[key] for key in (MAPPING_UNS, ANNOTATION_UNS)
+               if isinstance(adata.uns.get(key), Mapping)}
+    if not records:
+        if require and not mapped_label_keys(adata) and REFERENCE_UMAP_KEY not in adata.obsm:
+            raise InputError("The query was never mapped: it has no `uns['scconcerto_mapping']` (nor an "
+                             "annotation record). Map it onto the reference first, e.g. `scconcerto map MODEL "
+                             "QUERY.h5ad --out mapped.h5ad`, and pass the mapped file.")
+        return
+    own = getattr(model, "model_id", None)
+    for key, record in records.items():
+        recorded = record.get("model_id")
+        if recorded is not None and own is not None and str(recorded) != own:
+            where = f" ({record['model']})" if record.get("model") else ""
+            raise InputError(f"The query was mapped onto another model{where}: `uns[{key!r}]['model_id']` is "
+                             f"{str(recorded)!r}, the model given has id {own!r}. Pass the model the query was "
+                             "mapped onto, or map the query onto this model first.")
 
 
 def _as_float(value: Any) -> float | None:

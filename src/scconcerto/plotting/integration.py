@@ -17,14 +17,17 @@ from ._base import (BACKGROUND, SaveArg, as_strings, categorical_legend, categor
 
 
 def umap_coords(embedding: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
-    """2-d UMAP of an embedding (scanpy neighbours + UMAP on a throwaway AnnData), ``(n, 2)`` float32."""
+    """2-d UMAP of an embedding (scanpy neighbours, searched by faiss, + UMAP on a throwaway AnnData), ``(n, 2)``."""
     import scanpy as sc
+
+    from ..tools.knn_graph import FaissKNNTransformer
 
     x = np.ascontiguousarray(embedding, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] < 3:
         raise InputError(f"Need a (cells x dims) embedding of at least 3 cells for a UMAP, got shape {x.shape}.")
     tmp = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(x.shape[0]).astype(str)), obsm={"X_rep": x})
-    sc.pp.neighbors(tmp, n_neighbors=min(n_neighbors, x.shape[0] - 1), use_rep="X_rep", random_state=seed)
+    k = min(n_neighbors, x.shape[0] - 1)
+    sc.pp.neighbors(tmp, use_rep="X_rep", random_state=seed, transformer=FaissKNNTransformer(k, "euclidean"))
     sc.tl.umap(tmp, random_state=seed)
     return np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
 

@@ -14,7 +14,7 @@ from .._keys import REFERENCE_UMAP_KEY, UNKNOWN_LABEL, confidence_key
 from ._base import (BACKGROUND, SaveArg, as_strings, categorical_legend, category_colors, clean_embedding_axes,
                     finish, new_axes, point_size, subsample)
 from ..model._reference import UMAP_EXTRA
-from ._mapped import mapped_label_keys, predicted_labels, require_obs
+from ._mapped import check_mapped_onto, mapped_label_keys, predicted_labels, require_obs
 
 if TYPE_CHECKING:
     from ..model import Concerto
@@ -98,6 +98,8 @@ def mapping_umap(query: ad.AnnData, model: "Concerto | None" = None,
     if basis not in query.obsm:
         raise InputError(f"The query has no `obsm[{basis!r}]` (its place on the reference UMAP; keys: "
                          f"{list(query.obsm)}). Map it first (`scconcerto map`), or pass basis=.")
+    if model is not None and reference_coords is None:
+        check_mapped_onto(query, model, require=False)  # never draw a query on a reference it was not mapped onto
     q_xy = np.asarray(query.obsm[basis], dtype=np.float32)[:, :2]
     ref_xy = reference_coords if reference_coords is not None else (
         reference_umap_coords(model) if model is not None else None)

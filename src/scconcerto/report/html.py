@@ -21,7 +21,7 @@ from .. import plotting as pl
 from .._errors import InputError
 from .._io import check_output, write_atomic_file
 from .._keys import EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, REFERENCE_UMAP_KEY
-from ..plotting._mapped import imputed_protein, mapped_label_keys, predicted_labels
+from ..plotting._mapped import check_mapped_onto, imputed_protein, mapped_label_keys, predicted_labels
 from ..model._reference import RNA_EMBEDDING_EXTRA, UMAP_EXTRA
 from ..plotting.mapping import reference_labels
 from . import _facts as facts
@@ -181,6 +181,7 @@ def mapping_report(query: ad.AnnData, model: "Concerto", path: str | Path, label
     check_output(path, overwrite)
     if model.reference is None:
         raise InputError("The model has no stored reference (it was never trained): train it before reporting.")
+    check_mapped_onto(query, model)
     mapped = mapped_label_keys(query)
     keys = list(label_keys) if label_keys is not None else [k for k in model.setup.labels if k in mapped]
     missing = [k for k in keys if k not in mapped]

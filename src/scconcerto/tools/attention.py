@@ -331,6 +331,8 @@ def expression_markers(adata: ad.AnnData, groupby: str, n_top: int = 20, genes: 
 
     Counts are normalized to 10,000 per cell (totals over all genes) and
     ``log1p``-transformed first; log-normalized values are used as they are.
+    Groups of fewer than two cells cannot be tested: they are left out of the
+    result, with a warning.
 
     Parameters
     ----------
@@ -352,6 +354,14 @@ def expression_markers(adata: ad.AnnData, groupby: str, n_top: int = 20, genes: 
     from ..data.preprocess import cell_totals, csr_rows, detect_input_kind, normalize_values
 
     codes, group_names = group_codes(adata, groupby)
+    sizes = np.bincount(codes[codes >= 0], minlength=len(group_names))
+    small = [g for g, n in zip(group_names, sizes) if 0 < n < 2]
+    if small:
+        log.warning("Expression markers: groups %s have too few cells (fewer than 2) for a rank-sum test; "
+                    "they are left out.", small)
+        codes = np.where(np.isin(codes, np.flatnonzero((sizes > 0) & (sizes < 2))), -1, codes)
+    if not (sizes >= 2).any():
+        raise InputError(f"No group of obs[{groupby!r}] has two cells or more: there is nothing to rank.")
     if layer is not None and layer not in adata.layers:
         raise InputError(f"Layer {layer!r} is not in the AnnData (layers: {list(adata.layers)}).")
     matrix = csr_rows(adata.layers[layer] if layer is not None else adata.X)
@@ -431,7 +441,9 @@ def attention_marker_agreement(adata: ad.AnnData, groupby: str | None = None, at
     n_universe = len(universe)
     rows = []
     for g, top_att in attended.items():
-        top_expr = expressed.get(g, [])
+        if g not in expressed:  # a group expression markers could not rank (too few cells)
+            continue
+        top_expr = expressed[g]
         shared = [x for x in top_att if x in set(top_expr)]
         expected = len(top_att) * len(top_expr) / max(n_universe, 1)
         rows.append({"group": g, "n_attention": len(top_att), "n_expression": len(top_expr),

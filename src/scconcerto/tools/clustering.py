@@ -1,7 +1,8 @@
 """Leiden clustering of an embedding's kNN graph (scanpy + leidenalg), with a resolution sweep.
 
 The neighbour graph is built once (``scanpy.pp.neighbors`` on the embedding,
-cosine distance since Concerto embeddings lie on the unit sphere); Leiden
+cosine distance since Concerto embeddings lie on the unit sphere, with the
+neighbours searched by faiss: :class:`~scconcerto.tools.knn_graph.FaissKNNTransformer`); Leiden
 (``scanpy.tl.leiden``, leidenalg flavour) then runs once per resolution. The
 sweep scores each resolution by the silhouette of its clusters in the
 embedding (:func:`scconcerto.metrics.silhouette_label`, raw scale ``[-1, 1]``,
@@ -19,6 +20,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._copy import with_copy
 from .._errors import InputError
 
 __all__ = ["LeidenSweep", "cluster", "leiden", "leiden_sweep", "neighbor_graph", "DEFAULT_SWEEP"]
@@ -40,11 +42,13 @@ def neighbor_graph(embedding: np.ndarray, n_neighbors: int = 15, metric: str = "
     n_neighbors
         Neighbours per cell.
     metric
-        Distance of the neighbour search (any ``scanpy.pp.neighbors`` metric).
+        Distance of the neighbour search: ``"cosine"`` or ``"euclidean"``.
     seed
-        Random state of the (approximate) neighbour search.
+        Recorded with the graph (the faiss search is deterministic).
     """
     import scanpy as sc
+
+    from .knn_graph import METRICS, FaissKNNTransformer
 
     x = np.asarray(embedding)
     if x.ndim != 2 or x.shape[1] == 0:
@@ -53,12 +57,15 @@ def neighbor_graph(embedding: np.ndarray, n_neighbors: int = 15, metric: str = "
         raise InputError("The embedding must be numeric and finite (it holds NaN, infinite or non-numeric values).")
     if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 2:
         raise InputError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not supported; use one of {METRICS}.")
     if x.shape[0] <= n_neighbors:
         raise InputError(f"{x.shape[0]} cells are too few for n_neighbors={n_neighbors}; use fewer neighbours "
                          f"(at most {max(x.shape[0] - 1, 0)}).")
     graph = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(x.shape[0]).astype(str)),
                        obsm={_REP: np.ascontiguousarray(x, dtype=np.float32)})
-    sc.pp.neighbors(graph, n_neighbors=int(n_neighbors), use_rep=_REP, metric=metric, random_state=seed)
+    sc.pp.neighbors(graph, use_rep=_REP, metric=metric, random_state=seed,
+                    transformer=FaissKNNTransformer(int(n_neighbors), metric))
     return graph
 
 
@@ -178,6 +185,7 @@ def leiden_sweep(embedding: np.ndarray, resolutions: Sequence[float] = DEFAULT_S
     return LeidenSweep(table=table, clusters=clusters, best_resolution=best)
 
 
+@with_copy()
 def cluster(adata: ad.AnnData, resolution: float | None = 1.0, use_rep: str = "X_concerto",
             sweep: Sequence[float] | None = None, n_neighbors: int = 15, metric: str = "cosine",
             key_added: str = "leiden", max_cells: int | None = 10_000, seed: int = 0) -> LeidenSweep | None:
@@ -196,11 +204,13 @@ def cluster(adata: ad.AnnData, resolution: float | None = 1.0, use_rep: str = "X
         clusters in ``obs['<key_added>_<resolution>']``.
     n_neighbors, metric, max_cells, seed
         See :func:`leiden_sweep`.
+    copy
+        Cluster a copy of ``adata`` and return it (keyword only; ``adata`` is untouched).
 
     Returns
     -------
-    LeidenSweep or None
-        The sweep, when one was asked for.
+    LeidenSweep, AnnData or None
+        The sweep, when one was asked for; with ``copy=True``, the clustered copy.
     """
     if use_rep not in adata.obsm:
         raise InputError(f"`obsm[{use_rep!r}]` is not in the AnnData (keys: {list(adata.obsm)}). Embed the cells "

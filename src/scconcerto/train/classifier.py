@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .._ragged import CellBatch
+from .._settings import quiet_third_party
 from ..data.cells import CellMatrix
 from ..data.sampling import source_batches
 from ..nn.consistency import consistency_loss
 from ..nn.heads import TeacherClassifier
 from .plan import CellBatchDataset, _unbatched
+from .progress import progress_callbacks
 from .runner import _ACCELERATORS, resolve_device
 
 log = logging.getLogger("scconcerto")
@@ -85,7 +87,7 @@ class ClassifierConfig:
     device: str = "auto"
     precision: str = "32-true"
     num_workers: int = 0
-    progress: bool = True
+    progress: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,11 +233,13 @@ def fit_classifier_network(classifier: TeacherClassifier, source: CellMatrix, so
     weight = class_weights(labels[source_rows], classifier.n_classes) if config.class_balanced else None
     plan = ClassifierPlan(classifier, labels, config, steps, weight)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    show_bar, callbacks = progress_callbacks(config.progress, "fine-tuning")
     trainer = L.Trainer(max_epochs=config.epochs, accelerator=_ACCELERATORS.get(config.device, config.device),
                         devices=1, precision=config.precision, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=config.progress, enable_model_summary=False,
+                        enable_progress_bar=show_bar, enable_model_summary=False, callbacks=callbacks,
                         use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=os.getcwd())
-    trainer.fit(plan, train_dataloaders=loaders)
+    with quiet_third_party():
+        trainer.fit(plan, train_dataloaders=loaders)
     classifier.cpu()
     recalibrate_norms(classifier, source, np.asarray(source_rows), device=config.device)
     if target is not None:

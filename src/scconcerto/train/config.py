@@ -64,7 +64,8 @@ class TrainConfig:
         DataLoader workers assembling mini-batches; ``None``: up to 4 (pinned memory) when
         training on a GPU with the data in memory, else 0 (on CPUs the cores run the model).
     progress
-        Show a progress bar.
+        Draw a progress bar (on standard error); ``None``: as ``scconcerto.settings.progress``
+        (by default only on a terminal or in a notebook; otherwise one ``info`` log line per epoch).
     """
 
     epochs: int = 10
@@ -85,7 +86,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -32,6 +31,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from .._errors import InputError
 from .._hardware import resolve_device
+from .._settings import quiet_third_party
 from .._ragged import CellBatch
 from ..data.backed import prefetch, release_freed_memory
 from ..data.cells import CellMatrix
@@ -39,6 +39,7 @@ from ..nn import ConcertoNetwork
 from .checkpoints import RunRecord, SafeCheckpointIO, check_resumable
 from .config import TrainConfig, check_settings
 from .plan import ContrastivePlan, CpuThreads
+from .progress import progress_callbacks
 
 log = logging.getLogger("scconcerto")
 
@@ -117,20 +118,21 @@ def fit(network: ConcertoNetwork, cells: CellMatrix, config: TrainConfig, checkp
         elif resume:
             log.warning("No checkpoint in %s yet: training from the first epoch.", checkpoint_dir)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    show_bar, shown = progress_callbacks(config.progress, "training")
+    callbacks += shown
     devices, num_nodes = _layout(config)
     try:
         trainer = L.Trainer(max_epochs=config.epochs, accelerator=_ACCELERATORS.get(config.device, config.device),
                             devices=devices, num_nodes=num_nodes, strategy=_strategy(config),
                             precision=config.precision, logger=False, enable_checkpointing=checkpoint_dir is not None,
-                            callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
+                            callbacks=callbacks, enable_progress_bar=show_bar, enable_model_summary=False,
                             use_distributed_sampler=False, deterministic=False, num_sanity_val_steps=0,
                             accumulate_grad_batches=accumulate_grad_batches, plugins=plugins or None,
                             default_root_dir=str(checkpoint_dir) if checkpoint_dir else os.getcwd())
     except (ValueError, MisconfigurationException) as exc:
         raise InputError(f"Lightning refused the training settings: {exc}") from exc
     ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")  # our length is exact
+    with quiet_third_party():  # e.g. the IterableDataset length warning: our length is exact
         try:
             trainer.fit(plan, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit:
