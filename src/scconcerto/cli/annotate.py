@@ -51,6 +51,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=None, help="unlabeled target .h5ad for domain adaptation (consistency loss)")
     p.add_argument("--target-batch-key", default=None,
                    help="obs column of the target's sources (default: the batch key, if the target has it)")
+    p.add_argument("--target-species", choices=["human", "mouse"], default=None,
+                   help="the target's species when it is not the reference's: genes matched by 1:1 orthologs")
     p.add_argument("--consistency-weight", type=float, default=1.0, help="weight of the target consistency loss")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the labeled data / target must have")
@@ -75,6 +77,8 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
                         "similarity for knn, a typicality (0-1) for combined (default: the model's, chosen on "
                         "held-out labeled cells)")
     p.add_argument("--min-overlap", type=float, default=0.5, help="smallest fraction of the model's genes required")
+    p.add_argument("--query-species", choices=["human", "mouse"], default=None,
+                   help="the data's species when it is not the model's: genes matched by 1:1 orthologs")
     add_runtime(p)
     p.set_defaults(func=run_predict)
 
@@ -116,6 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_key = "__setup__"
     model.fit_classifier(adata, label_key=args.label_key, target=target, pretrain=True, batch_key=batch_key,
                          target_batch_key=args.target_batch_key or "__setup__", min_overlap=args.min_overlap,
+                         target_species=args.target_species,
                          consistency_weight=args.consistency_weight, pretrain_epochs=args.pretrain_epochs,
                          seed=args.seed, **_fit_kwargs(args))
     model.save(args.out, overwrite=args.overwrite)
@@ -141,7 +146,7 @@ def run_predict(args: argparse.Namespace) -> int:
     result = model.predict(adata, batch_key=args.batch_key, reject=args.reject,
                            unknown_threshold=args.unknown_threshold, unknown_score=args.unknown_score,
                            batch_size=args.batch_size or 1024,
-                           device=args.device, min_overlap=args.min_overlap)
+                           device=args.device, min_overlap=args.min_overlap, query_species=args.query_species)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     counts = adata.obs[pred_key(result.label_key)].value_counts()
     print(json.dumps({"wrote": args.out, "cells": int(adata.n_obs), "label_key": result.label_key,

@@ -187,7 +187,7 @@ class AnnotationMixin:
                        unknown_score: str = "combined", knn_k: int = 10, feature_bank_size: int = 20_000,
                        head_dropout: float = 0.0, batch_key: str | None = "__setup__",
                        target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                       pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
+                       target_species: str | None = None, pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
                        progress: bool = True, **kwargs: Any) -> "AnnotationMixin":
         """Fine-tune a cell-type classifier on the teacher; calibrate it and set the unknown threshold.
 
@@ -234,6 +234,9 @@ class AnnotationMixin:
             Target cells without the column form one source named ``"target"``.
         min_overlap
             Smallest fraction of the model's genes the data must have.
+        target_species
+            ``"human"`` or ``"mouse"`` when the target is of another species than the model (genes matched
+            by 1:1 orthologs, :mod:`scconcerto.data.genes`); predict it with the same ``query_species``.
         pretrain_epochs
             Epochs of the contrastive pre-training, when it has to run.
         seed
@@ -277,7 +280,8 @@ class AnnotationMixin:
             _source_names(data, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE), domains, grow=True)
         target_cells, target_names, target_overlap = None, [], None
         if target is not None:
-            prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target")
+            prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target",
+                                     query_species=target_species)
             names = _source_names(target, target_batch_key, self.setup.batch_key, [], TARGET_SOURCE)
             target_names = sorted(pd.unique(names).tolist())
             clash = sorted(set(target_names) & set(domains))
@@ -381,18 +385,20 @@ class AnnotationMixin:
         return cfg
 
     def predict_logits(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
-                       device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP) -> np.ndarray:
+                       device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                       query_species: str | None = None) -> np.ndarray:
         """Uncalibrated classifier logits ``(n_cells, n_classes)``; sets ``model.last_alignment``.
 
         Cells of a source the classifier was trained on (labeled or target) use its batch-norm
         statistics; cells of other sources get AdaBN statistics estimated on themselves.
         """
-        return self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)[0]
+        return self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap, query_species)[0]
 
     def _classifier_outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
-                            min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+                            min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         cfg = self._require_classifier()
-        prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data")
+        prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data",
+                                 query_species=query_species)
         self.last_alignment = prepared.alignment
         domains = list(cfg["domains"])
         names = _source_names(adata, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE)
@@ -404,8 +410,8 @@ class AnnotationMixin:
 
     def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
                 unknown_threshold: float | None = None, unknown_score: str | None = None, inplace: bool = True,
-                batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP
-                ) -> AnnotationPrediction:
+                batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                query_species: str | None = None) -> AnnotationPrediction:
         """Predict cell types with the fine-tuned classifier.
 
         With ``inplace`` (default) writes, for the classifier's label ``L``:
@@ -431,12 +437,16 @@ class AnnotationMixin:
             Write the results into ``adata``.
         batch_size, device, min_overlap
             Inference settings; smallest fraction of the model's genes the data must have.
+        query_species
+            ``"human"`` or ``"mouse"`` when the data is of another species than the model: genes are
+            matched by 1:1 orthologs. Ensembl ids, versions and letter case are harmonised either way;
+            the genes matched by each rule are in ``gene_overlap``.
         """
         cfg = self._require_classifier()
         score = cfg["unknown_score"] if unknown_score is None else unknown_score
         if score not in UNKNOWN_SCORES:
             raise InputError(f"unknown_score must be one of {UNKNOWN_SCORES}, got {score!r}.")
-        logits, features = self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)
+        logits, features = self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap, query_species)
         classes = list(cfg["classes"])
         proba = scaled_probabilities(logits, cfg["temperature"])
         confidence = proba.max(axis=1)

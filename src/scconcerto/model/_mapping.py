@@ -103,7 +103,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                   impute_k: int = DEFAULT_IMPUTE_K, place: bool = True,
                   min_overlap: float = DEFAULT_MIN_OVERLAP, batch_size: int = 1024, device: str = "auto",
                   seed: int | None = None, finetune_options: dict | None = None,
-                  label_shift: bool = True, adjust_proportions: bool = False) -> MappingResult:
+                  label_shift: bool = True, adjust_proportions: bool = False,
+                  query_species: str | None = None) -> MappingResult:
         """Map query cells onto the reference and annotate ``adata`` in place.
 
         Writes ``obsm['X_concerto']`` (query embedding in the reference space);
@@ -158,6 +159,11 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             Place the query on the reference UMAP (computed and stored on first use).
         min_overlap
             Minimum fraction of the model's genes the query must have.
+        query_species
+            ``"human"`` or ``"mouse"`` when the query is of another species than the model: genes are
+            matched through 1:1 orthologs (:mod:`scconcerto.data.genes`). ``None``: the model's species.
+            Either way Ensembl ids, versions and letter case are harmonised, and the genes matched by each
+            rule are in ``uns['scconcerto_mapping']['gene_overlap']``.
         batch_size, device
             Inference settings.
         seed
@@ -202,7 +208,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         shift_info: dict[str, Any] = {}
         embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, finetune_epochs, min_overlap,
                                                        batch_size, device, seed, finetune_options, timings,
-                                                       label_shift=label_shift, k=k, index=index, info=shift_info)
+                                                       label_shift=label_shift, k=k, index=index, info=shift_info,
+                                                       query_species=query_species)
 
         # -- neighbours in the reference
         t0 = time.perf_counter()
