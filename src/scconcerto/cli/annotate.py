@@ -128,7 +128,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(json.dumps({"model": args.out, "label_key": s["label_key"], "classes": s["classes"],
                       "train_cells": s["n_train"], "validation_cells": s["n_validation"],
                       "target_cells": s["n_target"], "gene_overlap": s["gene_overlap"],
-                      "target_gene_overlap": s.get("target_gene_overlap"),
+                      "target_gene_overlap": s.get("target_gene_overlap"), "adaptation": s.get("adaptation"),
                       "temperature": round(s["temperature"], 4), "unknown_score": s["unknown_score"],
                       "unknown_thresholds": s["thresholds"],
                       "validation": s["calibration"], "train_seconds": round(s["train_seconds"], 1)}))
