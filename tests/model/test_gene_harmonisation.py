@@ -90,3 +90,16 @@ def test_map_and_annotate_predict_take_query_species(named, model, tmp_path, cap
     assert main(["map", str(tmp_path / "model"), str(tmp_path / "mouse.h5ad"), "--out", str(tmp_path / "x.h5ad"),
                  "--device", "cpu"]) == 2
     assert "--query-species mouse" in capsys.readouterr().err
+
+
+def test_annotate_train_adapts_to_a_mouse_target_and_reports_the_guard(named, model, tmp_path, capsys):
+    ref, query, names = named
+    model.save(tmp_path / "model")
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    _renamed(query, names["mouse"].to_numpy()).write_h5ad(tmp_path / "mouse.h5ad")
+    assert main(["annotate", "train", str(tmp_path / "ref.h5ad"), "--pretrained", str(tmp_path / "model"),
+                 "--label-key", "cell_type", "--target", str(tmp_path / "mouse.h5ad"), "--target-species", "mouse",
+                 "--epochs", "2", "--out", str(tmp_path / "clf"), "--device", "cpu", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["target_gene_overlap"]["matched_by"] == {"ortholog": 300}
+    assert {"collapsed", "effective_classes_adapted", "effective_classes_plain"} <= set(printed["adaptation"])
