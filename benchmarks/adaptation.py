@@ -16,8 +16,10 @@ Usage::
 
     python -m benchmarks.adaptation --data-dir ../shared/data --seeds 0,1,2 --out benchmarks/ADAPTATION.md
 
-``--part development`` / ``--part test`` run one half (rows in ``OUT.development.csv`` /
-``OUT.test.csv``, e.g. in two processes at once), ``--part report`` writes the report from both files.
+``--part development`` / ``--part test`` run one half (rows in ``OUT.development*.csv`` /
+``OUT.test*.csv``), ``--only NAMES`` only these tasks (comma-separated; rows in
+``OUT.<part>.<NAME>.csv``), so that parts run in separate processes at once; ``--part report`` writes the
+report from all those files.
 
 Budget (a 2-core shared machine): ``--pretrain-epochs`` and ``--epochs`` (classifier) fix the training
 length for every task (defaults 20 and 10, below the package defaults; said in the report).
@@ -194,6 +196,16 @@ def render(dev: pd.DataFrame, test: pd.DataFrame | None, args: argparse.Namespac
     return "\n".join(lines)
 
 
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _gather(out: Path, part: str) -> pd.DataFrame | None:
+    """All rows written for ``part`` (one or several files)."""
+    files = sorted(out.parent.glob(f"{out.stem}.{part}*.csv"))
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.adaptation", description=__doc__.splitlines()[0])
@@ -202,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--part", choices=["all", "development", "test", "report"], default="all")
+    p.add_argument("--only", default=None, help="run only the tasks of these names (comma-separated)")
     p.add_argument("--out", type=Path, required=True, help="markdown report to write")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -212,16 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.part not in ("all", part):
             continue
         rows: list[dict] = []
+        suffix = f".{part}.{_slug(args.only)}.csv" if args.only else f".{part}.csv"
         for name, ref, target, species in tasks(args.data_dir, development=part == "development"):
+            if args.only and name not in args.only.split(","):
+                continue
             for seed in seeds:
                 rows += run_task(name, ref, target, species, seed, WEIGHTS, args.pretrain_epochs, args.epochs)
-                pd.DataFrame(rows).to_csv(args.out.with_suffix(f".{part}.csv"), index=False)
+                pd.DataFrame(rows).to_csv(args.out.with_suffix(suffix), index=False)
     if args.part in ("all", "report"):
         from scconcerto._io import write_atomic_file
 
-        dev = pd.read_csv(args.out.with_suffix(".development.csv"))
-        test_path = args.out.with_suffix(".test.csv")
-        test = pd.read_csv(test_path) if test_path.exists() else None
+        dev, test = (_gather(args.out, part) for part in ("development", "test"))
         text = render(dev, test, args, argv)
         write_atomic_file(args.out, lambda path: path.write_text(text), overwrite=True)
         print(f"wrote {args.out}")
