@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
-from .genes import RULES, harmonize
+from .genes import harmonize
 
 log = logging.getLogger("scconcerto")
 
@@ -129,7 +129,7 @@ def _low_overlap_hint(vocab: pd.Index, names: pd.Index, what: str, query_species
     ref_style, q_style = _name_style(vocab), _name_style(names)
     ref_species, q_species = detect_species(vocab), detect_species(names)
     if query_species is None and ref_species and q_species and ref_species != q_species:
-        return (f" {what} looks like {q_species} genes and the model like {ref_species} genes: pass "
+        return (f" {what[:1].upper() + what[1:]} looks like {q_species} genes and the model like {ref_species} genes: pass "
                 f"query_species={q_species!r} (`--query-species {q_species}`) to match them by 1:1 orthologs.")
     converted = (" Human and mouse Ensembl ids (with or without version) were converted to symbols with the "
                  "shipped GENCODE tables.")
