@@ -199,10 +199,12 @@ class PreparedCells:
 
 def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__setup__",
                   batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                  use_protein: bool = True, what: str = "the data") -> PreparedCells:
+                  use_protein: bool = True, what: str = "the data", query_species: str | None = None
+                  ) -> PreparedCells:
     """Turn ``adata`` into a :class:`CellMatrix` in the model's space.
 
-    Genes are aligned by name; sources named like a reference source use its
+    Genes are aligned by name (harmonised; ``query_species``: the data's species when it is not
+    the model's, see :meth:`~scconcerto.data.GeneVocabulary.align`); sources named like a reference source use its
     statistics, other sources get new ids (listed in ``unseen_sources``) for AdaBN.
     Proteins are used if the data has the model's protein key.
     """
@@ -216,7 +218,8 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
     batch_key = setup.batch_key if batch_key == "__setup__" else batch_key
     matrix = expression_matrix(adata, layer)
     kind = detect_input_kind(stored_values(matrix), where=f"layers[{layer!r}]" if layer else "X")
-    alignment = setup.vocabulary.align(adata.var_names, min_overlap=min_overlap, what=what)
+    alignment = setup.vocabulary.align(adata.var_names, min_overlap=min_overlap, what=what,
+                                       query_species=query_species)
     totals = cell_totals(matrix)
     if batch_key is not None and batch_key in adata.obs:
         names = adata.obs[batch_key].astype(str).fillna("nan").to_numpy()

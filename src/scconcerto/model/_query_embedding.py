@@ -83,7 +83,7 @@ class QueryEmbeddingMixin:
     def _embed_query(self, adata: ad.AnnData, batch_key: str | None, use_protein: bool | str,
                      finetune_epochs: int, min_overlap: float, batch_size: int, device: str, seed: int,
                      finetune_options: dict | None, timings: dict[str, float], label_shift: bool = False,
-                     k: int = 5, index: str = "auto", info: dict | None = None
+                     k: int = 5, index: str = "auto", info: dict | None = None, query_species: str | None = None
                      ) -> tuple[np.ndarray, "PreparedCells", str]:
         """The query embedding in the reference space, its prepared cells, and the space (full / RNA-only)."""
         from ..train import embed_cells
@@ -102,7 +102,8 @@ class QueryEmbeddingMixin:
                     "the model was trained on (then save the model; `scconcerto map --reference`), or give the "
                     "query its proteins.")
             space = RNA_ONLY
-        prepared = self._prepare(adata, batch_key, min_overlap, what="the query", use_protein=with_protein)
+        prepared = self._prepare(adata, batch_key, min_overlap, what="the query", use_protein=with_protein,
+                                 query_species=query_species)
         # RNA-only cells and fine-tuned sources never use a reference source's statistics
         prepared, new_domains = _with_new_domains(prepared, len(self.setup.sources),
                                                   all_new=space == RNA_ONLY or finetune_epochs > 0)

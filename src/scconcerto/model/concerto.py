@@ -293,24 +293,28 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                 what: str = "the data", use_protein: bool = True) -> PreparedCells:
+                 what: str = "the data", use_protein: bool = True, query_species: str | None = None
+                 ) -> PreparedCells:
         if not isinstance(adata, ad.AnnData):
             raise InputError(f"Expected an AnnData, got {type(adata).__name__}.")
         return prepare_cells(adata, self.setup, batch_key=batch_key, min_overlap=min_overlap, what=what,
-                             use_protein=use_protein)
+                             use_protein=use_protein, query_species=query_species)
 
     def embed(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
-              device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP, use_protein: bool = True) -> np.ndarray:
+              device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP, use_protein: bool = True,
+              query_species: str | None = None) -> np.ndarray:
         """Embed cells with the teacher (eval mode, L2-normalized): ``(n_cells, out_dim)`` float32.
 
         Genes are aligned by name to the model's vocabulary. Cells of a source
         seen in training use its BN statistics; cells of other sources (or all
         cells, when ``adata`` lacks ``batch_key``) get AdaBN statistics estimated
-        on themselves, per source. The model itself is not changed.
+        on themselves, per source. The model itself is not changed. ``query_species``: the data's
+        species (``"human"`` / ``"mouse"``) when it is not the model's (genes matched by 1:1 orthologs).
         """
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive number of cells, got {batch_size!r}.")
-        prepared = self._prepare(adata, batch_key, min_overlap, what="the data", use_protein=use_protein)
+        prepared = self._prepare(adata, batch_key, min_overlap, what="the data", use_protein=use_protein,
+                                 query_species=query_species)
         adapt = sorted(set(prepared.cells.domains[prepared.cells.domains >= len(self.setup.sources)].tolist()))
         self.last_alignment = prepared.alignment
         return embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device,
