@@ -56,3 +56,24 @@ def test_large_references_fit_on_a_seeded_subset(monkeypatch):
     first, again = protein.fit_protein_background(values, seed=3), protein.fit_protein_background(values, seed=3)
     np.testing.assert_array_equal(first, again)
     assert 0.6 < first[0] < 1.8
+
+
+def test_views_hold_proteins_above_background_and_old_setups_every_value(sim_protein):
+    from scconcerto.data.setup import DataSetup, prepare_cells, setup_reference
+
+    setup = setup_reference(sim_protein, protein_key="protein")
+    assert len(setup.protein_background) == 6
+    rows = np.arange(50)
+    cells = prepare_cells(sim_protein, setup).cells
+    teacher = cells.batch(rows).teacher["protein"]
+    expected = cells.protein[rows] > np.asarray(setup.protein_background)
+    assert teacher.indices.numel() == expected.sum() < expected.size
+    # the values kept for imputation are not gated
+    assert (cells.protein[rows] > 0).all()
+    # a model saved before backgrounds were fitted keeps seeing every non-zero value
+    saved = setup.to_dict()
+    del saved["protein_background"]
+    old = prepare_cells(sim_protein, DataSetup.from_dict(saved)).cells
+    assert old.protein_background is None and old.batch(rows).teacher["protein"].indices.numel() == expected.size
+    unfitted = setup_reference(sim_protein, protein_key="protein", protein_background=False)
+    assert unfitted.protein_background == []
