@@ -90,6 +90,8 @@ FILES = {"cbmc_citeseq": "cbmc_citeseq/cbmc_citeseq.h5ad",
          "pbmcsca_dropseq_indrops": "pbmcsca_ding2020_subsets/pbmcsca_dropseq_indrops.h5ad",
          "pbmcsca_celseq2": "pbmcsca_ding2020_subsets/pbmcsca_celseq2.h5ad",
          "scclassify_pancreas_wang_xin": "scclassify_pancreas_wang_xin/scclassify_pancreas_wang_xin.h5ad"}
+#: The antibodies the "ubiquitous" variant adds: a pan-cell antibody and an isotype control.
+DECOYS = ["CD45", "IgG1"]
 VARIANTS = ["original", "background", "ubiquitous", "depth", "drop"]
 VARIANT_TEXT = {"original": "as shipped",
                 "background": "+ antibody-specific background (Poisson, mean 100-1000 counts) on every antibody",
@@ -133,7 +135,7 @@ def protein_variant(adata: ad.AnnData, name: str, seed: int = 0) -> ad.AnnData:
     elif name == "ubiquitous":
         capture = np.exp(rng.normal(0, 0.3, counts.shape[0]))
         counts = np.column_stack([counts, rng.poisson(2000 * capture), rng.poisson(50 * capture)])
-        names += ["CD45", "IgG1"]
+        names += DECOYS
     elif name == "depth":
         counts[rng.random(counts.shape[0]) < 0.5] *= 5
     elif name == "drop":
@@ -231,7 +233,10 @@ def proteins(data_dir: Path, seeds: list[int], log: Callable[[str], None]) -> tu
     for variant in VARIANTS:
         adata = protein_variant(base, variant)
         names = set(adata.uns["protein_names"])
-        expr = textbook_scores(clr_difference_order(adata), PROTEIN_MARKERS, names)
+        clr_order = clr_difference_order(adata)
+        expr = textbook_scores(clr_order, PROTEIN_MARKERS, names)
+        if variant == "ubiquitous":
+            expr["decoys"] = sum(bool(set(o[:3]) & set(DECOYS)) for o in clr_order.values())
         rows.append({"variant": variant, "background": "-", "ranking": "CLR mean difference", "seed": -1, **expr})
         for fitted in (True, False):
             for seed in seeds:
@@ -242,7 +247,10 @@ def proteins(data_dir: Path, seeds: list[int], log: Callable[[str], None]) -> tu
                 weights["uniform"] = uniform(weights["trained"])
                 for network, att in weights.items():
                     model = untrained if network == "untrained" else trained
-                    score = textbook_scores(attention_order(adata, att, "protein"), PROTEIN_MARKERS, names)
+                    order = attention_order(adata, att, "protein")
+                    score = textbook_scores(order, PROTEIN_MARKERS, names)
+                    if variant == "ubiquitous":  # types (of all labelled) with an added antibody in their top 3
+                        score["decoys"] = sum(bool(set(o[:3]) & set(DECOYS)) for o in order.values())
                     agree = scc.tl.attention_agreement(adata, "cell_type", model=model, attention=att,
                                                        modality="protein")
                     rows.append({"variant": variant, "background": "fitted" if fitted else "none",
@@ -285,7 +293,7 @@ def genes(data_dir: Path, seeds: list[int], log: Callable[[str], None]) -> tuple
                              "overlap": float(agree["overlap"].mean()), "expected": float(agree["expected"].mean())})
                 if network == "trained" and seed == seeds[0] and name in ("symphony_pbmc_3tech",
                                                                            "scclassify_pancreas_wang_xin"):
-                    details[name] = (scc.tl.attention_vs_expression(adata, "cell_type", attention=att, n_top=10),
+                    details[name] = (scc.tl.attention_vs_expression(adata, "cell_type", attention=att, n_top=20),
                                      agree, score["ranks"], expression["ranks"])
             log(f"  {name} seed {seed}: textbook marker in the top 10 for {rows[-3]['top10']:.2f} of types by "
                 f"trained attention, {rows[-2]['top10']:.2f} untrained, {expression['top10']:.2f} by expression "
@@ -315,6 +323,7 @@ def protein_report(rows: pd.DataFrame) -> str:
         out.append({"variant": variant, "background": background, "ranking": ranking,
                     "textbook protein in top 3": f"{_pm(part['top3'], '.2f')} of {int(part['n_types'].iloc[0])}",
                     "Spearman with CLR difference": _pm(part.get("spearman", pd.Series(dtype=float)), ".2f"),
+                    "types with CD45/IgG1 in their top 3": _pm(part.get("decoys", pd.Series(dtype=float)), ".1f"),
                     "15-NN macro-F1, RNA + protein": _pm(part.get("f1_full", pd.Series(dtype=float)), ".3f"),
                     "15-NN macro-F1, RNA only": _pm(part.get("f1_rna_only", pd.Series(dtype=float)), ".3f")})
     return _markdown(pd.DataFrame(out))
@@ -355,14 +364,16 @@ def detail_report(details: dict) -> list[str]:
             continue
         table, agree, att_ranks, expr_ranks = details[name]
         summary = agree[["group", "n_cells", "overlap", "spearman", "attention_only"]].copy()
-        summary.insert(2, "textbook rank, attention", summary["group"].map(att_ranks))
-        summary.insert(3, "textbook rank, Wilcoxon", summary["group"].map(expr_ranks))
+        for column, ranks in (("textbook rank, attention", att_ranks), ("textbook rank, Wilcoxon", expr_ranks)):
+            summary.insert(2 if "attention" in column else 3, column,
+                           [str(int(ranks[g])) if ranks.get(g) is not None else "-" for g in summary["group"]])
         only = table[table["found_by"] == "attention"]
         evidence = only.groupby("group").head(3)[["group", "feature", "attention_rank", "expression_rank",
                                                   "detection_in", "detection_out", "mean_in", "mean_out"]]
         lines += [f"### {name} ({role(name)}), trained network (seed 0): per type", "",
-                  "Top-20 overlap with the Wilcoxon ranking, Spearman over the genes compared, best rank of a "
-                  "textbook marker, and the genes attention puts in its top 20 that expression does not:", "",
+                  "Best rank of a textbook marker (`-`: none among the genes compared), top-20 overlap with the "
+                  "Wilcoxon ranking, Spearman over the genes compared, and the genes attention puts in its top 20 "
+                  "that expression does not:", "",
                   _markdown(summary.round(2)), "",
                   "The first three of those per type, with their expression evidence (detection: fraction of "
                   "cells with a count; mean: log-normalized):", "", _markdown(evidence.round(3)), ""]
