@@ -14,6 +14,7 @@ from .._errors import InputError
 from .backed import BackedCSR, is_backed_csr
 from .cells import CellMatrix
 from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
+from .protein import fit_protein_background
 from .vocabulary import DEFAULT_MIN_OVERLAP, GeneAlignment, GeneVocabulary
 
 DEFAULT_SOURCE = "all"
@@ -35,6 +36,9 @@ class DataSetup:
     labels: dict[str, list[str]] = field(default_factory=dict)
     proteins: list[str] = field(default_factory=list)
     protein_norm: str = "clr"
+    #: Per-protein background of the normalized values (:mod:`scconcerto.data.protein`); the model sees a
+    #: protein only above it. Empty: every non-zero value is seen (models saved before it was fitted).
+    protein_background: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,8 +141,12 @@ def _select_hvg(matrix: sp.csr_matrix, kind: InputKind, n_top: int, var_names: p
 
 def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
                     protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
-                    protein_norm: str = "clr") -> DataSetup:
-    """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories)."""
+                    protein_norm: str = "clr", protein_background: bool = True) -> DataSetup:
+    """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories).
+
+    With ``protein_background``, each protein's background level is fitted on the reference's
+    normalized values (:func:`~scconcerto.data.protein.fit_protein_background`).
+    """
     matrix = expression_matrix(adata, layer)
     where = f"layers[{layer!r}]" if layer else "X"
     if matrix.nnz == 0:
@@ -171,8 +179,11 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
         if not labels[key]:
             raise InputError(f"`obs[{key!r}]` holds no labels (all missing).")
     proteins: list[str] = []
+    background: list[float] = []
     if protein_key is not None:
-        _, proteins = protein_matrix(adata, protein_key)
+        raw, proteins = protein_matrix(adata, protein_key)
+        if protein_background:
+            background = fit_protein_background(normalize_protein(raw, protein_norm)).tolist()
     genes = names.tolist()
     if hvg is not None:
         if hvg < 2:
@@ -183,7 +194,7 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
         genes = _select_hvg(matrix, kind, hvg, names, batches)
     return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
                      protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,
-                     proteins=proteins, protein_norm=protein_norm)
+                     proteins=proteins, protein_norm=protein_norm, protein_background=background)
 
 
 @dataclass
@@ -243,7 +254,8 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
                              "names in `uns['protein_names']`, or drop the protein key to embed RNA only.")
         protein = normalize_protein(raw[:, pos], setup.protein_norm)
     col = None if alignment.is_identity else alignment.column_to_vocab
-    cells = CellMatrix(matrix, col, totals, kind, domains, protein)
+    background = np.asarray(setup.protein_background, dtype=np.float32) if setup.protein_background else None
+    cells = CellMatrix(matrix, col, totals, kind, domains, protein, protein_background=background)
     return PreparedCells(cells, alignment, [str(s) for s in uniq], unseen, kind)
 
 

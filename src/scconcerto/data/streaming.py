@@ -40,7 +40,8 @@ def load_window(cells: CellMatrix, window: list[tuple[int, int]]) -> CellMatrix:
     else:
         X = cells.X[rows]
     protein = cells.protein[rows] if cells.protein is not None else None
-    return CellMatrix(X, cells.column_to_vocab, cells.totals[rows], cells.kind, cells.domains[rows], protein)
+    return CellMatrix(X, cells.column_to_vocab, cells.totals[rows], cells.kind, cells.domains[rows], protein,
+                      protein_background=cells.protein_background)
 
 
 class StreamingBatches(torch.utils.data.IterableDataset):
@@ -148,7 +149,7 @@ def subset_cells(cells: CellMatrix, rows: np.ndarray) -> CellMatrix:
     """The in-memory cells ``rows`` of ``cells``."""
     protein = cells.protein[rows] if cells.protein is not None else None
     return CellMatrix(cells.X[rows], cells.column_to_vocab, cells.totals[rows], cells.kind, cells.domains[rows],
-                      protein)
+                      protein, protein_background=cells.protein_background)
 
 
 def concat_cells(first: CellMatrix, second: CellMatrix) -> CellMatrix:
@@ -158,4 +159,5 @@ def concat_cells(first: CellMatrix, second: CellMatrix) -> CellMatrix:
         protein = np.concatenate([first.protein, second.protein])
     return CellMatrix(sp.vstack([first.X, second.X], format="csr"), first.column_to_vocab,
                       np.concatenate([first.totals, second.totals]), first.kind,
-                      np.concatenate([first.domains, second.domains]), protein)
+                      np.concatenate([first.domains, second.domains]), protein,
+                      protein_background=first.protein_background)

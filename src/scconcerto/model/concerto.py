@@ -75,6 +75,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         Dropout rate before the output layers (the augmentation that makes the views).
     protein_norm
         ``"clr"`` or ``"log1p"``.
+    protein_background
+        Fit each protein's background on this reference (:mod:`scconcerto.data.protein`) and show the
+        network a protein only where a cell is above it, as a gene only where it is detected. ``False``:
+        every antibody count is seen (each antibody is then present in nearly every cell).
     seed
         Seed of the initial weights (and default training seed).
 
@@ -90,7 +94,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def __init__(self, adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
                  protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
                  dim: int = 128, out_dim: int = 128, dropout: float = 0.3, protein_norm: str = "clr",
-                 seed: int = 0):
+                 protein_background: bool = True, seed: int = 0):
         if is_mudata(adata):  # RNA + protein modalities: one AnnData with the proteins in obsm['protein']
             adata = from_mudata(adata)
             if protein_key is None and PROTEIN_KEY in adata.obsm:
@@ -100,7 +104,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                              "with `scconcerto.read` (.h5ad, .h5mu) or `anndata.read_h5ad`.")
         check_seed(seed)
         setup = setup_reference(adata, batch_key=batch_key, label_key=label_key, protein_key=protein_key,
-                                layer=layer, hvg=hvg, protein_norm=protein_norm)
+                                layer=layer, hvg=hvg, protein_norm=protein_norm,
+                                protein_background=protein_background)
         self._init(setup, {"dim": dim, "out_dim": out_dim, "dropout": dropout}, seed)
         self.adata = adata
 
