@@ -33,6 +33,21 @@ def test_row_reads_equal_the_in_memory_matrix(sim, sim_file):
     np.testing.assert_allclose(X.sum(axis=1).ravel(), np.asarray(sim.X.sum(axis=1)).ravel(), rtol=1e-6)
 
 
+def test_a_dense_selection_is_read_in_bounded_runs(sim, sim_file, monkeypatch):
+    """Every other row of the file is one run by the gap rule; it is read block by block instead, so no read
+    spans more than ``RUN_MAX_ROWS`` rows (memory follows the selection, not the file)."""
+    import scconcerto.data.backed as backed
+
+    monkeypatch.setattr(backed, "RUN_MAX_ROWS", 50, raising=False)
+    X = BackedCSR(read_backed(sim_file).X)
+    spans = []
+    read = X.read_rows
+    monkeypatch.setattr(X, "read_rows", lambda start, stop: spans.append(stop - start) or read(start, stop))
+    rows = np.random.default_rng(1).permutation(np.arange(0, sim.n_obs, 2))
+    assert (X[rows] != sim.X[rows]).nnz == 0
+    assert max(spans) <= 50 and sum(spans) < sim.n_obs
+
+
 def test_zarr_store_is_read_without_loading_x(sim, tmp_path):
     sim.write_zarr(tmp_path / "sim.zarr")
     backed = read_backed(tmp_path / "sim.zarr")
