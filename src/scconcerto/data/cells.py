@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -10,6 +11,9 @@ import scipy.sparse as sp
 from .._ragged import CellBatch, Ragged
 from .backed import BackedCSR
 from .preprocess import InputKind, normalize_values
+
+if TYPE_CHECKING:
+    from .positives import PositiveSearch
 
 
 def subsample_rows(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, max_len: int,
@@ -70,6 +74,10 @@ class CellMatrix:
         ``(n_cells, k)`` candidate positives per cell for training (see
         :mod:`scconcerto.data.positives`): the student view of a cell is drawn
         from one of them. ``None``: both views come from the cell itself (the paper).
+    positive_search
+        How positives are found among a set of cells
+        (:class:`~scconcerto.data.positives.PositiveSearch`): cells streamed from disk
+        search them in each window as it is read, instead of holding :attr:`positives`.
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -79,6 +87,7 @@ class CellMatrix:
     domains: np.ndarray
     protein: np.ndarray | None = None
     positives: np.ndarray | None = None
+    positive_search: PositiveSearch | None = None
 
     @property
     def n_cells(self) -> int:

@@ -11,7 +11,9 @@ random places of the file, every cell is seen once per epoch, each source gives
 ``ceil(n / batch_size)`` batches whatever the windows are, and at most a few
 windows are in memory: peak memory grows with ``chunk_size * window_chunks``,
 not with the number of cells. Under ``torch.distributed`` each rank reads only
-its own chunks."""
+its own chunks. With neighbour positives (``cells.positive_search``) each window's
+cells find theirs among the window (:class:`~scconcerto.data.positives.PositiveSearch`):
+the student view is a cell already read, so positives cost no extra reads."""
 
 from __future__ import annotations
 
@@ -111,6 +113,8 @@ class StreamingBatches(torch.utils.data.IterableDataset):
             rows = window_rows(window)
             if carry is not None:
                 local, rows = concat_cells(carry[0], local), np.concatenate([carry[1], rows])
+            if self.cells.positive_search is not None:  # neighbour positives among the window's cells
+                local.positives = self.cells.positive_search.among(rows, local.domains)
             rng = np.random.default_rng([self.seed, epoch, w_id, 2])
             if w_id == len(windows) - 1:  # last window: near-equal batches of what is left, nothing dropped
                 parts = source_batches(local.domains, self.batch_size, True, self.seed, epoch * 100_003 + w_id)
