@@ -202,3 +202,21 @@ def test_prefetch_forwards_errors_and_stops_early():
         if x == 3:
             break
     assert consumed == [0, 1, 2, 3]
+
+
+def test_streamed_batches_drop_the_teachers_proteins_as_in_memory(sim_protein, tmp_path):
+    """Modality dropout is part of the objective whatever the storage: with probability 1 every streamed
+    batch's teacher is RNA-only, with 0 none is (the student keeps its proteins)."""
+    path = tmp_path / "cite.h5ad"
+    sim_protein.write_h5ad(path)
+    backed = read_backed(path)
+    cells = prepare_cells(backed, setup_reference(backed, batch_key="batch", protein_key="protein")).cells
+    for rate, expected in ((1.0, False), (0.0, True)):
+        batches = list(StreamingBatches(cells, batch_size=64, max_genes=50, chunk_size=100, window_chunks=2,
+                                        modality_dropout=rate))
+        assert all(("protein" in b.teacher) == expected and "protein" in b.student for b in batches)
+    from scconcerto.train import TrainConfig
+    from scconcerto.train.plan import training_loader
+
+    loader = training_loader(cells, TrainConfig(batch_size=64, modality_dropout=1.0), chunk_size=100, window_chunks=2)
+    assert not any("protein" in b.teacher for b in loader)  # the training loader passes the setting on

@@ -54,8 +54,8 @@ class StreamingBatches(torch.utils.data.IterableDataset):
         The dataset (its ``X`` typically a :class:`~scconcerto.data.backed.BackedCSR`).
     batch_size
         Cells per batch.
-    max_genes, gene_dropout
-        Teacher-view augmentation (see :meth:`CellMatrix.batch`).
+    max_genes, gene_dropout, modality_dropout
+        Augmentation, as in memory (see :meth:`CellMatrix.batch`).
     seed
         Seeds the chunk order, the batches and the augmentation.
     chunk_size, window_chunks
@@ -68,12 +68,13 @@ class StreamingBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, cells: CellMatrix, batch_size: int, max_genes: int | None = None, gene_dropout: float = 0.0,
                  seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, window_chunks: int = DEFAULT_WINDOW_CHUNKS,
-                 num_replicas: int = 1, rank: int = 0, prefetch_batches: int = 4):
+                 num_replicas: int = 1, rank: int = 0, prefetch_batches: int = 4, modality_dropout: float = 0.0):
         super().__init__()
         self.cells = cells
         self.batch_size = batch_size
         self.max_genes = max_genes
         self.gene_dropout = gene_dropout
+        self.modality_dropout = modality_dropout
         self.seed = seed
         self.chunk_size = chunk_size
         self.window_chunks = window_chunks
@@ -125,7 +126,7 @@ class StreamingBatches(torch.utils.data.IterableDataset):
             for part in parts:
                 global_rows = rows[part]
                 aug = np.random.default_rng([self.seed, epoch, *global_rows[:4].tolist(), len(global_rows)])
-                batch = local.batch(part, self.max_genes, aug, self.gene_dropout)
+                batch = local.batch(part, self.max_genes, aug, self.gene_dropout, self.modality_dropout)
                 batch.rows = torch.from_numpy(global_rows)
                 yield batch
             del local
