@@ -355,7 +355,9 @@ def _make_params(
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical.from_codes(type_codes, categories=type_names),
-            "batch": pd.Categorical.from_codes(batch_codes, categories=batch_names),
+            # only the batches generated are categories (an empty one would trip per-batch tools)
+            "batch": pd.Categorical.from_codes(np.searchsorted(present, batch_codes),
+                                               categories=[batch_names[b] for b in present]),
         },
         index=pd.Index([f"{prefix}{i}" for i in range(n_cells)]),
     )
