@@ -13,7 +13,12 @@ windows are in memory: peak memory grows with ``chunk_size * window_chunks``,
 not with the number of cells. Under ``torch.distributed`` each rank reads only
 its own chunks. With neighbour positives (``cells.positive_search``) each window's
 cells find theirs among the window (:class:`~scconcerto.data.positives.PositiveSearch`):
-the student view is a cell already read, so positives cost no extra reads."""
+the student view is a cell already read, so positives cost no extra reads.
+
+A file that fits in one window (``chunk_size * window_chunks`` cells, one process)
+is the in-memory case: its cells are taken in row order and cut into the batches of
+:class:`~scconcerto.data.sampling.SourceBatchSampler`, with the same augmentation
+seeds, so training from disk and from memory is the same computation."""
 
 from __future__ import annotations
 
@@ -114,10 +119,17 @@ class StreamingBatches(torch.utils.data.IterableDataset):
             rows = window_rows(window)
             if carry is not None:
                 local, rows = concat_cells(carry[0], local), np.concatenate([carry[1], rows])
+            whole = len(windows) == 1 and len(rows) == self.cells.n_cells
+            if whole:  # every cell in one window: in row order, the in-memory sampler's batches follow
+                order = np.argsort(rows, kind="stable")
+                local, rows = subset_cells(local, order), rows[order]
             if self.cells.positive_search is not None:  # neighbour positives among the window's cells
                 local.positives = self.cells.positive_search.among(rows, local.domains)
             rng = np.random.default_rng([self.seed, epoch, w_id, 2])
-            if w_id == len(windows) - 1:  # last window: near-equal batches of what is left, nothing dropped
+            if whole:  # the batches of SourceBatchSampler: in memory and on disk train alike
+                parts = source_batches(local.domains, self.batch_size, True, self.seed, epoch)
+                carry = None
+            elif w_id == len(windows) - 1:  # last window: near-equal batches of what is left, nothing dropped
                 parts = source_batches(local.domains, self.batch_size, True, self.seed, epoch * 100_003 + w_id)
                 carry = None
             else:
@@ -125,7 +137,8 @@ class StreamingBatches(torch.utils.data.IterableDataset):
                 carry = (subset_cells(local, rest), rows[rest])
             for part in parts:
                 global_rows = rows[part]
-                aug = np.random.default_rng([self.seed, epoch, *global_rows[:4].tolist(), len(global_rows)])
+                # seeded by the batch's rows, as in memory (CellBatchDataset)
+                aug = np.random.default_rng([self.seed, *global_rows[:4].tolist(), len(global_rows)])
                 batch = local.batch(part, self.max_genes, aug, self.gene_dropout, self.modality_dropout)
                 batch.rows = torch.from_numpy(global_rows)
                 yield batch
