@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -11,6 +12,9 @@ from .._ragged import CellBatch, Ragged
 from .backed import BackedCSR
 from .preprocess import InputKind, normalize_values
 from .protein import above_background
+
+if TYPE_CHECKING:
+    from .positives import PositiveSearch
 
 
 def subsample_rows(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, max_len: int,
@@ -74,6 +78,10 @@ class CellMatrix:
     protein_background
         ``(n_proteins,)`` background level of each protein (:mod:`scconcerto.data.protein`): the
         network's views hold a protein only where it is above it. ``None``: every non-zero value.
+    positive_search
+        How positives are found among a set of cells
+        (:class:`~scconcerto.data.positives.PositiveSearch`): cells streamed from disk
+        search them in each window as it is read, instead of holding :attr:`positives`.
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -84,6 +92,7 @@ class CellMatrix:
     protein: np.ndarray | None = None
     positives: np.ndarray | None = None
     protein_background: np.ndarray | None = None
+    positive_search: PositiveSearch | None = None
 
     @property
     def n_cells(self) -> int:

@@ -167,7 +167,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         positive_neighbors
             Draw each cell's student view from one of its this many nearest cells of the same
             source (:mod:`scconcerto.data.positives`); ``0``: the paper's views of the cell itself.
-            Needs the matrix in memory (a backed reference trains with the paper's views).
+            A backed reference searches them among the cells of each streamed window (all its cells up
+            to 32,768), in the same expression sketch as an in-memory one.
         label_positives
             With label keys, neighbour positives share the cell's labels (the labels shape the
             embedding, as in scANVI); 25 % of the labeled cells (at most 5,000) are kept out of
@@ -211,10 +212,11 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                                    scaled=positive_neighbors > 0 and positive_space == "joint")
         label_positives, calibration_rows = self._attach_positives(prepared, labels, positive_neighbors,
                                                                    label_positives, seed)
+        self.extra_config["positive_pool_cells"] = _positive_pool(prepared.cells)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
-                             positive_neighbors=positive_neighbors if prepared.cells.positives is not None else 0,
+                             positive_neighbors=positive_neighbors if _has_positives(prepared.cells) else 0,
                              label_positives=label_positives,
                              positive_space=positive_space if self._scaled_cache is not None else "svd",
                              seed=seed, device=device, progress=progress, **kwargs)
@@ -239,7 +241,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def _fit_expression_space(self, prepared: PreparedCells, labels: dict[str, np.ndarray], seed: int,
                               scaled: bool = False) -> None:
         """The reference in a truncated-SVD space of its expression, and with ``scaled`` in its scaled
-        expression space too (in-memory references).
+        expression space too (fitted on a sample, projected block by block: in memory or on disk alike).
 
         The neighbour positives are searched there. The scaled space and the reference cells' coordinates
         in it are saved with the model (the ``scaled_expression*`` entries of ``reference.extra``): mapping's
@@ -248,7 +250,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         from ..data.positives import expression_space
 
         self._expression_cache = self._expression_loadings = self._scaled_cache = None
-        if prepared.cells.on_disk or prepared.cells.n_cells < 3:
+        if prepared.cells.n_cells < 3:
             return
         try:
             self._expression_cache, self._expression_loadings = expression_space(prepared.cells, seed=seed)
@@ -260,16 +262,15 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     def _attach_positives(self, prepared: PreparedCells, labels: dict[str, np.ndarray], k: int,
                           label_positives: bool, seed: int) -> tuple[bool, np.ndarray | None]:
-        """Set ``prepared.cells.positives`` (in-memory references).
+        """Set how the cells' neighbour positives are found: ``prepared.cells.positives`` searched among
+        all cells in memory, or ``prepared.cells.positive_search`` for the streamed windows of a backed
+        reference (:class:`~scconcerto.data.positives.PositiveSearch`, one search for both).
 
         Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
         """
-        from ..data.positives import joint_components, neighbor_positives
+        from ..data.positives import PositiveSearch, joint_components, neighbor_positives, positive_codes
 
         if k == 0:
-            return False, None
-        if prepared.cells.on_disk:
-            log.info("The reference is read from disk: training with the paper's views (no neighbour positives).")
             return False, None
         groups = calibration_rows = None
         if label_positives and self.setup.label_keys:
@@ -281,8 +282,16 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         components = self._expression_cache
         if components is not None and self._scaled_cache is not None:
             components = joint_components(components, self._scaled_cache[0])
-        prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups, open_rows=calibration_rows,
-                                                      seed=seed, components=components)
+        cells = prepared.cells
+        if components is None:  # e.g. a single expressed gene: nothing to search in
+            log.info("No expression sketch of the reference: training with the paper's views.")
+            return False, None
+        if cells.on_disk:  # searched window by window as the cells are streamed
+            cells.positive_search = PositiveSearch(k, components, positive_codes(cells.n_cells, groups,
+                                                                                 calibration_rows))
+        else:  # the same search, once, among all cells
+            cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
+                                                 components=components)
         return groups is not None, calibration_rows
 
     def _store_reference(self, prepared: PreparedCells, labels: dict[str, np.ndarray],
@@ -387,6 +396,21 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         s = self.setup
         return (f"Concerto({len(s.genes)} genes{f', {len(s.proteins)} proteins' if s.proteins else ''}, "
                 f"{len(s.sources)} sources, labels {list(s.labels)}, trained={self.is_trained})")
+
+
+def _has_positives(cells: Any) -> bool:
+    """Whether the training cells draw their student views from neighbour positives."""
+    return cells.positives is not None or cells.positive_search is not None
+
+
+def _positive_pool(cells: Any) -> int:
+    """How many cells a cell's neighbour positives are searched among: all cells in memory, a streamed
+    window's (at most) on disk; 0 without neighbour positives."""
+    from ..data.streaming import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW_CHUNKS
+
+    if not _has_positives(cells):
+        return 0
+    return cells.n_cells if not cells.on_disk else min(cells.n_cells, DEFAULT_CHUNK_SIZE * DEFAULT_WINDOW_CHUNKS)
 
 
 def _label_groups(codes: list[np.ndarray]) -> np.ndarray:

@@ -58,7 +58,8 @@ def training_loader(cells: CellMatrix, config: TrainConfig, num_replicas: int = 
     """
     if is_backed_csr(cells.X):
         stream = StreamingBatches(cells, config.batch_size, config.max_genes, config.gene_dropout, config.seed,
-                                  chunk_size, window_chunks, num_replicas, rank)
+                                  chunk_size, window_chunks, num_replicas, rank,
+                                  modality_dropout=config.modality_dropout)
         return torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_unbatched, num_workers=0)
     sampler = SourceBatchSampler(cells.domains, config.batch_size, shuffle=True, seed=config.seed,
                                  num_replicas=num_replicas, rank=rank)
