@@ -70,6 +70,9 @@ class CellMatrix:
         ``(n_cells, k)`` candidate positives per cell for training (see
         :mod:`scconcerto.data.positives`): the student view of a cell is drawn
         from one of them. ``None``: both views come from the cell itself (the paper).
+    balance_weights
+        ``(n_cells,)`` weight of each cell in the source-specific batch-normalization
+        statistics of training (:mod:`scconcerto.data.composition`); ``None``: equal weights.
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -79,6 +82,7 @@ class CellMatrix:
     domains: np.ndarray
     protein: np.ndarray | None = None
     positives: np.ndarray | None = None
+    balance_weights: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:

@@ -33,7 +33,10 @@ UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first ma
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
 CALIBRATION_EXTRA = "calibration_rows"
+#: The groups whose composition was balanced in training (labels or clusters), kept for query AdaBN.
+BALANCE_GROUPS_EXTRA = "balance_groups"
 POSITIVE_SPACES = ("joint", "svd")
+BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
 
 
 def default_epochs(n_cells: int) -> int:
@@ -116,7 +119,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
-              seed: int | None = None, device: str = "auto",
+              balance: str = "none", seed: int | None = None, device: str = "auto",
               progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
@@ -149,6 +152,13 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             similarity in the plain expression space (truncated SVD of the normalized values) and in
             the scaled one (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`, which then serves
             mapping too); ``"svd"``: the plain space alone (as models trained before the option).
+        balance
+            Take each source's batch-normalization statistics with weights that give every cell group
+            the same share in every source (:mod:`scconcerto.data.composition`), so that a source's
+            cell-type composition does not move its types: ``"labels"`` (groups of the label keys),
+            ``"clusters"`` (clusters found across sources; in-memory references), ``"auto"`` (labels
+            when given, else clusters) or ``"none"`` (plain per-source statistics). Only with several
+            sources; the groups are kept to balance query sources alike (AdaBN, fine-tuning).
         seed
             Training seed (default: the model's seed).
         device
@@ -175,19 +185,22 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
         if positive_space not in POSITIVE_SPACES:
             raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
+        if balance not in BALANCE_CHOICES:
+            raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
         seed = self.seed if seed is None else seed
         labels = label_codes(self.adata, self.setup)
         self._fit_expression_space(prepared, labels, seed,
                                    scaled=positive_neighbors > 0 and positive_space == "joint")
         label_positives, calibration_rows = self._attach_positives(prepared, labels, positive_neighbors,
                                                                    label_positives, seed)
+        balance_groups, balance = self._attach_balance(prepared, labels, balance, seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
                              positive_neighbors=positive_neighbors if prepared.cells.positives is not None else 0,
                              label_positives=label_positives,
                              positive_space=positive_space if self._scaled_cache is not None else "svd",
-                             seed=seed, device=device, progress=progress, **kwargs)
+                             balance=balance, seed=seed, device=device, progress=progress, **kwargs)
         start = time.perf_counter()
         self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
         from ..train.runner import is_global_zero, seeded_rng
@@ -200,6 +213,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
         self._store_reference(prepared, labels, calibration_rows)
+        if balance_groups is not None:
+            self.reference.extra[BALANCE_GROUPS_EXTRA] = balance_groups
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
@@ -256,6 +271,34 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups, open_rows=calibration_rows,
                                                       seed=seed, components=components)
         return groups is not None, calibration_rows
+
+    def _attach_balance(self, prepared: PreparedCells, labels: dict[str, np.ndarray], balance: str, seed: int
+                        ) -> tuple[np.ndarray | None, str]:
+        """Set ``prepared.cells.balance_weights`` for ``balance``; return the groups and what was balanced.
+
+        ``"auto"`` means labels when the model has label keys, else clusters; clusters need the
+        expression space of an in-memory reference (a reference on disk without labels is not balanced).
+        A single source has nothing to balance.
+        """
+        from ..data.composition import balance_groups, source_balance_weights
+
+        domains = prepared.cells.domains
+        if balance == "none" or len(np.unique(domains)) < 2:
+            return None, "none"
+        if balance == "auto":
+            balance = "labels" if self.setup.label_keys else "clusters"
+        if balance == "labels":
+            if not self.setup.label_keys:
+                raise InputError("balance='labels' needs label keys: pass label_key= to Concerto, or use "
+                                 "balance='clusters' (or 'auto').")
+            groups = _label_groups([labels[key] for key in self.setup.label_keys])
+        else:
+            if self._expression_cache is None:
+                log.info("No expression space (reference on disk): the sources' statistics are not balanced.")
+                return None, "none"
+            groups = balance_groups(self._expression_cache, domains, seed=seed)
+        prepared.cells.balance_weights = source_balance_weights(groups, domains)
+        return groups.astype(np.int64), balance
 
     def _store_reference(self, prepared: PreparedCells, labels: dict[str, np.ndarray],
                          calibration_rows: np.ndarray | None = None) -> None:
