@@ -36,6 +36,8 @@ log = logging.getLogger("benchmarks")
 DATASETS = ("symphony_pbmc_3tech", "kang_ifnb_pbmc_scgen", "cellbench_5cl_celseq2_3plates",
             "scclassify_pancreas_wang_xin", "pbmcsca_dropseq_indrops", "scmerge_mesc")
 METHODS = ("scconcerto", "pca", "harmony")
+#: Table column of each score's mean ± sd.
+SHOWN = {"acc": "LOO-batch 5-NN acc", "bio": "scib bio conservation", "batch": "scib batch correction"}
 #: Seeds per data set: ``ctx.seed`` and the next ones.
 N_SEEDS = 3
 K = 5
@@ -159,7 +161,7 @@ def summary_rows(name: str, adata: ad.AnnData, scores: dict[tuple[str, int], dic
         for metric in ("acc", "bio", "batch"):
             mean, sd = mean_sd([s.get(metric, np.nan) for s in mine])
             row[metric], row[f"{metric}_sd"] = mean, sd
-            row[f"{metric} (mean ± sd)"] = shown(mean, sd)
+            row[SHOWN[metric]] = shown(mean, sd)
         row["seconds"] = float(np.mean(seconds.get(method) or [np.nan]))
         rows.append(row)
     return rows
