@@ -10,8 +10,8 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 
 * **unsupervised** (every table): the model is trained on all cells without labels, one source per
   batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
-* **supervised** (the ``sources`` and ``genes`` tables): for each batch, the model is trained with
-  labels on the other batches and the held-out batch is mapped (``map_query``: AdaBN statistics for
+* **supervised** (the ``sources`` and ``genes`` tables, real data): for each batch, the model is trained
+  with labels on the other batches and the held-out batch is mapped (``map_query``: AdaBN statistics for
   its new source, balanced for its predicted composition); its cells are voted by their 5 nearest
   reference cells.
 
@@ -99,43 +99,42 @@ class Family:
     supervised: bool = False
 
 
+def _sweep(label: str, part: str, key: str, values: tuple) -> tuple[Variant, ...]:
+    """One variant per value of one setting (``part``: ``model``, ``net`` or ``train``)."""
+    shown = {None: "all", 0.0: "0"}
+    return tuple(Variant(f"{label} {shown.get(v, v)}", **{part: {key: v}}) for v in values)
+
+
 FAMILIES = {f.name: f for f in (
-    Family("views", "The views: neighbour positives, gene dropout, the teacher's gene cap, network dropout.",
-           (DEFAULT, Variant("positive_neighbors 0 (the paper's views)", train={"positive_neighbors": 0}),
-            Variant("positive_neighbors 30", train={"positive_neighbors": 30}),
-            Variant("gene_dropout 0", train={"gene_dropout": 0.0}),
-            Variant("gene_dropout 0.2", train={"gene_dropout": 0.2}),
-            Variant("gene_dropout 0.4", train={"gene_dropout": 0.4}),
-            Variant("max_genes all", train={"max_genes": None}),
-            Variant("max_genes 256", train={"max_genes": 256}),
-            Variant("dropout 0.1", net={"dropout": 0.1}),
-            Variant("dropout 0.5", net={"dropout": 0.5}))),
-    Family("sources", "Source normalization: one BN per source (DSBN), DSBN with balanced statistics, one BN.",
-           (DEFAULT, Variant("balanced (clusters)", train={"balance": "clusters"}),
-            Variant("balanced (labels)", train={"balance": "labels"}),
-            Variant("plain DSBN", train={"balance": "none"}),
+    Family("views", "The views: neighbour positives, gene dropout, the teacher's gene cap, network dropout "
+                    "(positive_neighbors 0: the paper's two views of the cell itself).",
+           (*_sweep("positive_neighbors", "train", "positive_neighbors", (0, 10, 30)),
+            *_sweep("gene_dropout", "train", "gene_dropout", (0.0, 0.2, 0.4)),
+            *_sweep("max_genes", "train", "max_genes", (256, 512, None)),
+            *_sweep("dropout", "net", "dropout", (0.1, 0.3, 0.5)))),
+    Family("sources", "Source normalization: one BN per source (DSBN) with plain or balanced statistics "
+                      "(:mod:`scconcerto.data.composition`), or one BN for all cells (no batch key).",
+           (Variant("DSBN, plain statistics", train={"balance": "none"}),
+            Variant("DSBN, balanced by clusters", train={"balance": "clusters"}),
+            Variant("DSBN, balanced by labels", train={"balance": "labels"}),
             Variant("one BN (no batch key)", model={"batch_key": None})),
            datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed"),
            supervised=True),
     Family("genes", "Gene selection: all genes against highly variable genes chosen on the reference.",
-           (DEFAULT, Variant("all genes", model={"hvg": None}), Variant("hvg 2000", model={"hvg": 2000}),
-            Variant("hvg 1000", model={"hvg": 1000})),
+           _sweep("hvg", "model", "hvg", (None, 2000, 1000)),
            datasets=(*REAL, "cellbench_5cl_celseq2_3plates", SIM), supervised=True),
-    Family("temperature", "NT-Xent temperature.",
-           (DEFAULT, Variant("temperature 0.05", train={"temperature": 0.05}),
-            Variant("temperature 0.1", train={"temperature": 0.1}),
-            Variant("temperature 0.2", train={"temperature": 0.2}),
-            Variant("temperature 0.5", train={"temperature": 0.5}))),
+    Family("temperature", "NT-Xent temperature.", _sweep("temperature", "train", "temperature", (0.05, 0.1, 0.2, 0.5))),
     Family("size", "Embedding and hidden widths.",
-           (DEFAULT, Variant("out_dim 64", net={"out_dim": 64}), Variant("out_dim 256", net={"out_dim": 256}),
-            Variant("dim 64", net={"dim": 64}), Variant("dim 256", net={"dim": 256}))),
-    Family("epochs", "Training length (the default picks epochs by data size).",
-           (DEFAULT, Variant("epochs x0.5", epochs_factor=0.5), Variant("epochs x2", epochs_factor=2.0))),
-    Family("student", "The student's encoder.",
-           (DEFAULT, Variant("student attention", net={"student": "attention"}))),
+           (*_sweep("out_dim", "net", "out_dim", (64, 128, 256)), *_sweep("dim", "net", "dim", (64, 256)))),
+    Family("epochs", "Training length (the default picks epochs by data size: about 60k cell visits on small "
+                     "references).",
+           tuple(Variant(f"epochs x{f:g}", epochs_factor=f) for f in (0.5, 1.0, 2.0))),
+    Family("student", "The student's encoder: a dense layer on the sparse cell vector (the paper's) or an "
+                      "attention encoder like the teacher's.",
+           _sweep("student", "net", "student", ("linear", "attention"))),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input.",
-           (DEFAULT, Variant("log1p median-total", normalize="median"))),
+           (Variant("log1p counts per 10k"), Variant("log1p median-total", normalize="median"))),
 )}
 
 
@@ -273,16 +272,19 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
                save) -> list[dict]:
     """Every (mode, data set, variant, seed) of ``family``; results are looked up in / added to ``store``."""
     rows = []
+    variants = list(family.variants)
+    if not any(v.key() == DEFAULT.key() for v in variants):
+        variants.insert(0, DEFAULT)
     modes = ["unsupervised", *(["supervised"] if family.supervised else [])]
     for mode in modes:
         for name in family.datasets:
-            if mode == "supervised" and name.startswith("simulated"):
+            if mode == "supervised" and name not in REAL:  # one training per held-out batch: real data only
                 continue
             got = dataset(name, data_dir, data_cache)
             if got is None:
                 continue
             adata, _ = got
-            for variant in family.variants:
+            for variant in variants:
                 if mode == "unsupervised" and variant.train.get("balance") == "labels":
                     continue
                 for seed in seeds:
@@ -294,8 +296,10 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
                         save()
                         log.info("[ablations] %s %s %s %s seed %d: %.4f (%.0f s)", family.name, mode, name,
                                  variant.name, seed, store[key]["acc"], store[key]["seconds"])
-                    rows.append({"family": family.name, "mode": mode, "dataset": name, "variant": variant.name,
-                                 "seed": seed, **store[key]})
+                    shown = f"{variant.name} (default)" if variant.key() == DEFAULT.key() and variant is not DEFAULT \
+                        else variant.name
+                    rows.append({"family": family.name, "mode": mode, "dataset": name, "variant": shown,
+                                 "default": variant.key() == DEFAULT.key(), "seed": seed, **store[key]})
     return rows
 
 
@@ -308,7 +312,8 @@ def family_table(family: Family, rows: list[dict]) -> str:
     for mode, part in df.groupby("mode", sort=False):
         stats = part.groupby(["variant", "dataset"], sort=False)["acc"].agg(["mean", "std", "count"])
         names = list(dict.fromkeys(part["dataset"]))
-        default = stats.loc["default"]["mean"] if "default" in stats.index.get_level_values(0) else None
+        default_name = part.loc[part["default"], "variant"].iloc[0] if part["default"].any() else None
+        default = stats.loc[default_name]["mean"] if default_name is not None else None
         out = []
         for variant in dict.fromkeys(part["variant"]):
             row = {"variant": variant}
@@ -324,7 +329,7 @@ def family_table(family: Family, rows: list[dict]) -> str:
                     deltas.append(s["mean"] - default[name])
             means = [stats.loc[(variant, n)]["mean"] for n in names if (variant, n) in stats.index]
             row["mean"] = f"{np.mean(means):.3f}" if means else ""
-            row["Δ mean"] = f"{np.mean(deltas):+.3f}" if deltas and variant != "default" else ""
+            row["Δ mean"] = f"{np.mean(deltas):+.3f}" if deltas and variant != default_name else ""
             row["seeds"] = int(stats.loc[variant]["count"].min()) if variant in stats.index.get_level_values(0) else 0
             out.append(row)
         lines += [f"**{mode}** (LOO-batch {K}-NN accuracy; all data sets are development data)", "",

@@ -37,6 +37,8 @@ CALIBRATION_EXTRA = "calibration_rows"
 BALANCE_GROUPS_EXTRA = "balance_groups"
 POSITIVE_SPACES = ("joint", "svd")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
+#: Unlabelled balancing: the clusters are found again in the embedding half-way through training.
+BALANCE_REFRESH = True
 
 
 def default_epochs(n_cells: int) -> int:
@@ -87,7 +89,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     def __init__(self, adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
                  protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
-                 dim: int = 128, out_dim: int = 128, dropout: float = 0.3, protein_norm: str = "clr",
+                 dim: int = 128, out_dim: int = 128, dropout: float = 0.1, protein_norm: str = "clr",
                  seed: int = 0):
         if not isinstance(adata, ad.AnnData):
             raise InputError(f"Concerto needs an AnnData, got {type(adata).__name__}. Read files with "
@@ -117,7 +119,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
-              max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
+              max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
               balance: str = "none", seed: int | None = None, device: str = "auto",
               progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
@@ -205,8 +207,18 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
         from ..train.runner import is_global_zero, seeded_rng
 
+        callbacks = []
+        if balance == "clusters" and BALANCE_REFRESH and config.epochs >= 2:
+            from ..train.balance import RefreshBalance
+
+            def keep(groups: np.ndarray) -> None:
+                nonlocal balance_groups
+                balance_groups = groups.astype(np.int64)
+
+            callbacks.append(RefreshBalance(prepared.cells, config.epochs // 2 - 1, seed, keep))
         with seeded_rng(config.seed, device):  # forks (and seeds) the CPU and, when used, the CUDA generator
-            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume)
+            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume,
+                          callbacks=callbacks)
         self.train_config = config
         self.history = history
         self.extra_config["train_seconds"] = time.perf_counter() - start
@@ -294,6 +306,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             groups = _label_groups([labels[key] for key in self.setup.label_keys])
         else:
             if self._expression_cache is None:
+                if BALANCE_REFRESH:  # on disk: plain statistics until the embedding's clusters are found
+                    return None, "clusters"
                 log.info("No expression space (reference on disk): the sources' statistics are not balanced.")
                 return None, "none"
             groups = balance_groups(self._expression_cache, domains, seed=seed)
