@@ -24,6 +24,9 @@ PAPER = {
                                 "Total = 0.6 bio + 0.4 batch); no paper figure.",
     "cross_species": "paper: no cross-species figure. SIMULATED mouse queries built from human data (orthologs "
                      "renamed, non-1:1 genes dropped, per-gene species factor).",
+    "unsupervised": "no label seen in training; scConcerto at the package defaults (one source per batch) "
+                    "against 50-PC PCA of log-normalized values (scanpy defaults) and Harmony on it; mean ± sd "
+                    "over seeds; role: development data (settings chosen there) or test data (only reported).",
     "imputation": "paper: PBMC160k, 80 % bi-modal reference, 20 % RNA-only query: Pearson r 0.966–0.998 for the "
                   "top 20 proteins (a larger panel and data set than cbmc_citeseq's 13 antibodies).",
 }
@@ -42,6 +45,8 @@ COLUMNS = {
                       "epochs"],
     "imputation": ["split", "method", "median_r", "min_r", "worst_protein", "n_ref", "n_query", "fit_s", "map_s",
                    "epochs"],
+    "unsupervised": ["dataset", "role", "method", "LOO-batch 5-NN acc", "scib bio conservation",
+                     "scib batch correction", "n_cells", "n_batches", "seeds", "seconds"],
     "clustering": ["dataset", "method", "best_ari", "median_ari", "best_nmi", "median_nmi"],
     "overcorrection": ["case", "method", "type_asw", "type_knn_purity", "n_type_cells"],
     "speed": ["n_cells", "method", "n_ref", "fit_s", "map_10k_s", "map_100k_s", "peak_rss_mb", "acc_100k",

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scconcerto import InputError
 from scconcerto.data import prepare_cells, setup_reference
 from scconcerto.data.backed import BackedCSR, prefetch, read_backed, take_rows, write_rows_h5ad
 from scconcerto.data.sampling import chunk_windows, count_source_batches, window_rows
@@ -171,9 +170,16 @@ def test_single_pass_adabn_equals_adapting_a_copy_then_embedding(sim, trained_mo
     np.testing.assert_allclose(one_pass, two_pass, atol=1e-5)
 
 
-def test_hvg_on_a_backed_file_is_a_clear_error(sim_file):
-    with pytest.raises(InputError, match="on disk"):
-        setup_reference(read_backed(sim_file), hvg=50)
+def test_hvg_on_a_backed_file_are_those_chosen_in_memory(sim, sim_file, monkeypatch):
+    from scconcerto.data import setup as setup_module
+
+    in_memory = setup_reference(sim, batch_key="batch", hvg=50).genes
+    assert len(in_memory) == 50
+    assert setup_reference(read_backed(sim_file), batch_key="batch", hvg=50).genes == in_memory
+    monkeypatch.setattr(setup_module, "HVG_MAX_CELLS", 200)  # larger references: a seeded sample of cells
+    sampled = setup_reference(sim, batch_key="batch", hvg=50).genes
+    assert setup_reference(read_backed(sim_file), batch_key="batch", hvg=50).genes == sampled
+    assert len(set(sampled) & set(in_memory)) >= 35
 
 
 def test_write_rows_streams_a_subset_into_a_new_file(sim, sim_file, tmp_path):

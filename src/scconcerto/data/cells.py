@@ -82,6 +82,9 @@ class CellMatrix:
         How positives are found among a set of cells
         (:class:`~scconcerto.data.positives.PositiveSearch`): cells streamed from disk
         search them in each window as it is read, instead of holding :attr:`positives`.
+    balance_weights
+        ``(n_cells,)`` weight of each cell in the source-specific batch-normalization
+        statistics of training (:mod:`scconcerto.data.composition`); ``None``: equal weights.
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -93,6 +96,7 @@ class CellMatrix:
     positives: np.ndarray | None = None
     protein_background: np.ndarray | None = None
     positive_search: PositiveSearch | None = None
+    balance_weights: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:

@@ -122,10 +122,23 @@ def normalize_protein(values: np.ndarray, method: str) -> np.ndarray:
     raise InputError(f"Unknown protein normalization {method!r}; use 'clr' or 'log1p'.")
 
 
-def _select_hvg(matrix: sp.csr_matrix, kind: InputKind, n_top: int, var_names: pd.Index,
-                batches: pd.Series | None) -> list[str]:
+#: Highly variable genes are chosen on at most this many cells (a seeded sample of larger references,
+#: in memory or on disk alike, read by rows: the chosen genes do not depend on where the matrix is).
+HVG_MAX_CELLS = 50_000
+
+
+def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, var_names: pd.Index,
+                batches: pd.Series | None, seed: int = 0) -> list[str]:
+    """``n_top`` highly variable genes (scanpy's ``seurat`` flavour, per batch when there are several) on
+    the log-normalized values of all cells, or of a seeded sample of ``HVG_MAX_CELLS`` of them."""
     import scanpy as sc
 
+    n = matrix.shape[0]
+    if n > HVG_MAX_CELLS or isinstance(matrix, BackedCSR):
+        rows = np.arange(n) if n <= HVG_MAX_CELLS else np.sort(
+            np.random.default_rng(seed).choice(n, HVG_MAX_CELLS, replace=False))
+        matrix = csr_rows(matrix[rows])
+        batches = None if batches is None else batches.iloc[rows]
     totals = cell_totals(matrix)
     row_of = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
     lognorm = sp.csr_matrix((normalize_values(matrix.data, row_of, totals, kind), matrix.indices, matrix.indptr),
@@ -188,9 +201,6 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
     if hvg is not None:
         if hvg < 2:
             raise InputError(f"hvg must be at least 2 genes, got {hvg}.")
-        if isinstance(matrix, BackedCSR):
-            raise InputError("hvg=... needs the matrix in memory, but X is on disk (backed). Use all genes "
-                             "(hvg=None), or select the genes first and subset the file.")
         genes = _select_hvg(matrix, kind, hvg, names, batches)
     return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
                      protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,

@@ -36,7 +36,12 @@ UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first ma
 #: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
+#: The groups whose composition was balanced in training (labels or clusters), kept for query AdaBN.
+BALANCE_GROUPS_EXTRA = "balance_groups"
 POSITIVE_SPACES = ("joint", "svd")
+BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
+#: Unlabelled balancing: the clusters are found again in the embedding half-way through training.
+BALANCE_REFRESH = True
 
 
 def default_epochs(n_cells: int) -> int:
@@ -93,7 +98,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     def __init__(self, adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
                  protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
-                 dim: int = 128, out_dim: int = 128, dropout: float = 0.3, protein_norm: str = "clr",
+                 dim: int = 128, out_dim: int = 128, dropout: float = 0.1, protein_norm: str = "clr",
                  protein_background: bool = True, seed: int = 0):
         if is_mudata(adata):  # RNA + protein modalities: one AnnData with the proteins in obsm['protein']
             adata = from_mudata(adata)
@@ -142,9 +147,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
-              max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
+              max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
-              seed: int | None = None, device: str = "auto",
+              balance: str = "auto", seed: int | None = None, device: str = "auto",
               progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
@@ -178,6 +183,13 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             similarity in the plain expression space (truncated SVD of the normalized values) and in
             the scaled one (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`, which then serves
             mapping too); ``"svd"``: the plain space alone (as models trained before the option).
+        balance
+            Take each source's batch-normalization statistics with weights that give every cell group
+            the same share in every source (:mod:`scconcerto.data.composition`), so that a source's
+            cell-type composition does not move its types: ``"labels"`` (groups of the label keys),
+            ``"clusters"`` (clusters found across sources; in-memory references), ``"auto"`` (labels
+            when given, else clusters) or ``"none"`` (plain per-source statistics). Only with several
+            sources; the groups are kept to balance query sources alike (AdaBN, fine-tuning).
         seed
             Training seed (default: the model's seed).
         device
@@ -206,6 +218,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
         if positive_space not in POSITIVE_SPACES:
             raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
+        if balance not in BALANCE_CHOICES:
+            raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
         seed = self.seed if seed is None else seed
         labels = label_codes(self.adata, self.setup)
         self._fit_expression_space(prepared, labels, seed,
@@ -213,25 +227,38 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         label_positives, calibration_rows = self._attach_positives(prepared, labels, positive_neighbors,
                                                                    label_positives, seed)
         self.extra_config["positive_pool_cells"] = _positive_pool(prepared.cells)
+        balance_groups, balance = self._attach_balance(prepared, labels, balance, seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
                              positive_neighbors=positive_neighbors if _has_positives(prepared.cells) else 0,
                              label_positives=label_positives,
                              positive_space=positive_space if self._scaled_cache is not None else "svd",
-                             seed=seed, device=device, progress=progress, **kwargs)
+                             balance=balance, seed=seed, device=device, progress=progress, **kwargs)
         start = time.perf_counter()
         self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
         from ..train.runner import is_global_zero, seeded_rng
 
+        callbacks = []
+        if balance == "clusters" and BALANCE_REFRESH and config.epochs >= 2:
+            from ..train.balance import RefreshBalance
+
+            def keep(groups: np.ndarray) -> None:
+                nonlocal balance_groups
+                balance_groups = groups.astype(np.int64)
+
+            callbacks.append(RefreshBalance(prepared.cells, config.epochs // 2 - 1, seed, keep))
         with seeded_rng(config.seed, device):  # forks (and seeds) the CPU and, when used, the CUDA generator
-            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume)
+            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume,
+                          callbacks=callbacks)
         self.train_config = config
         self.history = history
         self.extra_config["train_seconds"] = time.perf_counter() - start
         if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
         self._store_reference(prepared, labels, calibration_rows)
+        if balance_groups is not None:
+            self.reference.extra[BALANCE_GROUPS_EXTRA] = balance_groups
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
@@ -293,6 +320,36 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
                                                  components=components)
         return groups is not None, calibration_rows
+
+    def _attach_balance(self, prepared: PreparedCells, labels: dict[str, np.ndarray], balance: str, seed: int
+                        ) -> tuple[np.ndarray | None, str]:
+        """Set ``prepared.cells.balance_weights`` for ``balance``; return the groups and what was balanced.
+
+        ``"auto"`` means labels when the model has label keys, else clusters; clusters need the
+        expression space of an in-memory reference (a reference on disk without labels is not balanced).
+        A single source has nothing to balance.
+        """
+        from ..data.composition import balance_groups, source_balance_weights
+
+        domains = prepared.cells.domains
+        if balance == "none" or len(np.unique(domains)) < 2:
+            return None, "none"
+        if balance == "auto":
+            balance = "labels" if self.setup.label_keys else "clusters"
+        if balance == "labels":
+            if not self.setup.label_keys:
+                raise InputError("balance='labels' needs label keys: pass label_key= to Concerto, or use "
+                                 "balance='clusters' (or 'auto').")
+            groups = _label_groups([labels[key] for key in self.setup.label_keys])
+        else:
+            if self._expression_cache is None:
+                if BALANCE_REFRESH:  # on disk: plain statistics until the embedding's clusters are found
+                    return None, "clusters"
+                log.info("No expression space (reference on disk): the sources' statistics are not balanced.")
+                return None, "none"
+            groups = balance_groups(self._expression_cache, domains, seed=seed)
+        prepared.cells.balance_weights = source_balance_weights(groups, domains)
+        return groups.astype(np.int64), balance
 
     def _store_reference(self, prepared: PreparedCells, labels: dict[str, np.ndarray],
                          calibration_rows: np.ndarray | None = None) -> None:
