@@ -86,7 +86,7 @@ def _neighbor_graph(embedding: np.ndarray, n_neighbors: int, seed: int, metric: 
     import anndata as ad
     import scanpy as sc
 
-    from ..tools.knn_graph import FaissKNNTransformer
+    from ..search.knn_graph import FaissKNNTransformer
 
     x = _check_embedding(embedding, min_rows=3)
     if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 2:

@@ -27,7 +27,7 @@ from .attention import _group_stats, _wilcoxon, attention_matrix, group_codes, r
 
 if TYPE_CHECKING:
     from ..model import Concerto
-    from ..model._attention import AttentionWeights
+    from .attention import AttentionWeights
 
 Modality = Literal["rna", "protein"]
 #: Columns of :func:`attention_vs_expression`, in order.

@@ -2,7 +2,7 @@
 
 The neighbour graph is built once (``scanpy.pp.neighbors`` on the embedding,
 cosine distance since Concerto embeddings lie on the unit sphere, with the
-neighbours searched by faiss: :class:`~scconcerto.tools.knn_graph.FaissKNNTransformer`); Leiden
+neighbours searched by faiss: :class:`~scconcerto.search.knn_graph.FaissKNNTransformer`); Leiden
 (``scanpy.tl.leiden``, leidenalg flavour) then runs once per resolution. The
 sweep scores each resolution by the silhouette of its clusters in the
 embedding (:func:`scconcerto.metrics.silhouette_label`, raw scale ``[-1, 1]``,
@@ -48,7 +48,7 @@ def neighbor_graph(embedding: np.ndarray, n_neighbors: int = 15, metric: str = "
     """
     import scanpy as sc
 
-    from .knn_graph import METRICS, FaissKNNTransformer
+    from ..search.knn_graph import METRICS, FaissKNNTransformer
 
     x = np.asarray(embedding)
     if x.ndim != 2 or x.shape[1] == 0:
