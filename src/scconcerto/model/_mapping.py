@@ -156,8 +156,9 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         impute_k
             Neighbours averaged for imputation.
         index
-            ``"auto"`` (exact ``"flat"``, approximate ``"ivf"`` for large references: see :func:`scconcerto.search.index_kind`),
-            ``"flat"``, ``"ivf"`` or ``"hnsw"``. With a GPU ``device`` every search is exact, on the GPU.
+            ``"auto"`` (exact ``"flat"``, approximate ``"ivf"`` for large references: see
+            :func:`scconcerto.search.index_kind`), ``"flat"``, ``"ivf"`` or ``"hnsw"``. With a GPU ``device`` every
+            search is exact, on the GPU.
         min_overlap
             Minimum fraction of the model's genes the query must have.
         batch_size, device
