@@ -29,17 +29,18 @@ from pathlib import Path
 
 from . import report
 from .peers import REGISTRY, available_methods, is_available
-from .tasks import clustering, imputation, integration, label_transfer, overcorrection, speed, unseen
+from .tasks import (clustering, cross_species, imputation, integration, label_transfer, overcorrection, speed,
+                    unseen, unsupervised)
 from .tasks.base import Context, TaskResult, peak_rss_mb
 
 TASKS = {"label_transfer": label_transfer.run, "unseen_type": unseen.run, "integration": integration.run,
          "clustering": clustering.run, "overcorrection": overcorrection.run, "imputation": imputation.run,
-         "speed": speed.run}
+         "speed": speed.run, "cross_species": cross_species.run, "unsupervised": unsupervised.run}
 #: Extra tables a task writes besides its own (``--summary-only`` reads them back too).
 SECONDARY = {"integration": ("integration_scib_metrics",)}
 #: Tasks that share fitted embeddings (one cache) stay in one process under ``--jobs``.
-GROUPS = (("label_transfer",), ("integration", "clustering"), ("unseen_type", "overcorrection", "imputation"),
-          ("speed",))
+GROUPS = (("label_transfer", "cross_species"), ("integration", "clustering"),
+          ("unseen_type", "overcorrection", "imputation"), ("speed",), ("unsupervised",))
 
 log = logging.getLogger("benchmarks")
 EPOCHS_DEFAULT = ("each method's default (scConcerto: the package default by data size; scANVI/scVI: "

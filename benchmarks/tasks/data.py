@@ -21,6 +21,7 @@ FILES = {
     "kang_ifnb_pbmc_scgen": "kang_ifnb_pbmc_scgen/kang_ifnb_pbmc_scgen.h5ad",
     "cellbench_5cl_celseq2_3plates": "cellbench_5cl_celseq2_3plates/cellbench_5cl_celseq2_3plates.h5ad",
     "cbmc_citeseq": "cbmc_citeseq/cbmc_citeseq.h5ad",
+    "scmerge_mesc": "scmerge_mesc/scmerge_mesc.h5ad",
 }
 #: Data sets whose ``X`` is log-normalized rather than counts.
 LOGNORM = {"scclassify_pancreas_wang_xin"}

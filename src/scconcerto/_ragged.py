@@ -71,13 +71,15 @@ class CellBatch:
     """One mini-batch: per modality, the full (student) and possibly subsampled (teacher) view.
 
     ``domains`` holds each cell's source code (for domain-specific BN);
-    ``rows`` the cells' row numbers in their dataset.
+    ``rows`` the cells' row numbers in their dataset; ``weights`` (optional)
+    each cell's weight in the batch-normalization statistics (balanced sources).
     """
 
     student: dict[str, Ragged]
     teacher: dict[str, Ragged]
     domains: torch.Tensor
     rows: torch.Tensor
+    weights: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -86,11 +88,13 @@ class CellBatch:
     def to(self, device: torch.device | str) -> "CellBatch":
         return CellBatch({k: v.to(device) for k, v in self.student.items()},
                          {k: v.to(device) for k, v in self.teacher.items()},
-                         self.domains.to(device, non_blocking=True), self.rows.to(device, non_blocking=True))
+                         self.domains.to(device, non_blocking=True), self.rows.to(device, non_blocking=True),
+                         None if self.weights is None else self.weights.to(device, non_blocking=True))
 
     def pin_memory(self) -> "CellBatch":
         """A copy in page-locked memory (called by the DataLoader's pinning thread)."""
         pinned = {id(v): v.pin_memory() for v in (*self.student.values(), *self.teacher.values())}
         return CellBatch({k: pinned[id(v)] for k, v in self.student.items()},
                          {k: pinned[id(v)] for k, v in self.teacher.items()},
-                         self.domains.pin_memory(), self.rows.pin_memory())
+                         self.domains.pin_memory(), self.rows.pin_memory(),
+                         None if self.weights is None else self.weights.pin_memory())

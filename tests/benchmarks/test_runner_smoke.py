@@ -155,3 +155,19 @@ def test_speed_split_holds_nested_queries_of_an_unseen_batch() -> None:
     assert all(set(q.obs["batch"]) == {"batch_2"} for q in queries)
     assert list(queries[1].obs_names[:50]) == list(queries[0].obs_names)  # the small query is inside the big one
     assert [size_name(n) for n in (150, 10_000, 100_000, 1_500)] == ["150", "10k", "100k", "1500"]
+
+
+def test_unsupervised_task_compares_the_embedding_with_pca_and_harmony(tmp_path: Path) -> None:
+    pytest.importorskip("harmonypy")
+    rc = runner.main(["--smoke", "--out", str(tmp_path), "--tasks", "unsupervised", "--epochs", "2",
+                      "--no-scib-metrics", "--no-figures", "--threads", "0"])
+    assert rc == 0
+    payload = json.loads((tmp_path / "unsupervised.json").read_text())
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert set(rows) == {"scconcerto", "pca", "harmony"}
+    for r in rows.values():
+        assert r["role"] == "development" and r["seeds"] == 3 and 0.0 <= r["acc"] <= 1.0
+        assert r["LOO-batch 5-NN acc"].startswith(f"{r['acc']:.3f} ± ")
+    assert rows["pca"]["acc"] > 0.9  # the simulated types are separable across batches
+    assert any(n.startswith("simulated (development): acc vs pca") for n in payload["notes"])
+    assert "| role |" in (tmp_path / "unsupervised.md").read_text()

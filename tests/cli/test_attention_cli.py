@@ -38,8 +38,12 @@ def test_table_plot_and_agreement(files, trained_model, sim, tmp_path, capsys):
     for group, ranked in expected.items():
         assert table.loc[table["group"] == group, "feature"].tolist() == ranked["feature"].tolist()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    agreement = pd.read_csv(agree, index_col=0)
-    assert set(agreement.index) == set(expected) and (agreement["overlap"] > agreement["expected"]).all()
+    agreement = pd.read_csv(agree)
+    assert list(agreement.columns[:5]) == ["modality", "group", "n_cells", "feature", "found_by"]
+    assert set(agreement["group"]) == set(expected) and set(agreement["modality"]) == {"rna"}
+    both = agreement[agreement["found_by"] == "both"].groupby("group").size()
+    assert len(both) == len(expected) and (both >= 2).all()  # top 10 of 300 genes: 0.33 shared by chance
+    assert "Spearman" in capsys.readouterr().out
     assert _digest(files / "data.h5ad") == before  # the input is never modified
 
 
@@ -73,8 +77,12 @@ def test_protein_model_writes_both_modalities(sim_protein, tmp_path):
     sim_protein.write_h5ad(tmp_path / "data.h5ad")
     out = tmp_path / "markers.csv"
     rc = main(["attention", str(tmp_path / "model"), str(tmp_path / "data.h5ad"), "--groupby", "cell_type",
-               "--out", str(out), "--n-top", "3", "--plot", str(tmp_path / "heat.pdf"), "--device", "cpu"])
+               "--out", str(out), "--n-top", "3", "--plot", str(tmp_path / "heat.pdf"), "--device", "cpu",
+               "--agreement", str(tmp_path / "agree.csv")])
     assert rc == 0
+    agreement = pd.read_csv(tmp_path / "agree.csv")
+    assert set(agreement["modality"]) == {"rna", "protein"}
+    assert set(agreement.loc[agreement["modality"] == "protein", "feature"]) <= set(sim_protein.uns["protein_names"])
     table = pd.read_csv(out)
     assert table.groupby("modality").size().to_dict() == {"protein": 12, "rna": 12}
     assert set(table.loc[table["modality"] == "protein", "feature"]) <= set(sim_protein.uns["protein_names"])

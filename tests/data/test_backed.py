@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scconcerto import InputError
 from scconcerto.data import prepare_cells, setup_reference
 from scconcerto.data.backed import BackedCSR, prefetch, read_backed, take_rows, write_rows_h5ad
 from scconcerto.data.sampling import chunk_windows, count_source_batches, window_rows
@@ -31,6 +30,21 @@ def test_row_reads_equal_the_in_memory_matrix(sim, sim_file):
         assert (got != sim.X[rows]).nnz == 0
     assert (X[10:20] != sim.X[10:20]).nnz == 0
     np.testing.assert_allclose(X.sum(axis=1).ravel(), np.asarray(sim.X.sum(axis=1)).ravel(), rtol=1e-6)
+
+
+def test_a_dense_selection_is_read_in_bounded_runs(sim, sim_file, monkeypatch):
+    """Every other row of the file is one run by the gap rule; it is read block by block instead, so no read
+    spans more than ``RUN_MAX_ROWS`` rows (memory follows the selection, not the file)."""
+    import scconcerto.data.backed as backed
+
+    monkeypatch.setattr(backed, "RUN_MAX_ROWS", 50, raising=False)
+    X = BackedCSR(read_backed(sim_file).X)
+    spans = []
+    read = X.read_rows
+    monkeypatch.setattr(X, "read_rows", lambda start, stop: spans.append(stop - start) or read(start, stop))
+    rows = np.random.default_rng(1).permutation(np.arange(0, sim.n_obs, 2))
+    assert (X[rows] != sim.X[rows]).nnz == 0
+    assert max(spans) <= 50 and sum(spans) < sim.n_obs
 
 
 def test_zarr_store_is_read_without_loading_x(sim, tmp_path):
@@ -156,9 +170,16 @@ def test_single_pass_adabn_equals_adapting_a_copy_then_embedding(sim, trained_mo
     np.testing.assert_allclose(one_pass, two_pass, atol=1e-5)
 
 
-def test_hvg_on_a_backed_file_is_a_clear_error(sim_file):
-    with pytest.raises(InputError, match="on disk"):
-        setup_reference(read_backed(sim_file), hvg=50)
+def test_hvg_on_a_backed_file_are_those_chosen_in_memory(sim, sim_file, monkeypatch):
+    from scconcerto.data import setup as setup_module
+
+    in_memory = setup_reference(sim, batch_key="batch", hvg=50).genes
+    assert len(in_memory) == 50
+    assert setup_reference(read_backed(sim_file), batch_key="batch", hvg=50).genes == in_memory
+    monkeypatch.setattr(setup_module, "HVG_MAX_CELLS", 200)  # larger references: a seeded sample of cells
+    sampled = setup_reference(sim, batch_key="batch", hvg=50).genes
+    assert setup_reference(read_backed(sim_file), batch_key="batch", hvg=50).genes == sampled
+    assert len(set(sampled) & set(in_memory)) >= 35
 
 
 def test_write_rows_streams_a_subset_into_a_new_file(sim, sim_file, tmp_path):
@@ -187,3 +208,21 @@ def test_prefetch_forwards_errors_and_stops_early():
         if x == 3:
             break
     assert consumed == [0, 1, 2, 3]
+
+
+def test_streamed_batches_drop_the_teachers_proteins_as_in_memory(sim_protein, tmp_path):
+    """Modality dropout is part of the objective whatever the storage: with probability 1 every streamed
+    batch's teacher is RNA-only, with 0 none is (the student keeps its proteins)."""
+    path = tmp_path / "cite.h5ad"
+    sim_protein.write_h5ad(path)
+    backed = read_backed(path)
+    cells = prepare_cells(backed, setup_reference(backed, batch_key="batch", protein_key="protein")).cells
+    for rate, expected in ((1.0, False), (0.0, True)):
+        batches = list(StreamingBatches(cells, batch_size=64, max_genes=50, chunk_size=100, window_chunks=2,
+                                        modality_dropout=rate))
+        assert all(("protein" in b.teacher) == expected and "protein" in b.student for b in batches)
+    from scconcerto.train import TrainConfig
+    from scconcerto.train.plan import training_loader
+
+    loader = training_loader(cells, TrainConfig(batch_size=64, modality_dropout=1.0), chunk_size=100, window_chunks=2)
+    assert not any("protein" in b.teacher for b in loader)  # the training loader passes the setting on

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scconcerto.data import prepare_cells, setup_reference
-from scconcerto.data.positives import expression_components, joint_components, neighbor_positives
+from scconcerto.data.positives import PositiveSearch, expression_components, joint_components, neighbor_positives
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,77 @@ def test_joint_components_average_the_cosines_of_their_spaces():
     np.testing.assert_allclose(joint_components(a), a / np.linalg.norm(a, axis=1, keepdims=True), atol=1e-6)
     with pytest.raises(ValueError, match="same cells"):
         joint_components(a, b[:5])
+
+
+def test_positives_among_some_cells_are_their_nearest_in_that_set(sim, prepared):
+    """``PositiveSearch.among`` looks only at the cells given (a streamed window): a cell's positives are its
+    nearest cells of the same source (and group) in that set, by brute force; open cells ignore the groups."""
+    cells = prepared.cells
+    z = expression_components(cells, 10, seed=0)
+    groups = sim.obs["cell_type"].cat.codes.to_numpy().astype(np.int64)
+    groups[::7] = -1  # unlabeled / calibration cells search their whole source
+    search = PositiveSearch(3, z, groups)
+    rows = np.random.default_rng(0).choice(cells.n_cells, 250, replace=False)
+    domains = cells.domains[rows]
+    got = rows[search.among(rows, domains)]
+    sims = z[rows] @ z[rows].T
+    for i in range(len(rows)):
+        allowed = (domains == domains[i]) & (np.arange(len(rows)) != i)
+        if groups[rows[i]] >= 0:
+            allowed &= groups[rows] == groups[rows[i]]
+        best = rows[np.flatnonzero(allowed)[np.argsort(-sims[i, allowed])[:3]]]
+        assert set(got[i]) == set(best)
+    whole = PositiveSearch(3, z, groups).among(np.arange(cells.n_cells), cells.domains)
+    assert np.array_equal(whole, neighbor_positives(cells, 3, labels=np.where(groups < 0, 0, groups),
+                                                    open_rows=np.flatnonzero(groups < 0), components=z))
+
+
+def _row_ids(cells) -> dict:
+    """Each cell's full normalized row (indices and values) -> its row number."""
+    full = cells.batch(np.arange(cells.n_cells)).student["rna"]
+    ind, val, off = full.indices.numpy(), full.values.numpy(), full.offsets.numpy()
+    return {(ind[a:b].tobytes(), val[a:b].tobytes()): r for r, (a, b) in enumerate(zip(off[:-1], off[1:]))}
+
+
+def _student_rows(batch, ids: dict) -> np.ndarray:
+    s = batch.student["rna"]
+    ind, val, off = s.indices.numpy(), s.values.numpy(), s.offsets.numpy()
+    return np.array([ids[(ind[a:b].tobytes(), val[a:b].tobytes())] for a, b in zip(off[:-1], off[1:])])
+
+
+def test_streamed_windows_draw_positives_among_their_own_cells(sim, tmp_path):
+    """Streamed from disk, a cell's student view is its nearest same-source cell in the window read with it:
+    with one window for the whole file that is the in-memory positive; with windows of one 100-row chunk,
+    positives are cells read with the teacher or carried over from an earlier window, never later ones."""
+    from scconcerto.data.backed import read_backed
+    from scconcerto.data.streaming import StreamingBatches
+
+    path = tmp_path / "sim.h5ad"
+    sim.write_h5ad(path)
+    backed = read_backed(path)
+    on_disk = prepare_cells(backed, setup_reference(backed, batch_key="batch")).cells
+    in_memory = prepare_cells(sim, setup_reference(sim, batch_key="batch")).cells
+    z = expression_components(in_memory, 10, seed=0)
+    on_disk.positive_search = PositiveSearch(1, z)
+    ids = _row_ids(in_memory)
+    everywhere = neighbor_positives(in_memory, 1, components=z)[:, 0]
+    one_window = StreamingBatches(on_disk, batch_size=64, chunk_size=200, window_chunks=3)
+    for batch in one_window:
+        assert np.array_equal(_student_rows(batch, ids), everywhere[batch.rows.numpy()])
+    chunks = StreamingBatches(on_disk, batch_size=32, chunk_size=100, window_chunks=1)
+    windows, _ = chunks.plan(0)
+    window_of = np.empty(sim.n_obs, dtype=np.int64)  # the window in which each row is read
+    for w, ranges in enumerate(windows):
+        for start, stop in ranges:
+            window_of[start:stop] = w
+    teacher, student = [], []
+    for batch in chunks:
+        rows, partners = batch.rows.numpy(), _student_rows(batch, ids)
+        assert window_of[partners].max() <= window_of[rows].max()  # read with the batch or before it, never after
+        teacher.append(rows)
+        student.append(partners)
+    teacher, student = np.concatenate(teacher), np.concatenate(student)
+    assert np.array_equal(np.sort(teacher), np.arange(sim.n_obs))
+    assert (in_memory.domains[student] == in_memory.domains[teacher]).all() and (student != teacher).all()
+    same_window = np.mean(window_of[student] == window_of[teacher])
+    assert same_window > 0.6 > 3 * np.mean(window_of[everywhere] == window_of)  # in memory: any window

@@ -10,6 +10,7 @@ from scconcerto._errors import InputError
 from scconcerto.metrics import (
     batch_entropy,
     clisi,
+    cross_batch_accuracy,
     graph_connectivity,
     ilisi,
     isolated_label_score,
@@ -69,6 +70,23 @@ def test_knn_label_accuracy_blobs_and_random():
     random_labels = rng.integers(0, 4, size=2000)
     acc = knn_label_accuracy(rng.normal(size=(2000, 10)), random_labels, k=5)
     assert abs(acc - 0.25) < 0.05
+
+
+def test_cross_batch_accuracy_by_hand():
+    """Batch A holds labels 0 and 1 in place; batch B the same, one label-1 cell among the 0s, and a
+    label-2 cell no other batch has. With k = 3 every A cell is voted right by B's cells (A's 0s see two
+    B 0s and the stray 1), B's misplaced cell is voted 0, the label-2 cell is not scored: 11 / 12."""
+    a = np.array([[1.0, 0.0], [1.0, 0.02], [1.0, -0.02], [0.0, 1.0], [0.02, 1.0], [-0.02, 1.0]])
+    b = np.array([[1.0, 0.1], [1.0, 0.12], [1.0, 0.08], [0.1, 1.0], [0.12, 1.0], [1.0, 0.05], [-1.0, 0.0]])
+    x = np.vstack([a, b])
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 2])
+    batches = np.array(["A"] * 6 + ["B"] * 7)
+    assert cross_batch_accuracy(x, labels, batches, k=3) == pytest.approx(11 / 12)
+    # labels that no two batches share cannot be scored
+    with pytest.raises(InputError, match="No batch shares"):
+        cross_batch_accuracy(x, batches, batches, k=3)
+    with pytest.raises(InputError, match="at least 2"):
+        cross_batch_accuracy(x, labels, np.zeros(13), k=3)
 
 
 # ---------------------------------------------------------------- batch mixing

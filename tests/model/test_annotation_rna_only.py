@@ -44,8 +44,10 @@ def test_the_score_behind_the_unknown_flag_is_saved(protein_model, rna_query):
     result = protein_model.predict(query, device="cpu")
     score = query.obs["cell_type_unknown_score"].to_numpy()
     threshold = query.uns["scconcerto_annotation"]["unknown_threshold"]
-    assert query.uns["scconcerto_annotation"]["unknown_score"] == "combined"
-    np.testing.assert_allclose(score, result.typicality, rtol=1e-6)
+    # the classifier's classes are the reference's labeled ones, so "auto" chose mapping's P(known type)
+    assert query.uns["scconcerto_annotation"]["unknown_score"] == "reference"
+    np.testing.assert_allclose(score, result.known_prob, rtol=1e-6)
+    assert not np.allclose(score, result.typicality)
     np.testing.assert_array_equal(query.obs["cell_type_unknown"].to_numpy(), score < threshold)
 
 

@@ -1,4 +1,4 @@
-"""rank_attention (contrast, detection, lift, scanpy layout) and the agreement with expression markers."""
+"""rank_attention: contrast, detection, lift, scanpy layout."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from scipy.stats import hypergeom
 
 from scconcerto import InputError
-from scconcerto.tools import attention_marker_agreement, expression_markers, rank_attention, ranked_names
+from scconcerto.tools import rank_attention, ranked_names
 
 
 @pytest.fixture(scope="module")
@@ -127,44 +126,6 @@ def test_stored_in_scanpy_layout_and_survives_h5ad(sim_att, sim, tmp_path):
         np.testing.assert_allclose(df["pct_nz_reference"], table["detection_out"], rtol=1e-6)
 
 
-def test_agreement_counts_overlap_against_chance():
-    names = ["g%d" % i for i in range(50)]
-    adata = ad.AnnData(X=sp.csr_matrix((4, 50), dtype=np.float32), var=pd.DataFrame(index=names),
-                       obs=pd.DataFrame({"group": pd.Categorical(["a", "a", "b", "b"])}, index=list("wxyz")))
-
-    def store(key: str, lists: dict[str, list[str]], extra: dict | None = None) -> None:
-        adata.uns[key] = {"params": {"groupby": "group", **(extra or {})},
-                          "names": pd.DataFrame(lists).to_records(index=False, column_dtypes="O")}
-
-    store("rank_attention", {"a": ["g0", "g1", "g2", "g3"], "b": ["g4", "g5", "g6", "g7"]}, {"modality": "rna"})
-    store("expr", {"a": ["g1", "g0", "g9", "g8"], "b": ["g10", "g11", "g12", "g7"]})
-    table = attention_marker_agreement(adata, attention_key="rank_attention", expression_key="expr", n_top=4)
-    assert table.loc["a", "overlap"] == 2 and table.loc["b", "overlap"] == 1
-    assert table.loc["a", "shared"] == "g0, g1" and table.loc["a", "fraction"] == 0.5
-    assert table.loc["a", "expected"] == pytest.approx(4 * 4 / 50)
-    assert table.loc["a", "pval"] == pytest.approx(hypergeom.sf(1, 50, 4, 4))
-    assert table.loc["b", "pval"] > table.loc["a", "pval"]
-
-
-def test_agreement_on_the_simulator_beats_chance(sim_att, sim):
-    data = sim.copy()
-    rank_attention(data, "cell_type", attention=sim_att, n_top=20)
-    table = attention_marker_agreement(data, n_top=20)
-    assert list(table.index) == list(sim.obs["cell_type"].cat.categories)
-    assert (table["overlap"] >= 5 * table["expected"]).all() and (table["pval"] < 1e-4).all()
-
-
-def test_expression_markers_find_the_programs_and_leave_data_alone(sim):
-    data = sim.copy()
-    before = data.X.copy()
-    markers = expression_markers(data, "cell_type", n_top=20)
-    truth = sim.uns["simulation"]["marker_genes"]
-    assert all(len(set(markers[g]) & set(truth[g])) >= 10 for g in truth)
-    assert (data.X != before).nnz == 0 and "rank_genes_groups" not in data.uns
-    subset = expression_markers(data, "cell_type", n_top=5, genes=list(sim.var_names[:100]))
-    assert all(set(v) <= set(sim.var_names[:100]) for v in subset.values())
-
-
 def test_input_errors(sim_att, sim, trained_model):
     data = sim.copy()
     with pytest.raises(InputError, match="does not exist"):
@@ -183,8 +144,6 @@ def test_input_errors(sim_att, sim, trained_model):
     one_group.obs["one"] = "x"
     with pytest.raises(InputError, match="two groups"):
         rank_attention(one_group, "one", attention=sim_att)
-    with pytest.raises(InputError, match="rank_attention"):
-        attention_marker_agreement(data.copy(), "cell_type", attention_key="missing")
     # a model instead of weights gives the same ranking
     via_model = rank_attention(data, "cell_type", model=trained_model, n_top=5, key_added="")
     via_weights = rank_attention(data, "cell_type", attention=sim_att, n_top=5, key_added="")

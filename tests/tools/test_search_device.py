@@ -64,6 +64,7 @@ def test_decorator_reads_the_device_argument(monkeypatch):
         return x
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     work(1, device="cuda:0")
     work(1)  # "auto" with CUDA available
     work(1, device="cpu")

@@ -12,6 +12,8 @@ from scconcerto.train.plan import loader_workers, training_loader
 
 def test_workers_only_by_default_on_a_gpu(monkeypatch):
     monkeypatch.setattr(plan, "available_cpus", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as the device check sees
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert loader_workers(TrainConfig(device="cpu")) == (0, False)
     assert loader_workers(TrainConfig(device="cuda")) == (4, True)
     assert loader_workers(TrainConfig(device="cuda"), processes=8) == (1, True)

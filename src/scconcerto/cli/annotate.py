@@ -63,6 +63,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
                    help="unlabeled target cells (.h5ad or .h5mu) for domain adaptation (consistency loss)")
     p.add_argument("--target-batch-key", default=None,
                    help="obs column of the target's sources (default: the batch key, if the target has it)")
+    p.add_argument("--target-species", choices=["human", "mouse"], default=None,
+                   help="the target's species when it is not the reference's: genes matched by 1:1 orthologs")
     p.add_argument("--consistency-weight", type=float, default=1.0, help="weight of the target consistency loss")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the labeled data / target must have")
@@ -92,6 +94,8 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
                         "(0-1) for max_softmax, a cosine similarity for knn, a typicality (0-1) for combined "
                         "(default: the model's, chosen on held-out cells)")
     p.add_argument("--min-overlap", type=float, default=0.5, help="smallest fraction of the model's genes required")
+    p.add_argument("--query-species", choices=["human", "mouse"], default=None,
+                   help="the data's species when it is not the model's: genes matched by 1:1 orthologs")
     add_runtime(p)
     p.set_defaults(func=run_predict)
 
@@ -136,6 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_key = "__setup__"
     model.fit_classifier(adata, label_key=args.label_key, target=target, pretrain=True, batch_key=batch_key,
                          target_batch_key=args.target_batch_key or "__setup__", min_overlap=args.min_overlap,
+                         target_species=args.target_species,
                          consistency_weight=args.consistency_weight, pretrain_epochs=args.pretrain_epochs,
                          seed=args.seed, **_fit_kwargs(args))
     model.save(args.out, overwrite=args.overwrite)
@@ -143,7 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
     emit({"out": args.out, "label_key": s["label_key"], "classes": s["classes"],
                       "train_cells": s["n_train"], "validation_cells": s["n_validation"],
                       "target_cells": s["n_target"], "gene_overlap": s["gene_overlap"],
-                      "target_gene_overlap": s.get("target_gene_overlap"),
+                      "target_gene_overlap": s.get("target_gene_overlap"), "adaptation": s.get("adaptation"),
                       "temperature": round(s["temperature"], 4), "unknown_score": s["unknown_score"],
                       "unknown_thresholds": s["thresholds"],
                       "validation": s["calibration"],
@@ -164,7 +169,7 @@ def run_predict(args: argparse.Namespace) -> int:
     result = model.predict(adata, batch_key=args.batch_key, reject=args.reject,
                            unknown_threshold=args.unknown_threshold, unknown_score=args.unknown_score,
                            batch_size=args.batch_size or 1024,
-                           device=args.device, min_overlap=args.min_overlap)
+                           device=args.device, min_overlap=args.min_overlap, query_species=args.query_species)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     counts = adata.obs[pred_key(result.label_key)].value_counts()
     emit({"out": args.out, "cells": int(adata.n_obs), "label_key": result.label_key,

@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "modality); the format follows the suffix (.png, .pdf, .svg)")
     p.add_argument("--plot-top", type=int, default=5, help="features per group in the plot")
     p.add_argument("--agreement", default=None,
-                   help="also write a CSV of the overlap of each group's top genes with its expression markers "
-                        "(scanpy rank_genes_groups, wilcoxon), against chance")
+                   help="also write a CSV comparing each group's top features by attention and by differential "
+                        "expression (genes: scanpy rank_genes_groups, wilcoxon; proteins: mean difference of "
+                        "normalized values): one row per group and feature in either top list, with found_by "
+                        "(both / attention / expression), both ranks and the detection in and out of the group")
     add_runtime(p)
     p.set_defaults(func=run)
 
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from .._errors import InputError
     from .._io import read_h5ad, write_atomic_file
     from ..model import Concerto
-    from ..tools.attention import attention_marker_agreement, rank_attention
+    from ..tools.attention import rank_attention
+    from ..tools.attention_agreement import attention_agreement, attention_vs_expression
 
     outputs = [args.out] + [p for p in (args.plot, args.agreement) if p]
     if len({str(Path(p).resolve()) for p in outputs}) < len(outputs):
@@ -58,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
         check_output_free(path, args.overwrite)
     if args.plot and not Path(args.plot).suffix:
         raise InputError(f"--plot {args.plot!r} has no file extension; give e.g. {args.plot}.png or .pdf.")
-    if args.agreement and args.modality == "protein":
-        raise InputError("--agreement compares gene rankings with expression markers; use --modality rna or all.")
     model = Concerto.load(args.model)
     adata = read_h5ad(args.data)
     if args.modality == "protein" and not model.setup.proteins:
@@ -83,15 +84,23 @@ def run(args: argparse.Namespace) -> int:
     write_atomic_file(args.out, lambda p: result.to_csv(p, index=False), overwrite=args.overwrite)
     summary = {"out": args.out, "groups": int(result["group"].nunique()), "modalities": modalities,
                "n_top": args.n_top}
-    agreement = None
+    agreement, agreement_summary = None, None
     if args.agreement:
         layer = model.setup.layer if model.setup.layer in adata.layers else None
-        agreement = attention_marker_agreement(adata, args.groupby, n_top=args.n_top, layer=layer)
+        options = {"model": model, "attention": att, "n_top": args.n_top, "layer": layer}
+        agreement = pd.concat([attention_vs_expression(adata, args.groupby, modality=m, **options)
+                               for m in modalities], ignore_index=True)
+        agreement_summary = pd.concat([attention_agreement(adata, args.groupby, modality=m, **options)
+                                       for m in modalities], ignore_index=True)
     figure = _draw_plot(adata, args, att, modalities) if args.plot else None
     if agreement is not None:
-        write_atomic_file(args.agreement, lambda p: agreement.to_csv(p), overwrite=args.overwrite)
-        summary["agreement"] = {"out": args.agreement, "mean_overlap": round(float(agreement["overlap"].mean()), 2),
-                                "chance": round(float(agreement["expected"].mean()), 2)}
+        write_atomic_file(args.agreement, lambda p: agreement.to_csv(p, index=False), overwrite=args.overwrite)
+        summary["agreement"] = {"out": args.agreement}
+        for modality, part in agreement_summary.groupby("modality", sort=False):
+            summary["agreement"][modality] = {
+                "top": int(part["k"].iloc[0]), "mean_overlap": round(float(part["overlap"].mean()), 2),
+                "chance": round(float(part["expected"].mean()), 2),
+                "mean_spearman": round(float(part["spearman"].mean()), 2), "features": int(part["n_features"].iloc[0])}
     if figure is not None:
         _save_plot(figure, args.plot, args.overwrite)
         summary["plot"] = args.plot

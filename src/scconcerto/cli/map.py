@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "half-way), for a query whose cell-type mix differs strongly from the reference's")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the query must have (default: 0.5)")
+    p.add_argument("--query-species", choices=["human", "mouse"], default=None,
+                   help="the query's species when it is not the model's: genes matched by 1:1 orthologs")
     p.add_argument("--reference", default=None,
                    help="the reference .h5ad the model was trained on; only needed to map RNA-only queries onto an "
                         "RNA + protein model saved without its RNA-only reference embedding")
@@ -73,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
                              levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,
                              index=args.index, impute_k=args.impute_k, place=not args.no_umap, min_overlap=args.min_overlap,
                              batch_size=args.batch_size or 1024, device=args.device, seed=args.seed,
-                             label_shift=not args.no_label_shift, adjust_proportions=args.adjust_proportions)
+                             label_shift=not args.no_label_shift, adjust_proportions=args.adjust_proportions,
+                             query_species=args.query_species)
     adata.uns["scconcerto_mapping"]["model"] = str(args.model)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     info = result.info
     summary = {"out": args.out, "cells": adata.n_obs, "gene_overlap": info["gene_overlap"]["overlap"],
+               "genes": info["gene_overlap"],
                "space": info["space"], "k": info["k"],
                "labels": {key: {"unknown_fraction": round(float(df["unknown"].mean()), 4),
                                 "threshold": info["thresholds"][key],

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--positive-space", choices=("joint", "svd"), default="joint",
                    help="where neighbour positives are searched: 'joint' (default) averages the cosine similarity "
                         "of the plain (SVD) and scaled (z-scored PCA) expression spaces; 'svd': the plain one")
+    p.add_argument("--balance", choices=("auto", "labels", "clusters", "none"), default=None,
+                   help="per-source batch-norm statistics balanced for cell-type composition: by the label "
+                        "groups, by clusters found across sources, 'auto' (labels when given, else clusters) or "
+                        "'none' (default: the package default, see docs/defaults.md)")
     p.add_argument("--modality-dropout", type=float, default=0.5,
                    help="RNA + protein: share of training batches whose teacher sees RNA only (default: 0.5)")
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
@@ -58,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     label = args.label_key[0] if args.label_key and len(args.label_key) == 1 else args.label_key
     model = Concerto(adata, batch_key=args.batch_key, label_key=label, protein_key=protein_key,
                      layer=args.layer, hvg=args.hvg, seed=args.seed)
+    options = {} if args.balance is None else {"balance": args.balance}
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
                 positive_space=args.positive_space,
                 modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
-                precision=args.precision)
+                precision=args.precision, **options)
     if not is_global_zero():  # data-parallel run: rank 0 writes the model
         return 0
     model.save(args.out, overwrite=args.overwrite)

@@ -31,6 +31,9 @@ T = TypeVar("T")
 DEFAULT_BLOCK_ROWS = 16_384
 #: Sorted rows closer than this are read as one contiguous run (reading a few extra rows beats a new read).
 _RUN_GAP = 32
+#: A run never spans more rows than this: a dense selection (a 20 % sample of the file) is read block by
+#: block instead of as one run covering the whole file, so memory follows the rows selected.
+RUN_MAX_ROWS = DEFAULT_BLOCK_ROWS
 
 
 def _csr_group(obj: Any) -> Any:
@@ -202,7 +205,9 @@ class BackedCSR:
             return self.read_rows(int(rows[0]), int(rows[-1]) + 1)
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
-        cuts = np.flatnonzero(np.diff(sorted_rows) > _RUN_GAP) + 1
+        far = np.diff(sorted_rows) > _RUN_GAP
+        other_block = np.diff(sorted_rows // RUN_MAX_ROWS) > 0  # runs stay inside aligned blocks of rows
+        cuts = np.flatnonzero(far | other_block) + 1
         parts_data, parts_idx, parts_len = [], [], []
         for run in np.split(sorted_rows, cuts):
             first, last = int(run[0]), int(run[-1]) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -10,6 +11,10 @@ import scipy.sparse as sp
 from .._ragged import CellBatch, Ragged
 from .backed import BackedCSR
 from .preprocess import InputKind, normalize_values
+from .protein import above_background
+
+if TYPE_CHECKING:
+    from .positives import PositiveSearch
 
 
 def subsample_rows(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, max_len: int,
@@ -70,6 +75,16 @@ class CellMatrix:
         ``(n_cells, k)`` candidate positives per cell for training (see
         :mod:`scconcerto.data.positives`): the student view of a cell is drawn
         from one of them. ``None``: both views come from the cell itself (the paper).
+    protein_background
+        ``(n_proteins,)`` background level of each protein (:mod:`scconcerto.data.protein`): the
+        network's views hold a protein only where it is above it. ``None``: every non-zero value.
+    positive_search
+        How positives are found among a set of cells
+        (:class:`~scconcerto.data.positives.PositiveSearch`): cells streamed from disk
+        search them in each window as it is read, instead of holding :attr:`positives`.
+    balance_weights
+        ``(n_cells,)`` weight of each cell in the source-specific batch-normalization
+        statistics of training (:mod:`scconcerto.data.composition`); ``None``: equal weights.
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -79,6 +94,9 @@ class CellMatrix:
     domains: np.ndarray
     protein: np.ndarray | None = None
     positives: np.ndarray | None = None
+    protein_background: np.ndarray | None = None
+    positive_search: PositiveSearch | None = None
+    balance_weights: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -107,6 +125,10 @@ class CellMatrix:
             indptr = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum(np.bincount(row_of, minlength=len(rows)), out=indptr[1:])
         return indices, values, indptr
+
+    def protein_view(self, rows: np.ndarray) -> np.ndarray:
+        """The protein values of ``rows`` as the network sees them (zero at or below background)."""
+        return above_background(self.protein[rows], self.protein_background)
 
     def batch(self, rows: np.ndarray, max_genes: int | None = None, rng: np.random.Generator | None = None,
               gene_dropout: float = 0.0, modality_dropout: float = 0.0) -> CellBatch:
@@ -140,9 +162,9 @@ class CellMatrix:
                 t_ind, t_val, t_off = subsample_rows(t_ind, t_val, t_off, max_genes, rng)
             teacher["rna"] = Ragged.from_numpy(t_ind, t_val, t_off)
         if self.protein is not None:
-            teacher["protein"] = Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein[rows]))
+            teacher["protein"] = Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein_view(rows)))
             student["protein"] = (teacher["protein"] if student_rows is rows
-                                  else Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein[student_rows])))
+                                  else Ragged.from_numpy(*_dense_to_ragged_arrays(self.protein_view(student_rows))))
             if rng is not None and modality_dropout > 0 and rng.random() < modality_dropout:
                 del teacher["protein"]
         import torch

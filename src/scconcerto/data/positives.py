@@ -11,11 +11,18 @@ similar cell", which cannot be solved by memorizing one cell.
 
 Neighbours are searched
 
-* in a low-rank expression space: a truncated SVD of the normalized values,
-  fitted on at most ``svd_cells`` cells and applied block by block (the matrix
-  is never densified), cosine similarity through faiss; the model joins it to
+* in a low-rank sketch of the expression: a truncated SVD of the normalized values,
+  fitted on a seeded sample of at most ``svd_cells`` cells (read from disk in bounded
+  runs when the matrix is backed) and applied block by block to every cell (the
+  matrix is never densified), cosine similarity through faiss; the model joins it to
   the scaled expression space (:mod:`scconcerto.data.scaled_space`) by default
-  (:func:`joint_components`: the mean of the two cosine similarities);
+  (:func:`joint_components`: the mean of the two cosine similarities). The sketch is
+  the same whether the cells are in memory or on disk;
+* among the cells at hand (:class:`PositiveSearch`): all training cells when they are
+  in memory, the cells of the window being trained on when they are streamed from disk
+  (a window holds every cell of a reference of up to ``chunk_size * window_chunks``
+  cells, 32,768 by default, and a random third of a 100k-cell one), as NNCLR draws
+  positives from a support set of recent cells;
 * among cells of the same source only (batch effects must not be learnt as
   positives);
 * when reference labels are given, among cells of the same label too (a
@@ -29,6 +36,7 @@ Neighbours are searched
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -129,15 +137,90 @@ def _csr_of(cells: CellMatrix, rows: np.ndarray, n_genes: int) -> sp.csr_matrix:
     return sp.csr_matrix((values.astype(np.float32), indices, offsets), shape=(len(rows), n_genes))
 
 
+@dataclass(frozen=True)
+class PositiveSearch:
+    """Where a cell's neighbour positives are found: its ``k`` nearest cells among the cells at hand.
+
+    In memory the cells at hand are all the training cells (:func:`neighbor_positives`, searched once);
+    streamed from disk they are the cells of the window being trained on
+    (:class:`~scconcerto.data.streaming.StreamingBatches` searches each window as it is read), so the
+    same search serves every size and memory follows the window. Only the cells' coordinates in the
+    expression sketch are kept for all cells (``components``: ``4 * d`` bytes a cell).
+
+    Attributes
+    ----------
+    k
+        Neighbours per cell.
+    components
+        ``(n_cells, d)`` float32: every cell in the expression sketch (unit rows; cosine similarity).
+    groups
+        ``(n_cells,)`` int64 group codes (label groups); a cell with a code ``>= 0`` searches the cells of
+        its source with the same code, a cell with ``-1`` (unlabeled, or in the calibration hold-out)
+        the whole of its source. ``None``: every cell searches its source.
+    """
+
+    k: int
+    components: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.groups is not None and len(self.groups) != len(self.components):
+            raise ValueError(f"groups must hold one code per cell ({len(self.components)}), got {len(self.groups)}")
+
+    def among(self, rows: np.ndarray, domains: np.ndarray) -> np.ndarray:
+        """Positives of the cells ``rows`` among themselves: ``(len(rows), k)`` positions into ``rows``.
+
+        ``domains`` are the cells' source codes (same order as ``rows``). A cell never is its own
+        positive unless it is alone in its group; groups with fewer than ``k + 1`` cells repeat members.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        codes = np.full(len(rows), -1, dtype=np.int64) if self.groups is None else self.groups[rows]
+        return _search(self.components[rows], np.asarray(domains, dtype=np.int64), codes, self.k)
+
+
+def _search(z: np.ndarray, domains: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)`` positions: each row's ``k`` nearest rows of its domain (and code, when ``>= 0``)."""
+    n = len(z)
+    out = np.repeat(np.arange(n, dtype=np.int64)[:, None], k, axis=1)
+    for d in np.unique(domains):
+        in_domain = np.flatnonzero(domains == d)
+        for code in np.unique(codes[in_domain]):
+            rows = in_domain[codes[in_domain] == code]
+            base = in_domain if code < 0 else rows  # unlabeled / open cells search their whole source
+            if len(base) < 2:
+                continue
+            kind = "flat" if len(base) <= _EXACT_MAX_CELLS else "hnsw"
+            hits = knn(z[rows], z[base], k, exclude_self=True, kind=kind,
+                       self_rows=np.searchsorted(base, rows)).indices
+            hits = np.where(hits < 0, hits[:, :1], hits)  # an approximate index may return fewer hits than asked
+            out[rows] = base[hits[:, np.arange(k) % hits.shape[1]]]
+    return out
+
+
+def positive_codes(n_cells: int, labels: np.ndarray | None = None, open_rows: np.ndarray | None = None
+                   ) -> np.ndarray | None:
+    """The group codes of :class:`PositiveSearch`: ``labels`` with the ``open_rows`` set to ``-1``."""
+    if labels is None:
+        return None
+    codes = np.asarray(labels, dtype=np.int64).copy()
+    if codes.shape != (n_cells,):
+        raise ValueError(f"labels must hold one code per cell ({n_cells}), got shape {codes.shape}")
+    if open_rows is not None:
+        codes[np.asarray(open_rows, dtype=np.int64)] = -1
+    return codes
+
+
 def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None = None,
                        open_rows: np.ndarray | None = None, n_components: int = DEFAULT_COMPONENTS,
                        seed: int = 0, components: np.ndarray | None = None) -> np.ndarray:
-    """Candidate positives of every cell: ``(n_cells, k)`` row numbers.
+    """Candidate positives of every cell among all of them: ``(n_cells, k)`` row numbers.
 
     Parameters
     ----------
     cells
-        The training cells (in memory).
+        The training cells (in memory or on disk).
     k
         Neighbours per cell. Groups with fewer cells repeat their members; a cell
         alone in its group is its own positive.
@@ -157,28 +240,10 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     n = cells.n_cells
-    out = np.repeat(np.arange(n, dtype=np.int64)[:, None], k, axis=1)
+    codes = positive_codes(n, labels, open_rows)
     col = cells.column_to_vocab
     n_genes = int(cells.X.shape[1] if col is None else int((col >= 0).sum()))
     if n < 3 or n_genes < 2:  # nothing to search: every cell is its own positive
-        return out
+        return np.repeat(np.arange(n, dtype=np.int64)[:, None], k, axis=1)
     z = expression_components(cells, n_components, seed=seed) if components is None else components
-    domains = np.asarray(cells.domains, dtype=np.int64)
-    codes = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).copy()
-    if codes.shape != (n,):
-        raise ValueError(f"labels must hold one code per cell ({n}), got shape {codes.shape}")
-    if open_rows is not None:
-        codes[np.asarray(open_rows, dtype=np.int64)] = -1
-    for d in np.unique(domains):
-        in_domain = np.flatnonzero(domains == d)
-        for code in np.unique(codes[in_domain]):
-            rows = in_domain[codes[in_domain] == code]
-            base = in_domain if code < 0 else rows  # unlabeled / open cells search their whole source
-            if len(base) < 2:
-                continue
-            kind = "flat" if len(base) <= _EXACT_MAX_CELLS else "hnsw"
-            hits = knn(z[rows], z[base], k, exclude_self=True, kind=kind,
-                       self_rows=np.searchsorted(base, rows)).indices
-            hits = np.where(hits < 0, hits[:, :1], hits)  # an approximate index may return fewer hits than asked
-            out[rows] = base[hits[:, np.arange(k) % hits.shape[1]]]
-    return out
+    return PositiveSearch(k, z, codes).among(np.arange(n), cells.domains)

@@ -14,6 +14,7 @@ from .._errors import InputError
 from .backed import BackedCSR, is_backed_csr
 from .cells import CellMatrix
 from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
+from .protein import fit_protein_background
 from .vocabulary import DEFAULT_MIN_OVERLAP, GeneAlignment, GeneVocabulary
 
 DEFAULT_SOURCE = "all"
@@ -35,6 +36,9 @@ class DataSetup:
     labels: dict[str, list[str]] = field(default_factory=dict)
     proteins: list[str] = field(default_factory=list)
     protein_norm: str = "clr"
+    #: Per-protein background of the normalized values (:mod:`scconcerto.data.protein`); the model sees a
+    #: protein only above it. Empty: every non-zero value is seen (models saved before it was fitted).
+    protein_background: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,10 +122,23 @@ def normalize_protein(values: np.ndarray, method: str) -> np.ndarray:
     raise InputError(f"Unknown protein normalization {method!r}; use 'clr' or 'log1p'.")
 
 
-def _select_hvg(matrix: sp.csr_matrix, kind: InputKind, n_top: int, var_names: pd.Index,
-                batches: pd.Series | None) -> list[str]:
+#: Highly variable genes are chosen on at most this many cells (a seeded sample of larger references,
+#: in memory or on disk alike, read by rows: the chosen genes do not depend on where the matrix is).
+HVG_MAX_CELLS = 50_000
+
+
+def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, var_names: pd.Index,
+                batches: pd.Series | None, seed: int = 0) -> list[str]:
+    """``n_top`` highly variable genes (scanpy's ``seurat`` flavour, per batch when there are several) on
+    the log-normalized values of all cells, or of a seeded sample of ``HVG_MAX_CELLS`` of them."""
     import scanpy as sc
 
+    n = matrix.shape[0]
+    if n > HVG_MAX_CELLS or isinstance(matrix, BackedCSR):
+        rows = np.arange(n) if n <= HVG_MAX_CELLS else np.sort(
+            np.random.default_rng(seed).choice(n, HVG_MAX_CELLS, replace=False))
+        matrix = csr_rows(matrix[rows])
+        batches = None if batches is None else batches.iloc[rows]
     totals = cell_totals(matrix)
     row_of = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
     lognorm = sp.csr_matrix((normalize_values(matrix.data, row_of, totals, kind), matrix.indices, matrix.indptr),
@@ -137,8 +154,12 @@ def _select_hvg(matrix: sp.csr_matrix, kind: InputKind, n_top: int, var_names: p
 
 def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
                     protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
-                    protein_norm: str = "clr") -> DataSetup:
-    """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories)."""
+                    protein_norm: str = "clr", protein_background: bool = True) -> DataSetup:
+    """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories).
+
+    With ``protein_background``, each protein's background level is fitted on the reference's
+    normalized values (:func:`~scconcerto.data.protein.fit_protein_background`).
+    """
     matrix = expression_matrix(adata, layer)
     where = f"layers[{layer!r}]" if layer else "X"
     if matrix.nnz == 0:
@@ -171,19 +192,19 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
         if not labels[key]:
             raise InputError(f"`obs[{key!r}]` holds no labels (all missing).")
     proteins: list[str] = []
+    background: list[float] = []
     if protein_key is not None:
-        _, proteins = protein_matrix(adata, protein_key)
+        raw, proteins = protein_matrix(adata, protein_key)
+        if protein_background:
+            background = fit_protein_background(normalize_protein(raw, protein_norm)).tolist()
     genes = names.tolist()
     if hvg is not None:
         if hvg < 2:
             raise InputError(f"hvg must be at least 2 genes, got {hvg}.")
-        if isinstance(matrix, BackedCSR):
-            raise InputError("hvg=... needs the matrix in memory, but X is on disk (backed). Use all genes "
-                             "(hvg=None), or select the genes first and subset the file.")
         genes = _select_hvg(matrix, kind, hvg, names, batches)
     return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
                      protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,
-                     proteins=proteins, protein_norm=protein_norm)
+                     proteins=proteins, protein_norm=protein_norm, protein_background=background)
 
 
 @dataclass
@@ -199,10 +220,12 @@ class PreparedCells:
 
 def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__setup__",
                   batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                  use_protein: bool = True, what: str = "the data") -> PreparedCells:
+                  use_protein: bool = True, what: str = "the data", query_species: str | None = None
+                  ) -> PreparedCells:
     """Turn ``adata`` into a :class:`CellMatrix` in the model's space.
 
-    Genes are aligned by name; sources named like a reference source use its
+    Genes are aligned by name (harmonised; ``query_species``: the data's species when it is not
+    the model's, see :meth:`~scconcerto.data.GeneVocabulary.align`); sources named like a reference source use its
     statistics, other sources get new ids (listed in ``unseen_sources``) for AdaBN.
     Proteins are used if the data has the model's protein key.
     """
@@ -216,7 +239,8 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
     batch_key = setup.batch_key if batch_key == "__setup__" else batch_key
     matrix = expression_matrix(adata, layer)
     kind = detect_input_kind(stored_values(matrix), where=f"layers[{layer!r}]" if layer else "X")
-    alignment = setup.vocabulary.align(adata.var_names, min_overlap=min_overlap, what=what)
+    alignment = setup.vocabulary.align(adata.var_names, min_overlap=min_overlap, what=what,
+                                       query_species=query_species)
     totals = cell_totals(matrix)
     if batch_key is not None and batch_key in adata.obs:
         names = adata.obs[batch_key].astype(str).fillna("nan").to_numpy()
@@ -240,7 +264,8 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
                              "names in `uns['protein_names']`, or drop the protein key to embed RNA only.")
         protein = normalize_protein(raw[:, pos], setup.protein_norm)
     col = None if alignment.is_identity else alignment.column_to_vocab
-    cells = CellMatrix(matrix, col, totals, kind, domains, protein)
+    background = np.asarray(setup.protein_background, dtype=np.float32) if setup.protein_background else None
+    cells = CellMatrix(matrix, col, totals, kind, domains, protein, protein_background=background)
     return PreparedCells(cells, alignment, [str(s) for s in uniq], unseen, kind)
 
 

@@ -11,7 +11,14 @@ random places of the file, every cell is seen once per epoch, each source gives
 ``ceil(n / batch_size)`` batches whatever the windows are, and at most a few
 windows are in memory: peak memory grows with ``chunk_size * window_chunks``,
 not with the number of cells. Under ``torch.distributed`` each rank reads only
-its own chunks."""
+its own chunks. With neighbour positives (``cells.positive_search``) each window's
+cells find theirs among the window (:class:`~scconcerto.data.positives.PositiveSearch`):
+the student view is a cell already read, so positives cost no extra reads.
+
+A file that fits in one window (``chunk_size * window_chunks`` cells, one process)
+is the in-memory case: its cells are taken in row order and cut into the batches of
+:class:`~scconcerto.data.sampling.SourceBatchSampler`, with the same augmentation
+seeds, so training from disk and from memory is the same computation."""
 
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ def load_window(cells: CellMatrix, window: list[tuple[int, int]]) -> CellMatrix:
     else:
         X = cells.X[rows]
     protein = cells.protein[rows] if cells.protein is not None else None
-    return CellMatrix(X, cells.column_to_vocab, cells.totals[rows], cells.kind, cells.domains[rows], protein)
+    return CellMatrix(X, cells.column_to_vocab, cells.totals[rows], cells.kind, cells.domains[rows], protein,
+                      protein_background=cells.protein_background)
 
 
 class StreamingBatches(torch.utils.data.IterableDataset):
@@ -52,8 +60,8 @@ class StreamingBatches(torch.utils.data.IterableDataset):
         The dataset (its ``X`` typically a :class:`~scconcerto.data.backed.BackedCSR`).
     batch_size
         Cells per batch.
-    max_genes, gene_dropout
-        Teacher-view augmentation (see :meth:`CellMatrix.batch`).
+    max_genes, gene_dropout, modality_dropout
+        Augmentation, as in memory (see :meth:`CellMatrix.batch`).
     seed
         Seeds the chunk order, the batches and the augmentation.
     chunk_size, window_chunks
@@ -66,12 +74,13 @@ class StreamingBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, cells: CellMatrix, batch_size: int, max_genes: int | None = None, gene_dropout: float = 0.0,
                  seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE, window_chunks: int = DEFAULT_WINDOW_CHUNKS,
-                 num_replicas: int = 1, rank: int = 0, prefetch_batches: int = 4):
+                 num_replicas: int = 1, rank: int = 0, prefetch_batches: int = 4, modality_dropout: float = 0.0):
         super().__init__()
         self.cells = cells
         self.batch_size = batch_size
         self.max_genes = max_genes
         self.gene_dropout = gene_dropout
+        self.modality_dropout = modality_dropout
         self.seed = seed
         self.chunk_size = chunk_size
         self.window_chunks = window_chunks
@@ -111,8 +120,17 @@ class StreamingBatches(torch.utils.data.IterableDataset):
             rows = window_rows(window)
             if carry is not None:
                 local, rows = concat_cells(carry[0], local), np.concatenate([carry[1], rows])
+            whole = len(windows) == 1 and len(rows) == self.cells.n_cells
+            if whole:  # every cell in one window: in row order, the in-memory sampler's batches follow
+                order = np.argsort(rows, kind="stable")
+                local, rows = subset_cells(local, order), rows[order]
+            if self.cells.positive_search is not None:  # neighbour positives among the window's cells
+                local.positives = self.cells.positive_search.among(rows, local.domains)
             rng = np.random.default_rng([self.seed, epoch, w_id, 2])
-            if w_id == len(windows) - 1:  # last window: near-equal batches of what is left, nothing dropped
+            if whole:  # the batches of SourceBatchSampler: in memory and on disk train alike
+                parts = source_batches(local.domains, self.batch_size, True, self.seed, epoch)
+                carry = None
+            elif w_id == len(windows) - 1:  # last window: near-equal batches of what is left, nothing dropped
                 parts = source_batches(local.domains, self.batch_size, True, self.seed, epoch * 100_003 + w_id)
                 carry = None
             else:
@@ -120,8 +138,9 @@ class StreamingBatches(torch.utils.data.IterableDataset):
                 carry = (subset_cells(local, rest), rows[rest])
             for part in parts:
                 global_rows = rows[part]
-                aug = np.random.default_rng([self.seed, epoch, *global_rows[:4].tolist(), len(global_rows)])
-                batch = local.batch(part, self.max_genes, aug, self.gene_dropout)
+                # seeded by the batch's rows, as in memory (CellBatchDataset)
+                aug = np.random.default_rng([self.seed, *global_rows[:4].tolist(), len(global_rows)])
+                batch = local.batch(part, self.max_genes, aug, self.gene_dropout, self.modality_dropout)
                 batch.rows = torch.from_numpy(global_rows)
                 yield batch
             del local
@@ -148,7 +167,7 @@ def subset_cells(cells: CellMatrix, rows: np.ndarray) -> CellMatrix:
     """The in-memory cells ``rows`` of ``cells``."""
     protein = cells.protein[rows] if cells.protein is not None else None
     return CellMatrix(cells.X[rows], cells.column_to_vocab, cells.totals[rows], cells.kind, cells.domains[rows],
-                      protein)
+                      protein, protein_background=cells.protein_background)
 
 
 def concat_cells(first: CellMatrix, second: CellMatrix) -> CellMatrix:
@@ -158,4 +177,5 @@ def concat_cells(first: CellMatrix, second: CellMatrix) -> CellMatrix:
         protein = np.concatenate([first.protein, second.protein])
     return CellMatrix(sp.vstack([first.X, second.X], format="csr"), first.column_to_vocab,
                       np.concatenate([first.totals, second.totals]), first.kind,
-                      np.concatenate([first.domains, second.domains]), protein)
+                      np.concatenate([first.domains, second.domains]), protein,
+                      protein_background=first.protein_background)

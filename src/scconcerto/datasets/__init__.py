@@ -1,5 +1,5 @@
 """Data sets: a seeded single-cell simulator for tests, docs and benchmarks."""
 
-from ._simulate import simulate, simulate_to_h5ad
+from ._simulate import HARD_SIMULATION, simulate, simulate_hard, simulate_to_h5ad, write_hard_simulation
 
-__all__ = ["simulate", "simulate_to_h5ad"]
+__all__ = ["HARD_SIMULATION", "simulate", "simulate_hard", "simulate_to_h5ad", "write_hard_simulation"]

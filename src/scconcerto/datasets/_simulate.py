@@ -13,9 +13,11 @@ Model
 * Base profile: log-normal gene means (clipped upper tail), i.e. a few highly
   expressed genes and many lowly expressed ones.
 * Cell types: each type up-regulates its own disjoint set of
-  ``markers_per_type`` genes (fold change 4-8x) and down-regulates a few
-  background genes (3-6x). With ``n_major`` the types are grouped into major
-  groups that share an additional program (3-6x) of their own genes.
+  ``markers_per_type`` genes (fold change ``marker_fold_change``, 4-8x by
+  default) and down-regulates a few background genes (``down_fold_change``,
+  3-6x). With ``n_major`` the types are grouped into major groups (lineages)
+  that share an additional program of ``lineage_markers`` genes of their own
+  (``lineage_fold_change``, 3-6x).
 * Batches: gene-wise multiplicative log-normal effects (sd ``batch_effect``)
   and per-batch sequencing depth factors spread over [0.5, 2].
 * Counts: negative binomial (gamma-Poisson) with size ``dispersion``
@@ -23,6 +25,14 @@ Model
 * Proteins: each protein is tied to one cell type (or one major group); its
   expected level is a background plus a 5-20x signal in target cells, times a
   per-cell capture factor and per-batch factor; counts are negative binomial.
+
+``batches`` generates only the cells of some batches of the same world (same
+genes, types, batch effects and depths): a reference of some batches and a
+query of a held-out one, each with its own cells and noise.
+:func:`simulate_hard` is that split in a hard world (:data:`HARD_SIMULATION`:
+subtypes of a lineage told apart by a handful of genes with modest fold
+changes, gene-specific batch effects) and :func:`write_hard_simulation`
+writes it to backed ``.h5ad`` files chunk by chunk.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +54,7 @@ import scipy.sparse as sp
 
 from .._hardware import available_cpus
 
-__all__ = ["simulate", "simulate_to_h5ad"]
+__all__ = ["HARD_SIMULATION", "simulate", "simulate_hard", "simulate_to_h5ad", "write_hard_simulation"]
 
 #: Version of the generative model; bump when the random stream changes.
 SIMULATOR_VERSION = 1
@@ -52,10 +62,11 @@ SIMULATOR_VERSION = 1
 # Fixed model constants.
 _GENE_LOG_SD = 2.5  # sd of log gene means
 _GENE_LOG_CLIP = 2.5  # clip log gene means at this many sd (no single gene dominates)
-_TYPE_NOISE_SD = 0.1  # small type-specific perturbation of every gene
+_TYPE_NOISE_SD = 0.1  # default sd of the type-specific perturbation of every gene
 _MARKER_FC = (4.0, 8.0)
 _MAJOR_FC = (3.0, 6.0)
 _DOWN_FC = (3.0, 6.0)
+_COMPOSITION_SD = 0.3  # per-batch log shift of the type frequencies
 _LIB_LOG_SD = 0.35  # within-batch sd of log library size
 _DEPTH_RANGE = (0.5, 2.0)  # per-batch depth factors
 _PROT_BACKGROUND = 30.0
@@ -103,6 +114,7 @@ class _Params:
     seed: int
     dispersion: float
     block: int
+    stream: tuple[int, ...]  # spawn key prefix of the per-block generators
     type_codes: np.ndarray  # (n_cells,) int
     batch_codes: np.ndarray  # (n_cells,) int
     rates: np.ndarray  # (n_types * n_batches, n_genes) float64, rows sum to 1
@@ -114,66 +126,99 @@ class _Params:
     uns: dict[str, Any]
 
 
-def _validate(
-    n_cells: int,
-    n_genes: int,
-    n_types: int,
-    n_batches: int,
-    n_proteins: int,
-    n_major: int | None,
-    seed: int,
-    markers_per_type: int,
-    batch_effect: float,
-    mean_depth: float,
-    dispersion: float,
-    chunk_size: int,
-) -> None:
-    ints = dict(
-        n_cells=n_cells,
-        n_genes=n_genes,
-        n_types=n_types,
-        n_batches=n_batches,
-        n_proteins=n_proteins,
-        seed=seed,
-        markers_per_type=markers_per_type,
-        chunk_size=chunk_size,
-    )
+#: The generative model's options and their defaults (:func:`simulate`'s keyword arguments).
+_MODEL_DEFAULTS: dict[str, Any] = dict(
+    n_types=5, n_batches=2, n_proteins=0, n_major=None, seed=0, markers_per_type=20, batch_effect=0.5,
+    mean_depth=2000.0, dispersion=5.0, marker_fold_change=_MARKER_FC, down_fold_change=_DOWN_FC,
+    lineage_markers=None, lineage_fold_change=_MAJOR_FC, type_noise=_TYPE_NOISE_SD, batches=None,
+)  # fmt: skip
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _fold_range(name: str, value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and 1.0 <= lo <= hi):
+        raise ValueError(f"{name} must satisfy 1 <= low <= high (finite), got {value!r}")
+    return lo, hi
+
+
+def _batch_subset(batches: Any, n_batches: int) -> tuple[int, ...] | None:
+    if batches is None:
+        return None
+    chosen = [batches] if _is_int(batches) else list(batches)
+    if not chosen or not all(_is_int(b) for b in chosen):
+        raise TypeError(f"batches must be batch numbers (integers) or None, got {batches!r}")
+    if len(set(chosen)) != len(chosen) or not all(0 <= b < n_batches for b in chosen):
+        raise ValueError(f"batches must be distinct batch numbers in [0, n_batches={n_batches}), got {batches!r}")
+    return tuple(sorted(int(b) for b in chosen))
+
+
+def _validate(n_cells: int, n_genes: int, chunk_size: int, model: dict[str, Any]) -> dict[str, Any]:
+    """Check the arguments; returns the model options with fold-change ranges and batches normalized."""
+    unknown = set(model) - set(_MODEL_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+    m = {**_MODEL_DEFAULTS, **model}
+    n_types, n_batches, n_proteins, n_major = m["n_types"], m["n_batches"], m["n_proteins"], m["n_major"]
+    markers_per_type = m["markers_per_type"]
+    ints = dict(n_cells=n_cells, n_genes=n_genes, n_types=n_types, n_batches=n_batches, n_proteins=n_proteins,
+                seed=m["seed"], markers_per_type=markers_per_type, chunk_size=chunk_size)
     for name, value in ints.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not _is_int(value):
             raise TypeError(f"{name} must be an integer, got {value!r}")
     for name in ("n_cells", "n_genes", "n_types", "n_batches", "markers_per_type", "chunk_size"):
         if ints[name] < 1:
             raise ValueError(f"{name} must be >= 1, got {ints[name]}")
     if n_proteins < 0:
         raise ValueError(f"n_proteins must be >= 0, got {n_proteins}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    if m["seed"] < 0:
+        raise ValueError(f"seed must be >= 0, got {m['seed']}")
     if n_major is not None:
-        if isinstance(n_major, bool) or not isinstance(n_major, (int, np.integer)):
+        if not _is_int(n_major):
             raise TypeError(f"n_major must be an integer or None, got {n_major!r}")
         if not 1 <= n_major <= n_types:
             raise ValueError(f"n_major must be in [1, n_types={n_types}], got {n_major}")
-    if n_cells < n_types * n_batches:
+    lineage_markers = m["lineage_markers"]
+    if lineage_markers is not None:
+        if not _is_int(lineage_markers):
+            raise TypeError(f"lineage_markers must be an integer or None, got {lineage_markers!r}")
+        if lineage_markers < 1:
+            raise ValueError(f"lineage_markers must be >= 1, got {lineage_markers}")
+    for name in ("marker_fold_change", "down_fold_change", "lineage_fold_change"):
+        m[name] = _fold_range(name, m[name])
+    m["batches"] = _batch_subset(m["batches"], n_batches)
+    n_sources = n_batches if m["batches"] is None else len(m["batches"])
+    if n_cells < n_types * n_sources:
         raise ValueError(
             f"n_cells={n_cells} is too small for every one of {n_types} types to appear "
-            f"in every one of {n_batches} batches (need >= {n_types * n_batches})"
+            f"in every one of {n_sources} batches (need >= {n_types * n_sources})"
         )
-    n_program = (n_types + (n_major or 0)) * markers_per_type
+    n_program = n_types * markers_per_type + (n_major or 0) * (lineage_markers or markers_per_type)
     n_down = max(1, markers_per_type // 5)
     if n_genes < n_program + n_down:
         raise ValueError(
             f"n_genes={n_genes} is too small for {n_program} marker-program genes "
             f"plus {n_down} down-regulated genes; lower markers_per_type or raise n_genes"
         )
-    for name, value in (("batch_effect", batch_effect), ("mean_depth", mean_depth), ("dispersion", dispersion)):
+    for name in ("batch_effect", "mean_depth", "dispersion", "type_noise"):
+        value = m[name]
         if not isinstance(value, (int, float, np.integer, np.floating)) or np.isnan(value):
             raise TypeError(f"{name} must be a number, got {value!r}")
-    if batch_effect < 0 or not np.isfinite(batch_effect):
-        raise ValueError(f"batch_effect must be finite and >= 0, got {batch_effect}")
-    if mean_depth <= 0 or not np.isfinite(mean_depth):
-        raise ValueError(f"mean_depth must be finite and > 0, got {mean_depth}")
-    if dispersion <= 0:
-        raise ValueError(f"dispersion must be > 0 (np.inf for Poisson), got {dispersion}")
+    if m["batch_effect"] < 0 or not np.isfinite(m["batch_effect"]):
+        raise ValueError(f"batch_effect must be finite and >= 0, got {m['batch_effect']}")
+    if m["type_noise"] < 0 or not np.isfinite(m["type_noise"]):
+        raise ValueError(f"type_noise must be finite and >= 0, got {m['type_noise']}")
+    if m["mean_depth"] <= 0 or not np.isfinite(m["mean_depth"]):
+        raise ValueError(f"mean_depth must be finite and > 0, got {m['mean_depth']}")
+    if m["dispersion"] <= 0:
+        raise ValueError(f"dispersion must be > 0 (np.inf for Poisson), got {m['dispersion']}")
+    return m
 
 
 def _make_params(
@@ -188,14 +233,25 @@ def _make_params(
     batch_effect: float,
     mean_depth: float,
     dispersion: float,
+    marker_fold_change: tuple[float, float] = _MARKER_FC,
+    down_fold_change: tuple[float, float] = _DOWN_FC,
+    lineage_markers: int | None = None,
+    lineage_fold_change: tuple[float, float] = _MAJOR_FC,
+    type_noise: float = _TYPE_NOISE_SD,
+    batches: tuple[int, ...] | None = None,
 ) -> _Params:
-    """Draw all global (non per-cell-count) parameters from ``(seed, 0)``."""
+    """Draw all global (non per-cell-count) parameters from ``(seed, 0)``.
+
+    The world (genes, programs, batch effects, depths, type and batch frequencies) is drawn before the
+    cells, so it does not depend on ``n_cells`` nor on ``batches``.
+    """
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0,)))
     K, B, G, P = n_types, n_batches, n_genes, n_proteins
     type_names = [f"type_{k}" for k in range(K)]
     batch_names = [f"batch_{b}" for b in range(B)]
     gene_names = [f"gene_{g}" for g in range(G)]
     major_names = [f"major_{m}" for m in range(n_major)] if n_major else []
+    n_lineage = lineage_markers or markers_per_type
 
     # --- base profile -----------------------------------------------------------
     log_base = np.minimum(rng.normal(0.0, _GENE_LOG_SD, G), _GENE_LOG_CLIP * _GENE_LOG_SD)
@@ -210,27 +266,26 @@ def _make_params(
         type_major = None
 
     # --- marker programs (disjoint; biased towards expressed genes) -------------
-    n_programs = K + (n_major or 0)
+    n_type_genes = K * markers_per_type
     order = np.argsort(-(log_base + rng.normal(0.0, _GENE_LOG_SD, G)), kind="stable")
-    program_genes = rng.permutation(order[: n_programs * markers_per_type]).reshape(
-        n_programs, markers_per_type
-    )
-    program_genes = np.sort(program_genes, axis=1)
-    background = np.setdiff1d(np.arange(G), program_genes.ravel())
+    chosen = rng.permutation(order[: n_type_genes + (n_major or 0) * n_lineage])
+    type_genes = np.sort(chosen[:n_type_genes].reshape(K, markers_per_type), axis=1)
+    lineage_genes = np.sort(chosen[n_type_genes:].reshape(n_major or 0, n_lineage), axis=1)
+    background = np.setdiff1d(np.arange(G), chosen)
     n_down = max(1, markers_per_type // 5)
 
-    log_type = log_base[None, :] + rng.normal(0.0, _TYPE_NOISE_SD, (K, G))
+    log_type = log_base[None, :] + rng.normal(0.0, 1.0, (K, G)) * type_noise
     down_genes = np.empty((K, n_down), dtype=np.int64)
     for k in range(K):  # loops over types only (small)
-        log_type[k, program_genes[k]] += _log_uniform(rng, _MARKER_FC, markers_per_type)
+        log_type[k, type_genes[k]] += _log_uniform(rng, marker_fold_change, markers_per_type)
         down = np.sort(rng.choice(background, size=n_down, replace=False))
         down_genes[k] = down
-        log_type[k, down] -= _log_uniform(rng, _DOWN_FC, n_down)
+        log_type[k, down] -= _log_uniform(rng, down_fold_change, n_down)
     if n_major:
         for m in range(n_major):
-            genes = program_genes[K + m]
+            genes = lineage_genes[m]
             members = np.flatnonzero(type_major == m)
-            fc = _log_uniform(rng, _MAJOR_FC, markers_per_type)
+            fc = _log_uniform(rng, lineage_fold_change, n_lineage)
             log_type[np.ix_(members, genes)] += fc[None, :]
 
     # --- batches ----------------------------------------------------------------
@@ -251,14 +306,16 @@ def _make_params(
     # --- cell labels: unequal but every type in every batch ---------------------
     type_freq = 0.4 / K + 0.6 * rng.dirichlet(np.full(K, 2.0))
     batch_freq = rng.dirichlet(np.full(B, 20.0))
-    batch_sizes = _allocate(n_cells, batch_freq, K)
+    composition = [type_freq * np.exp(rng.normal(0.0, _COMPOSITION_SD, K)) for _ in range(B)]  # mild shifts
+    present = np.arange(B) if batches is None else np.asarray(batches, dtype=np.int64)
+    batch_sizes = _allocate(n_cells, batch_freq[present], K)
     type_codes = np.empty(n_cells, dtype=np.int64)
     batch_codes = np.empty(n_cells, dtype=np.int64)
     start = 0
-    for b in range(B):
-        p_b = type_freq * np.exp(rng.normal(0.0, 0.3, K))  # mild composition shift
-        counts = _allocate(int(batch_sizes[b]), p_b / p_b.sum(), 1)
-        stop = start + int(batch_sizes[b])
+    for b, size in zip(present, batch_sizes):
+        p_b = composition[b]
+        counts = _allocate(int(size), p_b / p_b.sum(), 1)
+        stop = start + int(size)
         type_codes[start:stop] = np.repeat(np.arange(K), counts)
         batch_codes[start:stop] = b
         start = stop
@@ -293,21 +350,25 @@ def _make_params(
                 protein_markers.setdefault(type_names[k], []).append(protein_names[j])
 
     # --- annotations --------------------------------------------------------------
+    # cells of a batch subset are named after it, so that a reference and its query never share names
+    prefix = "cell_" if batches is None else f"cell_b{'-'.join(str(b) for b in batches)}_"
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical.from_codes(type_codes, categories=type_names),
-            "batch": pd.Categorical.from_codes(batch_codes, categories=batch_names),
+            # only the batches generated are categories (an empty one would trip per-batch tools)
+            "batch": pd.Categorical.from_codes(np.searchsorted(present, batch_codes),
+                                               categories=[batch_names[b] for b in present]),
         },
-        index=pd.Index([f"cell_{i}" for i in range(n_cells)]),
+        index=pd.Index([f"{prefix}{i}" for i in range(n_cells)]),
     )
     if n_major:
         obs["cell_type_major"] = pd.Categorical.from_codes(type_major[type_codes], categories=major_names)
 
     marker_of = np.full(G, "", dtype=object)
     for k in range(K):
-        marker_of[program_genes[k]] = type_names[k]
+        marker_of[type_genes[k]] = type_names[k]
     for m in range(n_major or 0):
-        marker_of[program_genes[K + m]] = major_names[m]
+        marker_of[lineage_genes[m]] = major_names[m]
     base = np.exp(log_base)
     var = pd.DataFrame(
         {
@@ -330,16 +391,20 @@ def _make_params(
         "batch_effect": float(batch_effect),
         "mean_depth": float(mean_depth),
         "dispersion": float(dispersion),
-        "marker_genes": {type_names[k]: names[program_genes[k]].tolist() for k in range(K)},
+        "marker_fold_change": [float(v) for v in marker_fold_change],
+        "down_fold_change": [float(v) for v in down_fold_change],
+        "type_noise": float(type_noise),
+        "batches": [batch_names[b] for b in present],
+        "marker_genes": {type_names[k]: names[type_genes[k]].tolist() for k in range(K)},
         "downregulated_genes": {type_names[k]: names[down_genes[k]].tolist() for k in range(K)},
         "type_frequencies": {type_names[k]: float(type_freq[k]) for k in range(K)},
         "batch_depth_factors": {batch_names[b]: float(depth_factor[b]) for b in range(B)},
     }
     if n_major:
         sim["n_major"] = int(n_major)
-        sim["major_marker_genes"] = {
-            major_names[m]: names[program_genes[K + m]].tolist() for m in range(n_major)
-        }
+        sim["lineage_markers"] = int(n_lineage)
+        sim["lineage_fold_change"] = [float(v) for v in lineage_fold_change]
+        sim["major_marker_genes"] = {major_names[m]: names[lineage_genes[m]].tolist() for m in range(n_major)}
         sim["major_groups"] = {
             major_names[m]: [type_names[k] for k in np.flatnonzero(type_major == m)] for m in range(n_major)
         }
@@ -352,6 +417,8 @@ def _make_params(
     if P:
         uns["protein_names"] = protein_names
 
+    # the cells of a batch subset draw their noise from their own streams
+    stream = (1,) if batches is None else (2, int(sum(1 << b for b in batches)))
     return _Params(
         n_cells=n_cells,
         n_genes=G,
@@ -361,6 +428,7 @@ def _make_params(
         seed=int(seed),
         dispersion=float(dispersion),
         block=_block_cells(G),
+        stream=stream,
         type_codes=type_codes,
         batch_codes=batch_codes,
         rates=rates,
@@ -395,8 +463,8 @@ def _nb(rng: np.random.Generator, mu: np.ndarray, theta: float) -> np.ndarray:
 
 
 def _generate_block(p: _Params, i: int) -> _Chunk:
-    """Generate block ``i`` with its own generator seeded by ``(seed, 1, i)``."""
-    rng = np.random.default_rng(np.random.SeedSequence(p.seed, spawn_key=(1, i)))
+    """Generate block ``i`` with its own generator seeded by ``(seed, *p.stream, i)``."""
+    rng = np.random.default_rng(np.random.SeedSequence(p.seed, spawn_key=(*p.stream, i)))
     start = i * p.block
     stop = min(start + p.block, p.n_cells)
     t = p.type_codes[start:stop]
@@ -524,34 +592,40 @@ def simulate(
     dispersion: float = 5.0,
     chunk_size: int = 50_000,
     n_jobs: int | None = None,
+    *,
+    marker_fold_change: tuple[float, float] = _MARKER_FC,
+    down_fold_change: tuple[float, float] = _DOWN_FC,
+    lineage_markers: int | None = None,
+    lineage_fold_change: tuple[float, float] = _MAJOR_FC,
+    type_noise: float = _TYPE_NOISE_SD,
+    batches: Sequence[int] | int | None = None,
 ) -> ad.AnnData:
     """Simulate a seeded single-cell RNA (optionally CITE-seq) data set.
 
     Parameters
     ----------
     n_cells
-        Number of cells. Must be at least ``n_types * n_batches`` so that every
-        type appears in every batch.
+        Number of cells. Must be at least ``n_types`` times the number of
+        batches generated so that every type appears in every batch.
     n_genes
-        Number of genes. Must hold ``(n_types + n_major) * markers_per_type``
-        disjoint program genes plus a few down-regulated genes.
+        Number of genes. Must hold ``n_types * markers_per_type + n_major *
+        lineage_markers`` disjoint program genes plus a few down-regulated genes.
     n_types
         Number of (fine) cell types, named ``"type_0"``, ...
     n_batches
-        Number of batches, named ``"batch_0"``, ...
+        Number of batches in the world, named ``"batch_0"``, ...
     n_proteins
         Number of surface proteins (0 for RNA only). Each protein marks one cell
         type or, when ``n_major`` is given, possibly one major group.
     n_major
-        If given, group the types into this many major groups (``"major_0"``,
-        ...) sharing an extra expression program; stored in
+        If given, group the types into this many major groups (lineages,
+        ``"major_0"``, ...) sharing an extra expression program; stored in
         ``obs['cell_type_major']``.
     seed
         Non-negative seed. The same seed gives a bitwise identical result.
     markers_per_type
-        Up-regulated marker genes per type (and program genes per major group).
-        About ``markers_per_type // 5`` (at least 1) background genes are
-        down-regulated per type.
+        Up-regulated marker genes per type. About ``markers_per_type // 5`` (at
+        least 1) background genes are down-regulated per type.
     batch_effect
         Standard deviation of the gene-wise log-normal multiplicative batch
         effects (0 disables them; depth differences remain).
@@ -567,6 +641,24 @@ def simulate(
     n_jobs
         Threads generating blocks of cells (``None``: every available core, at
         most 16). Does not change the result.
+    marker_fold_change
+        ``(low, high)``: each type's marker genes are up-regulated by a factor
+        drawn log-uniformly in this range.
+    down_fold_change
+        ``(low, high)``: the same for the down-regulated genes.
+    lineage_markers
+        Program genes per major group (``None``: ``markers_per_type``).
+    lineage_fold_change
+        ``(low, high)``: fold changes of the major groups' programs.
+    type_noise
+        Standard deviation of each type's log-normal perturbation of every gene
+        (small differences between any two types spread over all genes).
+    batches
+        Generate only cells of these batch numbers (``None``: every batch).
+        The world (genes, programs, batch effects, depths) is the same whatever
+        ``batches`` and ``n_cells`` are; the cells of a subset have their own
+        names (``cell_b3_0``, ...) and noise, so a reference of some batches and
+        a query of another are disjoint draws of one world.
 
     Returns
     -------
@@ -580,9 +672,9 @@ def simulate(
         level, i.e. the NB mean per cell, float32) and ``uns['protein_names']``.
         ``uns['simulation']``: the parameters, ``marker_genes`` {type: genes},
         ``downregulated_genes``, ``type_frequencies``, ``batch_depth_factors``,
-        and when applicable ``major_marker_genes``, ``major_groups``,
-        ``protein_markers`` {type: proteins}, ``protein_targets`` {protein:
-        type or major group}.
+        ``batches`` (those generated), and when applicable ``major_marker_genes``,
+        ``major_groups``, ``protein_markers`` {type: proteins}, ``protein_targets``
+        {protein: type or major group}.
 
     Notes
     -----
@@ -597,14 +689,12 @@ def simulate(
     >>> adata.shape
     (200, 300)
     """
-    _validate(
-        n_cells, n_genes, n_types, n_batches, n_proteins, n_major, seed,
-        markers_per_type, batch_effect, mean_depth, dispersion, chunk_size,
-    )  # fmt: skip
-    p = _make_params(
-        n_cells, n_genes, n_types, n_batches, n_proteins, n_major, seed,
-        markers_per_type, batch_effect, mean_depth, dispersion,
-    )  # fmt: skip
+    model = dict(n_types=n_types, n_batches=n_batches, n_proteins=n_proteins, n_major=n_major, seed=seed,
+                 markers_per_type=markers_per_type, batch_effect=batch_effect, mean_depth=mean_depth,
+                 dispersion=dispersion, marker_fold_change=marker_fold_change, down_fold_change=down_fold_change,
+                 lineage_markers=lineage_markers, lineage_fold_change=lineage_fold_change, type_noise=type_noise,
+                 batches=batches)
+    p = _make_params(n_cells, n_genes, **_validate(n_cells, n_genes, chunk_size, model))
     full = _concat(list(_iter_chunks(p, int(chunk_size), _resolve_jobs(n_jobs))))
     X = sp.csr_matrix((full.data, full.indices, full.indptr), shape=(n_cells, n_genes))
     X.has_sorted_indices = True
@@ -646,7 +736,7 @@ def simulate_to_h5ad(
         Threads generating blocks of cells (``None``: every available core, at
         most 16). Does not change the result.
     **kwargs
-        Any other argument of :func:`simulate` (``n_types``, ``seed``, ...).
+        Any other argument of :func:`simulate` (``n_types``, ``seed``, ``batches``, ...).
 
     Returns
     -------
@@ -657,24 +747,10 @@ def simulate_to_h5ad(
     """
     from anndata.io import write_elem
 
-    allowed = {
-        "n_types", "n_batches", "n_proteins", "n_major", "seed", "markers_per_type",
-        "batch_effect", "mean_depth", "dispersion",
-    }  # fmt: skip
-    unknown = set(kwargs) - allowed
+    unknown = set(kwargs) - set(_MODEL_DEFAULTS)
     if unknown:
         raise TypeError(f"simulate_to_h5ad() got unexpected keyword arguments: {sorted(unknown)}")
-    args: dict[str, Any] = dict(
-        n_types=5, n_batches=2, n_proteins=0, n_major=None, seed=0, markers_per_type=20,
-        batch_effect=0.5, mean_depth=2000.0, dispersion=5.0,
-    )  # fmt: skip
-    args.update(kwargs)
-    _validate(
-        n_cells, n_genes, args["n_types"], args["n_batches"], args["n_proteins"], args["n_major"],
-        args["seed"], args["markers_per_type"], args["batch_effect"], args["mean_depth"],
-        args["dispersion"], chunk_size,
-    )  # fmt: skip
-    p = _make_params(n_cells=n_cells, n_genes=n_genes, **args)
+    p = _make_params(n_cells=n_cells, n_genes=n_genes, **_validate(n_cells, n_genes, chunk_size, kwargs))
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -724,3 +800,100 @@ def simulate_to_h5ad(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+#: The hard world of :func:`simulate_hard`: 12 types in 4 lineages on 3,000 genes; a lineage has a
+#: program of its own, and its subtypes differ from each other by a handful of genes with modest fold
+#: changes, against gene-specific multiplicative batch effects of the same size and per-batch depths
+#: spread over [0.5, 2]. Batches 0-2 are the reference, batch 3 is held out for the query.
+HARD_SIMULATION: dict[str, Any] = dict(
+    n_genes=3000, n_types=12, n_major=4, n_batches=4, markers_per_type=5, marker_fold_change=(1.5, 2.2),
+    down_fold_change=(1.5, 2.2), lineage_markers=40, lineage_fold_change=(3.0, 6.0), batch_effect=0.5,
+    mean_depth=2000.0, dispersion=5.0,
+)  # fmt: skip
+
+_PARTS = ("reference", "query")
+
+
+def _hard_options(part: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    if part not in _PARTS:
+        raise ValueError(f"part must be 'reference' or 'query', got {part!r}")
+    if "batches" in overrides:
+        raise TypeError("the hard simulation chooses the batches itself (part='reference' or 'query')")
+    options = {**HARD_SIMULATION, **overrides}
+    n_batches = options["n_batches"]
+    if not _is_int(n_batches) or n_batches < 2:
+        raise ValueError(f"the hard simulation needs at least 2 batches (reference + query), got {n_batches!r}")
+    options["batches"] = list(range(n_batches - 1)) if part == "reference" else [n_batches - 1]
+    return options
+
+
+def simulate_hard(n_cells: int = 2000, part: str = "reference", seed: int = 0, chunk_size: int = 50_000,
+                  n_jobs: int | None = None, **overrides: Any) -> ad.AnnData:
+    """Cells of the hard world (:data:`HARD_SIMULATION`): the reference's batches or the held-out query batch.
+
+    Parameters
+    ----------
+    n_cells
+        Number of cells.
+    part
+        ``"reference"``: cells of every batch but the last; ``"query"``: cells of the last batch, whose
+        batch effects and depth the reference never shows. Both parts of one ``seed`` share the world.
+    seed
+        Seed of the world and of the cells.
+    chunk_size, n_jobs
+        As in :func:`simulate` (they do not change the result).
+    **overrides
+        Other values for :data:`HARD_SIMULATION` entries or :func:`simulate` arguments (except ``batches``).
+
+    Examples
+    --------
+    >>> ref = simulate_hard(1200, seed=0, n_genes=1000)
+    >>> query = simulate_hard(300, part="query", seed=0, n_genes=1000)
+    >>> sorted(ref.obs["batch"].unique()), list(query.obs["batch"].unique())
+    (['batch_0', 'batch_1', 'batch_2'], ['batch_3'])
+    """
+    options = _hard_options(part, overrides)
+    return simulate(n_cells, seed=seed, chunk_size=chunk_size, n_jobs=n_jobs, **options)
+
+
+def write_hard_simulation(directory: str | os.PathLike[str], n_reference: int, n_query: int, seed: int = 0,
+                          overwrite: bool = False, chunk_size: int = 50_000, n_jobs: int | None = None,
+                          **overrides: Any) -> tuple[Path, Path]:
+    """Write the hard world's reference and held-out query to ``reference.h5ad`` and ``query.h5ad``.
+
+    Each file is generated and written chunk by chunk (:func:`simulate_to_h5ad`): at most ``chunk_size``
+    cells of ``X`` are in memory, so references of millions of cells can be written. The files are the
+    same as ``simulate_hard(n_reference, "reference", seed)`` and ``simulate_hard(n_query, "query", seed)``.
+
+    Parameters
+    ----------
+    directory
+        Folder of the two files (created if needed).
+    n_reference, n_query
+        Cells of each part.
+    seed
+        Seed of the world and of the cells.
+    overwrite
+        Replace existing files; otherwise an existing file is an error.
+    chunk_size, n_jobs
+        Cells generated per write, and generating threads (they do not change the result).
+    **overrides
+        Other values for :data:`HARD_SIMULATION` entries.
+
+    Returns
+    -------
+    reference, query
+        The paths written.
+    """
+    directory = Path(directory)
+    paths = (directory / "reference.h5ad", directory / "query.h5ad")
+    if not overwrite:
+        existing = [str(p) for p in paths if p.exists()]
+        if existing:
+            raise FileExistsError(f"{', '.join(existing)} already exist; pass overwrite=True to replace them")
+    for path, part, n in zip(paths, _PARTS, (n_reference, n_query)):
+        options = _hard_options(part, overrides)
+        n_genes = options.pop("n_genes")
+        simulate_to_h5ad(path, n, n_genes, chunk_size=chunk_size, n_jobs=n_jobs, seed=seed, **options)
+    return paths

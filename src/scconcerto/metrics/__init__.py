@@ -5,6 +5,7 @@
 * clustering: :func:`ari`, :func:`nmi`, :func:`leiden_clusters`,
   :func:`best_leiden`;
 * integration (scib conventions, higher is better): :func:`knn_label_accuracy`,
+  :func:`cross_batch_accuracy`,
   :func:`clisi`, :func:`silhouette_label`, :func:`isolated_label_score`,
   :func:`graph_connectivity`, :func:`batch_entropy`, :func:`ilisi`,
   :func:`silhouette_batch`, :func:`kbet_acceptance`;
@@ -20,6 +21,7 @@ from .geometry import alignment, uniformity
 from .integration import (
     batch_entropy,
     clisi,
+    cross_batch_accuracy,
     graph_connectivity,
     ilisi,
     isolated_label_score,
@@ -41,6 +43,7 @@ __all__ = [
     "best_leiden",
     "DEFAULT_RESOLUTIONS",
     "knn_label_accuracy",
+    "cross_batch_accuracy",
     "clisi",
     "silhouette_label",
     "isolated_label_score",

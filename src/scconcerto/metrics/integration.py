@@ -9,6 +9,7 @@ function returns a float in which higher is better:
 metric                  measures                    range / best
 ======================  ==========================  =====================
 knn_label_accuracy      label conservation          0..1, 1
+cross_batch_accuracy    labels across batches       0..1, 1
 clisi                   label conservation          0..1, 1
 silhouette_label        label conservation          0..1, 1
 isolated_label_score    rare-label conservation     0..1, 1
@@ -41,6 +42,7 @@ from ..tools.neighbors import NeighborsResults, knn
 
 __all__ = [
     "knn_label_accuracy",
+    "cross_batch_accuracy",
     "batch_entropy",
     "ilisi",
     "clisi",
@@ -159,6 +161,52 @@ def knn_label_accuracy(embedding: np.ndarray, labels: Labels, k: int = 5) -> flo
     w = np.maximum(nn.similarities.astype(np.float64), 0.0) + 1e-6
     votes = _neighbour_counts(nn.indices, codes, n_cat, weights=w)
     return float(np.mean(votes.argmax(axis=1) == codes))
+
+
+def cross_batch_accuracy(embedding: np.ndarray, labels: Labels, batches: Labels, k: int = 5) -> float:
+    """Leave-one-batch-out k-NN accuracy: each batch's labels voted by the cells of the other batches.
+
+    For every batch, its cells' labels are predicted by a similarity-weighted vote
+    (as :func:`knn_label_accuracy`) of their ``k`` nearest cells among all the
+    *other* batches. Cells whose label no other batch holds cannot be right and
+    are left out.
+
+    Parameters
+    ----------
+    embedding
+        ``(n_cells, n_dims)`` embedding.
+    labels
+        Label of each cell, ``(n_cells,)``.
+    batches
+        Batch of each cell, ``(n_cells,)``; at least 2 distinct values.
+    k
+        Number of neighbours that vote.
+
+    Returns
+    -------
+    float
+        Fraction of the evaluated cells whose vote returns their own label (pooled over batches).
+    """
+    x = _check_embedding(embedding)
+    codes, n_cat = _codes(labels, x.shape[0], "labels")
+    bcodes, n_batches = _codes(batches, x.shape[0], "batches", min_categories=2)
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}.")
+    right, total = 0, 0
+    for b in range(n_batches):
+        held = bcodes == b
+        others = np.flatnonzero(~held)
+        seen = np.isin(codes, np.unique(codes[others])) & held
+        if not seen.any():
+            continue
+        nn = knn(x[seen], x[others], k=int(min(k, len(others))))
+        w = np.maximum(nn.similarities.astype(np.float64), 0.0) + 1e-6
+        votes = _neighbour_counts(nn.indices, codes[others], n_cat, weights=w)
+        right += int(np.sum(votes.argmax(axis=1) == codes[seen]))
+        total += int(seen.sum())
+    if total == 0:
+        raise InputError("No batch shares a label with the other batches: cross-batch accuracy is undefined.")
+    return right / total
 
 
 def clisi(embedding: np.ndarray, labels: Labels, k: int = 90, scale: bool = True) -> float:

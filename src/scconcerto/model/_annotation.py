@@ -55,6 +55,47 @@ FEATURE_BANK_RNA_ONLY = "feature_bank_rna_only"
 RNA_ONLY_CONFIG = "rna_only"
 
 
+#: Weight of the target consistency loss; with the guard below, chosen on development tasks only
+#: (``python -m benchmarks.adaptation``: weights 0.3 / 1, thresholds 0 / 0.5 / 0.75 / 0.9).
+DEFAULT_CONSISTENCY_WEIGHT = 1.0
+#: Adapted / non-adapted effective number of predicted target classes below which adaptation has collapsed.
+DEFAULT_COLLAPSE_RATIO = 0.9
+
+
+def effective_classes(labels: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
+    """``exp`` of the Shannon entropy of the class shares of integer ``labels`` (1: one class; ``n_classes``:
+    all equally frequent), and the shares."""
+    shares = np.bincount(labels, minlength=n_classes) / max(labels.size, 1)
+    nz = shares[shares > 0]
+    return float(np.exp(-(nz * np.log(nz)).sum())), shares
+
+
+def adaptation_check(plain: TeacherClassifier, adapted: TeacherClassifier, target: Any, classes: list[str],
+                     collapse_ratio: float, device: str = "auto") -> dict:
+    """Compare the target's predicted composition under the adapted and the non-adapted classifier.
+
+    The non-adapted classifier sees the target's sources with AdaBN statistics (as :meth:`predict` does);
+    the adapted one with the statistics learnt for them. Returns the effective number of classes, the
+    largest class and its share under each, the fraction of cells given the same label, and ``collapsed``.
+    """
+    n_labeled = plain.n_domains
+    new_domains = sorted(set(target.domains[target.domains >= n_labeled].tolist()))
+    plain_logits, _ = classifier_outputs(plain, target, device=device, adapt_domains=new_domains or None)
+    adapted_logits, _ = classifier_outputs(adapted, target, device=device)
+    out: dict[str, Any] = {}
+    for name, logits in (("plain", plain_logits), ("adapted", adapted_logits)):
+        eff, shares = effective_classes(logits.argmax(1), len(classes))
+        out[f"effective_classes_{name}"] = round(eff, 4)
+        out[f"largest_class_{name}"] = classes[int(shares.argmax())]
+        out[f"largest_share_{name}"] = round(float(shares.max()), 4)
+    out["agreement"] = round(float((plain_logits.argmax(1) == adapted_logits.argmax(1)).mean()), 4)
+    ratio = out["effective_classes_adapted"] / max(out["effective_classes_plain"], 1e-12)
+    out.update({"ratio": round(ratio, 4), "collapse_ratio": float(collapse_ratio),
+                "collapsed": bool(ratio < collapse_ratio)})
+    out["used"] = not out["collapsed"]
+    return out
+
+
 def default_classifier_epochs(n_cells: int) -> int:
     """Fine-tuning epochs for about 20k labeled-cell visits, between 10 and 60."""
     return int(min(60, max(10, -(-20_000 // max(n_cells, 1)))))
@@ -209,13 +250,15 @@ class AnnotationMixin:
     def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
                        target: ad.AnnData | None = None, pretrain: bool = True, class_balanced: bool = False,
                        epochs: int | None = None, batch_size: int = 128, lr: float = 1e-3,
-                       consistency_weight: float = 1.0, sharpen_temperature: float = 0.5,
+                       consistency_weight: float = DEFAULT_CONSISTENCY_WEIGHT, sharpen_temperature: float = 0.5,
+                       collapse_ratio: float = DEFAULT_COLLAPSE_RATIO,
                        validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
                        unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000,
                        head_dropout: float = 0.0, batch_key: str | None = "__setup__",
                        target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                       pretrain_epochs: int | None = None, seed: int | None = None, device: str = "auto",
-                       progress: bool | None = None, **kwargs: Any) -> "AnnotationMixin":
+                       target_species: str | None = None, pretrain_epochs: int | None = None,
+                       seed: int | None = None, device: str = "auto", progress: bool | None = None,
+                       **kwargs: Any) -> "AnnotationMixin":
         """Fine-tune a cell-type classifier on the teacher; calibrate it and set the unknown threshold.
 
         Parameters
@@ -240,6 +283,13 @@ class AnnotationMixin:
             Mini-batch size and initial Adam learning rate.
         consistency_weight, sharpen_temperature
             Weight of the target consistency loss and sharpening temperature of its soft targets.
+        collapse_ratio
+            Guard against collapse of domain adaptation: the classifier is also fine-tuned without the
+            target, and when the adapted one's predicted target composition has fewer than
+            ``collapse_ratio`` times the effective number of classes (exp of the entropy of the predicted
+            class shares) of the non-adapted one's, adaptation is reported as collapsed (a warning, and
+            ``annotation_summary["adaptation"]``) and the non-adapted classifier is kept. ``0``: no guard
+            (one fine-tuning).
         validation_fraction
             Stratified fraction of labeled cells held out of training to calibrate the confidence
             (temperature scaling) and choose the unknown threshold (0: no calibration, no rejection).
@@ -264,6 +314,9 @@ class AnnotationMixin:
             Target cells without the column form one source named ``"target"``.
         min_overlap
             Smallest fraction of the model's genes the data must have.
+        target_species
+            ``"human"`` or ``"mouse"`` when the target is of another species than the model (genes matched
+            by 1:1 orthologs, :mod:`scconcerto.data.genes`); predict it with the same ``query_species``.
         pretrain_epochs
             Epochs of the contrastive pre-training, when it has to run.
         seed
@@ -307,7 +360,8 @@ class AnnotationMixin:
             _source_names(data, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE), domains, grow=True)
         target_cells, target_names, target_overlap = None, [], None
         if target is not None:
-            prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target")
+            prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target",
+                                     query_species=target_species)
             names = _source_names(target, target_batch_key, self.setup.batch_key, [], TARGET_SOURCE)
             target_names = sorted(pd.unique(names).tolist())
             clash = sorted(set(target_names) & set(domains))
@@ -324,14 +378,27 @@ class AnnotationMixin:
                                   lr=lr, class_balanced=class_balanced, consistency_weight=consistency_weight,
                                   sharpen_temperature=sharpen_temperature, seed=seed, device=device,
                                   progress=progress, **kwargs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            classifier = self._new_classifier(len(classes), pretrain, head_dropout)
-            if len(domains) > classifier.n_domains:
-                classifier.tail.norm.add_domains(len(domains) - classifier.n_domains)
-            start = time.perf_counter()
-            history = fit_classifier_network(classifier, source.cells, train_rows, np.where(held, -1, codes),
-                                             config, target_cells)
+        train_labels = np.where(held, -1, codes)
+        start = time.perf_counter()
+        classifier, history = self._fine_tuned(len(classes), pretrain, head_dropout, len(domains), source.cells,
+                                               train_rows, train_labels, config, target_cells, seed)
+        adaptation = None
+        if target_cells is not None and consistency_weight > 0 and collapse_ratio > 0:
+            # the same fine-tuning without the target: the fallback, and what the target's composition is compared with
+            n_labeled = len(domains) - len(target_names)
+            plain, plain_history = self._fine_tuned(len(classes), pretrain, head_dropout, n_labeled, source.cells,
+                                                    train_rows, train_labels, config, None, seed)
+            adaptation = adaptation_check(plain, classifier, target_cells, classes, collapse_ratio, device)
+            adaptation["target_sources"] = list(target_names)
+            if adaptation["collapsed"]:
+                log.warning("Domain adaptation made the target's predicted composition collapse onto few classes "
+                            "(%.2f effective classes, %.2f without adaptation; largest class %s at %.0f%% vs "
+                            "%.0f%%): the classifier without adaptation is kept.",
+                            adaptation["effective_classes_adapted"], adaptation["effective_classes_plain"],
+                            adaptation["largest_class_adapted"], 100 * adaptation["largest_share_adapted"],
+                            100 * adaptation["largest_share_plain"])
+                classifier, history = plain, plain_history
+                domains, target_names = domains[:n_labeled], []
         seconds = time.perf_counter() - start
         classifier.eval()
         rng = np.random.default_rng(seed)
@@ -357,7 +424,7 @@ class AnnotationMixin:
             "label_key": label_key, "classes": classes, "pretrained": bool(pretrain),
             "architecture": classifier.architecture(), "domains": domains, "target_sources": target_names,
             "config": config.to_dict(), "n_train": int(train_rows.size), "n_validation": int(held.sum()),
-            "n_target": int(target_cells.n_cells) if target_cells is not None else 0,
+            "n_target": int(target_cells.n_cells) if target_cells is not None else 0, "adaptation": adaptation,
             "gene_overlap": source.alignment.summary(), "target_gene_overlap": target_overlap,
             "history": history, "train_seconds": seconds, "unknown_score": unknown_score, "knn_k": int(knn_k),
             "feature_bank_size": int(bank.shape[0]), **calibration}
@@ -378,6 +445,18 @@ class AnnotationMixin:
             return self.label_model(label_key) is not None
         except InputError:
             return False
+
+    def _fine_tuned(self, n_classes: int, pretrain: bool, head_dropout: float, n_domains: int, source: Any,
+                    train_rows: np.ndarray, labels: np.ndarray, config: ClassifierConfig, target: Any, seed: int
+                    ) -> tuple[TeacherClassifier, list[dict]]:
+        """A new classifier fine-tuned on ``source`` (and adapted to ``target`` when given), and its history."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            classifier = self._new_classifier(n_classes, pretrain, head_dropout)
+            if n_domains > classifier.n_domains:
+                classifier.tail.norm.add_domains(n_domains - classifier.n_domains)
+            history = fit_classifier_network(classifier, source, train_rows, labels, config, target)
+        return classifier, history
 
     def _resolve_label_key(self, label_key: str | None) -> str:
         if label_key is not None:
@@ -464,27 +543,29 @@ class AnnotationMixin:
         return cfg
 
     def predict_logits(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
-                       device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP) -> np.ndarray:
+                       device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                       query_species: str | None = None) -> np.ndarray:
         """Uncalibrated classifier logits ``(n_cells, n_classes)``; sets ``model.last_alignment``.
 
         Cells of a source the classifier was trained on (labeled or target) use its batch-norm
         statistics; cells of other sources get AdaBN statistics estimated on themselves.
         """
-        return self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap)[0]
+        return self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap, query_species)[0]
 
     def _classifier_outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
-                            min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
-        return self._classifier_pass(adata, batch_key, batch_size, device, min_overlap)[:2]
+                            min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._classifier_pass(adata, batch_key, batch_size, device, min_overlap, query_species)[:2]
 
     def _classifier_pass(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
-                         min_overlap: float) -> tuple[np.ndarray, np.ndarray, str]:
+                         min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """Logits, features and the modalities used (see :attr:`AnnotationPrediction.modalities`).
 
         Cells without the model's proteins are RNA-only: every source of theirs gets batch-norm
         statistics estimated on its own cells, as the RNA-only calibration had.
         """
         cfg = self._require_classifier()
-        prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data")
+        prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data",
+                                 query_species=query_species)
         self.last_alignment = prepared.alignment
         domains = list(cfg["domains"])
         names = _source_names(adata, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE)
@@ -518,8 +599,8 @@ class AnnotationMixin:
     @with_copy()
     def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
                 unknown_threshold: float | None = None, unknown_score: str | None = None, inplace: bool = True,
-                batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP
-                ) -> AnnotationPrediction:
+                batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
+                query_species: str | None = None) -> AnnotationPrediction:
         """Predict cell types with the fine-tuned classifier.
 
         With ``inplace`` (default) writes, for the classifier's label ``L``:
@@ -551,6 +632,10 @@ class AnnotationMixin:
             Write the results into a copy of ``adata`` and return the copy (keyword only; ``adata`` is untouched).
         batch_size, device, min_overlap
             Inference settings; smallest fraction of the model's genes the data must have.
+        query_species
+            ``"human"`` or ``"mouse"`` when the data is of another species than the model: genes are
+            matched by 1:1 orthologs. Ensembl ids, versions and letter case are harmonised either way;
+            the genes matched by each rule are in ``gene_overlap``.
 
         Returns
         -------
@@ -564,7 +649,8 @@ class AnnotationMixin:
         if score == "reference" and not self._has_novelty_model(cfg["label_key"], cfg["classes"]):
             raise InputError(f"unknown_score='reference' needs mapping's decision for {cfg['label_key']!r}, which "
                              "this model does not have; use 'combined'.")
-        logits, features, modalities = self._classifier_pass(adata, batch_key, batch_size, device, min_overlap)
+        logits, features, modalities = self._classifier_pass(adata, batch_key, batch_size, device, min_overlap,
+                                                                    query_species)
         calibration, bank = self._prediction_calibration(cfg, modalities)
         classes = list(cfg["classes"])
         proba = scaled_probabilities(logits, calibration["temperature"])
@@ -577,7 +663,8 @@ class AnnotationMixin:
         known = None
         if score == "reference":
             known, default = self.known_probability(adata, cfg["label_key"], batch_key=batch_key,
-                                                    batch_size=batch_size, device=device, min_overlap=min_overlap)
+                                                    batch_size=batch_size, device=device, min_overlap=min_overlap,
+                                                    query_species=query_species)
             if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
                 raise InputError(f"unknown_threshold is a probability in [0, 1], got {unknown_threshold}.")
             threshold = default if unknown_threshold is None else float(unknown_threshold)

@@ -38,7 +38,9 @@ class AttentionWeights:
         Column names of :attr:`rna` (the AnnData's ``var_names``).
     protein
         ``(n_cells, n_proteins)`` CSR float32 over the model's protein panel
-        (rows sum to one over the proteins with a non-zero normalized value),
+        (rows sum to one over the proteins above their background, see
+        :mod:`scconcerto.data.protein`; over every non-zero normalized value for
+        models saved without fitted backgrounds),
         or ``None`` when the model or the data has no proteins.
     protein_names
         Column names of :attr:`protein` (the model's panel, in its order).
@@ -127,7 +129,8 @@ class AttentionMixin:
         AttentionWeights
             ``.rna``: cells x ``adata.var_names`` CSR (rows sum to one over the
             expressed genes the model knows; zero elsewhere); ``.protein``:
-            cells x model proteins CSR, or ``None``. Attention does not depend
+            cells x model proteins CSR (rows sum to one over the proteins above
+            background), or ``None``. Attention does not depend
             on the cells' sources (it is computed before batch normalization),
             so no source adaptation is needed.
 

@@ -105,7 +105,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                   place: bool = True, finetune_epochs: int = 0, label_shift: bool = True, k: int | None = None,
                   impute_k: int = DEFAULT_IMPUTE_K, index: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
                   batch_size: int = 1024, device: str = "auto", seed: int | None = None,
-                  finetune_options: dict | None = None) -> MappingResult:
+                  finetune_options: dict | None = None, query_species: str | None = None) -> MappingResult:
         """Map query cells onto the reference and annotate ``adata`` (in place, or a copy with ``copy=True``).
 
         The model is not changed.
@@ -166,6 +166,11 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             Seed of fine-tuning and of the density ratios' subsamples (default: the model's).
         finetune_options
             Other :class:`~scconcerto.train.TrainConfig` fields for fine-tuning (``lr``, ``batch_size``...).
+        query_species
+            ``"human"`` or ``"mouse"`` when the query is of another species than the model: genes are
+            matched through 1:1 orthologs (:mod:`scconcerto.data.genes`). ``None``: the model's species.
+            Either way Ensembl ids, versions and letter case are harmonised, and the genes matched by each
+            rule are in ``uns['scconcerto_mapping']['gene_overlap']``.
         copy
             Map a copy of ``adata`` and return it, leaving ``adata`` untouched (keyword only).
 
@@ -201,7 +206,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         shift_info: dict[str, Any] = {}
         embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, finetune_epochs, min_overlap,
                                                        batch_size, device, seed, finetune_options, timings,
-                                                       label_shift=label_shift, index=index, info=shift_info)
+                                                       label_shift=label_shift, index=index, info=shift_info,
+                                                       query_species=query_species)
         models = {key: self.label_model(key, space) for key in self.setup.labels}
         ks = {key: int(k or (m.posterior.k if m is not None else self._mapping_config().get("k", 20)))
               for key, m in models.items()}
@@ -281,8 +287,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
     @searches_on_its_device
     def known_probability(self, adata: ad.AnnData, label_key: str, batch_key: str | None = "__setup__",
                           use_protein: bool | str = "auto", batch_size: int = 1024, device: str = "auto",
-                          min_overlap: float = DEFAULT_MIN_OVERLAP, seed: int | None = None
-                          ) -> tuple[np.ndarray, float]:
+                          min_overlap: float = DEFAULT_MIN_OVERLAP, seed: int | None = None,
+                          query_species: str | None = None) -> tuple[np.ndarray, float]:
         """The probability that each cell is of a type the reference has under ``label_key``, and the default
         unknown threshold: the novelty model of mapping, for other predictors (e.g. the classifier).
 
@@ -293,7 +299,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
             raise InputError(f"{label_key!r} is not a label key of the reference ({list(self.setup.labels)}).")
         seed = self.seed if seed is None else seed
         embedding, prepared, space = self._embed_query(adata, batch_key, use_protein, 0, min_overlap, batch_size,
-                                                       device, seed, None, {}, label_shift=True)
+                                                       device, seed, None, {}, label_shift=True,
+                                                       query_species=query_species)
         model = self.label_model(label_key, space)
         if model is None:
             raise InputError(f"The label decision of {label_key!r} is not calibrated (see the training log), so "

@@ -1,6 +1,11 @@
 """Embedding a query in the reference space: genes aligned by name, AdaBN statistics per unseen
 query source (balanced for the query's predicted cell-type composition, :mod:`scconcerto.tools.label_shift`),
-or fine-tuning of the query sources' adapters from the reference weights."""
+or fine-tuning of the query sources' adapters from the reference weights.
+
+The groups whose composition is balanced are those the reference's own statistics were balanced by in
+training (labels or clusters, :mod:`scconcerto.data.composition`), each query source weighted to the
+same equal shares of its groups; a model trained without balancing uses its first label key and the
+reference's composition. Query cells' groups are predicted by a vote of their nearest reference cells."""
 
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ import numpy as np
 import torch
 
 from .._errors import InputError
+from ..data.composition import balancing_weights, source_balance_weights
 from ..nn.dsbn import MIN_ADAPT_CELLS
-from ..tools.label_shift import balancing_weights, subsample_per_group, weighted_moments
+from ..tools.label_shift import subsample_per_group
 from ..tools.label_transfer import label_counts, vote
 from ..tools.neighbors import knn
 from ._reference import FULL, RNA_ONLY, index_kind, _with_new_domains
@@ -41,12 +47,14 @@ class QueryEmbeddingMixin:
 
     # ------------------------------------------------------------------ fine-tuning
     def _finetuned_network(self, prepared: "PreparedCells", new_domains: list[int], epochs: int, seed: int,
-                           device: str, options: dict) -> "ConcertoNetwork":
+                           device: str, options: dict, space: str = FULL) -> "ConcertoNetwork":
         """A copy of the network whose new sources' DSBN affine (adapters) is trained on the query.
 
         Unsupervised contrastive training as in pre-training, starting from the
         reference weights; every other parameter is frozen, so the reference
-        sources' embedding (and the stored reference embedding) is unchanged.
+        sources' embedding (and the stored reference embedding) is unchanged. A model trained with
+        balanced statistics balances the query sources' training statistics alike, by the groups
+        predicted for their cells under plain AdaBN.
         """
         from ..train import TrainConfig, fit
 
@@ -69,6 +77,17 @@ class QueryEmbeddingMixin:
                     "temperature": base.get("temperature", 0.1)}
         settings.update(options)
         config = TrainConfig(epochs=epochs, seed=seed, device=device, progress=False, **settings)
+        spec = self._balance_spec()
+        if spec is not None and spec[2] == "equal":  # the query sources balanced as the reference's were
+            from ..train import embed_cells
+
+            rows = np.flatnonzero(np.isin(prepared.cells.domains, new_domains))
+            emb = embed_cells(self.network, prepared.cells, batch_size=1024, device=device,
+                              adapt_domains=new_domains)[rows]
+            pred = self._predicted_groups(emb, spec, space, 5, "auto", seed, len(rows))
+            weights = np.ones(prepared.cells.n_cells, dtype=np.float32)
+            weights[rows] = self._query_weights(pred, prepared.cells.domains[rows], spec)
+            prepared.cells.balance_weights = weights
         net.train()  # Lightning keeps the modules' mode: dropout (the views) and batch statistics need training mode
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -83,7 +102,7 @@ class QueryEmbeddingMixin:
     def _embed_query(self, adata: ad.AnnData, batch_key: str | None, use_protein: bool | str,
                      finetune_epochs: int, min_overlap: float, batch_size: int, device: str, seed: int,
                      finetune_options: dict | None, timings: dict[str, float], label_shift: bool = False,
-                     k: int = 5, index: str = "auto", info: dict | None = None
+                     k: int = 5, index: str = "auto", info: dict | None = None, query_species: str | None = None
                      ) -> tuple[np.ndarray, "PreparedCells", str]:
         """The query embedding in the reference space, its prepared cells, and the space (full / RNA-only)."""
         from ..train import embed_cells
@@ -102,7 +121,8 @@ class QueryEmbeddingMixin:
                     "the model was trained on (then save the model; `scconcerto map --reference`), or give the "
                     "query its proteins.")
             space = RNA_ONLY
-        prepared = self._prepare(adata, batch_key, min_overlap, what="the query", use_protein=with_protein)
+        prepared = self._prepare(adata, batch_key, min_overlap, what="the query", use_protein=with_protein,
+                                 query_species=query_species)
         # RNA-only cells and fine-tuned sources never use a reference source's statistics
         prepared, new_domains = _with_new_domains(prepared, len(self.setup.sources),
                                                   all_new=space == RNA_ONLY or finetune_epochs > 0)
@@ -111,7 +131,7 @@ class QueryEmbeddingMixin:
         if finetune_epochs > 0:
             t0 = time.perf_counter()
             network = self._finetuned_network(prepared, new_domains, finetune_epochs, seed, device,
-                                              dict(finetune_options or {}))
+                                              dict(finetune_options or {}), space)
             timings["finetune"] = time.perf_counter() - t0
         adapt = new_domains or None
         if label_shift and new_domains and finetune_epochs == 0:
@@ -128,31 +148,44 @@ class QueryEmbeddingMixin:
         timings["embed"] = time.perf_counter() - t0
         return embedding, prepared, space
 
-    def _balanced_adabn(self, network: "ConcertoNetwork", cells: Any, new_domains: list[int], space: str, k: int,
-                        index: str, batch_size: int, device: str, seed: int) -> tuple["ConcertoNetwork", dict] | None:
-        """A copy of ``network`` whose BN statistics of the unseen sources ``new_domains`` are AdaBN moments
-        reweighted to the reference's cell-type composition (:mod:`scconcerto.tools.label_shift`).
+    def _balance_spec(self) -> tuple[np.ndarray, int, str] | None:
+        """What query sources are balanced by: ``(reference group codes, number of groups, target)``.
 
-        The types are those predicted for (a sample of at most ``LABEL_SHIFT_CELLS`` cells of) each
-        source by the vote of the first label key among (at most ``LABEL_SHIFT_REFERENCE_CELLS`` of) the
-        reference cells, with plain AdaBN statistics at first and the
-        reweighted ones after each of ``LABEL_SHIFT_ROUNDS`` rounds. ``None`` without a label key of
-        at least two types.
+        A model trained with balanced statistics: its training groups, and ``"equal"`` shares of each
+        source's groups (as its reference sources); otherwise the first label key with two or more types
+        and the reference's composition (``"reference"``); ``None`` without either.
         """
-        from ..train import embed_hidden, teacher_hidden_states, with_new_domains
+        from .concerto import BALANCE_GROUPS_EXTRA
 
+        balanced = getattr(self, "train_config", None) is not None and self.train_config.balance != "none"
+        if balanced and BALANCE_GROUPS_EXTRA in self.reference.extra:
+            codes = np.asarray(self.reference.extra[BALANCE_GROUPS_EXTRA], dtype=np.int64)
+            codes = np.where(codes < 0, codes.max(initial=-1) + 1, codes)  # unlabeled cells: a group of their own
+            return codes, int(codes.max(initial=0)) + 1, "equal"
         key = next((key for key, names in self.setup.labels.items() if len(names) > 1), None)
         if key is None:
             return None
-        ref_codes = self.reference.labels[key]
-        n_types = len(self.setup.labels[key])
-        counts = label_counts(ref_codes, n_types)
+        return self.reference.labels[key], len(self.setup.labels[key]), "reference"
+
+    def _query_weights(self, pred: np.ndarray, domains: np.ndarray, spec: tuple[np.ndarray, int, str]
+                       ) -> np.ndarray:
+        """Balancing weights of query cells from their predicted groups, per source (see :meth:`_balance_spec`)."""
+        codes, n_groups, target = spec
+        if target == "equal":
+            return source_balance_weights(pred, domains)
+        counts = label_counts(codes, n_groups)
         composition = counts / max(int(counts.sum()), 1)
-        rows = np.flatnonzero(np.isin(cells.domains, new_domains))
-        rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, seed)]
-        net = with_new_domains(network, new_domains).eval()
-        hidden = teacher_hidden_states(net, cells, rows, batch_size, device)
-        domains = cells.domains[rows]
+        weights = np.ones(len(pred))
+        for d in np.unique(domains):
+            mine = domains == d
+            weights[mine] = balancing_weights(pred[mine], composition)
+        return weights
+
+    def _predicted_groups(self, emb: np.ndarray, spec: tuple[np.ndarray, int, str], space: str, k: int,
+                          index: str, seed: int, n_query: int) -> np.ndarray:
+        """The balancing group of each query cell embedded as ``emb``: the vote of its ``k`` nearest reference
+        cells (among a seeded sample of ``LABEL_SHIFT_REFERENCE_CELLS`` on large references)."""
+        ref_codes, n_groups, _ = spec
         ref_emb = self._space_embedding(space)
         if len(ref_emb) > LABEL_SHIFT_REFERENCE_CELLS:
             sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
@@ -160,7 +193,29 @@ class QueryEmbeddingMixin:
             ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
             search_in = ref_emb  # knn searches the sample exactly (faiss flat, or the GPU)
         else:
-            search_in = self._reference_index(space, ref_emb, index_kind(len(ref_emb), cells.n_cells, index), seed)
+            search_in = self._reference_index(space, ref_emb, index_kind(len(ref_emb), n_query, index), seed)
+        return vote(knn(emb, search_in, k=min(k, len(ref_emb))), ref_codes, n_groups).codes
+
+    def _balanced_adabn(self, network: "ConcertoNetwork", cells: Any, new_domains: list[int], space: str, k: int,
+                        index: str, batch_size: int, device: str, seed: int) -> tuple["ConcertoNetwork", dict] | None:
+        """A copy of ``network`` whose BN statistics of the unseen sources ``new_domains`` are AdaBN moments
+        reweighted to balance their predicted composition (:meth:`_balance_spec`).
+
+        The groups are those predicted for (a sample of at most ``LABEL_SHIFT_CELLS`` cells of) each
+        source by the vote of (at most ``LABEL_SHIFT_REFERENCE_CELLS`` of) the reference cells, with plain
+        AdaBN statistics at first and the reweighted ones after each of ``LABEL_SHIFT_ROUNDS`` rounds; the
+        moments are the DSBN's own weighted moments. ``None`` when there is nothing to balance by.
+        """
+        from ..train import embed_hidden, teacher_hidden_states, with_new_domains
+
+        spec = self._balance_spec()
+        if spec is None:
+            return None
+        rows = np.flatnonzero(np.isin(cells.domains, new_domains))
+        rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, seed)]
+        net = with_new_domains(network, new_domains).eval()
+        hidden = teacher_hidden_states(net, cells, rows, batch_size, device)
+        domains = cells.domains[rows]
         norm = net.teacher_tail.norm
         known = list(range(len(self.setup.sources)))
         weights = None
@@ -170,17 +225,15 @@ class QueryEmbeddingMixin:
                 if mine.sum() < MIN_ADAPT_CELLS:  # no statistics of its own: the known sources' mean, as AdaBN
                     norm.use_mean_statistics(d, known)
                     continue
-                mean, var = weighted_moments(hidden[mine], None if weights is None else weights[mine])
-                norm.set_statistics(d, torch.from_numpy(mean), torch.from_numpy(var))
+                norm.set_moments(d, torch.from_numpy(hidden[mine]),
+                                 None if weights is None else torch.from_numpy(weights[mine]))
             if round_ == LABEL_SHIFT_ROUNDS:
                 break
-            pred = vote(knn(embed_hidden(net, hidden, domains), search_in, k=min(k, len(ref_emb))), ref_codes,
-                        n_types).codes
-            weights = np.ones(len(rows))
-            for d in new_domains:
-                mine = domains == d
-                weights[mine] = balancing_weights(pred[mine], composition)
-        info = {"label_key": key, "rounds": LABEL_SHIFT_ROUNDS, "cells": int(len(rows)),
+            pred = self._predicted_groups(embed_hidden(net, hidden, domains), spec, space, k, index, seed,
+                                          cells.n_cells)
+            weights = self._query_weights(pred, domains, spec)
+        key = next((key for key, names in self.setup.labels.items() if len(names) > 1), None)
+        info = {"label_key": key if spec[2] == "reference" else None, "groups": spec[2], "rounds": LABEL_SHIFT_ROUNDS,
+                "cells": int(len(rows)),
                 "max_weight": round(float(weights.max()), 3) if weights is not None and len(weights) else None}
         return net, info
-

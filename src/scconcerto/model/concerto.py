@@ -36,7 +36,12 @@ UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first ma
 #: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
+#: The groups whose composition was balanced in training (labels or clusters), kept for query AdaBN.
+BALANCE_GROUPS_EXTRA = "balance_groups"
 POSITIVE_SPACES = ("joint", "svd")
+BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
+#: Unlabelled balancing: the clusters are found again in the embedding half-way through training.
+BALANCE_REFRESH = True
 
 
 def default_epochs(n_cells: int) -> int:
@@ -75,6 +80,10 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         Dropout rate before the output layers (the augmentation that makes the views).
     protein_norm
         ``"clr"`` or ``"log1p"``.
+    protein_background
+        Fit each protein's background on this reference (:mod:`scconcerto.data.protein`) and show the
+        network a protein only where a cell is above it, as a gene only where it is detected. ``False``:
+        every antibody count is seen (each antibody is then present in nearly every cell).
     seed
         Seed of the initial weights (and default training seed).
 
@@ -89,8 +98,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     def __init__(self, adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
                  protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
-                 dim: int = 128, out_dim: int = 128, dropout: float = 0.3, protein_norm: str = "clr",
-                 seed: int = 0):
+                 dim: int = 128, out_dim: int = 128, dropout: float = 0.1, protein_norm: str = "clr",
+                 protein_background: bool = True, seed: int = 0):
         if is_mudata(adata):  # RNA + protein modalities: one AnnData with the proteins in obsm['protein']
             adata = from_mudata(adata)
             if protein_key is None and PROTEIN_KEY in adata.obsm:
@@ -100,7 +109,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                              "with `scconcerto.read` (.h5ad, .h5mu) or `anndata.read_h5ad`.")
         check_seed(seed)
         setup = setup_reference(adata, batch_key=batch_key, label_key=label_key, protein_key=protein_key,
-                                layer=layer, hvg=hvg, protein_norm=protein_norm)
+                                layer=layer, hvg=hvg, protein_norm=protein_norm,
+                                protein_background=protein_background)
         self._init(setup, {"dim": dim, "out_dim": out_dim, "dropout": dropout}, seed)
         self.adata = adata
 
@@ -137,9 +147,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
-              max_genes: int | None = 512, gene_dropout: float = 0.4, modality_dropout: float = 0.5,
+              max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
-              seed: int | None = None, device: str = "auto",
+              balance: str = "auto", seed: int | None = None, device: str = "auto",
               progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
@@ -162,7 +172,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         positive_neighbors
             Draw each cell's student view from one of its this many nearest cells of the same
             source (:mod:`scconcerto.data.positives`); ``0``: the paper's views of the cell itself.
-            Needs the matrix in memory (a backed reference trains with the paper's views).
+            A backed reference searches them among the cells of each streamed window (all its cells up
+            to 32,768), in the same expression sketch as an in-memory one.
         label_positives
             With label keys, neighbour positives share the cell's labels (the labels shape the
             embedding, as in scANVI); 25 % of the labeled cells (at most 5,000) are kept out of
@@ -172,6 +183,13 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             similarity in the plain expression space (truncated SVD of the normalized values) and in
             the scaled one (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`, which then serves
             mapping too); ``"svd"``: the plain space alone (as models trained before the option).
+        balance
+            Take each source's batch-normalization statistics with weights that give every cell group
+            the same share in every source (:mod:`scconcerto.data.composition`), so that a source's
+            cell-type composition does not move its types: ``"labels"`` (groups of the label keys),
+            ``"clusters"`` (clusters found across sources; in-memory references), ``"auto"`` (labels
+            when given, else clusters) or ``"none"`` (plain per-source statistics). Only with several
+            sources; the groups are kept to balance query sources alike (AdaBN, fine-tuning).
         seed
             Training seed (default: the model's seed).
         device
@@ -200,31 +218,47 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
         if positive_space not in POSITIVE_SPACES:
             raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
+        if balance not in BALANCE_CHOICES:
+            raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
         seed = self.seed if seed is None else seed
         labels = label_codes(self.adata, self.setup)
         self._fit_expression_space(prepared, labels, seed,
                                    scaled=positive_neighbors > 0 and positive_space == "joint")
         label_positives, calibration_rows = self._attach_positives(prepared, labels, positive_neighbors,
                                                                    label_positives, seed)
+        self.extra_config["positive_pool_cells"] = _positive_pool(prepared.cells)
+        balance_groups, balance = self._attach_balance(prepared, labels, balance, seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
-                             positive_neighbors=positive_neighbors if prepared.cells.positives is not None else 0,
+                             positive_neighbors=positive_neighbors if _has_positives(prepared.cells) else 0,
                              label_positives=label_positives,
                              positive_space=positive_space if self._scaled_cache is not None else "svd",
-                             seed=seed, device=device, progress=progress, **kwargs)
+                             balance=balance, seed=seed, device=device, progress=progress, **kwargs)
         start = time.perf_counter()
         self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
         from ..train.runner import is_global_zero, seeded_rng
 
+        callbacks = []
+        if balance == "clusters" and BALANCE_REFRESH and config.epochs >= 2:
+            from ..train.balance import RefreshBalance
+
+            def keep(groups: np.ndarray) -> None:
+                nonlocal balance_groups
+                balance_groups = groups.astype(np.int64)
+
+            callbacks.append(RefreshBalance(prepared.cells, config.epochs // 2 - 1, seed, keep))
         with seeded_rng(config.seed, device):  # forks (and seeds) the CPU and, when used, the CUDA generator
-            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume)
+            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume,
+                          callbacks=callbacks)
         self.train_config = config
         self.history = history
         self.extra_config["train_seconds"] = time.perf_counter() - start
         if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
         self._store_reference(prepared, labels, calibration_rows)
+        if balance_groups is not None:
+            self.reference.extra[BALANCE_GROUPS_EXTRA] = balance_groups
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
@@ -234,7 +268,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
     def _fit_expression_space(self, prepared: PreparedCells, labels: dict[str, np.ndarray], seed: int,
                               scaled: bool = False) -> None:
         """The reference in a truncated-SVD space of its expression, and with ``scaled`` in its scaled
-        expression space too (in-memory references).
+        expression space too (fitted on a sample, projected block by block: in memory or on disk alike).
 
         The neighbour positives are searched there. The scaled space and the reference cells' coordinates
         in it are saved with the model (the ``scaled_expression*`` entries of ``reference.extra``): mapping's
@@ -243,7 +277,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         from ..data.positives import expression_space
 
         self._expression_cache = self._expression_loadings = self._scaled_cache = None
-        if prepared.cells.on_disk or prepared.cells.n_cells < 3:
+        if prepared.cells.n_cells < 3:
             return
         try:
             self._expression_cache, self._expression_loadings = expression_space(prepared.cells, seed=seed)
@@ -255,16 +289,15 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     def _attach_positives(self, prepared: PreparedCells, labels: dict[str, np.ndarray], k: int,
                           label_positives: bool, seed: int) -> tuple[bool, np.ndarray | None]:
-        """Set ``prepared.cells.positives`` (in-memory references).
+        """Set how the cells' neighbour positives are found: ``prepared.cells.positives`` searched among
+        all cells in memory, or ``prepared.cells.positive_search`` for the streamed windows of a backed
+        reference (:class:`~scconcerto.data.positives.PositiveSearch`, one search for both).
 
         Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
         """
-        from ..data.positives import joint_components, neighbor_positives
+        from ..data.positives import PositiveSearch, joint_components, neighbor_positives, positive_codes
 
         if k == 0:
-            return False, None
-        if prepared.cells.on_disk:
-            log.info("The reference is read from disk: training with the paper's views (no neighbour positives).")
             return False, None
         groups = calibration_rows = None
         if label_positives and self.setup.label_keys:
@@ -276,9 +309,47 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         components = self._expression_cache
         if components is not None and self._scaled_cache is not None:
             components = joint_components(components, self._scaled_cache[0])
-        prepared.cells.positives = neighbor_positives(prepared.cells, k, labels=groups, open_rows=calibration_rows,
-                                                      seed=seed, components=components)
+        cells = prepared.cells
+        if components is None:  # e.g. a single expressed gene: nothing to search in
+            log.info("No expression sketch of the reference: training with the paper's views.")
+            return False, None
+        if cells.on_disk:  # searched window by window as the cells are streamed
+            cells.positive_search = PositiveSearch(k, components, positive_codes(cells.n_cells, groups,
+                                                                                 calibration_rows))
+        else:  # the same search, once, among all cells
+            cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
+                                                 components=components)
         return groups is not None, calibration_rows
+
+    def _attach_balance(self, prepared: PreparedCells, labels: dict[str, np.ndarray], balance: str, seed: int
+                        ) -> tuple[np.ndarray | None, str]:
+        """Set ``prepared.cells.balance_weights`` for ``balance``; return the groups and what was balanced.
+
+        ``"auto"`` means labels when the model has label keys, else clusters; clusters need the
+        expression space of an in-memory reference (a reference on disk without labels is not balanced).
+        A single source has nothing to balance.
+        """
+        from ..data.composition import balance_groups, source_balance_weights
+
+        domains = prepared.cells.domains
+        if balance == "none" or len(np.unique(domains)) < 2:
+            return None, "none"
+        if balance == "auto":
+            balance = "labels" if self.setup.label_keys else "clusters"
+        if balance == "labels":
+            if not self.setup.label_keys:
+                raise InputError("balance='labels' needs label keys: pass label_key= to Concerto, or use "
+                                 "balance='clusters' (or 'auto').")
+            groups = _label_groups([labels[key] for key in self.setup.label_keys])
+        else:
+            if self._expression_cache is None:
+                if BALANCE_REFRESH:  # on disk: plain statistics until the embedding's clusters are found
+                    return None, "clusters"
+                log.info("No expression space (reference on disk): the sources' statistics are not balanced.")
+                return None, "none"
+            groups = balance_groups(self._expression_cache, domains, seed=seed)
+        prepared.cells.balance_weights = source_balance_weights(groups, domains)
+        return groups.astype(np.int64), balance
 
     def _store_reference(self, prepared: PreparedCells, labels: dict[str, np.ndarray],
                          calibration_rows: np.ndarray | None = None) -> None:
@@ -293,24 +364,28 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                 what: str = "the data", use_protein: bool = True) -> PreparedCells:
+                 what: str = "the data", use_protein: bool = True, query_species: str | None = None
+                 ) -> PreparedCells:
         if not isinstance(adata, ad.AnnData):
             raise InputError(f"Expected an AnnData, got {type(adata).__name__}.")
         return prepare_cells(adata, self.setup, batch_key=batch_key, min_overlap=min_overlap, what=what,
-                             use_protein=use_protein)
+                             use_protein=use_protein, query_species=query_species)
 
     def embed(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
-              device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP, use_protein: bool = True) -> np.ndarray:
+              device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP, use_protein: bool = True,
+              query_species: str | None = None) -> np.ndarray:
         """Embed cells with the teacher (eval mode, L2-normalized): ``(n_cells, out_dim)`` float32.
 
         Genes are aligned by name to the model's vocabulary. Cells of a source
         seen in training use its BN statistics; cells of other sources (or all
         cells, when ``adata`` lacks ``batch_key``) get AdaBN statistics estimated
-        on themselves, per source. The model itself is not changed.
+        on themselves, per source. The model itself is not changed. ``query_species``: the data's
+        species (``"human"`` / ``"mouse"``) when it is not the model's (genes matched by 1:1 orthologs).
         """
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive number of cells, got {batch_size!r}.")
-        prepared = self._prepare(adata, batch_key, min_overlap, what="the data", use_protein=use_protein)
+        prepared = self._prepare(adata, batch_key, min_overlap, what="the data", use_protein=use_protein,
+                                 query_species=query_species)
         adapt = sorted(set(prepared.cells.domains[prepared.cells.domains >= len(self.setup.sources)].tolist()))
         self.last_alignment = prepared.alignment
         return embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device,
@@ -378,6 +453,21 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         s = self.setup
         return (f"Concerto({len(s.genes)} genes{f', {len(s.proteins)} proteins' if s.proteins else ''}, "
                 f"{len(s.sources)} sources, labels {list(s.labels)}, trained={self.is_trained})")
+
+
+def _has_positives(cells: Any) -> bool:
+    """Whether the training cells draw their student views from neighbour positives."""
+    return cells.positives is not None or cells.positive_search is not None
+
+
+def _positive_pool(cells: Any) -> int:
+    """How many cells a cell's neighbour positives are searched among: all cells in memory, a streamed
+    window's (at most) on disk; 0 without neighbour positives."""
+    from ..data.streaming import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW_CHUNKS
+
+    if not _has_positives(cells):
+        return 0
+    return cells.n_cells if not cells.on_disk else min(cells.n_cells, DEFAULT_CHUNK_SIZE * DEFAULT_WINDOW_CHUNKS)
 
 
 def _label_groups(codes: list[np.ndarray]) -> np.ndarray:

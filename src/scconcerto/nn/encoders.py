@@ -71,5 +71,7 @@ class ProjectionTail(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(dim, out_dim)
 
-    def forward(self, hidden: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.dense(self.dropout(self.norm(hidden, domains))))
+    def forward(self, hidden: torch.Tensor, domains: torch.Tensor, weights: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``weights``: per-cell weights of the batch statistics (training, AdaBN), see the DSBN."""
+        return torch.relu(self.dense(self.dropout(self.norm(hidden, domains, weights))))

@@ -9,9 +9,10 @@ from .clustering import DEFAULT_SWEEP, LeidenSweep, cluster, leiden, leiden_swee
 
 __all__ += ["DEFAULT_SWEEP", "LeidenSweep", "cluster", "leiden", "leiden_sweep", "neighbor_graph"]
 
-from .attention import attention_marker_agreement, expression_markers, rank_attention, ranked_names  # noqa: E402
+from .attention import rank_attention, ranked_names  # noqa: E402
+from .attention_agreement import attention_agreement, attention_vs_expression, expression_markers  # noqa: E402
 
-__all__ += ["attention_marker_agreement", "expression_markers", "rank_attention", "ranked_names"]
+__all__ += ["attention_agreement", "attention_vs_expression", "expression_markers", "rank_attention", "ranked_names"]
 
 from .imputation import impute_from_neighbors, neighbor_weights  # noqa: E402
 from .placement import place_on_reference, reference_umap  # noqa: E402

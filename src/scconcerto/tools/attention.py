@@ -1,9 +1,13 @@
-"""Rank the genes (or proteins) the teacher attends to in each cell group, and compare with expression markers.
+"""Rank the genes (or proteins) the teacher attends to in each cell group.
 
 The ranking contrasts each group with the rest of the labelled cells, so a
 feature that every cell attends to (a ubiquitous, highly expressed gene) does
 not top every list; each feature's detection rate in and out of the group comes
-with it. Results are written to ``adata.uns`` in the layout of
+with it. A cell's attention covers only the features it expresses: the genes it
+detects and the proteins above their antibody's background
+(:mod:`scconcerto.data.protein`), so a protein cannot rank high in a group that
+lacks it. :mod:`scconcerto.tools.attention_agreement` compares the ranking with
+differential expression. Results are written to ``adata.uns`` in the layout of
 :func:`scanpy.tl.rank_genes_groups`, so ``scanpy.get.rank_genes_groups_df`` and
 ``scanpy.pl.rank_genes_groups_*`` read them (``key='rank_attention'``).
 """
@@ -19,7 +23,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.stats import hypergeom
 
 from .._errors import InputError
 
@@ -276,7 +279,8 @@ def rank_attention(adata: ad.AnnData, groupby: str, model: Concerto | None = Non
         One table per group, best first, with columns ``feature``, ``score``
         (the ranking statistic), ``contrast`` (mean in - mean out),
         ``mean_in``, ``mean_out``, ``detection_in`` / ``detection_out`` (fraction
-        of cells whose attention covers the feature, i.e. that express it),
+        of cells whose attention covers the feature, i.e. that express it: genes
+        detected, proteins above their background),
         ``lift`` (mean over the group's cells expressing the feature of its weight
         times the cell's number of attended features: 1 means the attention is
         uniform, above 1 the teacher favours the feature beyond its mere
@@ -322,135 +326,3 @@ def ranked_names(adata: ad.AnnData, key: str = UNS_KEY, n_top: int | None = None
         values = [str(v) for v in np.asarray(names[g], dtype=object) if v is not None and str(v) != ""]
         out[str(g)] = values[:n_top] if n_top is not None else values
     return out
-
-
-# --------------------------------------------------------------------------- agreement with expression
-def expression_markers(adata: ad.AnnData, groupby: str, n_top: int = 20, genes: Sequence[str] | None = None,
-                       layer: str | None = None, method: str = "wilcoxon") -> dict[str, list[str]]:
-    """Expression-based markers per group with :func:`scanpy.tl.rank_genes_groups` (``adata`` is not changed).
-
-    Counts are normalized to 10,000 per cell (totals over all genes) and
-    ``log1p``-transformed first; log-normalized values are used as they are.
-    Groups of fewer than two cells cannot be tested: they are left out of the
-    result, with a warning.
-
-    Parameters
-    ----------
-    adata
-        The cells.
-    groupby
-        ``obs`` column of the groups (cells with a missing group are left out).
-    n_top
-        Markers per group.
-    genes
-        Rank only these genes (e.g. the genes the attention could rank).
-    layer
-        Layer with the values (``None``: ``X``).
-    method
-        Any method of :func:`scanpy.tl.rank_genes_groups`.
-    """
-    import scanpy as sc
-
-    from ..data.preprocess import cell_totals, csr_rows, detect_input_kind, normalize_values
-
-    codes, group_names = group_codes(adata, groupby)
-    sizes = np.bincount(codes[codes >= 0], minlength=len(group_names))
-    small = [g for g, n in zip(group_names, sizes) if 0 < n < 2]
-    if small:
-        log.warning("Expression markers: groups %s have too few cells (fewer than 2) for a rank-sum test; "
-                    "they are left out.", small)
-        codes = np.where(np.isin(codes, np.flatnonzero((sizes > 0) & (sizes < 2))), -1, codes)
-    if not (sizes >= 2).any():
-        raise InputError(f"No group of obs[{groupby!r}] has two cells or more: there is nothing to rank.")
-    if layer is not None and layer not in adata.layers:
-        raise InputError(f"Layer {layer!r} is not in the AnnData (layers: {list(adata.layers)}).")
-    matrix = csr_rows(adata.layers[layer] if layer is not None else adata.X)
-    kind = detect_input_kind(matrix.data, where=f"layers[{layer!r}]" if layer else "X")
-    totals = cell_totals(matrix)
-    keep = np.flatnonzero(codes >= 0)
-    cols = np.arange(adata.n_vars) if genes is None else adata.var_names.get_indexer(list(genes))
-    cols = cols[cols >= 0]
-    if cols.size == 0:
-        raise InputError("None of the requested genes is in the data; nothing to rank.")
-    block = matrix[keep][:, cols].tocsr()
-    row_of = np.repeat(np.arange(keep.size), np.diff(block.indptr))
-    block.data = normalize_values(block.data, row_of, totals[keep], kind)
-    tmp = ad.AnnData(X=block, var=pd.DataFrame(index=adata.var_names[cols].astype(str)),
-                     obs=pd.DataFrame({"group": pd.Categorical.from_codes(codes[keep], categories=group_names)},
-                                      index=adata.obs_names[keep].astype(str)))
-    tmp.obs["group"] = tmp.obs["group"].cat.remove_unused_categories()
-    tmp.uns["log1p"] = {"base": None}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.tl.rank_genes_groups(tmp, "group", method=method, use_raw=False, n_genes=min(n_top, cols.size))
-    return ranked_names(tmp, "rank_genes_groups", n_top)
-
-
-def attention_marker_agreement(adata: ad.AnnData, groupby: str | None = None, attention_key: str = UNS_KEY,
-                               expression_key: str | None = None, n_top: int = 20, layer: str | None = None,
-                               method: str = "wilcoxon") -> pd.DataFrame:
-    """Overlap of each group's top attention genes with its top expression markers, against chance.
-
-    Parameters
-    ----------
-    adata
-        Cells with a ranking from :func:`rank_attention` in ``uns[attention_key]`` (RNA).
-    groupby
-        ``obs`` column of the groups (default: the one the ranking used).
-    attention_key
-        ``uns`` key of the attention ranking.
-    expression_key
-        ``uns`` key of an existing :func:`scanpy.tl.rank_genes_groups` result;
-        ``None`` computes expression markers with :func:`expression_markers` over
-        the genes the attention could rank (those attended in some labelled cell).
-    n_top
-        Compare the top ``n_top`` of both lists.
-    layer, method
-        For :func:`expression_markers`.
-
-    Returns
-    -------
-    DataFrame
-        One row per group: ``n_attention``, ``n_expression`` (list lengths),
-        ``overlap``, ``fraction`` (overlap / ``n_top``), ``expected`` (overlap
-        of two random lists from the same ``n_genes`` universe),
-        ``enrichment`` (overlap / expected), ``pval`` (hypergeometric, overlap
-        at least this large by chance) and ``shared`` (the common genes).
-    """
-    if attention_key not in adata.uns:
-        raise InputError(f"`adata.uns[{attention_key!r}]` holds no attention ranking; run "
-                         f"`rank_attention(adata, groupby, model=...)` first.")
-    stored = adata.uns[attention_key]
-    params = dict(stored.get("params", {}))
-    if params.get("modality", "rna") != "rna":
-        raise InputError(f"`adata.uns[{attention_key!r}]` ranks {params.get('modality')!r}, not genes; the "
-                         "agreement with expression markers is defined for RNA attention.")
-    groupby = groupby or params.get("groupby")
-    if groupby is None:
-        raise InputError("Give groupby=: the stored ranking does not say which obs column it used.")
-    attended = ranked_names(adata, attention_key, n_top)
-    pts = stored.get("pts")
-    if isinstance(pts, pd.DataFrame):
-        universe = pts.index[(pts.to_numpy() > 0).any(axis=1)].astype(str)
-    else:
-        universe = pd.Index(adata.var_names.astype(str))
-    if expression_key is None:
-        expressed = expression_markers(adata, groupby, n_top, genes=universe, layer=layer, method=method)
-    else:
-        expressed = ranked_names(adata, expression_key, n_top)
-    n_universe = len(universe)
-    rows = []
-    for g, top_att in attended.items():
-        if g not in expressed:  # a group expression markers could not rank (too few cells)
-            continue
-        top_expr = expressed[g]
-        shared = [x for x in top_att if x in set(top_expr)]
-        expected = len(top_att) * len(top_expr) / max(n_universe, 1)
-        rows.append({"group": g, "n_attention": len(top_att), "n_expression": len(top_expr),
-                     "overlap": len(shared), "fraction": len(shared) / n_top, "expected": expected,
-                     "enrichment": len(shared) / expected if expected > 0 else np.nan,
-                     "pval": float(hypergeom.sf(len(shared) - 1, n_universe, len(top_expr), len(top_att))),
-                     "shared": ", ".join(shared)})
-    table = pd.DataFrame(rows).set_index("group")
-    table.attrs["n_genes"] = n_universe
-    return table

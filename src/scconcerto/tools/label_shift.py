@@ -15,53 +15,28 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["balancing_weights", "subsample_per_group", "weighted_moments"]
+from ..data.composition import WEIGHT_RANGE, balancing_weights
 
-#: Weights are clipped to this range: a type predicted for a handful of query cells must not dominate.
-WEIGHT_RANGE = (0.05, 20.0)
+__all__ = ["WEIGHT_RANGE", "balancing_weights", "subsample_per_group", "weighted_moments"]
 
-
-
-def balancing_weights(pred: np.ndarray, reference_composition: np.ndarray,
-                      clip: tuple[float, float] = WEIGHT_RANGE) -> np.ndarray:
-    """Per-cell weights ``p_ref(c) / p_query(c)`` of cells predicted as type ``c``, normalized to mean one.
-
-    Parameters
-    ----------
-    pred
-        ``(n,)`` predicted type codes of one query source (``0 .. n_types-1``).
-    reference_composition
-        ``(n_types,)`` type frequencies of the reference (summing to one).
-    clip
-        Range of the raw ratios.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n,)`` float64 weights with mean one.
-    """
-    pred = np.asarray(pred, dtype=np.int64)
-    ref = np.asarray(reference_composition, dtype=np.float64)
-    if pred.size == 0:
-        return np.zeros(0)
-    query = np.bincount(pred, minlength=ref.size) / pred.size
-    w = np.clip(ref[pred] / query[pred], *clip)
-    return w / w.mean()
 
 
 def weighted_moments(values: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and unbiased variance of the rows of ``values`` (float64; plain moments without weights).
 
-    The variance uses the reliability-weights correction ``1 / (1 - sum(w^2) / sum(w)^2)``, which is
-    ``n / (n - 1)`` for equal weights, as batch normalization's running variance.
+    The batch-normalization layer's own weighted moments
+    (:func:`scconcerto.nn.dsbn.weighted_moments`): the variance uses the reliability-weights correction
+    ``1 / (1 - sum(w^2) / sum(w)^2)``, which is ``n / (n - 1)`` for equal weights, as batch normalization's
+    running variance.
     """
-    x = np.asarray(values, dtype=np.float64)
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
-    total = w.sum()
-    mean = w @ x / total
-    biased = w @ (x - mean) ** 2 / total
-    share = float((w**2).sum() / total**2)
-    return mean, biased / (1.0 - share) if share < 1.0 else biased
+    import torch
+
+    from ..nn.dsbn import weighted_moments as moments
+
+    x = torch.from_numpy(np.asarray(values, dtype=np.float64))
+    w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float64))
+    mean, var, factor = moments(x, w)
+    return mean.numpy(), (var * factor).numpy()
 
 
 def subsample_per_group(groups: np.ndarray, max_per_group: int, seed: int) -> np.ndarray:

@@ -50,6 +50,9 @@ class TrainConfig:
     positive_space
         Where they were searched: ``"joint"`` (plain and scaled expression spaces) or ``"svd"``
         (the plain space; the default here is that of models saved before the setting existed).
+    balance
+        What balanced the sources' batch-normalization statistics: ``"labels"``, ``"clusters"`` or
+        ``"none"`` (see :mod:`scconcerto.data.composition`).
     seed
         Seed for weights, shuffling, dropout and gene sampling.
     device
@@ -80,6 +83,7 @@ class TrainConfig:
     positive_neighbors: int = 0
     label_positives: bool = False
     positive_space: str = "svd"
+    balance: str = "none"
     seed: int = 0
     device: str = "auto"
     devices: int = 1

@@ -16,6 +16,7 @@ from ..data.cells import CellMatrix
 from ..data.sampling import SourceBatchSampler
 from ..data.streaming import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW_CHUNKS, StreamingBatches
 from ..nn import ConcertoNetwork, nt_xent
+from ..nn.dsbn import weighted_moments
 from ..nn.attention import fused_available, get_attention_backend
 from .config import TrainConfig
 
@@ -58,7 +59,8 @@ def training_loader(cells: CellMatrix, config: TrainConfig, num_replicas: int = 
     """
     if is_backed_csr(cells.X):
         stream = StreamingBatches(cells, config.batch_size, config.max_genes, config.gene_dropout, config.seed,
-                                  chunk_size, window_chunks, num_replicas, rank)
+                                  chunk_size, window_chunks, num_replicas, rank,
+                                  modality_dropout=config.modality_dropout)
         return torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_unbatched, num_workers=0)
     sampler = SourceBatchSampler(cells.domains, config.batch_size, shuffle=True, seed=config.seed,
                                  num_replicas=num_replicas, rank=rank)
@@ -157,14 +159,15 @@ class RunningStatsSync:
     def _recorder(self, i: int):  # noqa: ANN202 - a torch hook
         def hook(module: torch.nn.Module, args: tuple) -> None:
             x, domains = args[0], args[1]
+            weights = args[2] if len(args) > 2 else None
             if not module.training or getattr(module, "_adapt_sums", None) is not None or x.shape[0] < 2:
                 return
             first = domains[0]
             if not bool((domains == first).all()):
                 raise RuntimeError("data-parallel training needs single-source batches (DSBN statistics sync)")
-            n = x.shape[0]
             with torch.no_grad():
-                self._records[i] = (int(first), x.mean(0), x.var(0, unbiased=False) * n / (n - 1))
+                mean, var, factor = weighted_moments(x, weights)
+                self._records[i] = (int(first), mean, var * factor)
 
         return hook
 
@@ -211,7 +214,9 @@ class ContrastivePlan(L.LightningModule):
     Given ``cells``, the plan builds its own loader once the trainer knows the
     world size and rank (so each data-parallel rank gets its share); otherwise
     pass a loader to ``trainer.fit``. Each step's dropout is seeded from its
-    batch (:func:`batch_seed`).
+    batch (:func:`batch_seed`). When ``cells.balance_weights`` is set, each
+    batch's cells carry their weights into the DSBN statistics (looked up by row,
+    so in-memory and streamed batches alike).
     """
 
     def __init__(self, network: ConcertoNetwork, config: TrainConfig, total_steps: int | None = None,
@@ -228,6 +233,8 @@ class ContrastivePlan(L.LightningModule):
         self._threads: CpuThreads | None = None
         self._step_seed: int | None = None
         self._stats_sync: RunningStatsSync | None = None
+        weights = None if cells is None else cells.balance_weights
+        self._balance_weights = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         if self.cells is None:
@@ -284,6 +291,8 @@ class ContrastivePlan(L.LightningModule):
 
     def transfer_batch_to_device(self, batch: CellBatch, device: torch.device, dataloader_idx: int) -> CellBatch:
         self._step_seed = batch_seed(self.config.seed, self.current_epoch, batch.rows)  # rows still on the CPU
+        if self._balance_weights is not None:
+            batch.weights = self._balance_weights[batch.rows.cpu()]
         return batch.to(device)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning signature

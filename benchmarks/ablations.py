@@ -1,0 +1,406 @@
+"""Ablations of scConcerto's training on development data: one table per setting.
+
+Usage::
+
+    python -m benchmarks.ablations --data-dir ../shared/data --seeds 0,1,2 --out benchmarks/ABLATIONS.md
+    python -m benchmarks.ablations --families views,temperature --seeds 0 --out /tmp/abl.md   # a subset
+
+Every table varies one setting from the package defaults and keeps the others. Scores are
+leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accuracy`):
+
+* **unsupervised** (every table): the model is trained on all cells without labels, one source per
+  batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
+* **supervised** (the ``sources`` and ``genes`` tables, real data): for each batch, the model is trained
+  with labels on the other batches and the held-out batch is mapped (``map_query``: AdaBN statistics for
+  its new source, balanced for its predicted composition); its cells are voted by their 5 nearest
+  reference cells.
+
+Only development data are used (:data:`benchmarks.tasks.data.DEVELOPMENT`): PBMC across chemistries
+(symphony), a perturbed condition (Kang), clean cell lines (cellbench, gene-selection table only), a
+harder simulation (six types in two lineages, three marker genes each) and adversarial variants with
+very different compositions per batch (``:skewed``: each batch keeps half of the types whole and
+15 % of the others, the halves swapped between batches). Mean and standard deviation over seeds;
+``Δ`` is the difference of the mean from the default's on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .report import markdown
+from .tasks.data import load, role
+
+log = logging.getLogger("benchmarks")
+
+REAL = ("symphony_pbmc_3tech", "kang_ifnb_pbmc_scgen")
+SIM = "simulated:hard"
+K = 5
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of an ablation: settings of the model (``model``), its network (``net``) and training
+    (``train``), and how the input is normalized (``normalize``)."""
+
+    name: str
+    model: dict = field(default_factory=dict)
+    net: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    normalize: str | None = None
+    epochs_factor: float = 1.0
+
+    def key(self) -> str:
+        """The effective settings (the package defaults overridden by the variant's), as a string: variants
+        that train the same model share their measurements."""
+        base = package_defaults()
+        return json.dumps({"model": {**base["model"], **self.model}, "net": {**base["net"], **self.net},
+                           "train": {**base["train"], **self.train}, "normalize": self.normalize,
+                           "epochs_factor": self.epochs_factor}, sort_keys=True)
+
+
+def package_defaults() -> dict[str, dict]:
+    """The defaults of ``Concerto(...)`` and ``Concerto.train(...)`` that the variants override."""
+    import inspect
+
+    from scconcerto import Concerto
+    from scconcerto.train import TrainConfig
+
+    init = inspect.signature(Concerto.__init__).parameters
+    train = inspect.signature(Concerto.train).parameters
+    return {"model": {"batch_key": "batch", "hvg": init["hvg"].default},
+            "net": {k: init[k].default for k in ("dim", "out_dim", "dropout")} | {"student": "linear"},
+            "train": {k: train[k].default for k in ("max_genes", "gene_dropout", "positive_neighbors", "balance")}
+            | {"temperature": TrainConfig().temperature}}
+
+
+DEFAULT = Variant("default")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One ablation table: its variants (the default first), data sets, and whether it has a supervised part."""
+
+    name: str
+    question: str
+    variants: tuple[Variant, ...]
+    datasets: tuple[str, ...] = (*REAL, SIM)
+    supervised: bool = False
+
+
+def _sweep(label: str, part: str, key: str, values: tuple) -> tuple[Variant, ...]:
+    """One variant per value of one setting (``part``: ``model``, ``net`` or ``train``)."""
+    shown = {None: "all", 0.0: "0"}
+    return tuple(Variant(f"{label} {shown.get(v, v)}", **{part: {key: v}}) for v in values)
+
+
+FAMILIES = {f.name: f for f in (
+    Family("views", "The views: neighbour positives, gene dropout, the teacher's gene cap, network dropout "
+                    "(positive_neighbors 0: the paper's two views of the cell itself).",
+           (*_sweep("positive_neighbors", "train", "positive_neighbors", (0, 10, 30)),
+            *_sweep("gene_dropout", "train", "gene_dropout", (0.0, 0.2, 0.4)),
+            *_sweep("max_genes", "train", "max_genes", (256, 512, None)),
+            *_sweep("dropout", "net", "dropout", (0.1, 0.3, 0.5)))),
+    Family("sources", "Source normalization: one BN per source (DSBN) with plain or balanced statistics "
+                      "(:mod:`scconcerto.data.composition`), or one BN for all cells (no batch key).",
+           (Variant("DSBN, plain statistics", train={"balance": "none"}),
+            Variant("DSBN, balanced by clusters", train={"balance": "clusters"}),
+            Variant("DSBN, balanced by labels", train={"balance": "labels"}),
+            Variant("one BN (no batch key)", model={"batch_key": None})),
+           datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed"),
+           supervised=True),
+    Family("genes", "Gene selection: all genes against highly variable genes chosen on the reference.",
+           _sweep("hvg", "model", "hvg", (None, 2000, 1000)),
+           datasets=(*REAL, "cellbench_5cl_celseq2_3plates", SIM), supervised=True),
+    Family("temperature", "NT-Xent temperature.", _sweep("temperature", "train", "temperature", (0.05, 0.1, 0.2, 0.5))),
+    Family("size", "Embedding and hidden widths.",
+           (*_sweep("out_dim", "net", "out_dim", (64, 128, 256)), *_sweep("dim", "net", "dim", (64, 256)))),
+    Family("epochs", "Training length (the default picks epochs by data size: about 60k cell visits on small "
+                     "references).",
+           tuple(Variant(f"epochs x{f:g}", epochs_factor=f) for f in (0.5, 1.0, 2.0))),
+    Family("student", "The student's encoder: a dense layer on the sparse cell vector (the paper's) or an "
+                      "attention encoder like the teacher's.",
+           _sweep("student", "net", "student", ("linear", "attention"))),
+    Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
+                            "counts scaled to the median total (scanpy's default), given as log-normalized input.",
+           (Variant("log1p counts per 10k"), Variant("log1p median-total", normalize="median"))),
+)}
+
+
+# ------------------------------------------------------------------ data
+
+
+def skewed(adata: ad.AnnData, keep: float = 0.15, seed: int = 0) -> ad.AnnData:
+    """Each batch keeps half of the cell types whole and a fraction ``keep`` of the others, the halves
+    alternating between batches (types ordered by abundance): compositions as different as the types allow."""
+    rng = np.random.default_rng(seed)
+    types = adata.obs["cell_type"].astype(str)
+    order = {t: i for i, t in enumerate(types.value_counts().index)}
+    t = types.map(order).to_numpy()
+    b = pd.factorize(adata.obs["batch"].astype(str), sort=True)[0]
+    rich = (t % 2) == (b % 2)
+    kept = rich | (rng.random(adata.n_obs) < keep)
+    return adata[kept].copy()
+
+
+def hard_simulation(seed: int = 0) -> ad.AnnData:
+    """Six types in two lineages, three marker genes per type and lineage, two batches (the package's
+    simulator; development data)."""
+    from scconcerto.datasets import simulate
+
+    a = simulate(n_cells=2400, n_genes=400, n_types=6, n_batches=2, n_major=2, markers_per_type=3,
+                 batch_effect=0.5, seed=seed)
+    obs = pd.DataFrame({"cell_type": a.obs["cell_type"].astype(str).astype("category"),
+                        "batch": a.obs["batch"].astype(str).astype("category")}, index=a.obs_names)
+    return ad.AnnData(a.X, obs=obs, var=a.var[[]])
+
+
+def dataset(name: str, data_dir: Path | None, cache: dict) -> tuple[ad.AnnData, bool] | None:
+    """``(adata, is_counts)`` of a development data set or variant (cached)."""
+    if name in cache:
+        return cache[name]
+    base, _, variant = name.partition(":")
+    if base == "simulated":
+        adata, is_counts = hard_simulation(), True
+        variant = name.split(":")[2] if name.count(":") > 1 else ""
+    else:
+        if role(base) != "development":
+            raise ValueError(f"{base} is not development data: ablations never look at test data")
+        adata = load(data_dir, base, [])
+        if adata is None:
+            cache[name] = None
+            return None
+        is_counts = True
+    if variant == "skewed":
+        adata = skewed(adata)
+    cache[name] = (adata, is_counts)
+    return cache[name]
+
+
+def normalized(adata: ad.AnnData, how: str | None) -> ad.AnnData:
+    """The input as the variant gives it: counts as they are, or log1p of counts scaled to the median total."""
+    if how is None:
+        return adata
+    import scanpy as sc
+
+    out = adata.copy()
+    sc.pp.normalize_total(out)
+    sc.pp.log1p(out)
+    return out
+
+
+# ------------------------------------------------------------------ one measurement
+
+
+def _model(adata: ad.AnnData, variant: Variant, seed: int, label_key: str | None):
+    from scconcerto import Concerto
+    from scconcerto.nn import ConcertoNetwork
+
+    options = {"batch_key": "batch", **variant.model}
+    net = {k: v for k, v in variant.net.items() if k != "student"}
+    model = Concerto(adata, label_key=label_key, seed=seed, **options, **net)
+    if "student" in variant.net:
+        import torch
+
+        model.network_args["student"] = variant.net["student"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.network = ConcertoNetwork(model.setup.n_features, len(model.setup.sources), **model.network_args)
+    return model
+
+
+def _train(model, adata: ad.AnnData, variant: Variant, prepare_mapping: bool | dict = False) -> None:
+    from scconcerto.model.concerto import default_epochs
+
+    train = dict(variant.train)
+    if train.get("balance") == "labels" and not model.setup.label_keys:
+        train["balance"] = "clusters"  # unsupervised: no labels to balance with
+    epochs = max(1, int(round(default_epochs(adata.n_obs) * variant.epochs_factor)))
+    model.train(epochs=epochs, progress=False, prepare_mapping=prepare_mapping, **train)
+
+
+def unsupervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float:
+    """Trained on all cells without labels; leave-one-batch-out 5-NN accuracy of the embedding."""
+    from scconcerto.metrics import cross_batch_accuracy
+
+    data = normalized(adata, variant.normalize)
+    model = _model(data, variant, seed, None)
+    _train(model, data, variant)
+    return cross_batch_accuracy(model.reference.embedding, adata.obs["cell_type"].astype(str).to_numpy(),
+                                adata.obs["batch"].astype(str).to_numpy(), k=K)
+
+
+def supervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float:
+    """For each batch: trained with labels on the others, the batch mapped; 5-NN accuracy of its cells among
+    the reference cells (cells of a type the reference lacks left out), pooled over batches."""
+    from scconcerto.tools.label_transfer import vote
+    from scconcerto.tools.neighbors import knn
+
+    data = normalized(adata, variant.normalize)
+    batches = data.obs["batch"].astype(str).to_numpy()
+    right = total = 0
+    for held in sorted(set(batches)):
+        ref, query = data[batches != held].copy(), data[batches == held].copy()
+        model = _model(ref, variant, seed, "cell_type")
+        _train(model, ref, variant, prepare_mapping={"umap": False})
+        result = model.map_query(query, k=K, impute=False, place=False, min_overlap=0.0, seed=seed)
+        names = model.setup.labels["cell_type"]
+        codes = model.reference.labels["cell_type"]
+        truth = query.obs["cell_type"].astype(str).to_numpy()
+        seen = np.isin(truth, names)
+        pred = vote(knn(np.asarray(result.embedding)[seen], model.reference.embedding, k=K), codes, len(names)).codes
+        right += int(np.sum(np.asarray(names)[pred] == truth[seen]))
+        total += int(seen.sum())
+    return right / max(total, 1)
+
+
+# ------------------------------------------------------------------ tables
+
+
+def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cache: dict, store: dict,
+               save) -> list[dict]:
+    """Every (mode, data set, variant, seed) of ``family``; results are looked up in / added to ``store``."""
+    rows = []
+    variants = list(family.variants)
+    if not any(v.key() == DEFAULT.key() for v in variants):
+        variants.insert(0, DEFAULT)
+    modes = ["unsupervised", *(["supervised"] if family.supervised else [])]
+    for mode in modes:
+        for name in family.datasets:
+            if mode == "supervised" and name not in REAL:  # one training per held-out batch: real data only
+                continue
+            got = dataset(name, data_dir, data_cache)
+            if got is None:
+                continue
+            adata, _ = got
+            for variant in variants:
+                if mode == "unsupervised" and variant.train.get("balance") == "labels":
+                    continue
+                for seed in seeds:
+                    key = f"{mode}|{name}|{seed}|{variant.key()}"
+                    if key not in store:
+                        t0 = time.perf_counter()
+                        fn = unsupervised_accuracy if mode == "unsupervised" else supervised_accuracy
+                        store[key] = {"acc": fn(adata, variant, seed), "seconds": time.perf_counter() - t0}
+                        save()
+                        log.info("[ablations] %s %s %s %s seed %d: %.4f (%.0f s)", family.name, mode, name,
+                                 variant.name, seed, store[key]["acc"], store[key]["seconds"])
+                    shown = f"{variant.name} (default)" if variant.key() == DEFAULT.key() and variant is not DEFAULT \
+                        else variant.name
+                    rows.append({"family": family.name, "mode": mode, "dataset": name, "variant": shown,
+                                 "default": variant.key() == DEFAULT.key(), "seed": seed, **store[key]})
+    return rows
+
+
+def family_table(family: Family, rows: list[dict]) -> str:
+    """Markdown: one row per (mode, variant), one column per data set (mean ± sd), the mean over data sets and Δ."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return f"## {family.name}\n\nno data\n"
+    lines = [f"## {family.name}", "", family.question, ""]
+    for mode, part in df.groupby("mode", sort=False):
+        stats = part.groupby(["variant", "dataset"], sort=False)["acc"].agg(["mean", "std", "count"])
+        names = list(dict.fromkeys(part["dataset"]))
+        default_name = part.loc[part["default"], "variant"].iloc[0] if part["default"].any() else None
+        default = stats.loc[default_name]["mean"] if default_name is not None else None
+        out = []
+        for variant in dict.fromkeys(part["variant"]):
+            row = {"variant": variant}
+            deltas = []
+            for name in names:
+                if (variant, name) not in stats.index:
+                    row[name] = ""
+                    continue
+                s = stats.loc[(variant, name)]
+                sd = 0.0 if s["count"] < 2 or s["std"] != s["std"] else s["std"]
+                row[name] = f"{s['mean']:.3f} ± {sd:.3f}"
+                if default is not None and name in default.index:
+                    deltas.append(s["mean"] - default[name])
+            means = [stats.loc[(variant, n)]["mean"] for n in names if (variant, n) in stats.index]
+            row["mean"] = f"{np.mean(means):.3f}" if means else ""
+            row["Δ mean"] = f"{np.mean(deltas):+.3f}" if deltas and variant != default_name else ""
+            row["seeds"] = int(stats.loc[variant]["count"].min()) if variant in stats.index.get_level_values(0) else 0
+            out.append(row)
+        lines += [f"**{mode}** (LOO-batch {K}-NN accuracy; all data sets are development data)", "",
+                  markdown(pd.DataFrame(out)), ""]
+    return "\n".join(lines) + "\n"
+
+
+def defaults_line() -> str:
+    """The package defaults every table starts from."""
+    base = package_defaults()
+    return ", ".join(f"{k}={v!r}" for part in ("model", "net", "train") for k, v in base[part].items()
+                     if k != "batch_key")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablations", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=os.environ.get("SCCONCERTO_DATA"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/ABLATIONS.md"))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of: {', '.join(FAMILIES)}")
+    p.add_argument("--no-supervised", action="store_true", help="unsupervised tables only")
+    p.add_argument("--store", type=Path, default=None,
+                   help="JSON file of finished measurements: an interrupted run resumes from it")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (as benchmarks.run)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .run import _quiet_logs, limit_threads, thread_settings_restored
+
+    args = parse_args(argv)
+    with thread_settings_restored():
+        _quiet_logs()
+        limit_threads(args.threads)
+        names = [f.strip() for f in args.families.split(",") if f.strip()]
+        if unknown := [n for n in names if n not in FAMILIES]:
+            print(f"error: unknown famil(ies) {unknown}; choose from {list(FAMILIES)}", file=sys.stderr)
+            return 2
+        seeds = [int(s) for s in args.seeds.split(",")]
+        store: dict = {}
+        if args.store is not None and args.store.exists():
+            store = json.loads(args.store.read_text())
+
+        def save() -> None:
+            if args.store is not None:
+                from scconcerto._io import write_atomic_file
+
+                write_atomic_file(args.store, lambda p: p.write_text(json.dumps(store)), overwrite=True)
+
+        start = time.perf_counter()
+        data_cache: dict = {}
+        sections = []
+        for name in names:
+            family = FAMILIES[name]
+            if args.no_supervised:
+                family = Family(family.name, family.question, family.variants, family.datasets, False)
+            sections.append(family_table(family, run_family(family, seeds, args.data_dir, data_cache, store, save)))
+        header = [
+            "# scConcerto ablations (development data only)", "",
+            f"Command: `python -m benchmarks.ablations {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+            f"Seeds: {seeds}; package defaults: {defaults_line()}  ",
+            f"Machine: {os.cpu_count()} CPU cores, shared with other jobs; wall time "
+            f"{math.ceil(time.perf_counter() - start)} s", "",
+            __doc__.split("\n\n", 2)[2].strip(), ""]
+        from scconcerto._io import write_atomic_file
+
+        write_atomic_file(args.out, lambda p: p.write_text("\n".join(header) + "\n" + "\n".join(sections)),
+                          overwrite=True)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ablation command's data variants, development-only guard, and tables (no training here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import ablations
+from benchmarks.tasks.data import simulated
+
+
+def test_skewed_batches_keep_alternate_halves_of_the_types():
+    adata = simulated(n_cells=1200, n_genes=200)
+    out = ablations.skewed(adata, keep=0.15, seed=0)
+    table = pd.crosstab(out.obs["cell_type"], out.obs["batch"]) / pd.crosstab(adata.obs["cell_type"],
+                                                                                adata.obs["batch"])
+    whole = table.to_numpy() == 1.0
+    assert whole.sum(axis=1).min() >= 1  # every type is kept whole somewhere
+    np.testing.assert_allclose(table.to_numpy()[~whole], 0.15, atol=0.1)
+    cols = whole.T
+    assert (cols[0] != cols[1]).all()  # neighbouring batches keep opposite halves
+
+
+def test_test_data_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not development data"):
+        ablations.dataset("scclassify_pancreas_wang_xin", tmp_path, {})
+
+
+def test_variants_equal_to_the_defaults_share_measurements_and_tables_show_the_spread(monkeypatch):
+    defaults = ablations.package_defaults()
+    same = ablations.Variant("same as default", train={"gene_dropout": defaults["train"]["gene_dropout"]})
+    other = ablations.Variant("other", train={"temperature": 0.5})
+    assert same.key() == ablations.DEFAULT.key() != other.key()
+    family = ablations.Family("toy", "A toy table.", (ablations.DEFAULT, same, other), datasets=("simulated:hard",))
+    calls = []
+
+    def fake(adata, variant, seed):
+        calls.append((variant.name, seed))
+        return 0.5 + 0.1 * (variant.name == "other") + 0.01 * seed
+
+    monkeypatch.setattr(ablations, "unsupervised_accuracy", fake)
+    monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
+    store: dict = {}
+    rows = ablations.run_family(family, [0, 1], None, {}, store, lambda: None)
+    assert len(calls) == 4 and len(rows) == 6  # the variant equal to the default is not trained again
+    text = ablations.family_table(family, rows)
+    assert "| default | 0.505 ± 0.007 |" in text and "| other | 0.605 ± 0.007 | 0.605 | +0.100 | 2 |" in text
