@@ -17,6 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._errors import InputError
 from .._keys import confidence_key, known_key, pred_key, unknown_key, unknown_score_key
 from ..plotting.outputs import (annotation_info, gene_overlap, label_classes, mapping_info, predicted_labels,
                                 unknown_score_column, unknown_threshold)
@@ -26,9 +27,7 @@ if TYPE_CHECKING:
 
 VERSIONED_PACKAGES = ("scconcerto", "torch", "lightning", "anndata", "scanpy", "numpy", "scipy", "pandas",
                       "faiss-cpu", "scikit-learn", "matplotlib", "umap-learn", "leidenalg", "jinja2")
-#: Share of held-out reference cells of known types that the default unknown threshold flags.
-FALSE_REJECTION_TARGET = 0.05
-#: A type whose median confidence is below this is named in the note on confidence.
+#: A type whose mean confidence is below this is named in the note on confidence.
 LOW_CONFIDENCE = 0.5
 MISSING = "–"
 
@@ -121,7 +120,7 @@ def _column(query: ad.AnnData, name: str, dtype: type = float) -> np.ndarray | N
 
 
 def label_summary(query: ad.AnnData, label_key: str, true_key: str | None) -> dict[str, Any]:
-    """Cells, unknown cells, median confidence and, with given labels, accuracy and F1 of the predictions."""
+    """Cells, unknown cells, mean confidence and, with given labels, accuracy and F1 of the predictions."""
     from ..metrics import annotation_report
 
     n = query.n_obs
@@ -130,7 +129,7 @@ def label_summary(query: ad.AnnData, label_key: str, true_key: str | None) -> di
     conf = _column(query, confidence_key(label_key))
     out: dict[str, Any] = {"cells": n, "types": int(pd.Series(predicted_labels(query, label_key, False)).nunique()),
                            "unknown": int(unknown.sum()), "unknown_fraction": float(unknown.mean()) if n else None,
-                           "median_confidence": float(np.median(conf)) if conf is not None and n else None,
+                           "mean_confidence": float(np.mean(conf)) if conf is not None and n else None,
                            "scores": None, "given_key": None, "labeled_cells": 0, "accuracy_of_known": None}
     if has_given_labels(query, true_key):
         given = labels_of(query.obs[true_key].to_numpy())
@@ -150,7 +149,7 @@ def type_table(query: ad.AnnData, label_key: str, true_key: str | None = None,
                reference_counts: Mapping[str, int] | None = None) -> pd.DataFrame:
     """One row per predicted type, most cells first: what the report's per-type table shows.
 
-    Columns: ``cells``, ``share`` (of the query), ``median_confidence``, ``median_known_prob`` (or the median of
+    Columns: ``cells``, ``share`` (of the query), ``mean_confidence``, ``mean_known_prob`` (or the mean of
     the annotation's rejection score), ``unknown`` cells and ``unknown_share`` (of the type's cells); with
     ``reference_counts``, ``reference_cells``; with given labels, ``agrees_with_given`` (the share of the type's
     labeled cells whose given label is the same). Cells flagged unknown are counted under the type they were
@@ -166,8 +165,8 @@ def type_table(query: ad.AnnData, label_key: str, true_key: str | None = None,
     frame["known"] = np.nan if score_column is None else query.obs[score_column].to_numpy(dtype=float)
     unknown = _column(query, unknown_key(label_key), bool)
     frame["unknown"] = False if unknown is None else unknown
-    agg: dict[str, tuple[str, str]] = {"cells": ("confidence", "size"), "median_confidence": ("confidence", "median"),
-                                       "median_known_prob": ("known", "median"), "unknown": ("unknown", "sum")}
+    agg: dict[str, tuple[str, str]] = {"cells": ("confidence", "size"), "mean_confidence": ("confidence", "mean"),
+                                       "mean_known_prob": ("known", "mean"), "unknown": ("unknown", "sum")}
     if has_given_labels(query, true_key):
         given = labels_of(query.obs[true_key].to_numpy())
         frame["agrees"] = np.where(pd.isna(given), np.nan, (given == pred).astype(float))
@@ -182,12 +181,67 @@ def type_table(query: ad.AnnData, label_key: str, true_key: str | None = None,
     return table
 
 
-def unknown_facts(query: ad.AnnData, label_key: str, true_key: str | None) -> dict[str, Any]:
-    """What flags a cell unknown, the threshold, and with given labels the rate on seen and unseen types.
+def calibration(query: ad.AnnData, model: "Concerto", label_key: str) -> dict[str, Any] | None:
+    """How the unknown threshold used was calibrated, read from the model (never computed here).
+
+    Mapping (and annotation with the ``reference`` score) flags a cell unknown when its known-type probability
+    is below a threshold that, by default, :data:`~scconcerto.mapping.label_model.FALSE_REJECTION` of held-out
+    reference cells of seen types fall below (:meth:`~scconcerto.Concerto.label_model`); the classifier's own
+    scores use ``false_rejection_rate`` of its held-out cells (:attr:`~scconcerto.Concerto.annotation_summary`).
+
+    Returns
+    -------
+    dict or None
+        ``rate`` (share of held-out cells of seen types flagged by the default threshold), ``default`` (that
+        threshold, or the pair of a query with and without its own density ratios), ``used`` (the threshold
+        recorded in the query), ``is_default`` (whether the two agree), ``held_out`` (what the rate was
+        measured on) and ``held_out_accuracy`` (of the labels, if recorded); ``None`` when the model records no
+        calibration for this key.
+    """
+    from ..mapping.label_model import FALSE_REJECTION
+
+    used = unknown_threshold(query, label_key)
+    record = annotation_info(query) if not mapping_info(query) else {}
+    score = str(record.get("unknown_score", "reference")) if record else "reference"
+    if score == "reference":
+        space = str(mapping_info(query).get("space", "full"))
+        try:
+            decision = model.label_model(label_key, space)
+        except InputError:
+            decision = None
+        if decision is None:
+            return None
+        defaults = sorted({round(float(decision.threshold), 6), round(float(decision.threshold_small), 6)})
+        accuracy = decision.report.get("held_out_accuracy")
+        cells = decision.report.get("held_out_cells")
+        return {"rate": FALSE_REJECTION, "default": defaults, "used": used,
+                "is_default": used is not None and any(abs(used - d) < 1e-5 for d in defaults),
+                "held_out": "held-out reference cells", "held_out_cells": None if is_missing(cells) else int(cells),
+                "held_out_accuracy": None if is_missing(accuracy) else float(accuracy)}
+    try:
+        summary = model.annotation_summary
+    except InputError:
+        return None
+    report = summary.get("calibration") or {}
+    default = (summary.get("thresholds") or {}).get(score)
+    rate = report.get("false_rejection_rate")
+    if is_missing(rate) or is_missing(default):
+        return None
+    defaults = [round(float(default), 6)]
+    return {"rate": float(rate), "default": defaults, "used": used,
+            "is_default": used is not None and abs(used - defaults[0]) < 1e-5,
+            "held_out": "the classifier's held-out cells",
+            "held_out_cells": None if is_missing(report.get("n_cells")) else int(report["n_cells"]),
+            "held_out_accuracy": None if is_missing(report.get("accuracy")) else float(report["accuracy"])}
+
+
+def unknown_facts(query: ad.AnnData, label_key: str, true_key: str | None,
+                  model: "Concerto | None" = None) -> dict[str, Any]:
+    """What flags a cell unknown, the threshold, its calibration and, with given labels, the rate on seen and
+    unseen types of the query.
 
     Seen types are the given labels the reference has (the posterior's classes); the rate on them is the
-    share of known-type cells flagged unknown, which the default threshold puts near 5 % on held-out
-    reference cells.
+    share of known-type cells flagged unknown.
     """
     record = annotation_info(query) if not mapping_info(query) else {}
     column = unknown_score_column(query, label_key)
@@ -197,7 +251,8 @@ def unknown_facts(query: ad.AnnData, label_key: str, true_key: str | None) -> di
                            "column": column, "known_prob": column == known_key(label_key),
                            "flagged": None if unknown is None else int(unknown.sum()),
                            "fraction": None if unknown is None or not len(unknown) else float(unknown.mean()),
-                           "target": FALSE_REJECTION_TARGET, "seen": None, "unseen": None, "matched": None}
+                           "calibration": None if model is None else calibration(query, model, label_key),
+                           "seen": None, "unseen": None, "matched": None}
     if column == unknown_score_key(label_key) and out["score"] == "reference":
         out["known_prob"] = True
     classes = label_classes(query, label_key)
@@ -219,9 +274,9 @@ def unknown_facts(query: ad.AnnData, label_key: str, true_key: str | None) -> di
 
 
 def low_confidence_types(table: pd.DataFrame, threshold: float = LOW_CONFIDENCE) -> list[dict[str, Any]]:
-    """Types of the per-type table whose median confidence is below ``threshold`` (fewest reference cells first)."""
-    low = table[table["median_confidence"] < threshold]
-    rows = [{"type": str(t), "cells": int(r["cells"]), "median_confidence": float(r["median_confidence"]),
+    """Types of the per-type table whose mean confidence is below ``threshold`` (fewest reference cells first)."""
+    low = table[table["mean_confidence"] < threshold]
+    rows = [{"type": str(t), "cells": int(r["cells"]), "mean_confidence": float(r["mean_confidence"]),
              "reference_cells": None if is_missing(r.get("reference_cells")) else int(r["reference_cells"]),
              "agrees": None if is_missing(r.get("agrees_with_given")) else float(r["agrees_with_given"])}
             for t, r in low.iterrows()]
@@ -236,7 +291,7 @@ def level_table(query: ad.AnnData, coarse_key: str, fine_key: str) -> pd.DataFra
     conf = _column(query, confidence_key(fine_key))
     frame["confidence"] = np.nan if conf is None else conf
     table = frame.groupby([coarse_key, fine_key], sort=False).agg(cells=("confidence", "size"),
-                                                                  median_confidence=("confidence", "median"))
+                                                                  mean_confidence=("confidence", "mean"))
     totals = table.groupby(level=0)["cells"].transform("sum")
     table.insert(1, "share_of_coarse", table["cells"] / totals)
     order = table.assign(total=totals).sort_values(["total", "cells"], ascending=False)

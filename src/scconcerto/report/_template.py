@@ -56,7 +56,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <h2>Predicted {{ key }}</h2>
 <div class="cards">
  <div class="card"><div class="value">{{ a.summary.types|count }}</div><div class="name">types predicted</div></div>
- <div class="card"><div class="value">{{ a.summary.median_confidence|number(2) }}</div><div class="name">median confidence</div></div>
+ <div class="card"><div class="value">{{ a.summary.mean_confidence|number(2) }}</div><div class="name">mean confidence</div></div>
  <div class="card"><div class="value">{{ a.summary.unknown_fraction|percent }}</div><div class="name">unknown ({{ a.summary.unknown|count }} cells)</div></div>
  {% if a.summary.scores %}<div class="card"><div class="value">{{ a.summary.scores.accuracy|number }}</div><div class="name">accuracy vs <code>{{ a.summary.given_key }}</code></div></div>{% endif %}
 </div>
@@ -70,18 +70,22 @@ TEMPLATE = r"""<!DOCTYPE html>
 </div>
 {% if a.boxes %}<figure class="wide"><img src="data:image/png;base64,{{ a.boxes.png }}" alt="{{ a.boxes.title }}"><figcaption><b>{{ a.boxes.title }}.</b> {{ a.boxes.caption }}</figcaption></figure>{% endif %}
 <div class="note" id="unknown-note-{{ loop.index }}">
+{% set cal = a.unknown.calibration %}
 <p><b>What "unknown" means.</b>
-{% if a.unknown.known_prob %}A cell is flagged unknown when the probability that its type is one the reference has (<code>obs['{{ a.known_column }}']</code>) is below {% if a.unknown.threshold is not none %}{{ a.unknown.threshold|number(2) }}, the value {{ a.unknown.target|percent(0) }} of held-out reference cells fall below{% else %}the threshold{% endif %}: its type is unlikely to be in the reference (a new type, a state the reference lacks, a doublet or a damaged cell). About 1 cell in 20 of types the reference has is flagged too.
-{% else %}A cell is flagged unknown when the classifier's {{ a.score_name }} (<code>obs['{{ a.known_column }}']</code>) is below {% if a.unknown.threshold is not none %}{{ a.unknown.threshold|number(2) }}, the threshold chosen on held-out cells when the classifier was fitted{% else %}its threshold{% endif %}: the cell is unlike the types the classifier was trained on.
+{% if a.unknown.known_prob %}A cell is flagged unknown when the probability that its type is one the reference has (<code>obs['{{ a.known_column }}']</code>) is below {% if a.unknown.threshold is not none %}{{ a.unknown.threshold|number(2) }}{% else %}the threshold{% endif %}: its type is probably not in the reference (a new type, a state the reference lacks, a doublet or a damaged cell).
+{% else %}A cell is flagged unknown when the classifier's {{ a.score_name }} (<code>obs['{{ a.known_column }}']</code>) is below {% if a.unknown.threshold is not none %}{{ a.unknown.threshold|number(2) }}{% else %}its threshold{% endif %}: the cell is unlike the types the classifier was trained on.
 {% endif %}
+{% if cal %}{% if cal.is_default %}This is the model's default threshold: {{ cal.rate|percent(0) }} of the{% if cal.held_out_cells is not none %} {{ cal.held_out_cells|count }}{% endif %} {{ cal.held_out }} (all of types it has) fall below it. So about {{ cal.rate|percent(0) }} of the cells of seen types are expected to be flagged too.
+{% else %}This threshold was set when mapping; the model's default ({% for d in cal.default %}{{ d|number(2) }}{% if not loop.last %} or {% endif %}{% endfor %}) flags {{ cal.rate|percent(0) }} of {{ cal.held_out }} of seen types.
+{% endif %}{% endif %}
 {% if reject %}Its predicted label is written as "unknown".{% else %}It keeps its most likely label in <code>obs['{{ key }}_pred']</code>; <code>obs['{{ key }}_unknown']</code> flags it.{% endif %}
 {% if a.unknown.flagged is not none %}Here {{ a.unknown.flagged|count }} cells ({{ a.unknown.fraction|percent }}) are flagged.{% endif %}
-{% if a.unknown.seen %}Of the {{ a.unknown.seen.cells|count }} cells whose given label (<code>{{ a.given }}</code>) is a type the reference has, {{ a.unknown.seen.unknown|count }} ({{ a.unknown.seen.rate|percent }}) are flagged{% if a.unknown.known_prob %} (expected: about {{ a.unknown.target|percent(0) }}){% endif %}.{% endif %}
+{% if a.unknown.seen %}Of the {{ a.unknown.seen.cells|count }} cells whose given label (<code>{{ a.given }}</code>) is a type the reference has, {{ a.unknown.seen.unknown|count }} ({{ a.unknown.seen.rate|percent }}) are flagged{% if cal and cal.is_default %} (calibrated rate on seen types: {{ cal.rate|percent(0) }}){% endif %}.{% endif %}
 {% if a.unknown.unseen %}Of the {{ a.unknown.unseen.cells|count }} cells of types the reference does not have ({% for t, n in a.unknown.unseen.types.items() %}{{ t }}: {{ n|count }}{% if not loop.last %}, {% endif %}{% endfor %}), {{ a.unknown.unseen.unknown|count }} ({{ a.unknown.unseen.rate|percent }}) are flagged.{% endif %}
-{% if a.unknown.matched is false %}None of the given labels in <code>{{ a.given }}</code> is a label of the reference, so the rate on types it has is not computed.{% endif %}
+{% if a.unknown.matched is false %}No given label in <code>{{ a.given }}</code> is a label of the reference, so the rate on types it has is not computed.{% endif %}
 </p>
-<p><b>What "confidence" means.</b> <code>obs['{{ key }}_confidence']</code> is the probability that the predicted label is right{% if a.unknown.known_prob and not annotated %} (and that the type is one the reference has){% endif %}. It is low when the cell's nearest reference cells disagree. A type with few {{ "training" if annotated else "reference" }} cells has few of them to vote for it, so its cells often get a low confidence even when their label is right: a low confidence says the evidence is thin, not that the label is wrong.
-{% if a.low %}Types with a median confidence below 0.5 here: {% for r in a.low %}{{ r.type }} ({{ r.cells|count }} cells{% if r.reference_cells is not none %}, {{ r.reference_cells|count }} in the reference{% endif %}, median confidence {{ r.median_confidence|number(2) }}{% if r.agrees is not none %}, {{ r.agrees|percent(0) }} agree with the given label{% endif %}){% if not loop.last %}; {% endif %}{% endfor %}.{% endif %}
+<p><b>What "confidence" means.</b> <code>obs['{{ key }}_confidence']</code> is {% if annotated %}the classifier's calibrated probability that the predicted label is right{% else %}the probability that the predicted label is right{% if a.unknown.known_prob %} and that the type is one the reference has{% endif %}{% endif %}{% if cal and cal.held_out_accuracy is not none %} (labels of {{ cal.held_out }} were right {{ cal.held_out_accuracy|percent }} of the time){% endif %}. {% if not annotated %}It is low when the cell's nearest reference cells disagree. {% endif %}A type with few {{ "training" if annotated else "reference" }} cells has little evidence for it, so its cells often get a low confidence even when their label is right: a low confidence says the evidence is thin, not that the label is wrong.
+{% if a.low %}Types with a mean confidence below 0.5 here: {% for r in a.low %}{{ r.type }} ({{ r.cells|count }} cells{% if r.reference_cells is not none %}, {{ r.reference_cells|count }} in the reference{% endif %}, mean confidence {{ r.mean_confidence|number(2) }}{% if r.agrees is not none %}, {{ r.agrees|percent(0) }} agree with the given label{% endif %}){% if not loop.last %}; {% endif %}{% endfor %}.{% endif %}
 </p>
 </div>
 {% if a.histogram %}<figure><img src="data:image/png;base64,{{ a.histogram.png }}" alt="{{ a.histogram.title }}"><figcaption><b>{{ a.histogram.title }}.</b> {{ a.histogram.caption }}</figcaption></figure>{% endif %}

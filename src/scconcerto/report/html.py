@@ -123,8 +123,6 @@ def mapping_report(query: ad.AnnData, model: "Concerto", path: str | Path, label
 
     figs = Figures(dpi)
     coords = _coordinates(query, model, annotated, max_points, seed)
-    if coords.note:
-        figs.notes.append(coords.note)
     answers = {key: _answers(figs, query, model, coords, key, given_keys[key], annotated, max_points, seed)
                for key in keys}
     if not keys:
@@ -229,7 +227,7 @@ def _answers(figs: Figures, query: ad.AnnData, model: "Concerto", coords: _Coord
                          lambda: pl.label_umap(coords.view, key, basis=_XY, max_points=max_points, seed=seed))
     reference_counts = None if annotated else facts.reference_type_counts(model, key)
     table = facts.type_table(query, key, given, reference_counts)
-    unknown = facts.unknown_facts(query, key, given)
+    unknown = facts.unknown_facts(query, key, given, model)
     score_name = unknown_score_name(query, key)
     boxes = figs.draw(f"{key}: confidence per predicted type", "Each box spans the middle half of a type's cells, "
                       "the line is its median, dots are cells. Left: the confidence (probability that the label "
@@ -252,10 +250,10 @@ def _hierarchy(figs: Figures, query: ad.AnnData, coarse: str, fine: str) -> dict
                        f"(right), chosen among the {fine} labels of that {coarse}; band width is the number of cells.",
                        lambda: pl.level_sankey(query, coarse, fine), wide=True)
     shown = table.reset_index()
-    shown.columns = [coarse, fine, "cells", f"share of the {coarse}", f"median {fine} confidence"]
+    shown.columns = [coarse, fine, "cells", f"share of the {coarse}", f"mean {fine} confidence"]
     return {"coarse": coarse, "fine": fine, "figure": figure,
             "table_html": _table_html(shown, percent=(f"share of the {coarse}",),
-                                      decimals={f"median {fine} confidence": 2}, index=False)}
+                                      decimals={f"mean {fine} confidence": 2}, counts=("cells",), index=False)}
 
 
 def _checks(figs: Figures, query: ad.AnnData, key: str, given: str) -> dict[str, Any]:
@@ -376,12 +374,12 @@ def _protein_section(query: ad.AnnData, model: "Concerto", figs: Figures, max_po
 
 # ---------------------------------------------------------------------------------------------- HTML
 def _type_table_html(table: pd.DataFrame, key: str, score_name: str) -> Markup:
-    names = {"reference_cells": "reference cells", "share": "share of query", "median_confidence": "median confidence",
-             "median_known_prob": f"median {score_name}", "unknown": "unknown", "unknown_share": "unknown share",
+    names = {"reference_cells": "reference cells", "share": "share of query", "mean_confidence": "mean confidence",
+             "mean_known_prob": f"mean {score_name}", "unknown": "unknown", "unknown_share": "unknown share",
              "agrees_with_given": "agrees with given label"}
     shown = table.rename(columns=names)
     return _table_html(shown, percent=("share of query", "unknown share", "agrees with given label"),
-                       decimals={"median confidence": 2, f"median {score_name}": 2},
+                       decimals={"mean confidence": 2, f"mean {score_name}": 2},
                        counts=("cells", "reference cells", "unknown"), table_id=f"types-{key}")
 
 
