@@ -130,7 +130,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <div class="grid">
 <div>
 <h3>Query</h3>
-<table>
+<table id="query-facts">
  <tr><th>file</th><td>{{ query_name }}</td></tr>
  <tr><th>cells</th><td class="num">{{ query.cells|count }}</td></tr>
  <tr><th>genes</th><td class="num">{{ query.genes|count }}</td></tr>
@@ -142,7 +142,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 </div>
 <div>
 <h3>Reference</h3>
-<table>
+<table id="reference-facts">
  <tr><th>model</th><td>{{ model_name }}</td></tr>
  <tr><th>cells</th><td class="num">{{ reference.cells|count }}</td></tr>
  <tr><th>genes in the vocabulary</th><td class="num">{{ reference.genes|count }}{% if reference.hvg %} (highly variable){% endif %}</td></tr>
@@ -181,9 +181,9 @@ TEMPLATE = r"""<!DOCTYPE html>
 <details id="run">
 <summary>Timings, parameters and versions</summary>
 <div class="grid">
-<div><h3>Timings</h3><table>{% for k, v in timings.items() %}<tr><th>{{ k }}</th><td class="num">{{ v|number(2) }} s</td></tr>{% endfor %}</table></div>
-<div><h3>{{ "Annotation" if annotated else "Mapping" }} parameters</h3>{% if parameters %}<table>{% for k, v in parameters.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>{% else %}<p class="note">The file records no parameters.</p>{% endif %}</div>
-<div><h3>Versions</h3><table>{% for k, v in versions.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table></div>
+<div><h3>Timings</h3><table id="timings">{% for k, v in timings.items() %}<tr><th>{{ k }}</th><td class="num">{{ v|number(2) }} s</td></tr>{% endfor %}</table></div>
+<div><h3>{{ "Annotation" if annotated else "Mapping" }} parameters</h3>{% if parameters %}<table id="parameters">{% for k, v in parameters.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>{% else %}<p class="note">The file records no parameters.</p>{% endif %}</div>
+<div><h3>Versions</h3><table id="versions">{% for k, v in versions.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table></div>
 </div>
 </details>
 </main>

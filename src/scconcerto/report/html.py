@@ -253,7 +253,8 @@ def _hierarchy(figs: Figures, query: ad.AnnData, coarse: str, fine: str) -> dict
     shown.columns = [coarse, fine, "cells", f"share of the {coarse}", f"mean {fine} confidence"]
     return {"coarse": coarse, "fine": fine, "figure": figure,
             "table_html": _table_html(shown, percent=(f"share of the {coarse}",),
-                                      decimals={f"mean {fine} confidence": 2}, counts=("cells",), index=False)}
+                                      decimals={f"mean {fine} confidence": 2}, counts=("cells",), index=False,
+                                      table_id=f"levels-{coarse}-{fine}")}
 
 
 def _checks(figs: Figures, query: ad.AnnData, key: str, given: str) -> dict[str, Any]:
