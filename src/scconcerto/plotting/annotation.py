@@ -257,6 +257,7 @@ def level_sankey(adata: ad.AnnData, coarse_key: str, fine_key: str, gap: float =
     coarse = predicted_labels(adata, coarse_key, mark_unknown=False)
     fine = predicted_labels(adata, fine_key, mark_unknown=False)
     counts = confusion_table(coarse, fine, False)
+    counts = counts.iloc[np.argsort(-counts.to_numpy().sum(axis=1), kind="stable")]  # the largest coarse label on top
     # fine labels grouped under the coarse label most of their cells have, so that bands do not cross
     parent = counts.to_numpy().argmax(axis=0)
     counts = counts.iloc[:, np.lexsort((-counts.to_numpy().sum(axis=0), parent))]
