@@ -79,7 +79,8 @@ def test_the_annotation_report_has_its_own_title_and_a_umap(annotated, tmp_path,
     model, query = annotated
     page = Page(mapping_report(query, model, tmp_path / "a.html"))
     assert "<title>scConcerto annotation report</title>" in page.html and "mapping report" not in page.text
-    assert page.order.index("img:Predicted cell_type") < page.order.index("img:cell_type: confidence per predicted type")
+    boxes = "img:cell_type: confidence per predicted type"
+    assert page.order.index("img:Predicted cell_type") < page.order.index(boxes)
     umap = next(i for i in page.images if i["alt"] == "Predicted cell_type")
     assert umap["src"].startswith("data:image/png;base64,")
     assert "What was annotated" in page.text and "computed from the model's embedding of the query" in page.text
@@ -89,3 +90,20 @@ def test_the_annotation_report_has_its_own_title_and_a_umap(annotated, tmp_path,
     assert "the classifier's calibrated probability that the predicted label is right" in page.text
     assert page.table("types-cell_type")["cells"].astype(int).sum() == query.n_obs
     assert page.missing_shown() == []
+
+
+def test_report_command_titles_an_annotated_query_as_an_annotation_report(annotated, tmp_path, capsys, Page):
+    from scconcerto.cli import main
+
+    model, query = annotated
+    model.save(tmp_path / "model")
+    query.write_h5ad(tmp_path / "annotated.h5ad")
+    out = tmp_path / "report.html"
+    assert main(["report", str(tmp_path / "annotated.h5ad"), "--model", str(tmp_path / "model"),
+                 "--out", str(out)]) == 0
+    page = Page(out)
+    assert "<title>scConcerto annotation report</title>" in page.html
+    assert page.order[:3] == ["section:answers-1", "img:Predicted cell_type",
+                              "img:cell_type: confidence per predicted type"]
+    name, frame = page.download()
+    assert name == "annotated_predictions.csv" and len(frame) == query.n_obs

@@ -360,7 +360,8 @@ def type_order(adata: ad.AnnData, label_key: str) -> list[str]:
     return [str(c) for c in ranked]
 
 
-def confidence_by_type(adata: ad.AnnData, label_key: str, unknown_score: bool = True, order: Sequence[str] | None = None,
+def confidence_by_type(adata: ad.AnnData, label_key: str, unknown_score: bool = True,
+                       order: Sequence[str] | None = None,
                        max_types: int = 40, max_points: int = 300, seed: int = 0,
                        ax: Axes | Sequence[Axes] | None = None, show: bool | None = None,
                        save: SaveArg = None) -> Figure:
