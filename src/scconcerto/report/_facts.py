@@ -195,8 +195,8 @@ def calibration(query: ad.AnnData, model: "Concerto", label_key: str) -> dict[st
         ``rate`` (share of held-out cells of seen types flagged by the default threshold), ``default`` (that
         threshold, or the pair of a query with and without its own density ratios), ``used`` (the threshold
         recorded in the query), ``is_default`` (whether the two agree), ``held_out`` (what the rate was
-        measured on) and ``held_out_accuracy`` (of the labels, if recorded); ``None`` when the model records no
-        calibration for this key.
+        measured on), ``held_out_accuracy`` (of the labels, if recorded) and ``accuracy_of`` (the cells it was
+        measured on); ``None`` when the model records no calibration for this key.
     """
     from ..mapping.label_model import FALSE_REJECTION
 
@@ -212,17 +212,19 @@ def calibration(query: ad.AnnData, model: "Concerto", label_key: str) -> dict[st
         if decision is None:
             return None
         defaults = sorted({round(float(decision.threshold), 6), round(float(decision.threshold_small), 6)})
-        accuracy = decision.report.get("held_out_accuracy")
+        accuracy, accuracy_of = decision.report.get("held_out_accuracy"), "held-out reference cells"
+        if record:  # the classifier gave the labels, mapping's novelty model the unknown flag
+            accuracy, accuracy_of = _classifier_calibration(model).get("accuracy"), "the classifier's held-out cells"
         cells = decision.report.get("held_out_cells")
         return {"rate": FALSE_REJECTION, "default": defaults, "used": used,
                 "is_default": used is not None and any(abs(used - d) < 1e-5 for d in defaults),
                 "held_out": "held-out reference cells", "held_out_cells": None if is_missing(cells) else int(cells),
-                "held_out_accuracy": None if is_missing(accuracy) else float(accuracy)}
+                "held_out_accuracy": None if is_missing(accuracy) else float(accuracy), "accuracy_of": accuracy_of}
     try:
         summary = model.annotation_summary
     except InputError:
         return None
-    report = summary.get("calibration") or {}
+    report = _classifier_calibration(model)
     default = (summary.get("thresholds") or {}).get(score)
     rate = report.get("false_rejection_rate")
     if is_missing(rate) or is_missing(default):
@@ -232,7 +234,17 @@ def calibration(query: ad.AnnData, model: "Concerto", label_key: str) -> dict[st
             "is_default": used is not None and abs(used - defaults[0]) < 1e-5,
             "held_out": "the classifier's held-out cells",
             "held_out_cells": None if is_missing(report.get("n_cells")) else int(report["n_cells"]),
-            "held_out_accuracy": None if is_missing(report.get("accuracy")) else float(report["accuracy"])}
+            "held_out_accuracy": None if is_missing(report.get("accuracy")) else float(report["accuracy"]),
+            "accuracy_of": "the classifier's held-out cells"}
+
+
+def _classifier_calibration(model: "Concerto") -> dict[str, Any]:
+    """The classifier's calibration on its held-out cells (empty without a classifier)."""
+    try:
+        report = model.annotation_summary.get("calibration")
+    except InputError:
+        return {}
+    return dict(report) if isinstance(report, Mapping) else {}
 
 
 def unknown_facts(query: ad.AnnData, label_key: str, true_key: str | None,

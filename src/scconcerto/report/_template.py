@@ -34,6 +34,11 @@ TEMPLATE = r"""<!DOCTYPE html>
  .grid { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
  .grid > figure, .grid > div { flex: 1 1 460px; min-width: 0; }
  .grid > figure.wide { flex: 1 1 100%; }
+ .grid > figure.umap { flex: 1 1 380px; max-width: 500px; }
+ .tablewrap { overflow-x: auto; }
+ .tablewrap table.data { font-size: 12px; }
+ .tablewrap table.data th { vertical-align: bottom; }
+ .tablewrap table.data th, .tablewrap table.data td { padding: 3px 6px; }
  .note { background: #f3f7fb; border-left: 4px solid #1f3a5f; padding: 6px 12px; font-size: 13px; }
  .warn { background: #fdecea; border-left: 4px solid #d93025; padding: 6px 12px; font-size: 13px; }
  .download { background: #eef7ee; border-left: 4px solid #2e7d32; padding: 8px 12px; font-size: 14px; }
@@ -61,14 +66,15 @@ TEMPLATE = r"""<!DOCTYPE html>
  {% if a.summary.scores %}<div class="card"><div class="value">{{ a.summary.scores.accuracy|number }}</div><div class="name">accuracy vs <code>{{ a.summary.given_key }}</code></div></div>{% endif %}
 </div>
 <div class="grid">
-{% if a.umap %}<figure><img src="data:image/png;base64,{{ a.umap.png }}" alt="{{ a.umap.title }}"><figcaption><b>{{ a.umap.title }}.</b> {{ a.umap.caption }}</figcaption></figure>{% endif %}
-<div>
+{% if a.umap %}<figure class="umap"><img src="data:image/png;base64,{{ a.umap.png }}" alt="{{ a.umap.title }}"><figcaption><b>{{ a.umap.title }}.</b> {{ a.umap.caption }}</figcaption></figure>{% endif %}
+<div class="tablewrap">
 <h3>Per predicted type</h3>
 {{ a.table_html }}
 <p class="note">Cells flagged unknown stay counted under the type they were given, and in the unknown columns.</p>
 </div>
 </div>
 {% if a.boxes %}<figure class="wide"><img src="data:image/png;base64,{{ a.boxes.png }}" alt="{{ a.boxes.title }}"><figcaption><b>{{ a.boxes.title }}.</b> {{ a.boxes.caption }}</figcaption></figure>{% endif %}
+<div class="grid">
 <div class="note" id="unknown-note-{{ loop.index }}">
 {% set cal = a.unknown.calibration %}
 <p><b>What "unknown" means.</b>
@@ -84,11 +90,12 @@ TEMPLATE = r"""<!DOCTYPE html>
 {% if a.unknown.unseen %}Of the {{ a.unknown.unseen.cells|count }} cells of types the reference does not have ({% for t, n in a.unknown.unseen.types.items() %}{{ t }}: {{ n|count }}{% if not loop.last %}, {% endif %}{% endfor %}), {{ a.unknown.unseen.unknown|count }} ({{ a.unknown.unseen.rate|percent }}) are flagged.{% endif %}
 {% if a.unknown.matched is false %}No given label in <code>{{ a.given }}</code> is a label of the reference, so the rate on types it has is not computed.{% endif %}
 </p>
-<p><b>What "confidence" means.</b> <code>obs['{{ key }}_confidence']</code> is {% if annotated %}the classifier's calibrated probability that the predicted label is right{% else %}the probability that the predicted label is right{% if a.unknown.known_prob %} and that the type is one the reference has{% endif %}{% endif %}{% if cal and cal.held_out_accuracy is not none %} (labels of {{ cal.held_out }} were right {{ cal.held_out_accuracy|percent }} of the time){% endif %}. {% if not annotated %}It is low when the cell's nearest reference cells disagree. {% endif %}A type with few {{ "training" if annotated else "reference" }} cells has little evidence for it, so its cells often get a low confidence even when their label is right: a low confidence says the evidence is thin, not that the label is wrong.
+<p><b>What "confidence" means.</b> <code>obs['{{ key }}_confidence']</code> is {% if annotated %}the classifier's calibrated probability that the predicted label is right{% else %}the probability that the predicted label is right{% if a.unknown.known_prob %} and that the type is one the reference has{% endif %}{% endif %}{% if cal and cal.held_out_accuracy is not none %} (the labels of {{ cal.accuracy_of }} were right {{ cal.held_out_accuracy|percent }} of the time){% endif %}. {% if not annotated %}It is low when the cell's nearest reference cells disagree. {% endif %}A type with few {{ "training" if annotated else "reference" }} cells has little evidence for it, so its cells often get a low confidence even when their label is right: a low confidence says the evidence is thin, not that the label is wrong.
 {% if a.low %}Types with a mean confidence below 0.5 here: {% for r in a.low %}{{ r.type }} ({{ r.cells|count }} cells{% if r.reference_cells is not none %}, {{ r.reference_cells|count }} in the reference{% endif %}, mean confidence {{ r.mean_confidence|number(2) }}{% if r.agrees is not none %}, {{ r.agrees|percent(0) }} agree with the given label{% endif %}){% if not loop.last %}; {% endif %}{% endfor %}.{% endif %}
 </p>
 </div>
 {% if a.histogram %}<figure><img src="data:image/png;base64,{{ a.histogram.png }}" alt="{{ a.histogram.title }}"><figcaption><b>{{ a.histogram.title }}.</b> {{ a.histogram.caption }}</figcaption></figure>{% endif %}
+</div>
 </section>
 {% endfor %}
 

@@ -375,13 +375,13 @@ def _protein_section(query: ad.AnnData, model: "Concerto", figs: Figures, max_po
 
 # ---------------------------------------------------------------------------------------------- HTML
 def _type_table_html(table: pd.DataFrame, key: str, score_name: str) -> Markup:
-    names = {"reference_cells": "reference cells", "share": "share of query", "mean_confidence": "mean confidence",
+    names = {"reference_cells": "in reference", "share": "share", "mean_confidence": "mean confidence",
              "mean_known_prob": f"mean {score_name}", "unknown": "unknown", "unknown_share": "unknown share",
              "agrees_with_given": "agrees with given label"}
     shown = table.rename(columns=names)
-    return _table_html(shown, percent=("share of query", "unknown share", "agrees with given label"),
+    return _table_html(shown, percent=("share", "unknown share", "agrees with given label"),
                        decimals={"mean confidence": 2, f"mean {score_name}": 2},
-                       counts=("cells", "reference cells", "unknown"), table_id=f"types-{key}")
+                       counts=("cells", "in reference", "unknown"), table_id=f"types-{key}")
 
 
 def _table_html(table: pd.DataFrame, percent: Sequence[str] = (), decimals: Mapping[str, int] | None = None,
