@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.run --data-dir ../shared/data --out benchmarks/results/ --jobs 4   # the full run
+    python -m benchmarks.run --data-dir ../shared/data --jobs 2 --speed-sizes 10000   # benchmarks/report/
     python -m benchmarks.run --smoke --out /tmp/bench --methods scconcerto,pca_knn   # CI smoke run
 
 Writes ``<task>.json`` and ``<task>.md`` per task, ``figures/*.png`` and ``SUMMARY.md`` into ``--out``.
@@ -16,6 +16,7 @@ CPU threads of every process, methods alike.
 from __future__ import annotations
 
 import argparse
+import datetime
 import contextlib
 import concurrent.futures as cf
 import logging
@@ -51,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=os.environ.get("SCCONCERTO_DATA"),
                    help="folder of the real data sets (default: $SCCONCERTO_DATA)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/report"),
+                   help="output folder (default: benchmarks/report, the committed report)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of: {', '.join(TASKS)}")
     p.add_argument("--methods", default=None, help=f"comma-separated, of: {', '.join(REGISTRY)} "
                                                    "(default: all installed)")
@@ -75,6 +77,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: rebuild SUMMARY.md from the <task>.json files already in --out")
     return p.parse_args(argv)
+
+
+def _commit() -> str:
+    """The repository's commit id (with ``+ uncommitted changes`` when the tree is dirty), or ``unknown``."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes" if dirty else "")
 
 
 def _quiet_logs() -> None:
@@ -215,6 +231,7 @@ def _main(argv: list[str] | None) -> int:
     wall = time.perf_counter() - start
     header = "\n".join([
         "# scConcerto benchmark summary", "",
+        f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_commit()}  ",
         f"Command: `python -m benchmarks.run {' '.join(_shown(argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, shared with other jobs "
         "(timings are noisy)  ",

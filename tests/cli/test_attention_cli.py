@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pandas as pd
 import pytest
@@ -43,7 +44,8 @@ def test_table_plot_and_agreement(files, trained_model, sim, tmp_path, capsys):
     assert set(agreement["group"]) == set(expected) and set(agreement["modality"]) == {"rna"}
     both = agreement[agreement["found_by"] == "both"].groupby("group").size()
     assert len(both) == len(expected) and (both >= 2).all()  # top 10 of 300 genes: 0.33 shared by chance
-    assert "Spearman" in capsys.readouterr().out
+    summary = json.loads(capsys.readouterr().out)["agreement"]["rna"]
+    assert summary["top"] == 10 and summary["mean_overlap"] >= 2 and -1 <= summary["mean_spearman"] <= 1
     assert _digest(files / "data.h5ad") == before  # the input is never modified
 
 
@@ -102,6 +104,7 @@ def test_agreement_skips_a_one_cell_group_and_still_writes_the_markers(files, si
     assert rc == 0, capsys.readouterr().err
     assert "singleton" in caplog.text and "too few cells" in caplog.text
     assert "singleton" in set(pd.read_csv(out)["group"])  # its attention ranking is still written
-    agreement = pd.read_csv(agree, index_col=0)
-    assert "singleton" not in agreement.index
-    assert set(agreement.index) == {"type_0", "type_1", "type_2", "type_3"}
+    agreement = pd.read_csv(agree)
+    lone = agreement[agreement["group"] == "singleton"]
+    assert len(lone) and (lone["found_by"] == "attention").all()  # no expression ranking for one cell
+    assert set(agreement["group"]) == {"singleton", "type_0", "type_1", "type_2", "type_3"}

@@ -232,18 +232,19 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     assert loaded.label_model("cell_type").uses_expression
 
 
-def test_a_reference_read_from_disk_maps_without_expression_features(tmp_path):
+def test_a_reference_read_from_disk_keeps_the_expression_features(tmp_path):
     from scconcerto.data.backed import read_backed
     from scconcerto.datasets import simulate_to_h5ad
 
     path = simulate_to_h5ad(tmp_path / "ref.h5ad", 400, 200, n_types=3, n_batches=2, seed=4)
     model = Concerto(read_backed(path), batch_key="batch", label_key="cell_type").train(epochs=3, progress=False,
                                                                                        device="cpu")
-    assert "scaled_expression" not in model.reference.extra  # no expression space without the matrix in memory
+    # the scaled expression space is fitted on a sample and projected block by block, as in memory
+    assert model.reference.extra["scaled_expression"].shape[0] == 400
     query = simulate(150, 200, n_types=3, n_batches=3, seed=4)
     query = query[(query.obs["batch"] == "batch_2").to_numpy()].copy()
     model.map_query(query, place=False, device="cpu")
-    assert not model.label_model("cell_type").uses_expression
+    assert model.label_model("cell_type").uses_expression
     assert query.obs["cell_type_confidence"].between(0, 1).all()
 
 

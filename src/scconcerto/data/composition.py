@@ -111,7 +111,8 @@ def _kmeans(z: np.ndarray, k: int, seed: int) -> np.ndarray:
 
     z = np.ascontiguousarray(z, dtype=np.float32)
     km = faiss.Kmeans(z.shape[1], k, niter=25, seed=int(seed) + 1, spherical=True, verbose=False,
-                      max_points_per_centroid=max(256, -(-len(z) // k)))
+                      max_points_per_centroid=max(256, -(-len(z) // k)),
+                      min_points_per_centroid=1)  # small references: no faiss warning on standard error
     km.train(z)
     _, labels = km.index.search(z, 1)
     return labels.ravel().astype(np.int64)

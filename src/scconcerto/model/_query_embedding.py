@@ -233,7 +233,8 @@ class QueryEmbeddingMixin:
                                           cells.n_cells)
             weights = self._query_weights(pred, domains, spec)
         key = next((key for key, names in self.setup.labels.items() if len(names) > 1), None)
-        info = {"label_key": key if spec[2] == "reference" else None, "groups": spec[2], "rounds": LABEL_SHIFT_ROUNDS,
-                "cells": int(len(rows)),
+        by = self.train_config.balance if spec[2] == "equal" else "labels"  # "labels" or "clusters"
+        info = {"label_key": key if by == "labels" else None, "groups": by, "target": spec[2],
+                "rounds": LABEL_SHIFT_ROUNDS, "cells": int(len(rows)),
                 "max_weight": round(float(weights.max()), 3) if weights is not None and len(weights) else None}
         return net, info

@@ -12,6 +12,7 @@ expression does not: the fraction of the group's cells that express it
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
@@ -24,6 +25,8 @@ from scipy.stats import hypergeom, spearmanr
 
 from .._errors import InputError
 from .attention import _group_stats, _wilcoxon, attention_matrix, group_codes, ranked_names
+
+log = logging.getLogger("scconcerto")
 
 if TYPE_CHECKING:
     from ..model import Concerto
@@ -111,6 +114,10 @@ def _compare(adata: ad.AnnData, groupby: str, model: Concerto | None, attention:
     if (n_cells > 0).sum() < 2:
         raise InputError(f"The comparison contrasts a group with the other cells, but only {int((n_cells > 0).sum())} "
                          "group has labelled cells; give an obs column with at least two groups.")
+    small = [str(g) for g, n in zip(groups, n_cells) if 0 < n < min_cells]
+    if small:
+        log.warning("Groups %s have too few cells (fewer than %d) for an expression ranking; they get attention "
+                    "ranks only.", small, min_cells)
     # the universe: features the attention could rank (attended in some labelled cell)
     universe = np.flatnonzero(np.diff(weights[labelled].tocsc().indptr) > 0)
     if universe.size == 0:
