@@ -245,7 +245,7 @@ def supervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float
     """For each batch: trained with labels on the others, the batch mapped; 5-NN accuracy of its cells among
     the reference cells (cells of a type the reference lacks left out), pooled over batches."""
     from scconcerto.tools.label_transfer import vote
-    from scconcerto.tools.neighbors import knn
+    from scconcerto.search.neighbors import knn
 
     data = normalized(adata, variant.normalize)
     batches = data.obs["batch"].astype(str).to_numpy()

@@ -100,7 +100,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     from scconcerto import Concerto
     from scconcerto.data.backed import read_backed
-    from scconcerto.tools.ann import ann_index
+    from scconcerto.search.ann import ann_index
 
     up0 = uptime()
     cpu0 = cpu_seconds()
@@ -196,7 +196,8 @@ def cmd_map(args: argparse.Namespace) -> None:
     from scconcerto.data import prepare_cells
     from scconcerto.data.backed import read_backed
     from scconcerto.metrics import annotation_report
-    from scconcerto.tools.ann import neighbor_recall, transfer_streaming
+    from scconcerto.search.ann import neighbor_recall
+    from scconcerto.tools.label_transfer import transfer_streaming
     from scconcerto.tools import knn
     from scconcerto.train import iter_embeddings
 
@@ -343,7 +344,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- search
 def cmd_search(args: argparse.Namespace) -> None:
-    """Exact k-NN on a device (``tools.neighbors.exact_search``): block top-k against a plain top-k."""
+    """Exact k-NN on a device (``search.neighbors.exact_search``): block top-k against a plain top-k."""
     from scconcerto.tools import neighbors
 
     rng = np.random.default_rng(0)

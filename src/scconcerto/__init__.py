@@ -22,7 +22,7 @@ __all__ = ["Concerto", "InputError", "ModelFileError", "OutputExistsError", "Out
 
 _LAZY = {"Concerto": (".model", "Concerto"), "read": (".data.readers", "read"),
          **{name: (f".{name}", None) for name in ("pl", "tl", "datasets", "metrics", "tools", "plotting", "model",
-                                                   "data", "report", "nn", "train")}}
+                                                   "data", "report", "nn", "train", "search")}}
 
 
 def _version() -> str:

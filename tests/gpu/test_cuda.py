@@ -6,7 +6,7 @@ import torch
 
 from scconcerto import Concerto
 from scconcerto.datasets import simulate
-from scconcerto.tools.neighbors import exact_search
+from scconcerto.search.neighbors import exact_search
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -8,7 +8,7 @@ from scconcerto import InputError
 from scconcerto.mapping import LabelModel, agreement, density_ratio, fit_label_model, parent_labels, query_features, \
     within_parent
 from scconcerto.mapping.label_model import FALSE_REJECTION
-from scconcerto.tools.neighbors import exact_search, l2_normalize
+from scconcerto.search.neighbors import exact_search, l2_normalize
 
 
 def clusters(n_per: int, centres: np.ndarray, spread: float, seed: int):

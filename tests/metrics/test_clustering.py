@@ -69,3 +69,17 @@ def test_bad_inputs_raise():
         best_leiden(x, labels[:-1])
     with pytest.raises(InputError):
         leiden_clusters(x, n_neighbors=100)
+
+
+def test_the_benchmark_leiden_is_the_one_users_run():
+    from scconcerto.tools import leiden, leiden_sweep
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 10)).astype(np.float32)  # no structure: any difference of graph or Leiden shows
+    labels = rng.integers(0, 3, 300)
+    np.testing.assert_array_equal(leiden_clusters(x, resolution=1.0, seed=1), leiden(x, resolution=1.0, seed=1))
+    result = best_leiden(x, labels, resolutions=(0.5, 1.0), seed=1)
+    sweep = leiden_sweep(x, [0.5, 1.0], labels=labels, seed=1)
+    np.testing.assert_array_equal(result["table"]["n_clusters"], sweep.table["n_clusters"])
+    np.testing.assert_allclose(result["table"]["ari"], sweep.table["ari"])
+    np.testing.assert_array_equal(result["clusters"], sweep.clusters[result["best_nmi_resolution"]])

@@ -52,7 +52,8 @@ def test_unlabelled_training_balances_by_clusters_and_maps_queries_alike(sim):
     assert model.train_config.balance == "clusters"
     assert model.reference.extra[BALANCE_GROUPS_EXTRA].shape == (ref.n_obs,)
     result = model.map_query(query, batch_key="batch", impute=False, place=False)
-    assert result.info["adabn"]["balanced"] and result.info["adabn"]["groups"] == "equal"
+    assert result.info["adabn"]["balanced"] and result.info["adabn"]["groups"] == "clusters"
+    assert result.info["adabn"]["target"] == "equal" and result.info["adabn"]["label_key"] is None
     assert np.isfinite(result.embedding).all()
 
 

@@ -369,11 +369,11 @@ def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading
 
     import faiss
 
-    import scconcerto.model._reference as reference_module
+    import scconcerto.search.neighbors as search_module
 
     model, query = held_out
     model = copy.deepcopy(model)
-    monkeypatch.setattr(reference_module, "APPROXIMATE_MIN_REFERENCE", 100)  # this reference counts as large
+    monkeypatch.setattr(search_module, "APPROXIMATE_MIN_REFERENCE", 100)  # this reference counts as large
     model.prepare_mapping(umap=False)
     stored = model.reference.extra["ivf_centroids.full"]
     assert stored.shape[1] == model.reference.embedding.shape[1]

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from .._settings import quiet_third_party
     from ..metrics import annotation_report
     from ..model import EMBEDDING_KEY, Concerto
-    from ..tools.knn_graph import FaissKNNTransformer
+    from ..search.knn_graph import FaissKNNTransformer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,13 +42,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._hardware import available_cpus
-from ..tools.neighbors import knn, l2_normalize
+from ..search.neighbors import index_kind, knn, l2_normalize
 from .cells import CellMatrix
 
 DEFAULT_COMPONENTS = 50
 DEFAULT_SVD_CELLS = 20_000
 _BLOCK_ROWS = 20_000
-_EXACT_MAX_CELLS = 50_000  # larger groups are searched with an HNSW index
 
 
 def expression_components(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS,
@@ -191,7 +190,7 @@ def _search(z: np.ndarray, domains: np.ndarray, codes: np.ndarray, k: int) -> np
             base = in_domain if code < 0 else rows  # unlabeled / open cells search their whole source
             if len(base) < 2:
                 continue
-            kind = "flat" if len(base) <= _EXACT_MAX_CELLS else "hnsw"
+            kind = index_kind(len(base), len(rows), approximate="hnsw")
             hits = knn(z[rows], z[base], k, exclude_self=True, kind=kind,
                        self_rows=np.searchsorted(base, rows)).indices
             hits = np.where(hits < 0, hits[:, :1], hits)  # an approximate index may return fewer hits than asked

@@ -15,9 +15,9 @@ from .backed import BackedCSR, is_backed_csr
 from .cells import CellMatrix
 from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
 from .protein import fit_protein_background
+from .sources import DEFAULT_SOURCE, domain_codes, source_names
 from .vocabulary import DEFAULT_MIN_OVERLAP, GeneAlignment, GeneVocabulary
 
-DEFAULT_SOURCE = "all"
 UNLABELED = -1
 
 
@@ -174,10 +174,7 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
     batches = None
     if batch_key is not None:
         batches = _obs_column(adata, batch_key, "batch")
-        if batches.isna().any():
-            raise InputError(f"`obs[{batch_key!r}]` has {int(batches.isna().sum())} missing values; every cell "
-                             "needs a source. Fill them (e.g. with 'unknown') or drop those cells.")
-        counts = batches.astype(str).value_counts()
+        counts = pd.Series(source_names(adata, batch_key, what="the reference")).value_counts()
         sources = sorted(counts.index.tolist())
         small = counts[counts < 2]
         if len(small):
@@ -225,35 +222,21 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
     """Turn ``adata`` into a :class:`CellMatrix` in the model's space.
 
     Genes are aligned by name (harmonised; ``query_species``: the data's species when it is not
-    the model's, see :meth:`~scconcerto.data.GeneVocabulary.align`); sources named like a reference source use its
-    statistics, other sources get new ids (listed in ``unseen_sources``) for AdaBN.
+    the model's, see :meth:`~scconcerto.data.GeneVocabulary.align`); sources
+    (:func:`~scconcerto.data.sources.source_names`) named like a reference source use its statistics, other
+    sources get new ids (listed in ``unseen_sources``, in sorted order:
+    :func:`~scconcerto.data.sources.domain_codes`) for AdaBN.
     Proteins are used if the data has the model's protein key.
     """
     if layer == "__setup__":  # the reference's layer if this data has it, else X
         layer = setup.layer if setup.layer in adata.layers else None
-    if batch_key != "__setup__" and batch_key is not None and batch_key not in adata.obs:
-        raise InputError(f"The batch key {batch_key!r} is not a column of {what}'s obs (columns: "
-                         f"{list(adata.obs.columns)[:20]}). Pass one of them, or leave the key out: "
-                         + (f"the model's ({setup.batch_key!r}) is used where {what} has it, else all cells are one "
-                            "new source." if setup.batch_key else "all cells are then one new source."))
-    batch_key = setup.batch_key if batch_key == "__setup__" else batch_key
+    names = source_names(adata, batch_key, setup.batch_key, setup.sources, what=what)
     matrix = expression_matrix(adata, layer)
     kind = detect_input_kind(stored_values(matrix), where=f"layers[{layer!r}]" if layer else "X")
     alignment = setup.vocabulary.align(adata.var_names, min_overlap=min_overlap, what=what,
                                        query_species=query_species)
     totals = cell_totals(matrix)
-    if batch_key is not None and batch_key in adata.obs:
-        names = adata.obs[batch_key].astype(str).fillna("nan").to_numpy()
-    else:
-        names = np.full(adata.n_obs, DEFAULT_SOURCE if setup.sources == [DEFAULT_SOURCE] and batch_key is None
-                        else "query", dtype=object)
-    known = {s: i for i, s in enumerate(setup.sources)}
-    uniq = pd.unique(names)
-    unseen = [str(s) for s in uniq if s not in known]
-    code_of = dict(known)
-    for j, s in enumerate(unseen):
-        code_of[s] = len(setup.sources) + j
-    domains = pd.Series(names).map(code_of).to_numpy(dtype=np.int64)
+    domains, unseen = domain_codes(names, setup.sources)
     protein = None
     if use_protein and setup.proteins and setup.protein_key is not None and setup.protein_key in adata.obsm:
         raw, pnames = protein_matrix(adata, setup.protein_key)
@@ -266,7 +249,7 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
     col = None if alignment.is_identity else alignment.column_to_vocab
     background = np.asarray(setup.protein_background, dtype=np.float32) if setup.protein_background else None
     cells = CellMatrix(matrix, col, totals, kind, domains, protein, protein_background=background)
-    return PreparedCells(cells, alignment, [str(s) for s in uniq], unseen, kind)
+    return PreparedCells(cells, alignment, [str(s) for s in pd.unique(names)], unseen, kind)
 
 
 def label_codes(adata: ad.AnnData, setup: DataSetup) -> dict[str, np.ndarray]:

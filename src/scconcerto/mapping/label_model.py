@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import InputError
-from ..tools.neighbors import exact_search, l2_normalize
+from ..search.neighbors import exact_search, l2_normalize
 from .posterior import VotePosterior, label_frequencies
 from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features
 

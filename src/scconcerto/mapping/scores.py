@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import InputError
-from ..tools.neighbors import knn
+from ..search.neighbors import knn
 
 __all__ = ["LogisticScore", "agreement", "density_ratio", "neighbourhood_features"]
 

@@ -1,29 +1,33 @@
-"""Clustering agreement metrics and Leiden clustering of an embedding.
+"""Clustering agreement metrics and the package's one Leiden clustering of an embedding.
 
 ``ari`` and ``nmi`` compare two partitions and are invariant to relabeling.
-``best_leiden`` clusters an embedding at several resolutions (one neighbour
-graph, several Leiden runs) and reports ARI/NMI against known labels, as scib
-does when it optimizes the clustering resolution.
+:func:`neighbor_graph` (scanpy's kNN graph, neighbours searched by faiss) and
+:func:`leiden_on_graph` (leidenalg) are the Leiden that :mod:`scconcerto.tools.clustering`
+and ``scconcerto cluster`` run; ``best_leiden`` runs it at several resolutions (one
+neighbour graph, several Leiden runs) and reports ARI/NMI against known labels, as scib
+does when it optimizes the clustering resolution, so benchmarks score the code users run.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from .._errors import InputError
-from .integration import _check_embedding, _codes
+from .integration import _codes
 
-__all__ = ["ari", "nmi", "leiden_clusters", "best_leiden", "DEFAULT_RESOLUTIONS"]
+__all__ = ["ari", "nmi", "neighbor_graph", "leiden_on_graph", "leiden_clusters", "best_leiden", "DEFAULT_RESOLUTIONS"]
 
 #: Resolutions scanned by :func:`best_leiden`: 0.2, 0.4, ..., 2.0.
 DEFAULT_RESOLUTIONS: tuple[float, ...] = tuple(round(0.2 * i, 1) for i in range(1, 11))
 
-_REP = "X_scconcerto_metrics"
+_REP = "X_rep"
 
 
 def _partition_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -81,43 +85,70 @@ def nmi(labels: Sequence[Any] | np.ndarray, clusters: Sequence[Any] | np.ndarray
     return float(normalized_mutual_info_score(x, y, average_method="arithmetic"))
 
 
-def _neighbor_graph(embedding: np.ndarray, n_neighbors: int, seed: int, metric: str):
-    """AnnData holding ``embedding`` in ``obsm`` and its scanpy neighbour graph."""
-    import anndata as ad
+def neighbor_graph(embedding: np.ndarray, n_neighbors: int = 15, metric: str = "cosine",
+                   seed: int = 0) -> ad.AnnData:
+    """A throwaway AnnData holding ``embedding`` and its scanpy kNN graph (``obsp['connectivities']``).
+
+    The neighbours are searched by faiss (:class:`~scconcerto.search.knn_graph.FaissKNNTransformer`).
+
+    Parameters
+    ----------
+    embedding
+        ``(n_cells, n_dims)`` embedding, e.g. ``adata.obsm['X_concerto']``.
+    n_neighbors
+        Neighbours per cell.
+    metric
+        Distance of the neighbour search: ``"cosine"`` (Concerto embeddings lie on the unit sphere) or
+        ``"euclidean"``.
+    seed
+        Recorded with the graph (the faiss search is deterministic).
+    """
     import scanpy as sc
 
-    from ..tools.knn_graph import FaissKNNTransformer
+    from ..search.knn_graph import METRICS, FaissKNNTransformer
 
-    x = _check_embedding(embedding, min_rows=3)
+    x = np.asarray(embedding)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise InputError(f"The embedding must be a 2-d (cells x dims) array, got shape {x.shape}.")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise InputError("The embedding must be numeric and finite (it holds NaN, infinite or non-numeric values).")
     if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 2:
         raise InputError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
-    if n_neighbors > x.shape[0]:
-        raise InputError(
-            f"n_neighbors={n_neighbors} is too large for {x.shape[0]} cells: "
-            f"use n_neighbors <= {x.shape[0]}."
-        )
-    adata = ad.AnnData(
-        obs=pd.DataFrame(index=pd.RangeIndex(x.shape[0]).astype(str)),
-        obsm={_REP: np.ascontiguousarray(x, dtype=np.float32)},
-    )
-    sc.pp.neighbors(adata, use_rep=_REP, metric=metric, random_state=seed,
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not supported; use one of {METRICS}.")
+    if x.shape[0] <= n_neighbors:
+        raise InputError(f"{x.shape[0]} cells are too few for n_neighbors={n_neighbors}; use fewer neighbours "
+                         f"(at most {max(x.shape[0] - 1, 0)}).")
+    graph = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(x.shape[0]).astype(str)),
+                       obsm={_REP: np.ascontiguousarray(x, dtype=np.float32)})
+    sc.pp.neighbors(graph, use_rep=_REP, metric=metric, random_state=seed,
                     transformer=FaissKNNTransformer(int(n_neighbors), metric))
-    return adata
+    return graph
 
 
-def _leiden(adata, resolution: float, seed: int) -> np.ndarray:
+def leiden_on_graph(graph: ad.AnnData, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Leiden clusters (``scanpy.tl.leiden``, leidenalg flavour) of the graph of :func:`neighbor_graph`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_cells,)`` int64 cluster ids ``0..n_clusters-1``, cluster 0 the largest.
+    """
     import scanpy as sc
 
-    if resolution <= 0:
-        raise InputError(f"resolution must be positive, got {resolution}.")
-    sc.tl.leiden(adata, resolution=float(resolution), flavor="igraph", n_iterations=2,
-                 random_state=seed, key_added="_leiden", directed=False)
-    return adata.obs["_leiden"].astype(int).to_numpy(dtype=np.int64)
+    if not resolution > 0:
+        raise InputError(f"Leiden resolution must be positive, got {resolution}.")
+    with warnings.catch_warnings():  # scanpy announces a future switch of its default flavour
+        warnings.simplefilter("ignore", FutureWarning)
+        sc.tl.leiden(graph, resolution=float(resolution), flavor="leidenalg", random_state=seed, key_added="_leiden")
+    return graph.obs["_leiden"].astype(int).to_numpy(dtype=np.int64)
 
 
 def leiden_clusters(embedding: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15,
-                    seed: int = 0, metric: str = "euclidean") -> np.ndarray:
-    """Leiden clusters of an embedding (scanpy neighbour graph, igraph Leiden).
+                    seed: int = 0, metric: str = "cosine") -> np.ndarray:
+    """Leiden clusters of an embedding: :func:`neighbor_graph` then :func:`leiden_on_graph`.
+
+    The same code as :func:`scconcerto.tools.leiden` (and ``scconcerto cluster``).
 
     Parameters
     ----------
@@ -126,26 +157,27 @@ def leiden_clusters(embedding: np.ndarray, resolution: float = 1.0, n_neighbors:
     resolution
         Leiden resolution; higher gives more clusters.
     n_neighbors
-        Neighbours per cell in the graph (``sc.pp.neighbors``).
+        Neighbours per cell in the graph.
     seed
-        Random state of the neighbour search and of Leiden.
+        Random state of the graph and of Leiden.
     metric
-        Distance of the neighbour search (faiss): ``"euclidean"`` or ``"cosine"``.
+        Distance of the neighbour search (faiss): ``"cosine"`` or ``"euclidean"``.
 
     Returns
     -------
     numpy.ndarray
         ``(n_cells,)`` int64 cluster ids ``0..n_clusters-1``.
     """
-    return _leiden(_neighbor_graph(embedding, n_neighbors, seed, metric), resolution, seed)
+    return leiden_on_graph(neighbor_graph(embedding, n_neighbors, metric, seed), resolution, seed)
 
 
 def best_leiden(embedding: np.ndarray, labels: Sequence[Any] | np.ndarray,
                 resolutions: Sequence[float] = DEFAULT_RESOLUTIONS, n_neighbors: int = 15,
-                seed: int = 0, metric: str = "euclidean") -> dict[str, Any]:
+                seed: int = 0, metric: str = "cosine") -> dict[str, Any]:
     """Leiden at several resolutions, scored by ARI and NMI against ``labels``.
 
-    The neighbour graph is built once; Leiden is run once per resolution.
+    The neighbour graph is built once (:func:`neighbor_graph`); Leiden (:func:`leiden_on_graph`) is run
+    once per resolution.
 
     Parameters
     ----------
@@ -177,10 +209,9 @@ def best_leiden(embedding: np.ndarray, labels: Sequence[Any] | np.ndarray,
         raise InputError("resolutions is empty: give at least one Leiden resolution.")
     if any(r <= 0 for r in res):
         raise InputError(f"Leiden resolutions must be positive, got {res}.")
-    x = _check_embedding(embedding, min_rows=3)
-    codes, _ = _codes(labels, x.shape[0], "labels")
-    adata = _neighbor_graph(x, n_neighbors, seed, metric)
-    partitions = [_leiden(adata, r, seed) for r in res]  # loop over resolutions
+    graph = neighbor_graph(embedding, n_neighbors, metric, seed)
+    codes, _ = _codes(labels, graph.n_obs, "labels")
+    partitions = [leiden_on_graph(graph, r, seed) for r in res]  # loop over resolutions
     table = pd.DataFrame(
         {
             "ari": [adjusted_rand_score(codes, p) for p in partitions],

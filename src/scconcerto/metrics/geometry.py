@@ -17,7 +17,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import logsumexp
 
 from .._errors import InputError
-from ..tools.neighbors import l2_normalize
+from ..search.neighbors import l2_normalize
 
 __all__ = ["alignment", "uniformity"]
 

@@ -1,7 +1,7 @@
 """Integration metrics on an embedding: biology conservation and batch mixing.
 
 The definitions follow scib / scib-metrics (Luecken et al., 2022), with
-neighbours found by exact cosine k-NN (:func:`scconcerto.tools.neighbors.knn`,
+neighbours found by exact cosine k-NN (:func:`scconcerto.search.neighbors.knn`,
 faiss). Each cell's neighbours are the ``k`` nearest *other* cells. Every
 function returns a float in which higher is better:
 
@@ -38,7 +38,7 @@ from scipy.stats import chi2
 from sklearn.metrics import silhouette_samples, silhouette_score
 
 from .._errors import InputError
-from ..tools.neighbors import NeighborsResults, knn
+from ..search.neighbors import NeighborsResults, knn
 
 __all__ = [
     "knn_label_accuracy",

@@ -34,7 +34,8 @@ from scipy.special import expit
 from .._errors import InputError, ModelFileError
 from .._copy import with_copy
 from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key, unknown_score_key
-from ..data.setup import DEFAULT_SOURCE, category_codes
+from ..data.setup import category_codes
+from ..data.sources import domain_codes, source_names
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn.heads import TeacherClassifier
 from ..tools.calibration import (empirical_cdf, expected_calibration_error, feature_knn_similarity,
@@ -182,46 +183,6 @@ class AnnotationPrediction:
                 "max_softmax": self.confidence}[self.unknown_score]
 
 
-def _source_names(adata: ad.AnnData, batch_key: str | None, setup_batch_key: str | None, sources: list[str],
-                  default: str) -> np.ndarray:
-    """Source name of every cell: the ``batch_key`` column, else one source.
-
-    ``batch_key="__setup__"`` means the model's batch key; a model built
-    without one puts column-less data in its single source, as
-    :meth:`Concerto.embed` does. Otherwise column-less cells are one source ``default``.
-    """
-    key = setup_batch_key if batch_key == "__setup__" else batch_key
-    if key is not None and key in adata.obs:
-        col = adata.obs[key]
-        if col.isna().any():
-            raise InputError(f"`obs[{key!r}]` has {int(col.isna().sum())} missing values; every cell needs a source. "
-                             "Fill them (e.g. with 'unknown') or drop those cells.")
-        return col.astype(str).to_numpy(dtype=object)
-    if key is not None and batch_key != "__setup__":
-        raise InputError(f"`obs[{key!r}]` (the batch key given) is not in the data; its obs columns are "
-                         f"{list(adata.obs.columns)[:20]}. Pass an existing column, or batch_key=None.")
-    name = DEFAULT_SOURCE if (batch_key == "__setup__" and sources == [DEFAULT_SOURCE]) else default
-    return np.full(adata.n_obs, name, dtype=object)
-
-
-def _domain_codes(names: np.ndarray, domains: list[str], grow: bool) -> np.ndarray:
-    """Batch-norm domain of each cell by its source name.
-
-    ``domains`` lists the classifier's domain names in slot order; where a name
-    appears twice (a target source named like a labeled one) the later slot,
-    the target's, is used. Unknown names get codes after the known slots; with
-    ``grow`` they are appended to ``domains``.
-    """
-    lookup = {n: i for i, n in enumerate(domains)}
-    uniq, inverse = np.unique(names.astype(str), return_inverse=True)
-    new = [u for u in uniq.tolist() if u not in lookup]
-    for j, u in enumerate(new):
-        lookup[u] = len(domains) + j
-    if grow:
-        domains.extend(new)
-    return np.asarray([lookup[u] for u in uniq.tolist()], dtype=np.int64)[inverse.ravel()]
-
-
 def _typicality(log_odds: np.ndarray, familiarity: np.ndarray, quantiles: dict) -> np.ndarray:
     """Smaller of the two scores' empirical CDF values among held-out cells of seen types (0-1)."""
     return np.minimum(empirical_cdf(log_odds, np.asarray(quantiles["log_odds"])),
@@ -356,19 +317,21 @@ class AnnotationMixin:
 
         domains = list(self.setup.sources)
         source = self._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data")
-        source.cells.domains = _domain_codes(
-            _source_names(data, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE), domains, grow=True)
+        names = source_names(data, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE,
+                             "the labeled data")
+        source.cells.domains, unseen = domain_codes(names, domains)
+        domains.extend(unseen)
         target_cells, target_names, target_overlap = None, [], None
         if target is not None:
             prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target",
                                      query_species=target_species)
-            names = _source_names(target, target_batch_key, self.setup.batch_key, [], TARGET_SOURCE)
-            target_names = sorted(pd.unique(names).tolist())
+            names = source_names(target, target_batch_key, self.setup.batch_key, (), TARGET_SOURCE, "the target")
+            codes_in_target, target_names = domain_codes(names)  # every target source has its own domain
             clash = sorted(set(target_names) & set(domains))
             if clash:
                 log.warning("Target source(s) %s have the names of labeled sources; they get their own batch-norm "
                             "statistics, and at prediction cells of these sources use the target's.", clash)
-            prepared.cells.domains = len(domains) + np.searchsorted(target_names, names).astype(np.int64)
+            prepared.cells.domains = len(domains) + codes_in_target
             domains = domains + target_names
             target_cells, target_overlap = prepared.cells, prepared.alignment.summary()
 
@@ -568,14 +531,13 @@ class AnnotationMixin:
                                  query_species=query_species)
         self.last_alignment = prepared.alignment
         domains = list(cfg["domains"])
-        names = _source_names(adata, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE)
+        names = source_names(adata, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE, "the data")
         modalities = "rna+protein" if prepared.cells.protein is not None else "rna"
         if prepared.cells.protein is None and self.setup.proteins:
             modalities = "rna_only"
-            unique = sorted(pd.unique(names).tolist())
-            codes = len(domains) + np.searchsorted(unique, names).astype(np.int64)
+            codes = len(domains) + domain_codes(names)[0]  # every source new: its own statistics
         else:
-            codes = _domain_codes(names, domains, grow=False)
+            codes = domain_codes(names, domains)[0]
         prepared.cells.domains = codes
         adapt = sorted(set(codes[codes >= len(domains)].tolist()))
         logits, features = classifier_outputs(self.classifier, prepared.cells, batch_size=batch_size, device=device,

@@ -9,8 +9,6 @@ here: the weights are those the embedding of :meth:`Concerto.embed` uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -19,61 +17,11 @@ import torch
 
 from .._errors import InputError
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
+from ..tools.attention import AttentionWeights
+
+__all__ = ["AttentionMixin", "AttentionWeights"]
 
 MODALITIES = ("rna", "protein")
-
-
-@dataclass(frozen=True)
-class AttentionWeights:
-    """The teacher's attention of every cell over its expressed features.
-
-    Attributes
-    ----------
-    rna
-        ``(n_cells, n_vars)`` CSR float32 in the AnnData's own ``var_names``
-        order. A cell's row sums to one over its expressed genes that the
-        model knows; genes the cell does not express, and genes outside the
-        model's vocabulary, are zero (not stored).
-    var_names
-        Column names of :attr:`rna` (the AnnData's ``var_names``).
-    protein
-        ``(n_cells, n_proteins)`` CSR float32 over the model's protein panel
-        (rows sum to one over the proteins above their background, see
-        :mod:`scconcerto.data.protein`; over every non-zero normalized value for
-        models saved without fitted backgrounds),
-        or ``None`` when the model or the data has no proteins.
-    protein_names
-        Column names of :attr:`protein` (the model's panel, in its order).
-    """
-
-    rna: sp.csr_matrix
-    var_names: pd.Index
-    protein: sp.csr_matrix | None = None
-    protein_names: list[str] = field(default_factory=list)
-
-    @property
-    def modalities(self) -> list[str]:
-        """The modalities present (``"rna"``, then ``"protein"`` when available)."""
-        return ["rna"] + (["protein"] if self.protein is not None else [])
-
-    def __getitem__(self, modality: str) -> sp.csr_matrix:
-        return self.matrix(modality)
-
-    def matrix(self, modality: str = "rna") -> sp.csr_matrix:
-        """The cells x features weights of ``modality`` (``"rna"`` or ``"protein"``)."""
-        if modality == "rna":
-            return self.rna
-        if modality == "protein":
-            if self.protein is None:
-                raise InputError("These attention weights hold no protein modality: the model was trained "
-                                 "without proteins, or the data lacks the model's protein key in `obsm`.")
-            return self.protein
-        raise InputError(f"Unknown modality {modality!r}; use 'rna' or 'protein'.")
-
-    def feature_names(self, modality: str = "rna") -> pd.Index:
-        """Column names of :meth:`matrix` ``(modality)``."""
-        self.matrix(modality)
-        return pd.Index(self.var_names if modality == "rna" else self.protein_names, dtype=object)
 
 
 def _vocab_to_column(column_to_vocab: np.ndarray, n_vocab: int) -> np.ndarray:

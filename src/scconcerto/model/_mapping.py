@@ -26,13 +26,13 @@ from ..mapping.hierarchy import parent_labels, within_parent
 from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, query_features
 from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from ..tools.imputation import impute_from_neighbors
-from ..tools.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
+from ..search.neighbors import NeighborsResults, gpu_search_active, index_kind, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
 from ..train.config import check_seed
 from .._copy import with_copy
 from ._provenance import record_model_id
 from ._query_embedding import QueryEmbeddingMixin
-from ._reference import SCALED_EXPRESSION_EXTRA, ReferenceMixin, index_kind
+from ._reference import SCALED_EXPRESSION_EXTRA, ReferenceMixin
 
 DEFAULT_IMPUTE_K = 20
 #: The plain vote of a label key that could not be calibrated (a single labeled type, too few cells).
@@ -156,8 +156,9 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         impute_k
             Neighbours averaged for imputation.
         index
-            ``"auto"`` (exact ``"flat"``, approximate ``"ivf"`` for large references: see :func:`index_kind`),
-            ``"flat"``, ``"ivf"`` or ``"hnsw"``. With a GPU ``device`` every search is exact, on the GPU.
+            ``"auto"`` (exact ``"flat"``, approximate ``"ivf"`` for large references: see
+            :func:`scconcerto.search.index_kind`), ``"flat"``, ``"ivf"`` or ``"hnsw"``. With a GPU ``device`` every
+            search is exact, on the GPU.
         min_overlap
             Minimum fraction of the model's genes the query must have.
         batch_size, device

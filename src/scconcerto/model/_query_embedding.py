@@ -22,8 +22,8 @@ from ..data.composition import balancing_weights, source_balance_weights
 from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import subsample_per_group
 from ..tools.label_transfer import label_counts, vote
-from ..tools.neighbors import knn
-from ._reference import FULL, RNA_ONLY, index_kind, _with_new_domains
+from ..search.neighbors import index_kind, knn
+from ._reference import FULL, RNA_ONLY, _with_new_domains
 
 if TYPE_CHECKING:
     from ..data.setup import PreparedCells

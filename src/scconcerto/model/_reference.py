@@ -21,7 +21,7 @@ import numpy as np
 from .._errors import InputError
 from ..data.scaled_space import ScaledSpace, fit_scaled_space
 from ..mapping.label_model import DEFAULT_K, LabelModel, fit_label_model
-from ..tools.neighbors import build_index, gpu_search_active, ivf_centroids, searches_on_its_device
+from ..search.neighbors import build_index, gpu_search_active, ivf_centroids, may_be_approximate, searches_on_its_device
 from ..tools.placement import reference_umap as umap_of_embedding
 
 if TYPE_CHECKING:
@@ -44,21 +44,6 @@ SCALED_EXTRAS = (SCALED_EXPRESSION_EXTRA, SCALED_LOADINGS_EXTRA, SCALED_OFFSET_E
 FULL, RNA_ONLY = "full", "rna_only"
 #: The last faiss index built for each model and space (not saved, not copied with the model).
 _INDEX_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, tuple]]" = weakref.WeakKeyDictionary()
-#: References of at least this many cells are searched with an approximate (IVF) index by ``index='auto'``.
-APPROXIMATE_FROM = 1_000_000
-#: ... and from this many reference cells when the query times the reference exceeds ``APPROXIMATE_WORK`` pairs.
-APPROXIMATE_MIN_REFERENCE = 100_000
-APPROXIMATE_WORK = 2e9
-
-
-def index_kind(n_reference: int, n_query: int, index: str = "auto") -> str:
-    """The faiss index of a search: ``index`` unless ``"auto"``, which is exact (``"flat"``) except for references
-    of ``APPROXIMATE_FROM`` cells, or of ``APPROXIMATE_MIN_REFERENCE`` cells searched by enough queries that the
-    exact search costs more than building and searching an IVF index (``"ivf"``)."""
-    if index != "auto":
-        return index
-    large = n_reference >= APPROXIMATE_MIN_REFERENCE and n_reference * n_query >= APPROXIMATE_WORK
-    return "ivf" if n_reference >= APPROXIMATE_FROM or large else "flat"
 
 
 def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
@@ -240,10 +225,10 @@ class ReferenceMixin:
         for space in self._spaces():
             if space not in cfg["labels"]:
                 self._fit_label_models(space, k, seed)
-            if len(self.reference.embedding) >= APPROXIMATE_MIN_REFERENCE and not gpu_search_active():
+            if may_be_approximate(len(self.reference.embedding)) and not gpu_search_active():
                 self._reference_index(space, self._space_embedding(space), "ivf", seed, store=True)
         scaled = self._scaled_expression()
-        if scaled is not None and len(scaled[0]) >= APPROXIMATE_MIN_REFERENCE and not gpu_search_active():
+        if scaled is not None and may_be_approximate(len(scaled[0])) and not gpu_search_active():
             self._reference_index(SCALED_EXPRESSION_EXTRA, scaled[0], "ivf", seed, store=True)
         cfg.update({"k": int(k), "seed": int(seed)})
         if umap:

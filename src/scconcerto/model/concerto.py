@@ -20,7 +20,7 @@ from ..data.readers import PROTEIN_KEY, from_mudata, is_mudata
 from ..data.setup import PreparedCells
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
-from ..tools.neighbors import searches_on_its_device
+from ..search.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
 from ..train.config import check_seed, check_settings
 from ._annotation import AnnotationMixin

@@ -20,7 +20,7 @@ def umap_coords(embedding: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> 
     """2-d UMAP of an embedding (scanpy neighbours, searched by faiss, + UMAP on a throwaway AnnData), ``(n, 2)``."""
     import scanpy as sc
 
-    from ..tools.knn_graph import FaissKNNTransformer
+    from ..search.knn_graph import FaissKNNTransformer
 
     x = np.ascontiguousarray(embedding, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] < 3:

@@ -1,7 +1,10 @@
-"""What uses an embedding: neighbours, label transfer (and more)."""
+"""What uses an embedding: label transfer, clustering, attention markers, imputation, placement.
 
+The neighbour search they use is :mod:`scconcerto.search`; its main names are re-exported here.
+"""
+
+from ..search import NeighborsResults, build_index, knn, l2_normalize
 from .label_transfer import LabelTransfer, vote
-from .neighbors import NeighborsResults, build_index, knn, l2_normalize
 
 __all__ = ["LabelTransfer", "NeighborsResults", "build_index", "knn", "l2_normalize", "vote"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
@@ -28,7 +29,6 @@ from .._errors import InputError
 
 if TYPE_CHECKING:
     from ..model import Concerto
-    from ..model._attention import AttentionWeights
 
 log = logging.getLogger("scconcerto")
 
@@ -38,6 +38,60 @@ UNS_KEY = "rank_attention"
 COLUMNS = ["feature", "score", "contrast", "mean_in", "mean_out", "detection_in", "detection_out", "lift",
            "logfoldchange", "pval", "pval_adj"]
 _EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """The teacher's attention of every cell over its expressed features (:meth:`Concerto.attention`).
+
+    Attributes
+    ----------
+    rna
+        ``(n_cells, n_vars)`` CSR float32 in the AnnData's own ``var_names``
+        order. A cell's row sums to one over its expressed genes that the
+        model knows; genes the cell does not express, and genes outside the
+        model's vocabulary, are zero (not stored).
+    var_names
+        Column names of :attr:`rna` (the AnnData's ``var_names``).
+    protein
+        ``(n_cells, n_proteins)`` CSR float32 over the model's protein panel
+        (rows sum to one over the proteins above their background, see
+        :mod:`scconcerto.data.protein`; over every non-zero normalized value for
+        models saved without fitted backgrounds),
+        or ``None`` when the model or the data has no proteins.
+    protein_names
+        Column names of :attr:`protein` (the model's panel, in its order).
+    """
+
+    rna: sp.csr_matrix
+    var_names: pd.Index
+    protein: sp.csr_matrix | None = None
+    protein_names: list[str] = field(default_factory=list)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities present (``"rna"``, then ``"protein"`` when available)."""
+        return ["rna"] + (["protein"] if self.protein is not None else [])
+
+    def __getitem__(self, modality: str) -> sp.csr_matrix:
+        return self.matrix(modality)
+
+    def matrix(self, modality: str = "rna") -> sp.csr_matrix:
+        """The cells x features weights of ``modality`` (``"rna"`` or ``"protein"``)."""
+        if modality == "rna":
+            return self.rna
+        if modality == "protein":
+            if self.protein is None:
+                raise InputError("These attention weights hold no protein modality: the model was trained "
+                                 "without proteins, or the data lacks the model's protein key in `obsm`.")
+            return self.protein
+        raise InputError(f"Unknown modality {modality!r}; use 'rna' or 'protein'.")
+
+    def feature_names(self, modality: str = "rna") -> pd.Index:
+        """Column names of :meth:`matrix` ``(modality)``."""
+        self.matrix(modality)
+        return pd.Index(self.var_names if modality == "rna" else self.protein_names, dtype=object)
+
 
 
 # --------------------------------------------------------------------------- inputs
@@ -61,12 +115,10 @@ def attention_matrix(adata: ad.AnnData, model: Concerto | None = None,
                      batch_size: int = 1024, device: str = "auto") -> tuple[sp.csr_matrix, pd.Index]:
     """The cells x features attention of ``modality`` and the feature names, from weights or a model.
 
-    ``attention`` may be an :class:`~scconcerto.model._attention.AttentionWeights`
+    ``attention`` may be an :class:`AttentionWeights`
     (from :meth:`Concerto.attention`) or, for RNA, a sparse cells x
     ``adata.var_names`` matrix; otherwise it is computed with ``model``.
     """
-    from ..model._attention import AttentionWeights  # here: the model package imports tools
-
     if attention is None:
         if model is None:
             raise InputError("Pass the trained model (`model=`) or attention weights computed with "

@@ -30,7 +30,7 @@ log = logging.getLogger("scconcerto")
 
 if TYPE_CHECKING:
     from ..model import Concerto
-    from ..model._attention import AttentionWeights
+    from .attention import AttentionWeights
 
 Modality = Literal["rna", "protein"]
 #: Columns of :func:`attention_vs_expression`, in order.

@@ -89,7 +89,7 @@ def feature_knn_similarity(features: np.ndarray, bank: np.ndarray, k: int = 10) 
     training cell (an unseen type) has a low similarity even where the softmax
     is confident. Exact search (faiss). float32, in ``[-1, 1]``.
     """
-    from .neighbors import knn
+    from ..search.neighbors import knn
 
     bank = np.asarray(bank, dtype=np.float32)
     if bank.ndim != 2 or bank.shape[0] == 0:

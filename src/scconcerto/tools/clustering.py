@@ -1,10 +1,11 @@
 """Leiden clustering of an embedding's kNN graph (scanpy + leidenalg), with a resolution sweep.
 
-The neighbour graph is built once (``scanpy.pp.neighbors`` on the embedding,
-cosine distance since Concerto embeddings lie on the unit sphere, with the
-neighbours searched by faiss: :class:`~scconcerto.tools.knn_graph.FaissKNNTransformer`); Leiden
-(``scanpy.tl.leiden``, leidenalg flavour) then runs once per resolution. The
-sweep scores each resolution by the silhouette of its clusters in the
+The neighbour graph is built once (:func:`~scconcerto.metrics.clustering.neighbor_graph`:
+``scanpy.pp.neighbors`` on the embedding, cosine distance since Concerto embeddings lie on
+the unit sphere, neighbours searched by faiss); Leiden
+(:func:`~scconcerto.metrics.clustering.leiden_on_graph`, leidenalg flavour) then runs once
+per resolution. They are the package's one Leiden, which :func:`scconcerto.metrics.best_leiden`
+also runs. The sweep scores each resolution by the silhouette of its clusters in the
 embedding (:func:`scconcerto.metrics.silhouette_label`, raw scale ``[-1, 1]``,
 on a seeded subsample of at most ``max_cells`` cells), so a resolution can be
 chosen without labels.
@@ -12,7 +13,6 @@ chosen without labels.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,62 +22,13 @@ import pandas as pd
 
 from .._copy import with_copy
 from .._errors import InputError
+from ..metrics import ari, nmi, silhouette_label
+from ..metrics.clustering import leiden_on_graph, neighbor_graph
 
 __all__ = ["LeidenSweep", "cluster", "leiden", "leiden_sweep", "neighbor_graph", "DEFAULT_SWEEP"]
 
 #: Resolutions of :func:`leiden_sweep` when none are given.
 DEFAULT_SWEEP: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0)
-
-_REP = "X_rep"
-
-
-def neighbor_graph(embedding: np.ndarray, n_neighbors: int = 15, metric: str = "cosine",
-                   seed: int = 0) -> ad.AnnData:
-    """A throwaway AnnData holding ``embedding`` and its scanpy kNN graph (``obsp['connectivities']``).
-
-    Parameters
-    ----------
-    embedding
-        ``(n_cells, n_dims)`` embedding, e.g. ``adata.obsm['X_concerto']``.
-    n_neighbors
-        Neighbours per cell.
-    metric
-        Distance of the neighbour search: ``"cosine"`` or ``"euclidean"``.
-    seed
-        Recorded with the graph (the faiss search is deterministic).
-    """
-    import scanpy as sc
-
-    from .knn_graph import METRICS, FaissKNNTransformer
-
-    x = np.asarray(embedding)
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise InputError(f"The embedding must be a 2-d (cells x dims) array, got shape {x.shape}.")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise InputError("The embedding must be numeric and finite (it holds NaN, infinite or non-numeric values).")
-    if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 2:
-        raise InputError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
-    if metric not in METRICS:
-        raise InputError(f"metric {metric!r} is not supported; use one of {METRICS}.")
-    if x.shape[0] <= n_neighbors:
-        raise InputError(f"{x.shape[0]} cells are too few for n_neighbors={n_neighbors}; use fewer neighbours "
-                         f"(at most {max(x.shape[0] - 1, 0)}).")
-    graph = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(x.shape[0]).astype(str)),
-                       obsm={_REP: np.ascontiguousarray(x, dtype=np.float32)})
-    sc.pp.neighbors(graph, use_rep=_REP, metric=metric, random_state=seed,
-                    transformer=FaissKNNTransformer(int(n_neighbors), metric))
-    return graph
-
-
-def _leiden_on(graph: ad.AnnData, resolution: float, seed: int) -> np.ndarray:
-    import scanpy as sc
-
-    if not resolution > 0:
-        raise InputError(f"Leiden resolution must be positive, got {resolution}.")
-    with warnings.catch_warnings():  # scanpy announces a future switch of its default flavour
-        warnings.simplefilter("ignore", FutureWarning)
-        sc.tl.leiden(graph, resolution=float(resolution), flavor="leidenalg", random_state=seed, key_added="_leiden")
-    return graph.obs["_leiden"].astype(int).to_numpy(dtype=np.int64)
 
 
 def leiden(embedding: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15, metric: str = "cosine",
@@ -100,7 +51,7 @@ def leiden(embedding: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15
     numpy.ndarray
         ``(n_cells,)`` int64 cluster ids ``0..n_clusters-1``, cluster 0 the largest.
     """
-    return _leiden_on(neighbor_graph(embedding, n_neighbors, metric, seed), resolution, seed)
+    return leiden_on_graph(neighbor_graph(embedding, n_neighbors, metric, seed), resolution, seed)
 
 
 @dataclass(frozen=True)
@@ -125,8 +76,6 @@ class LeidenSweep:
 
 
 def _silhouette(x: np.ndarray, clusters: np.ndarray, max_cells: int | None, seed: int) -> float:
-    from ..metrics import silhouette_label  # imported here: metrics imports tools
-
     if not 2 <= len(np.unique(clusters)) <= x.shape[0] - 1:
         return float("nan")
     try:
@@ -169,13 +118,11 @@ def leiden_sweep(embedding: np.ndarray, resolutions: Sequence[float] = DEFAULT_S
         raise InputError(f"resolutions has repeated values: {res}.")
     x = np.asarray(embedding)
     graph = neighbor_graph(x, n_neighbors, metric, seed)
-    clusters = {r: _leiden_on(graph, r, seed) for r in res}  # loop over resolutions, not cells
+    clusters = {r: leiden_on_graph(graph, r, seed) for r in res}  # loop over resolutions, not cells
     table = pd.DataFrame({"n_clusters": [int(c.max()) + 1 for c in clusters.values()],
                           "silhouette": [_silhouette(x, c, max_cells, seed) for c in clusters.values()]},
                          index=pd.Index(res, name="resolution"))
     if labels is not None:
-        from ..metrics import ari, nmi
-
         if len(labels) != x.shape[0]:
             raise InputError(f"labels has {len(labels)} entries for {x.shape[0]} cells.")
         table["ari"] = [ari(labels, c) for c in clusters.values()]

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._errors import InputError
-from .neighbors import NeighborsResults
+from ..search.neighbors import NeighborsResults
 
 __all__ = ["impute_from_neighbors", "neighbor_weights"]
 

@@ -15,11 +15,10 @@ import warnings
 import numpy as np
 
 from .imputation import impute_from_neighbors
-from .neighbors import NeighborsResults, knn, l2_normalize
+from ..search.neighbors import NeighborsResults, index_kind, knn, l2_normalize
 
 __all__ = ["place_on_reference", "reference_umap"]
 
-EXACT_GRAPH_MAX_CELLS = 50_000  # larger references get their UMAP graph from an HNSW index
 #: The reference UMAP is fitted on at most this many cells (a seeded sample); the others are placed on it.
 UMAP_FIT_CELLS = 50_000
 
@@ -37,7 +36,7 @@ def reference_umap(embedding: np.ndarray, n_neighbors: int = 15, min_dist: float
         coords = np.empty((len(emb), 2), dtype=np.float32)
         coords[sample] = reference_umap(emb[sample], n_neighbors, min_dist, seed, max_cells)
         rest = np.setdiff1d(np.arange(len(emb)), sample)
-        kind = "flat" if max_cells <= EXACT_GRAPH_MAX_CELLS else "hnsw"
+        kind = index_kind(len(sample), len(rest), approximate="hnsw")
         coords[rest] = place_on_reference(knn(emb[rest], emb[sample], n_neighbors, kind=kind), coords[sample])
         return coords
     return _fitted_umap(emb, n_neighbors, min_dist, seed)
@@ -50,7 +49,7 @@ def _fitted_umap(emb: np.ndarray, n_neighbors: int, min_dist: float, seed: int) 
         return np.zeros((len(emb), 2), dtype=np.float32)
     k = int(min(n_neighbors, len(emb) - 1))
     # umap's graph counts each cell as its own first neighbour, at distance 0
-    found = knn(emb, emb, k - 1, exclude_self=True, kind="flat" if len(emb) <= EXACT_GRAPH_MAX_CELLS else "hnsw")
+    found = knn(emb, emb, k - 1, exclude_self=True, kind=index_kind(len(emb), len(emb), approximate="hnsw"))
     own = np.arange(len(emb), dtype=np.int64)[:, None]
     graph = (np.hstack([own, found.indices]),
              np.hstack([np.zeros_like(own, dtype=np.float32), np.clip(1.0 - found.similarities, 0.0, 2.0)]), None)

@@ -8,7 +8,7 @@ import scanpy as sc
 from scconcerto import InputError
 from scconcerto.metrics import ari
 from scconcerto.tools import cluster
-from scconcerto.tools.knn_graph import FaissKNNTransformer, knn_distances
+from scconcerto.search.knn_graph import FaissKNNTransformer, knn_distances
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -5,7 +5,8 @@
 fails (``'csr_array' object has no attribute 'getnnz'``). Passing
 :class:`FaissKNNTransformer` as ``transformer=`` keeps scanpy's graph
 (UMAP connectivities, ``obsp`` layout, ``uns['neighbors']``) and replaces only
-the search: exact (faiss flat) up to ``EXACT_MAX_CELLS`` cells, HNSW above.
+the search: exact (faiss flat), or an HNSW index where the one rule of
+:func:`~scconcerto.search.neighbors.index_kind` makes the search approximate.
 
 Examples
 --------
@@ -21,10 +22,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .._errors import InputError
 
-__all__ = ["EXACT_MAX_CELLS", "FaissKNNTransformer", "knn_distances"]
+__all__ = ["FaissKNNTransformer", "knn_distances"]
 
-#: Cells up to which the search is exact; larger inputs use an HNSW graph index.
-EXACT_MAX_CELLS = 200_000
 METRICS = ("cosine", "euclidean")
 
 
@@ -67,7 +66,7 @@ def knn_distances(x: np.ndarray, n_neighbors: int, metric: str = "cosine") -> sp
         Float32; the entries of each row are stored in neighbour order (nearest
         first), not by column, as :func:`scanpy.pp.neighbors` expects from a transformer.
     """
-    from .neighbors import knn
+    from .neighbors import index_kind, knn
 
     if metric not in METRICS:
         raise InputError(f"metric {metric!r} is not supported by the faiss neighbour graph; use one of {METRICS}.")
@@ -76,9 +75,10 @@ def knn_distances(x: np.ndarray, n_neighbors: int, metric: str = "cosine") -> sp
     k = int(n_neighbors) - 1
     if k < 1 or k >= n:
         raise InputError(f"n_neighbors={n_neighbors} needs between 2 and {n} cells; got {n} cells.")
-    exact = n <= EXACT_MAX_CELLS
+    kind = index_kind(n, n, approximate="hnsw")
+    exact = kind == "flat"
     if metric == "cosine":
-        res = knn(x, x, k=k, exclude_self=True, kind="flat" if exact else "hnsw")
+        res = knn(x, x, k=k, exclude_self=True, kind=kind)
         idx, dist = res.indices, np.clip(1.0 - res.similarities, 0.0, 2.0)
     else:
         idx, dist = _drop_self(*_euclidean(x, k, exact), k)

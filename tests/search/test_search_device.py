@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from scconcerto.tools import neighbors
-from scconcerto.tools.neighbors import exact_search, gpu_search_active, knn, search_device, searches_on_its_device
+from scconcerto.search import neighbors
+from scconcerto.search.neighbors import exact_search, gpu_search_active, knn, search_device, searches_on_its_device
 
 
 def _points(n, d=16, seed=0):
@@ -87,7 +87,7 @@ def test_mapping_with_the_torch_search_equals_faiss(trained_model, sim, monkeypa
 
 
 def test_block_topk_equals_a_full_topk():
-    from scconcerto.tools.neighbors import _topk_by_blocks
+    from scconcerto.search.neighbors import _topk_by_blocks
 
     gen = torch.Generator().manual_seed(0)
     for n_cols in (5120, 4096, 300):  # block top-k twice, and a matrix too narrow for it

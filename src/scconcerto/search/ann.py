@@ -1,5 +1,4 @@
-"""Approximate neighbour search for atlas-size references, its recall against exact search,
-and label transfer that streams the query block by block.
+"""Approximate neighbour search for atlas-size references and its recall against exact search.
 
 Exact inner-product search costs ``n_query x n_reference x d``: 10^5 queries
 against 10^6 reference cells is 1.3 x 10^13 multiply-adds, far too slow on a
@@ -11,34 +10,24 @@ query; :func:`recall_at_k` measures what that costs in accuracy.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from .._errors import InputError
-from .label_transfer import vote
-from .neighbors import IndexKind, NeighborsResults, build_index, knn, l2_normalize
-
-#: References up to this size are searched exactly by default.
-EXACT_LIMIT = 50_000
-
-
-def default_nlist(n_reference: int) -> int:
-    """Inverted lists for ``n`` reference cells: about ``4 sqrt(n)``, at least 39 training points per list."""
-    return int(max(1, min(4 * np.sqrt(n_reference), n_reference // 39)))
+from .neighbors import IndexKind, NeighborsResults, build_index, default_nlist, index_kind, knn, l2_normalize
 
 
 def ann_index(reference: np.ndarray, kind: IndexKind | str = "auto", nlist: int | None = None, nprobe: int = 16,
-              train_size: int | None = None, seed: int = 0) -> faiss.Index:
+              train_size: int | None = None, seed: int = 0, n_query: int | None = None) -> faiss.Index:
     """A faiss inner-product index over the L2-normalized ``reference`` rows.
 
     Parameters
     ----------
     kind
-        ``"flat"`` (exact), ``"ivf"``, ``"hnsw"``, or ``"auto"``: exact up to
-        :data:`EXACT_LIMIT` cells, IVF above.
+        ``"flat"`` (exact), ``"ivf"``, ``"hnsw"``, or ``"auto"``: the rule of
+        :func:`~scconcerto.search.index_kind` (IVF when approximate).
     nlist
         IVF lists (default :func:`default_nlist`).
     nprobe
@@ -46,13 +35,14 @@ def ann_index(reference: np.ndarray, kind: IndexKind | str = "auto", nlist: int 
     train_size
         Reference rows (a seeded sample) used to train the IVF k-means;
         default ``64 * nlist``, enough for faiss and far cheaper than all rows.
+    n_query
+        Query rows the index will serve, for ``"auto"`` (default: as many as reference rows).
     """
     reference = np.asarray(reference)
     n = reference.shape[0]
     if n == 0:
         raise InputError("The reference embedding is empty: there is nothing to search.")
-    if kind == "auto":
-        kind = "flat" if n <= EXACT_LIMIT else "ivf"
+    kind = index_kind(n, n if n_query is None else n_query, kind, approximate="ivf")
     if kind != "ivf":
         return build_index(reference, kind)  # type: ignore[arg-type]
     ref = l2_normalize(reference)
@@ -102,46 +92,3 @@ def recall_at_k(reference: np.ndarray, queries: np.ndarray, k: int = 5, kind: st
     t3 = time.perf_counter()
     return RecallReport(neighbor_recall(approx, exact), k, int(reference.shape[0]), int(queries.shape[0]),
                         t1 - t0, t2 - t1, t3 - t2)
-
-
-@dataclass
-class StreamedTransfer:
-    """Per query cell: predicted label code and confidence for each label key."""
-
-    codes: dict[str, np.ndarray]
-    confidence: dict[str, np.ndarray]
-
-
-def transfer_streaming(blocks: Iterable[tuple[np.ndarray, np.ndarray]], index: faiss.Index,
-                       reference_codes: dict[str, np.ndarray], n_classes: dict[str, int], n_cells: int,
-                       k: int = 5, search_rows: int = 16_384) -> StreamedTransfer:
-    """k-NN label transfer for query embeddings arriving block by block (``(rows, embedding)`` pairs).
-
-    Only a few blocks of the query are held at a time (they are searched
-    ``search_rows`` at a time: fewer, larger faiss calls); what is kept per cell
-    is a label code (int32) and a confidence (float32) per key, so a query of
-    millions of cells fits (e.g. with :func:`scconcerto.train.iter_embeddings`).
-    """
-    codes = {key: np.full(n_cells, -1, dtype=np.int32) for key in reference_codes}
-    confidence = {key: np.zeros(n_cells, dtype=np.float32) for key in reference_codes}
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def flush() -> None:
-        rows = np.concatenate([r for r, _ in pending])
-        neighbors = knn(np.concatenate([e for _, e in pending]), index, k)
-        pending.clear()
-        for key, ref_codes in reference_codes.items():
-            result = vote(neighbors, ref_codes, n_classes[key])
-            codes[key][rows] = result.codes
-            confidence[key][rows] = result.confidence
-
-    held = 0
-    for rows, emb in blocks:
-        pending.append((np.asarray(rows), np.asarray(emb)))
-        held += len(rows)
-        if held >= search_rows:
-            flush()
-            held = 0
-    if pending:
-        flush()
-    return StreamedTransfer(codes, confidence)

@@ -61,6 +61,37 @@ TOPK_BLOCK = 256  # columns per block in the GPU top-k (:func:`_topk_by_blocks`)
 #: Exact CPU searches of at most this many query x base pairs are one numpy product (:func:`_small_search`).
 SMALL_SEARCH_PAIRS = 4_000_000
 GPU_TF32_MIN_PAIRS = 10**10  # query x base pairs from which a CUDA search scores in TF32, then rescores exactly
+#: Searches among at least this many base rows are approximate under ``index='auto'`` (:func:`index_kind`) ...
+APPROXIMATE_FROM = 1_000_000
+#: ... and from this many base rows when the query rows times the base rows reach ``APPROXIMATE_WORK`` pairs.
+APPROXIMATE_MIN_REFERENCE = 100_000
+APPROXIMATE_WORK = 2e9
+
+
+def index_kind(n_base: int, n_query: int, index: str = "auto", approximate: IndexKind = "ivf") -> str:
+    """The faiss index of a search of ``n_query`` rows among ``n_base`` rows: the one exact-vs-approximate rule.
+
+    ``index`` is returned unless it is ``"auto"``. Then the search is exact (``"flat"``) except among
+    ``APPROXIMATE_FROM`` base rows, or among ``APPROXIMATE_MIN_REFERENCE`` base rows searched by enough query
+    rows that exact search costs more than building and searching an approximate index: then it is
+    ``approximate`` (``"ivf"`` for a reference searched by queries, ``"hnsw"`` for the kNN graph of a set of
+    cells, which needs no training). A search of a set among itself has ``n_query == n_base``.
+    """
+    if index != "auto":
+        return index
+    large = n_base >= APPROXIMATE_MIN_REFERENCE and float(n_base) * float(n_query) >= APPROXIMATE_WORK
+    return approximate if n_base >= APPROXIMATE_FROM or large else "flat"
+
+
+def may_be_approximate(n_base: int) -> bool:
+    """Whether some search among ``n_base`` rows is approximate under :func:`index_kind` (then an IVF index's
+    centroids are worth keeping)."""
+    return n_base >= APPROXIMATE_MIN_REFERENCE
+
+
+def default_nlist(n_reference: int) -> int:
+    """Inverted lists of an IVF index over ``n`` rows: about ``4 sqrt(n)``, at least 39 training points per list."""
+    return int(max(1, min(4 * np.sqrt(n_reference), n_reference // 39)))
 
 
 @contextmanager
@@ -221,7 +252,7 @@ def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | No
             quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
             nlist = quantizer.ntotal
         else:
-            nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+            nlist = nlist or default_nlist(n)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         if centroids is None:

@@ -1,7 +1,7 @@
 import faiss
 import numpy as np
 
-from scconcerto.tools.neighbors import build_index, ivf_centroids, knn
+from scconcerto.search.neighbors import build_index, ivf_centroids, knn
 
 
 def _clustered(n: int, seed: int) -> np.ndarray:
