@@ -36,9 +36,9 @@ def test_report_command_writes_a_self_contained_html(mapped_files, tmp_path, cap
                  "--true-key", "cell_type=given", "--title", "PBMC test"]) == 0
     text = out.read_text(encoding="utf-8")
     assert "<title>PBMC test</title>" in text and json.loads(capsys.readouterr().out)["out"] == str(out)
-    # by source, per-source panels, label, confidence, histogram, confusion, Sankey, training loss
-    assert text.count('<img src="data:image/png;base64,') == 8
-    assert "Against the given labels <code>given</code> (120 cells)" in text
+    assert text.index('alt="Predicted cell_type on the reference"') < text.index('alt="cell_type: confusion matrix"')
+    assert "Against <code>given</code> (120 labelled cells)" in text
+    assert 'href="data:text/csv;charset=utf-8;base64,' in text and 'download="query_mapped_predictions.csv"' in text
     assert hashlib.sha256(data.read_bytes()).hexdigest() == before
 
 
@@ -47,7 +47,9 @@ def test_report_command_without_true_key_and_refusals(mapped_files, tmp_path, ca
     out = tmp_path / "r.html"
     assert main(["report", str(data), "--reference", str(model_dir), "--out", str(out)]) == 0  # the former name
     assert "--reference is deprecated" in capsys.readouterr().err
-    assert "need given labels" in out.read_text(encoding="utf-8")
+    text = out.read_text(encoding="utf-8")
+    assert "the query has no given labels to compare with" in text
+    assert "<title>scConcerto mapping report</title>" in text  # the default title
     assert main(["report", str(data), "--model", str(model_dir), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["report", str(data), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "s.html")]) == 2

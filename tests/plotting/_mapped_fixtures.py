@@ -52,9 +52,12 @@ def build(model, sim, n_query: int = 200, with_protein: bool = True):
     voter_labels[noisy] = np.random.default_rng(2).permutation(voter_labels[noisy])
     transfer = vote(nn, voter_labels, len(cats))
     query.obs["cell_type_pred"] = cats[transfer.codes]
-    query.obs["cell_type_confidence"] = transfer.confidence
+    # the vote's share stands for both probabilities: the known-type one flags unknown cells, as mapping's does
+    query.obs["cell_type_confidence"] = (transfer.confidence ** 2).astype(np.float32)
+    query.obs["cell_type_known_prob"] = transfer.confidence.astype(np.float32)
     query.obs["cell_type_unknown"] = transfer.confidence < THRESHOLD
     query.uns["scconcerto_mapping"] = {"k": 10, "thresholds": {"cell_type": THRESHOLD},
+                                       "classes": {"cell_type": [str(c) for c in cats]},
                                        "gene_overlap": {"n_shared": 300, "n_vocab": 300, "n_dataset": 300,
                                                         "overlap": 1.0},
                                        "timings": {"embed_seconds": 0.25, "vote_seconds": 0.01}}

@@ -15,9 +15,11 @@ def _hand_query():
         "ct": pd.Categorical(list("AAAABBBCCC")),
         "ct_pred": list("AAABBBCCCA"),
         "ct_confidence": np.array([1.0, 0.9, 0.95, 0.5, 1.0, 0.8, 0.6, 1.0, 0.9, 0.3], dtype=np.float32),
+        "ct_known_prob": np.array([0.9, 0.8, 0.9, 0.7, 0.95, 0.6, 0.5, 0.9, 0.8, 0.2], dtype=np.float32),
         "ct_unknown": [False] * 9 + [True],
     }, index=[f"c{i}" for i in range(10)])
-    return ad.AnnData(obs=obs, uns={"scconcerto_mapping": {"thresholds": {"ct": 0.4}}})
+    return ad.AnnData(obs=obs, uns={"scconcerto_mapping": {"thresholds": {"ct": 0.4},
+                                                           "classes": {"ct": ["A", "B"]}}})
 
 
 def test_confusion_table_counts_by_hand():
@@ -59,17 +61,28 @@ def test_sankey_draws_one_band_per_label_pair_with_widths_proportional_to_counts
     np.testing.assert_allclose(heights, [0.1, 0.1, 0.1, 0.2, 0.2, 0.3])
 
 
-def test_confidence_histogram_counts_every_cell_and_draws_the_recorded_threshold():
+def _dashed(ax):
+    return [ln.get_xdata()[0] for ln in ax.lines if ln.get_linestyle() == "--"]
+
+
+def test_confidence_histogram_counts_every_cell_and_draws_the_threshold_on_the_score_it_applies_to():
     q = _hand_query()
     fig = pl.confidence_histogram(q, "ct", bins=10)
     ax = fig.axes[0]
     heights = np.array([p.get_height() for p in ax.patches])
     assert heights.sum() == pytest.approx(10)  # right + wrong stacks hold all labeled cells
-    line = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
-    assert line and line[0].get_xdata()[0] == pytest.approx(0.4)
+    assert _dashed(ax) == []  # the recorded threshold flags the known-type probability, not the confidence
     assert "unknown: 1 (10.0%)" in ax.get_title()
     fig2 = pl.confidence_histogram(q, "ct", threshold=0.85)
-    assert [ln for ln in fig2.axes[0].lines if ln.get_linestyle() == "--"][0].get_xdata()[0] == pytest.approx(0.85)
+    assert _dashed(fig2.axes[0]) == [pytest.approx(0.85)]
+    known = pl.confidence_histogram(q, "ct", bins=10, score="unknown").axes[0]
+    assert _dashed(known) == [pytest.approx(0.4)]
+    assert known.get_xlabel() == "known-type probability"
+    seen, unseen = known.containers  # cells whose given type the reference has (A, B), and the C cells
+    assert sum(p.get_height() for p in seen) == 7
+    assert sum(p.get_height() for p in unseen) == pytest.approx(3)
+    hist, _ = np.histogram(q.obs["ct_known_prob"][:7], bins=np.linspace(0, 1, 11))
+    np.testing.assert_array_equal([p.get_height() for p in seen], hist)
 
 
 def test_annotation_plots_fail_clearly_without_predictions():

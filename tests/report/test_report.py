@@ -1,104 +1,126 @@
+"""The report on a hand-mapped query: one self-contained file that opens with the answers."""
+
 import base64
 import io
-from html.parser import HTMLParser
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from scconcerto import InputError, OutputExistsError
 from scconcerto.report import mapping_report
-from scconcerto.report._facts import predicted_table
+from scconcerto.report._facts import type_table
 
 
-class _Resources(HTMLParser):
-    """Collects every tag and every attribute that could load something."""
-
-    def __init__(self):
-        super().__init__()
-        self.tags: list[str] = []
-        self.images: list[str] = []
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        attrs = dict(attrs)
-        if tag == "img":
-            self.images.append(attrs.get("src", ""))
-        for name in ("href", "src", "data"):
-            if name in attrs and tag != "img":
-                self.links.append(f"{tag} {name}={attrs[name]}")
-
-
-def _parse(path):
-    parser = _Resources()
-    parser.feed(path.read_text(encoding="utf-8"))
-    return parser
-
-
-def test_report_is_one_self_contained_file_with_decodable_figures(report_file):
-    page = _parse(report_file)
+def test_report_is_one_self_contained_file_with_decodable_figures(report_file, Page):
+    page = Page(report_file)
     assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
-    assert page.links == []  # nothing is loaded from outside the file
-    # placement: by source, per-source panels; cell_type: label, confidence, histogram, confusion, Sankey;
-    # imputed proteins; training loss
-    assert len(page.images) == 9
-    for src in page.images:
-        assert src.startswith("data:image/png;base64,")
-        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
-        assert image.width > 200 and image.height > 150
-        pixels = np.asarray(image.convert("L"))
-        assert pixels.std() > 5  # not a blank image
-    assert "url(" not in report_file.read_text(encoding="utf-8")
+    # the only link is the embedded predictions table: nothing is loaded from outside the file
+    assert [(link["tag"], link["value"][:13]) for link in page.links] == [("a", "data:text/csv")]
+    assert len(page.images) >= 8
+    for image in page.images:
+        assert image["src"].startswith("data:image/png;base64,")
+        decoded = Image.open(io.BytesIO(base64.b64decode(image["src"].split(",", 1)[1])))
+        assert decoded.width > 200 and decoded.height > 150
+        assert np.asarray(decoded.convert("L")).std() > 5  # not a blank image
+    assert "url(" not in page.html
 
 
-def test_report_states_the_mapping_facts(report_file, mapped_for_report):
-    model, query = mapped_for_report
-    text = report_file.read_text(encoding="utf-8")
-    truth = query.obs["cell_type"].astype(str).to_numpy()
-    pred = query.obs["cell_type_pred"].astype(str).to_numpy()
-    n_unknown = int(query.obs["cell_type_unknown"].sum())
-    assert 0 < n_unknown < query.n_obs
-    assert f"accuracy {np.mean(truth == pred):.3f}" in text
-    assert f"{n_unknown} ({100 * n_unknown / query.n_obs:.1f}%) called unknown (confidence below 0.70)" in text
-    assert "300 of 300 (100.0%)" in text  # gene overlap recorded by mapping
-    assert f"{query.n_obs} query cells from 1 source(s)" in text
-    assert f"reference of {model.reference.embedding.shape[0]:,} cells" in text
-    n_batch0 = int((model.reference.domains == 0).sum())
-    assert "tech_new: 200" in text and f"batch_0: {n_batch0}" in text  # query and reference sources
-    assert "mapping: timings.embed_seconds" in text and "this report" in text
-    for package in ("scconcerto", "torch", "scanpy", "anndata", "numpy"):
-        assert f"<th>{package}</th>" in text
-    assert "ref_model/" in text and "query.h5ad" in text
-    for protein in ("CD3", "CD19", "CD14"):
-        assert f"<td>{protein}</td>" in text
+def test_report_opens_with_the_answers_and_ends_with_the_parameters_folded(report_file, Page):
+    page = Page(report_file)
+    order = page.order
+    first_image = next(o for o in order if o.startswith("img:"))
+    assert first_image == "img:Predicted cell_type on the reference"  # not the query coloured by source
+    assert order.index("img:cell_type: confidence per predicted type") < order.index("section:checks-1")
+    assert order.index("section:answers-1") < order.index("section:placement") < order.index("section:overview")
+    assert order[-1] == "details:run"  # parameters last, in a <details> closed by default
+    details = page.html[page.html.index('<details id="run">'):]
+    assert "<details id=\"run\" open" not in page.html and "<th>thresholds.cell_type</th>" in details
+    assert page.html.index('id="download"') < page.html.index('id="answers-1"')  # the download comes first
 
 
-def test_predicted_label_table_counts_by_hand(mapped_for_report):
+def test_per_type_table_counts_by_hand(report_file, mapped_for_report, Page):
     _, query = mapped_for_report
-    table = predicted_table(query, "cell_type", "cell_type")
-    counts = query.obs["cell_type_pred"].astype(str).value_counts()
-    assert table["cells"].to_dict() == counts.to_dict()
+    pred = query.obs["cell_type_pred"].astype(str)
+    table = type_table(query, "cell_type", "cell_type")
+    assert table["cells"].to_dict() == pred.value_counts().to_dict()
+    assert list(table.index) == list(pred.value_counts().index)  # most cells first
     assert table["share"].sum() == pytest.approx(1.0)
-    assert table["unknown"].sum() == query.obs["cell_type_unknown"].sum()
-    conf = query.obs.groupby(query.obs["cell_type_pred"].astype(str))["cell_type_confidence"]
-    np.testing.assert_allclose(table["mean_confidence"], conf.mean()[table.index], rtol=1e-6)
-    agree = (query.obs["cell_type"].astype(str) == query.obs["cell_type_pred"].astype(str)).groupby(
-        query.obs["cell_type_pred"].astype(str)).mean()
+    by_type = query.obs.groupby(pred)
+    np.testing.assert_allclose(table["mean_confidence"], by_type["cell_type_confidence"].mean()[table.index],
+                               rtol=1e-6)
+    np.testing.assert_allclose(table["mean_known_prob"], by_type["cell_type_known_prob"].mean()[table.index],
+                               rtol=1e-6)
+    unknown = by_type["cell_type_unknown"].sum()[table.index]
+    np.testing.assert_array_equal(table["unknown"], unknown)
+    np.testing.assert_allclose(table["unknown_share"], unknown / pred.value_counts()[table.index])
+    agree = (query.obs["cell_type"].astype(str) == pred).groupby(pred).mean()
     np.testing.assert_allclose(table["agrees_with_given"], agree[table.index])
+    # the page shows the same table
+    shown = Page(report_file).table("types-cell_type").set_index("predicted type")
+    assert list(shown.index) == list(table.index)
+    assert shown["cells"].astype(int).tolist() == table["cells"].tolist()
+    assert shown["unknown"].astype(int).tolist() == table["unknown"].tolist()
+    assert shown["mean confidence"].tolist() == [f"{v:.2f}" for v in table["mean_confidence"]]
+    assert shown["unknown share"].tolist() == [f"{100 * v:.1f}%" for v in table["unknown_share"]]
 
 
-def test_report_without_given_labels_or_coordinates_says_what_it_cannot_show(mapped_for_report, tmp_path):
+def test_the_embedded_csv_holds_every_cells_prediction(report_file, mapped_for_report, Page):
+    _, query = mapped_for_report
+    name, frame = Page(report_file).download()
+    assert name == "query_predictions.csv"
+    assert list(frame.index) == list(query.obs_names)
+    assert (frame["cell_type_pred"] == query.obs["cell_type_pred"].astype(str).to_numpy()).all()
+    np.testing.assert_allclose(frame["cell_type_confidence"].astype(float), query.obs["cell_type_confidence"],
+                               rtol=1e-3)
+    assert (frame["cell_type_unknown"].astype(str) == query.obs["cell_type_unknown"].astype(str).to_numpy()).all()
+    assert (frame["cell_type"] == query.obs["cell_type"].astype(str).to_numpy()).all()  # the given labels too
+
+
+def test_the_unknown_note_states_the_threshold_and_the_rate_on_seen_types(report_file, mapped_for_report, Page):
+    _, query = mapped_for_report
+    text = Page(report_file).text
+    unknown = query.obs["cell_type_unknown"].to_numpy(bool)
+    assert 0 < unknown.sum() < query.n_obs
+    assert "What \"unknown\" means" in text
+    assert "is below 0.70" in text  # the threshold recorded in uns['scconcerto_mapping']['thresholds']
+    assert f"Here {unknown.sum()} cells ({100 * unknown.mean():.1f}%) are flagged" in text
+    # every given label is a reference type here: the rate on seen types is over all cells
+    assert (f"Of the {query.n_obs} cells whose given label (cell_type) is a type the reference has, "
+            f"{unknown.sum()} ({100 * unknown.mean():.1f}%) are flagged") in text
+
+
+def test_a_messy_query_shows_no_nan_none_or_empty_sources(mapped_for_report, tmp_path, Page):
+    model, query = mapped_for_report
+    messy = query.copy()
+    del messy.obs["batch"]  # no batch column
+    given = messy.obs["cell_type"].astype(object).to_numpy()
+    given[::7] = np.nan  # some cells without a given label
+    messy.obs["cell_type"] = pd.Categorical(given)
+    messy.uns["scconcerto_mapping"] = {**messy.uns["scconcerto_mapping"], "auroc": float("nan"), "note": None,
+                                       "finetune": {"epochs": None, "loss": np.array([np.nan, 1.5])}}
+    page = Page(mapping_report(messy, model, tmp_path / "r.html"))
+    assert page.missing_shown() == []
+    query_rows = [row[0] for row in page.tables["query-facts"]]
+    assert query_rows[:3] == ["file", "cells", "genes"] and not any("sources" in r for r in query_rows)
+    params = dict(page.tables["parameters"])
+    assert params["auroc"] == "–" and params["note"] == "–" and params["finetune.loss"] == "–, 1.5"
+    _, frame = page.download()
+    assert (frame["cell_type"].iloc[::7] == "").all()  # a missing label is an empty field, not "nan"
+
+
+def test_report_without_given_labels_or_coordinates_says_what_it_cannot_show(mapped_for_report, tmp_path, Page):
     model, query = mapped_for_report
     bare = ad.AnnData(obs=query.obs.drop(columns=["cell_type"]), uns=dict(query.uns))
-    path = mapping_report(bare, model, tmp_path / "r.html")
-    text = path.read_text(encoding="utf-8")
-    page = _parse(path)
-    assert len(page.images) == 2  # confidence histogram and training loss
-    assert "need given labels" in text
-    assert "no UMAP is drawn" in text
-    assert "accuracy" not in text.split("Label transfer")[1].split("</section>")[0]
+    page = Page(mapping_report(bare, model, tmp_path / "r.html"))
+    assert page.missing_shown() == []
+    assert "Confusion matrix and Sankey plot: the query has no given labels" in page.text
+    assert "UMAP: the query has neither a place on the reference UMAP" in page.text
+    assert not any(o.startswith("section:checks") for o in page.order)
+    assert "img:cell_type: confidence per predicted type" in page.order  # the answers are still there
+    assert page.table("types-cell_type")["cells"].astype(int).sum() == query.n_obs
 
 
 def test_report_refuses_to_overwrite_and_leaves_the_query_untouched(mapped_for_report, tmp_path):
@@ -114,16 +136,17 @@ def test_report_refuses_to_overwrite_and_leaves_the_query_untouched(mapped_for_r
     assert list(query.obs.columns) == before_obs and sorted(query.obsm) == before_obsm
 
 
-def test_report_errors_and_gene_overlap_counted_when_not_recorded(mapped_for_report, tmp_path):
+def test_report_errors_and_gene_overlap_counted_when_not_recorded(mapped_for_report, tmp_path, Page):
     model, query = mapped_for_report
     with pytest.raises(InputError, match="no predictions for \\['other'\\]"):
         mapping_report(query, model, tmp_path / "x.html", label_keys=["other"])
     renamed = query.copy()
     del renamed.uns["scconcerto_mapping"]
     renamed.var_names = [f"x{i}" if i < 100 else g for i, g in enumerate(renamed.var_names)]
-    text = mapping_report(renamed, model, tmp_path / "y.html").read_text(encoding="utf-8")
+    text = Page(mapping_report(renamed, model, tmp_path / "y.html")).text
     vocab = model.setup.genes
     shared = len(set(vocab) & set(renamed.var_names))
     assert shared < 0.8 * len(vocab)
     assert f"{shared} of {len(vocab)} ({100 * shared / len(vocab):.1f}%)" in text
-    assert "Counted here" in text and "Less than 80%" in text
+    assert "Gene overlap counted here from gene names" in text
+    assert f"Only {100 * shared / len(vocab):.1f}% of the reference genes are in the query" in text

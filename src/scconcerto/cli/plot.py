@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from .._io import read_h5ad, write_atomic_file
     from ..model import Concerto
     from ..plotting import mapping_umap
-    from ..plotting._mapped import check_mapped_onto
+    from ..plotting.outputs import check_mapped_onto
 
     out = args.out
     fmt = Path(out).suffix.lstrip(".").lower()

@@ -21,10 +21,13 @@ class _DeprecatedReference(argparse.Action):
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "report", help="write an HTML report of a mapped query",
-                    description="Write one self-contained HTML file (figures embedded) describing a query mapped "
-                                   "onto a reference: gene overlap, the query on the reference UMAP, predicted label "
-                                   "counts with confidence, unknown cells, confusion matrix and Sankey plot (when the "
-                                   "query has labels), imputed proteins, training loss, timings and versions.")
+                    description="Write one self-contained HTML file (figures embedded) about a query mapped onto "
+                                "a reference (`scconcerto map`) or annotated by its classifier (`scconcerto annotate "
+                                "predict`). It opens with the answers: predicted labels on the reference UMAP, a "
+                                "table per predicted type (cells, share, confidence, unknown cells), the confidence "
+                                "per type, what 'unknown' means and the predictions as a CSV download; then the "
+                                "hierarchy (a query mapped with --levels), checks against given labels, the query "
+                                "on the reference, gene overlap, imputed proteins and training; parameters last.")
     add_data(p, "mapped query .h5ad (output of `scconcerto map`; never modified)")
     p.add_argument("--model", default=None, metavar="MODEL",
                    help="the reference model folder the query was mapped onto (required)")
@@ -37,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "for the first label key (default: the column named like the label key, if present)")
     p.add_argument("--source-key", default=None, help="obs column of the query's sources (default: the model's "
                                                       "batch key)")
-    p.add_argument("--title", default="scConcerto mapping report", help="title of the page")
+    p.add_argument("--title", default=None, help="title of the page (default: 'scConcerto mapping report', or "
+                                                 "'scConcerto annotation report' for a query annotated by the "
+                                                 "classifier)")
     p.add_argument("--max-points", type=int, default=50_000, help="cells drawn per scatter plot")
     p.add_argument("--seed", type=int, default=0, help="seed of subsamples and of a UMAP computed for the report")
     p.set_defaults(func=run)

@@ -25,15 +25,15 @@ if TYPE_CHECKING:
     from ..model._attention import AttentionWeights
 
 
-def top_features(adata: ad.AnnData, groupby: str, matrix: sp.csr_matrix, features: pd.Index, modality: str,
-                 n_top: int, key: str | None) -> dict[str, list[str]]:
+def top_features(adata: ad.AnnData, groupby: str, attention: AttentionWeights | sp.spmatrix, features: pd.Index,
+                 modality: str, n_top: int, key: str | None) -> dict[str, list[str]]:
     """Each group's top features with a positive score (attended more than in the other cells).
 
-    Taken from ``adata.uns[key]`` when it ranks this groupby and modality, else
-    ranked here by contrast. A feature ranked by several groups is shown once,
-    under the first group.
+    Taken from ``adata.uns[key]`` when it ranks this groupby and modality, else ranked here by contrast
+    (:func:`~scconcerto.tools.attention.rank_attention`, nothing written). A feature ranked by several groups is
+    shown once, under the first group.
     """
-    from ..tools.attention import _rank_tables, group_codes
+    from ..tools.attention import group_codes, rank_attention
 
     codes, groups = group_codes(adata, groupby)
     stored = adata.uns.get(key, {}) if key else {}
@@ -45,7 +45,8 @@ def top_features(adata: ad.AnnData, groupby: str, matrix: sp.csr_matrix, feature
             ranked = pd.DataFrame({"name": np.asarray(names[g], dtype=object), "score": np.asarray(scores[g])})
             per_group[str(g)] = ranked.loc[ranked["score"] > 0, "name"].astype(str).head(n_top).tolist()
     else:
-        tables, _ = _rank_tables(matrix, features, codes, groups, n_top, "contrast", 0.0, None)
+        tables = rank_attention(adata, groupby, attention=attention, modality=modality, n_top=n_top,
+                                method="contrast", key_added="")
         per_group = {g: t.loc[t["score"] > 0, "feature"].tolist() for g, t in tables.items()}
     seen: set[str] = set()
     out: dict[str, list[str]] = {}
@@ -69,10 +70,12 @@ def _attention_plot(kind: str, adata: ad.AnnData, groupby: str, model: Concerto 
 
     if n_top < 1:
         raise InputError(f"n_top must be at least 1 feature per group, got {n_top}.")
+    if attention is None and model is not None:
+        attention = model.attention(adata)  # computed once, for the matrix and the ranking
     matrix, features = attention_matrix(adata, model, attention, modality)
     if key is None:
         key = UNS_KEY if modality == "rna" else f"{UNS_KEY}_{modality}"
-    shown = top_features(adata, groupby, matrix, features, modality, n_top, key)
+    shown = top_features(adata, groupby, attention, features, modality, n_top, key)
     codes, groups = group_codes(adata, groupby)
     keep = np.flatnonzero(codes >= 0)
     cells = ad.AnnData(X=matrix[keep], var=pd.DataFrame(index=features.astype(str)),

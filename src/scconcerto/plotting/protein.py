@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from .._errors import InputError
 from ._base import SaveArg, finish, subsample
 from .._keys import IMPUTED_PROTEIN_KEY
-from ._mapped import imputed_protein
+from .outputs import imputed_protein
 
 
 def pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:

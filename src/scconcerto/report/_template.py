@@ -1,4 +1,7 @@
-"""The report's HTML (a Jinja2 template, kept in Python so it ships with the package): no scripts, no external files."""
+"""The report's HTML (a Jinja2 template, kept in Python so it ships with the package): no scripts, no external files.
+
+Numbers go through the ``number``, ``percent`` and ``count`` filters, which show a missing value as "–".
+"""
 
 TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -15,106 +18,150 @@ TEMPLATE = r"""<!DOCTYPE html>
  section { background: white; border: 1px solid #e3e3e3; border-radius: 6px; padding: 12px 20px; margin: 18px 0; }
  h2 { font-size: 19px; border-bottom: 2px solid #1f3a5f; padding-bottom: 4px; }
  h3 { font-size: 16px; margin-top: 22px; }
- .cards { display: flex; flex-wrap: wrap; gap: 12px; }
+ .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 8px 0; }
  .card { flex: 1 1 150px; background: #eef3f9; border-radius: 6px; padding: 10px 14px; }
  .card .value { font-size: 22px; font-weight: 600; }
  .card .name { font-size: 12px; color: #555; }
  table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
  th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 10px; text-align: left; }
  th { background: #f3f5f8; }
- td.num { text-align: right; font-variant-numeric: tabular-nums; }
+ td.num, table.data td { font-variant-numeric: tabular-nums; }
  figure { margin: 12px 0; }
  figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+ figure.natural { overflow-x: auto; }
+ figure.natural img { max-width: none; }
  figcaption { font-size: 12px; color: #555; max-width: 900px; }
  .grid { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
- .grid figure { flex: 1 1 460px; }
- .grid figure.wide { flex: 1 1 100%; }
- .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 12px; font-size: 13px; }
+ .grid > figure, .grid > div { flex: 1 1 460px; min-width: 0; }
+ .grid > figure.wide { flex: 1 1 100%; }
+ .grid > figure.umap { flex: 1 1 380px; max-width: 500px; }
+ .tablewrap { overflow-x: auto; }
+ .tablewrap table.data { font-size: 12px; }
+ .tablewrap table.data th { vertical-align: bottom; }
+ .tablewrap table.data th, .tablewrap table.data td { padding: 3px 6px; }
+ .note { background: #f3f7fb; border-left: 4px solid #1f3a5f; padding: 6px 12px; font-size: 13px; }
  .warn { background: #fdecea; border-left: 4px solid #d93025; padding: 6px 12px; font-size: 13px; }
+ .download { background: #eef7ee; border-left: 4px solid #2e7d32; padding: 8px 12px; font-size: 14px; }
+ details { background: white; border: 1px solid #e3e3e3; border-radius: 6px; padding: 10px 20px; margin: 18px 0; }
+ summary { font-size: 17px; font-weight: 600; cursor: pointer; }
  code { background: #f3f3f3; padding: 1px 4px; border-radius: 3px; }
 </style>
 </head>
 <body>
 <header>
  <h1>{{ title }}</h1>
- <p>{{ query_name }} mapped onto {{ model_name }} &middot; generated {{ generated }} by scConcerto {{ versions.get('scconcerto', '') }}</p>
+ <p>{{ "{:,}".format(query.cells) }} cells of {{ query_name }} {{ "annotated with" if annotated else "mapped onto" }} {{ model_name }} &middot; generated {{ generated }} by scConcerto {{ versions.get('scconcerto', '') }}</p>
 </header>
 <main>
+{% if overlap and overlap.overlap < 0.8 %}<p class="warn">Only {{ overlap.overlap|percent }} of the reference genes are in the query: missing genes count as not expressed, which can bias the labels. Check that gene names are of the same kind (symbols vs Ensembl ids, species).</p>{% endif %}
+{% if download %}<p class="download" id="download"><a href="{{ download.href }}" download="{{ download.name }}">Download the predictions ({{ download.name }}, {{ download.cells|count }} cells, {{ download.kilobytes|count }} kB)</a>: one row per cell, columns {{ download.columns|join(", ") }}.</p>{% endif %}
 
-<section id="overview">
-<h2>What was mapped onto what</h2>
-<p>{{ "{:,}".format(query.cells) }} query cells{% if query.sources %} from {{ query.sources|length }} source(s){% endif %}
- were placed onto a reference of {{ "{:,}".format(reference.cells or 0) }} cells
- ({{ reference.sources|length if reference.sources else 1 }} source(s), {{ "{:,}".format(reference.genes) }} genes{% if reference.proteins %}, {{ reference.proteins|length }} proteins{% endif %}).</p>
+{% for key, a in answers.items() %}
+<section id="answers-{{ loop.index }}" class="answers">
+<h2>Predicted {{ key }}</h2>
 <div class="cards">
- <div class="card"><div class="value">{{ "{:,}".format(query.cells) }}</div><div class="name">query cells</div></div>
- <div class="card"><div class="value">{{ "{:,}".format(reference.cells or 0) }}</div><div class="name">reference cells</div></div>
- {% if overlap %}<div class="card"><div class="value">{{ "%.1f"|format(100 * overlap.overlap) }}%</div><div class="name">of the reference genes found in the query</div></div>{% endif %}
- {% for key, s in labels.items() %}
- {% if s.summary.scores %}<div class="card"><div class="value">{{ "%.3f"|format(s.summary.scores.accuracy) }}</div><div class="name">{{ key }} accuracy vs given labels</div></div>{% endif %}
- <div class="card"><div class="value">{{ "%.1f"|format(100 * s.summary.unknown_fraction) }}%</div><div class="name">{{ key }}: unknown cells</div></div>
- {% endfor %}
+ <div class="card"><div class="value">{{ a.summary.types|count }}</div><div class="name">types predicted</div></div>
+ <div class="card"><div class="value">{{ a.summary.mean_confidence|number(2) }}</div><div class="name">mean confidence</div></div>
+ <div class="card"><div class="value">{{ a.summary.unknown_fraction|percent }}</div><div class="name">unknown ({{ a.summary.unknown|count }} cells)</div></div>
+ {% if a.summary.scores %}<div class="card"><div class="value">{{ a.summary.scores.accuracy|number }}</div><div class="name">accuracy vs <code>{{ a.summary.given_key }}</code></div></div>{% endif %}
 </div>
 <div class="grid">
+{% if a.umap %}<figure class="umap"><img src="data:image/png;base64,{{ a.umap.png }}" alt="{{ a.umap.title }}"><figcaption><b>{{ a.umap.title }}.</b> {{ a.umap.caption }}</figcaption></figure>{% endif %}
+<div class="tablewrap">
+<h3>Per predicted type</h3>
+{{ a.table_html }}
+<p class="note">Cells flagged unknown stay counted under the type they were given, and in the unknown columns.</p>
+</div>
+</div>
+{% if a.boxes %}<figure class="wide"><img src="data:image/png;base64,{{ a.boxes.png }}" alt="{{ a.boxes.title }}"><figcaption><b>{{ a.boxes.title }}.</b> {{ a.boxes.caption }}</figcaption></figure>{% endif %}
+<div class="grid">
+<div class="note" id="unknown-note-{{ loop.index }}">
+{% set cal = a.unknown.calibration %}
+<p><b>What "unknown" means.</b>
+{% if a.unknown.known_prob %}A cell is flagged unknown when the probability that its type is one the reference has (<code>obs['{{ a.known_column }}']</code>) is below {% if a.unknown.threshold is not none %}{{ a.unknown.threshold|number(2) }}{% else %}the threshold{% endif %}: its type is probably not in the reference (a new type, a state the reference lacks, a doublet or a damaged cell).
+{% else %}A cell is flagged unknown when the classifier's {{ a.score_name }} (<code>obs['{{ a.known_column }}']</code>) is below {% if a.unknown.threshold is not none %}{{ a.unknown.threshold|number(2) }}{% else %}its threshold{% endif %}: the cell is unlike the types the classifier was trained on.
+{% endif %}
+{% if cal %}{% if cal.is_default %}This is the model's default threshold: {{ cal.rate|percent(0) }} of the{% if cal.held_out_cells is not none %} {{ cal.held_out_cells|count }}{% endif %} {{ cal.held_out }} (all of types it has) fall below it. So about {{ cal.rate|percent(0) }} of the cells of seen types are expected to be flagged too.
+{% else %}This threshold was set when mapping; the model's default ({% for d in cal.default %}{{ d|number(2) }}{% if not loop.last %} or {% endif %}{% endfor %}) flags {{ cal.rate|percent(0) }} of {{ cal.held_out }} of seen types.
+{% endif %}{% endif %}
+{% if reject %}Its predicted label is written as "unknown".{% else %}It keeps its most likely label in <code>obs['{{ key }}_pred']</code>; <code>obs['{{ key }}_unknown']</code> flags it.{% endif %}
+{% if a.unknown.flagged is not none %}Here {{ a.unknown.flagged|count }} cells ({{ a.unknown.fraction|percent }}) are flagged.{% endif %}
+{% if a.unknown.seen %}Of the {{ a.unknown.seen.cells|count }} cells whose given label (<code>{{ a.given }}</code>) is a type the reference has, {{ a.unknown.seen.unknown|count }} ({{ a.unknown.seen.rate|percent }}) are flagged{% if cal and cal.is_default %} (calibrated rate on seen types: {{ cal.rate|percent(0) }}){% endif %}.{% endif %}
+{% if a.unknown.unseen %}Of the {{ a.unknown.unseen.cells|count }} cells of types the reference does not have ({% for t, n in a.unknown.unseen.types.items() %}{{ t }}: {{ n|count }}{% if not loop.last %}, {% endif %}{% endfor %}), {{ a.unknown.unseen.unknown|count }} ({{ a.unknown.unseen.rate|percent }}) are flagged.{% endif %}
+{% if a.unknown.matched is false %}No given label in <code>{{ a.given }}</code> is a label of the reference, so the rate on types it has is not computed.{% endif %}
+</p>
+<p><b>What "confidence" means.</b> <code>obs['{{ key }}_confidence']</code> is {% if annotated %}the classifier's calibrated probability that the predicted label is right{% else %}the probability that the predicted label is right{% if a.unknown.known_prob %} and that the type is one the reference has{% endif %}{% endif %}{% if cal and cal.held_out_accuracy is not none %} (the labels of {{ cal.accuracy_of }} were right {{ cal.held_out_accuracy|percent }} of the time){% endif %}. {% if not annotated %}It is low when the cell's nearest reference cells disagree. {% endif %}A type with few {{ "training" if annotated else "reference" }} cells has little evidence for it, so its cells often get a low confidence even when their label is right: a low confidence says the evidence is thin, not that the label is wrong.
+{% if a.low %}Types with a mean confidence below 0.5 here: {% for r in a.low %}{{ r.type }} ({{ r.cells|count }} cells{% if r.reference_cells is not none %}, {{ r.reference_cells|count }} in the reference{% endif %}, mean confidence {{ r.mean_confidence|number(2) }}{% if r.agrees is not none %}, {{ r.agrees|percent(0) }} agree with the given label{% endif %}){% if not loop.last %}; {% endif %}{% endfor %}.{% endif %}
+</p>
+</div>
+{% if a.histogram %}<figure><img src="data:image/png;base64,{{ a.histogram.png }}" alt="{{ a.histogram.title }}"><figcaption><b>{{ a.histogram.title }}.</b> {{ a.histogram.caption }}</figcaption></figure>{% endif %}
+</div>
+</section>
+{% endfor %}
+
+{% if hierarchy %}
+<section id="hierarchy">
+<h2>Hierarchy</h2>
+<p>Mapped level by level, coarse to fine: each cell's finer label is chosen among those of its coarser predicted label.</p>
+{% for h in hierarchy %}
+<h3>{{ h.coarse }} &rarr; {{ h.fine }}</h3>
+<div class="grid">
+<div>{{ h.table_html }}</div>
+{% if h.figure %}<figure class="wide"><img src="data:image/png;base64,{{ h.figure.png }}" alt="{{ h.figure.title }}"><figcaption><b>{{ h.figure.title }}.</b> {{ h.figure.caption }}</figcaption></figure>{% endif %}
+</div>
+{% endfor %}
+</section>
+{% endif %}
+
+{% for key, c in checks.items() %}
+<section id="checks-{{ loop.index }}">
+<h2>{{ key }} against the given labels</h2>
+<p>Against <code>{{ c.summary.given_key }}</code> ({{ c.summary.labeled_cells|count }} labelled cells): accuracy {{ c.summary.scores.accuracy|number }}, macro F1 {{ c.summary.scores.macro_f1|number }}, median F1 {{ c.summary.scores.median_f1|number }}{% if c.summary.accuracy_of_known is not none %}; accuracy of the cells not flagged unknown {{ c.summary.accuracy_of_known|number }}{% endif %}.</p>
+{% for f in c.figures %}<figure class="{{ 'natural' if f.natural else 'wide' if f.wide else '' }}"><img src="data:image/png;base64,{{ f.png }}" alt="{{ f.title }}"><figcaption><b>{{ f.title }}.</b> {{ f.caption }}</figcaption></figure>
+{% endfor %}
+</section>
+{% endfor %}
+
+{% if placement %}
+<section id="placement">
+<h2>The query on the reference</h2>
+<div class="grid">
+{% for f in placement %}<figure{% if f.wide %} class="wide"{% endif %}><img src="data:image/png;base64,{{ f.png }}" alt="{{ f.title }}"><figcaption><b>{{ f.title }}.</b> {{ f.caption }}</figcaption></figure>
+{% endfor %}</div>
+</section>
+{% endif %}
+
+<section id="overview">
+<h2>What was {{ "annotated" if annotated else "mapped onto what" }}</h2>
+{% if coords_note %}<p class="note">{{ coords_note }}</p>{% endif %}
+<div class="grid">
+<div>
+<h3>Query</h3>
+<table id="query-facts">
+ <tr><th>file</th><td>{{ query_name }}</td></tr>
+ <tr><th>cells</th><td class="num">{{ query.cells|count }}</td></tr>
+ <tr><th>genes</th><td class="num">{{ query.genes|count }}</td></tr>
+ {% if query.sources %}<tr><th>sources (<code>{{ query.source_key }}</code>)</th><td>{% for k, n in query.sources.items() %}{{ k }}: {{ n|count }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endif %}
+ {% if overlap %}<tr><th>reference genes found in the query</th><td class="num">{{ overlap.n_shared|count }} of {{ overlap.n_vocab|count }} ({{ overlap.overlap|percent }})</td></tr>
+ <tr><th>query genes not in the reference (not used)</th><td class="num">{{ (overlap.n_dataset - overlap.n_shared)|count }}</td></tr>{% endif %}
+</table>
+{% if overlap and not overlap.recorded %}<p class="note">Gene overlap counted here from gene names; the file does not record the one used.</p>{% endif %}
+</div>
 <div>
 <h3>Reference</h3>
-<table>
+<table id="reference-facts">
  <tr><th>model</th><td>{{ model_name }}</td></tr>
- <tr><th>cells</th><td class="num">{{ "{:,}".format(reference.cells or 0) }}</td></tr>
- <tr><th>genes in the vocabulary</th><td class="num">{{ "{:,}".format(reference.genes) }}{% if reference.hvg %} (HVG){% endif %}</td></tr>
+ <tr><th>cells</th><td class="num">{{ reference.cells|count }}</td></tr>
+ <tr><th>genes in the vocabulary</th><td class="num">{{ reference.genes|count }}{% if reference.hvg %} (highly variable){% endif %}</td></tr>
  <tr><th>input values</th><td>{{ reference.input }}</td></tr>
  {% if reference.proteins %}<tr><th>proteins</th><td>{{ reference.proteins|join(", ") }}</td></tr>{% endif %}
  <tr><th>label keys</th><td>{% for k, n in reference.labels.items() %}{{ k }} ({{ n }} labels){% if not loop.last %}, {% endif %}{% else %}none{% endfor %}</td></tr>
- {% if reference.epochs %}<tr><th>training</th><td>{{ reference.epochs }} epochs{% if reference.final_loss is not none %}, loss {{ "%.3f"|format(reference.first_loss) }} &rarr; {{ "%.3f"|format(reference.final_loss) }}{% endif %}</td></tr>{% endif %}
- {% if reference.sources %}<tr><th>sources ({{ reference.batch_key }})</th><td>{% for k, n in reference.sources.items() %}{{ k }}: {{ "{:,}".format(n) }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endif %}
-</table>
-</div>
-<div>
-<h3>Query</h3>
-<table>
- <tr><th>file</th><td>{{ query_name }}</td></tr>
- <tr><th>cells</th><td class="num">{{ "{:,}".format(query.cells) }}</td></tr>
- <tr><th>genes</th><td class="num">{{ "{:,}".format(query.genes) }}</td></tr>
- {% if query.sources %}<tr><th>sources ({{ query.source_key }})</th><td>{% for k, n in query.sources.items() %}{{ k }}: {{ "{:,}".format(n) }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endif %}
+ {% if reference.epochs %}<tr><th>training</th><td>{{ reference.epochs }} epochs{% if reference.final_loss is not none %}, loss {{ reference.first_loss|number }} &rarr; {{ reference.final_loss|number }}{% endif %}</td></tr>{% endif %}
+ {% if reference.sources %}<tr><th>sources (<code>{{ reference.batch_key }}</code>)</th><td>{% for k, n in reference.sources.items() %}{{ k }}: {{ n|count }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endif %}
 </table>
 </div>
 </div>
 </section>
-
-<section id="genes">
-<h2>Gene overlap</h2>
-{% if overlap %}
-<table>
- <tr><th>reference genes found in the query</th><td class="num">{{ "{:,}".format(overlap.n_shared) }} of {{ "{:,}".format(overlap.n_vocab) }} ({{ "%.1f"|format(100 * overlap.overlap) }}%)</td></tr>
- <tr><th>query genes</th><td class="num">{{ "{:,}".format(overlap.n_dataset) }}</td></tr>
- <tr><th>query genes not in the reference (dropped)</th><td class="num">{{ "{:,}".format(overlap.n_dataset - overlap.n_shared) }}</td></tr>
-</table>
-{% if not overlap.recorded %}<p class="note">Counted here from gene names; the file does not record the overlap used by the mapping.</p>{% endif %}
-{% if overlap.overlap < 0.8 %}<p class="warn">Less than 80% of the reference genes are in the query: missing genes count as not expressed, which can bias the mapping. Check that gene names are of the same kind (symbols vs Ensembl ids, species).</p>{% endif %}
-{% else %}<p class="note">No gene overlap information.</p>{% endif %}
-</section>
-
-{% for f in placement_figures %}{% if loop.first %}<section id="placement">
-<h2>The query on the reference</h2>
-{% if coords_note %}<p class="note">{{ coords_note }}</p>{% endif %}
-<div class="grid">{% endif %}
-<figure{% if f.wide %} class="wide"{% endif %}><img src="data:image/png;base64,{{ f.png }}" alt="{{ f.title }}"><figcaption><b>{{ f.title }}.</b> {{ f.caption }}</figcaption></figure>
-{% if loop.last %}</div></section>{% endif %}{% endfor %}
-
-{% for key, s in labels.items() %}
-<section id="labels-{{ loop.index }}">
-<h2>Label transfer: {{ key }}</h2>
-<p>{{ "{:,}".format(s.summary.cells) }} cells; {{ "{:,}".format(s.summary.unknown) }} ({{ "%.1f"|format(100 * s.summary.unknown_fraction) }}%) called unknown{% if s.summary.threshold is not none %} (confidence below {{ "%.2f"|format(s.summary.threshold) }}){% endif %}{% if s.summary.median_confidence is not none %}; median confidence {{ "%.2f"|format(s.summary.median_confidence) }}{% endif %}.
-{% if s.summary.scores %}Against the given labels <code>{{ s.summary.given_key }}</code> ({{ "{:,}".format(s.summary.labeled_cells) }} cells): accuracy {{ "%.3f"|format(s.summary.scores.accuracy) }}, macro F1 {{ "%.3f"|format(s.summary.scores.macro_f1) }}, median F1 {{ "%.3f"|format(s.summary.scores.median_f1) }}{% if s.summary.accuracy_of_known is not none %}; accuracy of the cells not called unknown {{ "%.3f"|format(s.summary.accuracy_of_known) }}{% endif %}.{% endif %}</p>
-<h3>Predicted labels</h3>
-{{ s.table_html }}
-{% if s.unknown_given %}<h3>Unknown cells</h3><p>Given labels of the {{ s.summary.unknown }} cells called unknown:</p>
-<table><tr><th>given label</th><th>cells</th></tr>{% for k, n in s.unknown_given.items() %}<tr><td>{{ k }}</td><td class="num">{{ n }}</td></tr>{% endfor %}</table>{% endif %}
-<div class="grid">
-{% for f in s.figures %}<figure{% if f.wide %} class="wide"{% endif %}><img src="data:image/png;base64,{{ f.png }}" alt="{{ f.title }}"><figcaption><b>{{ f.title }}.</b> {{ f.caption }}</figcaption></figure>
-{% endfor %}</div>
-</section>
-{% endfor %}
 
 {% if protein %}
 <section id="protein">
@@ -138,14 +185,14 @@ TEMPLATE = r"""<!DOCTYPE html>
 </section>
 {% endif %}
 
-<section id="run">
-<h2>Timings, parameters and versions</h2>
+<details id="run">
+<summary>Timings, parameters and versions</summary>
 <div class="grid">
-<div><h3>Timings</h3><table>{% for k, v in timings.items() %}<tr><th>{{ k }}</th><td class="num">{{ "%.2f"|format(v) }} s</td></tr>{% endfor %}</table></div>
-<div><h3>Mapping parameters</h3>{% if parameters %}<table>{% for k, v in parameters.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>{% else %}<p class="note">The file records no mapping parameters (<code>uns['scconcerto_mapping']</code>).</p>{% endif %}</div>
-<div><h3>Versions</h3><table>{% for k, v in versions.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table></div>
+<div><h3>Timings</h3><table id="timings">{% for k, v in timings.items() %}<tr><th>{{ k }}</th><td class="num">{{ v|number(2) }} s</td></tr>{% endfor %}</table></div>
+<div><h3>{{ "Annotation" if annotated else "Mapping" }} parameters</h3>{% if parameters %}<table id="parameters">{% for k, v in parameters.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>{% else %}<p class="note">The file records no parameters.</p>{% endif %}</div>
+<div><h3>Versions</h3><table id="versions">{% for k, v in versions.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table></div>
 </div>
-</section>
+</details>
 </main>
 </body>
 </html>

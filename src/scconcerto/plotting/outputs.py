@@ -1,4 +1,8 @@
-"""Reading what query mapping wrote into a query AnnData (the names are in :mod:`scconcerto._keys`)."""
+"""Reading what query mapping and annotation wrote into a query AnnData (names in :mod:`scconcerto._keys`).
+
+Plots and the HTML report read a mapped or annotated query through these functions only: they never
+re-derive how mapping placed or labelled the cells.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import anndata as ad
 import numpy as np
 
 from .._errors import InputError
-from .._keys import IMPUTED_PROTEIN_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY, UNKNOWN_LABEL, pred_key, unknown_key
+from .._keys import (IMPUTED_PROTEIN_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY, UNKNOWN_LABEL, known_key, pred_key,
+                     unknown_key, unknown_score_key)
 from ._base import as_strings
 
 
@@ -43,6 +48,43 @@ def mapping_info(adata: ad.AnnData) -> dict[str, Any]:
 
 
 ANNOTATION_UNS = "scconcerto_annotation"
+
+
+def annotation_info(adata: ad.AnnData) -> dict[str, Any]:
+    """``uns['scconcerto_annotation']`` (written by :meth:`~scconcerto.Concerto.predict`) as a plain dict."""
+    info = adata.uns.get(ANNOTATION_UNS, {})
+    return dict(info) if isinstance(info, Mapping) else {}
+
+
+def is_annotated(adata: ad.AnnData) -> bool:
+    """Whether the labels come from the classifier (``annotate predict``) rather than from query mapping."""
+    return bool(annotation_info(adata)) and not mapping_info(adata)
+
+
+def mapped_levels(adata: ad.AnnData) -> list[str]:
+    """The label keys mapped as a hierarchy, coarse to fine (``map_query(levels=...)``); empty without one."""
+    levels = mapping_info(adata).get("levels")
+    if levels is None or isinstance(levels, str) or np.size(levels) < 2:
+        return []
+    return [str(k) for k in np.asarray(levels, dtype=object).ravel()]
+
+
+def label_classes(adata: ad.AnnData, label_key: str) -> list[str] | None:
+    """The labels the query could be given under ``label_key`` (the posterior's columns), if recorded."""
+    found = mapping_info(adata).get("classes")
+    found = found.get(label_key) if isinstance(found, Mapping) else None
+    if found is None:
+        found = adata.uns.get(f"{label_key}_proba_classes")
+    return None if found is None else [str(c) for c in np.asarray(found, dtype=object).ravel()]
+
+
+def unknown_score_column(adata: ad.AnnData, label_key: str) -> str | None:
+    """The ``obs`` column whose value below the threshold flags a cell unknown: the probability of a known type
+    (``L_known_prob``), else the annotation's rejection score (``L_unknown_score``), else ``None``."""
+    for column in (known_key(label_key), unknown_score_key(label_key)):
+        if column in adata.obs:
+            return column
+    return None
 
 
 def check_mapped_onto(adata: ad.AnnData, model: Any, require: bool = True) -> None:
@@ -80,20 +122,37 @@ def _as_float(value: Any) -> float | None:
 
 
 def unknown_threshold(adata: ad.AnnData, label_key: str) -> float | None:
-    """The confidence below which cells were called unknown, as recorded by mapping, if any.
+    """The value of the unknown score (:func:`unknown_score_column`) below which cells were called unknown.
 
-    Looks in ``uns['scconcerto_mapping']`` for ``thresholds[label_key]`` (or a
-    single ``thresholds``/``threshold``/``unknown_threshold`` number).
+    Mapping records it in ``uns['scconcerto_mapping']['thresholds'][label_key]``, annotation in
+    ``uns['scconcerto_annotation']['unknown_threshold']``; ``None`` when neither records one.
     """
     info = mapping_info(adata)
-    for name in ("thresholds", "threshold", "unknown_threshold", "confidence_threshold"):
+    for name in ("thresholds", "threshold", "unknown_threshold"):
         value = info.get(name)
         if isinstance(value, Mapping):
             value = value.get(label_key)
         found = _as_float(value) if value is not None else None
         if found is not None:
             return found
+    record = annotation_info(adata)
+    if record.get("label_key") == label_key:
+        found = _as_float(record.get("unknown_threshold"))
+        if found is not None and found != -1.0:  # -1: the classifier had no threshold for its score
+            return found
     return None
+
+
+def unknown_score_name(adata: ad.AnnData, label_key: str) -> str:
+    """What the unknown score is, in words (for axis labels and the report)."""
+    column = unknown_score_column(adata, label_key)
+    if column == known_key(label_key):
+        return "known-type probability"
+    if column is None:
+        return "confidence"
+    score = str(annotation_info(adata).get("unknown_score", "rejection score"))
+    return {"combined": "typicality", "knn": "similarity to the training cells",
+            "max_softmax": "classifier confidence"}.get(score, score)
 
 
 def gene_overlap(adata: ad.AnnData) -> dict[str, Any] | None:
