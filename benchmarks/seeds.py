@@ -3,7 +3,7 @@ against the best peer on each split by their means.
 
 Usage::
 
-    python -m benchmarks.seeds --task label_transfer benchmarks/results /tmp/seed1 /tmp/seed2 --out SEEDS.md
+    python -m benchmarks.seeds --task label_transfer benchmarks/report /tmp/seed1 /tmp/seed2 --out SEEDS.md
 
 Each folder holds a ``<task>.json`` written by ``python -m benchmarks.run --seed S``; its seed is read
 from the file, or given as ``S=folder`` (files written before the seed was recorded). Folders of the same
