@@ -15,12 +15,12 @@ import argparse
 import copy
 import datetime
 import logging
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .report import commit_id
 from .tasks.adversarial import variants
 from .tasks.data import label_transfer_splits, role
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     means = df.groupby(["role", "k"])[["acc", "macro_f1", "plain_5nn_acc", "auroc_right_vs_wrong"]].agg(["mean", "std"])
     dev = df[df.role == "development"].groupby("k")[["acc", "macro_f1"]].mean()
     best = int(dev.sort_values(["acc", "macro_f1"], ascending=False).index[0])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     per_split = df.groupby(["role", "split", "k"])[["acc", "plain_5nn_acc", "macro_f1"]].mean().round(3)
     text = [f"# Candidates of mapping's label vote (`k`)", "",
             f"Made by `python -m benchmarks.decision_k --data-dir ... --seeds {args.seeds}` on "

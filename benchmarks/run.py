@@ -79,20 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _commit() -> str:
-    """The repository's commit id (with ``+ uncommitted changes`` when the tree is dirty), or ``unknown``."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" + uncommitted changes" if dirty else "")
-
-
 def _quiet_logs() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "celltypist", "harmonypy",
@@ -231,7 +217,7 @@ def _main(argv: list[str] | None) -> int:
     wall = time.perf_counter() - start
     header = "\n".join([
         "# scConcerto benchmark summary", "",
-        f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_commit()}  ",
+        f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {report.commit_id()}  ",
         f"Command: `python -m benchmarks.run {' '.join(_shown(argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, shared with other jobs "
         "(timings are noisy)  ",
