@@ -40,8 +40,6 @@ CALIBRATION_MAX_CELLS = 5_000
 BALANCE_GROUPS_EXTRA = "balance_groups"
 POSITIVE_SPACES = ("joint", "svd")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
-#: Unlabelled balancing: the clusters are found again in the embedding half-way through training.
-BALANCE_REFRESH = True
 
 
 def default_epochs(n_cells: int) -> int:
@@ -240,7 +238,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         from ..train.runner import is_global_zero, seeded_rng
 
         callbacks = []
-        if balance == "clusters" and BALANCE_REFRESH and config.epochs >= 2:
+        if balance == "clusters" and config.epochs >= 2:  # clusters found again in the embedding half-way
             from ..train.balance import RefreshBalance
 
             def keep(groups: np.ndarray) -> None:
@@ -325,9 +323,9 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                         ) -> tuple[np.ndarray | None, str]:
         """Set ``prepared.cells.balance_weights`` for ``balance``; return the groups and what was balanced.
 
-        ``"auto"`` means labels when the model has label keys, else clusters; clusters need the
-        expression space of an in-memory reference (a reference on disk without labels is not balanced).
-        A single source has nothing to balance.
+        ``"auto"`` means labels when the model has label keys, else clusters: first those of the expression
+        space, then (from half-way through training) those of the embedding. A single source has nothing to
+        balance.
         """
         from ..data.composition import balance_groups, source_balance_weights
 
@@ -342,11 +340,8 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
                                  "balance='clusters' (or 'auto').")
             groups = _label_groups([labels[key] for key in self.setup.label_keys])
         else:
-            if self._expression_cache is None:
-                if BALANCE_REFRESH:  # on disk: plain statistics until the embedding's clusters are found
-                    return None, "clusters"
-                log.info("No expression space (reference on disk): the sources' statistics are not balanced.")
-                return None, "none"
+            if self._expression_cache is None:  # no expression space: plain statistics until the embedding's clusters
+                return None, "clusters"
             groups = balance_groups(self._expression_cache, domains, seed=seed)
         prepared.cells.balance_weights = source_balance_weights(groups, domains)
         return groups.astype(np.int64), balance
