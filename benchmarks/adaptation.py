@@ -3,7 +3,7 @@
 For each task (a labelled reference and an unlabelled target of another technology, condition or
 simulated species) and seed: one contrastive pre-training, then the classifier fine-tuned without the
 target (``plain``) and with it at each consistency weight (``adapted``); the guard's decision
-(:func:`scconcerto.model._annotation.adaptation_check`: the adapted target composition's effective
+(:func:`scconcerto.model.classifier.adaptation_check`: the adapted target composition's effective
 number of classes under ``DEFAULT_COLLAPSE_RATIO`` times the plain one's) gives ``guarded``, what
 ``fit_classifier(target=...)`` returns. Scores: accuracy and macro-F1 on the target cells whose type the
 reference has, the target's effective number of predicted classes, and whether the guard fell back.
@@ -98,7 +98,7 @@ def run_task(name: str, ref, target, species: str | None, seed: int, weights: tu
              pretrain_epochs: int, epochs: int) -> list[dict]:
     """Rows of one task and seed: ``plain``, and ``adapted`` per weight with the guard's composition check."""
     from scconcerto import Concerto
-    from scconcerto.model._annotation import adaptation_check
+    from scconcerto.model.classifier import adaptation_check
 
     t0 = time.perf_counter()
     base = Concerto(ref, batch_key="batch", label_key="cell_type", seed=seed)
@@ -116,7 +116,7 @@ def run_task(name: str, ref, target, species: str | None, seed: int, weights: tu
         cells = adapted._prepare(target, batch_key=None, query_species=species).cells
         n_labeled = len(adapted.annotation_summary["domains"]) - len(adapted.annotation_summary["target_sources"])
         cells.domains = np.full(cells.n_cells, n_labeled, dtype=np.int64)
-        check = adaptation_check(plain.classifier, adapted.classifier, cells, classes, 1.0)
+        check = adaptation_check(plain.classifier.network, adapted.classifier.network, cells, classes, 1.0)
         rows.append({**common, "variant": "adapted", "weight": weight, "eff_plain": check["effective_classes_plain"],
                      "eff_adapted": check["effective_classes_adapted"], "ratio": check["ratio"],
                      "largest_adapted": f"{check['largest_class_adapted']} {check['largest_share_adapted']:.2f}",

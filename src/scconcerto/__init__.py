@@ -15,12 +15,13 @@ from ._settings import settings  # noqa: E402
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily (``__getattr__``)
     from . import datasets, pl, tl
     from .data.readers import read
-    from .model import Concerto
+    from .model import CellTypeClassifier, Concerto
 
-__all__ = ["Concerto", "InputError", "ModelFileError", "OutputExistsError", "OutputWriteError", "ScConcertoError",
+__all__ = ["CellTypeClassifier", "Concerto", "InputError", "ModelFileError", "OutputExistsError", "OutputWriteError", "ScConcertoError",
            "__version__", "datasets", "pl", "read", "settings", "tl"]
 
-_LAZY = {"Concerto": (".model", "Concerto"), "read": (".data.readers", "read"),
+_LAZY = {"Concerto": (".model", "Concerto"), "CellTypeClassifier": (".model", "CellTypeClassifier"),
+         "read": (".data.readers", "read"),
          **{name: (f".{name}", None) for name in ("pl", "tl", "datasets", "metrics", "tools", "plotting", "model",
                                                    "data", "report", "nn", "train", "search")}}
 

@@ -38,7 +38,7 @@ def test_train_from_pretrained_then_predict(files, tmp_path, capsys):
     # the label key is the reference's: unknown cells are flagged by mapping's novelty model
     assert summary["unknown_score"] == "reference" and 0 < summary["unknown_thresholds"]["max_softmax"] <= 1
     loaded = Concerto.load(tmp_path / "clf")
-    assert loaded.extra_config["annotation"]["label_key"] == "cell_type"
+    assert loaded.classifier.state.label_key == "cell_type"
     assert loaded.classifier is not None  # classifier.safetensors round trip
     rc = main(["annotate", "predict", str(tmp_path / "clf"), str(query), "--out", str(tmp_path / "q.h5ad"),
                "--device", "cpu"])

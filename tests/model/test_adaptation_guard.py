@@ -9,7 +9,7 @@ import torch
 
 from scconcerto import Concerto
 from scconcerto.datasets import simulate
-from scconcerto.model._annotation import adaptation_check, effective_classes
+from scconcerto.model.classifier import adaptation_check, effective_classes
 from scconcerto.train.classifier import adapt_classifier_norms
 
 FAST = dict(progress=False, device="cpu")
@@ -71,16 +71,16 @@ def test_an_adaptation_that_holds_is_kept(split, plain):
 def test_the_check_flags_a_classifier_that_calls_every_target_cell_one_class(split, plain):
     _, target = split
     cells = plain._prepare(target, batch_key=None).cells
-    n_labeled = plain.classifier.n_domains
+    n_labeled = plain.classifier.network.n_domains
     cells.domains = np.full(cells.n_cells, n_labeled, dtype=np.int64)
-    same_as_plain = adapt_classifier_norms(plain.classifier, cells, [n_labeled], device="cpu")  # AdaBN on the target
+    same_as_plain = adapt_classifier_norms(plain.classifier.network, cells, [n_labeled], device="cpu")  # AdaBN on the target
     adapted = copy.deepcopy(same_as_plain)
     with torch.no_grad():
         adapted.head.linear.bias[0] += 1e3
     classes = plain.annotation_summary["classes"]
-    check = adaptation_check(plain.classifier, adapted, cells, classes, collapse_ratio=0.75, device="cpu")
+    check = adaptation_check(plain.classifier.network, adapted, cells, classes, collapse_ratio=0.75, device="cpu")
     assert check["collapsed"] and check["effective_classes_adapted"] == pytest.approx(1.0)
     assert check["largest_class_adapted"] == classes[0] and check["largest_share_adapted"] == 1.0
     assert check["effective_classes_plain"] > 2.5
-    same = adaptation_check(plain.classifier, same_as_plain, cells, classes, collapse_ratio=0.75, device="cpu")
+    same = adaptation_check(plain.classifier.network, same_as_plain, cells, classes, collapse_ratio=0.75, device="cpu")
     assert not same["collapsed"] and same["agreement"] == 1.0

@@ -11,7 +11,7 @@ import torch
 
 from scconcerto import Concerto, InputError, ModelFileError
 from scconcerto.datasets import simulate
-from scconcerto.model._annotation import stratified_holdout
+from scconcerto.model.classifier import CellTypeClassifier, stratified_holdout
 from scconcerto.tools import knn, vote
 from scconcerto.tools.calibration import expected_calibration_error, scaled_probabilities, unknown_auroc
 
@@ -104,28 +104,28 @@ def test_shuffled_gene_order_gives_the_same_predictions(hard, e2e_model):
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
 
 
-def test_classifier_state_round_trips_through_its_save_hooks(hard, e2e_model):
+def test_classifier_state_round_trips_through_its_tensors_and_json(hard, e2e_model):
     _, test = hard
-    tensors = e2e_model._annotation_state()
+    tensors = e2e_model.classifier.to_tensors()
     assert tensors and all(isinstance(v, torch.Tensor) for v in tensors.values())
-    config = json.loads(json.dumps(e2e_model.extra_config))  # JSON-able, as config.json needs
-    restored = copy.copy(e2e_model)
-    restored.classifier, restored.extra_config = None, {}
-    restored._load_annotation_state(tensors, config["annotation"])
+    state = json.loads(json.dumps(e2e_model.classifier.state.to_dict()))  # JSON-able, as config.json needs
+    restored = CellTypeClassifier.from_tensors(e2e_model, tensors, state)
     a = e2e_model.predict(test, inplace=False)
     b = restored.predict(test, inplace=False)
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
-    # the whole config.json dict is accepted too
-    restored._load_annotation_state(tensors, {"extra": config})
     np.testing.assert_array_equal(a.familiarity, b.familiarity)
+    assert restored.state == e2e_model.classifier.state
     broken = dict(tensors)
     broken.pop("head.linear.bias")
     with pytest.raises(ModelFileError, match="missing"):
-        restored._load_annotation_state(broken, config["annotation"])
+        CellTypeClassifier.from_tensors(e2e_model, broken, state)
     resized = dict(tensors, feature_bank=tensors["feature_bank"][:3])
     with pytest.raises(ModelFileError, match="wrong shape"):
-        restored._load_annotation_state(resized, config["annotation"])
-    assert Concerto.__new__(Concerto)._annotation_state() == {}
+        CellTypeClassifier.from_tensors(e2e_model, resized, state)
+    with pytest.raises(ModelFileError, match="unknown entries"):
+        CellTypeClassifier.from_tensors(e2e_model, tensors, {**state, "old_setting": 1})
+    with pytest.raises(ModelFileError, match="knn_k"):
+        CellTypeClassifier.from_tensors(e2e_model, tensors, {**state, "knn_k": "ten"})
 
 
 def test_unseen_type_is_flagged_unknown_and_seen_types_mostly_not(trained_model, sim, tmp_path):
@@ -166,7 +166,7 @@ def test_domain_adaptation_puts_the_target_in_its_own_bn_domains():
     model.fit_classifier(target=target, pretrain=False, epochs=10, seed=0, **FAST)
     summary = model.annotation_summary
     assert summary["domains"] == ["batch_0", "batch_1", "plate_9"] and summary["target_sources"] == ["plate_9"]
-    assert summary["n_target"] == target.n_obs and model.classifier.n_domains == 3
+    assert summary["n_target"] == target.n_obs and model.classifier.network.n_domains == 3
     assert "consistency" in summary["history"][-1]
     # predicting the target uses its trained statistics; another unseen source gets AdaBN on a copy
     acc = (model.predict(target, inplace=False).labels == _truth(target)).mean()
@@ -174,7 +174,7 @@ def test_domain_adaptation_puts_the_target_in_its_own_bn_domains():
     other = target.copy()
     other.obs["batch"] = "elsewhere"
     model.predict(other, inplace=False)
-    assert model.classifier.n_domains == 3
+    assert model.classifier.network.n_domains == 3
 
 
 def test_cross_validation_reports_the_paper_metrics_per_fold():
@@ -209,7 +209,4 @@ def test_bad_arguments_are_clear_errors(hard, trained_model):
     loaded_like.adata = None
     with pytest.raises(InputError, match="pass `adata=`"):
         loaded_like.fit_classifier(label_key="cell_type")
-    recorded = copy.copy(trained_model)
-    recorded.extra_config = {"annotation": {"classes": ["a", "b"]}}
-    with pytest.raises(ModelFileError, match="weights were not loaded"):
-        recorded.predict(train)
+

@@ -55,8 +55,8 @@ def test_a_classifier_without_rna_only_calibration_warns(protein_model, rna_quer
     import copy
 
     old = copy.deepcopy(protein_model)
-    del old.extra_config["annotation"]["rna_only"]
-    old._feature_bank_rna_only = None
+    old.classifier.state.rna_only = None
+    old.classifier.feature_bank_rna_only = None
     with caplog.at_level(logging.WARNING, logger="scconcerto"):
         old.predict(rna_query.copy(), inplace=False, device="cpu")
     assert "lacks the model's proteins" in caplog.text and "Fit the classifier again" in caplog.text

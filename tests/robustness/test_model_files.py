@@ -57,12 +57,14 @@ def fingerprint(model: Concerto, query) -> str:
     """Everything a prediction depends on, and the predictions themselves."""
     h = hashlib.sha256()
     h.update(model.embed(query, device="cpu").tobytes())
-    for state in (model.network.state_dict(), model.classifier.state_dict() if model.classifier is not None else {}):
+    for state in (model.network.state_dict(), model.classifier.network.state_dict() if model.classifier is not None else {}):
         for k, v in sorted(state.items()):
             h.update(k.encode() + v.numpy().tobytes())
     for k, v in sorted(model.reference.to_tensors().items()):
         h.update(k.encode() + np.ascontiguousarray(v).tobytes())
     h.update(json.dumps([model.setup.to_dict(), model.extra_config, model.seed], sort_keys=True).encode())
+    if model.classifier is not None:
+        h.update(json.dumps(model.classifier.summary, sort_keys=True).encode())
     if model.classifier is not None:
         h.update(np.asarray(model.predict(query.copy(), device="cpu").labels).astype(str).tobytes())
     return h.hexdigest()

@@ -92,6 +92,13 @@ def _dataclass_hints(cls: type) -> tuple[dict[str, Any], set[str]]:
     return {f.name: hints[f.name] for f in fields}, required
 
 
+def check_dataclass(section: Any, cls: type, where: str) -> None:
+    """Check a JSON mapping against the fields of dataclass ``cls``: no unknown entries, the required ones
+    present, each of its field's type (:class:`ModelFileError` naming ``where`` otherwise)."""
+    hints, required = _dataclass_hints(cls)
+    _check_fields(section, where, hints, required)
+
+
 def _network_hints(network_cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(network_cls.__init__)
     params = list(inspect.signature(network_cls.__init__).parameters.values())[1:]

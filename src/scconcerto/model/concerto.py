@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -23,12 +23,15 @@ from ..nn import ConcertoNetwork
 from ..search.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
 from ..train.config import check_seed, check_settings
-from ._annotation import AnnotationMixin
 from ._attention import AttentionMixin
+from .classifier import AnnotationPrediction, CellTypeClassifier, cross_validate
 from ._mapping import MappingMixin
 from ._reference import CALIBRATION_EXTRA
-from ._schema import check_bounded, check_config, check_reference, check_weights
+from ._schema import check_config, check_reference, check_weights
 from .storage import ReferenceStore, read_model_dir, save_model_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("scconcerto")
 
@@ -53,7 +56,7 @@ def default_epochs(n_cells: int) -> int:
     return int(min(100, max(math.ceil(60_000 / n), min(8, max(2, math.ceil(800_000 / n))))))
 
 
-class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
+class Concerto(MappingMixin, AttentionMixin):
     """Contrastive teacher-student embedding of single cells (Yang et al., 2022).
 
     Parameters
@@ -124,6 +127,7 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         self.reference: ReferenceStore | None = None
         self.adata: ad.AnnData | None = None
         self.extra_config: dict[str, Any] = {}
+        self.classifier: CellTypeClassifier | None = None
 
     # ------------------------------------------------------------------ training
     @property
@@ -386,6 +390,56 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         return embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device,
                            adapt_domains=adapt or None)
 
+    # ------------------------------------------------------------------ the classifier
+    def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
+                       **options: Any) -> "Concerto":
+        """Fine-tune a cell-type classifier on the teacher and keep it as ``model.classifier`` (saved with the model).
+
+        The arguments are those of :meth:`CellTypeClassifier.fit <scconcerto.CellTypeClassifier.fit>`
+        (``target``, ``pretrain``, ``epochs``, ``validation_fraction``, ``unknown_score``...); the model's own
+        network and reference are not changed.
+
+        Returns
+        -------
+        Concerto
+            The model, with ``model.classifier`` set (see :attr:`annotation_summary`).
+        """
+        self.classifier = CellTypeClassifier.fit(self, adata, label_key, **options)
+        return self
+
+    def predict(self, adata: ad.AnnData, **options: Any) -> "AnnotationPrediction | ad.AnnData":
+        """Predict cell types with ``model.classifier``: :meth:`CellTypeClassifier.predict
+        <scconcerto.CellTypeClassifier.predict>` (same arguments, ``copy=`` included)."""
+        return self._require_classifier().predict(adata, **options)
+
+    def predict_logits(self, adata: ad.AnnData, **options: Any) -> np.ndarray:
+        """Uncalibrated logits of ``model.classifier`` (:meth:`CellTypeClassifier.predict_logits`)."""
+        return self._require_classifier().predict_logits(adata, **options)
+
+    @property
+    def annotation_summary(self) -> dict:
+        """Settings, calibration (temperature, ECE, held-out accuracy) and history of ``model.classifier``."""
+        return self._require_classifier().summary
+
+    def _require_classifier(self) -> CellTypeClassifier:
+        if self.classifier is None:
+            raise InputError("The model has no classifier: call `model.fit_classifier(label_key=...)` first.")
+        return self.classifier
+
+    @classmethod
+    def cross_validate(cls, adata: ad.AnnData, label_key: str, **options: Any) -> "pd.DataFrame":
+        """Stratified k-fold cross-validation of the classifier on one labeled dataset
+        (:func:`scconcerto.model.classifier.cross_validate`: ``folds``, ``batch_key``, ``pretrain``, ``seed``,
+        ``model_kwargs``, ``pretrain_kwargs``, and the classifier's arguments).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per fold: ``fold``, ``n_train``, ``n_test``, ``accuracy``, ``macro_f1``, ``median_f1``,
+            ``seconds``.
+        """
+        return cross_validate(cls, adata, label_key, **options)
+
     # ------------------------------------------------------------------ persistence
     def _config_dict(self) -> dict:
         return {"scconcerto_version": __version__, "seed": self.seed, "setup": self.setup.to_dict(),
@@ -398,8 +452,11 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         """Save to a directory (safetensors + JSON with a format version); atomic."""
         if not self.is_trained:
             raise InputError("The model is not trained yet: call `model.train()` before saving.")
-        return save_model_dir(path, self._config_dict(), self.network.state_dict(), self.reference, overwrite,
-                              parts={"classifier": self._annotation_state()})
+        config = self._config_dict()
+        if self.classifier is not None:
+            config["extra"] = {**config["extra"], "annotation": self.classifier.state.to_dict()}
+        return save_model_dir(path, config, self.network.state_dict(), self.reference, overwrite,
+                              parts={"classifier": self.classifier.to_tensors() if self.classifier else {}})
 
     @classmethod
     def load(cls, path: str | Path) -> "Concerto":
@@ -424,24 +481,12 @@ class Concerto(MappingMixin, AttentionMixin, AnnotationMixin):
         model.train_config = TrainConfig(**config["train"]) if config["train"] is not None else None
         model.history = list(config["history"])
         model.extra_config = dict(config["extra"])
+        annotation = model.extra_config.pop("annotation", None)
         if "classifier" in parts:
-            nonfinite = [k for k, v in parts["classifier"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-            if nonfinite:
-                raise ModelFileError(f"The classifier of {str(path)!r} holds NaN or infinite values in {nonfinite[:5]}; "
-                                     "it is damaged. Fine-tune and save the classifier again.")
-            annotation = model.extra_config.get("annotation")
-            if isinstance(annotation, dict):
-                size = sum(int(t.numel()) for t in parts["classifier"].values())
-                check_bounded({k: annotation.get(k) for k in ("architecture", "feature_bank_size")}, size,
-                              "extra.annotation")
-            try:
-                model._load_annotation_state(parts["classifier"])
-            except ModelFileError:
-                raise
-            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-                raise ModelFileError(f"The classifier of {str(path)!r} cannot be rebuilt from config.json and "
-                                     f"classifier.safetensors ({type(exc).__name__}: {exc}); the files are damaged. "
-                                     "Fine-tune and save the classifier again.") from exc
+            if annotation is None:
+                raise ModelFileError("The model directory holds classifier weights but no classifier settings "
+                                     "(extra.annotation in config.json); it is damaged. Save the model again.")
+            model.classifier = CellTypeClassifier.from_tensors(model, parts["classifier"], annotation)
         return model
 
     def __repr__(self) -> str:

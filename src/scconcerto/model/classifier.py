@@ -1,4 +1,4 @@
-"""Supervised classifier fine-tuning, domain adaptation and rejection of unknown cell types.
+"""The cell-type classifier of a Concerto model: fine-tuning, domain adaptation and rejection of unknown types.
 
 The classifier is the teacher of Concerto (a copy of the pre-trained teacher,
 or a freshly initialised one for the end-to-end ablation) with a dense +
@@ -9,7 +9,9 @@ labeled cells calibrates the confidence (temperature scaling) and sets the
 threshold below which a cell is called unknown.
 
 The model's own network (and its reference embedding for mapping) is never
-changed by fine-tuning: the classifier is a separate module, ``model.classifier``.
+changed by fine-tuning: :class:`CellTypeClassifier` holds its own network, typed
+state (:class:`ClassifierState`) and feature banks, saved in the model folder
+(``classifier.safetensors`` and the ``classifier`` entry of ``config.json``).
 
 An RNA + protein model also calibrates the classifier from RNA alone (proteins
 hidden, batch-norm statistics re-estimated per source on the RNA-only cells):
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +45,10 @@ from ..tools.calibration import (empirical_cdf, expected_calibration_error, feat
                                  fit_temperature, probability_to_log_odds, rejection_threshold,
                                  scaled_probabilities, score_quantiles, top_class_log_odds)
 from ..train.classifier import ClassifierConfig, classifier_outputs, fit_classifier_network
+from ._schema import check_bounded, check_dataclass
 
 log = logging.getLogger("scconcerto")
 
-ANNOTATION_CONFIG = "annotation"
 TARGET_SOURCE = "target"
 QUERY_SOURCE = "query"
 #: ``"reference"``: the probability of a known type from mapping's novelty model (one model for both);
@@ -53,7 +56,6 @@ QUERY_SOURCE = "query"
 UNKNOWN_SCORES = ("reference", "combined", "knn", "max_softmax")
 FEATURE_BANK = "feature_bank"
 FEATURE_BANK_RNA_ONLY = "feature_bank_rna_only"
-RNA_ONLY_CONFIG = "rna_only"
 
 
 #: Weight of the target consistency loss; with the guard below, chosen on development tasks only
@@ -197,33 +199,161 @@ def _label_column(adata: ad.AnnData, label_key: str) -> pd.Series:
     return col.astype(object).where(col.notna(), None)
 
 
-class AnnotationMixin:
-    """Supervised classifier fine-tuning, domain adaptation and rejection.
+@dataclass
+class Calibration:
+    """How a classifier's scores are read: fitted on its held-out labeled cells.
 
-    Mixed into :class:`~scconcerto.model.Concerto`.
+    Attributes
+    ----------
+    temperature
+        Temperature of the calibrated softmax.
+    thresholds
+        Unknown threshold of each score (``max_softmax``, ``max_softmax_log_odds``, ``knn``, ``combined``);
+        ``None`` where none could be chosen.
+    score_quantiles
+        Quantiles of the held-out cells' ``log_odds`` and ``familiarity`` (``typicality`` reads them).
+    calibration
+        Held-out accuracy, ECE before and after temperature scaling, the false rejection rate.
     """
 
-    classifier: TeacherClassifier | None = None
-    _feature_bank: np.ndarray | None = None
-    _feature_bank_rna_only: np.ndarray | None = None
+    temperature: float
+    thresholds: dict[str, float | None]
+    score_quantiles: dict[str, list[float]] | None = None
+    calibration: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ClassifierState:
+    """What a fitted :class:`CellTypeClassifier` is, besides its tensors: saved in ``config.json``.
+
+    Attributes
+    ----------
+    label_key, classes
+        The label it predicts and the class names (columns of the probabilities).
+    pretrained
+        Fine-tuned from the pre-trained teacher (``False``: end to end from a fresh initialisation).
+    architecture
+        Sizes :class:`~scconcerto.nn.heads.TeacherClassifier` is built with.
+    domains, target_sources
+        Its batch-norm domains (the model's sources, then new labeled and target sources), and the target's.
+    config
+        The :class:`~scconcerto.train.classifier.ClassifierConfig` it was fine-tuned with.
+    n_train, n_validation, n_target
+        Labeled cells trained on and held out; target cells adapted to.
+    adaptation
+        The domain adaptation guard's record (``None`` without a target).
+    gene_overlap, target_gene_overlap
+        Gene alignment of the labeled data and of the target.
+    history, train_seconds
+        Per-epoch losses and fine-tuning time.
+    unknown_score, knn_k, feature_bank_size
+        The default rejection score; neighbour rank of ``knn``; training cells kept as reference features.
+    temperature, thresholds, score_quantiles, calibration
+        Its :class:`Calibration` on cells with all of the model's modalities.
+    rna_only
+        Of an RNA + protein model: its :class:`Calibration` from RNA alone.
+    """
+
+    label_key: str
+    classes: list[str]
+    pretrained: bool
+    architecture: dict[str, Any]
+    domains: list[str]
+    target_sources: list[str]
+    config: dict[str, Any]
+    n_train: int
+    n_validation: int
+    n_target: int
+    adaptation: dict[str, Any] | None
+    gene_overlap: dict[str, Any]
+    target_gene_overlap: dict[str, Any] | None
+    history: list[dict]
+    train_seconds: float
+    unknown_score: str
+    knn_k: int
+    feature_bank_size: int
+    temperature: float
+    thresholds: dict[str, float | None]
+    score_quantiles: dict[str, list[float]] | None = None
+    calibration: dict[str, Any] | None = None
+    rna_only: Calibration | None = None
+
+    @property
+    def full(self) -> Calibration:
+        """The calibration of cells with all of the model's modalities."""
+        return Calibration(self.temperature, self.thresholds, self.score_quantiles, self.calibration)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (the ``classifier`` entry of ``config.json``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ClassifierState":
+        """The state a dict of :meth:`to_dict` describes; :class:`ModelFileError` when its entries do not fit."""
+        check_dataclass(d, cls, "classifier")
+        rna_only = d.get("rna_only")
+        if rna_only is not None:
+            check_dataclass(rna_only, Calibration, "classifier.rna_only")
+        if d["unknown_score"] not in UNKNOWN_SCORES:
+            raise ModelFileError(f"config.json of the model: classifier.unknown_score is {d['unknown_score']!r:.40}, "
+                                 f"not one of {UNKNOWN_SCORES}. Fine-tune and save the classifier again.")
+        return cls(**{**d, "rna_only": None if rna_only is None else Calibration(**rna_only)})
+
+
+class CellTypeClassifier:
+    """A cell-type classifier fine-tuned on the teacher of a :class:`~scconcerto.Concerto` model, calibrated,
+    with unknown-type rejection; saved in the model's folder (``classifier.safetensors``).
+
+    Build one with :meth:`fit` (or ``model.fit_classifier``, which keeps it as ``model.classifier``). It reads
+    the model (its gene setup, sources and mapping's novelty model) and never changes it.
+
+    Parameters
+    ----------
+    model
+        The Concerto model it was fitted on.
+    network
+        The fine-tuned teacher with its classification head.
+    state
+        Its settings and calibration.
+    feature_bank, feature_bank_rna_only
+        Teacher features of (a sample of) the training cells, with all modalities and from RNA alone.
+    """
+
+    def __init__(self, model: Any, network: TeacherClassifier, state: ClassifierState, feature_bank: np.ndarray,
+                 feature_bank_rna_only: np.ndarray | None = None):
+        self.model = model
+        self.network = network.eval()
+        self.state = state
+        self.feature_bank = feature_bank
+        self.feature_bank_rna_only = feature_bank_rna_only
+
+    def __repr__(self) -> str:
+        return (f"CellTypeClassifier({self.state.label_key!r}, {len(self.state.classes)} classes, "
+                f"unknown_score={self.state.unknown_score!r})")
 
     # ------------------------------------------------------------------ training
-    def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
-                       target: ad.AnnData | None = None, pretrain: bool = True, class_balanced: bool = False,
-                       epochs: int | None = None, batch_size: int = 128, lr: float = 1e-3,
-                       consistency_weight: float = DEFAULT_CONSISTENCY_WEIGHT, sharpen_temperature: float = 0.5,
-                       collapse_ratio: float = DEFAULT_COLLAPSE_RATIO,
-                       validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
-                       unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000,
-                       head_dropout: float = 0.0, batch_key: str | None = "__setup__",
-                       target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                       target_species: str | None = None, pretrain_epochs: int | None = None,
-                       seed: int | None = None, device: str = "auto", progress: bool | None = None,
-                       **kwargs: Any) -> "AnnotationMixin":
-        """Fine-tune a cell-type classifier on the teacher; calibrate it and set the unknown threshold.
+    @classmethod
+    def fit(cls, model: Any, adata: ad.AnnData | None = None, label_key: str | None = None,
+            target: ad.AnnData | None = None, pretrain: bool = True, class_balanced: bool = False,
+            epochs: int | None = None, batch_size: int = 128, lr: float = 1e-3,
+            consistency_weight: float = DEFAULT_CONSISTENCY_WEIGHT, sharpen_temperature: float = 0.5,
+            collapse_ratio: float = DEFAULT_COLLAPSE_RATIO,
+            validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
+            unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000,
+            head_dropout: float = 0.0, batch_key: str | None = "__setup__",
+            target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
+            target_species: str | None = None, pretrain_epochs: int | None = None,
+            seed: int | None = None, device: str = "auto", progress: bool | None = None,
+            **kwargs: Any) -> "CellTypeClassifier":
+        """Fine-tune a cell-type classifier on the teacher of ``model``; calibrate it and set the unknown threshold.
 
         Parameters
         ----------
+        model
+            A :class:`~scconcerto.Concerto` model (pre-trained first when ``pretrain`` and it is not trained yet).
         adata
             Labeled cells (default: the reference the model was built on). Genes are aligned by name.
         label_key
@@ -258,7 +388,7 @@ class AnnotationMixin:
             Fraction of held-out (seen-type) cells allowed below the unknown threshold.
         unknown_score
             Default score that flags unknown cells: ``"reference"``, the probability that the cell is of a
-            type the reference has, from mapping's novelty model (:meth:`known_probability`; the default,
+            type the reference has, from mapping's novelty model (:meth:`~scconcerto.Concerto.known_probability`; the default,
             ``"auto"``, when ``label_key`` is a reference label key with a calibrated decision);
             ``"max_softmax"``, the calibrated top probability;
             ``"knn"``, the cosine similarity of a cell's teacher features to its ``knn_k``-th nearest
@@ -290,16 +420,16 @@ class AnnotationMixin:
 
         Returns
         -------
-        The model, with ``model.classifier`` set and its settings and calibration in
-        ``model.extra_config["annotation"]`` (see :attr:`annotation_summary`).
+        CellTypeClassifier
+            The fitted classifier; its settings and calibration in :attr:`summary`.
         """
-        seed = self.seed if seed is None else seed
-        data = self.adata if adata is None else adata
+        seed = model.seed if seed is None else seed
+        data = model.adata if adata is None else adata
         if data is None:
             raise InputError("No labeled data: this model has no reference attached (it was loaded); pass `adata=`.")
         if not isinstance(data, ad.AnnData):
             raise InputError(f"Expected an AnnData of labeled cells, got {type(data).__name__}.")
-        label_key = self._resolve_label_key(label_key)
+        label_key = _resolve_label_key(model, label_key)
         labels = _label_column(data, label_key)
         classes = sorted(pd.unique(labels.dropna().astype(str)).tolist())
         if len(classes) < 2:
@@ -312,20 +442,20 @@ class AnnotationMixin:
             raise InputError(f"batch_size must be at least 2 (batch normalization), got {batch_size}.")
         if unknown_score not in (*UNKNOWN_SCORES, "auto"):
             raise InputError(f"unknown_score must be 'auto' or one of {UNKNOWN_SCORES}, got {unknown_score!r}.")
-        if pretrain and not self.is_trained:
-            self.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
+        if pretrain and not model.is_trained:
+            model.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
 
-        domains = list(self.setup.sources)
-        source = self._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data")
-        names = source_names(data, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE,
+        domains = list(model.setup.sources)
+        source = model._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data")
+        names = source_names(data, batch_key, model.setup.batch_key, model.setup.sources, QUERY_SOURCE,
                              "the labeled data")
         source.cells.domains, unseen = domain_codes(names, domains)
         domains.extend(unseen)
         target_cells, target_names, target_overlap = None, [], None
         if target is not None:
-            prepared = self._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target",
-                                     query_species=target_species)
-            names = source_names(target, target_batch_key, self.setup.batch_key, (), TARGET_SOURCE, "the target")
+            prepared = model._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target",
+                                      query_species=target_species)
+            names = source_names(target, target_batch_key, model.setup.batch_key, (), TARGET_SOURCE, "the target")
             codes_in_target, target_names = domain_codes(names)  # every target source has its own domain
             clash = sorted(set(target_names) & set(domains))
             if clash:
@@ -343,15 +473,15 @@ class AnnotationMixin:
                                   progress=progress, **kwargs)
         train_labels = np.where(held, -1, codes)
         start = time.perf_counter()
-        classifier, history = self._fine_tuned(len(classes), pretrain, head_dropout, len(domains), source.cells,
-                                               train_rows, train_labels, config, target_cells, seed)
+        network, history = _fine_tuned(model, len(classes), pretrain, head_dropout, len(domains), source.cells,
+                                       train_rows, train_labels, config, target_cells, seed)
         adaptation = None
         if target_cells is not None and consistency_weight > 0 and collapse_ratio > 0:
             # the same fine-tuning without the target: the fallback, and what the target's composition is compared with
             n_labeled = len(domains) - len(target_names)
-            plain, plain_history = self._fine_tuned(len(classes), pretrain, head_dropout, n_labeled, source.cells,
-                                                    train_rows, train_labels, config, None, seed)
-            adaptation = adaptation_check(plain, classifier, target_cells, classes, collapse_ratio, device)
+            plain, plain_history = _fine_tuned(model, len(classes), pretrain, head_dropout, n_labeled, source.cells,
+                                               train_rows, train_labels, config, None, seed)
+            adaptation = adaptation_check(plain, network, target_cells, classes, collapse_ratio, device)
             adaptation["target_sources"] = list(target_names)
             if adaptation["collapsed"]:
                 log.warning("Domain adaptation made the target's predicted composition collapse onto few classes "
@@ -360,150 +490,42 @@ class AnnotationMixin:
                             adaptation["effective_classes_adapted"], adaptation["effective_classes_plain"],
                             adaptation["largest_class_adapted"], 100 * adaptation["largest_share_adapted"],
                             100 * adaptation["largest_share_plain"])
-                classifier, history = plain, plain_history
+                network, history = plain, plain_history
                 domains, target_names = domains[:n_labeled], []
         seconds = time.perf_counter() - start
-        classifier.eval()
+        network.eval()
         rng = np.random.default_rng(seed)
         bank_rows = np.sort(rng.choice(train_rows, min(feature_bank_size, train_rows.size), replace=False))
-        _, bank = classifier_outputs(classifier, source.cells, bank_rows, device=device)
-        calibration = self._calibrate(classifier, bank, source.cells, np.flatnonzero(held), codes,
-                                      false_rejection_rate, knn_k, device)
+        _, bank = classifier_outputs(network, source.cells, bank_rows, device=device)
+        calibration = _calibrate(network, bank, source.cells, np.flatnonzero(held), codes, false_rejection_rate,
+                                 knn_k, device)
         rna_bank, rna_only = None, None
         if source.cells.protein is not None:
-            rna_bank, rna_only = self._rna_only_calibration(classifier, data, source.cells.domains, bank_rows,
-                                                            np.flatnonzero(held), codes, false_rejection_rate,
-                                                            knn_k, min_overlap, device)
-        self.classifier = classifier
-        self._feature_bank = bank
-        self._feature_bank_rna_only = rna_bank
+            rna_bank, rna_only = _rna_only_calibration(model, network, data, source.cells.domains, bank_rows,
+                                                       np.flatnonzero(held), codes, false_rejection_rate, knn_k,
+                                                       min_overlap, device)
         if unknown_score in ("auto", "reference"):
-            shared = self._has_novelty_model(label_key, classes)
+            shared = has_novelty_model(model, label_key, classes)
             if unknown_score == "reference" and not shared:
                 raise InputError(f"unknown_score='reference' needs a calibrated mapping decision for {label_key!r} "
                                  "over the classifier's classes (train the reference with that label key).")
             unknown_score = "reference" if shared else "combined"
-        self.extra_config[ANNOTATION_CONFIG] = {
-            "label_key": label_key, "classes": classes, "pretrained": bool(pretrain),
-            "architecture": classifier.architecture(), "domains": domains, "target_sources": target_names,
-            "config": config.to_dict(), "n_train": int(train_rows.size), "n_validation": int(held.sum()),
-            "n_target": int(target_cells.n_cells) if target_cells is not None else 0, "adaptation": adaptation,
-            "gene_overlap": source.alignment.summary(), "target_gene_overlap": target_overlap,
-            "history": history, "train_seconds": seconds, "unknown_score": unknown_score, "knn_k": int(knn_k),
-            "feature_bank_size": int(bank.shape[0]), **calibration}
-        if rna_only is not None:
-            self.extra_config[ANNOTATION_CONFIG][RNA_ONLY_CONFIG] = rna_only
-        return self
-
-    def _has_novelty_model(self, label_key: str, classes: list[str]) -> bool:
-        """Whether mapping's novelty model can flag the classifier's unknown cells: ``label_key`` is a calibrated
-        reference key whose labeled reference cells carry exactly the classifier's ``classes``."""
-        if getattr(self, "reference", None) is None or label_key not in self.setup.labels:
-            return False
-        codes = self.reference.labels[label_key]
-        names = np.asarray(self.setup.labels[label_key], dtype=object)
-        if set(names[np.unique(codes[codes >= 0])].astype(str)) != set(map(str, classes)):
-            return False
-        try:
-            return self.label_model(label_key) is not None
-        except InputError:
-            return False
-
-    def _fine_tuned(self, n_classes: int, pretrain: bool, head_dropout: float, n_domains: int, source: Any,
-                    train_rows: np.ndarray, labels: np.ndarray, config: ClassifierConfig, target: Any, seed: int
-                    ) -> tuple[TeacherClassifier, list[dict]]:
-        """A new classifier fine-tuned on ``source`` (and adapted to ``target`` when given), and its history."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            classifier = self._new_classifier(n_classes, pretrain, head_dropout)
-            if n_domains > classifier.n_domains:
-                classifier.tail.norm.add_domains(n_domains - classifier.n_domains)
-            history = fit_classifier_network(classifier, source, train_rows, labels, config, target)
-        return classifier, history
-
-    def _resolve_label_key(self, label_key: str | None) -> str:
-        if label_key is not None:
-            return label_key
-        keys = list(self.setup.label_keys)
-        if len(keys) != 1:
-            raise InputError(f"Pass label_key: the model has {len(keys)} label keys {keys}, so which one to "
-                             "classify is ambiguous.")
-        return keys[0]
-
-    def _new_classifier(self, n_classes: int, pretrain: bool, head_dropout: float) -> TeacherClassifier:
-        if pretrain:
-            return TeacherClassifier.from_network(self.network, n_classes, head_dropout)
-        fresh = self._network_cls(self.setup.n_features, len(self.setup.sources), **self.network_args)
-        return TeacherClassifier.from_network(fresh, n_classes, head_dropout)
-
-    def _rna_only_calibration(self, classifier: TeacherClassifier, data: ad.AnnData, domains: np.ndarray,
-                              bank_rows: np.ndarray, held_rows: np.ndarray, codes: np.ndarray,
-                              false_rejection_rate: float, knn_k: int, min_overlap: float, device: str
-                              ) -> tuple[np.ndarray, dict]:
-        """The feature bank and calibration of the labeled cells seen from RNA alone (proteins hidden), each
-        source with batch-norm statistics estimated on its RNA-only cells (as an RNA-only query gets)."""
-        prepared = self._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data",
-                                 use_protein=False)
-        prepared.cells.domains = classifier.n_domains + np.asarray(domains, dtype=np.int64)
-        adapt = sorted(set(prepared.cells.domains.tolist()))
-        rows = np.union1d(bank_rows, held_rows)
-        logits, features = classifier_outputs(classifier, prepared.cells, rows, device=device, adapt_domains=adapt)
-        bank = features[np.searchsorted(rows, bank_rows)]
-        at = np.searchsorted(rows, held_rows)
-        return bank, self._calibration_of(logits[at], features[at], codes[held_rows], bank, false_rejection_rate,
-                                          knn_k)
-
-    def _calibrate(self, classifier: TeacherClassifier, bank: np.ndarray, cells: Any, held_rows: np.ndarray,
-                   codes: np.ndarray, false_rejection_rate: float, knn_k: int, device: str) -> dict:
-        """Temperature, ECE before/after, held-out score distributions and the thresholds of every score."""
-        if held_rows.size == 0:
-            return self._calibration_of(np.empty((0, 0)), np.empty((0, 0)), codes[:0], bank, false_rejection_rate,
-                                        knn_k)
-        logits, features = classifier_outputs(classifier, cells, held_rows, device=device)
-        return self._calibration_of(logits, features, codes[held_rows], bank, false_rejection_rate, knn_k)
-
-    @staticmethod
-    def _calibration_of(logits: np.ndarray, features: np.ndarray, y: np.ndarray, bank: np.ndarray,
-                        false_rejection_rate: float, knn_k: int) -> dict:
-        """Calibration of held-out outputs (``logits``, ``features``, true codes ``y``) against ``bank``."""
-        if y.size == 0:
-            return {"temperature": 1.0, "thresholds": {"max_softmax": 0.0, "max_softmax_log_odds": None, "knn": None,
-                                                       "combined": None},
-                    "score_quantiles": None, "calibration": None}
-        temperature = fit_temperature(logits, y)
-        log_odds = top_class_log_odds(logits, temperature)
-        familiarity = feature_knn_similarity(features, bank, knn_k)
-        quantiles = {"log_odds": score_quantiles(log_odds).tolist(),
-                     "familiarity": score_quantiles(familiarity).tolist()}
-        typicality = _typicality(log_odds, familiarity, quantiles)
-        log_odds_cut = rejection_threshold(log_odds, false_rejection_rate)
-        report = {"n_cells": int(y.size),
-                  "accuracy": float((logits.argmax(1) == y).mean()),
-                  "ece_before": expected_calibration_error(scaled_probabilities(logits), y),
-                  "ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), y),
-                  "false_rejection_rate": float(false_rejection_rate)}
-        return {"temperature": temperature,
-                "thresholds": {"max_softmax": float(expit(log_odds_cut)), "max_softmax_log_odds": log_odds_cut,
-                               "knn": rejection_threshold(familiarity, false_rejection_rate),
-                               "combined": rejection_threshold(typicality, false_rejection_rate)},
-                "score_quantiles": quantiles, "calibration": report}
+        state = ClassifierState(
+            label_key=label_key, classes=classes, pretrained=bool(pretrain), architecture=network.architecture(),
+            domains=domains, target_sources=target_names, config=config.to_dict(), n_train=int(train_rows.size),
+            n_validation=int(held.sum()), n_target=int(target_cells.n_cells) if target_cells is not None else 0,
+            adaptation=adaptation, gene_overlap=source.alignment.summary(), target_gene_overlap=target_overlap,
+            history=history, train_seconds=seconds, unknown_score=unknown_score, knn_k=int(knn_k),
+            feature_bank_size=int(bank.shape[0]), temperature=calibration.temperature,
+            thresholds=calibration.thresholds, score_quantiles=calibration.score_quantiles,
+            calibration=calibration.calibration, rna_only=rna_only)
+        return cls(model, network, state, bank, rna_bank)
 
     # ------------------------------------------------------------------ prediction
     @property
-    def annotation_summary(self) -> dict:
-        """Settings, calibration (temperature, ECE, held-out accuracy) and history of the classifier."""
-        cfg = self.extra_config.get(ANNOTATION_CONFIG)
-        if cfg is None:
-            raise InputError("The model has no classifier: call `model.fit_classifier(label_key=...)` first.")
-        return cfg
-
-    def _require_classifier(self) -> dict:
-        cfg = self.annotation_summary
-        if self.classifier is None:
-            raise ModelFileError("The model records a classifier in its config but its weights were not loaded "
-                                 "(the model directory lacks the classifier file, or this scConcerto cannot read "
-                                 "it). Fine-tune it again with `model.fit_classifier`.")
-        return cfg
+    def summary(self) -> dict:
+        """Settings, calibration (temperature, ECE, held-out accuracy) and history (:class:`ClassifierState`)."""
+        return self.state.to_dict()
 
     def predict_logits(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
                        device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
@@ -513,50 +535,47 @@ class AnnotationMixin:
         Cells of a source the classifier was trained on (labeled or target) use its batch-norm
         statistics; cells of other sources get AdaBN statistics estimated on themselves.
         """
-        return self._classifier_outputs(adata, batch_key, batch_size, device, min_overlap, query_species)[0]
+        return self._outputs(adata, batch_key, batch_size, device, min_overlap, query_species)[0]
 
-    def _classifier_outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
-                            min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self._classifier_pass(adata, batch_key, batch_size, device, min_overlap, query_species)[:2]
-
-    def _classifier_pass(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
-                         min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    def _outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
+                 min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """Logits, features and the modalities used (see :attr:`AnnotationPrediction.modalities`).
 
         Cells without the model's proteins are RNA-only: every source of theirs gets batch-norm
         statistics estimated on its own cells, as the RNA-only calibration had.
         """
-        cfg = self._require_classifier()
-        prepared = self._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data",
-                                 query_species=query_species)
-        self.last_alignment = prepared.alignment
-        domains = list(cfg["domains"])
-        names = source_names(adata, batch_key, self.setup.batch_key, self.setup.sources, QUERY_SOURCE, "the data")
+        model, setup = self.model, self.model.setup
+        prepared = model._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data",
+                                  query_species=query_species)
+        model.last_alignment = prepared.alignment
+        domains = list(self.state.domains)
+        names = source_names(adata, batch_key, setup.batch_key, setup.sources, QUERY_SOURCE, "the data")
         modalities = "rna+protein" if prepared.cells.protein is not None else "rna"
-        if prepared.cells.protein is None and self.setup.proteins:
+        if prepared.cells.protein is None and setup.proteins:
             modalities = "rna_only"
             codes = len(domains) + domain_codes(names)[0]  # every source new: its own statistics
         else:
             codes = domain_codes(names, domains)[0]
         prepared.cells.domains = codes
         adapt = sorted(set(codes[codes >= len(domains)].tolist()))
-        logits, features = classifier_outputs(self.classifier, prepared.cells, batch_size=batch_size, device=device,
+        logits, features = classifier_outputs(self.network, prepared.cells, batch_size=batch_size, device=device,
                                               adapt_domains=adapt or None)
         return logits, features, modalities
 
-    def _prediction_calibration(self, cfg: dict, modalities: str) -> tuple[dict, np.ndarray]:
+    def _calibration_for(self, modalities: str) -> tuple[Calibration, np.ndarray]:
         """The calibration (temperature, quantiles, thresholds) and feature bank for cells of ``modalities``."""
         if modalities != "rna_only":
-            return cfg, self._feature_bank
-        if cfg.get(RNA_ONLY_CONFIG) is not None and self._feature_bank_rna_only is not None:
+            return self.state.full, self.feature_bank
+        if self.state.rna_only is not None and self.feature_bank_rna_only is not None:
             log.info("The data lacks the model's proteins (obsm[%r]): predicting from RNA alone, with the "
-                     "classifier's RNA-only calibration.", self.setup.protein_key)
-            return cfg[RNA_ONLY_CONFIG], self._feature_bank_rna_only
-        log.warning("The data lacks the model's proteins (obsm[%r]) and this classifier was fitted before "
-                    "scConcerto calibrated classifiers from RNA alone: the confidence and the unknown flags are "
-                    "those of cells with proteins, and will flag far too many cells as unknown. Fit the "
-                    "classifier again (`scconcerto annotate train`), or give the proteins.", self.setup.protein_key)
-        return cfg, self._feature_bank
+                     "classifier's RNA-only calibration.", self.model.setup.protein_key)
+            return self.state.rna_only, self.feature_bank_rna_only
+        log.warning("The data lacks the model's proteins (obsm[%r]) and this classifier was fitted on cells "
+                    "without them, so it has no RNA-only calibration: the confidence and the unknown flags are "
+                    "those of its labeled cells, and may flag too many cells as unknown. Fit the classifier again "
+                    "on labeled cells with the proteins (`scconcerto annotate train`), or give the proteins.",
+                    self.model.setup.protein_key)
+        return self.state.full, self.feature_bank
 
     @with_copy()
     def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
@@ -604,29 +623,28 @@ class AnnotationMixin:
         AnnotationPrediction or AnnData
             The prediction; with ``copy=True``, the annotated copy.
         """
-        cfg = self._require_classifier()
-        score = cfg["unknown_score"] if unknown_score is None else unknown_score
+        state, model = self.state, self.model
+        score = state.unknown_score if unknown_score is None else unknown_score
         if score not in UNKNOWN_SCORES:
             raise InputError(f"unknown_score must be one of {UNKNOWN_SCORES}, got {score!r}.")
-        if score == "reference" and not self._has_novelty_model(cfg["label_key"], cfg["classes"]):
-            raise InputError(f"unknown_score='reference' needs mapping's decision for {cfg['label_key']!r}, which "
+        if score == "reference" and not has_novelty_model(model, state.label_key, state.classes):
+            raise InputError(f"unknown_score='reference' needs mapping's decision for {state.label_key!r}, which "
                              "this model does not have; use 'combined'.")
-        logits, features, modalities = self._classifier_pass(adata, batch_key, batch_size, device, min_overlap,
-                                                                    query_species)
-        calibration, bank = self._prediction_calibration(cfg, modalities)
-        classes = list(cfg["classes"])
-        proba = scaled_probabilities(logits, calibration["temperature"])
+        logits, features, modalities = self._outputs(adata, batch_key, batch_size, device, min_overlap, query_species)
+        calibration, bank = self._calibration_for(modalities)
+        classes = list(state.classes)
+        proba = scaled_probabilities(logits, calibration.temperature)
         confidence = proba.max(axis=1)
-        log_odds = top_class_log_odds(logits, calibration["temperature"])
-        familiarity = feature_knn_similarity(features, bank, cfg["knn_k"])
-        quantiles = calibration.get("score_quantiles")
+        log_odds = top_class_log_odds(logits, calibration.temperature)
+        familiarity = feature_knn_similarity(features, bank, state.knn_k)
+        quantiles = calibration.score_quantiles
         typicality = _typicality(log_odds, familiarity, quantiles) if quantiles else np.ones(len(log_odds))
-        thresholds = calibration["thresholds"]
+        thresholds = calibration.thresholds
         known = None
         if score == "reference":
-            known, default = self.known_probability(adata, cfg["label_key"], batch_key=batch_key,
-                                                    batch_size=batch_size, device=device, min_overlap=min_overlap,
-                                                    query_species=query_species)
+            known, default = model.known_probability(adata, state.label_key, batch_key=batch_key,
+                                                     batch_size=batch_size, device=device, min_overlap=min_overlap,
+                                                     query_species=query_species)
             if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
                 raise InputError(f"unknown_threshold is a probability in [0, 1], got {unknown_threshold}.")
             threshold = default if unknown_threshold is None else float(unknown_threshold)
@@ -645,47 +663,49 @@ class AnnotationMixin:
         labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
         if reject:
             labels = np.where(unknown, UNKNOWN_LABEL, labels)
-        result = AnnotationPrediction(cfg["label_key"], classes, labels, proba, confidence, log_odds, familiarity,
-                                      typicality.astype(np.float32), unknown, score, self.last_alignment.summary(),
+        result = AnnotationPrediction(state.label_key, classes, labels, proba, confidence, log_odds, familiarity,
+                                      typicality.astype(np.float32), unknown, score, model.last_alignment.summary(),
                                       modalities, None if known is None else known.astype(np.float32))
         if inplace:
-            write_prediction(adata, result, {"temperature": calibration["temperature"], "unknown_score": score,
+            write_prediction(adata, result, {"temperature": calibration.temperature, "unknown_score": score,
                                              "unknown_threshold": -1.0 if threshold is None else threshold,
                                              "rejected": bool(reject), "modalities": modalities,
-                                             "model_id": self.model_id})
+                                             "model_id": model.model_id})
         return result
 
-    # ------------------------------------------------------------------ persistence hooks
-    def _annotation_state(self) -> dict[str, torch.Tensor]:
-        """The classifier's tensors by stable name (empty without a classifier), for ``classifier.safetensors``."""
-        if self.classifier is None:
-            return {}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
-        state[FEATURE_BANK] = torch.from_numpy(np.ascontiguousarray(self._feature_bank, dtype=np.float32))
-        if self._feature_bank_rna_only is not None:
+    # ------------------------------------------------------------------ the model folder
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The classifier's tensors by stable name, for ``classifier.safetensors``."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        state[FEATURE_BANK] = torch.from_numpy(np.ascontiguousarray(self.feature_bank, dtype=np.float32))
+        if self.feature_bank_rna_only is not None:
             state[FEATURE_BANK_RNA_ONLY] = torch.from_numpy(
-                np.ascontiguousarray(self._feature_bank_rna_only, dtype=np.float32))
+                np.ascontiguousarray(self.feature_bank_rna_only, dtype=np.float32))
         return state
 
-    def _load_annotation_state(self, tensors: dict[str, torch.Tensor], config: dict | None = None) -> None:
-        """Rebuild ``model.classifier`` from saved tensors and its config (default: ``extra_config['annotation']``).
+    @classmethod
+    def from_tensors(cls, model: Any, tensors: dict[str, torch.Tensor], state: ClassifierState | dict
+                     ) -> "CellTypeClassifier":
+        """Rebuild a classifier of ``model`` from its saved tensors and state.
 
-        Every tensor must be present with its recorded shape, and no other; otherwise :class:`ModelFileError`.
+        Every tensor must be present with the shape its state implies, finite, and no other; otherwise
+        :class:`ModelFileError`.
         """
-        if config is not None and ANNOTATION_CONFIG in config.get("extra", {}):
-            config = config["extra"][ANNOTATION_CONFIG]
-        cfg = config if config is not None else self.extra_config.get(ANNOTATION_CONFIG)
-        if not cfg or "architecture" not in cfg:
-            raise ModelFileError("The model directory holds classifier weights but no classifier settings "
-                                 "(extra.annotation in config.json); it is damaged. Save the model again.")
+        if not isinstance(state, ClassifierState):
+            state = ClassifierState.from_dict(state)
+        nonfinite = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if nonfinite:
+            raise ModelFileError(f"The classifier holds NaN or infinite values in {nonfinite[:5]}; it is damaged. "
+                                 "Fine-tune and save the classifier again.")
+        check_bounded({"architecture": state.architecture, "feature_bank_size": state.feature_bank_size},
+                      sum(int(t.numel()) for t in tensors.values()), "classifier")
         try:
-            arch = dict(cfg["architecture"])
-            classifier = TeacherClassifier(**arch)
+            network = TeacherClassifier(**state.architecture)
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"The classifier settings in config.json are invalid ({exc}).") from exc
-        expected = dict(classifier.state_dict())
-        expected[FEATURE_BANK] = torch.empty(int(cfg.get("feature_bank_size", -1)), int(arch.get("out_dim", -1)))
-        if cfg.get(RNA_ONLY_CONFIG) is not None:
+        expected = dict(network.state_dict())
+        expected[FEATURE_BANK] = torch.empty(state.feature_bank_size, int(state.architecture.get("out_dim", -1)))
+        if state.rna_only is not None:
             expected[FEATURE_BANK_RNA_ONLY] = expected[FEATURE_BANK]
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -694,60 +714,153 @@ class AnnotationMixin:
             raise ModelFileError(f"The classifier weights do not match its settings: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}. The classifier file is "
                                  "damaged or from another model; fine-tune and save again.")
-        weights = {k: v for k, v in tensors.items() if k not in (FEATURE_BANK, FEATURE_BANK_RNA_ONLY)}
-        classifier.load_state_dict(weights, strict=True)
-        self.classifier = classifier.eval()
-        self._feature_bank = tensors[FEATURE_BANK].detach().cpu().numpy().astype(np.float32)
+        try:
+            network.load_state_dict({k: v for k, v in tensors.items() if k not in (FEATURE_BANK, FEATURE_BANK_RNA_ONLY)},
+                                    strict=True)
+        except RuntimeError as exc:
+            raise ModelFileError(f"The classifier weights cannot be loaded ({exc}); the file is damaged. Fine-tune "
+                                 "and save the classifier again.") from exc
         rna_bank = tensors.get(FEATURE_BANK_RNA_ONLY)
-        self._feature_bank_rna_only = None if rna_bank is None else rna_bank.detach().cpu().numpy().astype(np.float32)
-        self.extra_config[ANNOTATION_CONFIG] = cfg
+        return cls(model, network, state, tensors[FEATURE_BANK].detach().cpu().numpy().astype(np.float32),
+                   None if rna_bank is None else rna_bank.detach().cpu().numpy().astype(np.float32))
 
-    # ------------------------------------------------------------------ cross-validation
-    @classmethod
-    def cross_validate(cls, adata: ad.AnnData, label_key: str, folds: int = 5, batch_key: str | None = None,
-                       pretrain: bool = True, seed: int = 0, model_kwargs: dict | None = None,
-                       pretrain_kwargs: dict | None = None, device: str = "auto", progress: bool = False,
-                       **classifier_kwargs: Any) -> pd.DataFrame:
-        """Stratified k-fold cross-validation of the classifier on one labeled dataset.
 
-        For each fold, a fresh model is built on the training folds, pre-trained
-        on them (unless ``pretrain=False``: end-to-end), fine-tuned, and predicts
-        the held-out fold. Cells without a label are never tested.
+# ---------------------------------------------------------------------- fitting, in parts
+def has_novelty_model(model: Any, label_key: str, classes: list[str]) -> bool:
+    """Whether mapping's novelty model can flag the classifier's unknown cells: ``label_key`` is a calibrated
+    reference key whose labeled reference cells carry exactly the classifier's ``classes``."""
+    if getattr(model, "reference", None) is None or label_key not in model.setup.labels:
+        return False
+    codes = model.reference.labels[label_key]
+    names = np.asarray(model.setup.labels[label_key], dtype=object)
+    if set(names[np.unique(codes[codes >= 0])].astype(str)) != set(map(str, classes)):
+        return False
+    try:
+        return model.label_model(label_key) is not None
+    except InputError:
+        return False
 
-        Returns
-        -------
-        pandas.DataFrame
-            One row per fold: ``fold``, ``n_train``, ``n_test``, ``accuracy``, ``macro_f1``, ``median_f1``
-            (median per-class F1, the paper's headline metric), ``seconds``.
-        """
-        from sklearn.model_selection import StratifiedKFold
 
-        from ..metrics import annotation_report
+def _fine_tuned(model: Any, n_classes: int, pretrain: bool, head_dropout: float, n_domains: int, source: Any,
+                train_rows: np.ndarray, labels: np.ndarray, config: ClassifierConfig, target: Any, seed: int
+                ) -> tuple[TeacherClassifier, list[dict]]:
+    """A new classifier network fine-tuned on ``source`` (and adapted to ``target`` when given), and its history."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if pretrain:
+            network = TeacherClassifier.from_network(model.network, n_classes, head_dropout)
+        else:
+            fresh = model._network_cls(model.setup.n_features, len(model.setup.sources), **model.network_args)
+            network = TeacherClassifier.from_network(fresh, n_classes, head_dropout)
+        if n_domains > network.n_domains:
+            network.tail.norm.add_domains(n_domains - network.n_domains)
+        history = fit_classifier_network(network, source, train_rows, labels, config, target)
+    return network, history
 
-        labels = _label_column(adata, label_key)
-        labeled = np.flatnonzero(labels.notna().to_numpy())
-        if folds < 2:
-            raise InputError(f"folds must be at least 2, got {folds}.")
-        y = labels.iloc[labeled].astype(str).to_numpy()
-        if pd.Series(y).value_counts().max() < folds:
-            raise InputError(f"No cell type has {folds} labeled cells; use fewer folds.")
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        rows = []
-        for fold, (tr, te) in enumerate(splitter.split(np.zeros(y.size), y)):
-            start = time.perf_counter()
-            train_idx = np.sort(np.concatenate([labeled[tr], np.flatnonzero(labels.isna().to_numpy())]))
-            train, test = adata[train_idx].copy(), adata[labeled[te]].copy()
-            model = cls(train, batch_key=batch_key, label_key=label_key, seed=seed + fold, **(model_kwargs or {}))
-            if pretrain:
-                model.train(device=device, progress=progress, **(pretrain_kwargs or {}))
-            model.fit_classifier(label_key=label_key, pretrain=pretrain, device=device, progress=progress,
-                                 **classifier_kwargs)
-            pred = model.predict(test, inplace=False, device=device)
-            report = annotation_report(y[te], pred.labels.astype(str))
-            rows.append({"fold": fold, "n_train": int(train.n_obs), "n_test": int(test.n_obs),
-                         **{k: float(v) for k, v in report.items()}, "seconds": time.perf_counter() - start})
-        return pd.DataFrame(rows)
 
+def _resolve_label_key(model: Any, label_key: str | None) -> str:
+    if label_key is not None:
+        return label_key
+    keys = list(model.setup.label_keys)
+    if len(keys) != 1:
+        raise InputError(f"Pass label_key: the model has {len(keys)} label keys {keys}, so which one to "
+                         "classify is ambiguous.")
+    return keys[0]
+
+
+def _rna_only_calibration(model: Any, network: TeacherClassifier, data: ad.AnnData, domains: np.ndarray,
+                          bank_rows: np.ndarray, held_rows: np.ndarray, codes: np.ndarray,
+                          false_rejection_rate: float, knn_k: int, min_overlap: float, device: str
+                          ) -> tuple[np.ndarray, Calibration]:
+    """The feature bank and calibration of the labeled cells seen from RNA alone (proteins hidden), each
+    source with batch-norm statistics estimated on its RNA-only cells (as an RNA-only query gets)."""
+    prepared = model._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data",
+                              use_protein=False)
+    prepared.cells.domains = network.n_domains + np.asarray(domains, dtype=np.int64)
+    adapt = sorted(set(prepared.cells.domains.tolist()))
+    rows = np.union1d(bank_rows, held_rows)
+    logits, features = classifier_outputs(network, prepared.cells, rows, device=device, adapt_domains=adapt)
+    bank = features[np.searchsorted(rows, bank_rows)]
+    at = np.searchsorted(rows, held_rows)
+    return bank, calibration_of(logits[at], features[at], codes[held_rows], bank, false_rejection_rate, knn_k)
+
+
+def _calibrate(network: TeacherClassifier, bank: np.ndarray, cells: Any, held_rows: np.ndarray, codes: np.ndarray,
+               false_rejection_rate: float, knn_k: int, device: str) -> Calibration:
+    """Temperature, ECE before/after, held-out score distributions and the thresholds of every score."""
+    if held_rows.size == 0:
+        return calibration_of(np.empty((0, 0)), np.empty((0, 0)), codes[:0], bank, false_rejection_rate, knn_k)
+    logits, features = classifier_outputs(network, cells, held_rows, device=device)
+    return calibration_of(logits, features, codes[held_rows], bank, false_rejection_rate, knn_k)
+
+
+def calibration_of(logits: np.ndarray, features: np.ndarray, y: np.ndarray, bank: np.ndarray,
+                   false_rejection_rate: float, knn_k: int) -> Calibration:
+    """Calibration of held-out outputs (``logits``, ``features``, true codes ``y``) against ``bank``."""
+    if y.size == 0:
+        return Calibration(1.0, {"max_softmax": 0.0, "max_softmax_log_odds": None, "knn": None, "combined": None})
+    temperature = fit_temperature(logits, y)
+    log_odds = top_class_log_odds(logits, temperature)
+    familiarity = feature_knn_similarity(features, bank, knn_k)
+    quantiles = {"log_odds": score_quantiles(log_odds).tolist(),
+                 "familiarity": score_quantiles(familiarity).tolist()}
+    typicality = _typicality(log_odds, familiarity, quantiles)
+    log_odds_cut = rejection_threshold(log_odds, false_rejection_rate)
+    report = {"n_cells": int(y.size),
+              "accuracy": float((logits.argmax(1) == y).mean()),
+              "ece_before": expected_calibration_error(scaled_probabilities(logits), y),
+              "ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), y),
+              "false_rejection_rate": float(false_rejection_rate)}
+    return Calibration(temperature,
+                       {"max_softmax": float(expit(log_odds_cut)), "max_softmax_log_odds": log_odds_cut,
+                        "knn": rejection_threshold(familiarity, false_rejection_rate),
+                        "combined": rejection_threshold(typicality, false_rejection_rate)},
+                       quantiles, report)
+
+
+def cross_validate(model_cls: type, adata: ad.AnnData, label_key: str, folds: int = 5, batch_key: str | None = None,
+                   pretrain: bool = True, seed: int = 0, model_kwargs: dict | None = None,
+                   pretrain_kwargs: dict | None = None, device: str = "auto", progress: bool = False,
+                   **classifier_kwargs: Any) -> pd.DataFrame:
+    """Stratified k-fold cross-validation of the classifier on one labeled dataset.
+
+    For each fold, a fresh ``model_cls`` model is built on the training folds, pre-trained on them (unless
+    ``pretrain=False``: end-to-end), its classifier fine-tuned, and the held-out fold predicted. Cells without
+    a label are never tested.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per fold: ``fold``, ``n_train``, ``n_test``, ``accuracy``, ``macro_f1``, ``median_f1``
+        (median per-class F1, the paper's headline metric), ``seconds``.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from ..metrics import annotation_report
+
+    labels = _label_column(adata, label_key)
+    labeled = np.flatnonzero(labels.notna().to_numpy())
+    if folds < 2:
+        raise InputError(f"folds must be at least 2, got {folds}.")
+    y = labels.iloc[labeled].astype(str).to_numpy()
+    if pd.Series(y).value_counts().max() < folds:
+        raise InputError(f"No cell type has {folds} labeled cells; use fewer folds.")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    rows = []
+    for fold, (tr, te) in enumerate(splitter.split(np.zeros(y.size), y)):
+        start = time.perf_counter()
+        train_idx = np.sort(np.concatenate([labeled[tr], np.flatnonzero(labels.isna().to_numpy())]))
+        train, test = adata[train_idx].copy(), adata[labeled[te]].copy()
+        model = model_cls(train, batch_key=batch_key, label_key=label_key, seed=seed + fold, **(model_kwargs or {}))
+        if pretrain:
+            model.train(device=device, progress=progress, **(pretrain_kwargs or {}))
+        classifier = CellTypeClassifier.fit(model, label_key=label_key, pretrain=pretrain, device=device,
+                                            progress=progress, **classifier_kwargs)
+        pred = classifier.predict(test, inplace=False, device=device)
+        report = annotation_report(y[te], pred.labels.astype(str))
+        rows.append({"fold": fold, "n_train": int(train.n_obs), "n_test": int(test.n_obs),
+                     **{k: float(v) for k, v in report.items()}, "seconds": time.perf_counter() - start})
+    return pd.DataFrame(rows)
 
 def write_prediction(adata: ad.AnnData, result: AnnotationPrediction, extra: dict | None = None) -> None:
     """Write a prediction into ``adata``: ``obs['L_pred'|'L_confidence'|'L_unknown']``, the rejection score
