@@ -19,7 +19,7 @@ def files(trained_model, sim, tmp_path_factory):
     root = tmp_path_factory.mktemp("map_cli")
     model = copy.deepcopy(trained_model)  # the shared fixture must not change
     emb = model.reference.embedding - model.reference.embedding.mean(0)
-    model.reference.extra["umap"] = (emb @ np.linalg.svd(emb, full_matrices=False)[2][:2].T).astype(np.float32)
+    model.reference.umap = (emb @ np.linalg.svd(emb, full_matrices=False)[2][:2].T).astype(np.float32)
     model.save(root / "model")  # a stored reference UMAP: no UMAP fit in tests
     query = sim[sim.obs["batch"] == "batch_1"][:150].copy()
     query.obs["batch"] = "new_lab"
@@ -91,7 +91,7 @@ def test_rna_only_query_on_a_protein_model_needs_the_reference_once(sim_protein,
     ref, query = sim_protein[:480].copy(), sim_protein[480:].copy()
     model = Concerto(ref, batch_key="batch", label_key="cell_type", protein_key="protein")
     model.train(epochs=3, progress=False, device="cpu", prepare_mapping=False)
-    model.reference.extra["umap"] = np.zeros((ref.n_obs, 2), dtype=np.float32)
+    model.reference.umap = np.zeros((ref.n_obs, 2), dtype=np.float32)
     model.save(tmp_path / "model")  # saved without the RNA-only reference embedding
     ref.write_h5ad(tmp_path / "ref.h5ad")
     del query.obsm["protein"]
@@ -121,7 +121,7 @@ def test_plot_refuses_a_query_mapped_onto_another_model(files, sim, tmp_path, ca
     assert recorded == Concerto.load(files / "model").model_id
     other = Concerto(sim, batch_key="batch", label_key="cell_type", seed=5).train(epochs=1, progress=False,
                                                                                   device="cpu")
-    other.reference.extra["umap"] = np.zeros((sim.n_obs, 2), dtype=np.float32)
+    other.reference.umap = np.zeros((sim.n_obs, 2), dtype=np.float32)
     other.save(tmp_path / "other")
     capsys.readouterr()
     assert main(["plot", str(mapped), "--model", str(tmp_path / "other"), "--out", str(tmp_path / "f.png")]) == 2

@@ -70,7 +70,7 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
     train = cfg["train"]
     assert train["positive_neighbors"] == 0 and train["label_positives"] is False
     assert train["positive_space"] == "svd"  # no positives were searched
-    assert cfg["extra"]["mapping"]["labels"]["full"]["cell_type"]["posterior"]["k"] == 5  # the default vote
+    assert cfg["mapping"]["label_models"]["full"]["cell_type"]["posterior"]["k"] == 5  # the default vote
     rc = main(["train", str(ref_file), "--batch-key", "batch", "--label-key", "cell_type", "--epochs", "1",
                "--positive-neighbors", "4", "--no-label-positives", "--positive-space", "svd", "--out",
                str(tmp_path / "nb"), "--device", "cpu", "--no-progress"])

@@ -46,8 +46,8 @@ def test_backed_and_in_memory_references_train_the_same_model(hard):
     assert backed.train_config == memory.train_config
     cfg = backed.train_config
     assert cfg.positive_neighbors == 10 and cfg.label_positives and cfg.positive_space == "joint"
-    assert backed.extra_config["positive_pool_cells"] == memory.extra_config["positive_pool_cells"] == 1200
-    np.testing.assert_array_equal(backed.reference.extra["calibration_rows"], memory.reference.extra["calibration_rows"])
+    assert backed.training_record.positive_pool_cells == memory.training_record.positive_pool_cells == 1200
+    np.testing.assert_array_equal(backed.reference.calibration_rows, memory.reference.calibration_rows)
     for key in ("cell_type", "cell_type_major"):
         assert abs(_held_out_accuracy(backed, query, key) - _held_out_accuracy(memory, query, key)) <= 0.01
     assert _held_out_accuracy(backed, query, "cell_type_major") > 0.6  # lineages (chance: 0.25) are learnt

@@ -5,7 +5,6 @@ import pytest
 
 from scconcerto import Concerto
 from scconcerto._errors import InputError
-from scconcerto.model.concerto import BALANCE_GROUPS_EXTRA
 
 
 def _skewed(sim):
@@ -31,7 +30,7 @@ def test_balanced_training_records_its_groups_and_weights(sim, tmp_path, monkeyp
     model = Concerto(data, batch_key="batch", label_key="cell_type").train(epochs=1, progress=False, device="cpu",
                                                                            balance="labels")
     assert model.train_config.balance == "labels"
-    groups = model.reference.extra[BALANCE_GROUPS_EXTRA]
+    groups = model.reference.balance_groups
     np.testing.assert_array_equal(groups, model.reference.labels["cell_type"])
     w, types, batches = seen["weights"], groups, data.obs["batch"].to_numpy()
     for b in np.unique(batches):  # every type has the same weighted share within each batch
@@ -41,7 +40,7 @@ def test_balanced_training_records_its_groups_and_weights(sim, tmp_path, monkeyp
     model.save(tmp_path / "m")
     loaded = Concerto.load(tmp_path / "m")
     assert loaded.train_config.balance == "labels"
-    np.testing.assert_array_equal(loaded.reference.extra[BALANCE_GROUPS_EXTRA], groups)
+    np.testing.assert_array_equal(loaded.reference.balance_groups, groups)
 
 
 def test_unlabelled_training_balances_by_clusters_and_maps_queries_alike(sim):
@@ -50,7 +49,7 @@ def test_unlabelled_training_balances_by_clusters_and_maps_queries_alike(sim):
     ref.obs["donor"] = np.where(np.arange(ref.n_obs) % 2 == 0, "a", "b")  # two sources in the reference
     model = Concerto(ref, batch_key="donor").train(epochs=1, progress=False, device="cpu", balance="auto")
     assert model.train_config.balance == "clusters"
-    assert model.reference.extra[BALANCE_GROUPS_EXTRA].shape == (ref.n_obs,)
+    assert model.reference.balance_groups.shape == (ref.n_obs,)
     result = model.map_query(query, batch_key="batch", impute=False, place=False)
     assert result.info["adabn"]["balanced"] and result.info["adabn"]["groups"] == "clusters"
     assert result.info["adabn"]["target"] == "equal" and result.info["adabn"]["label_key"] is None
@@ -60,7 +59,7 @@ def test_unlabelled_training_balances_by_clusters_and_maps_queries_alike(sim):
 def test_one_source_or_no_balance_trains_plain_statistics(sim):
     small = sim[:200].copy()
     one = Concerto(small).train(epochs=1, progress=False, device="cpu", balance="auto")
-    assert one.train_config.balance == "none" and BALANCE_GROUPS_EXTRA not in one.reference.extra
+    assert one.train_config.balance == "none" and one.reference.balance_groups is None
     plain = Concerto(small, batch_key="batch").train(epochs=1, progress=False, device="cpu", balance="none")
     assert plain.train_config.balance == "none"
 

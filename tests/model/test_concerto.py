@@ -64,7 +64,11 @@ def test_loading_rejects_missing_tampered_and_newer_files(trained_model, tmp_pat
     write(cfg)
     with pytest.raises(ModelFileError, match="newer"):
         Concerto.load(path)
-    cfg["format_version"] = 1
+    cfg["format_version"] = 1  # the format before typed mapping and classifier entries: train again
+    write(cfg)
+    with pytest.raises(ModelFileError, match="earlier format.*Train the model again"):
+        Concerto.load(path)
+    cfg["format_version"] = 2
     cfg["files"]["weights"] = "../../etc/passwd"
     write(cfg)
     with pytest.raises(ModelFileError, match="plain file name"):

@@ -24,7 +24,7 @@ def pca_stub(model: Concerto) -> None:
     """Store 2-D PCA coordinates as the reference UMAP (tests skip fitting a real UMAP)."""
     emb = model.reference.embedding
     centred = emb - emb.mean(0)
-    model.reference.extra["umap"] = (centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T).astype(np.float32)
+    model.reference.umap = (centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -175,24 +175,14 @@ def test_small_query_maps_without_the_density_ratio(held_out, mapped):
 def test_mapping_leaves_the_model_unchanged(held_out, mapped):
     """Mapping reads the prepared reference and stores nothing into the model, whatever the options."""
     model, query = held_out[0], mapped[1]
-    config = json.dumps(model.extra_config, sort_keys=True)
-    extra = {name: value.copy() for name, value in model.reference.extra.items()}
+    config = json.dumps(model._config_dict(), sort_keys=True)
+    arrays = {name: value.copy() for name, value in model.reference.to_tensors().items()}
     for options in ({"k": 7}, {"index": "ivf"}, {"adjust_proportions": True}, {"reject": True}):
         model.map_query(query.copy(), place=False, device="cpu", **options)
-    assert json.dumps(model.extra_config, sort_keys=True) == config
-    assert extra.keys() == model.reference.extra.keys()
-    assert all(np.array_equal(extra[name], model.reference.extra[name]) for name in extra)
-
-
-def test_a_model_prepared_by_an_older_version_asks_to_be_prepared_again(held_out, mapped):
-    model = copy.deepcopy(held_out[0])
-    model.extra_config["mapping"]["version"] = 4
-    with pytest.raises(InputError, match="earlier version.*prepare_mapping"):
-        model.map_query(mapped[1][:40].copy(), device="cpu")
-    model.prepare_mapping(umap=False, overwrite=True)  # the reference AnnData is attached: prepared again
-    again = mapped[1].copy()
-    model.map_query(again, place=False, device="cpu")
-    np.testing.assert_array_equal(again.obs["cell_type_pred"].to_numpy(), mapped[1].obs["cell_type_pred"].to_numpy())
+    assert json.dumps(model._config_dict(), sort_keys=True) == config
+    after = model.reference.to_tensors()
+    assert arrays.keys() == after.keys()
+    assert all(np.array_equal(arrays[name], after[name]) for name in arrays)
 
 
 def test_query_proportions_are_estimated_and_move_the_posterior_at_most_half_way(held_out, mapped):
@@ -216,19 +206,19 @@ def test_query_proportions_are_estimated_and_move_the_posterior_at_most_half_way
 
 def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     model, query = held_out[0], mapped[1]
-    json.dumps(model.extra_config, allow_nan=False)  # plain JSON in config.json
+    json.dumps(model.mapping_state.to_dict(), allow_nan=False)  # plain JSON in config.json
     loaded = Concerto.load(model.save(tmp_path / "model"))
     assert loaded.label_model("cell_type").to_dict() == model.label_model("cell_type").to_dict()
-    np.testing.assert_array_equal(loaded.reference.extra["umap"], model.reference.extra["umap"])
+    np.testing.assert_array_equal(loaded.reference.umap, model.reference.umap)
+    assert loaded.mapping_state.to_dict() == model.mapping_state.to_dict()
     again = query.copy()
     loaded.map_query(again, device="cpu")
     assert np.array_equal(again.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())
     np.testing.assert_allclose(again.obs["cell_type_confidence"], query.obs["cell_type_confidence"], atol=1e-5)
     np.testing.assert_allclose(again.obsm["X_umap_ref"], query.obsm["X_umap_ref"], atol=1e-5)
     # the expression space travels with the model (the loaded one has no reference AnnData)
-    assert loaded.reference.extra["scaled_expression_loadings"].shape[0] == len(model.setup.genes)
-    np.testing.assert_array_equal(loaded.reference.extra["scaled_expression"],
-                                  model.reference.extra["scaled_expression"])
+    assert loaded.reference.scaled_space.loadings.shape[0] == len(model.setup.genes)
+    np.testing.assert_array_equal(loaded.reference.scaled_expression, model.reference.scaled_expression)
     assert loaded.label_model("cell_type").uses_expression
 
 
@@ -240,7 +230,7 @@ def test_a_reference_read_from_disk_keeps_the_expression_features(tmp_path):
     model = Concerto(read_backed(path), batch_key="batch", label_key="cell_type").train(epochs=3, progress=False,
                                                                                        device="cpu")
     # the scaled expression space is fitted on a sample and projected block by block, as in memory
-    assert model.reference.extra["scaled_expression"].shape[0] == 400
+    assert model.reference.scaled_expression.shape[0] == 400
     query = simulate(150, 200, n_types=3, n_batches=3, seed=4)
     query = query[(query.obs["batch"] == "batch_2").to_numpy()].copy()
     model.map_query(query, place=False, device="cpu")
@@ -289,7 +279,7 @@ def test_imputation_averages_the_impute_k_nearest_while_the_vote_uses_k(protein_
     del rna_only.obsm["protein"]
     result = model.map_query(rna_only, k=3, impute_k=12, device="cpu", place=False)
     assert rna_only.uns["scconcerto_mapping"]["k"] == {"cell_type_major": 3, "cell_type": 3}
-    ref = model.reference.extra["embedding_rna"]
+    ref = model.reference.embedding_rna
     nearest = knn(rna_only.obsm["X_concerto"], ref, k=12)
     expected = model.reference.protein[nearest.indices].mean(axis=1)  # equal weights, by hand
     np.testing.assert_allclose(rna_only.obsm["protein_imputed"], expected, rtol=1e-5, atol=1e-6)
@@ -313,7 +303,7 @@ def test_hierarchical_levels_are_consistent(protein_model):
 def test_rna_only_query_without_an_rna_reference_is_a_clear_error(protein_model):
     model, query = protein_model
     bare = copy.deepcopy(model)
-    bare.reference.extra.pop("embedding_rna")
+    bare.reference.embedding_rna = None
     bare.adata = None
     q = query[:40].copy()
     del q.obsm["protein"]
@@ -375,13 +365,13 @@ def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading
     model = copy.deepcopy(model)
     monkeypatch.setattr(search_module, "APPROXIMATE_MIN_REFERENCE", 100)  # this reference counts as large
     model.prepare_mapping(umap=False)
-    stored = model.reference.extra["ivf_centroids.full"]
+    stored = model.reference.ivf_centroids["full"]
     assert stored.shape[1] == model.reference.embedding.shape[1]
     first = query.copy()
     model.map_query(first, device="cpu", place=False, index="ivf")
     model.save(tmp_path / "m")
     loaded = Concerto.load(tmp_path / "m")
-    np.testing.assert_array_equal(loaded.reference.extra["ivf_centroids.full"], stored)
+    np.testing.assert_array_equal(loaded.reference.ivf_centroids["full"], stored)
 
     def no_kmeans(*args, **kwargs):
         raise AssertionError("k-means ran although the model stores the centroids")

@@ -16,12 +16,12 @@ from scconcerto._errors import InputError
 def test_label_aware_training_records_positives_and_a_calibration_hold_out(trained_model, tmp_path):
     cfg = trained_model.train_config
     assert cfg.positive_neighbors == 10 and cfg.label_positives
-    rows = trained_model.reference.extra["calibration_rows"]
+    rows = trained_model.reference.calibration_rows
     n_labeled = int((trained_model.reference.labels["cell_type"] >= 0).sum())
     assert len(rows) == round(0.25 * n_labeled) and len(np.unique(rows)) == len(rows)
     trained_model.save(tmp_path / "m")
     loaded = Concerto.load(tmp_path / "m")
-    assert np.array_equal(loaded.reference.extra["calibration_rows"], rows)
+    assert np.array_equal(loaded.reference.calibration_rows, rows)
     assert loaded.train_config.positive_neighbors == 10 and loaded.train_config.positive_space == "joint"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["train"]["positive_space"]  # a model saved before the setting existed (and before the config
@@ -35,7 +35,7 @@ def test_paper_views_and_unlabeled_positives(sim):
     paper = Concerto(small, batch_key="batch", label_key="cell_type").train(
         epochs=1, positive_neighbors=0, progress=False, prepare_mapping=False)
     assert paper.train_config.positive_neighbors == 0 and not paper.train_config.label_positives
-    assert "calibration_rows" not in paper.reference.extra
+    assert paper.reference.calibration_rows is None
     unlabeled = Concerto(small, batch_key="batch").train(epochs=1, progress=False, prepare_mapping=False)
     assert unlabeled.train_config.positive_neighbors == 10 and not unlabeled.train_config.label_positives
 
@@ -57,14 +57,14 @@ def test_positives_are_searched_in_the_joint_space_that_mapping_then_reuses(sim,
     small = sim[:300].copy()
     options = {"epochs": 1, "progress": False, "device": "cpu"}
     joint = Concerto(small, batch_key="batch", label_key="cell_type").train(**options, prepare_mapping={"umap": False})
-    extra = joint.reference.extra
+    scaled = joint.reference.scaled_expression
     assert joint.train_config.positive_space == "joint" and len(fits) == 1
-    width = extra["scaled_expression"].shape[1]  # the scaled half of the joint components is mapping's space
-    np.testing.assert_allclose(searched[-1][:, -width:] * np.sqrt(2), extra["scaled_expression"], atol=1e-5)
+    width = scaled.shape[1]  # the scaled half of the joint components is mapping's space
+    np.testing.assert_allclose(searched[-1][:, -width:] * np.sqrt(2), scaled, atol=1e-5)
     svd = Concerto(small, batch_key="batch", label_key="cell_type").train(
         **options, positive_space="svd", prepare_mapping={"umap": False})
     assert svd.train_config.positive_space == "svd" and len(fits) == 2  # fitted by prepare_mapping
     assert searched[-1].shape[1] != searched[-2].shape[1]  # the plain space alone
-    np.testing.assert_allclose(svd.reference.extra["scaled_expression"], extra["scaled_expression"], atol=1e-5)
+    np.testing.assert_allclose(svd.reference.scaled_expression, scaled, atol=1e-5)
     with pytest.raises(InputError, match="positive_space"):
         Concerto(small, batch_key="batch").train(**options, positive_space="scaled")

@@ -40,8 +40,7 @@ def build(model, sim, n_query: int = 200, with_protein: bool = True):
     ref = model.reference
     mean, axes = pca_axes(ref.embedding)
     mapped_model = copy.copy(model)
-    mapped_model.reference = dataclasses.replace(ref, extra={**ref.extra,
-                                                             "umap": ((ref.embedding - mean) @ axes).astype(np.float32)})
+    mapped_model.reference = dataclasses.replace(ref, umap=((ref.embedding - mean) @ axes).astype(np.float32))
     query.obsm["X_umap_ref"] = ((query.obsm["X_concerto"] - mean) @ axes).astype(np.float32)
     voters = np.flatnonzero(ref.domains == 0)
     nn = knn(query.obsm["X_concerto"], ref.embedding[voters], k=10)

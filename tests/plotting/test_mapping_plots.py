@@ -15,7 +15,7 @@ def test_query_points_sit_at_their_reference_umap_coordinates_coloured_by_predic
     model, query = mapped
     fig = pl.mapping_umap(query, model, color="label", max_points=None)
     ref_layer, query_layer = fig.axes[0].collections[:2]
-    np.testing.assert_allclose(ref_layer.get_offsets(), model.reference.extra["umap"], rtol=1e-6)
+    np.testing.assert_allclose(ref_layer.get_offsets(), model.reference.umap, rtol=1e-6)
     np.testing.assert_allclose(query_layer.get_offsets(), query.obsm["X_umap_ref"], rtol=1e-6)
     colors = category_colors(list(model.setup.labels["cell_type"]) + ["unknown"])
     pred = np.where(query.obs["cell_type_unknown"], "unknown", query.obs["cell_type_pred"].astype(str))
@@ -54,7 +54,7 @@ def test_mapping_umap_fails_clearly_without_coordinates(mapped):
         pl.mapping_umap(bare, model)
     no_umap = copy.copy(model)
     no_umap.reference = copy.copy(model.reference)
-    no_umap.reference.extra = {}
+    no_umap.reference.umap = None
     with pytest.raises(InputError, match="reference UMAP"):
         pl.mapping_umap(query, no_umap)
     with pytest.raises(InputError, match="color"):

@@ -60,7 +60,7 @@ def levels_model():
     model = Concerto(ref, label_key=["cell_type_major", "cell_type"]).train(epochs=12, progress=False, device="cpu")
     emb = model.reference.embedding
     centred = emb - emb.mean(0)
-    model.reference.extra["umap"] = (centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T).astype(
+    model.reference.umap = (centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T).astype(
         np.float32)
     return model, query
 

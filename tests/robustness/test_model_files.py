@@ -62,7 +62,7 @@ def fingerprint(model: Concerto, query) -> str:
             h.update(k.encode() + v.numpy().tobytes())
     for k, v in sorted(model.reference.to_tensors().items()):
         h.update(k.encode() + np.ascontiguousarray(v).tobytes())
-    h.update(json.dumps([model.setup.to_dict(), model.extra_config, model.seed], sort_keys=True).encode())
+    h.update(json.dumps([model.setup.to_dict(), model.mapping_state.to_dict(), model.seed], sort_keys=True).encode())
     if model.classifier is not None:
         h.update(json.dumps(model.classifier.summary, sort_keys=True).encode())
     if model.classifier is not None:
@@ -114,6 +114,11 @@ def saved(small, tmp_path):
      "repeated"),
     (lambda c: {**c, "setup": {**c["setup"], "labels": {"cell_type": c["setup"]["labels"]["cell_type"][:-1]}}},
      "codes outside"),
+    (lambda c: {**c, "training": {**c["training"], "train_seconds": 1.0}}, "unknown entries"),
+    (lambda c: {**c, "mapping": {**c["mapping"], "version": 5}}, "unknown entries"),
+    (lambda c: {**c, "mapping": {**c["mapping"], "k": "5"}}, "mapping.k"),
+    (lambda c: {**c, "classifier": {**c["classifier"], "knn_k": "10"}}, "classifier.knn_k"),
+    (lambda c: {**c, "classifier": None}, "without settings"),
 ])
 def test_edited_configs_are_refused_before_anything_is_built(saved, edit, message):
     cfg = _config(saved)
@@ -133,6 +138,7 @@ def test_edited_configs_are_refused_before_anything_is_built(saved, edit, messag
     ("reference.safetensors", lambda t: {**t, "domains": t["domains"][:-1]}, "domains"),
     ("reference.safetensors", lambda t: {**t, "embedding": t["embedding"][:, :4].copy()}, "embedding"),
     ("reference.safetensors", lambda t: {**t, "embedding": t["embedding"].astype(np.float64)}, "embedding"),
+    ("reference.safetensors", lambda t: {**t, "extra.old_entry": np.zeros(3, np.float32)}, "unknown roles"),
     ("weights.safetensors", lambda t: {k: (v[:-1].copy() if i == 0 else v) for i, (k, v) in enumerate(t.items())},
      "shapes or types"),
     ("weights.safetensors", lambda t: {k: (v * np.nan if i == 0 else v) for i, (k, v) in enumerate(t.items())},
@@ -185,9 +191,9 @@ def _set(tree, path, value):
 
 
 _DELETE = object()
-#: Config entries whose content the model checks; ``extra`` (mapping and classifier settings) and ``history``
-#: belong to the code that reads them and are covered by the checksum only.
-CHECKED = ("format", "format_version", "seed", "setup", "network", "train", "files", "checksums")
+#: Config entries whose content the model checks in full; ``mapping`` and ``classifier`` (checked for their
+#: entries and types, not for every value of a fitted decision) and ``history`` are covered by the checksum.
+CHECKED = ("format", "format_version", "seed", "setup", "network", "train", "training", "files", "checksums")
 
 
 def _pick(rng, options):

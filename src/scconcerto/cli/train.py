@@ -76,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
     emit({"out": args.out, "cells": adata.n_obs, "genes": len(model.setup.genes),
           "proteins": len(model.setup.proteins), "epochs": model.train_config.epochs,
           "final_loss": round(last.get("loss", float("nan")), 4),
-          "train_seconds": round(model.extra_config.get("train_seconds", 0.0), 1)})
+          "train_seconds": round(model.training_record.seconds or 0.0, 1)})
     return 0

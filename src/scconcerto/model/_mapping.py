@@ -32,7 +32,7 @@ from ..train.config import check_seed
 from .._copy import with_copy
 from ._provenance import record_model_id
 from ._query_embedding import QueryEmbeddingMixin
-from ._reference import SCALED_EXPRESSION_EXTRA, ReferenceMixin
+from ._reference import SCALED_EXPRESSION, ReferenceMixin
 
 DEFAULT_IMPUTE_K = 20
 #: The plain vote of a label key that could not be calibrated (a single labeled type, too few cells).
@@ -210,7 +210,8 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                                                        label_shift=label_shift, index=index, info=shift_info,
                                                        query_species=query_species)
         models = {key: self.label_model(key, space) for key in self.setup.labels}
-        ks = {key: int(k or (m.posterior.k if m is not None else self._mapping_config().get("k", 20)))
+        stored_k = self.mapping_state.k if self.mapping_state is not None and self.mapping_state.k else 20
+        ks = {key: int(k or (m.posterior.k if m is not None else stored_k))
               for key, m in models.items()}
 
         # -- neighbours in the reference
@@ -339,7 +340,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         ref_expr, space = scaled
         query_expr = space.project(cells)
         kind = "flat" if gpu_search_active() else index_kind(len(ref_expr), len(query_expr), index)
-        found = knn(query_expr, self._reference_index(SCALED_EXPRESSION_EXTRA, ref_expr, kind, seed),
+        found = knn(query_expr, self._reference_index(SCALED_EXPRESSION, ref_expr, kind, seed),
                     k=min(AGREEMENT_K, len(ref_expr)))
         return query_expr, ref_expr, found
 

@@ -155,11 +155,9 @@ class QueryEmbeddingMixin:
         source's groups (as its reference sources); otherwise the first label key with two or more types
         and the reference's composition (``"reference"``); ``None`` without either.
         """
-        from .concerto import BALANCE_GROUPS_EXTRA
-
         balanced = getattr(self, "train_config", None) is not None and self.train_config.balance != "none"
-        if balanced and BALANCE_GROUPS_EXTRA in self.reference.extra:
-            codes = np.asarray(self.reference.extra[BALANCE_GROUPS_EXTRA], dtype=np.int64)
+        if balanced and self.reference.balance_groups is not None:
+            codes = np.asarray(self.reference.balance_groups, dtype=np.int64)
             codes = np.where(codes < 0, codes.max(initial=-1) + 1, codes)  # unlabeled cells: a group of their own
             return codes, int(codes.max(initial=0)) + 1, "equal"
         key = next((key for key, names in self.setup.labels.items() if len(names) > 1), None)

@@ -1,49 +1,100 @@
 """What query mapping needs of the reference, prepared once when the reference is built and saved with the model.
 
-:class:`ReferenceMixin` keeps, in ``extra_config['mapping']``, one calibrated label decision per label key and
-embedding space (:class:`~scconcerto.mapping.LabelModel`: posterior, ``P(right)``, ``P(seen type)``, unknown
-threshold); in ``reference.extra``, the reference UMAP, the IVF centroids of large references, the RNA-only
-embedding of RNA + protein models, and the reference cells in its scaled expression space
-(:mod:`scconcerto.data.scaled_space`) with that space. It also holds the in-memory faiss index of each searched
+:class:`ReferenceMixin` keeps, in ``model.mapping_state`` (:class:`MappingState`, the ``mapping`` entry of
+``config.json``), one calibrated label decision per label key and embedding space
+(:class:`~scconcerto.mapping.LabelModel`: posterior, ``P(right)``, ``P(seen type)``, unknown threshold); in the
+typed fields of ``model.reference`` (:class:`~scconcerto.model.storage.ReferenceStore`), the reference UMAP, the
+IVF centroids of large references, the RNA-only embedding of RNA + protein models, and the reference cells in
+its scaled expression space (:mod:`scconcerto.data.scaled_space`) with that space. It also holds the in-memory
+faiss index of each searched
 space. :meth:`ReferenceMixin.prepare_mapping` computes all of it; mapping only reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
 
-from .._errors import InputError
+from .._errors import InputError, ModelFileError
 from ..data.scaled_space import ScaledSpace, fit_scaled_space
 from ..mapping.label_model import DEFAULT_K, LabelModel, fit_label_model
 from ..search.neighbors import build_index, gpu_search_active, ivf_centroids, may_be_approximate, searches_on_its_device
 from ..tools.placement import reference_umap as umap_of_embedding
+from ._schema import check_dataclass
 
 if TYPE_CHECKING:
     from ..data.setup import PreparedCells
 
 log = logging.getLogger("scconcerto")
 
-MAPPING_CONFIG = "mapping"
-#: Version of what ``extra_config['mapping']`` holds; models prepared by an older version must be prepared again.
-MAPPING_VERSION = 5
-UMAP_EXTRA = "umap"
-IVF_CENTROIDS_EXTRA = "ivf_centroids"
-RNA_EMBEDDING_EXTRA = "embedding_rna"
-CALIBRATION_EXTRA = "calibration_rows"  # labeled rows kept out of label-aware training: they calibrate mapping
-SCALED_EXPRESSION_EXTRA = "scaled_expression"  # every reference cell in the scaled expression space (n_ref x c)
-SCALED_LOADINGS_EXTRA = "scaled_expression_loadings"  # genes x c (:class:`~scconcerto.data.scaled_space.ScaledSpace`)
-SCALED_OFFSET_EXTRA = "scaled_expression_offset"  # c
-SCALED_CAPS_EXTRA = "scaled_expression_caps"  # genes: clipping values
-SCALED_EXTRAS = (SCALED_EXPRESSION_EXTRA, SCALED_LOADINGS_EXTRA, SCALED_OFFSET_EXTRA, SCALED_CAPS_EXTRA)
+#: The name of the scaled expression space among the searched spaces (its index, its IVF centroids).
+SCALED_EXPRESSION = "scaled_expression"
 FULL, RNA_ONLY = "full", "rna_only"
 #: The last faiss index built for each model and space (not saved, not copied with the model).
 _INDEX_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, tuple]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class UmapSettings:
+    """How the reference UMAP was computed, and how queries are placed on it."""
+
+    n_neighbors: int
+    min_dist: float
+    seed: int
+    placement: str = "similarity-weighted mean of the nearest reference cells"
+
+
+@dataclass
+class MappingState:
+    """What :meth:`~ReferenceMixin.prepare_mapping` fitted: the ``mapping`` entry of ``config.json``.
+
+    Attributes
+    ----------
+    label_models
+        Per embedding space (``"full"``, ``"rna_only"``) and label key, the calibrated label decision.
+    uncalibrated
+        Per space, the label keys that could not be calibrated (e.g. a single labeled type) and why: their
+        cells get the plain vote.
+    k, seed
+        Candidates of each cell's label vote, and the seed of the calibration.
+    umap
+        The reference UMAP's settings, when it was computed.
+    """
+
+    label_models: dict[str, dict[str, LabelModel]] = field(default_factory=dict)
+    uncalibrated: dict[str, dict[str, str]] = field(default_factory=dict)
+    k: int | None = None
+    seed: int | None = None
+    umap: UmapSettings | None = None
+
+    def to_dict(self) -> dict:
+        return {"label_models": {space: {key: m.to_dict() for key, m in models.items()}
+                                 for space, models in self.label_models.items()},
+                "uncalibrated": {space: dict(keys) for space, keys in self.uncalibrated.items()},
+                "k": self.k, "seed": self.seed,
+                "umap": None if self.umap is None else dataclasses.asdict(self.umap)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "MappingState":
+        """The state :meth:`to_dict` wrote; :class:`ModelFileError` (or :class:`InputError` for a damaged label
+        decision) when it does not fit."""
+        check_dataclass(d, cls, "mapping")
+        if d["umap"] is not None:
+            check_dataclass(d["umap"], UmapSettings, "mapping.umap")
+        if set(d["uncalibrated"]) - set(d["label_models"]):
+            raise ModelFileError("config.json of the model: mapping.uncalibrated names spaces that mapping.label_models "
+                                 "lacks; the file was edited or damaged. Prepare the mapping again: "
+                                 "`model.prepare_mapping(reference_adata, overwrite=True)`, then save the model.")
+        return cls(label_models={space: {key: LabelModel.from_dict(m) for key, m in models.items()}
+                                 for space, models in d["label_models"].items()},
+                   uncalibrated={space: dict(keys) for space, keys in d["uncalibrated"].items()},
+                   k=d["k"], seed=d["seed"], umap=None if d["umap"] is None else UmapSettings(**d["umap"]))
 
 
 def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
@@ -63,13 +114,10 @@ class ReferenceMixin:
     Mixed into :class:`~scconcerto.model.Concerto` through :class:`~scconcerto.model._mapping.MappingMixin`.
     """
 
-    def _mapping_config(self) -> dict:
-        cfg = self.extra_config.get(MAPPING_CONFIG)
-        if cfg is not None and int(cfg.get("version", 0)) != MAPPING_VERSION:
-            raise InputError("This model's mapping was prepared by an earlier version of scConcerto. Prepare it "
-                             "again: `model.prepare_mapping(reference_adata, overwrite=True)` then save the model "
-                             "(or train the reference again).")
-        return self.extra_config.setdefault(MAPPING_CONFIG, {"version": MAPPING_VERSION, "labels": {}})
+    def _mapping_state(self) -> MappingState:
+        if self.mapping_state is None:
+            self.mapping_state = MappingState()
+        return self.mapping_state
 
     def _require_reference(self) -> None:
         if getattr(self, "reference", None) is None:
@@ -77,19 +125,19 @@ class ReferenceMixin:
                              "model directory saved after training.")
 
     def _space_embedding(self, space: str) -> np.ndarray:
-        if space == RNA_ONLY and RNA_EMBEDDING_EXTRA in self.reference.extra:
-            return np.asarray(self.reference.extra[RNA_EMBEDDING_EXTRA], dtype=np.float32)
+        if space == RNA_ONLY and self.reference.embedding_rna is not None:
+            return np.asarray(self.reference.embedding_rna, dtype=np.float32)
         return self.reference.embedding
 
     # ------------------------------------------------------------------ the expression space
     def _scaled_expression(self) -> tuple[np.ndarray, ScaledSpace] | None:
         """The reference cells in its scaled expression space and that space (stored), else ``None``."""
-        extra = self.reference.extra
-        if SCALED_EXPRESSION_EXTRA not in extra or len(extra[SCALED_EXPRESSION_EXTRA]) != len(self.reference.embedding):
+        ref = self.reference
+        if ref.scaled_expression is None or ref.scaled_space is None or len(ref.scaled_expression) != len(ref.embedding):
             return None
-        space = ScaledSpace(*(np.asarray(extra[name], dtype=np.float32)
-                              for name in (SCALED_LOADINGS_EXTRA, SCALED_OFFSET_EXTRA, SCALED_CAPS_EXTRA)))
-        return np.asarray(extra[SCALED_EXPRESSION_EXTRA], dtype=np.float32), space
+        space = ScaledSpace(*(np.asarray(getattr(ref.scaled_space, name), dtype=np.float32)
+                              for name in ("loadings", "offset", "caps")))
+        return np.asarray(ref.scaled_expression, dtype=np.float32), space
 
     def _fit_scaled_expression(self, cells: Any, seed: int) -> tuple[np.ndarray, ScaledSpace] | None:
         """The in-memory reference ``cells`` in a scaled expression space fitted on them, and that space;
@@ -103,8 +151,7 @@ class ReferenceMixin:
 
     def _store_scaled_expression(self, coords: np.ndarray, space: ScaledSpace) -> None:
         """Keep the reference cells' scaled coordinates and the space with the reference (saved with the model)."""
-        self.reference.extra.update({SCALED_EXPRESSION_EXTRA: coords, SCALED_LOADINGS_EXTRA: space.loadings,
-                                     SCALED_OFFSET_EXTRA: space.offset, SCALED_CAPS_EXTRA: space.caps})
+        self.reference.scaled_expression, self.reference.scaled_space = coords, space
 
     def _ensure_scaled_expression(self, adata: ad.AnnData | None, seed: int) -> None:
         """Fit and store the scaled expression space from the in-memory reference AnnData when it is missing."""
@@ -125,7 +172,7 @@ class ReferenceMixin:
         """Embed the reference from RNA alone (AdaBN per source) for RNA-only queries; ``False`` if impossible."""
         from ..train import embed_cells
 
-        if RNA_EMBEDDING_EXTRA in self.reference.extra:
+        if self.reference.embedding_rna is not None:
             return True
         adata = adata if adata is not None else getattr(self, "adata", None)
         if adata is None:
@@ -136,41 +183,43 @@ class ReferenceMixin:
         prepared = self._prepare(adata, what="the reference", use_protein=False)
         prepared, new = _with_new_domains(prepared, len(self.setup.sources), all_new=True)
         emb = embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device, adapt_domains=new)
-        self.reference.extra[RNA_EMBEDDING_EXTRA] = emb
+        self.reference.embedding_rna = emb
         return True
 
     def _spaces(self) -> list[str]:
-        return [FULL, RNA_ONLY] if RNA_EMBEDDING_EXTRA in self.reference.extra else [FULL]
+        return [FULL, RNA_ONLY] if self.reference.embedding_rna is not None else [FULL]
 
     # ------------------------------------------------------------------ label decisions
     def label_model(self, key: str, space: str = FULL) -> LabelModel | None:
         """The calibrated label decision of ``key`` (``None`` for a key that could not be calibrated, e.g. a
         single labeled type: its cells get the plain vote)."""
         self._require_reference()
-        stored = self._mapping_config()["labels"].get(space, {}).get(key)
-        if stored is None:
+        state = self._mapping_state()
+        if key in state.uncalibrated.get(space, {}):
+            return None
+        found = state.label_models.get(space, {}).get(key)
+        if found is None:
             raise InputError(f"The model's mapping is not prepared for label key {key!r} ({space} space). Call "
                              "`model.prepare_mapping(reference_adata)` and save the model.")
-        return None if "error" in stored else LabelModel.from_dict(stored)
+        return found
 
     def _fit_label_models(self, space: str, k: int, seed: int) -> None:
-        cfg = self._mapping_config()
+        state = self._mapping_state()
         scaled = self._scaled_expression()
-        per_key = cfg["labels"].setdefault(space, {})
+        models, failed = state.label_models.setdefault(space, {}), state.uncalibrated.setdefault(space, {})
         for key, names in self.setup.labels.items():
             try:
-                model = fit_label_model(self._space_embedding(space), self.reference.labels[key], list(names),
-                                        self.reference.extra.get(CALIBRATION_EXTRA),
-                                        None if scaled is None else scaled[0], k=k, seed=seed)
-                per_key[key] = model.to_dict()
+                models[key] = fit_label_model(self._space_embedding(space), self.reference.labels[key], list(names),
+                                              self.reference.calibration_rows,
+                                              None if scaled is None else scaled[0], k=k, seed=seed)
             except InputError as exc:
                 log.warning("The label decision of %r is not calibrated (%s): its cells get the plain vote.", key, exc)
-                per_key[key] = {"error": str(exc)}
+                failed[key] = str(exc)
 
     @searches_on_its_device
     def prepare_mapping(self, adata: ad.AnnData | None = None, k: int = DEFAULT_K, umap: bool = True,
                         umap_neighbors: int = 15, umap_min_dist: float = 0.3, seed: int | None = None,
-                        batch_size: int = 1024, device: str = "auto", overwrite: bool = False) -> dict:
+                        batch_size: int = 1024, device: str = "auto", overwrite: bool = False) -> MappingState:
         """Compute and store what query mapping needs of the reference (runs at the end of training).
 
         * per label key, the calibrated label decision (:class:`~scconcerto.mapping.LabelModel`), fitted on
@@ -200,61 +249,58 @@ class ReferenceMixin:
 
         Returns
         -------
-        dict
-            The mapping settings stored in ``extra_config['mapping']``.
+        MappingState
+            What was fitted (also ``model.mapping_state``, saved with the model).
         """
         self._require_reference()
         seed = self.seed if seed is None else seed
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive number of neighbours, got {k!r}.")
         if overwrite:
-            self.extra_config.pop(MAPPING_CONFIG, None)
-            self.reference.extra.pop(UMAP_EXTRA, None)
-            for name in [n for n in self.reference.extra if n.startswith(IVF_CENTROIDS_EXTRA)]:
-                del self.reference.extra[name]
+            self.mapping_state = None
+            self.reference.umap = None
+            self.reference.ivf_centroids = {}
             _INDEX_CACHE.pop(self, None)
             if adata is not None or getattr(self, "adata", None) is not None:  # recomputed from it
-                for name in (RNA_EMBEDDING_EXTRA, *SCALED_EXTRAS):
-                    self.reference.extra.pop(name, None)
-        cfg = self._mapping_config()
+                self.reference.embedding_rna = None
+                self.reference.scaled_expression = self.reference.scaled_space = None
+        state = self._mapping_state()
         if self.setup.proteins and self.reference.protein is not None:
             if not self._rna_only_reference(adata, batch_size, device):
                 log.warning("The reference was not embedded from RNA alone (no reference AnnData): RNA-only queries "
                             "cannot be mapped. Pass the reference AnnData to `prepare_mapping`.")
         self._ensure_scaled_expression(adata, seed)
         for space in self._spaces():
-            if space not in cfg["labels"]:
+            if space not in state.label_models:
                 self._fit_label_models(space, k, seed)
             if may_be_approximate(len(self.reference.embedding)) and not gpu_search_active():
                 self._reference_index(space, self._space_embedding(space), "ivf", seed, store=True)
         scaled = self._scaled_expression()
         if scaled is not None and may_be_approximate(len(scaled[0])) and not gpu_search_active():
-            self._reference_index(SCALED_EXPRESSION_EXTRA, scaled[0], "ivf", seed, store=True)
-        cfg.update({"k": int(k), "seed": int(seed)})
+            self._reference_index(SCALED_EXPRESSION, scaled[0], "ivf", seed, store=True)
+        state.k, state.seed = int(k), int(seed)
         if umap:
             self._compute_reference_umap(umap_neighbors, umap_min_dist, seed)
-        return cfg
+        return state
 
     # ------------------------------------------------------------------ UMAP and indexes
     def _compute_reference_umap(self, n_neighbors: int, min_dist: float, seed: int) -> None:
-        if UMAP_EXTRA in self.reference.extra:
+        if self.reference.umap is not None:
             return
-        self.reference.extra[UMAP_EXTRA] = umap_of_embedding(self.reference.embedding, n_neighbors, min_dist, seed)
-        self._mapping_config()["umap"] = {"n_neighbors": int(n_neighbors), "min_dist": float(min_dist),
-                                          "seed": int(seed),
-                                          "placement": "similarity-weighted mean of the nearest reference cells"}
+        self.reference.umap = umap_of_embedding(self.reference.embedding, n_neighbors, min_dist, seed)
+        self._mapping_state().umap = UmapSettings(int(n_neighbors), float(min_dist), int(seed))
 
     def reference_umap(self) -> np.ndarray | None:
         """The stored reference UMAP coordinates ``(n_ref, 2)``, or ``None`` when the model was prepared without
         one (``prepare_mapping(umap=True)`` computes it)."""
         self._require_reference()
-        found = self.reference.extra.get(UMAP_EXTRA)
+        found = self.reference.umap
         return None if found is None else np.asarray(found, dtype=np.float32)
 
     def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int, store: bool = False) -> Any:
         """The faiss index over the reference cells in ``space``, built once and kept in memory for the next maps.
 
-        An IVF index's k-means centroids are kept in ``reference.extra['ivf_centroids.<space>']`` (saved with the
+        An IVF index's k-means centroids are kept in ``reference.ivf_centroids[space]`` (saved with the
         model) when the reference is prepared (``store``), so another process rebuilds it by assigning the cells
         to them.
         """
@@ -264,12 +310,11 @@ class ReferenceMixin:
         cached = cache.get(space)
         if cached is not None and cached[0] == (kind, seed) and cached[1] is ref_emb:
             return cached[2]
-        stored = f"{IVF_CENTROIDS_EXTRA}.{space}"
-        centroids = self.reference.extra.get(stored) if kind == "ivf" else None
+        centroids = self.reference.ivf_centroids.get(space) if kind == "ivf" else None
         if centroids is not None and centroids.shape[1] != ref_emb.shape[1]:
             centroids = None
         index = build_index(ref_emb, kind=kind, seed=seed, centroids=centroids)
         if kind == "ivf" and centroids is None and store:
-            self.reference.extra[stored] = ivf_centroids(index)
+            self.reference.ivf_centroids[space] = ivf_centroids(index)
         cache[space] = ((kind, seed), ref_emb, index)
         return index

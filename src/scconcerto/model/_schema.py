@@ -24,10 +24,11 @@ from .._errors import ModelFileError
 from ..data import DataSetup
 from ..train import TrainConfig
 
-from ..train.config import MAX_SEED
+from ..train.config import MAX_SEED, TrainingRecord
 #: Top-level keys: storage's, then the model's (``Concerto._config_dict``).
 STORAGE_KEYS = {"format", "format_version", "files", "checksums", "config_checksum"}
-MODEL_KEYS = {"scconcerto_version", "seed", "setup", "network", "train", "history", "extra"}
+MODEL_KEYS = {"scconcerto_version", "seed", "setup", "network", "train", "history", "training", "mapping",
+              "classifier"}
 OPTIONAL_KEYS = {"config_checksum"}
 PROTEIN_NORMS = ("clr", "log1p")
 
@@ -165,8 +166,10 @@ def check_config(config: dict, network_cls: type) -> None:
             raise _fail("train", "has a seed, epochs or batch_size out of range")
     if not isinstance(config["history"], list) or not all(isinstance(h, dict) for h in config["history"]):
         raise _fail("history", "is not a list of per-epoch records")
-    if not isinstance(config["extra"], dict):
-        raise _fail("extra", "is not a mapping")
+    check_dataclass(config["training"], TrainingRecord, "training")
+    for key in ("mapping", "classifier"):  # checked in full by MappingState / ClassifierState.from_dict
+        if config[key] is not None and not isinstance(config[key], dict):
+            raise _fail(key, "is neither null nor a mapping")
 
 
 def check_weights(network_cls: type, n_features: dict[str, int], n_domains: int, network_args: dict,

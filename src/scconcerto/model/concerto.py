@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +23,13 @@ from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
 from ..search.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
-from ..train.config import check_seed, check_settings
+from ..train.config import TrainingRecord, check_seed, check_settings
 from ._attention import AttentionMixin
-from .classifier import AnnotationPrediction, CellTypeClassifier, cross_validate
+from .classifier import AnnotationPrediction, CellTypeClassifier, ClassifierState, cross_validate
 from ._mapping import MappingMixin
-from ._reference import CALIBRATION_EXTRA
+from ._reference import MappingState
 from ._schema import check_config, check_reference, check_weights
-from .storage import ReferenceStore, read_model_dir, save_model_dir
+from .storage import CALIBRATION_ROWS, ReferenceStore, read_model_dir, save_model_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,8 +40,6 @@ UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first ma
 #: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
-#: The groups whose composition was balanced in training (labels or clusters), kept for query AdaBN.
-BALANCE_GROUPS_EXTRA = "balance_groups"
 POSITIVE_SPACES = ("joint", "svd")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
 
@@ -126,7 +125,8 @@ class Concerto(MappingMixin, AttentionMixin):
         self.history: list[dict] = []
         self.reference: ReferenceStore | None = None
         self.adata: ad.AnnData | None = None
-        self.extra_config: dict[str, Any] = {}
+        self.training_record = TrainingRecord()
+        self.mapping_state: MappingState | None = None
         self.classifier: CellTypeClassifier | None = None
 
     # ------------------------------------------------------------------ training
@@ -228,7 +228,7 @@ class Concerto(MappingMixin, AttentionMixin):
                                    scaled=positive_neighbors > 0 and positive_space == "joint")
         label_positives, calibration_rows = self._attach_positives(prepared, labels, positive_neighbors,
                                                                    label_positives, seed)
-        self.extra_config["positive_pool_cells"] = _positive_pool(prepared.cells)
+        self.training_record.positive_pool_cells = _positive_pool(prepared.cells)
         balance_groups, balance = self._attach_balance(prepared, labels, balance, seed)
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
@@ -255,12 +255,11 @@ class Concerto(MappingMixin, AttentionMixin):
                           callbacks=callbacks)
         self.train_config = config
         self.history = history
-        self.extra_config["train_seconds"] = time.perf_counter() - start
+        self.training_record.seconds = time.perf_counter() - start
         if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
         self._store_reference(prepared, labels, calibration_rows)
-        if balance_groups is not None:
-            self.reference.extra[BALANCE_GROUPS_EXTRA] = balance_groups
+        self.reference.balance_groups = balance_groups
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
@@ -273,7 +272,7 @@ class Concerto(MappingMixin, AttentionMixin):
         expression space too (fitted on a sample, projected block by block: in memory or on disk alike).
 
         The neighbour positives are searched there. The scaled space and the reference cells' coordinates
-        in it are saved with the model (the ``scaled_expression*`` entries of ``reference.extra``): mapping's
+        in it are saved with the model (``reference.scaled_expression`` and ``reference.scaled_space``): mapping's
         label decision reads it (:mod:`scconcerto.mapping.label_model`).
         """
         from ..data.positives import expression_space
@@ -356,7 +355,7 @@ class Concerto(MappingMixin, AttentionMixin):
         self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
                                         protein=prepared.cells.protein)
         if calibration_rows is not None:
-            self.reference.extra[CALIBRATION_EXTRA] = calibration_rows.astype(np.int64)
+            self.reference.calibration_rows = calibration_rows.astype(np.int64)
         if getattr(self, "_scaled_cache", None) is not None:
             self._store_scaled_expression(*self._scaled_cache)
         self._expression_cache = self._expression_loadings = self._scaled_cache = None
@@ -446,16 +445,15 @@ class Concerto(MappingMixin, AttentionMixin):
                 "network": {**self.network_args, "n_features": self.setup.n_features,
                             "n_domains": len(self.setup.sources)},
                 "train": self.train_config.to_dict() if self.train_config else None,
-                "history": self.history, "extra": self.extra_config}
+                "history": self.history, "training": asdict(self.training_record),
+                "mapping": None if self.mapping_state is None else self.mapping_state.to_dict(),
+                "classifier": None if self.classifier is None else self.classifier.state.to_dict()}
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save to a directory (safetensors + JSON with a format version); atomic."""
         if not self.is_trained:
             raise InputError("The model is not trained yet: call `model.train()` before saving.")
-        config = self._config_dict()
-        if self.classifier is not None:
-            config["extra"] = {**config["extra"], "annotation": self.classifier.state.to_dict()}
-        return save_model_dir(path, config, self.network.state_dict(), self.reference, overwrite,
+        return save_model_dir(path, self._config_dict(), self.network.state_dict(), self.reference, overwrite,
                               parts={"classifier": self.classifier.to_tensors() if self.classifier else {}})
 
     @classmethod
@@ -473,20 +471,26 @@ class Concerto(MappingMixin, AttentionMixin):
         n_features, n_domains = net.pop("n_features"), net.pop("n_domains")
         check_weights(cls._network_cls, n_features, n_domains, net, weights)
         if reference is not None:
-            check_reference(reference, setup, net.get("out_dim", 128), index_extras=(CALIBRATION_EXTRA,))
+            check_reference(reference, setup, net.get("out_dim", 128), index_extras=(CALIBRATION_ROWS,))
         model = cls.__new__(cls)
         model._init(setup, net, int(config["seed"]))
         model.network.load_state_dict(weights, strict=True)
         model.reference = ReferenceStore.from_tensors(reference) if reference is not None else None
         model.train_config = TrainConfig(**config["train"]) if config["train"] is not None else None
         model.history = list(config["history"])
-        model.extra_config = dict(config["extra"])
-        annotation = model.extra_config.pop("annotation", None)
-        if "classifier" in parts:
-            if annotation is None:
-                raise ModelFileError("The model directory holds classifier weights but no classifier settings "
-                                     "(extra.annotation in config.json); it is damaged. Save the model again.")
-            model.classifier = CellTypeClassifier.from_tensors(model, parts["classifier"], annotation)
+        model.training_record = TrainingRecord(**config["training"])
+        if config["mapping"] is not None:
+            if model.reference is None:
+                raise ModelFileError(f"config.json of {str(path)!r} records a prepared mapping but the model has no "
+                                     "reference; the directory is damaged. Train and save the model again.")
+            model.mapping_state = MappingState.from_dict(config["mapping"])
+        if ("classifier" in parts) != (config["classifier"] is not None):
+            raise ModelFileError(f"The model directory {str(path)!r} holds classifier weights without settings, or "
+                                 "settings without weights (the classifier entry of config.json); it is damaged. "
+                                 "Fine-tune and save the classifier again.")
+        if config["classifier"] is not None:
+            model.classifier = CellTypeClassifier.from_tensors(model, parts["classifier"],
+                                                               ClassifierState.from_dict(config["classifier"]))
         return model
 
     def __repr__(self) -> str:

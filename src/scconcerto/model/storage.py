@@ -2,7 +2,8 @@
 
 Layout of a model directory::
 
-    config.json              format, format_version, setup, network, training, history, files, checksums
+    config.json              format, format_version, setup, network, train, history, training, mapping,
+                             classifier, files, checksums
     weights.safetensors      every network parameter and buffer, by its stable module path
     reference.safetensors    reference embedding, source codes, label codes, proteins
     <part>.safetensors       optional parts, e.g. classifier.safetensors (a fine-tuned classifier head)
@@ -24,25 +25,64 @@ from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from .._errors import ModelFileError
+from ..data.scaled_space import ScaledSpace
 from .._io import MAX_CONFIG_BYTES, MODEL_CONFIG as CONFIG, MODEL_FORMAT as FORMAT, recover_leftovers, \
     write_atomic_dir
 
-FORMAT_VERSION = 1
+#: Version 2 (2026-12-06): typed ``training``, ``mapping`` and ``classifier`` entries in config.json instead of
+#: ``extra``; folders of version 1 are refused (train the model again).
+FORMAT_VERSION = 2
 #: Key of the SHA-256 of the config itself (:func:`config_checksum`); configs saved before it existed lack it.
 CONFIG_CHECKSUM = "config_checksum"
 WEIGHTS = "weights.safetensors"
 REFERENCE = "reference.safetensors"
 
 
+#: Names of the reference's optional arrays in ``reference.safetensors`` (``extra.<name>``).
+CALIBRATION_ROWS = "calibration_rows"
+BALANCE_GROUPS = "balance_groups"
+UMAP = "umap"
+EMBEDDING_RNA = "embedding_rna"
+SCALED_EXPRESSION = "scaled_expression"
+SCALED_SPACE = {"loadings": "scaled_expression_loadings", "offset": "scaled_expression_offset",
+                "caps": "scaled_expression_caps"}
+IVF_CENTROIDS = "ivf_centroids"
+
+
 @dataclass
 class ReferenceStore:
-    """What mapping needs of the reference cells: embedding, sources, labels, proteins, extras."""
+    """What mapping needs of the reference cells, saved in ``reference.safetensors``.
+
+    Attributes
+    ----------
+    embedding, domains, labels, protein
+        The reference embedding, source codes, label codes per label key (``-1``: unlabeled), proteins.
+    calibration_rows
+        Labeled rows kept out of label-aware training: they calibrate mapping's label decisions.
+    balance_groups
+        The groups whose composition was balanced in training (labels or clusters), kept for query AdaBN.
+    umap
+        The reference UMAP ``(n_ref, 2)`` queries are placed on.
+    embedding_rna
+        Of an RNA + protein model: the reference embedded from RNA alone (for RNA-only queries).
+    scaled_expression, scaled_space
+        Every reference cell in its scaled expression space, and that space
+        (:class:`~scconcerto.data.scaled_space.ScaledSpace`).
+    ivf_centroids
+        Per searched space, the k-means centroids of its approximate (IVF) index.
+    """
 
     embedding: np.ndarray
     domains: np.ndarray
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     protein: np.ndarray | None = None
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration_rows: np.ndarray | None = None
+    balance_groups: np.ndarray | None = None
+    umap: np.ndarray | None = None
+    embedding_rna: np.ndarray | None = None
+    scaled_expression: np.ndarray | None = None
+    scaled_space: ScaledSpace | None = None
+    ivf_centroids: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         out = {"embedding": np.ascontiguousarray(self.embedding, np.float32),
@@ -50,15 +90,36 @@ class ReferenceStore:
         out.update({f"labels.{k}": np.ascontiguousarray(v, np.int64) for k, v in self.labels.items()})
         if self.protein is not None:
             out["protein"] = np.ascontiguousarray(self.protein, np.float32)
-        out.update({f"extra.{k}": np.ascontiguousarray(v) for k, v in self.extra.items()})
+        extra = {CALIBRATION_ROWS: self.calibration_rows, BALANCE_GROUPS: self.balance_groups, UMAP: self.umap,
+                 EMBEDDING_RNA: self.embedding_rna, SCALED_EXPRESSION: self.scaled_expression,
+                 **{f"{IVF_CENTROIDS}.{space}": c for space, c in self.ivf_centroids.items()}}
+        if self.scaled_space is not None:
+            extra.update({name: getattr(self.scaled_space, attr) for attr, name in SCALED_SPACE.items()})
+        out.update({f"extra.{k}": np.ascontiguousarray(v) for k, v in extra.items() if v is not None})
         return out
 
     @classmethod
     def from_tensors(cls, t: dict[str, np.ndarray]) -> "ReferenceStore":
+        """The store of arrays read from ``reference.safetensors``; :class:`ModelFileError` for an unknown array."""
+        extra = {k[6:]: v for k, v in t.items() if k.startswith("extra.")}
+        known = {CALIBRATION_ROWS, BALANCE_GROUPS, UMAP, EMBEDDING_RNA, SCALED_EXPRESSION, *SCALED_SPACE.values()}
+        odd = sorted(k for k in extra if k not in known and not k.startswith(f"{IVF_CENTROIDS}."))
+        if odd:
+            raise ModelFileError(f"reference.safetensors of the model holds arrays of unknown roles "
+                                 f"{['extra.' + k for k in odd[:5]]}; it was written by another version of "
+                                 "scConcerto or edited. Train and save the model again.")
+        space_parts = [extra.get(name) for name in SCALED_SPACE.values()]
+        if any(part is None for part in space_parts) and not all(part is None for part in space_parts):
+            raise ModelFileError("reference.safetensors of the model holds part of the scaled expression space "
+                                 "only; the file is damaged. Restore it, or train and save the model again.")
         return cls(embedding=t["embedding"], domains=t["domains"],
                    labels={k[7:]: v for k, v in t.items() if k.startswith("labels.")},
-                   protein=t.get("protein"),
-                   extra={k[6:]: v for k, v in t.items() if k.startswith("extra.")})
+                   protein=t.get("protein"), calibration_rows=extra.get(CALIBRATION_ROWS),
+                   balance_groups=extra.get(BALANCE_GROUPS), umap=extra.get(UMAP),
+                   embedding_rna=extra.get(EMBEDDING_RNA), scaled_expression=extra.get(SCALED_EXPRESSION),
+                   scaled_space=None if space_parts[0] is None else ScaledSpace(*space_parts),
+                   ivf_centroids={k[len(IVF_CENTROIDS) + 1:]: v for k, v in extra.items()
+                                  if k.startswith(f"{IVF_CENTROIDS}.")})
 
 
 def _open_regular(path: Path) -> int:
@@ -168,6 +229,11 @@ def read_model_dir(path: str | Path
     version = config.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ModelFileError(f"{cfg_path} has no valid format_version ({version!r}).")
+    if version < FORMAT_VERSION:
+        raise ModelFileError(f"The model in {str(directory)!r} was saved in format version {version}, an earlier format "
+                             f"than this scConcerto reads ({FORMAT_VERSION}; its mapping and classifier settings are "
+                             "now typed entries of config.json). Train the model again with this scConcerto "
+                             "(`scconcerto train`, then `scconcerto annotate train` for a classifier) and save it.")
     if version > FORMAT_VERSION:
         raise ModelFileError(f"The model was saved in format version {version}, newer than this scConcerto reads "
                              f"({FORMAT_VERSION}). Upgrade scConcerto (`pip install -U scconcerto`).")

@@ -65,7 +65,7 @@ def mapping_umap(query: ad.AnnData, model: "Concerto | None" = None,
     query
         Mapped query with ``obsm[basis]`` (its cells' reference-UMAP coordinates).
     model
-        The reference model; gives the reference UMAP (``model.reference.extra['umap']``)
+        The reference model; gives the reference UMAP (``model.reference.umap``)
         and labels. May be ``None`` when ``reference_coords`` is given.
     color
         ``"label"``: predicted label (``obs['<label_key>_pred']``, unknown cells in black);

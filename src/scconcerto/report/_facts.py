@@ -84,8 +84,8 @@ def reference_facts(model: "Concerto") -> dict[str, Any]:
     if history:
         facts["first_loss"] = float(history[0]["loss"])
         facts["final_loss"] = float(history[-1]["loss"])
-    if "train_seconds" in model.extra_config:
-        facts["train_seconds"] = float(model.extra_config["train_seconds"])
+    if model.training_record.seconds is not None:
+        facts["train_seconds"] = float(model.training_record.seconds)
     return facts
 
 
@@ -358,8 +358,8 @@ def _text(value: Any) -> str:
 def timings(query: ad.AnnData, model: "Concerto") -> dict[str, float]:
     """Seconds spent: training (from the model) and each recorded mapping step."""
     out: dict[str, float] = {}
-    if "train_seconds" in model.extra_config:
-        out["reference training"] = float(model.extra_config["train_seconds"])
+    if model.training_record.seconds is not None:
+        out["reference training"] = float(model.training_record.seconds)
     for key, text in flatten(mapping_info(query)).items():
         if any(word in key.lower() for word in ("time", "timing", "second")):
             try:

@@ -13,6 +13,22 @@ from .._errors import InputError
 MAX_SEED = 2**32 - 1
 
 
+@dataclass
+class TrainingRecord:
+    """What training measured (the ``training`` entry of ``config.json``).
+
+    Attributes
+    ----------
+    seconds
+        Wall time of the contrastive training.
+    positive_pool_cells
+        How many cells a cell's neighbour positives were searched among (0: the paper's views).
+    """
+
+    seconds: float | None = None
+    positive_pool_cells: int = 0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of contrastive pre-training.
