@@ -17,6 +17,7 @@ PAGE = Path(__file__).with_name("api.md")
 ENTRY_SECTIONS = {"Parameters", "Returns", "Attributes", "Yields", "Raises", "Other Parameters"}
 CONCERTO_METHODS = ["train", "embed", "save", "load", "model_id", "map_query", "prepare_mapping", "reference_umap",
                     "fit_classifier", "predict", "cross_validate", "attention"]
+MAPPER_METHODS = ["map", "prepare", "known_probability", "label_model", "reference_umap"]
 CLASSIFIER_METHODS = ["fit", "predict", "predict_logits", "summary"]
 
 
@@ -105,11 +106,14 @@ def build() -> str:
         parts.append(_entry(f"Concerto.{name}", inspect.getattr_static(scc.Concerto, name)
                             if isinstance(inspect.getattr_static(scc.Concerto, name), property)
                             else getattr(scc.Concerto, name), level="####"))
-    parts += ["## The classifier: `scc.CellTypeClassifier`\n", _entry("scc.CellTypeClassifier", scc.CellTypeClassifier)]
-    for name in CLASSIFIER_METHODS:
-        member = inspect.getattr_static(scc.CellTypeClassifier, name)
-        parts.append(_entry(f"CellTypeClassifier.{name}", member if isinstance(member, property)
-                            else getattr(scc.CellTypeClassifier, name), level="####"))
+    for title, cls, methods in (("The reference mapper: `scc.ReferenceMapper`", scc.ReferenceMapper, MAPPER_METHODS),
+                                ("The classifier: `scc.CellTypeClassifier`", scc.CellTypeClassifier,
+                                 CLASSIFIER_METHODS)):
+        parts += [f"## {title}\n", _entry(f"scc.{cls.__name__}", cls)]
+        for name in methods:
+            member = inspect.getattr_static(cls, name)
+            parts.append(_entry(f"{cls.__name__}.{name}", member if isinstance(member, property)
+                                else getattr(cls, name), level="####"))
     parts += ["## Reading data\n", _entry("scc.read", readers.read), _entry("scc.data.readers.from_mudata",
                                                                               readers.from_mudata)]
     parts += ["## Settings\n", _entry("scc.settings", type(scc.settings))]

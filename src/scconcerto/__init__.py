@@ -15,13 +15,13 @@ from ._settings import settings  # noqa: E402
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily (``__getattr__``)
     from . import datasets, pl, tl
     from .data.readers import read
-    from .model import CellTypeClassifier, Concerto
+    from .model import CellTypeClassifier, Concerto, ReferenceMapper
 
-__all__ = ["CellTypeClassifier", "Concerto", "InputError", "ModelFileError", "OutputExistsError", "OutputWriteError", "ScConcertoError",
-           "__version__", "datasets", "pl", "read", "settings", "tl"]
+__all__ = ["CellTypeClassifier", "Concerto", "InputError", "ModelFileError", "OutputExistsError", "OutputWriteError",
+           "ReferenceMapper", "ScConcertoError", "__version__", "datasets", "pl", "read", "settings", "tl"]
 
 _LAZY = {"Concerto": (".model", "Concerto"), "CellTypeClassifier": (".model", "CellTypeClassifier"),
-         "read": (".data.readers", "read"),
+         "ReferenceMapper": (".model", "ReferenceMapper"), "read": (".data.readers", "read"),
          **{name: (f".{name}", None) for name in ("pl", "tl", "datasets", "metrics", "tools", "plotting", "model",
                                                    "data", "report", "nn", "train", "search")}}
 

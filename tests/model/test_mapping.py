@@ -206,11 +206,11 @@ def test_query_proportions_are_estimated_and_move_the_posterior_at_most_half_way
 
 def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     model, query = held_out[0], mapped[1]
-    json.dumps(model.mapping_state.to_dict(), allow_nan=False)  # plain JSON in config.json
+    json.dumps(model.mapper.state.to_dict(), allow_nan=False)  # plain JSON in config.json
     loaded = Concerto.load(model.save(tmp_path / "model"))
     assert loaded.label_model("cell_type").to_dict() == model.label_model("cell_type").to_dict()
     np.testing.assert_array_equal(loaded.reference.umap, model.reference.umap)
-    assert loaded.mapping_state.to_dict() == model.mapping_state.to_dict()
+    assert loaded.mapper.state.to_dict() == model.mapper.state.to_dict()
     again = query.copy()
     loaded.map_query(again, device="cpu")
     assert np.array_equal(again.obs["cell_type_pred"].to_numpy(), query.obs["cell_type_pred"].to_numpy())

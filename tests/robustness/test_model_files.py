@@ -62,7 +62,7 @@ def fingerprint(model: Concerto, query) -> str:
             h.update(k.encode() + v.numpy().tobytes())
     for k, v in sorted(model.reference.to_tensors().items()):
         h.update(k.encode() + np.ascontiguousarray(v).tobytes())
-    h.update(json.dumps([model.setup.to_dict(), model.mapping_state.to_dict(), model.seed], sort_keys=True).encode())
+    h.update(json.dumps([model.setup.to_dict(), model.mapper.state.to_dict(), model.seed], sort_keys=True).encode())
     if model.classifier is not None:
         h.update(json.dumps(model.classifier.summary, sort_keys=True).encode())
     if model.classifier is not None:

@@ -1,9 +1,10 @@
-"""The user-facing model class, its cell-type classifier and its save format."""
+"""The user-facing model class, its reference mapper and cell-type classifier, and its save format."""
 
 from .._keys import EMBEDDING_KEY
 from .classifier import AnnotationPrediction, CellTypeClassifier, ClassifierState
 from .concerto import Concerto, default_epochs
+from .mapper import MappingResult, MappingState, ReferenceMapper
 from .storage import FORMAT_VERSION, ReferenceStore
 
 __all__ = ["EMBEDDING_KEY", "FORMAT_VERSION", "AnnotationPrediction", "CellTypeClassifier", "ClassifierState",
-           "Concerto", "ReferenceStore", "default_epochs"]
+           "Concerto", "MappingResult", "MappingState", "ReferenceMapper", "ReferenceStore", "default_epochs"]

@@ -1,6 +1,6 @@
 """Query-to-reference mapping: labels with a calibrated posterior, confidence and unknowns, proteins, placement.
 
-:meth:`MappingMixin.map_query` embeds a query in the reference space (:mod:`._query_embedding`: genes aligned by
+:meth:`MappingMixin.map` embeds a query in the reference space (:mod:`._query_embedding`: genes aligned by
 name, AdaBN per unseen query source, optional fine-tuning of the query sources' adapters), finds each query
 cell's nearest reference cells (faiss), and per label key reads the calibrated decision prepared with the
 reference (:class:`~scconcerto.mapping.LabelModel`): the posterior of the calibrated vote, the probability that the
@@ -41,7 +41,7 @@ _UNCALIBRATED = dict(alpha=0.01, gamma=1.0)
 
 @dataclass
 class MappingResult:
-    """What :meth:`MappingMixin.map_query` computed (also written into the query AnnData).
+    """What :meth:`ReferenceMapper.map <scconcerto.model.mapper.ReferenceMapper.map>` computed (also written into the query AnnData).
 
     Attributes
     ----------
@@ -95,11 +95,11 @@ def _nearest(neighbors: NeighborsResults, k: int) -> NeighborsResults:
 
 
 class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
-    """Query-to-reference mapping. Mixed into :class:`~scconcerto.model.Concerto`."""
+    """Query-to-reference mapping: a part of :class:`~scconcerto.model.mapper.ReferenceMapper`."""
 
     @searches_on_its_device
     @with_copy(after=record_model_id)
-    def map_query(self, adata: ad.AnnData, batch_key: str | None = "__setup__", levels: str | list[str] | None = None,
+    def map(self, adata: ad.AnnData, batch_key: str | None = "__setup__", levels: str | list[str] | None = None,
                   reject: bool = False, unknown_threshold: float | dict[str, float] | None = None,
                   adjust_proportions: bool = False, use_protein: bool | str = "auto", impute: bool = True,
                   place: bool = True, finetune_epochs: int = 0, label_shift: bool = True, k: int | None = None,
@@ -210,7 +210,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                                                        label_shift=label_shift, index=index, info=shift_info,
                                                        query_species=query_species)
         models = {key: self.label_model(key, space) for key in self.setup.labels}
-        stored_k = self.mapping_state.k if self.mapping_state is not None and self.mapping_state.k else 20
+        stored_k = self.state.k if self.state is not None and self.state.k else 20
         ks = {key: int(k or (m.posterior.k if m is not None else stored_k))
               for key, m in models.items()}
 
@@ -294,7 +294,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         """The probability that each cell is of a type the reference has under ``label_key``, and the default
         unknown threshold: the novelty model of mapping, for other predictors (e.g. the classifier).
 
-        The cells are embedded and searched as :meth:`map_query` does; ``adata`` is not changed.
+        The cells are embedded and searched as :meth:`map` does; ``adata`` is not changed.
         """
         self._require_reference()
         if label_key not in self.setup.labels:

@@ -42,7 +42,7 @@ LABEL_SHIFT_REFERENCE_CELLS = 20_000
 class QueryEmbeddingMixin:
     """Embedding query cells in the reference space.
 
-    Mixed into :class:`~scconcerto.model.Concerto` through :class:`~scconcerto.model._mapping.MappingMixin`.
+    A part of :class:`~scconcerto.model.mapper.ReferenceMapper`.
     """
 
     # ------------------------------------------------------------------ fine-tuning

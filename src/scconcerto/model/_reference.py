@@ -1,20 +1,19 @@
 """What query mapping needs of the reference, prepared once when the reference is built and saved with the model.
 
-:class:`ReferenceMixin` keeps, in ``model.mapping_state`` (:class:`MappingState`, the ``mapping`` entry of
+:class:`ReferenceMixin` keeps, in ``ReferenceMapper.state`` (:class:`MappingState`, the ``mapping`` entry of
 ``config.json``), one calibrated label decision per label key and embedding space
 (:class:`~scconcerto.mapping.LabelModel`: posterior, ``P(right)``, ``P(seen type)``, unknown threshold); in the
 typed fields of ``model.reference`` (:class:`~scconcerto.model.storage.ReferenceStore`), the reference UMAP, the
 IVF centroids of large references, the RNA-only embedding of RNA + protein models, and the reference cells in
 its scaled expression space (:mod:`scconcerto.data.scaled_space`) with that space. It also holds the in-memory
 faiss index of each searched
-space. :meth:`ReferenceMixin.prepare_mapping` computes all of it; mapping only reads it.
+space. :meth:`ReferenceMixin.prepare` computes all of it; mapping only reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import weakref
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +35,6 @@ log = logging.getLogger("scconcerto")
 #: The name of the scaled expression space among the searched spaces (its index, its IVF centroids).
 SCALED_EXPRESSION = "scaled_expression"
 FULL, RNA_ONLY = "full", "rna_only"
-#: The last faiss index built for each model and space (not saved, not copied with the model).
-_INDEX_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, tuple]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -52,7 +49,7 @@ class UmapSettings:
 
 @dataclass
 class MappingState:
-    """What :meth:`~ReferenceMixin.prepare_mapping` fitted: the ``mapping`` entry of ``config.json``.
+    """What :meth:`ReferenceMapper.prepare <scconcerto.model.mapper.ReferenceMapper.prepare>` fitted: the ``mapping`` entry of ``config.json``.
 
     Attributes
     ----------
@@ -97,6 +94,17 @@ class MappingState:
                    k=d["k"], seed=d["seed"], umap=None if d["umap"] is None else UmapSettings(**d["umap"]))
 
 
+def fit_scaled_expression(cells: Any, seed: int) -> tuple[np.ndarray, ScaledSpace] | None:
+    """The in-memory reference ``cells`` in a scaled expression space fitted on them, and that space;
+    ``None`` when there is nothing to fit (e.g. a single varying gene)."""
+    try:
+        space = fit_scaled_space(cells, seed=seed)
+    except ValueError as exc:
+        log.info("No scaled expression space for the reference (%s).", exc)
+        return None
+    return space.project(cells), space
+
+
 def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
     """Give every query source its own new domain id when ``all_new``; list the ids that need AdaBN."""
     cells = prepared.cells
@@ -111,13 +119,13 @@ def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) ->
 class ReferenceMixin:
     """What mapping needs of the reference (label decisions, UMAP, expression space, indexes).
 
-    Mixed into :class:`~scconcerto.model.Concerto` through :class:`~scconcerto.model._mapping.MappingMixin`.
+    A part of :class:`~scconcerto.model.mapper.ReferenceMapper`.
     """
 
     def _mapping_state(self) -> MappingState:
-        if self.mapping_state is None:
-            self.mapping_state = MappingState()
-        return self.mapping_state
+        if self.state is None:
+            self.state = MappingState()
+        return self.state
 
     def _require_reference(self) -> None:
         if getattr(self, "reference", None) is None:
@@ -139,16 +147,6 @@ class ReferenceMixin:
                               for name in ("loadings", "offset", "caps")))
         return np.asarray(ref.scaled_expression, dtype=np.float32), space
 
-    def _fit_scaled_expression(self, cells: Any, seed: int) -> tuple[np.ndarray, ScaledSpace] | None:
-        """The in-memory reference ``cells`` in a scaled expression space fitted on them, and that space;
-        ``None`` when there is nothing to fit (e.g. a single varying gene)."""
-        try:
-            space = fit_scaled_space(cells, seed=seed)
-        except ValueError as exc:
-            log.info("No scaled expression space for the reference (%s).", exc)
-            return None
-        return space.project(cells), space
-
     def _store_scaled_expression(self, coords: np.ndarray, space: ScaledSpace) -> None:
         """Keep the reference cells' scaled coordinates and the space with the reference (saved with the model)."""
         self.reference.scaled_expression, self.reference.scaled_space = coords, space
@@ -163,7 +161,7 @@ class ReferenceMixin:
         cells = self._prepare(adata, what="the reference").cells
         if cells.on_disk:
             return
-        fitted = self._fit_scaled_expression(cells, seed)
+        fitted = fit_scaled_expression(cells, seed)
         if fitted is not None:
             self._store_scaled_expression(*fitted)
 
@@ -217,7 +215,7 @@ class ReferenceMixin:
                 failed[key] = str(exc)
 
     @searches_on_its_device
-    def prepare_mapping(self, adata: ad.AnnData | None = None, k: int = DEFAULT_K, umap: bool = True,
+    def prepare(self, adata: ad.AnnData | None = None, k: int = DEFAULT_K, umap: bool = True,
                         umap_neighbors: int = 15, umap_min_dist: float = 0.3, seed: int | None = None,
                         batch_size: int = 1024, device: str = "auto", overwrite: bool = False) -> MappingState:
         """Compute and store what query mapping needs of the reference (runs at the end of training).
@@ -250,17 +248,17 @@ class ReferenceMixin:
         Returns
         -------
         MappingState
-            What was fitted (also ``model.mapping_state``, saved with the model).
+            What was fitted (also :attr:`state`, saved with the model).
         """
         self._require_reference()
         seed = self.seed if seed is None else seed
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive number of neighbours, got {k!r}.")
         if overwrite:
-            self.mapping_state = None
+            self.state = None
             self.reference.umap = None
             self.reference.ivf_centroids = {}
-            _INDEX_CACHE.pop(self, None)
+            self._indexes.clear()
             if adata is not None or getattr(self, "adata", None) is not None:  # recomputed from it
                 self.reference.embedding_rna = None
                 self.reference.scaled_expression = self.reference.scaled_space = None
@@ -306,7 +304,7 @@ class ReferenceMixin:
         """
         if gpu_search_active():  # exact search of the array on the GPU: no index to build
             return ref_emb
-        cache = _INDEX_CACHE.setdefault(self, {})
+        cache = self._indexes
         cached = cache.get(space)
         if cached is not None and cached[0] == (kind, seed) and cached[1] is ref_emb:
             return cached[2]

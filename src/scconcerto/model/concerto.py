@@ -26,8 +26,9 @@ from ..train import TrainConfig, embed_cells, fit
 from ..train.config import TrainingRecord, check_seed, check_settings
 from ._attention import AttentionMixin
 from .classifier import AnnotationPrediction, CellTypeClassifier, ClassifierState, cross_validate
-from ._mapping import MappingMixin
-from ._reference import MappingState
+from ._mapping import MappingResult
+from ._reference import MappingState, fit_scaled_expression
+from .mapper import ReferenceMapper
 from ._schema import check_config, check_reference, check_weights
 from .storage import CALIBRATION_ROWS, ReferenceStore, read_model_dir, save_model_dir
 
@@ -55,7 +56,7 @@ def default_epochs(n_cells: int) -> int:
     return int(min(100, max(math.ceil(60_000 / n), min(8, max(2, math.ceil(800_000 / n))))))
 
 
-class Concerto(MappingMixin, AttentionMixin):
+class Concerto(AttentionMixin):
     """Contrastive teacher-student embedding of single cells (Yang et al., 2022).
 
     Parameters
@@ -126,7 +127,7 @@ class Concerto(MappingMixin, AttentionMixin):
         self.reference: ReferenceStore | None = None
         self.adata: ad.AnnData | None = None
         self.training_record = TrainingRecord()
-        self.mapping_state: MappingState | None = None
+        self._mapper = ReferenceMapper(self)
         self.classifier: CellTypeClassifier | None = None
 
     # ------------------------------------------------------------------ training
@@ -286,7 +287,7 @@ class Concerto(MappingMixin, AttentionMixin):
             log.info("No expression space for the reference (%s).", exc)
             return
         if scaled:
-            self._scaled_cache = self._fit_scaled_expression(prepared.cells, seed)
+            self._scaled_cache = fit_scaled_expression(prepared.cells, seed)
 
     def _attach_positives(self, prepared: PreparedCells, labels: dict[str, np.ndarray], k: int,
                           label_positives: bool, seed: int) -> tuple[bool, np.ndarray | None]:
@@ -357,7 +358,7 @@ class Concerto(MappingMixin, AttentionMixin):
         if calibration_rows is not None:
             self.reference.calibration_rows = calibration_rows.astype(np.int64)
         if getattr(self, "_scaled_cache", None) is not None:
-            self._store_scaled_expression(*self._scaled_cache)
+            self.reference.scaled_expression, self.reference.scaled_space = self._scaled_cache
         self._expression_cache = self._expression_loadings = self._scaled_cache = None
 
     # ------------------------------------------------------------------ inference
@@ -389,6 +390,41 @@ class Concerto(MappingMixin, AttentionMixin):
         return embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device,
                            adapt_domains=adapt or None)
 
+    # ------------------------------------------------------------------ mapping
+    @property
+    def mapper(self) -> ReferenceMapper:
+        """The model's :class:`~scconcerto.model.mapper.ReferenceMapper` (its state is saved with the model)."""
+        if self._mapper.model is not self:  # a shallow copy of the model: a mapper of its own, the same state
+            self._mapper = self._mapper.bound_to(self)
+        return self._mapper
+
+    def map_query(self, adata: ad.AnnData, *, copy: bool = False, **options: Any) -> "MappingResult | ad.AnnData":
+        """Map query cells onto the reference and annotate ``adata``: :meth:`ReferenceMapper.map
+        <scconcerto.model.mapper.ReferenceMapper.map>` (same arguments, ``copy=`` included). The model is not
+        changed."""
+        return self.mapper.map(adata, copy=copy, **options)
+
+    def prepare_mapping(self, adata: ad.AnnData | None = None, **options: Any) -> MappingState:
+        """Compute and store what query mapping needs of the reference (runs at the end of training):
+        :meth:`ReferenceMapper.prepare <scconcerto.model.mapper.ReferenceMapper.prepare>`."""
+        return self.mapper.prepare(adata, **options)
+
+    def known_probability(self, adata: ad.AnnData, label_key: str, **options: Any) -> tuple[np.ndarray, float]:
+        """The probability that each cell is of a type the reference has under ``label_key``, and the default
+        unknown threshold (:meth:`ReferenceMapper.known_probability
+        <scconcerto.model.mapper.ReferenceMapper.known_probability>`)."""
+        return self.mapper.known_probability(adata, label_key, **options)
+
+    def label_model(self, key: str, space: str = "full") -> Any:
+        """The calibrated label decision of ``key`` (:meth:`ReferenceMapper.label_model
+        <scconcerto.model.mapper.ReferenceMapper.label_model>`)."""
+        return self.mapper.label_model(key, space)
+
+    def reference_umap(self) -> np.ndarray | None:
+        """The stored reference UMAP coordinates ``(n_ref, 2)``, or ``None`` when the model was prepared without
+        one (``prepare_mapping(umap=True)`` computes it)."""
+        return self.mapper.reference_umap()
+
     # ------------------------------------------------------------------ the classifier
     def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
                        **options: Any) -> "Concerto":
@@ -406,10 +442,10 @@ class Concerto(MappingMixin, AttentionMixin):
         self.classifier = CellTypeClassifier.fit(self, adata, label_key, **options)
         return self
 
-    def predict(self, adata: ad.AnnData, **options: Any) -> "AnnotationPrediction | ad.AnnData":
+    def predict(self, adata: ad.AnnData, *, copy: bool = False, **options: Any) -> "AnnotationPrediction | ad.AnnData":
         """Predict cell types with ``model.classifier``: :meth:`CellTypeClassifier.predict
         <scconcerto.CellTypeClassifier.predict>` (same arguments, ``copy=`` included)."""
-        return self._require_classifier().predict(adata, **options)
+        return self._require_classifier().predict(adata, copy=copy, **options)
 
     def predict_logits(self, adata: ad.AnnData, **options: Any) -> np.ndarray:
         """Uncalibrated logits of ``model.classifier`` (:meth:`CellTypeClassifier.predict_logits`)."""
@@ -446,7 +482,7 @@ class Concerto(MappingMixin, AttentionMixin):
                             "n_domains": len(self.setup.sources)},
                 "train": self.train_config.to_dict() if self.train_config else None,
                 "history": self.history, "training": asdict(self.training_record),
-                "mapping": None if self.mapping_state is None else self.mapping_state.to_dict(),
+                "mapping": None if self.mapper.state is None else self.mapper.state.to_dict(),
                 "classifier": None if self.classifier is None else self.classifier.state.to_dict()}
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -483,7 +519,7 @@ class Concerto(MappingMixin, AttentionMixin):
             if model.reference is None:
                 raise ModelFileError(f"config.json of {str(path)!r} records a prepared mapping but the model has no "
                                      "reference; the directory is damaged. Train and save the model again.")
-            model.mapping_state = MappingState.from_dict(config["mapping"])
+            model.mapper.state = MappingState.from_dict(config["mapping"])
         if ("classifier" in parts) != (config["classifier"] is not None):
             raise ModelFileError(f"The model directory {str(path)!r} holds classifier weights without settings, or "
                                  "settings without weights (the classifier entry of config.json); it is damaged. "
