@@ -221,7 +221,7 @@ def _model(adata: ad.AnnData, variant: Variant, seed: int, label_key: str | None
 
 
 def _train(model, adata: ad.AnnData, variant: Variant, prepare_mapping: bool | dict = False) -> None:
-    from scconcerto.model.concerto import default_epochs
+    from scconcerto.model import default_epochs
 
     train = dict(variant.train)
     if train.get("balance") == "labels" and not model.setup.label_keys:

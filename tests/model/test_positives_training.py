@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import scconcerto.data.positives as positives
-import scconcerto.model._reference as reference_prep
+import scconcerto.data.scaled_space as scaled_space
 from scconcerto import Concerto
 from scconcerto._errors import InputError
 
@@ -50,10 +50,10 @@ def test_positives_are_searched_in_the_joint_space_that_mapping_then_reuses(sim,
     the scaled space is fitted once, in training, and mapping uses that one. ``"svd"`` searches the plain
     space alone (the scaled space is then fitted for mapping, the same one)."""
     searched, fits = [], []
-    search, fit = positives.neighbor_positives, reference_prep.fit_scaled_space
+    search, fit = positives.neighbor_positives, scaled_space.fit_scaled_space
     monkeypatch.setattr(positives, "neighbor_positives",
                         lambda cells, k, **kw: searched.append(kw["components"]) or search(cells, k, **kw))
-    monkeypatch.setattr(reference_prep, "fit_scaled_space", lambda *a, **kw: fits.append(1) or fit(*a, **kw))
+    monkeypatch.setattr(scaled_space, "fit_scaled_space", lambda *a, **kw: fits.append(1) or fit(*a, **kw))
     small = sim[:300].copy()
     options = {"epochs": 1, "progress": False, "device": "cpu"}
     joint = Concerto(small, batch_key="batch", label_key="cell_type").train(**options, prepare_mapping={"umap": False})

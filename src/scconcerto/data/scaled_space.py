@@ -16,6 +16,7 @@ implicitly (scikit-learn's ARPACK solver on sparse input), and cells are project
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ import scipy.sparse as sp
 
 from .cells import CellMatrix
 from .positives import DEFAULT_COMPONENTS, _csr_of, _vocabulary_width, project_expression
+
+log = logging.getLogger("scconcerto")
 
 #: z-scores are clipped at this many standard deviations (scanpy's ``max_value=10``).
 CLIP_SD = 10.0
@@ -101,3 +104,14 @@ def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, 
     offset = pca.mean_ @ axes
     return ScaledSpace(loadings=(axes * inv_sd[:, None]).astype(np.float32), offset=offset.astype(np.float32),
                        caps=caps.astype(np.float32))
+
+
+def scaled_expression(cells: CellMatrix, seed: int = 0) -> tuple[np.ndarray, ScaledSpace] | None:
+    """The in-memory ``cells`` in a scaled expression space fitted on them, and that space; ``None`` when there
+    is nothing to fit (e.g. a single varying gene)."""
+    try:
+        space = fit_scaled_space(cells, seed=seed)
+    except ValueError as exc:
+        log.info("No scaled expression space for the reference (%s).", exc)
+        return None
+    return space.project(cells), space

@@ -21,7 +21,7 @@ import anndata as ad
 import numpy as np
 
 from .._errors import InputError, ModelFileError
-from ..data.scaled_space import ScaledSpace, fit_scaled_space
+from ..data.scaled_space import ScaledSpace, scaled_expression
 from ..mapping.label_model import DEFAULT_K, LabelModel, fit_label_model
 from ..search.neighbors import build_index, gpu_search_active, ivf_centroids, may_be_approximate, searches_on_its_device
 from ..tools.placement import reference_umap as umap_of_embedding
@@ -94,17 +94,6 @@ class MappingState:
                    k=d["k"], seed=d["seed"], umap=None if d["umap"] is None else UmapSettings(**d["umap"]))
 
 
-def fit_scaled_expression(cells: Any, seed: int) -> tuple[np.ndarray, ScaledSpace] | None:
-    """The in-memory reference ``cells`` in a scaled expression space fitted on them, and that space;
-    ``None`` when there is nothing to fit (e.g. a single varying gene)."""
-    try:
-        space = fit_scaled_space(cells, seed=seed)
-    except ValueError as exc:
-        log.info("No scaled expression space for the reference (%s).", exc)
-        return None
-    return space.project(cells), space
-
-
 def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
     """Give every query source its own new domain id when ``all_new``; list the ids that need AdaBN."""
     cells = prepared.cells
@@ -161,7 +150,7 @@ class ReferenceMixin:
         cells = self._prepare(adata, what="the reference").cells
         if cells.on_disk:
             return
-        fitted = fit_scaled_expression(cells, seed)
+        fitted = scaled_expression(cells, seed)
         if fitted is not None:
             self._store_scaled_expression(*fitted)
 

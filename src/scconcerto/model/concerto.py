@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,11 +22,13 @@ from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
 from ..search.neighbors import searches_on_its_device
 from ..train import TrainConfig, embed_cells, fit
-from ..train.config import TrainingRecord, check_seed, check_settings
+from ..train.reference import balance_callbacks, has_positives, prepare_reference_training
+from ..train.runner import is_global_zero, seeded_rng
+from ..train.config import TrainingRecord, check_seed, check_settings, default_epochs
 from ._attention import AttentionMixin
 from .classifier import AnnotationPrediction, CellTypeClassifier, ClassifierState, cross_validate
 from ._mapping import MappingResult
-from ._reference import MappingState, fit_scaled_expression
+from ._reference import MappingState
 from .mapper import ReferenceMapper
 from ._schema import check_config, check_reference, check_weights
 from .storage import CALIBRATION_ROWS, ReferenceStore, read_model_dir, save_model_dir
@@ -38,22 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("scconcerto")
 
 UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first mapping or plot
-#: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
-CALIBRATION_FRACTION = 0.25
-CALIBRATION_MAX_CELLS = 5_000
-POSITIVE_SPACES = ("joint", "svd")
-BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
-
-
-def default_epochs(n_cells: int) -> int:
-    """Passes over a reference of ``n_cells``: about 60k cell visits for small references (at most 100
-    epochs), 8 epochs up to 100k cells, then about 800k visits (at least 2 epochs) for larger ones.
-
-    On a 100k-cell simulated reference the held-out kNN accuracy plateaued after 4 of 8 epochs (400k
-    cell visits; ``benchmarks/SCALE.md``), so a million cells need no more than two passes.
-    """
-    n = max(n_cells, 1)
-    return int(min(100, max(math.ceil(60_000 / n), min(8, max(2, math.ceil(800_000 / n))))))
 
 
 class Concerto(AttentionMixin):
@@ -219,38 +204,20 @@ class Concerto(AttentionMixin):
             raise InputError(f"modality_dropout must be between 0 and 1, got {modality_dropout}.")
         if positive_neighbors < 0:
             raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
-        if positive_space not in POSITIVE_SPACES:
-            raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
-        if balance not in BALANCE_CHOICES:
-            raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
         seed = self.seed if seed is None else seed
         labels = label_codes(self.adata, self.setup)
-        self._fit_expression_space(prepared, labels, seed,
-                                   scaled=positive_neighbors > 0 and positive_space == "joint")
-        label_positives, calibration_rows = self._attach_positives(prepared, labels, positive_neighbors,
-                                                                   label_positives, seed)
-        self.training_record.positive_pool_cells = _positive_pool(prepared.cells)
-        balance_groups, balance = self._attach_balance(prepared, labels, balance, seed)
+        inputs = prepare_reference_training(prepared.cells, [labels[key] for key in self.setup.label_keys],
+                                            positive_neighbors, label_positives, positive_space, balance, seed)
+        self.training_record.positive_pool_cells = inputs.positive_pool_cells
         config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
                              max_genes=max_genes, gene_dropout=gene_dropout,
                              modality_dropout=modality_dropout if self.setup.proteins else 0.0,
-                             positive_neighbors=positive_neighbors if _has_positives(prepared.cells) else 0,
-                             label_positives=label_positives,
-                             positive_space=positive_space if self._scaled_cache is not None else "svd",
-                             balance=balance, seed=seed, device=device, progress=progress, **kwargs)
+                             positive_neighbors=positive_neighbors if has_positives(prepared.cells) else 0,
+                             label_positives=inputs.label_positives, positive_space=inputs.positive_space,
+                             balance=inputs.balance, seed=seed, device=device, progress=progress, **kwargs)
         start = time.perf_counter()
         self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
-        from ..train.runner import is_global_zero, seeded_rng
-
-        callbacks = []
-        if balance == "clusters" and config.epochs >= 2:  # clusters found again in the embedding half-way
-            from ..train.balance import RefreshBalance
-
-            def keep(groups: np.ndarray) -> None:
-                nonlocal balance_groups
-                balance_groups = groups.astype(np.int64)
-
-            callbacks.append(RefreshBalance(prepared.cells, config.epochs // 2 - 1, seed, keep))
+        callbacks = balance_callbacks(prepared.cells, inputs, config.epochs, seed)
         with seeded_rng(config.seed, device):  # forks (and seeds) the CPU and, when used, the CUDA generator
             history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume,
                           callbacks=callbacks)
@@ -259,107 +226,18 @@ class Concerto(AttentionMixin):
         self.training_record.seconds = time.perf_counter() - start
         if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
-        self._store_reference(prepared, labels, calibration_rows)
-        self.reference.balance_groups = balance_groups
+        emb = embed_cells(self.network, prepared.cells, device=self.train_config.device)
+        self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
+                                        protein=prepared.cells.protein, balance_groups=inputs.balance_groups)
+        if inputs.calibration_rows is not None:
+            self.reference.calibration_rows = inputs.calibration_rows.astype(np.int64)
+        if inputs.scaled is not None:  # mapping's label decision reads the scaled expression space
+            self.reference.scaled_expression, self.reference.scaled_space = inputs.scaled
         if prepare_mapping:
             options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
             self.prepare_mapping(**options)
         return self
-
-    def _fit_expression_space(self, prepared: PreparedCells, labels: dict[str, np.ndarray], seed: int,
-                              scaled: bool = False) -> None:
-        """The reference in a truncated-SVD space of its expression, and with ``scaled`` in its scaled
-        expression space too (fitted on a sample, projected block by block: in memory or on disk alike).
-
-        The neighbour positives are searched there. The scaled space and the reference cells' coordinates
-        in it are saved with the model (``reference.scaled_expression`` and ``reference.scaled_space``): mapping's
-        label decision reads it (:mod:`scconcerto.mapping.label_model`).
-        """
-        from ..data.positives import expression_space
-
-        self._expression_cache = self._expression_loadings = self._scaled_cache = None
-        if prepared.cells.n_cells < 3:
-            return
-        try:
-            self._expression_cache, self._expression_loadings = expression_space(prepared.cells, seed=seed)
-        except ValueError as exc:  # e.g. a single expressed gene: nothing to decompose
-            log.info("No expression space for the reference (%s).", exc)
-            return
-        if scaled:
-            self._scaled_cache = fit_scaled_expression(prepared.cells, seed)
-
-    def _attach_positives(self, prepared: PreparedCells, labels: dict[str, np.ndarray], k: int,
-                          label_positives: bool, seed: int) -> tuple[bool, np.ndarray | None]:
-        """Set how the cells' neighbour positives are found: ``prepared.cells.positives`` searched among
-        all cells in memory, or ``prepared.cells.positive_search`` for the streamed windows of a backed
-        reference (:class:`~scconcerto.data.positives.PositiveSearch`, one search for both).
-
-        Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
-        """
-        from ..data.positives import PositiveSearch, joint_components, neighbor_positives, positive_codes
-
-        if k == 0:
-            return False, None
-        groups = calibration_rows = None
-        if label_positives and self.setup.label_keys:
-            groups = _label_groups([labels[key] for key in self.setup.label_keys])
-            labeled = np.flatnonzero(groups >= 0)
-            rng = np.random.default_rng(seed)
-            n_open = int(min(CALIBRATION_MAX_CELLS, round(CALIBRATION_FRACTION * labeled.size)))
-            calibration_rows = np.sort(rng.choice(labeled, n_open, replace=False)) if n_open else None
-        components = self._expression_cache
-        if components is not None and self._scaled_cache is not None:
-            components = joint_components(components, self._scaled_cache[0])
-        cells = prepared.cells
-        if components is None:  # e.g. a single expressed gene: nothing to search in
-            log.info("No expression sketch of the reference: training with the paper's views.")
-            return False, None
-        if cells.on_disk:  # searched window by window as the cells are streamed
-            cells.positive_search = PositiveSearch(k, components, positive_codes(cells.n_cells, groups,
-                                                                                 calibration_rows))
-        else:  # the same search, once, among all cells
-            cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
-                                                 components=components)
-        return groups is not None, calibration_rows
-
-    def _attach_balance(self, prepared: PreparedCells, labels: dict[str, np.ndarray], balance: str, seed: int
-                        ) -> tuple[np.ndarray | None, str]:
-        """Set ``prepared.cells.balance_weights`` for ``balance``; return the groups and what was balanced.
-
-        ``"auto"`` means labels when the model has label keys, else clusters: first those of the expression
-        space, then (from half-way through training) those of the embedding. A single source has nothing to
-        balance.
-        """
-        from ..data.composition import balance_groups, source_balance_weights
-
-        domains = prepared.cells.domains
-        if balance == "none" or len(np.unique(domains)) < 2:
-            return None, "none"
-        if balance == "auto":
-            balance = "labels" if self.setup.label_keys else "clusters"
-        if balance == "labels":
-            if not self.setup.label_keys:
-                raise InputError("balance='labels' needs label keys: pass label_key= to Concerto, or use "
-                                 "balance='clusters' (or 'auto').")
-            groups = _label_groups([labels[key] for key in self.setup.label_keys])
-        else:
-            if self._expression_cache is None:  # no expression space: plain statistics until the embedding's clusters
-                return None, "clusters"
-            groups = balance_groups(self._expression_cache, domains, seed=seed)
-        prepared.cells.balance_weights = source_balance_weights(groups, domains)
-        return groups.astype(np.int64), balance
-
-    def _store_reference(self, prepared: PreparedCells, labels: dict[str, np.ndarray],
-                         calibration_rows: np.ndarray | None = None) -> None:
-        emb = embed_cells(self.network, prepared.cells, device=self.train_config.device)
-        self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
-                                        protein=prepared.cells.protein)
-        if calibration_rows is not None:
-            self.reference.calibration_rows = calibration_rows.astype(np.int64)
-        if getattr(self, "_scaled_cache", None) is not None:
-            self.reference.scaled_expression, self.reference.scaled_space = self._scaled_cache
-        self._expression_cache = self._expression_loadings = self._scaled_cache = None
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, adata: ad.AnnData, batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
@@ -533,28 +411,3 @@ class Concerto(AttentionMixin):
         s = self.setup
         return (f"Concerto({len(s.genes)} genes{f', {len(s.proteins)} proteins' if s.proteins else ''}, "
                 f"{len(s.sources)} sources, labels {list(s.labels)}, trained={self.is_trained})")
-
-
-def _has_positives(cells: Any) -> bool:
-    """Whether the training cells draw their student views from neighbour positives."""
-    return cells.positives is not None or cells.positive_search is not None
-
-
-def _positive_pool(cells: Any) -> int:
-    """How many cells a cell's neighbour positives are searched among: all cells in memory, a streamed
-    window's (at most) on disk; 0 without neighbour positives."""
-    from ..data.streaming import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW_CHUNKS
-
-    if not _has_positives(cells):
-        return 0
-    return cells.n_cells if not cells.on_disk else min(cells.n_cells, DEFAULT_CHUNK_SIZE * DEFAULT_WINDOW_CHUNKS)
-
-
-def _label_groups(codes: list[np.ndarray]) -> np.ndarray:
-    """One group code per cell from its codes under every label key; ``-1`` when any is missing."""
-    stacked = np.stack([np.asarray(c, dtype=np.int64) for c in codes], axis=1)
-    missing = (stacked < 0).any(axis=1)
-    _, groups = np.unique(stacked, axis=0, return_inverse=True)
-    groups = groups.astype(np.int64).ravel()
-    groups[missing] = -1
-    return groups

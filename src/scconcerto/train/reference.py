@@ -1,0 +1,192 @@
+"""What contrastive training of a reference needs besides its cells: the expression space its neighbour
+positives are searched in, the calibration hold-out, and the weights that balance each source's composition.
+
+:func:`prepare_reference_training` attaches the positives (``cells.positives``, or ``cells.positive_search`` for
+the streamed windows of a backed reference) and the balance weights (``cells.balance_weights``) to the training
+cells, and returns what the model keeps (:class:`ReferenceTraining`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._errors import InputError
+from ..data.scaled_space import ScaledSpace, scaled_expression
+
+log = logging.getLogger("scconcerto")
+
+#: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
+CALIBRATION_FRACTION = 0.25
+CALIBRATION_MAX_CELLS = 5_000
+POSITIVE_SPACES = ("joint", "svd")
+BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
+
+
+@dataclass
+class ReferenceTraining:
+    """What :func:`prepare_reference_training` decided for the training of a reference.
+
+    Attributes
+    ----------
+    scaled
+        The reference cells in their scaled expression space and that space (mapping reads it), or ``None``.
+    calibration_rows
+        Labeled rows kept out of the label-aware positives (they calibrate mapping), or ``None``.
+    label_positives
+        Whether labels shaped the positives.
+    positive_pool_cells
+        How many cells a cell's positives are searched among (0: the paper's views).
+    positive_space
+        ``"joint"`` or ``"svd"``: the space the positives were searched in.
+    balance, balance_groups
+        What was balanced (``"labels"``, ``"clusters"`` or ``"none"``) and each cell's group; the groups are
+        replaced by the embedding's clusters half-way through training (:func:`balance_callbacks`).
+    """
+
+    scaled: tuple[np.ndarray, ScaledSpace] | None
+    calibration_rows: np.ndarray | None
+    label_positives: bool
+    positive_pool_cells: int
+    positive_space: str
+    balance: str
+    balance_groups: np.ndarray | None
+
+
+def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_neighbors: int,
+                               label_positives: bool, positive_space: str, balance: str, seed: int
+                               ) -> ReferenceTraining:
+    """Attach neighbour positives and balance weights to the training ``cells`` of a reference.
+
+    ``labels`` are the label codes under each label key (``-1``: missing); the options are those of
+    :meth:`scconcerto.Concerto.train`.
+    """
+    if positive_space not in POSITIVE_SPACES:
+        raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
+    if balance not in BALANCE_CHOICES:
+        raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
+    expression, scaled = _expression_spaces(cells, seed, scaled=positive_neighbors > 0 and positive_space == "joint")
+    shaped, calibration_rows = _attach_positives(cells, labels, expression, scaled, positive_neighbors,
+                                                 label_positives, seed)
+    groups, balanced = _attach_balance(cells, labels, expression, balance, seed)
+    return ReferenceTraining(scaled=scaled, calibration_rows=calibration_rows, label_positives=shaped,
+                             positive_pool_cells=_positive_pool(cells),
+                             positive_space=positive_space if scaled is not None else "svd",
+                             balance=balanced, balance_groups=groups)
+
+
+def has_positives(cells: Any) -> bool:
+    """Whether the training cells draw their student views from neighbour positives."""
+    return cells.positives is not None or cells.positive_search is not None
+
+
+def balance_callbacks(cells: Any, training: ReferenceTraining, epochs: int, seed: int) -> list:
+    """With balance by clusters, a callback that finds the clusters again in the embedding half-way through
+    training (and keeps them in ``training.balance_groups``)."""
+    if training.balance != "clusters" or epochs < 2:
+        return []
+    from .balance import RefreshBalance
+
+    def keep(groups: np.ndarray) -> None:
+        training.balance_groups = groups.astype(np.int64)
+
+    return [RefreshBalance(cells, epochs // 2 - 1, seed, keep)]
+
+
+def label_groups(codes: list[np.ndarray]) -> np.ndarray:
+    """One group code per cell from its codes under every label key; ``-1`` when any is missing."""
+    stacked = np.stack([np.asarray(c, dtype=np.int64) for c in codes], axis=1)
+    missing = (stacked < 0).any(axis=1)
+    _, groups = np.unique(stacked, axis=0, return_inverse=True)
+    groups = groups.astype(np.int64).ravel()
+    groups[missing] = -1
+    return groups
+
+
+def _expression_spaces(cells: Any, seed: int, scaled: bool = False
+                       ) -> tuple[np.ndarray | None, tuple[np.ndarray, ScaledSpace] | None]:
+    """The reference in a truncated-SVD space of its expression, and with ``scaled`` in its scaled expression
+    space too (fitted on a sample, projected block by block: in memory or on disk alike)."""
+    from ..data.positives import expression_space
+
+    if cells.n_cells < 3:
+        return None, None
+    try:
+        expression, _ = expression_space(cells, seed=seed)
+    except ValueError as exc:  # e.g. a single expressed gene: nothing to decompose
+        log.info("No expression space for the reference (%s).", exc)
+        return None, None
+    return expression, scaled_expression(cells, seed) if scaled else None
+
+
+def _attach_positives(cells: Any, labels: list[np.ndarray], expression: np.ndarray | None,
+                      scaled: tuple[np.ndarray, ScaledSpace] | None, k: int, label_positives: bool, seed: int
+                      ) -> tuple[bool, np.ndarray | None]:
+    """Set how the cells' neighbour positives are found: ``cells.positives`` searched among all cells in memory,
+    or ``cells.positive_search`` for the streamed windows of a backed reference (one search for both).
+
+    Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
+    """
+    from ..data.positives import PositiveSearch, joint_components, neighbor_positives, positive_codes
+
+    if k == 0:
+        return False, None
+    groups = calibration_rows = None
+    if label_positives and labels:
+        groups = label_groups(labels)
+        labeled = np.flatnonzero(groups >= 0)
+        rng = np.random.default_rng(seed)
+        n_open = int(min(CALIBRATION_MAX_CELLS, round(CALIBRATION_FRACTION * labeled.size)))
+        calibration_rows = np.sort(rng.choice(labeled, n_open, replace=False)) if n_open else None
+    components = expression
+    if components is not None and scaled is not None:
+        components = joint_components(components, scaled[0])
+    if components is None:  # e.g. a single expressed gene: nothing to search in
+        log.info("No expression sketch of the reference: training with the paper's views.")
+        return False, None
+    if cells.on_disk:  # searched window by window as the cells are streamed
+        cells.positive_search = PositiveSearch(k, components, positive_codes(cells.n_cells, groups, calibration_rows))
+    else:  # the same search, once, among all cells
+        cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
+                                             components=components)
+    return groups is not None, calibration_rows
+
+
+def _attach_balance(cells: Any, labels: list[np.ndarray], expression: np.ndarray | None, balance: str, seed: int
+                    ) -> tuple[np.ndarray | None, str]:
+    """Set ``cells.balance_weights`` for ``balance``; return the groups and what was balanced.
+
+    ``"auto"`` means labels when the model has label keys, else clusters: first those of the expression space,
+    then (from half-way through training) those of the embedding. A single source has nothing to balance.
+    """
+    from ..data.composition import balance_groups, source_balance_weights
+
+    domains = cells.domains
+    if balance == "none" or len(np.unique(domains)) < 2:
+        return None, "none"
+    if balance == "auto":
+        balance = "labels" if labels else "clusters"
+    if balance == "labels":
+        if not labels:
+            raise InputError("balance='labels' needs label keys: pass label_key= to Concerto, or use "
+                             "balance='clusters' (or 'auto').")
+        groups = label_groups(labels)
+    else:
+        if expression is None:  # no expression space: plain statistics until the embedding's clusters
+            return None, "clusters"
+        groups = balance_groups(expression, domains, seed=seed)
+    cells.balance_weights = source_balance_weights(groups, domains)
+    return groups.astype(np.int64), balance
+
+
+def _positive_pool(cells: Any) -> int:
+    """How many cells a cell's neighbour positives are searched among: all cells in memory, a streamed window's
+    (at most) on disk; 0 without neighbour positives."""
+    from ..data.streaming import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW_CHUNKS
+
+    if not has_positives(cells):
+        return 0
+    return cells.n_cells if not cells.on_disk else min(cells.n_cells, DEFAULT_CHUNK_SIZE * DEFAULT_WINDOW_CHUNKS)
