@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     import anndata as ad
 
     from ..data.setup import PreparedCells
-    from ..nn import ConcertoNetwork
-    from ..train import TrainConfig
-    from .storage import ReferenceStore
 
 __all__ = ["MappingResult", "MappingState", "ReferenceMapper"]
 
@@ -61,33 +58,13 @@ class ReferenceMapper(MappingMixin):
         return f"ReferenceMapper({prepared})"
 
     # ------------------------------------------------------------------ what it reads of the model
-    @property
-    def network(self) -> "ConcertoNetwork":
-        return self.model.network
-
-    @property
-    def setup(self) -> Any:
-        return self.model.setup
-
-    @property
-    def reference(self) -> "ReferenceStore | None":
-        return self.model.reference
-
-    @property
-    def seed(self) -> int:
-        return self.model.seed
-
-    @property
-    def train_config(self) -> "TrainConfig | None":
-        return self.model.train_config
-
-    @property
-    def adata(self) -> "ad.AnnData | None":
-        return self.model.adata
-
-    @property
-    def model_id(self) -> str:
-        return self.model.model_id
+    network = property(lambda self: self.model.network, doc="The model's network (read, never changed).")
+    setup = property(lambda self: self.model.setup, doc="The model's gene setup, sources and labels.")
+    reference = property(lambda self: self.model.reference, doc="The model's reference cells (ReferenceStore).")
+    seed = property(lambda self: self.model.seed, doc="The model's seed (default of mapping's seeds).")
+    train_config = property(lambda self: self.model.train_config, doc="How the model was trained.")
+    adata = property(lambda self: self.model.adata, doc="The reference AnnData the model was built on, if attached.")
+    model_id = property(lambda self: self.model.model_id, doc="The model's fingerprint.")
 
     @property
     def last_alignment(self) -> Any:
