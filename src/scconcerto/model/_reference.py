@@ -21,7 +21,9 @@ import numpy as np
 from .._errors import InputError
 from ..data.scaled_space import ScaledSpace, fit_scaled_space
 from ..mapping.label_model import DEFAULT_K, LabelModel, fit_label_model
-from ..search.neighbors import build_index, gpu_search_active, ivf_centroids, may_be_approximate, searches_on_its_device
+from ..search.ann import STORED_KIND, index_from_array, index_to_array, stored_index
+from ..search.neighbors import (build_index, gpu_search_active, index_kind, may_be_approximate,
+                                searches_on_its_device)
 from ..tools.placement import reference_umap as umap_of_embedding
 
 if TYPE_CHECKING:
@@ -33,7 +35,8 @@ MAPPING_CONFIG = "mapping"
 #: Version of what ``extra_config['mapping']`` holds; models prepared by an older version must be prepared again.
 MAPPING_VERSION = 5
 UMAP_EXTRA = "umap"
-IVF_CENTROIDS_EXTRA = "ivf_centroids"
+IVF_CENTROIDS_EXTRA = "ivf_centroids"  # models prepared before 2026-12-06: the IVF index's centroids only
+ANN_INDEX_EXTRA = "ann_index"  # + ".<space>": the approximate index of large references (faiss bytes)
 RNA_EMBEDDING_EXTRA = "embedding_rna"
 CALIBRATION_EXTRA = "calibration_rows"  # labeled rows kept out of label-aware training: they calibrate mapping
 SCALED_EXPRESSION_EXTRA = "scaled_expression"  # every reference cell in the scaled expression space (n_ref x c)
@@ -177,7 +180,7 @@ class ReferenceMixin:
           held-out reference cells;
         * the reference cells in their scaled expression space (from the in-memory reference AnnData);
         * for RNA + protein models, the RNA-only reference embedding (needs the reference AnnData);
-        * from 100k reference cells, the IVF index's centroids;
+        * from 100k reference cells, an approximate (IVF) index of each searched space;
         * the reference UMAP, on which queries are placed (``umap``).
 
         Parameters
@@ -210,7 +213,7 @@ class ReferenceMixin:
         if overwrite:
             self.extra_config.pop(MAPPING_CONFIG, None)
             self.reference.extra.pop(UMAP_EXTRA, None)
-            for name in [n for n in self.reference.extra if n.startswith(IVF_CENTROIDS_EXTRA)]:
+            for name in [n for n in self.reference.extra if n.startswith((IVF_CENTROIDS_EXTRA, ANN_INDEX_EXTRA))]:
                 del self.reference.extra[name]
             _INDEX_CACHE.pop(self, None)
             if adata is not None or getattr(self, "adata", None) is not None:  # recomputed from it
@@ -226,10 +229,10 @@ class ReferenceMixin:
             if space not in cfg["labels"]:
                 self._fit_label_models(space, k, seed)
             if may_be_approximate(len(self.reference.embedding)) and not gpu_search_active():
-                self._reference_index(space, self._space_embedding(space), "ivf", seed, store=True)
+                self._reference_index(space, self._space_embedding(space), STORED_KIND, seed, store=True)
         scaled = self._scaled_expression()
         if scaled is not None and may_be_approximate(len(scaled[0])) and not gpu_search_active():
-            self._reference_index(SCALED_EXPRESSION_EXTRA, scaled[0], "ivf", seed, store=True)
+            self._reference_index(SCALED_EXPRESSION_EXTRA, scaled[0], STORED_KIND, seed, store=True)
         cfg.update({"k": int(k), "seed": int(seed)})
         if umap:
             self._compute_reference_umap(umap_neighbors, umap_min_dist, seed)
@@ -251,25 +254,37 @@ class ReferenceMixin:
         found = self.reference.extra.get(UMAP_EXTRA)
         return None if found is None else np.asarray(found, dtype=np.float32)
 
-    def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int, store: bool = False) -> Any:
-        """The faiss index over the reference cells in ``space``, built once and kept in memory for the next maps.
+    def _search_kind(self, space: str, n_base: int, n_query: int, index: str) -> str:
+        """The index a search of ``n_query`` rows among the reference cells in ``space`` uses
+        (:func:`~scconcerto.search.index_kind`; exact on a GPU; an index stored with the reference counts as built)."""
+        if gpu_search_active():
+            return "flat"
+        return index_kind(n_base, n_query, index, prebuilt=f"{ANN_INDEX_EXTRA}.{space}" in self.reference.extra)
 
-        An IVF index's k-means centroids are kept in ``reference.extra['ivf_centroids.<space>']`` (saved with the
-        model) when the reference is prepared (``store``), so another process rebuilds it by assigning the cells
-        to them.
+    def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int, store: bool = False) -> Any:
+        """What the reference cells in ``space`` are searched in: the array itself for exact search, else a faiss
+        index, built once and kept in memory for the next maps.
+
+        The approximate index of a large reference is saved with the model (``reference.extra['ann_index.<space>']``,
+        faiss's own format, checked when read) when the reference is prepared (``store``), so another process
+        reads it instead of building it. (Models prepared before 2026-12-06 kept only the IVF centroids, in
+        ``ivf_centroids.<space>``: their index is rebuilt by assigning the cells to them.)
         """
-        if gpu_search_active():  # exact search of the array on the GPU: no index to build
+        if gpu_search_active() or kind == "flat":  # exact: chunked matrix products (:func:`~scconcerto.search.knn`)
             return ref_emb
         cache = _INDEX_CACHE.setdefault(self, {})
         cached = cache.get(space)
         if cached is not None and cached[0] == (kind, seed) and cached[1] is ref_emb:
             return cached[2]
-        stored = f"{IVF_CENTROIDS_EXTRA}.{space}"
-        centroids = self.reference.extra.get(stored) if kind == "ivf" else None
-        if centroids is not None and centroids.shape[1] != ref_emb.shape[1]:
-            centroids = None
-        index = build_index(ref_emb, kind=kind, seed=seed, centroids=centroids)
-        if kind == "ivf" and centroids is None and store:
-            self.reference.extra[stored] = ivf_centroids(index)
+        saved = self.reference.extra.get(f"{ANN_INDEX_EXTRA}.{space}") if kind == STORED_KIND else None
+        centroids = self.reference.extra.get(f"{IVF_CENTROIDS_EXTRA}.{space}") if kind == "ivf" else None
+        if saved is not None:
+            index = index_from_array(saved, *ref_emb.shape)
+        elif centroids is not None and centroids.ndim == 2 and centroids.shape[1] == ref_emb.shape[1]:
+            index = build_index(ref_emb, kind=kind, seed=seed, centroids=centroids)
+        else:
+            index = stored_index(ref_emb, seed) if kind == STORED_KIND else build_index(ref_emb, kind=kind, seed=seed)
+            if store and kind == STORED_KIND:
+                self.reference.extra[f"{ANN_INDEX_EXTRA}.{space}"] = index_to_array(index)
         cache[space] = ((kind, seed), ref_emb, index)
         return index
