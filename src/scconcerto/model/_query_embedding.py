@@ -198,7 +198,7 @@ class QueryEmbeddingMixin:
             sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
                                                                 replace=False))
             ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
-            search_in = ref_emb  # knn searches the sample exactly (faiss flat, or the GPU)
+            search_in = ref_emb  # knn searches the sample exactly
         else:
             search_in = self._reference_index(space, ref_emb, kind, seed)
         return vote(knn(emb, search_in, k=min(k, len(ref_emb))), ref_codes, n_groups).codes

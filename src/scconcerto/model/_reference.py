@@ -2,7 +2,7 @@
 
 :class:`ReferenceMixin` keeps, in ``extra_config['mapping']``, one calibrated label decision per label key and
 embedding space (:class:`~scconcerto.mapping.LabelModel`: posterior, ``P(right)``, ``P(seen type)``, unknown
-threshold); in ``reference.extra``, the reference UMAP, the IVF centroids of large references, the RNA-only
+threshold); in ``reference.extra``, the reference UMAP, the approximate indexes of large references, the RNA-only
 embedding of RNA + protein models, and the reference cells in its scaled expression space
 (:mod:`scconcerto.data.scaled_space`) with that space. It also holds the in-memory faiss index of each searched
 space. :meth:`ReferenceMixin.prepare_mapping` computes all of it; mapping only reads it.
