@@ -20,10 +20,8 @@ from ..search.neighbors import knn
 
 __all__ = ["LogisticScore", "agreement", "density_ratio", "neighbourhood_features"]
 
-#: Cells of each side of a density ratio (a seeded sample above it): the size the novelty model is calibrated at
-#: (at most ``label_model.CALIBRATION_CELLS`` held-out cells stand for the query), so a large query's ratio is read
-#: at the size it was fitted at (and its searches cost a quarter of 10,000-cell samples').
-DENSITY_CELLS = 5_000
+#: Cells of each side of a density ratio (a seeded sample above it).
+DENSITY_CELLS = 10_000
 #: Neighbours averaged on each side of a density ratio.
 DENSITY_K = 5
 
