@@ -9,7 +9,8 @@ Typical use (see benchmarks/SCALE.md)::
     python benchmarks/scale.py run --sizes 100000 --queries 10000 100000 --workdir /tmp/scale
     python benchmarks/scale.py profile --cells 20000 --genes 2000
 
-Sub-commands run by ``run`` (usable alone): ``simulate``, ``build``, ``converge``, ``map``.
+Sub-commands run by ``run`` (usable alone): ``simulate``, ``build``, ``converge``, ``map`` (streamed embedding
+and vote), ``map-query`` (``Concerto.map_query``, as ``scconcerto map``).
 """
 
 from __future__ import annotations
@@ -250,6 +251,43 @@ def cmd_map(args: argparse.Namespace) -> None:
           "peak_rss_gb": round(peak_rss_gb(), 2), "peak_rss_mapping_gb": round(rss_mapped, 2),
           "rss_after_model_load_gb": round(rss_loaded, 2),
           "adapted_sources": len(new), "uptime_start": up0, "uptime_end": uptime()})
+
+
+def cmd_map_query(args: argparse.Namespace) -> None:
+    """``Concerto.map_query`` as ``scconcerto map`` runs it (model loaded from disk, query in memory, every
+    default), with the recall@5 of the reference's stored approximate index against exact search."""
+    import anndata as ad
+
+    from scconcerto import Concerto
+    from scconcerto.metrics import annotation_report
+    from scconcerto.search.ann import neighbor_recall
+    from scconcerto.search.neighbors import knn
+
+    up0 = uptime()
+    t0 = time.perf_counter()
+    model = Concerto.load(args.model)
+    t_load = time.perf_counter() - t0
+    query = ad.read_h5ad(args.query)
+    cpu0 = cpu_seconds()
+    t1 = time.perf_counter()
+    model.map_query(query, device=args.device)
+    total = time.perf_counter() - t1
+    cpu_used = cpu_seconds() - cpu0
+    info = query.uns["scconcerto_mapping"]
+    report = annotation_report(query.obs["cell_type"].astype(str).to_numpy(),
+                               query.obs["cell_type_pred"].astype(str).to_numpy())
+    record = {"phase": "map_query", "n_query": query.n_obs, "n_reference": info["n_reference"],
+              "seconds": round(total, 2), "model_load_seconds": round(t_load, 2),
+              "process_cpu_seconds": round(cpu_used, 1), "timings": info["timings"], "index": info["index"],
+              "accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
+              "peak_rss_gb": round(peak_rss_gb(), 2), "uptime_start": up0, "uptime_end": uptime()}
+    if info["index"] != "flat":
+        sample = query.obsm["X_concerto"][: args.recall_sample]
+        index = model._reference_index("full", model.reference.embedding, info["index"], model.seed)
+        record["index_recall_at_5"] = round(neighbor_recall(knn(sample, index, 5),
+                                                            knn(sample, model.reference.embedding, 5)), 4)
+        record["recall_sample"] = int(len(sample))
+    emit(record)
 
 
 def sync_cuda() -> None:
@@ -529,6 +567,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         for q in args.queries:
             results += child(["map", "--model", str(model), "--query", str(work / f"query_{q}.h5ad"),
                               "--device", args.device], log)
+            results += child(["map-query", "--model", str(model), "--query", str(work / f"query_{q}.h5ad"),
+                              "--device", args.device], log)
         for peer in args.peers:
             results += child(["peer", "--method", peer, "--ref", str(work / f"ref_{n}.h5ad"), "--query",
                               str(work / f"query_{min(args.queries)}.h5ad")], log)
@@ -573,6 +613,11 @@ def main() -> None:
     m.add_argument("--nprobe", type=int, default=16)
     m.add_argument("--recall-sample", type=int, default=5000)
     m.add_argument("--device", default="auto")
+    mq = sub.add_parser("map-query", help=cmd_map_query.__doc__.splitlines()[0])
+    mq.add_argument("--model", required=True)
+    mq.add_argument("--query", required=True)
+    mq.add_argument("--recall-sample", type=int, default=5000)
+    mq.add_argument("--device", default="auto")
     mem = sub.add_parser("memory", help=cmd_memory.__doc__.splitlines()[0])
     mem.add_argument("--n-ref", type=int, required=True)
     mem.add_argument("--queries", type=int, nargs="+", default=[10_000, 100_000])
@@ -626,7 +671,7 @@ def main() -> None:
     args = p.parse_args()
     {"simulate": cmd_simulate, "build": cmd_build, "converge": cmd_converge, "map": cmd_map,
      "profile": cmd_profile, "peer": cmd_peer, "run": cmd_run, "memory": cmd_memory,
-     "search": cmd_search}[args.cmd](args)
+     "search": cmd_search, "map-query": cmd_map_query}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -354,9 +354,7 @@ def test_label_shift_balancing_keeps_a_skewed_query_accurate(held_out, reference
     assert sim["balanced"] > sim["plain"]
 
 
-def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading(held_out, tmp_path, monkeypatch):
-    import copy
-
+def test_large_references_store_their_index_and_reuse_it_after_loading(held_out, tmp_path, monkeypatch):
     import faiss
 
     import scconcerto.search.neighbors as search_module
@@ -365,19 +363,36 @@ def test_large_references_store_their_ivf_centroids_and_reuse_them_after_loading
     model = copy.deepcopy(model)
     monkeypatch.setattr(search_module, "APPROXIMATE_MIN_REFERENCE", 100)  # this reference counts as large
     model.prepare_mapping(umap=False)
-    stored = model.reference.ivf_centroids["full"]
-    assert stored.shape[1] == model.reference.embedding.shape[1]
+    stored = model.reference.ann_indexes["full"]
+    assert stored.dtype == np.uint8
     first = query.copy()
     model.map_query(first, device="cpu", place=False, index="ivf")
+    assert first.uns["scconcerto_mapping"]["index"] == "ivf"
     model.save(tmp_path / "m")
     loaded = Concerto.load(tmp_path / "m")
-    np.testing.assert_array_equal(loaded.reference.ivf_centroids["full"], stored)
+    np.testing.assert_array_equal(loaded.reference.ann_indexes["full"], stored)
 
-    def no_kmeans(*args, **kwargs):
-        raise AssertionError("k-means ran although the model stores the centroids")
+    def not_again(*args, **kwargs):
+        raise AssertionError("the index was built again although the model stores it")
 
-    monkeypatch.setattr(faiss.IndexIVFFlat, "train", no_kmeans)
+    monkeypatch.setattr(faiss.IndexIVFFlat, "train", not_again)
+    monkeypatch.setattr(faiss.IndexIVFFlat, "add", not_again)
     again = query.copy()
     loaded.map_query(again, device="cpu", place=False, index="ivf")
     assert np.array_equal(first.obs["cell_type_pred"].to_numpy(), again.obs["cell_type_pred"].to_numpy())
     np.testing.assert_allclose(first.obs["cell_type_confidence"], again.obs["cell_type_confidence"], atol=1e-5)
+
+
+def test_a_damaged_stored_index_is_an_input_error(held_out, monkeypatch):
+    import scconcerto.search.neighbors as search_module
+
+    model, query = held_out
+    model = copy.deepcopy(model)
+    monkeypatch.setattr(search_module, "APPROXIMATE_MIN_REFERENCE", 100)
+    model.prepare_mapping(umap=False)
+    damaged = model.reference.ann_indexes["full"].copy()
+    damaged[: len(damaged) // 2] = 7
+    model.reference.ann_indexes["full"] = damaged
+    model.mapper._indexes.clear()  # the index built in memory from the saved bytes: read them again
+    with pytest.raises(InputError, match="saved search index"):
+        model.map_query(query.copy(), device="cpu", place=False, index="ivf")

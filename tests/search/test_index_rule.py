@@ -26,6 +26,16 @@ def test_the_rule_by_sizes(n_base, n_query, expected):
     assert index_kind(n_base, n_query, approximate="hnsw") == ("hnsw" if expected == "ivf" else "flat")
 
 
+@pytest.mark.parametrize("n_base, n_query, expected", [
+    (100_000, 999, "flat"),           # under 1e8 pairs: exact costs about a second at most
+    (100_000, 1_000, "ivf"),
+    (99_999, 10**6, "flat"),          # below the smallest approximate reference
+])
+def test_a_prebuilt_index_is_used_from_less_work(n_base, n_query, expected):
+    assert index_kind(n_base, n_query, prebuilt=True) == expected
+    assert index_kind(100_000, 1_000) == "flat"  # the same search, the index still to build: exact
+
+
 def test_a_named_index_is_kept():
     assert index_kind(10, 10, "ivf") == "ivf"
     assert index_kind(10**7, 10**7, "flat") == "flat"

@@ -26,7 +26,7 @@ from ..mapping.hierarchy import parent_labels, within_parent
 from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, query_features
 from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from ..tools.imputation import impute_from_neighbors
-from ..search.neighbors import NeighborsResults, gpu_search_active, index_kind, knn, searches_on_its_device
+from ..search.neighbors import NeighborsResults, gpu_search_active, knn, searches_on_its_device
 from ..tools.placement import place_on_reference
 from ..train.config import check_seed
 from .._copy import with_copy
@@ -217,7 +217,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
         # -- neighbours in the reference
         t0 = time.perf_counter()
         ref_emb = self._space_embedding(space)
-        kind = "flat" if gpu_search_active() else index_kind(len(ref_emb), len(embedding), index)
+        kind = self._search_kind(space, len(ref_emb), len(embedding), index)
         imputing = impute and self.reference.protein is not None
         k_search = int(min(max([*ks.values(), impute_k if imputing else 1, 1]), len(ref_emb)))
         searched = knn(embedding, self._reference_index(space, ref_emb, kind, seed), k=k_search)
@@ -309,7 +309,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                              "there is no novelty model for it.")
         ref_emb = self._space_embedding(space)
         k = int(min(model.posterior.k, len(ref_emb)))
-        kind = "flat" if gpu_search_active() else index_kind(len(ref_emb), len(embedding), "auto")
+        kind = self._search_kind(space, len(ref_emb), len(embedding), "auto")
         searched = knn(embedding, self._reference_index(space, ref_emb, kind, seed), k=k)
         expression = self._query_expression_neighbors({label_key: model}, prepared.cells, "auto", seed)
         out = self._decide_labels({label_key: model}, {label_key: k}, searched, embedding, ref_emb, expression, [],
@@ -339,7 +339,7 @@ class MappingMixin(ReferenceMixin, QueryEmbeddingMixin):
                              "no longer holds; run `model.prepare_mapping(reference_adata, overwrite=True)`.")
         ref_expr, space = scaled
         query_expr = space.project(cells)
-        kind = "flat" if gpu_search_active() else index_kind(len(ref_expr), len(query_expr), index)
+        kind = self._search_kind(SCALED_EXPRESSION, len(ref_expr), len(query_expr), index)
         found = knn(query_expr, self._reference_index(SCALED_EXPRESSION, ref_expr, kind, seed),
                     k=min(AGREEMENT_K, len(ref_expr)))
         return query_expr, ref_expr, found

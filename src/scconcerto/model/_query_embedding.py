@@ -22,7 +22,7 @@ from ..data.composition import balancing_weights, source_balance_weights
 from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import subsample_per_group
 from ..tools.label_transfer import label_counts, vote
-from ..search.neighbors import index_kind, knn
+from ..search.neighbors import knn
 from ._reference import FULL, RNA_ONLY, _with_new_domains
 
 if TYPE_CHECKING:
@@ -134,6 +134,7 @@ class QueryEmbeddingMixin:
                                               dict(finetune_options or {}), space)
             timings["finetune"] = time.perf_counter() - t0
         adapt = new_domains or None
+        embedding = None
         if label_shift and new_domains and finetune_epochs == 0:
             t0 = time.perf_counter()
             balanced = self._balanced_adabn(network, prepared.cells, new_domains, space, k, index, batch_size, device,
@@ -142,10 +143,14 @@ class QueryEmbeddingMixin:
                 network, adapt = balanced[0], None
                 if info is not None:
                     info["label_shift"] = balanced[1]
+                if len(balanced[2]) == prepared.cells.n_cells:  # every cell was balanced: no second forward pass
+                    embedding = balanced[3]
                 timings["label_shift"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        embedding = embed_cells(network, prepared.cells, batch_size=batch_size, device=device, adapt_domains=adapt)
-        timings["embed"] = time.perf_counter() - t0
+        if embedding is None:
+            t0 = time.perf_counter()
+            embedding = embed_cells(network, prepared.cells, batch_size=batch_size, device=device,
+                                    adapt_domains=adapt)
+            timings["embed"] = time.perf_counter() - t0
         return embedding, prepared, space
 
     def _balance_spec(self) -> tuple[np.ndarray, int, str] | None:
@@ -182,27 +187,31 @@ class QueryEmbeddingMixin:
     def _predicted_groups(self, emb: np.ndarray, spec: tuple[np.ndarray, int, str], space: str, k: int,
                           index: str, seed: int, n_query: int) -> np.ndarray:
         """The balancing group of each query cell embedded as ``emb``: the vote of its ``k`` nearest reference
-        cells (among a seeded sample of ``LABEL_SHIFT_REFERENCE_CELLS`` on large references)."""
+        cells (searched exactly among a seeded sample of ``LABEL_SHIFT_REFERENCE_CELLS`` on large references,
+        unless the search is approximate anyway, e.g. with an index stored with the reference)."""
         ref_codes, n_groups, _ = spec
         ref_emb = self._space_embedding(space)
-        if len(ref_emb) > LABEL_SHIFT_REFERENCE_CELLS:
+        kind = self._search_kind(space, len(ref_emb), n_query, index)
+        if kind == "flat" and len(ref_emb) > LABEL_SHIFT_REFERENCE_CELLS:
             sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
                                                                 replace=False))
             ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
-            search_in = ref_emb  # knn searches the sample exactly (faiss flat, or the GPU)
+            search_in = ref_emb  # knn searches the sample exactly
         else:
-            search_in = self._reference_index(space, ref_emb, index_kind(len(ref_emb), n_query, index), seed)
+            search_in = self._reference_index(space, ref_emb, kind, seed)
         return vote(knn(emb, search_in, k=min(k, len(ref_emb))), ref_codes, n_groups).codes
 
     def _balanced_adabn(self, network: "ConcertoNetwork", cells: Any, new_domains: list[int], space: str, k: int,
-                        index: str, batch_size: int, device: str, seed: int) -> tuple["ConcertoNetwork", dict] | None:
+                        index: str, batch_size: int, device: str, seed: int
+                        ) -> tuple["ConcertoNetwork", dict, np.ndarray, np.ndarray] | None:
         """A copy of ``network`` whose BN statistics of the unseen sources ``new_domains`` are AdaBN moments
         reweighted to balance their predicted composition (:meth:`_balance_spec`).
 
         The groups are those predicted for (a sample of at most ``LABEL_SHIFT_CELLS`` cells of) each
         source by the vote of (at most ``LABEL_SHIFT_REFERENCE_CELLS`` of) the reference cells, with plain
         AdaBN statistics at first and the reweighted ones after each of ``LABEL_SHIFT_ROUNDS`` rounds; the
-        moments are the DSBN's own weighted moments. ``None`` when there is nothing to balance by.
+        moments are the DSBN's own weighted moments. Returns the network, what was done, the balanced rows of
+        ``cells`` and their embedding by the returned network; ``None`` when there is nothing to balance by.
         """
         from ..train import embed_hidden, teacher_hidden_states, with_new_domains
 
@@ -235,4 +244,4 @@ class QueryEmbeddingMixin:
         info = {"label_key": key if by == "labels" else None, "groups": by, "target": spec[2],
                 "rounds": LABEL_SHIFT_ROUNDS, "cells": int(len(rows)),
                 "max_weight": round(float(weights.max()), 3) if weights is not None and len(weights) else None}
-        return net, info
+        return net, info, rows, embed_hidden(net, hidden, domains)

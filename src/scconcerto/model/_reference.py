@@ -4,7 +4,7 @@
 ``config.json``), one calibrated label decision per label key and embedding space
 (:class:`~scconcerto.mapping.LabelModel`: posterior, ``P(right)``, ``P(seen type)``, unknown threshold); in the
 typed fields of ``model.reference`` (:class:`~scconcerto.model.storage.ReferenceStore`), the reference UMAP, the
-IVF centroids of large references, the RNA-only embedding of RNA + protein models, and the reference cells in
+approximate indexes of large references, the RNA-only embedding of RNA + protein models, and the reference cells in
 its scaled expression space (:mod:`scconcerto.data.scaled_space`) with that space. It also holds the in-memory
 faiss index of each searched
 space. :meth:`ReferenceMixin.prepare` computes all of it; mapping only reads it.
@@ -23,7 +23,9 @@ import numpy as np
 from .._errors import InputError, ModelFileError
 from ..data.scaled_space import ScaledSpace, scaled_expression
 from ..mapping.label_model import DEFAULT_K, LabelModel, fit_label_model
-from ..search.neighbors import build_index, gpu_search_active, ivf_centroids, may_be_approximate, searches_on_its_device
+from ..search.ann import STORED_KIND, index_from_array, index_to_array, stored_index
+from ..search.neighbors import (build_index, gpu_search_active, index_kind, may_be_approximate,
+                                searches_on_its_device)
 from ..tools.placement import reference_umap as umap_of_embedding
 from ._schema import check_dataclass
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scconcerto")
 
-#: The name of the scaled expression space among the searched spaces (its index, its IVF centroids).
+#: The name of the scaled expression space among the searched spaces (its approximate index).
 SCALED_EXPRESSION = "scaled_expression"
 FULL, RNA_ONLY = "full", "rna_only"
 
@@ -213,7 +215,7 @@ class ReferenceMixin:
           held-out reference cells;
         * the reference cells in their scaled expression space (from the in-memory reference AnnData);
         * for RNA + protein models, the RNA-only reference embedding (needs the reference AnnData);
-        * from 100k reference cells, the IVF index's centroids;
+        * from 100k reference cells, an approximate (IVF) index of each searched space;
         * the reference UMAP, on which queries are placed (``umap``).
 
         Parameters
@@ -246,7 +248,7 @@ class ReferenceMixin:
         if overwrite:
             self.state = None
             self.reference.umap = None
-            self.reference.ivf_centroids = {}
+            self.reference.ann_indexes = {}
             self._indexes.clear()
             if adata is not None or getattr(self, "adata", None) is not None:  # recomputed from it
                 self.reference.embedding_rna = None
@@ -261,10 +263,10 @@ class ReferenceMixin:
             if space not in state.label_models:
                 self._fit_label_models(space, k, seed)
             if may_be_approximate(len(self.reference.embedding)) and not gpu_search_active():
-                self._reference_index(space, self._space_embedding(space), "ivf", seed, store=True)
+                self._reference_index(space, self._space_embedding(space), STORED_KIND, seed, store=True)
         scaled = self._scaled_expression()
         if scaled is not None and may_be_approximate(len(scaled[0])) and not gpu_search_active():
-            self._reference_index(SCALED_EXPRESSION, scaled[0], "ivf", seed, store=True)
+            self._reference_index(SCALED_EXPRESSION, scaled[0], STORED_KIND, seed, store=True)
         state.k, state.seed = int(k), int(seed)
         if umap:
             self._compute_reference_umap(umap_neighbors, umap_min_dist, seed)
@@ -284,24 +286,33 @@ class ReferenceMixin:
         found = self.reference.umap
         return None if found is None else np.asarray(found, dtype=np.float32)
 
-    def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int, store: bool = False) -> Any:
-        """The faiss index over the reference cells in ``space``, built once and kept in memory for the next maps.
+    def _search_kind(self, space: str, n_base: int, n_query: int, index: str) -> str:
+        """The index a search of ``n_query`` rows among the reference cells in ``space`` uses
+        (:func:`~scconcerto.search.index_kind`; exact on a GPU; an index stored with the reference counts as built)."""
+        if gpu_search_active():
+            return "flat"
+        return index_kind(n_base, n_query, index, prebuilt=space in self.reference.ann_indexes)
 
-        An IVF index's k-means centroids are kept in ``reference.ivf_centroids[space]`` (saved with the
-        model) when the reference is prepared (``store``), so another process rebuilds it by assigning the cells
-        to them.
+    def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int, store: bool = False) -> Any:
+        """What the reference cells in ``space`` are searched in: the array itself for exact search, else a faiss
+        index, built once and kept in memory for the next maps.
+
+        The approximate index of a large reference is saved with the model (``reference.ann_indexes[space]``,
+        faiss's own format, checked when read) when the reference is prepared (``store``), so another process
+        reads it instead of building it.
         """
-        if gpu_search_active():  # exact search of the array on the GPU: no index to build
+        if gpu_search_active() or kind == "flat":  # exact: chunked matrix products (:func:`~scconcerto.search.knn`)
             return ref_emb
         cache = self._indexes
         cached = cache.get(space)
         if cached is not None and cached[0] == (kind, seed) and cached[1] is ref_emb:
             return cached[2]
-        centroids = self.reference.ivf_centroids.get(space) if kind == "ivf" else None
-        if centroids is not None and centroids.shape[1] != ref_emb.shape[1]:
-            centroids = None
-        index = build_index(ref_emb, kind=kind, seed=seed, centroids=centroids)
-        if kind == "ivf" and centroids is None and store:
-            self.reference.ivf_centroids[space] = ivf_centroids(index)
+        saved = self.reference.ann_indexes.get(space) if kind == STORED_KIND else None
+        if saved is not None:
+            index = index_from_array(saved, *ref_emb.shape)
+        else:
+            index = stored_index(ref_emb, seed) if kind == STORED_KIND else build_index(ref_emb, kind=kind, seed=seed)
+            if store and kind == STORED_KIND:
+                self.reference.ann_indexes[space] = index_to_array(index)
         cache[space] = ((kind, seed), ref_emb, index)
         return index

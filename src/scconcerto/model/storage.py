@@ -46,7 +46,7 @@ EMBEDDING_RNA = "embedding_rna"
 SCALED_EXPRESSION = "scaled_expression"
 SCALED_SPACE = {"loadings": "scaled_expression_loadings", "offset": "scaled_expression_offset",
                 "caps": "scaled_expression_caps"}
-IVF_CENTROIDS = "ivf_centroids"
+ANN_INDEX = "ann_index"
 
 
 @dataclass
@@ -68,8 +68,9 @@ class ReferenceStore:
     scaled_expression, scaled_space
         Every reference cell in its scaled expression space, and that space
         (:class:`~scconcerto.data.scaled_space.ScaledSpace`).
-    ivf_centroids
-        Per searched space, the k-means centroids of its approximate (IVF) index.
+    ann_indexes
+        Per searched space of a large reference, its approximate index (faiss's own serialization, uint8),
+        checked when read (:func:`~scconcerto.search.ann.index_from_array`).
     """
 
     embedding: np.ndarray
@@ -82,7 +83,7 @@ class ReferenceStore:
     embedding_rna: np.ndarray | None = None
     scaled_expression: np.ndarray | None = None
     scaled_space: ScaledSpace | None = None
-    ivf_centroids: dict[str, np.ndarray] = field(default_factory=dict)
+    ann_indexes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         out = {"embedding": np.ascontiguousarray(self.embedding, np.float32),
@@ -92,7 +93,7 @@ class ReferenceStore:
             out["protein"] = np.ascontiguousarray(self.protein, np.float32)
         extra = {CALIBRATION_ROWS: self.calibration_rows, BALANCE_GROUPS: self.balance_groups, UMAP: self.umap,
                  EMBEDDING_RNA: self.embedding_rna, SCALED_EXPRESSION: self.scaled_expression,
-                 **{f"{IVF_CENTROIDS}.{space}": c for space, c in self.ivf_centroids.items()}}
+                 **{f"{ANN_INDEX}.{space}": c for space, c in self.ann_indexes.items()}}
         if self.scaled_space is not None:
             extra.update({name: getattr(self.scaled_space, attr) for attr, name in SCALED_SPACE.items()})
         out.update({f"extra.{k}": np.ascontiguousarray(v) for k, v in extra.items() if v is not None})
@@ -103,7 +104,7 @@ class ReferenceStore:
         """The store of arrays read from ``reference.safetensors``; :class:`ModelFileError` for an unknown array."""
         extra = {k[6:]: v for k, v in t.items() if k.startswith("extra.")}
         known = {CALIBRATION_ROWS, BALANCE_GROUPS, UMAP, EMBEDDING_RNA, SCALED_EXPRESSION, *SCALED_SPACE.values()}
-        odd = sorted(k for k in extra if k not in known and not k.startswith(f"{IVF_CENTROIDS}."))
+        odd = sorted(k for k in extra if k not in known and not k.startswith(f"{ANN_INDEX}."))
         if odd:
             raise ModelFileError(f"reference.safetensors of the model holds arrays of unknown roles "
                                  f"{['extra.' + k for k in odd[:5]]}; it was written by another version of "
@@ -118,8 +119,8 @@ class ReferenceStore:
                    balance_groups=extra.get(BALANCE_GROUPS), umap=extra.get(UMAP),
                    embedding_rna=extra.get(EMBEDDING_RNA), scaled_expression=extra.get(SCALED_EXPRESSION),
                    scaled_space=None if space_parts[0] is None else ScaledSpace(*space_parts),
-                   ivf_centroids={k[len(IVF_CENTROIDS) + 1:]: v for k, v in extra.items()
-                                  if k.startswith(f"{IVF_CENTROIDS}.")})
+                   ann_indexes={k[len(ANN_INDEX) + 1:]: v for k, v in extra.items()
+                                 if k.startswith(f"{ANN_INDEX}.")})
 
 
 def _open_regular(path: Path) -> int:

@@ -92,3 +92,53 @@ def recall_at_k(reference: np.ndarray, queries: np.ndarray, k: int = 5, kind: st
     t3 = time.perf_counter()
     return RecallReport(neighbor_recall(approx, exact), k, int(reference.shape[0]), int(queries.shape[0]),
                         t1 - t0, t2 - t1, t3 - t2)
+
+
+# ------------------------------------------------------------------------------------------------ stored indexes
+#: The approximate index kept with a large reference (:func:`stored_index`): an IVF index, trained once ...
+STORED_KIND: IndexKind = "ivf"
+#: ... with ``default_nlist`` lists, of which each query scans this many. Chosen on the 100k-cell hard simulation
+#: (a 10k query of its held-out batch, 2026-12-06; ``benchmarks/scale.py map-query`` reports the recall of each
+#: run): recall@5 against exact search 0.993 with 8 lists, 0.9998 with 16, no better with 32 at half the speed.
+IVF_NPROBE = 16
+_STORED_TYPES = (faiss.IndexIVFFlat, faiss.IndexHNSWFlat)
+
+
+def index_to_array(index: faiss.Index) -> np.ndarray:
+    """The faiss index as bytes (``faiss.serialize_index``: faiss's own ``write_index`` format, no pickle), to
+    be saved with the model."""
+    return np.asarray(faiss.serialize_index(index), dtype=np.uint8)
+
+
+def index_from_array(data: np.ndarray, n_rows: int, dim: int, nprobe: int | None = None) -> faiss.Index:
+    """The faiss index saved by :func:`index_to_array`, checked to be an inner-product IVF-Flat or HNSW-Flat
+    index over ``n_rows`` rows of ``dim`` values (the reference it was built for).
+
+    Raises
+    ------
+    InputError
+        The bytes are not such an index (damaged, or built for another reference).
+    """
+    fix = ("The model's saved search index is damaged or belongs to another reference; prepare the mapping "
+           "again: `model.prepare_mapping(reference_adata, overwrite=True)`, then save the model.")
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 1 or data.size == 0:
+        raise InputError(f"{fix} (it is not a byte array)")
+    try:
+        index = faiss.deserialize_index(np.ascontiguousarray(data))  # (the most derived index class)
+    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+        raise InputError(f"{fix} (faiss could not read it: {str(exc).splitlines()[0] if str(exc) else exc})") \
+            from exc
+    if not isinstance(index, _STORED_TYPES) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise InputError(f"{fix} (it is a {type(index).__name__}, not an inner-product IVF-Flat or HNSW-Flat index)")
+    if index.d != dim or index.ntotal != n_rows:
+        raise InputError(f"{fix} (it holds {index.ntotal} rows of {index.d} values; the reference has {n_rows} "
+                         f"rows of {dim})")
+    if isinstance(index, faiss.IndexIVFFlat):
+        index.nprobe = min(nprobe or IVF_NPROBE, index.nlist)
+    return index
+
+
+def stored_index(reference: np.ndarray, seed: int = 0) -> faiss.Index:
+    """The approximate index kept with a large reference: IVF-Flat, ``IVF_NPROBE`` lists probed."""
+    return ann_index(reference, STORED_KIND, nprobe=IVF_NPROBE, seed=seed)

@@ -5,7 +5,7 @@
 fails (``'csr_array' object has no attribute 'getnnz'``). Passing
 :class:`FaissKNNTransformer` as ``transformer=`` keeps scanpy's graph
 (UMAP connectivities, ``obsp`` layout, ``uns['neighbors']``) and replaces only
-the search: exact (faiss flat), or an HNSW index where the one rule of
+the search: exact, or an HNSW index where the one rule of
 :func:`~scconcerto.search.neighbors.index_kind` makes the search approximate.
 
 Examples

@@ -1,12 +1,9 @@
-"""k-nearest-neighbour search on embeddings (faiss), returning a typed result.
+"""k-nearest-neighbour search on embeddings, returning a typed result.
 
-faiss is used because it is the best-kept library for exact and approximate
-inner-product search on CPU; cosine similarity is the inner product of
-L2-normalized vectors. Inside :func:`search_device` with a GPU, exact searches
-of arrays run there instead, as chunked matrix products with ``torch.topk``
-(faiss's GPU build ships for CUDA 12 only and not on PyPI for our pins; on a
-GPU, exact search of a million queries among a million cells takes seconds,
-faster than faiss's IVF on 16 CPU cores).
+Cosine similarity is the inner product of L2-normalized vectors. Exact searches of arrays are chunked matrix
+products with ``torch.topk``, on the CPU or, inside :func:`search_device` with a GPU, there (faiss's GPU build
+ships for CUDA 12 only and not on PyPI for our pins); on the CPU this is faster than faiss's ``IndexFlatIP``
+(``benchmarks/scale.py search``). Approximate searches (IVF, HNSW) use faiss, the best-kept library for them.
 """
 
 from __future__ import annotations
@@ -57,6 +54,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 _search_on: torch.device | None = None
 GPU_SEARCH_ELEMENTS = 1 << 29  # similarity entries per chunk of a GPU search (2 GiB in float32)
+CPU_SEARCH_ELEMENTS = 1 << 24  # ... and of a CPU search (64 MiB: measured on 10k x 100k, docs in exact_search)
 TOPK_BLOCK = 256  # columns per block in the GPU top-k (:func:`_topk_by_blocks`)
 #: Exact CPU searches of at most this many query x base pairs are one numpy product (:func:`_small_search`).
 SMALL_SEARCH_PAIRS = 4_000_000
@@ -66,20 +64,28 @@ APPROXIMATE_FROM = 1_000_000
 #: ... and from this many base rows when the query rows times the base rows reach ``APPROXIMATE_WORK`` pairs.
 APPROXIMATE_MIN_REFERENCE = 100_000
 APPROXIMATE_WORK = 2e9
+#: With an approximate index already built (stored with a reference), searches among ``APPROXIMATE_MIN_REFERENCE``
+#: base rows are approximate from this many pairs: below it an exact search takes about a second or less on
+#: 2 CPU cores (10k x 10k rows of 128 values: 0.9 s on a shared 2-core machine, 2026-12-06).
+PREBUILT_APPROXIMATE_WORK = 1e8
 
 
-def index_kind(n_base: int, n_query: int, index: str = "auto", approximate: IndexKind = "ivf") -> str:
+def index_kind(n_base: int, n_query: int, index: str = "auto", approximate: IndexKind = "ivf",
+               prebuilt: bool = False) -> str:
     """The faiss index of a search of ``n_query`` rows among ``n_base`` rows: the one exact-vs-approximate rule.
 
     ``index`` is returned unless it is ``"auto"``. Then the search is exact (``"flat"``) except among
     ``APPROXIMATE_FROM`` base rows, or among ``APPROXIMATE_MIN_REFERENCE`` base rows searched by enough query
     rows that exact search costs more than building and searching an approximate index: then it is
     ``approximate`` (``"ivf"`` for a reference searched by queries, ``"hnsw"`` for the kNN graph of a set of
-    cells, which needs no training). A search of a set among itself has ``n_query == n_base``.
+    cells, which needs no training). A search of a set among itself has ``n_query == n_base``. With
+    ``prebuilt`` (the approximate index exists already, e.g. stored with the reference) nothing is built, so the
+    search is approximate from ``PREBUILT_APPROXIMATE_WORK`` pairs.
     """
     if index != "auto":
         return index
-    large = n_base >= APPROXIMATE_MIN_REFERENCE and float(n_base) * float(n_query) >= APPROXIMATE_WORK
+    work = PREBUILT_APPROXIMATE_WORK if prebuilt else APPROXIMATE_WORK
+    large = n_base >= APPROXIMATE_MIN_REFERENCE and float(n_base) * float(n_query) >= work
     return approximate if n_base >= APPROXIMATE_FROM or large else "flat"
 
 
@@ -134,9 +140,9 @@ def exact_search(query: np.ndarray, base: np.ndarray, k: int, device: str | torc
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products of ``query`` rows among ``base`` rows, best first (rows used as given).
 
-    On ``device`` (default: the :func:`search_device`, else the CPU with faiss
-    ``IndexFlatIP``), a torch device runs chunked float32 matrix products and
-    ``torch.topk``; ties may be ordered differently than faiss orders them.
+    On ``device`` (default: the :func:`search_device`, else the CPU), chunked
+    float32 matrix products and ``torch.topk`` (a small search: one numpy
+    product); ties may be ordered differently than faiss orders them.
     On CUDA, from ``GPU_TF32_MIN_PAIRS`` query x base pairs (atlases), the
     products run in TF32 and the ``k`` chosen neighbours are rescored and
     ordered in float32: a neighbour can differ from the float32 search only
@@ -152,11 +158,7 @@ def exact_search(query: np.ndarray, base: np.ndarray, k: int, device: str | torc
     dev = torch.device(device) if device is not None else _search_on
     if dev is None and len(query) * len(base) <= SMALL_SEARCH_PAIRS and 0 < k <= len(base):
         return _small_search(query, base, k)
-    if dev is None:
-        index = faiss.IndexFlatIP(base.shape[1])
-        index.add(base)
-        sims, idx = index.search(query, k)
-        return sims, idx.astype(np.int64)
+    dev = torch.device("cpu") if dev is None else dev
     # as faiss: fewer than k base rows pad with index -1 and the lowest float
     sims = np.full((len(query), k), np.finfo(np.float32).min, dtype=np.float32)
     idx = np.full((len(query), k), -1, dtype=np.int64)
@@ -168,8 +170,8 @@ def exact_search(query: np.ndarray, base: np.ndarray, k: int, device: str | torc
         b = torch.from_numpy(base).to(dev)
         if n_base % TOPK_BLOCK and n_base >= 4 * k_eff * TOPK_BLOCK:  # zero rows up to whole blocks (scored -inf)
             b = torch.cat([b, b.new_zeros(TOPK_BLOCK - n_base % TOPK_BLOCK, b.shape[1])])
-        step = max(1, GPU_SEARCH_ELEMENTS // len(b))
-        fast = len(query) * n_base >= GPU_TF32_MIN_PAIRS  # (TF32 is CUDA's; elsewhere only the rescoring runs)
+        step = max(1, (CPU_SEARCH_ELEMENTS if dev.type == "cpu" else GPU_SEARCH_ELEMENTS) // len(b))
+        fast = dev.type != "cpu" and len(query) * n_base >= GPU_TF32_MIN_PAIRS  # (TF32 is CUDA's; elsewhere only the rescoring runs)
         for start in range(0, len(query), step):
             q = torch.from_numpy(query[start:start + step]).to(dev)
             with _tf32_products(fast):
@@ -289,10 +291,7 @@ def knn(query: np.ndarray, reference: np.ndarray | faiss.Index, k: int = 5,
     if isinstance(reference, faiss.Index):
         k_eff = min(k + extra, reference.ntotal)
         sims, idx = reference.search(q, k_eff)
-    elif gpu_search_active():  # exact on the GPU, whatever ``kind``
-        k_eff = min(k + extra, len(reference))
-        sims, idx = exact_search(q, l2_normalize(reference), k_eff)
-    elif kind == "flat" and len(q) * len(reference) <= SMALL_SEARCH_PAIRS:
+    elif kind == "flat" or gpu_search_active():  # exact (on the GPU whatever ``kind``)
         k_eff = min(k + extra, len(reference))
         sims, idx = exact_search(q, l2_normalize(reference), k_eff)
     else:
