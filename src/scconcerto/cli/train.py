@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-source batch-norm statistics balanced for cell-type composition: by the label "
                         "groups, by clusters found across sources, 'auto' (labels when given, else clusters) or "
                         "'none' (default: the package default, see docs/defaults.md)")
+    p.add_argument("--gene-dropout", type=float, default=None,
+                   help="share of a cell's expressed genes hidden in each training view (default: the package's, "
+                        "0.2); 0 when types differ by a handful of genes (docs/limits.md)")
     p.add_argument("--modality-dropout", type=float, default=0.5,
                    help="RNA + protein: share of training batches whose teacher sees RNA only (default: 0.5)")
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     model = Concerto(adata, batch_key=args.batch_key, label_key=label, protein_key=protein_key,
                      layer=args.layer, hvg=args.hvg, seed=args.seed)
     options = {} if args.balance is None else {"balance": args.balance}
+    if args.gene_dropout is not None:
+        options["gene_dropout"] = args.gene_dropout
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,

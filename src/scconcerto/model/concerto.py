@@ -200,6 +200,10 @@ class Concerto(AttentionMixin):
                         "seed": self.seed if seed is None else seed, **kwargs},
                        checkpoint_dir=checkpoint_dir, resume=resume)  # before any work
         prepared = self._prepare(self.adata, what="the reference")
+        if isinstance(gene_dropout, bool) or not isinstance(gene_dropout, (int, float)) \
+                or not 0.0 <= gene_dropout < 1.0:
+            raise InputError(f"gene_dropout (--gene-dropout) must be at least 0 and below 1 (the share of a cell's "
+                             f"genes hidden in a training view), got {gene_dropout!r}.")
         if not 0.0 <= modality_dropout <= 1.0:
             raise InputError(f"modality_dropout must be between 0 and 1, got {modality_dropout}.")
         if positive_neighbors < 0:
