@@ -6,8 +6,7 @@
 typed fields of ``model.reference`` (:class:`~scconcerto.model.storage.ReferenceStore`), the reference UMAP, the
 approximate indexes of large references, the RNA-only embedding of RNA + protein models, and the reference cells in
 its scaled expression space (:mod:`scconcerto.data.scaled_space`) with that space. It also holds the in-memory
-faiss index of each searched
-space. :meth:`ReferenceMixin.prepare` computes all of it; mapping only reads it.
+faiss index of each searched space. :meth:`ReferenceMixin.prepare` computes all of it; mapping only reads it.
 """
 
 from __future__ import annotations

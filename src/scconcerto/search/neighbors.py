@@ -233,14 +233,11 @@ def _topk_by_blocks(scores: torch.Tensor, k: int, block: int = 0) -> tuple[torch
 
 
 def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | None = None,
-                nprobe: int = 16, hnsw_m: int = 32, seed: int = 0, centroids: np.ndarray | None = None
-                ) -> faiss.Index:
+                nprobe: int = 16, hnsw_m: int = 32, seed: int = 0) -> faiss.Index:
     """Build a faiss inner-product index over L2-normalized ``reference`` rows.
 
     ``flat`` is exact; ``ivf`` (inverted lists, trained by k-means) and
     ``hnsw`` (graph) are approximate and meant for references of millions of cells.
-    ``centroids`` (``ivf`` only; from :func:`ivf_centroids`) skip the k-means: the
-    index is rebuilt by assigning the rows to them.
     """
     ref = l2_normalize(reference)
     n, d = ref.shape
@@ -250,15 +247,10 @@ def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | No
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
         quantizer = faiss.IndexFlatIP(d)
-        if centroids is not None:
-            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-            nlist = quantizer.ntotal
-        else:
-            nlist = nlist or default_nlist(n)
+        nlist = nlist or default_nlist(n)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        if centroids is None:
-            index.train(ref)
+        index.train(ref)
         index.nprobe = min(nprobe, nlist)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -267,12 +259,6 @@ def build_index(reference: np.ndarray, kind: IndexKind = "flat", nlist: int | No
         raise InputError(f"Unknown index kind {kind!r}; use 'flat', 'ivf' or 'hnsw'.")
     index.add(ref)
     return index
-
-
-def ivf_centroids(index: faiss.Index) -> np.ndarray:
-    """The ``(nlist, d)`` float32 centroids of an IVF index (to store, and rebuild it with ``build_index``)."""
-    ivf = faiss.extract_index_ivf(index)
-    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
 
 
 def knn(query: np.ndarray, reference: np.ndarray | faiss.Index, k: int = 5,
