@@ -48,7 +48,7 @@ import scconcerto as scc  # noqa: E402
 from benchmarks.report import commit_id  # noqa: E402
 from benchmarks.tasks.data import role  # noqa: E402
 from scconcerto.data.setup import normalize_protein  # noqa: E402
-from scconcerto.model._attention import AttentionWeights  # noqa: E402
+from scconcerto.tools.attention import AttentionWeights  # noqa: E402
 
 #: Textbook protein per cbmc type: the antibodies Stoeckius et al. (Nat Methods 2017, Fig. 2) and the
 #: Seurat CBMC vignette name the clusters by.

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from scconcerto import InputError
-from scconcerto.model._attention import AttentionWeights
+from scconcerto.tools.attention import AttentionWeights
 
 
 @pytest.fixture(scope="module")

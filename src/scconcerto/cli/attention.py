@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
 
-    from ..model._attention import AttentionWeights
+    from ..tools.attention import AttentionWeights
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,17 +14,15 @@ import torch
 
 from .. import __version__
 from .._errors import InputError, ModelFileError
-from ..data import DataSetup, label_codes, prepare_cells, setup_reference
+from ..data import DataSetup, prepare_cells, setup_reference
 from ..data.readers import PROTEIN_KEY, from_mudata, is_mudata
 from ..data.setup import PreparedCells
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
-from ..search.neighbors import searches_on_its_device
-from ..train import TrainConfig, embed_cells, fit
-from ..train.reference import balance_callbacks, has_positives, prepare_reference_training
-from ..train.runner import is_global_zero, seeded_rng
-from ..train.config import TrainingRecord, check_seed, check_settings, default_epochs
-from ._attention import AttentionMixin
+from ..train import TrainConfig, embed_cells
+from ..train.config import TrainingRecord, check_seed, default_epochs
+from ..tools.attention import AttentionWeights, teacher_attention
+from ..train.pretrain import pretrain_reference
 from .classifier import AnnotationPrediction, CellTypeClassifier, ClassifierState, cross_validate
 from ._mapping import MappingResult
 from ._reference import MappingState
@@ -41,7 +38,7 @@ log = logging.getLogger("scconcerto")
 UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first mapping or plot
 
 
-class Concerto(AttentionMixin):
+class Concerto:
     """Contrastive teacher-student embedding of single cells (Yang et al., 2022).
 
     Parameters
@@ -133,7 +130,6 @@ class Concerto(AttentionMixin):
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
-    @searches_on_its_device  # neighbour positives, calibration: exact searches on the training GPU
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
@@ -196,49 +192,18 @@ class Concerto(AttentionMixin):
         """
         if self.adata is None:
             raise InputError("This model has no reference AnnData attached (it was loaded); it is already trained.")
-        check_settings({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device,
-                        "seed": self.seed if seed is None else seed, **kwargs},
-                       checkpoint_dir=checkpoint_dir, resume=resume)  # before any work
-        prepared = self._prepare(self.adata, what="the reference")
-        if isinstance(gene_dropout, bool) or not isinstance(gene_dropout, (int, float)) \
-                or not 0.0 <= gene_dropout < 1.0:
-            raise InputError(f"gene_dropout (--gene-dropout) must be at least 0 and below 1 (the share of a cell's "
-                             f"genes hidden in a training view), got {gene_dropout!r}.")
-        if not 0.0 <= modality_dropout <= 1.0:
-            raise InputError(f"modality_dropout must be between 0 and 1, got {modality_dropout}.")
-        if positive_neighbors < 0:
-            raise InputError(f"positive_neighbors must be 0 (the paper's views) or more, got {positive_neighbors}.")
-        seed = self.seed if seed is None else seed
-        labels = label_codes(self.adata, self.setup)
-        inputs = prepare_reference_training(prepared.cells, [labels[key] for key in self.setup.label_keys],
-                                            positive_neighbors, label_positives, positive_space, balance, seed)
-        self.training_record.positive_pool_cells = inputs.positive_pool_cells
-        config = TrainConfig(epochs=epochs or default_epochs(prepared.cells.n_cells), batch_size=batch_size, lr=lr,
-                             max_genes=max_genes, gene_dropout=gene_dropout,
-                             modality_dropout=modality_dropout if self.setup.proteins else 0.0,
-                             positive_neighbors=positive_neighbors if has_positives(prepared.cells) else 0,
-                             label_positives=inputs.label_positives, positive_space=inputs.positive_space,
-                             balance=inputs.balance, seed=seed, device=device, progress=progress, **kwargs)
-        start = time.perf_counter()
-        self.network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
-        callbacks = balance_callbacks(prepared.cells, inputs, config.epochs, seed)
-        with seeded_rng(config.seed, device):  # forks (and seeds) the CPU and, when used, the CUDA generator
-            history = fit(self.network, prepared.cells, config, checkpoint_dir=checkpoint_dir, resume=resume,
-                          callbacks=callbacks)
-        self.train_config = config
-        self.history = history
-        self.training_record.seconds = time.perf_counter() - start
-        if not is_global_zero():  # data-parallel: only rank 0 embeds the reference and prepares mapping
+        out = pretrain_reference(self.network, self.adata, self.setup, seed=self.seed if seed is None else seed,
+                                 epochs=epochs, batch_size=batch_size, lr=lr, max_genes=max_genes,
+                                 gene_dropout=gene_dropout, modality_dropout=modality_dropout,
+                                 positive_neighbors=positive_neighbors, label_positives=label_positives,
+                                 positive_space=positive_space, balance=balance, device=device, progress=progress,
+                                 checkpoint_dir=checkpoint_dir, resume=resume, **kwargs)
+        self.train_config, self.history, self.training_record = out.config, out.history, out.record
+        if out.reference is None:  # data-parallel: only rank 0 embeds the reference and prepares mapping
             return self
-        emb = embed_cells(self.network, prepared.cells, device=self.train_config.device)
-        self.reference = ReferenceStore(embedding=emb, domains=prepared.cells.domains, labels=labels,
-                                        protein=prepared.cells.protein, balance_groups=inputs.balance_groups)
-        if inputs.calibration_rows is not None:
-            self.reference.calibration_rows = inputs.calibration_rows.astype(np.int64)
-        if inputs.scaled is not None:  # mapping's label decision reads the scaled expression space
-            self.reference.scaled_expression, self.reference.scaled_space = inputs.scaled
+        self.reference = ReferenceStore(**out.reference)
         if prepare_mapping:
-            options = {"umap": prepared.cells.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
+            options = {"umap": out.n_cells <= UMAP_AT_TRAIN_MAX_CELLS, "device": device}
             options.update(prepare_mapping if isinstance(prepare_mapping, dict) else {})
             self.prepare_mapping(**options)
         return self
@@ -271,6 +236,45 @@ class Concerto(AttentionMixin):
         self.last_alignment = prepared.alignment
         return embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device,
                            adapt_domains=adapt or None)
+
+    def attention(self, adata: ad.AnnData, batch_size: int = 1024, device: str = "auto",
+                  min_overlap: float = DEFAULT_MIN_OVERLAP, use_protein: bool = True) -> AttentionWeights:
+        """The teacher's attention weights of every cell over its expressed genes (and proteins).
+
+        They come from the call the embedding makes, before the source-specific batch normalization, so cells
+        of any source need no adaptation (:func:`scconcerto.tools.attention.teacher_attention`). The model is not
+        changed.
+
+        Parameters
+        ----------
+        adata
+            Cells to explain; genes are aligned to the model's vocabulary by name.
+        batch_size
+            Cells per chunk.
+        device
+            ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        min_overlap
+            Smallest fraction of the model's genes the data must have.
+        use_protein
+            Also return protein attention when the model and the data have proteins.
+
+        Returns
+        -------
+        AttentionWeights
+            ``.rna``: cells x ``adata.var_names`` CSR (rows sum to one over the expressed genes the model knows;
+            zero elsewhere); ``.protein``: cells x model proteins CSR (rows sum to one over the proteins above
+            background), or ``None``.
+
+        Examples
+        --------
+        >>> att = model.attention(adata)  # doctest: +SKIP
+        >>> att.rna.sum(axis=1)  # ones (zeros for cells with no known gene)  # doctest: +SKIP
+        """
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive number of cells, got {batch_size!r}.")
+        prepared = self._prepare(adata, None, min_overlap, what="the data", use_protein=use_protein)
+        self.last_alignment = prepared.alignment
+        return teacher_attention(self.network, prepared, adata.var_names, self.setup.proteins, batch_size, device)
 
     # ------------------------------------------------------------------ mapping
     @property

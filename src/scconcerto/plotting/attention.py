@@ -22,7 +22,7 @@ from ._base import SaveArg, finish
 
 if TYPE_CHECKING:
     from ..model import Concerto
-    from ..model._attention import AttentionWeights
+    from ..tools.attention import AttentionWeights
 
 
 def top_features(adata: ad.AnnData, groupby: str, attention: AttentionWeights | sp.spmatrix, features: pd.Index,

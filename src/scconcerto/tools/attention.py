@@ -28,7 +28,9 @@ import scipy.sparse as sp
 from .._errors import InputError
 
 if TYPE_CHECKING:
+    from ..data.setup import PreparedCells
     from ..model import Concerto
+    from ..nn import ConcertoNetwork
 
 log = logging.getLogger("scconcerto")
 
@@ -92,6 +94,73 @@ class AttentionWeights:
         self.matrix(modality)
         return pd.Index(self.var_names if modality == "rna" else self.protein_names, dtype=object)
 
+
+
+# --------------------------------------------------------------------------- the weights
+def _vocab_to_column(column_to_vocab: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Invert a gene alignment: the dataset column of each vocabulary gene (``-1`` if absent)."""
+    out = np.full(n_vocab, -1, dtype=np.int64)
+    present = np.flatnonzero(column_to_vocab >= 0)
+    out[column_to_vocab[present]] = present
+    return out
+
+
+def _stack_rows(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shape: tuple[int, int]) -> sp.csr_matrix:
+    """One CSR matrix from consecutive row blocks given as (column indices, values, offsets)."""
+    if not parts:
+        return sp.csr_matrix(shape, dtype=np.float32)
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    lengths = np.concatenate([np.diff(off) for _, _, off in parts])
+    np.cumsum(lengths, out=indptr[1:])
+    indices = np.concatenate([idx for idx, _, _ in parts])
+    values = np.concatenate([val for _, val, _ in parts]).astype(np.float32, copy=False)
+    m = sp.csr_matrix((values, indices, indptr), shape=shape)
+    m.sort_indices()  # vocabulary order -> the data's column order, in place
+    return m
+
+
+def teacher_attention(network: ConcertoNetwork, prepared: PreparedCells, var_names: pd.Index,
+                      protein_names: Sequence[str], batch_size: int = 1024, device: str = "auto") -> AttentionWeights:
+    """The teacher's attention weights of the ``prepared`` cells over their expressed genes (and proteins).
+
+    The teacher pools each modality's expressed features by attention
+    (:func:`scconcerto.nn.attention.attention_pool`) before the domain-specific batch normalization of its
+    tail, so the weights depend neither on a cell's source nor on BN statistics: cells of unseen sources need
+    no AdaBN. They come from the call the embedding makes (:meth:`~scconcerto.nn.ConcertoNetwork.teacher_hidden`
+    on the full teacher view, eval mode), in chunks of ``batch_size`` consecutive cells; only the sparse result
+    is kept. ``var_names`` are the data's genes (the columns of ``.rna``), ``protein_names`` the model's panel.
+    :meth:`scconcerto.Concerto.attention` prepares the cells and calls this; the network is left as it was.
+    """
+    import torch
+
+    from ..train import resolve_device
+
+    cells, alignment = prepared.cells, prepared.alignment
+    to_column = _vocab_to_column(alignment.column_to_vocab, alignment.n_vocab)
+    shapes = {"rna": (cells.n_cells, len(var_names))}
+    if cells.protein is not None:
+        shapes["protein"] = (cells.n_cells, len(protein_names))
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {m: [] for m in shapes}
+    index_dtype = np.int32 if max(len(var_names), len(protein_names)) < 2**31 else np.int64
+    dev = resolve_device(device)
+    was_training = network.training
+    network.to(dev).eval()
+    try:
+        with torch.no_grad():
+            # consecutive chunks of cells: attention comes before the (source-specific) BN, so chunks
+            # need not be source-homogeneous, and consecutive rows give the CSR directly
+            for start in range(0, cells.n_cells, batch_size):
+                views = cells.batch(np.arange(start, min(start + batch_size, cells.n_cells))).teacher
+                _, weights = network.teacher_hidden({m: v.to(dev) for m, v in views.items()})
+                for m, w in weights.items():
+                    idx = views[m].indices.numpy()
+                    columns = (to_column[idx] if m == "rna" else idx).astype(index_dtype)
+                    parts[m].append((columns, w.float().cpu().numpy(), views[m].offsets.numpy()))
+    finally:
+        network.cpu().train(was_training)
+    out = {m: _stack_rows(parts[m], shapes[m]) for m in shapes}
+    return AttentionWeights(rna=out["rna"], var_names=pd.Index(var_names.astype(str), dtype=object),
+                            protein=out.get("protein"), protein_names=list(protein_names) if "protein" in out else [])
 
 
 # --------------------------------------------------------------------------- inputs
