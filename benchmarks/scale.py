@@ -283,7 +283,7 @@ def cmd_map_query(args: argparse.Namespace) -> None:
               "peak_rss_gb": round(peak_rss_gb(), 2), "uptime_start": up0, "uptime_end": uptime()}
     if info["index"] != "flat":
         sample = query.obsm["X_concerto"][: args.recall_sample]
-        index = model.mapper._reference_index("full", model.reference.embedding, info["index"], model.seed)
+        index = model.mapper._search().index("full", model.reference.embedding, info["index"], model.seed)
         record["index_recall_at_5"] = round(neighbor_recall(knn(sample, index, 5),
                                                             knn(sample, model.reference.embedding, 5)), 4)
         record["recall_sample"] = int(len(sample))

@@ -16,6 +16,7 @@ from scconcerto import Concerto, InputError
 from scconcerto._io import write_h5ad
 from scconcerto.datasets import simulate
 from scconcerto.metrics import annotation_report
+from scconcerto.model._persistence import model_config
 
 UNSEEN = "type_0"
 
@@ -175,11 +176,11 @@ def test_small_query_maps_without_the_density_ratio(held_out, mapped):
 def test_mapping_leaves_the_model_unchanged(held_out, mapped):
     """Mapping reads the prepared reference and stores nothing into the model, whatever the options."""
     model, query = held_out[0], mapped[1]
-    config = json.dumps(model._config_dict(), sort_keys=True)
+    config = json.dumps(model_config(model), sort_keys=True)
     arrays = {name: value.copy() for name, value in model.reference.to_tensors().items()}
     for options in ({"k": 7}, {"index": "ivf"}, {"adjust_proportions": True}, {"reject": True}):
         model.map_query(query.copy(), place=False, device="cpu", **options)
-    assert json.dumps(model._config_dict(), sort_keys=True) == config
+    assert json.dumps(model_config(model), sort_keys=True) == config
     after = model.reference.to_tensors()
     assert arrays.keys() == after.keys()
     assert all(np.array_equal(arrays[name], after[name]) for name in arrays)

@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from scconcerto.model._mapping import MapOptions, map_cells
 from scconcerto.search import neighbors
 from scconcerto.search.neighbors import exact_search, gpu_search_active, knn, search_device, searches_on_its_device
 
@@ -77,8 +78,9 @@ def test_mapping_with_the_torch_search_equals_faiss(trained_model, sim, monkeypa
     query.obs["batch"] = "unseen"  # AdaBN with the label-shift rounds, which search too
     expected = trained_model.map_query(query.copy(), device="cpu", impute=False, place=False)
     monkeypatch.setattr(neighbors, "_search_on", torch.device("cpu"))
-    mapper = trained_model.mapper  # map without the decorator that would set the search device from `device`
-    got = type(mapper).map.__wrapped__(mapper, query.copy(), device="cpu", impute=False, place=False)
+    mapper = trained_model.mapper  # map without `map`'s search device, which `device` would set
+    options = MapOptions(device="cpu", impute=False, place=False, seed=trained_model.seed)
+    got = map_cells(trained_model, mapper.state, mapper._search(), query.copy(), options)
     np.testing.assert_array_equal(got.neighbors.indices, expected.neighbors.indices)
     for key, frame in expected.predictions.items():
         assert (got.predictions[key]["pred"] == frame["pred"]).all()

@@ -3,8 +3,8 @@
 from .._keys import EMBEDDING_KEY
 from .classifier import AnnotationPrediction, CellTypeClassifier, ClassifierState
 from .concerto import Concerto, default_epochs
-from .mapper import MappingResult, MappingState, ReferenceMapper
+from .mapper import MapOptions, MappingResult, MappingState, ReferenceMapper
 from .storage import FORMAT_VERSION, ReferenceStore
 
 __all__ = ["EMBEDDING_KEY", "FORMAT_VERSION", "AnnotationPrediction", "CellTypeClassifier", "ClassifierState",
-           "Concerto", "MappingResult", "MappingState", "ReferenceMapper", "ReferenceStore", "default_epochs"]
+           "Concerto", "MapOptions", "MappingResult", "MappingState", "ReferenceMapper", "ReferenceStore", "default_epochs"]

@@ -23,225 +23,222 @@ from ..nn.dsbn import MIN_ADAPT_CELLS
 from ..tools.label_shift import subsample_per_group
 from ..tools.label_transfer import label_counts, vote
 from ..search.neighbors import knn
-from ._reference import FULL, RNA_ONLY, _with_new_domains
+from ._reference import FULL, RNA_ONLY, ReferenceSearch, new_query_domains, rna_only_reference
 
 if TYPE_CHECKING:
     from ..data.setup import PreparedCells
     from ..nn import ConcertoNetwork
+    from ._mapping import MapOptions
 
 #: Query cells per unseen source whose predicted types balance its AdaBN statistics (a seeded sample above it).
 LABEL_SHIFT_CELLS = 20_000
-#: Rounds of predict-then-reweight (benchmark label-transfer splits: the second round added up to 0.002 ACC,
-#: a third nothing).
+#: Rounds of predict-then-reweight.
 LABEL_SHIFT_ROUNDS = 2
 #: Reference cells (a seeded sample above it) searched in the predict-and-reweight rounds: composition
-#: estimates need no exhaustive search (10k queries among 100k cells: 2.5 s a round exact, 0.5 s among 20k).
+#: estimates need no exhaustive search.
 LABEL_SHIFT_REFERENCE_CELLS = 20_000
 
 
-class QueryEmbeddingMixin:
-    """Embedding query cells in the reference space.
+def embed_query(model: Any, search: ReferenceSearch, adata: ad.AnnData, options: "MapOptions",
+                timings: dict[str, float], k: int = 5, info: dict | None = None
+                ) -> tuple[np.ndarray, "PreparedCells", str]:
+    """The query embedding in the reference space, its prepared cells, and the space (full / RNA-only).
 
-    A part of :class:`~scconcerto.model.mapper.ReferenceMapper`.
+    ``options`` are mapping's (its ``seed`` resolved); ``k`` reference cells vote for each query cell's group
+    in the balanced AdaBN rounds, whose summary goes into ``info['label_shift']``.
     """
+    from ..train import embed_cells
 
-    # ------------------------------------------------------------------ fine-tuning
-    def _finetuned_network(self, prepared: "PreparedCells", new_domains: list[int], epochs: int, seed: int,
-                           device: str, options: dict, space: str = FULL) -> "ConcertoNetwork":
-        """A copy of the network whose new sources' DSBN affine (adapters) is trained on the query.
-
-        Unsupervised contrastive training as in pre-training, starting from the
-        reference weights; every other parameter is frozen, so the reference
-        sources' embedding (and the stored reference embedding) is unchanged. A model trained with
-        balanced statistics balances the query sources' training statistics alike, by the groups
-        predicted for their cells under plain AdaBN.
-        """
-        from ..train import TrainConfig, fit
-
-        net = copy.deepcopy(self.network).cpu()
-        n_known = net.teacher_tail.norm.n_domains
-        needed = max(new_domains) + 1 - n_known
-        for p in net.parameters():
-            p.requires_grad_(False)
-        hooks = []
-        for norm in net.domain_norms():
-            norm.add_domains(needed)
-            keep = torch.zeros(norm.n_domains, 1)
-            keep[n_known:] = 1.0
-            for p in (norm.weight, norm.bias):  # only the rows of the query's sources learn
-                p.requires_grad_(True)
-                hooks.append(p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype)))
-        base = self.train_config.to_dict() if getattr(self, "train_config", None) else {}
-        settings = {"batch_size": base.get("batch_size", 256), "lr": base.get("lr", 1e-3),
-                    "max_genes": base.get("max_genes", 512), "gene_dropout": base.get("gene_dropout", 0.0),
-                    "temperature": base.get("temperature", 0.1)}
-        settings.update(options)
-        config = TrainConfig(epochs=epochs, seed=seed, device=device, progress=False, **settings)
-        spec = self._balance_spec()
-        if spec is not None and spec[2] == "equal":  # the query sources balanced as the reference's were
-            from ..train import embed_cells
-
-            rows = np.flatnonzero(np.isin(prepared.cells.domains, new_domains))
-            emb = embed_cells(self.network, prepared.cells, batch_size=1024, device=device,
-                              adapt_domains=new_domains)[rows]
-            pred = self._predicted_groups(emb, spec, space, 5, "auto", seed, len(rows))
-            weights = np.ones(prepared.cells.n_cells, dtype=np.float32)
-            weights[rows] = self._query_weights(pred, prepared.cells.domains[rows], spec)
-            prepared.cells.balance_weights = weights
-        net.train()  # Lightning keeps the modules' mode: dropout (the views) and batch statistics need training mode
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            fit(net, prepared.cells, config)
-        for hook in hooks:
-            hook.remove()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        return net
+    setup, o = model.setup, options
+    has_panel = bool(setup.proteins) and setup.protein_key in adata.obsm
+    with_protein = has_panel if o.use_protein == "auto" else bool(o.use_protein) and has_panel
+    if o.use_protein is True and not has_panel and setup.proteins:
+        raise InputError(f"use_protein=True but the query has no `obsm[{setup.protein_key!r}]`.")
+    space = FULL
+    if setup.proteins and not with_protein:
+        if not rna_only_reference(model, None, o.batch_size, o.device):
+            raise InputError(
+                f"The query has no proteins (`obsm[{setup.protein_key!r}]`) but the model was trained on "
+                "RNA + protein, and its RNA-only reference embedding was not prepared, so the query cannot be "
+                "compared with the reference. Call `model.prepare_mapping(reference_adata)` with the AnnData "
+                "the model was trained on (then save the model; `scconcerto map --reference`), or give the "
+                "query its proteins.")
+        space = RNA_ONLY
+    prepared = model._prepare(adata, o.batch_key, o.min_overlap, what="the query", use_protein=with_protein,
+                              query_species=o.query_species)
+    # RNA-only cells and fine-tuned sources never use a reference source's statistics
+    prepared, new_domains = new_query_domains(prepared, len(setup.sources),
+                                              all_new=space == RNA_ONLY or o.finetune_epochs > 0)
+    model.last_alignment = prepared.alignment
+    network = model.network
+    if o.finetune_epochs > 0:
+        t0 = time.perf_counter()
+        network = _finetuned_network(model, search, prepared, new_domains, o, space)
+        timings["finetune"] = time.perf_counter() - t0
+    adapt = new_domains or None
+    embedding = None
+    if o.label_shift and new_domains and o.finetune_epochs == 0:
+        t0 = time.perf_counter()
+        balanced = _balanced_adabn(model, search, network, prepared.cells, new_domains, space, k, o)
+        if balanced is not None:
+            network, adapt = balanced[0], None
+            if info is not None:
+                info["label_shift"] = balanced[1]
+            if len(balanced[2]) == prepared.cells.n_cells:  # every cell was balanced: no second forward pass
+                embedding = balanced[3]
+            timings["label_shift"] = time.perf_counter() - t0
+    if embedding is None:
+        t0 = time.perf_counter()
+        embedding = embed_cells(network, prepared.cells, batch_size=o.batch_size, device=o.device,
+                                adapt_domains=adapt)
+        timings["embed"] = time.perf_counter() - t0
+    return embedding, prepared, space
 
 
-    def _embed_query(self, adata: ad.AnnData, batch_key: str | None, use_protein: bool | str,
-                     finetune_epochs: int, min_overlap: float, batch_size: int, device: str, seed: int,
-                     finetune_options: dict | None, timings: dict[str, float], label_shift: bool = False,
-                     k: int = 5, index: str = "auto", info: dict | None = None, query_species: str | None = None
-                     ) -> tuple[np.ndarray, "PreparedCells", str]:
-        """The query embedding in the reference space, its prepared cells, and the space (full / RNA-only)."""
-        from ..train import embed_cells
+def _finetuned_network(model: Any, search: ReferenceSearch, prepared: "PreparedCells", new_domains: list[int],
+                       options: "MapOptions", space: str = FULL) -> "ConcertoNetwork":
+    """A copy of the network whose new sources' DSBN affine (adapters) is trained on the query.
 
-        has_panel = bool(self.setup.proteins) and self.setup.protein_key in adata.obsm
-        with_protein = has_panel if use_protein == "auto" else bool(use_protein) and has_panel
-        if use_protein is True and not has_panel and self.setup.proteins:
-            raise InputError(f"use_protein=True but the query has no `obsm[{self.setup.protein_key!r}]`.")
-        space = FULL
-        if self.setup.proteins and not with_protein:
-            if not self._rna_only_reference(None, batch_size, device):
-                raise InputError(
-                    f"The query has no proteins (`obsm[{self.setup.protein_key!r}]`) but the model was trained on "
-                    "RNA + protein, and its RNA-only reference embedding was not prepared, so the query cannot be "
-                    "compared with the reference. Call `model.prepare_mapping(reference_adata)` with the AnnData "
-                    "the model was trained on (then save the model; `scconcerto map --reference`), or give the "
-                    "query its proteins.")
-            space = RNA_ONLY
-        prepared = self._prepare(adata, batch_key, min_overlap, what="the query", use_protein=with_protein,
-                                 query_species=query_species)
-        # RNA-only cells and fine-tuned sources never use a reference source's statistics
-        prepared, new_domains = _with_new_domains(prepared, len(self.setup.sources),
-                                                  all_new=space == RNA_ONLY or finetune_epochs > 0)
-        self.last_alignment = prepared.alignment
-        network = self.network
-        if finetune_epochs > 0:
-            t0 = time.perf_counter()
-            network = self._finetuned_network(prepared, new_domains, finetune_epochs, seed, device,
-                                              dict(finetune_options or {}), space)
-            timings["finetune"] = time.perf_counter() - t0
-        adapt = new_domains or None
-        embedding = None
-        if label_shift and new_domains and finetune_epochs == 0:
-            t0 = time.perf_counter()
-            balanced = self._balanced_adabn(network, prepared.cells, new_domains, space, k, index, batch_size, device,
-                                            seed)
-            if balanced is not None:
-                network, adapt = balanced[0], None
-                if info is not None:
-                    info["label_shift"] = balanced[1]
-                if len(balanced[2]) == prepared.cells.n_cells:  # every cell was balanced: no second forward pass
-                    embedding = balanced[3]
-                timings["label_shift"] = time.perf_counter() - t0
-        if embedding is None:
-            t0 = time.perf_counter()
-            embedding = embed_cells(network, prepared.cells, batch_size=batch_size, device=device,
-                                    adapt_domains=adapt)
-            timings["embed"] = time.perf_counter() - t0
-        return embedding, prepared, space
+    Unsupervised contrastive training as in pre-training, starting from the
+    reference weights; every other parameter is frozen, so the reference
+    sources' embedding (and the stored reference embedding) is unchanged. A model trained with
+    balanced statistics balances the query sources' training statistics alike, by the groups
+    predicted for their cells under plain AdaBN.
+    """
+    from ..train import TrainConfig, embed_cells, fit
 
-    def _balance_spec(self) -> tuple[np.ndarray, int, str] | None:
-        """What query sources are balanced by: ``(reference group codes, number of groups, target)``.
+    seed, device = options.seed, options.device
+    net = copy.deepcopy(model.network).cpu()
+    n_known = net.teacher_tail.norm.n_domains
+    needed = max(new_domains) + 1 - n_known
+    for p in net.parameters():
+        p.requires_grad_(False)
+    hooks = []
+    for norm in net.domain_norms():
+        norm.add_domains(needed)
+        keep = torch.zeros(norm.n_domains, 1)
+        keep[n_known:] = 1.0
+        for p in (norm.weight, norm.bias):  # only the rows of the query's sources learn
+            p.requires_grad_(True)
+            hooks.append(p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype)))
+    base = model.train_config.to_dict() if model.train_config else {}
+    settings = {"batch_size": base.get("batch_size", 256), "lr": base.get("lr", 1e-3),
+                "max_genes": base.get("max_genes", 512), "gene_dropout": base.get("gene_dropout", 0.0),
+                "temperature": base.get("temperature", 0.1)}
+    settings.update(options.finetune_options or {})
+    config = TrainConfig(epochs=options.finetune_epochs, seed=seed, device=device, progress=False, **settings)
+    spec = _balance_spec(model)
+    if spec is not None and spec[2] == "equal":  # the query sources balanced as the reference's were
+        rows = np.flatnonzero(np.isin(prepared.cells.domains, new_domains))
+        emb = embed_cells(model.network, prepared.cells, batch_size=1024, device=device,
+                          adapt_domains=new_domains)[rows]
+        pred = _predicted_groups(search, emb, spec, space, 5, "auto", seed, len(rows))
+        weights = np.ones(prepared.cells.n_cells, dtype=np.float32)
+        weights[rows] = _query_weights(pred, prepared.cells.domains[rows], spec)
+        prepared.cells.balance_weights = weights
+    net.train()  # Lightning keeps the modules' mode: dropout (the views) and batch statistics need training mode
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fit(net, prepared.cells, config)
+    for hook in hooks:
+        hook.remove()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
 
-        A model trained with balanced statistics: its training groups, and ``"equal"`` shares of each
-        source's groups (as its reference sources); otherwise the first label key with two or more types
-        and the reference's composition (``"reference"``); ``None`` without either.
-        """
-        balanced = getattr(self, "train_config", None) is not None and self.train_config.balance != "none"
-        if balanced and self.reference.balance_groups is not None:
-            codes = np.asarray(self.reference.balance_groups, dtype=np.int64)
-            codes = np.where(codes < 0, codes.max(initial=-1) + 1, codes)  # unlabeled cells: a group of their own
-            return codes, int(codes.max(initial=0)) + 1, "equal"
-        key = next((key for key, names in self.setup.labels.items() if len(names) > 1), None)
-        if key is None:
-            return None
-        return self.reference.labels[key], len(self.setup.labels[key]), "reference"
 
-    def _query_weights(self, pred: np.ndarray, domains: np.ndarray, spec: tuple[np.ndarray, int, str]
-                       ) -> np.ndarray:
-        """Balancing weights of query cells from their predicted groups, per source (see :meth:`_balance_spec`)."""
-        codes, n_groups, target = spec
-        if target == "equal":
-            return source_balance_weights(pred, domains)
-        counts = label_counts(codes, n_groups)
-        composition = counts / max(int(counts.sum()), 1)
-        weights = np.ones(len(pred))
-        for d in np.unique(domains):
+def _balance_spec(model: Any) -> tuple[np.ndarray, int, str] | None:
+    """What query sources are balanced by: ``(reference group codes, number of groups, target)``.
+
+    A model trained with balanced statistics: its training groups, and ``"equal"`` shares of each
+    source's groups (as its reference sources); otherwise the first label key with two or more types
+    and the reference's composition (``"reference"``); ``None`` without either.
+    """
+    balanced = model.train_config is not None and model.train_config.balance != "none"
+    if balanced and model.reference.balance_groups is not None:
+        codes = np.asarray(model.reference.balance_groups, dtype=np.int64)
+        codes = np.where(codes < 0, codes.max(initial=-1) + 1, codes)  # unlabeled cells: a group of their own
+        return codes, int(codes.max(initial=0)) + 1, "equal"
+    key = next((key for key, names in model.setup.labels.items() if len(names) > 1), None)
+    if key is None:
+        return None
+    return model.reference.labels[key], len(model.setup.labels[key]), "reference"
+
+
+def _query_weights(pred: np.ndarray, domains: np.ndarray, spec: tuple[np.ndarray, int, str]) -> np.ndarray:
+    """Balancing weights of query cells from their predicted groups, per source (see :func:`_balance_spec`)."""
+    codes, n_groups, target = spec
+    if target == "equal":
+        return source_balance_weights(pred, domains)
+    counts = label_counts(codes, n_groups)
+    composition = counts / max(int(counts.sum()), 1)
+    weights = np.ones(len(pred))
+    for d in np.unique(domains):
+        mine = domains == d
+        weights[mine] = balancing_weights(pred[mine], composition)
+    return weights
+
+
+def _predicted_groups(search: ReferenceSearch, emb: np.ndarray, spec: tuple[np.ndarray, int, str], space: str,
+                      k: int, index: str, seed: int, n_query: int) -> np.ndarray:
+    """The balancing group of each query cell embedded as ``emb``: the vote of its ``k`` nearest reference
+    cells (searched exactly among a seeded sample of ``LABEL_SHIFT_REFERENCE_CELLS`` on large references,
+    unless the search is approximate anyway, e.g. with an index stored with the reference)."""
+    ref_codes, n_groups, _ = spec
+    ref_emb = search.embedding(space)
+    kind = search.kind(space, len(ref_emb), n_query, index)
+    if kind == "flat" and len(ref_emb) > LABEL_SHIFT_REFERENCE_CELLS:
+        sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
+                                                            replace=False))
+        ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
+        search_in = ref_emb  # knn searches the sample exactly
+    else:
+        search_in = search.index(space, ref_emb, kind, seed)
+    return vote(knn(emb, search_in, k=min(k, len(ref_emb))), ref_codes, n_groups).codes
+
+
+def _balanced_adabn(model: Any, search: ReferenceSearch, network: "ConcertoNetwork", cells: Any,
+                    new_domains: list[int], space: str, k: int, options: "MapOptions"
+                    ) -> tuple["ConcertoNetwork", dict, np.ndarray, np.ndarray] | None:
+    """A copy of ``network`` whose BN statistics of the unseen sources ``new_domains`` are AdaBN moments
+    reweighted to balance their predicted composition (:func:`_balance_spec`).
+
+    The groups are those predicted for (a sample of at most ``LABEL_SHIFT_CELLS`` cells of) each
+    source by the vote of (at most ``LABEL_SHIFT_REFERENCE_CELLS`` of) the reference cells, with plain
+    AdaBN statistics at first and the reweighted ones after each of ``LABEL_SHIFT_ROUNDS`` rounds; the
+    moments are the DSBN's own weighted moments. Returns the network, what was done, the balanced rows of
+    ``cells`` and their embedding by the returned network; ``None`` when there is nothing to balance by.
+    """
+    from ..train import embed_hidden, teacher_hidden_states, with_new_domains
+
+    spec = _balance_spec(model)
+    if spec is None:
+        return None
+    seed = options.seed
+    rows = np.flatnonzero(np.isin(cells.domains, new_domains))
+    rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, seed)]
+    net = with_new_domains(network, new_domains).eval()
+    hidden = teacher_hidden_states(net, cells, rows, options.batch_size, options.device)
+    domains = cells.domains[rows]
+    norm = net.teacher_tail.norm
+    known = list(range(len(model.setup.sources)))
+    weights = None
+    for round_ in range(LABEL_SHIFT_ROUNDS + 1):
+        for d in new_domains:
             mine = domains == d
-            weights[mine] = balancing_weights(pred[mine], composition)
-        return weights
-
-    def _predicted_groups(self, emb: np.ndarray, spec: tuple[np.ndarray, int, str], space: str, k: int,
-                          index: str, seed: int, n_query: int) -> np.ndarray:
-        """The balancing group of each query cell embedded as ``emb``: the vote of its ``k`` nearest reference
-        cells (searched exactly among a seeded sample of ``LABEL_SHIFT_REFERENCE_CELLS`` on large references,
-        unless the search is approximate anyway, e.g. with an index stored with the reference)."""
-        ref_codes, n_groups, _ = spec
-        ref_emb = self._space_embedding(space)
-        kind = self._search_kind(space, len(ref_emb), n_query, index)
-        if kind == "flat" and len(ref_emb) > LABEL_SHIFT_REFERENCE_CELLS:
-            sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
-                                                                replace=False))
-            ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
-            search_in = ref_emb  # knn searches the sample exactly
-        else:
-            search_in = self._reference_index(space, ref_emb, kind, seed)
-        return vote(knn(emb, search_in, k=min(k, len(ref_emb))), ref_codes, n_groups).codes
-
-    def _balanced_adabn(self, network: "ConcertoNetwork", cells: Any, new_domains: list[int], space: str, k: int,
-                        index: str, batch_size: int, device: str, seed: int
-                        ) -> tuple["ConcertoNetwork", dict, np.ndarray, np.ndarray] | None:
-        """A copy of ``network`` whose BN statistics of the unseen sources ``new_domains`` are AdaBN moments
-        reweighted to balance their predicted composition (:meth:`_balance_spec`).
-
-        The groups are those predicted for (a sample of at most ``LABEL_SHIFT_CELLS`` cells of) each
-        source by the vote of (at most ``LABEL_SHIFT_REFERENCE_CELLS`` of) the reference cells, with plain
-        AdaBN statistics at first and the reweighted ones after each of ``LABEL_SHIFT_ROUNDS`` rounds; the
-        moments are the DSBN's own weighted moments. Returns the network, what was done, the balanced rows of
-        ``cells`` and their embedding by the returned network; ``None`` when there is nothing to balance by.
-        """
-        from ..train import embed_hidden, teacher_hidden_states, with_new_domains
-
-        spec = self._balance_spec()
-        if spec is None:
-            return None
-        rows = np.flatnonzero(np.isin(cells.domains, new_domains))
-        rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, seed)]
-        net = with_new_domains(network, new_domains).eval()
-        hidden = teacher_hidden_states(net, cells, rows, batch_size, device)
-        domains = cells.domains[rows]
-        norm = net.teacher_tail.norm
-        known = list(range(len(self.setup.sources)))
-        weights = None
-        for round_ in range(LABEL_SHIFT_ROUNDS + 1):
-            for d in new_domains:
-                mine = domains == d
-                if mine.sum() < MIN_ADAPT_CELLS:  # no statistics of its own: the known sources' mean, as AdaBN
-                    norm.use_mean_statistics(d, known)
-                    continue
-                norm.set_moments(d, torch.from_numpy(hidden[mine]),
-                                 None if weights is None else torch.from_numpy(weights[mine]))
-            if round_ == LABEL_SHIFT_ROUNDS:
-                break
-            pred = self._predicted_groups(embed_hidden(net, hidden, domains), spec, space, k, index, seed,
-                                          cells.n_cells)
-            weights = self._query_weights(pred, domains, spec)
-        key = next((key for key, names in self.setup.labels.items() if len(names) > 1), None)
-        by = self.train_config.balance if spec[2] == "equal" else "labels"  # "labels" or "clusters"
-        info = {"label_key": key if by == "labels" else None, "groups": by, "target": spec[2],
-                "rounds": LABEL_SHIFT_ROUNDS, "cells": int(len(rows)),
-                "max_weight": round(float(weights.max()), 3) if weights is not None and len(weights) else None}
-        return net, info, rows, embed_hidden(net, hidden, domains)
+            if mine.sum() < MIN_ADAPT_CELLS:  # no statistics of its own: the known sources' mean, as AdaBN
+                norm.use_mean_statistics(d, known)
+                continue
+            norm.set_moments(d, torch.from_numpy(hidden[mine]),
+                             None if weights is None else torch.from_numpy(weights[mine]))
+        if round_ == LABEL_SHIFT_ROUNDS:
+            break
+        pred = _predicted_groups(search, embed_hidden(net, hidden, domains), spec, space, k, options.index, seed,
+                                 cells.n_cells)
+        weights = _query_weights(pred, domains, spec)
+    key = next((key for key, names in model.setup.labels.items() if len(names) > 1), None)
+    by = model.train_config.balance if spec[2] == "equal" else "labels"  # "labels" or "clusters"
+    info = {"label_key": key if by == "labels" else None, "groups": by, "target": spec[2],
+            "rounds": LABEL_SHIFT_ROUNDS, "cells": int(len(rows)),
+            "max_weight": round(float(weights.max()), 3) if weights is not None and len(weights) else None}
+    return net, info, rows, embed_hidden(net, hidden, domains)

@@ -1,12 +1,12 @@
 """What query mapping needs of the reference, prepared once when the reference is built and saved with the model.
 
-:class:`ReferenceMixin` keeps, in ``ReferenceMapper.state`` (:class:`MappingState`, the ``mapping`` entry of
+:func:`prepare_reference` keeps, in ``ReferenceMapper.state`` (:class:`MappingState`, the ``mapping`` entry of
 ``config.json``), one calibrated label decision per label key and embedding space
 (:class:`~scconcerto.mapping.LabelModel`: posterior, ``P(right)``, ``P(seen type)``, unknown threshold); in the
 typed fields of ``model.reference`` (:class:`~scconcerto.model.storage.ReferenceStore`), the reference UMAP, the
 approximate indexes of large references, the RNA-only embedding of RNA + protein models, and the reference cells in
-its scaled expression space (:mod:`scconcerto.data.scaled_space`) with that space. It also holds the in-memory
-faiss index of each searched space. :meth:`ReferenceMixin.prepare` computes all of it; mapping only reads it.
+its scaled expression space (:mod:`scconcerto.data.scaled_space`) with that space. :class:`ReferenceSearch` reads
+the reference cells of each searched space and keeps their in-memory faiss indexes. Mapping only reads all of it.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import numpy as np
 
 from .._errors import InputError, ModelFileError
 from ..data.scaled_space import ScaledSpace, scaled_expression
-from ..mapping.label_model import DEFAULT_K, LabelModel, fit_label_model
+from ..mapping.label_model import LabelModel, fit_label_model
 from ..search.ann import STORED_KIND, index_from_array, index_to_array, stored_index
-from ..search.neighbors import (build_index, gpu_search_active, index_kind, may_be_approximate,
-                                searches_on_its_device)
+from ..search.neighbors import build_index, gpu_search_active, index_kind, may_be_approximate
 from ..tools.placement import reference_umap as umap_of_embedding
 from ._schema import check_dataclass
 
 if TYPE_CHECKING:
     from ..data.setup import PreparedCells
+    from .storage import ReferenceStore
 
 log = logging.getLogger("scconcerto")
 
@@ -95,7 +95,7 @@ class MappingState:
                    k=d["k"], seed=d["seed"], umap=None if d["umap"] is None else UmapSettings(**d["umap"]))
 
 
-def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
+def new_query_domains(prepared: "PreparedCells", n_known: int, all_new: bool) -> tuple["PreparedCells", list[int]]:
     """Give every query source its own new domain id when ``all_new``; list the ids that need AdaBN."""
     cells = prepared.cells
     if all_new:
@@ -106,29 +106,33 @@ def _with_new_domains(prepared: "PreparedCells", n_known: int, all_new: bool) ->
     return prepared, new
 
 
-class ReferenceMixin:
-    """What mapping needs of the reference (label decisions, UMAP, expression space, indexes).
+class ReferenceSearch:
+    """The reference cells in each searched space (``"full"``, ``"rna_only"``, the scaled expression space) and
+    what they are searched in: the array for exact search, else a faiss index kept in ``cache`` for the next maps.
 
-    A part of :class:`~scconcerto.model.mapper.ReferenceMapper`.
+    Parameters
+    ----------
+    reference
+        The model's reference cells.
+    cache
+        The mapper's in-memory indexes, per space (not saved).
     """
 
-    def _mapping_state(self) -> MappingState:
-        if self.state is None:
-            self.state = MappingState()
-        return self.state
+    def __init__(self, reference: "ReferenceStore", cache: dict[str, tuple]):
+        self.reference = reference
+        self.cache = cache
 
-    def _require_reference(self) -> None:
-        if getattr(self, "reference", None) is None:
-            raise InputError("The model has no reference to map onto: train it first (`model.train()`), or load a "
-                             "model directory saved after training.")
-
-    def _space_embedding(self, space: str) -> np.ndarray:
+    def embedding(self, space: str) -> np.ndarray:
+        """The reference embedding searched in ``space`` (the RNA-only one when stored, else the full one)."""
         if space == RNA_ONLY and self.reference.embedding_rna is not None:
             return np.asarray(self.reference.embedding_rna, dtype=np.float32)
         return self.reference.embedding
 
-    # ------------------------------------------------------------------ the expression space
-    def _scaled_expression(self) -> tuple[np.ndarray, ScaledSpace] | None:
+    def spaces(self) -> list[str]:
+        """The embedding spaces queries are mapped in."""
+        return [FULL, RNA_ONLY] if self.reference.embedding_rna is not None else [FULL]
+
+    def scaled(self) -> tuple[np.ndarray, ScaledSpace] | None:
         """The reference cells in its scaled expression space and that space (stored), else ``None``."""
         ref = self.reference
         if ref.scaled_expression is None or ref.scaled_space is None or len(ref.scaled_expression) != len(ref.embedding):
@@ -137,162 +141,14 @@ class ReferenceMixin:
                               for name in ("loadings", "offset", "caps")))
         return np.asarray(ref.scaled_expression, dtype=np.float32), space
 
-    def _store_scaled_expression(self, coords: np.ndarray, space: ScaledSpace) -> None:
-        """Keep the reference cells' scaled coordinates and the space with the reference (saved with the model)."""
-        self.reference.scaled_expression, self.reference.scaled_space = coords, space
-
-    def _ensure_scaled_expression(self, adata: ad.AnnData | None, seed: int) -> None:
-        """Fit and store the scaled expression space from the in-memory reference AnnData when it is missing."""
-        if self._scaled_expression() is not None:
-            return
-        adata = adata if adata is not None else getattr(self, "adata", None)
-        if adata is None or adata.n_obs != len(self.reference.embedding):
-            return
-        cells = self._prepare(adata, what="the reference").cells
-        if cells.on_disk:
-            return
-        fitted = scaled_expression(cells, seed)
-        if fitted is not None:
-            self._store_scaled_expression(*fitted)
-
-    # ------------------------------------------------------------------ RNA-only reference
-    def _rna_only_reference(self, adata: ad.AnnData | None, batch_size: int, device: str) -> bool:
-        """Embed the reference from RNA alone (AdaBN per source) for RNA-only queries; ``False`` if impossible."""
-        from ..train import embed_cells
-
-        if self.reference.embedding_rna is not None:
-            return True
-        adata = adata if adata is not None else getattr(self, "adata", None)
-        if adata is None:
-            return False
-        if adata.n_obs != self.reference.embedding.shape[0]:
-            raise InputError(f"The reference AnnData has {adata.n_obs} cells but the model's reference has "
-                             f"{self.reference.embedding.shape[0]}; pass the AnnData the model was trained on.")
-        prepared = self._prepare(adata, what="the reference", use_protein=False)
-        prepared, new = _with_new_domains(prepared, len(self.setup.sources), all_new=True)
-        emb = embed_cells(self.network, prepared.cells, batch_size=batch_size, device=device, adapt_domains=new)
-        self.reference.embedding_rna = emb
-        return True
-
-    def _spaces(self) -> list[str]:
-        return [FULL, RNA_ONLY] if self.reference.embedding_rna is not None else [FULL]
-
-    # ------------------------------------------------------------------ label decisions
-    def label_model(self, key: str, space: str = FULL) -> LabelModel | None:
-        """The calibrated label decision of ``key`` (``None`` for a key that could not be calibrated, e.g. a
-        single labeled type: its cells get the plain vote)."""
-        self._require_reference()
-        state = self._mapping_state()
-        if key in state.uncalibrated.get(space, {}):
-            return None
-        found = state.label_models.get(space, {}).get(key)
-        if found is None:
-            raise InputError(f"The model's mapping is not prepared for label key {key!r} ({space} space). Call "
-                             "`model.prepare_mapping(reference_adata)` and save the model.")
-        return found
-
-    def _fit_label_models(self, space: str, k: int, seed: int) -> None:
-        state = self._mapping_state()
-        scaled = self._scaled_expression()
-        models, failed = state.label_models.setdefault(space, {}), state.uncalibrated.setdefault(space, {})
-        for key, names in self.setup.labels.items():
-            try:
-                models[key] = fit_label_model(self._space_embedding(space), self.reference.labels[key], list(names),
-                                              self.reference.calibration_rows,
-                                              None if scaled is None else scaled[0], k=k, seed=seed)
-            except InputError as exc:
-                log.warning("The label decision of %r is not calibrated (%s): its cells get the plain vote.", key, exc)
-                failed[key] = str(exc)
-
-    @searches_on_its_device
-    def prepare(self, adata: ad.AnnData | None = None, k: int = DEFAULT_K, umap: bool = True,
-                        umap_neighbors: int = 15, umap_min_dist: float = 0.3, seed: int | None = None,
-                        batch_size: int = 1024, device: str = "auto", overwrite: bool = False) -> MappingState:
-        """Compute and store what query mapping needs of the reference (runs at the end of training).
-
-        * per label key, the calibrated label decision (:class:`~scconcerto.mapping.LabelModel`), fitted on
-          held-out reference cells;
-        * the reference cells in their scaled expression space (from the in-memory reference AnnData);
-        * for RNA + protein models, the RNA-only reference embedding (needs the reference AnnData);
-        * from 100k reference cells, an approximate (IVF) index of each searched space;
-        * the reference UMAP, on which queries are placed (``umap``).
-
-        Parameters
-        ----------
-        adata
-            The reference AnnData, for models loaded from disk (RNA + protein models embed it from RNA alone;
-            the expression space is fitted on it).
-        k
-            Candidates of each cell's label vote.
-        umap
-            Compute the reference UMAP.
-        umap_neighbors, umap_min_dist
-            UMAP settings.
-        seed
-            Seed (default: the model's).
-        batch_size, device
-            For embedding the reference from RNA alone.
-        overwrite
-            Recompute what is already stored.
-
-        Returns
-        -------
-        MappingState
-            What was fitted (also :attr:`state`, saved with the model).
-        """
-        self._require_reference()
-        seed = self.seed if seed is None else seed
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive number of neighbours, got {k!r}.")
-        if overwrite:
-            self.state = None
-            self.reference.umap = None
-            self.reference.ann_indexes = {}
-            self._indexes.clear()
-            if adata is not None or getattr(self, "adata", None) is not None:  # recomputed from it
-                self.reference.embedding_rna = None
-                self.reference.scaled_expression = self.reference.scaled_space = None
-        state = self._mapping_state()
-        if self.setup.proteins and self.reference.protein is not None:
-            if not self._rna_only_reference(adata, batch_size, device):
-                log.warning("The reference was not embedded from RNA alone (no reference AnnData): RNA-only queries "
-                            "cannot be mapped. Pass the reference AnnData to `prepare_mapping`.")
-        self._ensure_scaled_expression(adata, seed)
-        for space in self._spaces():
-            if space not in state.label_models:
-                self._fit_label_models(space, k, seed)
-            if may_be_approximate(len(self.reference.embedding)) and not gpu_search_active():
-                self._reference_index(space, self._space_embedding(space), STORED_KIND, seed, store=True)
-        scaled = self._scaled_expression()
-        if scaled is not None and may_be_approximate(len(scaled[0])) and not gpu_search_active():
-            self._reference_index(SCALED_EXPRESSION, scaled[0], STORED_KIND, seed, store=True)
-        state.k, state.seed = int(k), int(seed)
-        if umap:
-            self._compute_reference_umap(umap_neighbors, umap_min_dist, seed)
-        return state
-
-    # ------------------------------------------------------------------ UMAP and indexes
-    def _compute_reference_umap(self, n_neighbors: int, min_dist: float, seed: int) -> None:
-        if self.reference.umap is not None:
-            return
-        self.reference.umap = umap_of_embedding(self.reference.embedding, n_neighbors, min_dist, seed)
-        self._mapping_state().umap = UmapSettings(int(n_neighbors), float(min_dist), int(seed))
-
-    def reference_umap(self) -> np.ndarray | None:
-        """The stored reference UMAP coordinates ``(n_ref, 2)``, or ``None`` when the model was prepared without
-        one (``prepare_mapping(umap=True)`` computes it)."""
-        self._require_reference()
-        found = self.reference.umap
-        return None if found is None else np.asarray(found, dtype=np.float32)
-
-    def _search_kind(self, space: str, n_base: int, n_query: int, index: str) -> str:
+    def kind(self, space: str, n_base: int, n_query: int, index: str) -> str:
         """The index a search of ``n_query`` rows among the reference cells in ``space`` uses
         (:func:`~scconcerto.search.index_kind`; exact on a GPU; an index stored with the reference counts as built)."""
         if gpu_search_active():
             return "flat"
         return index_kind(n_base, n_query, index, prebuilt=space in self.reference.ann_indexes)
 
-    def _reference_index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int, store: bool = False) -> Any:
+    def index(self, space: str, ref_emb: np.ndarray, kind: str, seed: int, store: bool = False) -> Any:
         """What the reference cells in ``space`` are searched in: the array itself for exact search, else a faiss
         index, built once and kept in memory for the next maps.
 
@@ -302,8 +158,7 @@ class ReferenceMixin:
         """
         if gpu_search_active() or kind == "flat":  # exact: chunked matrix products (:func:`~scconcerto.search.knn`)
             return ref_emb
-        cache = self._indexes
-        cached = cache.get(space)
+        cached = self.cache.get(space)
         if cached is not None and cached[0] == (kind, seed) and cached[1] is ref_emb:
             return cached[2]
         saved = self.reference.ann_indexes.get(space) if kind == STORED_KIND else None
@@ -313,5 +168,92 @@ class ReferenceMixin:
             index = stored_index(ref_emb, seed) if kind == STORED_KIND else build_index(ref_emb, kind=kind, seed=seed)
             if store and kind == STORED_KIND:
                 self.reference.ann_indexes[space] = index_to_array(index)
-        cache[space] = ((kind, seed), ref_emb, index)
+        self.cache[space] = ((kind, seed), ref_emb, index)
         return index
+
+
+def find_label_model(state: MappingState, key: str, space: str = FULL) -> LabelModel | None:
+    """The calibrated label decision of ``key`` in ``space`` (``None`` for a key that could not be calibrated)."""
+    if key in state.uncalibrated.get(space, {}):
+        return None
+    found = state.label_models.get(space, {}).get(key)
+    if found is None:
+        raise InputError(f"The model's mapping is not prepared for label key {key!r} ({space} space). Call "
+                         "`model.prepare_mapping(reference_adata)` and save the model.")
+    return found
+
+
+# ---------------------------------------------------------------------- preparing the reference
+def rna_only_reference(model: Any, adata: ad.AnnData | None, batch_size: int, device: str) -> bool:
+    """Embed the reference from RNA alone (AdaBN per source) for RNA-only queries; ``False`` if impossible."""
+    from ..train import embed_cells
+
+    reference = model.reference
+    if reference.embedding_rna is not None:
+        return True
+    adata = adata if adata is not None else model.adata
+    if adata is None:
+        return False
+    if adata.n_obs != reference.embedding.shape[0]:
+        raise InputError(f"The reference AnnData has {adata.n_obs} cells but the model's reference has "
+                         f"{reference.embedding.shape[0]}; pass the AnnData the model was trained on.")
+    prepared = model._prepare(adata, what="the reference", use_protein=False)
+    prepared, new = new_query_domains(prepared, len(model.setup.sources), all_new=True)
+    reference.embedding_rna = embed_cells(model.network, prepared.cells, batch_size=batch_size, device=device,
+                                          adapt_domains=new)
+    return True
+
+
+def _ensure_scaled_expression(model: Any, search: ReferenceSearch, adata: ad.AnnData | None, seed: int) -> None:
+    """Fit and store the scaled expression space from the in-memory reference AnnData when it is missing."""
+    if search.scaled() is not None:
+        return
+    adata = adata if adata is not None else model.adata
+    if adata is None or adata.n_obs != len(model.reference.embedding):
+        return
+    cells = model._prepare(adata, what="the reference").cells
+    if cells.on_disk:
+        return
+    fitted = scaled_expression(cells, seed)
+    if fitted is not None:  # kept with the reference (saved with the model)
+        model.reference.scaled_expression, model.reference.scaled_space = fitted
+
+
+def _fit_label_models(state: MappingState, search: ReferenceSearch, labels: dict[str, list[str]], space: str,
+                      k: int, seed: int) -> None:
+    scaled = search.scaled()
+    models, failed = state.label_models.setdefault(space, {}), state.uncalibrated.setdefault(space, {})
+    for key, names in labels.items():
+        try:
+            models[key] = fit_label_model(search.embedding(space), search.reference.labels[key], list(names),
+                                          search.reference.calibration_rows,
+                                          None if scaled is None else scaled[0], k=k, seed=seed)
+        except InputError as exc:
+            log.warning("The label decision of %r is not calibrated (%s): its cells get the plain vote.", key, exc)
+            failed[key] = str(exc)
+
+
+def prepare_reference(model: Any, state: MappingState, search: ReferenceSearch, adata: ad.AnnData | None, k: int,
+                      umap: bool, umap_neighbors: int, umap_min_dist: float, seed: int, batch_size: int,
+                      device: str) -> MappingState:
+    """Fit into ``state`` (and the model's reference) what :meth:`ReferenceMapper.prepare
+    <scconcerto.model.mapper.ReferenceMapper.prepare>` computes; what is already there is kept."""
+    reference = model.reference
+    if model.setup.proteins and reference.protein is not None:
+        if not rna_only_reference(model, adata, batch_size, device):
+            log.warning("The reference was not embedded from RNA alone (no reference AnnData): RNA-only queries "
+                        "cannot be mapped. Pass the reference AnnData to `prepare_mapping`.")
+    _ensure_scaled_expression(model, search, adata, seed)
+    for space in search.spaces():
+        if space not in state.label_models:
+            _fit_label_models(state, search, model.setup.labels, space, k, seed)
+        if may_be_approximate(len(reference.embedding)) and not gpu_search_active():
+            search.index(space, search.embedding(space), STORED_KIND, seed, store=True)
+    scaled = search.scaled()
+    if scaled is not None and may_be_approximate(len(scaled[0])) and not gpu_search_active():
+        search.index(SCALED_EXPRESSION, scaled[0], STORED_KIND, seed, store=True)
+    state.k, state.seed = int(k), int(seed)
+    if umap and reference.umap is None:
+        reference.umap = umap_of_embedding(reference.embedding, umap_neighbors, umap_min_dist, seed)
+        state.umap = UmapSettings(int(umap_neighbors), float(umap_min_dist), int(seed))
+    return state

@@ -25,7 +25,7 @@ from ..data import DataSetup
 from ..train import TrainConfig
 
 from ..train.config import MAX_SEED, TrainingRecord
-#: Top-level keys: storage's, then the model's (``Concerto._config_dict``).
+#: Top-level keys: storage's, then the model's (:func:`._persistence.model_config`).
 STORAGE_KEYS = {"format", "format_version", "files", "checksums", "config_checksum"}
 MODEL_KEYS = {"scconcerto_version", "seed", "setup", "network", "train", "history", "training", "mapping",
               "classifier"}

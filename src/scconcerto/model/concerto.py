@@ -1,10 +1,12 @@
-"""The user-facing Concerto model: set up on a reference AnnData, train, embed, save, load."""
+"""The user-facing Concerto model: set up on a reference AnnData, train, embed, save, load.
+
+The work lives below it: pre-training in :func:`scconcerto.train.pretrain.pretrain_reference`, mapping in
+:class:`~scconcerto.model.mapper.ReferenceMapper`, the classifier in :class:`~scconcerto.CellTypeClassifier`,
+attention in :func:`scconcerto.tools.attention.teacher_attention`, the folder format in :mod:`.storage`.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,28 +14,24 @@ import anndata as ad
 import numpy as np
 import torch
 
-from .. import __version__
-from .._errors import InputError, ModelFileError
+from .._errors import InputError
 from ..data import DataSetup, prepare_cells, setup_reference
 from ..data.readers import PROTEIN_KEY, from_mudata, is_mudata
 from ..data.setup import PreparedCells
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..nn import ConcertoNetwork
-from ..train import TrainConfig, embed_cells
-from ..train.config import TrainingRecord, check_seed, default_epochs
 from ..tools.attention import AttentionWeights, teacher_attention
+from ..train import TrainConfig, embed_cells
+from ..train.config import TrainingRecord, check_seed, default_epochs  # noqa: F401 - default_epochs: model's API
 from ..train.pretrain import pretrain_reference
-from .classifier import AnnotationPrediction, CellTypeClassifier, ClassifierState, cross_validate
-from ._mapping import MappingResult
-from ._reference import MappingState
-from .mapper import ReferenceMapper
-from ._schema import check_config, check_reference, check_weights
-from .storage import CALIBRATION_ROWS, ReferenceStore, read_model_dir, save_model_dir
+from ._persistence import model_config, read_saved_model
+from ._provenance import weights_fingerprint
+from .classifier import AnnotationPrediction, CellTypeClassifier, cross_validate
+from .mapper import MappingResult, MappingState, ReferenceMapper
+from .storage import ReferenceStore, save_model_dir
 
 if TYPE_CHECKING:
     import pandas as pd
-
-log = logging.getLogger("scconcerto")
 
 UMAP_AT_TRAIN_MAX_CELLS = 50_000  # larger references get their UMAP on first mapping or plot
 
@@ -124,11 +122,7 @@ class Concerto:
         Mapping and annotation record it in the query (``uns['scconcerto_mapping']['model_id']``), so that
         plots and reports can check that a query is drawn on the reference it was mapped onto.
         """
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.network.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_fingerprint(self.network)
 
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
@@ -296,14 +290,11 @@ class Concerto:
         return self.mapper.prepare(adata, **options)
 
     def known_probability(self, adata: ad.AnnData, label_key: str, **options: Any) -> tuple[np.ndarray, float]:
-        """The probability that each cell is of a type the reference has under ``label_key``, and the default
-        unknown threshold (:meth:`ReferenceMapper.known_probability
-        <scconcerto.model.mapper.ReferenceMapper.known_probability>`)."""
+        """:meth:`ReferenceMapper.known_probability <scconcerto.model.mapper.ReferenceMapper.known_probability>`."""
         return self.mapper.known_probability(adata, label_key, **options)
 
     def label_model(self, key: str, space: str = "full") -> Any:
-        """The calibrated label decision of ``key`` (:meth:`ReferenceMapper.label_model
-        <scconcerto.model.mapper.ReferenceMapper.label_model>`)."""
+        """:meth:`ReferenceMapper.label_model <scconcerto.model.mapper.ReferenceMapper.label_model>`."""
         return self.mapper.label_model(key, space)
 
     def reference_umap(self) -> np.ndarray | None:
@@ -314,17 +305,8 @@ class Concerto:
     # ------------------------------------------------------------------ the classifier
     def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
                        **options: Any) -> "Concerto":
-        """Fine-tune a cell-type classifier on the teacher and keep it as ``model.classifier`` (saved with the model).
-
-        The arguments are those of :meth:`CellTypeClassifier.fit <scconcerto.CellTypeClassifier.fit>`
-        (``target``, ``pretrain``, ``epochs``, ``validation_fraction``, ``unknown_score``...); the model's own
-        network and reference are not changed.
-
-        Returns
-        -------
-        Concerto
-            The model, with ``model.classifier`` set (see :attr:`annotation_summary`).
-        """
+        """Fine-tune a cell-type classifier on the teacher and keep it as ``model.classifier`` (saved with the model):
+        :meth:`CellTypeClassifier.fit <scconcerto.CellTypeClassifier.fit>` (same arguments). Returns the model."""
         self.classifier = CellTypeClassifier.fit(self, adata, label_key, **options)
         return self
 
@@ -349,70 +331,30 @@ class Concerto:
 
     @classmethod
     def cross_validate(cls, adata: ad.AnnData, label_key: str, **options: Any) -> "pd.DataFrame":
-        """Stratified k-fold cross-validation of the classifier on one labeled dataset
-        (:func:`scconcerto.model.classifier.cross_validate`: ``folds``, ``batch_key``, ``pretrain``, ``seed``,
-        ``model_kwargs``, ``pretrain_kwargs``, and the classifier's arguments).
-
-        Returns
-        -------
-        pandas.DataFrame
-            One row per fold: ``fold``, ``n_train``, ``n_test``, ``accuracy``, ``macro_f1``, ``median_f1``,
-            ``seconds``.
-        """
+        """Stratified k-fold cross-validation of the classifier on one labeled dataset: one row per fold
+        (:func:`scconcerto.model.classifier.cross_validate`, same arguments)."""
         return cross_validate(cls, adata, label_key, **options)
 
     # ------------------------------------------------------------------ persistence
-    def _config_dict(self) -> dict:
-        return {"scconcerto_version": __version__, "seed": self.seed, "setup": self.setup.to_dict(),
-                "network": {**self.network_args, "n_features": self.setup.n_features,
-                            "n_domains": len(self.setup.sources)},
-                "train": self.train_config.to_dict() if self.train_config else None,
-                "history": self.history, "training": asdict(self.training_record),
-                "mapping": None if self.mapper.state is None else self.mapper.state.to_dict(),
-                "classifier": None if self.classifier is None else self.classifier.state.to_dict()}
-
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save to a directory (safetensors + JSON with a format version); atomic."""
         if not self.is_trained:
             raise InputError("The model is not trained yet: call `model.train()` before saving.")
-        return save_model_dir(path, self._config_dict(), self.network.state_dict(), self.reference, overwrite,
+        return save_model_dir(path, model_config(self), self.network.state_dict(), self.reference, overwrite,
                               parts={"classifier": self.classifier.to_tensors() if self.classifier else {}})
 
     @classmethod
     def load(cls, path: str | Path) -> "Concerto":
         """Load a model directory written by :meth:`save` (verifies version, checksums, the config's types and
         ranges, and every array's name, shape and type before building anything)."""
-        config, weights, reference, parts = read_model_dir(path)
-        unknown_parts = sorted(set(parts) - {"classifier"})
-        if unknown_parts:
-            raise ModelFileError(f"config.json of {str(path)!r} lists files of unknown roles {unknown_parts[:5]}; a "
-                                 "newer scConcerto may have written it (upgrade), or it was edited.")
-        check_config(config, cls._network_cls)
-        setup = DataSetup.from_dict(config["setup"])
-        net = dict(config["network"])
-        n_features, n_domains = net.pop("n_features"), net.pop("n_domains")
-        check_weights(cls._network_cls, n_features, n_domains, net, weights)
-        if reference is not None:
-            check_reference(reference, setup, net.get("out_dim", 128), index_extras=(CALIBRATION_ROWS,))
+        saved = read_saved_model(path, cls._network_cls)
         model = cls.__new__(cls)
-        model._init(setup, net, int(config["seed"]))
-        model.network.load_state_dict(weights, strict=True)
-        model.reference = ReferenceStore.from_tensors(reference) if reference is not None else None
-        model.train_config = TrainConfig(**config["train"]) if config["train"] is not None else None
-        model.history = list(config["history"])
-        model.training_record = TrainingRecord(**config["training"])
-        if config["mapping"] is not None:
-            if model.reference is None:
-                raise ModelFileError(f"config.json of {str(path)!r} records a prepared mapping but the model has no "
-                                     "reference; the directory is damaged. Train and save the model again.")
-            model.mapper.state = MappingState.from_dict(config["mapping"])
-        if ("classifier" in parts) != (config["classifier"] is not None):
-            raise ModelFileError(f"The model directory {str(path)!r} holds classifier weights without settings, or "
-                                 "settings without weights (the classifier entry of config.json); it is damaged. "
-                                 "Fine-tune and save the classifier again.")
-        if config["classifier"] is not None:
-            model.classifier = CellTypeClassifier.from_tensors(model, parts["classifier"],
-                                                               ClassifierState.from_dict(config["classifier"]))
+        model._init(saved.setup, saved.network_args, saved.seed)
+        model.network.load_state_dict(saved.weights, strict=True)
+        model.reference, model.train_config, model.history = saved.reference, saved.train_config, saved.history
+        model.training_record, model.mapper.state = saved.training_record, saved.mapping
+        if saved.classifier is not None:
+            model.classifier = CellTypeClassifier.from_tensors(model, *saved.classifier)
         return model
 
     def __repr__(self) -> str:
