@@ -114,6 +114,8 @@ def build() -> str:
             member = inspect.getattr_static(cls, name)
             parts.append(_entry(f"{cls.__name__}.{name}", member if isinstance(member, property)
                                 else getattr(cls, name), level="####"))
+        if cls is scc.ReferenceMapper:  # the options of map and map_query
+            parts.append(_entry("scc.model.MapOptions", scc.model.MapOptions, level="####"))
     parts += ["## Reading data\n", _entry("scc.read", readers.read), _entry("scc.data.readers.from_mudata",
                                                                               readers.from_mudata)]
     parts += ["## Settings\n", _entry("scc.settings", type(scc.settings))]

@@ -306,7 +306,9 @@ class Concerto:
     def fit_classifier(self, adata: ad.AnnData | None = None, label_key: str | None = None,
                        **options: Any) -> "Concerto":
         """Fine-tune a cell-type classifier on the teacher and keep it as ``model.classifier`` (saved with the model):
-        :meth:`CellTypeClassifier.fit <scconcerto.CellTypeClassifier.fit>` (same arguments). Returns the model."""
+        :meth:`CellTypeClassifier.fit <scconcerto.CellTypeClassifier.fit>` (same arguments: ``target``,
+        ``pretrain``, ``epochs``, ``validation_fraction``, ``unknown_score``...). Returns the model; its own
+        network and reference are not changed."""
         self.classifier = CellTypeClassifier.fit(self, adata, label_key, **options)
         return self
 
@@ -331,8 +333,16 @@ class Concerto:
 
     @classmethod
     def cross_validate(cls, adata: ad.AnnData, label_key: str, **options: Any) -> "pd.DataFrame":
-        """Stratified k-fold cross-validation of the classifier on one labeled dataset: one row per fold
-        (:func:`scconcerto.model.classifier.cross_validate`, same arguments)."""
+        """Stratified k-fold cross-validation of the classifier on one labeled dataset
+        (:func:`scconcerto.model.classifier.cross_validate`: ``folds``, ``batch_key``, ``pretrain``, ``seed``,
+        ``model_kwargs``, ``pretrain_kwargs``, and the classifier's arguments).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per fold: ``fold``, ``n_train``, ``n_test``, ``accuracy``, ``macro_f1``, ``median_f1``,
+            ``seconds``.
+        """
         return cross_validate(cls, adata, label_key, **options)
 
     # ------------------------------------------------------------------ persistence
