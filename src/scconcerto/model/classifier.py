@@ -4,7 +4,13 @@ The classifier is the teacher of Concerto (a copy of the pre-trained teacher,
 or a freshly initialised one for the end-to-end ablation) with a dense +
 softmax head, fine-tuned with cross-entropy. With an unlabeled ``target`` it is
 fine-tuned with a consistency loss on the target as well (domain adaptation,
-the target in its own batch-norm domains). A stratified held-out part of the
+the target in its own batch-norm domains). A cell's class posterior is, by default
+(``decision="knn"``), the similarity-weighted vote of its nearest labeled training
+cells in the fine-tuned feature space (the head only shapes that space during
+fine-tuning): on cells of another technology or species, whose features the batch
+norm only partly realigns, the local vote follows the reference's types where the
+head's linear boundaries, set on the reference alone, cut through shifted clusters
+(``decision="head"``: the head's softmax). A stratified held-out part of the
 labeled cells calibrates the confidence (temperature scaling) and sets the
 threshold below which a cell is called unknown.
 
@@ -56,6 +62,10 @@ QUERY_SOURCE = "query"
 UNKNOWN_SCORES = ("reference", "combined", "knn", "max_softmax")
 FEATURE_BANK = "feature_bank"
 FEATURE_BANK_RNA_ONLY = "feature_bank_rna_only"
+FEATURE_BANK_LABELS = "feature_bank_labels"
+#: How a cell's class posterior is formed: the vote of its nearest labeled training cells in the classifier's
+#: feature space (``"knn"``), or the softmax of the head (``"head"``).
+DECISIONS = ("knn", "head")
 
 
 #: Weight of the target consistency loss; with the guard below, chosen on development tasks only
@@ -63,6 +73,25 @@ FEATURE_BANK_RNA_ONLY = "feature_bank_rna_only"
 DEFAULT_CONSISTENCY_WEIGHT = 1.0
 #: Adapted / non-adapted effective number of predicted target classes below which adaptation has collapsed.
 DEFAULT_COLLAPSE_RATIO = 0.9
+
+
+def knn_decision_logits(features: np.ndarray, bank: np.ndarray, bank_codes: np.ndarray, n_classes: int,
+                        k: int) -> np.ndarray:
+    """Log class shares of the similarity-weighted vote of each row's ``k`` nearest ``bank`` rows (cosine),
+    ``(n_rows, n_classes)`` float64.
+
+    The shares are smoothed by one more neighbour's vote spread evenly over the classes, so that every class
+    has a finite logit; ``softmax(logits / T)`` is then a temperature-calibrated vote (``T`` fitted on
+    held-out cells), whose most probable class is the plain vote's.
+    """
+    from ..search.neighbors import knn
+    from ..tools.label_transfer import vote
+
+    k = int(min(k, len(bank)))
+    votes = vote(knn(features, bank, k), np.asarray(bank_codes, dtype=np.int64), n_classes).votes.astype(np.float64)
+    total = votes.sum(axis=1, keepdims=True)
+    shares = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
+    return np.log((shares + 1.0 / (k * n_classes)) / (1.0 + 1.0 / k))
 
 
 def effective_classes(labels: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
@@ -255,6 +284,9 @@ class ClassifierState:
         Its :class:`Calibration` on cells with all of the model's modalities.
     rna_only
         Of an RNA + protein model: its :class:`Calibration` from RNA alone.
+    decision
+        How the class posterior is formed (:data:`DECISIONS`; ``"knn"`` votes with ``knn_k`` neighbours among
+        the feature bank, whose labels are saved with it). Classifiers saved without it used ``"head"``.
     """
 
     label_key: str
@@ -280,6 +312,7 @@ class ClassifierState:
     score_quantiles: dict[str, list[float]] | None = None
     calibration: dict[str, Any] | None = None
     rna_only: Calibration | None = None
+    decision: str = "head"
 
     @property
     def full(self) -> Calibration:
@@ -300,6 +333,9 @@ class ClassifierState:
         if d["unknown_score"] not in UNKNOWN_SCORES:
             raise ModelFileError(f"config.json of the model: classifier.unknown_score is {d['unknown_score']!r:.40}, "
                                  f"not one of {UNKNOWN_SCORES}. Fine-tune and save the classifier again.")
+        if d.get("decision", "head") not in DECISIONS:
+            raise ModelFileError(f"config.json of the model: classifier.decision is {d['decision']!r:.40}, not one of "
+                                 f"{DECISIONS}. Fine-tune and save the classifier again.")
         return cls(**{**d, "rna_only": None if rna_only is None else Calibration(**rna_only)})
 
 
@@ -320,15 +356,26 @@ class CellTypeClassifier:
         Its settings and calibration.
     feature_bank, feature_bank_rna_only
         Teacher features of (a sample of) the training cells, with all modalities and from RNA alone.
+    feature_bank_labels
+        Class codes of the feature bank's cells (the ``"knn"`` decision votes with them).
     """
 
     def __init__(self, model: Any, network: TeacherClassifier, state: ClassifierState, feature_bank: np.ndarray,
-                 feature_bank_rna_only: np.ndarray | None = None):
+                 feature_bank_rna_only: np.ndarray | None = None, feature_bank_labels: np.ndarray | None = None):
+        if state.decision == "knn" and (feature_bank_labels is None or len(feature_bank_labels) != len(feature_bank)):
+            raise ValueError("the 'knn' decision needs the class code of every feature bank cell")
         self.model = model
         self.network = network.eval()
         self.state = state
         self.feature_bank = feature_bank
         self.feature_bank_rna_only = feature_bank_rna_only
+        self.feature_bank_labels = feature_bank_labels
+
+    def decision_logits(self, logits: np.ndarray, features: np.ndarray, bank: np.ndarray) -> np.ndarray:
+        """The logits the class posterior is the calibrated softmax of: the head's ``logits``, or the log shares
+        of the vote of the ``knn_k`` nearest cells of ``bank`` (:func:`knn_decision_logits`)."""
+        return decision_logits(self.state.decision, logits, features, bank, self.feature_bank_labels,
+                               self.state.knn_k)
 
     def __repr__(self) -> str:
         return (f"CellTypeClassifier({self.state.label_key!r}, {len(self.state.classes)} classes, "
@@ -342,7 +389,7 @@ class CellTypeClassifier:
             consistency_weight: float = DEFAULT_CONSISTENCY_WEIGHT, sharpen_temperature: float = 0.5,
             collapse_ratio: float = DEFAULT_COLLAPSE_RATIO,
             validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
-            unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000,
+            unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000, decision: str = "knn",
             head_dropout: float = 0.0, batch_key: str | None = "__setup__",
             target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
             target_species: str | None = None, pretrain_epochs: int | None = None,
@@ -396,8 +443,14 @@ class CellTypeClassifier:
             on the held-out cells (unknown when atypical by either). Every threshold is chosen on the
             held-out cells and stored, so :meth:`predict` can switch scores.
         knn_k, feature_bank_size
-            Neighbour rank of the ``knn`` score, and at most this many training cells kept (a seeded
-            random subset) as the reference features saved with the classifier.
+            Neighbour rank of the ``knn`` score and neighbours of the ``"knn"`` decision, and at most this
+            many training cells kept (a seeded random subset) as the reference features saved with the
+            classifier.
+        decision
+            ``"knn"`` (default): the class posterior is the calibrated similarity-weighted vote of a cell's
+            ``knn_k`` nearest training cells (of the feature bank) in the fine-tuned feature space;
+            ``"head"``: the calibrated softmax of the classifier head. The default and ``knn_k`` were chosen
+            on development tasks only (symphony 3' -> 5', and 3' -> 5' and Kang as simulated mouse).
         head_dropout
             Dropout before the classifier head.
         batch_key, target_batch_key
@@ -440,6 +493,10 @@ class CellTypeClassifier:
             raise InputError(f"validation_fraction must lie in [0, 1), got {validation_fraction}.")
         if batch_size < 2:
             raise InputError(f"batch_size must be at least 2 (batch normalization), got {batch_size}.")
+        if decision not in DECISIONS:
+            raise InputError(f"decision must be one of {DECISIONS}, got {decision!r}.")
+        if isinstance(knn_k, bool) or not isinstance(knn_k, (int, np.integer)) or knn_k < 1:
+            raise InputError(f"knn_k must be a positive number of neighbours, got {knn_k!r}.")
         if unknown_score not in (*UNKNOWN_SCORES, "auto"):
             raise InputError(f"unknown_score must be 'auto' or one of {UNKNOWN_SCORES}, got {unknown_score!r}.")
         if pretrain and not model.is_trained:
@@ -497,13 +554,14 @@ class CellTypeClassifier:
         rng = np.random.default_rng(seed)
         bank_rows = np.sort(rng.choice(train_rows, min(feature_bank_size, train_rows.size), replace=False))
         _, bank = classifier_outputs(network, source.cells, bank_rows, device=device)
-        calibration = _calibrate(network, bank, source.cells, np.flatnonzero(held), codes, false_rejection_rate,
-                                 knn_k, device)
+        bank_codes = codes[bank_rows].astype(np.int64)
+        calibration = _calibrate(network, bank, bank_codes, decision, source.cells, np.flatnonzero(held), codes,
+                                 false_rejection_rate, knn_k, device)
         rna_bank, rna_only = None, None
         if source.cells.protein is not None:
             rna_bank, rna_only = _rna_only_calibration(model, network, data, source.cells.domains, bank_rows,
-                                                       np.flatnonzero(held), codes, false_rejection_rate, knn_k,
-                                                       min_overlap, device)
+                                                       bank_codes, decision, np.flatnonzero(held), codes,
+                                                       false_rejection_rate, knn_k, min_overlap, device)
         if unknown_score in ("auto", "reference"):
             shared = has_novelty_model(model, label_key, classes)
             if unknown_score == "reference" and not shared:
@@ -518,8 +576,8 @@ class CellTypeClassifier:
             history=history, train_seconds=seconds, unknown_score=unknown_score, knn_k=int(knn_k),
             feature_bank_size=int(bank.shape[0]), temperature=calibration.temperature,
             thresholds=calibration.thresholds, score_quantiles=calibration.score_quantiles,
-            calibration=calibration.calibration, rna_only=rna_only)
-        return cls(model, network, state, bank, rna_bank)
+            calibration=calibration.calibration, rna_only=rna_only, decision=decision)
+        return cls(model, network, state, bank, rna_bank, bank_codes if decision == "knn" else None)
 
     # ------------------------------------------------------------------ prediction
     @property
@@ -530,12 +588,16 @@ class CellTypeClassifier:
     def predict_logits(self, adata: ad.AnnData, batch_key: str | None = "__setup__", batch_size: int = 1024,
                        device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
                        query_species: str | None = None) -> np.ndarray:
-        """Uncalibrated classifier logits ``(n_cells, n_classes)``; sets ``model.last_alignment``.
+        """Uncalibrated logits ``(n_cells, n_classes)`` of the classifier's decision (the head's, or the log
+        vote shares of the ``"knn"`` decision; the calibrated posterior is their softmax at the fitted
+        temperature); sets ``model.last_alignment``.
 
         Cells of a source the classifier was trained on (labeled or target) use its batch-norm
         statistics; cells of other sources get AdaBN statistics estimated on themselves.
         """
-        return self._outputs(adata, batch_key, batch_size, device, min_overlap, query_species)[0]
+        logits, features, modalities = self._outputs(adata, batch_key, batch_size, device, min_overlap,
+                                                     query_species)
+        return self.decision_logits(logits, features, self._calibration_for(modalities)[1])
 
     def _outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
                  min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -632,6 +694,7 @@ class CellTypeClassifier:
                              "this model does not have; use 'combined'.")
         logits, features, modalities = self._outputs(adata, batch_key, batch_size, device, min_overlap, query_species)
         calibration, bank = self._calibration_for(modalities)
+        logits = self.decision_logits(logits, features, bank)
         classes = list(state.classes)
         proba = scaled_probabilities(logits, calibration.temperature)
         confidence = proba.max(axis=1)
@@ -681,6 +744,9 @@ class CellTypeClassifier:
         if self.feature_bank_rna_only is not None:
             state[FEATURE_BANK_RNA_ONLY] = torch.from_numpy(
                 np.ascontiguousarray(self.feature_bank_rna_only, dtype=np.float32))
+        if self.state.decision == "knn":
+            state[FEATURE_BANK_LABELS] = torch.from_numpy(np.ascontiguousarray(self.feature_bank_labels,
+                                                                               dtype=np.int64))
         return state
 
     @classmethod
@@ -707,6 +773,8 @@ class CellTypeClassifier:
         expected[FEATURE_BANK] = torch.empty(state.feature_bank_size, int(state.architecture.get("out_dim", -1)))
         if state.rna_only is not None:
             expected[FEATURE_BANK_RNA_ONLY] = expected[FEATURE_BANK]
+        if state.decision == "knn":
+            expected[FEATURE_BANK_LABELS] = torch.empty(state.feature_bank_size, dtype=torch.int64)
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         bad = [k for k in expected if k in tensors and tuple(expected[k].shape) != tuple(tensors[k].shape)]
@@ -714,15 +782,22 @@ class CellTypeClassifier:
             raise ModelFileError(f"The classifier weights do not match its settings: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}. The classifier file is "
                                  "damaged or from another model; fine-tune and save again.")
+        labels = tensors.get(FEATURE_BANK_LABELS)
+        if labels is not None and (labels.dtype != torch.int64 or labels.numel() and (
+                int(labels.min()) < 0 or int(labels.max()) >= len(state.classes))):
+            raise ModelFileError(f"The classifier's feature bank labels are not class codes in [0, {len(state.classes)}); "
+                                 "the file is damaged. Fine-tune and save the classifier again.")
         try:
-            network.load_state_dict({k: v for k, v in tensors.items() if k not in (FEATURE_BANK, FEATURE_BANK_RNA_ONLY)},
+            network.load_state_dict({k: v for k, v in tensors.items()
+                                     if k not in (FEATURE_BANK, FEATURE_BANK_RNA_ONLY, FEATURE_BANK_LABELS)},
                                     strict=True)
         except RuntimeError as exc:
             raise ModelFileError(f"The classifier weights cannot be loaded ({exc}); the file is damaged. Fine-tune "
                                  "and save the classifier again.") from exc
         rna_bank = tensors.get(FEATURE_BANK_RNA_ONLY)
         return cls(model, network, state, tensors[FEATURE_BANK].detach().cpu().numpy().astype(np.float32),
-                   None if rna_bank is None else rna_bank.detach().cpu().numpy().astype(np.float32))
+                   None if rna_bank is None else rna_bank.detach().cpu().numpy().astype(np.float32),
+                   None if labels is None else labels.detach().cpu().numpy().astype(np.int64))
 
 
 # ---------------------------------------------------------------------- fitting, in parts
@@ -768,9 +843,17 @@ def _resolve_label_key(model: Any, label_key: str | None) -> str:
     return keys[0]
 
 
+def decision_logits(decision: str, logits: np.ndarray, features: np.ndarray, bank: np.ndarray,
+                    bank_codes: np.ndarray | None, k: int) -> np.ndarray:
+    """The head's ``logits`` (``"head"``) or the ``"knn"`` decision's log vote shares among ``bank``."""
+    if decision == "head":
+        return logits
+    return knn_decision_logits(features, bank, bank_codes, logits.shape[1], k)
+
+
 def _rna_only_calibration(model: Any, network: TeacherClassifier, data: ad.AnnData, domains: np.ndarray,
-                          bank_rows: np.ndarray, held_rows: np.ndarray, codes: np.ndarray,
-                          false_rejection_rate: float, knn_k: int, min_overlap: float, device: str
+                          bank_rows: np.ndarray, bank_codes: np.ndarray, decision: str, held_rows: np.ndarray,
+                          codes: np.ndarray, false_rejection_rate: float, knn_k: int, min_overlap: float, device: str
                           ) -> tuple[np.ndarray, Calibration]:
     """The feature bank and calibration of the labeled cells seen from RNA alone (proteins hidden), each
     source with batch-norm statistics estimated on its RNA-only cells (as an RNA-only query gets)."""
@@ -782,15 +865,19 @@ def _rna_only_calibration(model: Any, network: TeacherClassifier, data: ad.AnnDa
     logits, features = classifier_outputs(network, prepared.cells, rows, device=device, adapt_domains=adapt)
     bank = features[np.searchsorted(rows, bank_rows)]
     at = np.searchsorted(rows, held_rows)
-    return bank, calibration_of(logits[at], features[at], codes[held_rows], bank, false_rejection_rate, knn_k)
+    held_logits = decision_logits(decision, logits[at], features[at], bank, bank_codes, knn_k)
+    return bank, calibration_of(held_logits, features[at], codes[held_rows], bank, false_rejection_rate, knn_k)
 
 
-def _calibrate(network: TeacherClassifier, bank: np.ndarray, cells: Any, held_rows: np.ndarray, codes: np.ndarray,
-               false_rejection_rate: float, knn_k: int, device: str) -> Calibration:
-    """Temperature, ECE before/after, held-out score distributions and the thresholds of every score."""
+def _calibrate(network: TeacherClassifier, bank: np.ndarray, bank_codes: np.ndarray, decision: str, cells: Any,
+               held_rows: np.ndarray, codes: np.ndarray, false_rejection_rate: float, knn_k: int, device: str
+               ) -> Calibration:
+    """Temperature, ECE before/after, held-out score distributions and the thresholds of every score, of the
+    ``decision``'s logits on the held-out cells (never in the feature bank)."""
     if held_rows.size == 0:
         return calibration_of(np.empty((0, 0)), np.empty((0, 0)), codes[:0], bank, false_rejection_rate, knn_k)
     logits, features = classifier_outputs(network, cells, held_rows, device=device)
+    logits = decision_logits(decision, logits, features, bank, bank_codes, knn_k)
     return calibration_of(logits, features, codes[held_rows], bank, false_rejection_rate, knn_k)
 
 
