@@ -53,5 +53,7 @@ def test_prototype_cross_entropy_matches_hand_computation_and_skips_unlabeled():
     l0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(0.0)))
     l2 = -math.log(math.exp(c / tau) / (math.exp(c / tau) + math.exp(c / tau)))
     assert abs(float(prototype_cross_entropy(z, prototypes, labels, tau)) - (l0 + l2) / 2) < 1e-6
-    none = prototype_cross_entropy(z.requires_grad_(), prototypes, torch.full((3,), -1), tau)
+    none = prototype_cross_entropy(z.requires_grad_(), prototypes.requires_grad_(), torch.full((3,), -1), tau)
     assert float(none.detach()) == 0.0 and none.requires_grad
+    none.backward()
+    assert prototypes.grad is not None and float(prototypes.grad.abs().sum()) == 0.0
