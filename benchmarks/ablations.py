@@ -81,7 +81,8 @@ def package_defaults() -> dict[str, dict]:
     train = inspect.signature(Concerto.train).parameters
     return {"model": {"batch_key": "batch", "hvg": init["hvg"].default},
             "net": {k: init[k].default for k in ("dim", "out_dim", "dropout")} | {"student": "linear"},
-            "train": {k: train[k].default for k in ("max_genes", "gene_dropout", "positive_neighbors", "balance")}
+            "train": {k: train[k].default for k in ("max_genes", "gene_dropout", "positive_neighbors", "balance",
+                                                    "label_weight")}
             | {"temperature": TrainConfig().temperature}}
 
 
@@ -97,6 +98,7 @@ class Family:
     variants: tuple[Variant, ...]
     datasets: tuple[str, ...] = (*REAL, SIM)
     supervised: bool = False
+    unsupervised: bool = True
 
 
 def _sweep(label: str, part: str, key: str, values: tuple) -> tuple[Variant, ...]:
@@ -123,6 +125,10 @@ FAMILIES = {f.name: f for f in (
     Family("genes", "Gene selection: all genes against highly variable genes chosen on the reference.",
            _sweep("hvg", "model", "hvg", (None, 2000, 1000)),
            datasets=(*REAL, "cellbench_5cl_celseq2_3plates", SIM), supervised=True),
+    Family("labels", "The supervised term of label-aware training (its weight; 0: contrastive only); "
+                     "without labels it does nothing, so the table is supervised only.",
+           _sweep("label_weight", "train", "label_weight", (0.0, 0.3, 1.0, 3.0)), datasets=REAL, supervised=True,
+           unsupervised=False),
     Family("temperature", "NT-Xent temperature.", _sweep("temperature", "train", "temperature", (0.05, 0.1, 0.2, 0.5))),
     Family("size", "Embedding and hidden widths.",
            (*_sweep("out_dim", "net", "out_dim", (64, 128, 256)), *_sweep("dim", "net", "dim", (64, 256)))),
@@ -275,7 +281,7 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
     variants = list(family.variants)
     if not any(v.key() == DEFAULT.key() for v in variants):
         variants.insert(0, DEFAULT)
-    modes = ["unsupervised", *(["supervised"] if family.supervised else [])]
+    modes = [*(["unsupervised"] if family.unsupervised else []), *(["supervised"] if family.supervised else [])]
     for mode in modes:
         for name in family.datasets:
             if mode == "supervised" and name not in REAL:  # one training per held-out batch: real data only
@@ -385,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             family = FAMILIES[name]
             if args.no_supervised:
-                family = Family(family.name, family.question, family.variants, family.datasets, False)
+                family = Family(family.name, family.question, family.variants, family.datasets, False,
+                                family.unsupervised)
             sections.append(family_table(family, run_family(family, seeds, args.data_dir, data_cache, store, save)))
         header = [
             "# scConcerto ablations (development data only)", "",

@@ -79,6 +79,7 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
     assert cfg["train"]["positive_neighbors"] == 4 and cfg["train"]["label_positives"] is False
     assert cfg["train"]["positive_space"] == "svd"
     assert cfg["train"]["gene_dropout"] == 0.2  # the package default
+    assert cfg["train"]["label_weight"] == 0.0  # labels did not shape training: no supervised term recorded
     assert main(["train", str(ref_file), "--epochs", "1", "--gene-dropout", "0", "--out", str(tmp_path / "gd0"),
                  "--device", "cpu", "--no-progress"]) == 0
     assert json.loads((tmp_path / "gd0" / "config.json").read_text())["train"]["gene_dropout"] == 0.0
@@ -88,4 +89,6 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
     assert "modality_dropout must be between 0 and 1" in capsys.readouterr().err
     assert main(["train", str(ref_file), "--gene-dropout", "1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "gene_dropout (--gene-dropout) must be at least 0 and below 1" in capsys.readouterr().err
+    assert main(["train", str(ref_file), "--label-weight", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "label_weight (--label-weight) must be a finite weight" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

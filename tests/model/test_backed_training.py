@@ -52,3 +52,18 @@ def test_backed_and_in_memory_references_train_the_same_model(hard):
         assert abs(_held_out_accuracy(backed, query, key) - _held_out_accuracy(memory, query, key)) <= 0.01
     assert _held_out_accuracy(backed, query, "cell_type_major") > 0.6  # lineages (chance: 0.25) are learnt
     np.testing.assert_allclose(backed.reference.embedding, memory.reference.embedding, atol=1e-4)
+
+
+def test_the_supervised_term_tells_apart_subtypes_that_a_few_genes_separate(hard):
+    """In the hard world a lineage's subtypes differ by a handful of genes. Contrastive training alone learns
+    the lineages; the supervised term (``label_weight``) must also tell the subtypes apart on the held-out
+    batch, and record what was trained."""
+    reference, query, _ = hard
+    accuracy = {}
+    for weight in (0.0, 1.0):
+        model = Concerto(reference, batch_key="batch", label_key="cell_type").train(
+            epochs=40, label_weight=weight, progress=False, device="cpu", prepare_mapping=False)
+        assert model.train_config.label_weight == weight
+        accuracy[weight] = _held_out_accuracy(model, query, "cell_type")
+    assert accuracy[1.0] >= accuracy[0.0] + 0.1, accuracy
+    assert accuracy[1.0] > 0.5, accuracy  # 12 subtypes: chance is below 0.1

@@ -68,3 +68,27 @@ def test_positives_are_searched_in_the_joint_space_that_mapping_then_reuses(sim,
     np.testing.assert_allclose(svd.reference.scaled_expression, scaled, atol=1e-5)
     with pytest.raises(InputError, match="positive_space"):
         Concerto(small, batch_key="batch").train(**options, positive_space="scaled")
+
+
+def test_the_supervised_term_never_reads_the_held_out_labels(sim):
+    """Training labels are the label groups, except on the calibration hold-out (which must stay unseen by
+    training for the mapping's calibration to be honest) and on unlabeled cells."""
+    from scconcerto.data.setup import label_codes
+    from scconcerto.train.reference import label_groups, prepare_reference_training
+
+    small = sim[:300].copy()
+    small.obs["cell_type"] = small.obs["cell_type"].astype(object)
+    small.obs.iloc[:20, small.obs.columns.get_loc("cell_type")] = None  # unlabeled cells
+    model = Concerto(small, batch_key="batch", label_key="cell_type")
+    cells = model._prepare(small, what="the reference").cells
+    codes = label_codes(small, model.setup)["cell_type"]
+    training = prepare_reference_training(cells, [codes], 10, True, "joint", "none", seed=0)
+    held = training.calibration_rows
+    assert held is not None and len(held) > 0
+    assert (cells.training_labels[held] == -1).all()
+    assert (cells.training_labels[:20] == -1).all()
+    rest = np.setdiff1d(np.arange(small.n_obs), held)
+    np.testing.assert_array_equal(cells.training_labels[rest], label_groups([codes])[rest])
+    plain = model._prepare(small, what="the reference").cells
+    prepare_reference_training(plain, [codes], 10, False, "joint", "none", seed=0)  # labels do not shape it
+    assert plain.training_labels is None

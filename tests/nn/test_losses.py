@@ -39,3 +39,21 @@ def test_nt_xent_prefers_aligned_views():
     aligned = nt_xent(za, za + 0.01 * torch.randn(8, 16, generator=g))
     shuffled = nt_xent(za, za[torch.randperm(8, generator=g)])
     assert aligned < shuffled
+
+
+def test_prototype_cross_entropy_matches_hand_computation_and_skips_unlabeled():
+    from scconcerto.nn.losses import prototype_cross_entropy
+
+    z = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    prototypes = torch.tensor([[1.0, 0.0], [0.0, 5.0]])
+    labels = torch.tensor([0, -1, 1])
+    tau = 0.5
+    # cell 0: cosines (1, 0) with label 0; cell 2: cosines (1/sqrt2, 1/sqrt2) with label 1; cell 1 unlabeled
+    c = 1 / math.sqrt(2)
+    l0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(0.0)))
+    l2 = -math.log(math.exp(c / tau) / (math.exp(c / tau) + math.exp(c / tau)))
+    assert abs(float(prototype_cross_entropy(z, prototypes, labels, tau)) - (l0 + l2) / 2) < 1e-6
+    none = prototype_cross_entropy(z.requires_grad_(), prototypes.requires_grad_(), torch.full((3,), -1), tau)
+    assert float(none.detach()) == 0.0 and none.requires_grad
+    none.backward()
+    assert prototypes.grad is not None and float(prototypes.grad.abs().sum()) == 0.0

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gene-dropout", type=float, default=None,
                    help="share of a cell's expressed genes hidden in each training view (default: the package's, "
                         "0.2); 0 when types differ by a handful of genes (docs/limits.md)")
+    p.add_argument("--label-weight", type=float, default=None,
+                   help="with --label-key: weight of the supervised term (each labeled cell's cross-entropy "
+                        "against one learned direction per label) added to the contrastive loss (default: the "
+                        "package's); 0: contrastive only")
     p.add_argument("--modality-dropout", type=float, default=0.5,
                    help="RNA + protein: share of training batches whose teacher sees RNA only (default: 0.5)")
     p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch here")
@@ -68,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     options = {} if args.balance is None else {"balance": args.balance}
     if args.gene_dropout is not None:
         options["gene_dropout"] = args.gene_dropout
+    if args.label_weight is not None:
+        options["label_weight"] = args.label_weight
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,

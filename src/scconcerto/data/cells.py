@@ -85,6 +85,10 @@ class CellMatrix:
     balance_weights
         ``(n_cells,)`` weight of each cell in the source-specific batch-normalization
         statistics of training (:mod:`scconcerto.data.composition`); ``None``: equal weights.
+    training_labels
+        ``(n_cells,)`` label group of each cell for the supervised term of training
+        (:attr:`~scconcerto.train.TrainConfig.label_weight`), ``-1`` where the cell's label is
+        missing or held out; ``None``: no supervised term.
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -97,6 +101,7 @@ class CellMatrix:
     protein_background: np.ndarray | None = None
     positive_search: PositiveSearch | None = None
     balance_weights: np.ndarray | None = None
+    training_labels: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:

@@ -126,7 +126,8 @@ class Concerto:
 
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
-              positive_neighbors: int = 10, label_positives: bool = True, positive_space: str = "joint",
+              positive_neighbors: int = 10, label_positives: bool = True, label_weight: float = 1.0,
+              positive_space: str = "joint",
               balance: str = "auto", seed: int | None = None, device: str = "auto",
               progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
@@ -156,6 +157,11 @@ class Concerto:
             With label keys, neighbour positives share the cell's labels (the labels shape the
             embedding, as in scANVI); 25 % of the labeled cells (at most 5,000) are kept out of
             this and calibrate the mapping confidence.
+        label_weight
+            With label-aware training (``label_positives``), the weight of a supervised term added to
+            NT-Xent: the cross-entropy of each labeled cell (the held-out ones excepted) against one learned
+            direction per label, so that types told apart by a few genes are told apart in the embedding
+            (:class:`~scconcerto.train.TrainConfig`); ``0``: contrastive training only.
         positive_space
             Where the neighbour positives are searched: ``"joint"`` (default), the mean cosine
             similarity in the plain expression space (truncated SVD of the normalized values) and in
@@ -190,6 +196,7 @@ class Concerto:
                                  epochs=epochs, batch_size=batch_size, lr=lr, max_genes=max_genes,
                                  gene_dropout=gene_dropout, modality_dropout=modality_dropout,
                                  positive_neighbors=positive_neighbors, label_positives=label_positives,
+                                 label_weight=label_weight,
                                  positive_space=positive_space, balance=balance, device=device, progress=progress,
                                  checkpoint_dir=checkpoint_dir, resume=resume, **kwargs)
         self.train_config, self.history, self.training_record = out.config, out.history, out.record

@@ -20,3 +20,17 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1) -> t
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim, positives)
+
+
+def prototype_cross_entropy(z: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
+                            temperature: float = 0.1) -> torch.Tensor:
+    """Cross-entropy of cells against one direction per label (cosine logits divided by ``temperature``).
+
+    Cells whose label is ``-1`` are left out; with none labeled the loss is a zero that keeps the graph (of the
+    cells and of the prototypes, as data-parallel training needs every parameter in every step).
+    """
+    keep = labels >= 0
+    if not bool(keep.any()):
+        return (z.sum() + prototypes.sum()) * 0.0
+    logits = F.normalize(z[keep], dim=1, eps=1e-8) @ F.normalize(prototypes, dim=1, eps=1e-8).T / temperature
+    return F.cross_entropy(logits, labels[keep])

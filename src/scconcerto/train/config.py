@@ -77,6 +77,11 @@ class TrainConfig:
     positive_space
         Where they were searched: ``"joint"`` (plain and scaled expression spaces) or ``"svd"``
         (the plain space; the default here is that of models saved before the setting existed).
+    label_weight
+        Weight of the supervised term added to NT-Xent when labels shape training
+        (:attr:`~scconcerto.data.cells.CellMatrix.training_labels`): the cross-entropy of each labeled
+        cell's teacher and student outputs against one learned direction per label (cosine logits at
+        ``temperature``). ``0``: contrastive only.
     balance
         What balanced the sources' batch-normalization statistics: ``"labels"``, ``"clusters"`` or
         ``"none"`` (see :mod:`scconcerto.data.composition`).
@@ -110,6 +115,7 @@ class TrainConfig:
     positive_neighbors: int = 0
     label_positives: bool = False
     positive_space: str = "svd"
+    label_weight: float = 0.0
     balance: str = "none"
     seed: int = 0
     device: str = "auto"
@@ -154,6 +160,10 @@ def check_settings(settings: TrainConfig | dict, checkpoint_dir: str | Path | No
     lr = s.get("lr", 1e-3)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise InputError(f"lr (--lr) must be a positive finite learning rate, got {lr!r}.")
+    weight = s.get("label_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise InputError(f"label_weight (--label-weight) must be a finite weight, 0 or more (0: contrastive "
+                         f"training only), got {weight!r}.")
     if "seed" in s and s["seed"] is not None:
         check_seed(s["seed"])
     if "devices" in s and (not _is_int(s["devices"]) or s["devices"] < 1):

@@ -16,6 +16,7 @@ from ..data.cells import CellMatrix
 from ..data.sampling import SourceBatchSampler
 from ..data.streaming import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW_CHUNKS, StreamingBatches
 from ..nn import ConcertoNetwork, nt_xent
+from ..nn.losses import prototype_cross_entropy
 from ..nn.dsbn import weighted_moments
 from ..nn.attention import fused_available, get_attention_backend
 from .config import TrainConfig
@@ -235,6 +236,14 @@ class ContrastivePlan(L.LightningModule):
         self._stats_sync: RunningStatsSync | None = None
         weights = None if cells is None else cells.balance_weights
         self._balance_weights = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
+        labels = None if cells is None else cells.training_labels
+        self.prototypes: torch.nn.Parameter | None = None
+        self._labels: torch.Tensor | None = None
+        if labels is not None and config.label_weight > 0 and (np.asarray(labels) >= 0).any():
+            self._labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+            generator = torch.Generator().manual_seed(int(config.seed))
+            n_groups, width = int(self._labels.max()) + 1, network.teacher_tail.dense.out_features
+            self.prototypes = torch.nn.Parameter(torch.randn(n_groups, width, generator=generator))
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         if self.cells is None:
@@ -272,6 +281,11 @@ class ContrastivePlan(L.LightningModule):
             torch.manual_seed(self._step_seed)
         z_teacher, z_student = self.network(batch)
         loss = nt_xent(z_teacher, z_student, self.config.temperature)
+        if self.prototypes is not None:
+            labels = self._labels[batch.rows.cpu()].to(z_teacher.device)
+            supervised = 0.5 * (prototype_cross_entropy(z_teacher, self.prototypes, labels, self.config.temperature)
+                                + prototype_cross_entropy(z_student, self.prototypes, labels, self.config.temperature))
+            loss = loss + self.config.label_weight * supervised
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch.n_cells)
         self._epoch_losses.append(loss.detach())
         return loss
@@ -296,7 +310,7 @@ class ContrastivePlan(L.LightningModule):
         return batch.to(device)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning signature
-        opt = torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        opt = torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
         total = self.total_steps if self.total_steps is not None else int(self.trainer.estimated_stepping_batches)
         total = max(int(total), 1)
         end = self.config.lr_end_factor

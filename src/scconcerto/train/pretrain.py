@@ -71,15 +71,16 @@ def _check_views(gene_dropout: Any, modality_dropout: float, positive_neighbors:
 @searches_on_its_device  # neighbour positives: exact searches on the training GPU
 def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "DataSetup", *, seed: int,
                        epochs: int | None, batch_size: int, lr: float, max_genes: int | None, gene_dropout: float,
-                       modality_dropout: float, positive_neighbors: int, label_positives: bool, positive_space: str,
-                       balance: str, device: str, progress: bool | None, checkpoint_dir: str | Path | None,
+                       modality_dropout: float, positive_neighbors: int, label_positives: bool, label_weight: float,
+                       positive_space: str, balance: str, device: str, progress: bool | None, checkpoint_dir: str | Path | None,
                        resume: bool, **kwargs: Any) -> PretrainedReference:
     """Train ``network`` (in place) on the reference ``adata`` set up as ``setup``, then embed the reference.
 
     The settings are those of :meth:`scconcerto.Concerto.train` (``seed`` resolved); ``kwargs`` are other
     :class:`~scconcerto.train.TrainConfig` fields. Every setting is checked before any work.
     """
-    check_settings({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed, **kwargs},
+    check_settings({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
+                    "label_weight": label_weight, **kwargs},
                    checkpoint_dir=checkpoint_dir, resume=resume)
     cells = prepare_cells(adata, setup, what="the reference").cells
     _check_views(gene_dropout, modality_dropout, positive_neighbors)
@@ -91,6 +92,7 @@ def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "
                          modality_dropout=modality_dropout if setup.proteins else 0.0,
                          positive_neighbors=positive_neighbors if has_positives(cells) else 0,
                          label_positives=inputs.label_positives, positive_space=inputs.positive_space,
+                         label_weight=float(label_weight) if cells.training_labels is not None else 0.0,
                          balance=inputs.balance, seed=seed, device=device, progress=progress, **kwargs)
     start = time.perf_counter()
     network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)

@@ -152,6 +152,10 @@ def _attach_positives(cells: Any, labels: list[np.ndarray], expression: np.ndarr
     else:  # the same search, once, among all cells
         cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
                                              components=components)
+    if groups is not None:  # the labels the supervised term of training reads (never the held-out ones)
+        cells.training_labels = groups.copy()
+        if calibration_rows is not None:
+            cells.training_labels[calibration_rows] = -1
     return groups is not None, calibration_rows
 
 
