@@ -46,9 +46,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _details(r: dict) -> str:
     phase = r["phase"]
     if phase == "simulate":
-        return f"{r.get('n_ref', 0):,} reference cells, queries {r.get('queries')}; simulating {r.get('simulate_seconds')} s"
+        queries = ", ".join(f"{q:,}" for q in r.get("queries", []))
+        return f"{r.get('n_ref', 0):,} reference cells, queries of {queries} cells; simulating {r.get('simulate_seconds')} s"
     if phase == "build":
-        return (f"{r.get('n_cells', 0):,} cells, {r.get('genes')} genes, {r.get('epochs')} epochs "
+        return (f"{r.get('n_cells', 0):,} cells, {r.get('genes', 0):,} genes, {r.get('epochs')} epochs "
                 f"(s/epoch {r.get('seconds_per_epoch')}); train {r.get('train_seconds')} s, reference embedding and "
                 f"mapping preparation {r.get('reference_embed_seconds')} s; IVF index for `map` {r.get('index_seconds')} s")
     if phase == "map":
@@ -163,7 +164,9 @@ def _world_line(head: dict, records: list[dict]) -> str:
                 f"{world.get('depth')}, {world.get('genes')} genes); reference: cells of every batch but the last; "
                 "queries: cells of the held-out last batch")
     reused = "" if sim else " (files of an earlier run with the same world reused: no simulate phase)"
-    return f"- Data: {text}; reference sizes {n_ref}, query sizes {queries}{reused}."
+    sizes = ", ".join(f"{n:,}" for n in n_ref or [])
+    query_sizes = ", ".join(f"{q:,}" for q in queries or [])
+    return f"- Data: {text}; reference of {sizes} cells, queries of {query_sizes} cells{reused}."
 
 
 def render(records: list[dict]) -> str:
