@@ -4,23 +4,28 @@ Each phase runs in its own child process, so that its peak resident memory
 (``ru_maxrss``) is its own. Figures are printed as JSON lines and collected in
 ``--out``. Nothing here is a test: timings depend on the machine and its load.
 
-Typical use (see benchmarks/SCALE.md)::
+Typical use (docs/scale.md; ``benchmarks/SCALE.md`` is written by the first command)::
 
-    python benchmarks/scale.py run --sizes 100000 --queries 10000 100000 --workdir /tmp/scale
+    python benchmarks/scale.py run --world hard --sizes 100000 --queries 10000 --peers celltypist symphony \
+        --device cpu --out benchmarks/results/scale_hard_100k.json --report benchmarks/SCALE.md
+    python benchmarks/scale.py report benchmarks/results/scale_hard_100k.json --out benchmarks/SCALE.md
     python benchmarks/scale.py profile --cells 20000 --genes 2000
 
-Sub-commands run by ``run`` (usable alone): ``simulate``, ``build``, ``converge``, ``map`` (streamed embedding
-and vote), ``map-query`` (``Concerto.map_query``, as ``scconcerto map``).
+Sub-commands run by ``run`` (usable alone): ``simulate`` (the easy world) or ``simulate-hard``
+(``scconcerto.datasets.write_hard_simulation``), ``build``, ``converge``, ``map`` (streamed embedding and
+vote), ``map-query`` (``Concerto.map_query``, as ``scconcerto map``), ``peer``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -90,6 +95,37 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     os.remove(world)
     emit({"phase": "simulate", "simulation": opts, "n_total": n_total, "n_ref": int(ref_rows.size), "genes": args.genes,
           "queries": [int(min(q, query_rows.size)) for q in args.queries], "simulate_seconds": round(t_sim, 1),
+          "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(peak_rss_gb(), 2),
+          "uptime_start": up0, "uptime_end": uptime()})
+
+
+def cmd_simulate_hard(args: argparse.Namespace) -> None:
+    """The hard world (``write_hard_simulation``): a reference of batches 0..n-2, queries of the held-out last.
+
+    The largest query is the world's query file; smaller ones are its first cells (cell types are drawn per
+    cell, so the first cells are a random sample).
+    """
+    from scconcerto.data.backed import write_rows_h5ad
+    from scconcerto.datasets import write_hard_simulation
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    up0 = uptime()
+    t0 = time.perf_counter()
+    overrides = {"n_genes": args.genes} if args.genes else {}
+    world = work / f"world_{args.n_ref}_{max(args.queries)}"
+    ref, query = write_hard_simulation(world, args.n_ref, max(args.queries), seed=args.seed, overwrite=True,
+                                       chunk_size=20_000, **overrides)
+    t_sim = time.perf_counter() - t0
+    os.replace(ref, work / f"ref_{args.n_ref}.h5ad")
+    for q in sorted(args.queries):
+        if q == max(args.queries):
+            os.replace(query, work / f"query_{q}.h5ad")
+        else:
+            write_rows_h5ad(query, work / f"query_{q}.h5ad", np.arange(q), overwrite=True)
+    world.rmdir()
+    emit({"phase": "simulate", "world": "hard", "simulation": {"seed": args.seed, **overrides},
+          "n_ref": args.n_ref, "queries": sorted(args.queries), "simulate_seconds": round(t_sim, 1),
           "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(peak_rss_gb(), 2),
           "uptime_start": up0, "uptime_end": uptime()})
 
@@ -417,19 +453,27 @@ def cmd_peer(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(HERE.parent.parent))
     from benchmarks.peers import make
-    from benchmarks.peers.base import timed_fit_map
     from scconcerto.metrics import annotation_report
 
+    up0 = uptime()
     t0 = time.perf_counter()
     ref = ad.read_h5ad(args.ref)
     query = ad.read_h5ad(args.query)
     t_read = time.perf_counter() - t0
-    mapped, t_fit, t_map = timed_fit_map(make(args.method, seed=0), ref, query, "cell_type", "batch", True)
+    method = make(args.method, seed=0)
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    method.fit(ref, "cell_type", "batch", True)
+    t_fit, cpu_fit = time.perf_counter() - t0, cpu_seconds() - cpu0
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    mapped = method.map(query, "batch")
+    t_map, cpu_map = time.perf_counter() - t0, cpu_seconds() - cpu0
     report = annotation_report(query.obs["cell_type"].astype(str).to_numpy(), np.asarray(mapped.labels, dtype=str))
     emit({"phase": "peer", "method": args.method, "n_ref": ref.n_obs, "n_query": query.n_obs,
           "read_seconds": round(t_read, 1), "fit_seconds": round(t_fit, 1), "map_seconds": round(t_map, 1),
+          "fit_process_cpu_seconds": round(cpu_fit, 1), "map_process_cpu_seconds": round(cpu_map, 1),
           "accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
-          "peak_rss_gb": round(peak_rss_gb(), 2), "load_average": os.getloadavg()})
+          "peak_rss_gb": round(peak_rss_gb(), 2), "load_average": os.getloadavg(),
+          "uptime_start": up0, "uptime_end": uptime()})
 
 
 # ---------------------------------------------------------------- profile
@@ -547,39 +591,99 @@ def child(argv: list[str], log: Path) -> list[dict]:
     return records
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    work = Path(args.workdir)
+def world_options(args: argparse.Namespace) -> dict:
+    """The simulated world ``run`` asks for (files made for another world are simulated again)."""
+    if args.world == "hard":
+        return {"world": "hard", "seed": args.seed, "genes": args.genes}
+    return {"world": "easy", "genes": args.genes or 2000, "types": args.types, "batches": args.batches,
+            "markers": args.markers, "batch_effect": args.batch_effect, "depth": args.depth}
+
+
+def simulate_argv(args: argparse.Namespace, n: int, work: Path) -> list[str]:
+    """The ``simulate`` / ``simulate-hard`` sub-command writing ``ref_{n}.h5ad`` and ``query_{q}.h5ad`` in ``work``."""
+    queries = ["--queries", *(str(q) for q in args.queries), "--workdir", str(work)]
+    if args.world == "hard":
+        genes = ["--genes", str(args.genes)] if args.genes else []
+        return ["simulate-hard", "--n-ref", str(n), "--seed", str(args.seed), *genes, *queries]
+    return ["simulate", "--n-ref", str(n), "--genes", str(args.genes or 2000), "--types", str(args.types),
+            "--batches", str(args.batches), "--markers", str(args.markers), "--batch-effect", str(args.batch_effect),
+            "--depth", str(args.depth), *queries]
+
+
+def run_header(args: argparse.Namespace, argv: list[str]) -> dict:
+    """The first record of a run: when, which commit, the exact command, the machine and the world."""
+    sys.path.insert(0, str(HERE.parent.parent))
+    from benchmarks.report import commit_id
+
+    return {"phase": "run", "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": commit_id(), "command": "python benchmarks/scale.py " + shlex.join(argv),
+            "machine": machine(), "uptime_start": uptime(), "world": world_options(args),
+            "sizes": args.sizes, "queries": args.queries, "peers": args.peers, "device": args.device,
+            "epochs": args.epochs}
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str] | None = None) -> list[dict]:
+    """Simulate (unless the files of this world are there), build, map, run the peers; write JSON and report."""
+    argv = sys.argv[1:] if argv is None else argv
+    root = Path(args.workdir)
+    work = root / "hard" if args.world == "hard" else root  # the easy world's files stay where they were
     work.mkdir(parents=True, exist_ok=True)
-    log = work / "stderr.log"
-    results: list[dict] = []
+    log = root / "stderr.log"
+    results: list[dict] = [run_header(args, argv)]
+
+    def save() -> None:  # after every phase: a run stopped half-way keeps what it measured
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
+
     for n in args.sizes:
-        common = ["--workdir", str(work)]
-        queries = [str(q) for q in args.queries]
-        if not (work / f"ref_{n}.h5ad").exists() or args.resimulate:
-            results += child(["simulate", "--n-ref", str(n), "--genes", str(args.genes), "--queries", *queries,
-                              "--types", str(args.types), "--batches", str(args.batches),
-                              "--markers", str(args.markers), "--batch-effect",
-                              str(args.batch_effect), "--depth", str(args.depth), *common], log)
+        ref = work / f"ref_{n}.h5ad"
+        stamp = work / f"ref_{n}.world.json"
+        wanted = {**world_options(args), "queries": sorted(args.queries)}
+        files = [ref, *(work / f"query_{q}.h5ad" for q in args.queries)]
+        current = json.loads(stamp.read_text()) if stamp.exists() else None
+        if args.resimulate or current != wanted or not all(f.exists() for f in files):
+            stamp.unlink(missing_ok=True)
+            results += child(simulate_argv(args, n, work), log)
+            stamp.write_text(json.dumps(wanted))
+            save()
         model = work / f"model_{n}"
-        build = ["build", "--ref", str(work / f"ref_{n}.h5ad"), "--model", str(model), "--device", args.device]
+        build = ["build", "--ref", str(ref), "--model", str(model), "--device", args.device]
         if not args.skip_build:
             results += child(build + (["--epochs", str(args.epochs)] if args.epochs else []), log)
+            save()
         for q in args.queries:
-            results += child(["map", "--model", str(model), "--query", str(work / f"query_{q}.h5ad"),
-                              "--device", args.device], log)
-            results += child(["map-query", "--model", str(model), "--query", str(work / f"query_{q}.h5ad"),
-                              "--device", args.device], log)
+            for phase in ("map", "map-query"):
+                results += child([phase, "--model", str(model), "--query", str(work / f"query_{q}.h5ad"),
+                                  "--device", args.device], log)
+                save()
         for peer in args.peers:
-            results += child(["peer", "--method", peer, "--ref", str(work / f"ref_{n}.h5ad"), "--query",
+            results += child(["peer", "--method", peer, "--ref", str(ref), "--query",
                               str(work / f"query_{min(args.queries)}.h5ad")], log)
+            save()
         if args.converge_epochs:
-            results += child(["converge", "--ref", str(work / f"ref_{n}.h5ad"), "--query",
-                              str(work / f"query_{min(args.queries)}.h5ad"), "--epochs", str(args.converge_epochs),
-                              "--device", args.device], log)
+            results += child(["converge", "--ref", str(ref), "--query", str(work / f"query_{min(args.queries)}.h5ad"),
+                              "--epochs", str(args.converge_epochs), "--device", args.device], log)
+    results[0]["uptime_end"] = uptime()
+    results[0]["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    save()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
         print(f"wrote {args.out}")
+    if args.report:
+        from benchmarks.scale_report import write_report
+
+        write_report(results, args.report)
+        print(f"wrote {args.report}")
+    return results
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """The markdown report of a ``run``'s JSON (``--out``)."""
+    sys.path.insert(0, str(HERE.parent.parent))
+    from benchmarks.scale_report import write_report
+
+    write_report(json.loads(Path(args.results).read_text()), args.out)
+    print(f"wrote {args.out}")
 
 
 def main() -> None:
@@ -596,6 +700,12 @@ def main() -> None:
     s.add_argument("--batch-effect", type=float, default=0.5, help="sd of log batch effects (larger: harder)")
     s.add_argument("--depth", type=float, default=2000.0, help="mean counts per cell (lower: sparser, harder)")
     s.add_argument("--workdir", required=True)
+    sh = sub.add_parser("simulate-hard", help=cmd_simulate_hard.__doc__.splitlines()[0])
+    sh.add_argument("--n-ref", type=int, required=True)
+    sh.add_argument("--queries", type=int, nargs="+", default=[10_000])
+    sh.add_argument("--genes", type=int, default=None, help="default: the hard world's (HARD_SIMULATION)")
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--workdir", required=True)
     b = sub.add_parser("build")
     b.add_argument("--ref", required=True)
     b.add_argument("--model", required=True)
@@ -651,9 +761,13 @@ def main() -> None:
     f.add_argument("--device", default="cpu")
     f.add_argument("--precision", default="32", help="32 or bf16 (autocast on the device)")
     f.add_argument("--batch-size", type=int, default=256)
-    r = sub.add_parser("run")
+    r = sub.add_parser("run", help=cmd_run.__doc__.splitlines()[0])
+    r.add_argument("--world", choices=["easy", "hard"], default="easy",
+                   help="easy: simulate() with the options below; hard: write_hard_simulation (the options "
+                        "--types ... --depth do not apply)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the hard world")
     r.add_argument("--sizes", type=int, nargs="+", default=[100_000])
-    r.add_argument("--genes", type=int, default=2000)
+    r.add_argument("--genes", type=int, default=None, help="default: 2000 (easy), the hard world's 3000 (hard)")
     r.add_argument("--types", type=int, default=10)
     r.add_argument("--batches", type=int, default=4, help="reference batches + 1 held-out query batch")
     r.add_argument("--markers", type=int, default=20)
@@ -667,9 +781,13 @@ def main() -> None:
     r.add_argument("--device", default="auto")
     r.add_argument("--workdir", default="/tmp/scconcerto_scale")
     r.add_argument("--resimulate", action="store_true")
-    r.add_argument("--out", default=None)
+    r.add_argument("--out", default=None, help="JSON of every phase's record, rewritten after each phase")
+    r.add_argument("--report", default=None, help="markdown results file written at the end (as `report`)")
+    rp = sub.add_parser("report", help=cmd_report.__doc__.splitlines()[0])
+    rp.add_argument("results", help="a run's JSON (--out)")
+    rp.add_argument("--out", required=True, help="markdown file to write, e.g. benchmarks/SCALE.md")
     args = p.parse_args()
-    {"simulate": cmd_simulate, "build": cmd_build, "converge": cmd_converge, "map": cmd_map,
+    {"simulate": cmd_simulate, "simulate-hard": cmd_simulate_hard, "build": cmd_build, "report": cmd_report, "converge": cmd_converge, "map": cmd_map,
      "profile": cmd_profile, "peer": cmd_peer, "run": cmd_run, "memory": cmd_memory,
      "search": cmd_search, "map-query": cmd_map_query}[args.cmd](args)
 

@@ -1,4 +1,4 @@
-"""The GPU paths on a GPU: skipped without CUDA (CI has none; run on a lent GPU machine, see benchmarks/SCALE.md)."""
+"""The GPU paths on a GPU: skipped without CUDA (CI has none; the H100 figures and how they were taken: docs/scale.md)."""
 
 import numpy as np
 import pytest
