@@ -70,8 +70,8 @@ def add_output(p: argparse.ArgumentParser, help: str) -> None:
 
 def add_runtime(p: argparse.ArgumentParser, training: bool = False) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    help = ("cells per training mini-batch (default 256; on a GPU, 1024 built a 1M-cell reference in 51 s "
-            "instead of 155 s on an H100: benchmarks/SCALE.md)") if training else \
+    help = ("cells per training mini-batch (default 256; larger batches are faster on a GPU: "
+            "docs/scale.md)") if training else \
         "cells per mini-batch (default: 1024)"
     p.add_argument("--batch-size", type=positive_int, default=None, help=help)
 

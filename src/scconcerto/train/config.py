@@ -17,8 +17,7 @@ def default_epochs(n_cells: int) -> int:
     """Passes over a reference of ``n_cells``: about 60k cell visits for small references (at most 100
     epochs), 8 epochs up to 100k cells, then about 800k visits (at least 2 epochs) for larger ones.
 
-    On a 100k-cell simulated reference the held-out kNN accuracy plateaued after 4 of 8 epochs (400k
-    cell visits; ``benchmarks/SCALE.md``), so a million cells need no more than two passes.
+    How the schedule was chosen, with its measurements: ``docs/scale.md``.
     """
     n = max(n_cells, 1)
     return int(min(100, max(math.ceil(60_000 / n), min(8, max(2, math.ceil(800_000 / n))))))

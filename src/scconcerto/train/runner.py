@@ -2,7 +2,7 @@
 
 Data parallelism uses Lightning's DDP: ``TrainConfig(devices=N, strategy="ddp")``
 starts N processes (gloo on CPUs, NCCL on GPUs), or the script is started by
-``torchrun`` (one or many nodes; see ``benchmarks/SCALE.md``). Every rank
+``torchrun`` (one or many nodes; see ``docs/scale.md``). Every rank
 builds the same model, reads its own share of the batches (its own file
 chunks when streaming), and gradients are averaged, so N ranks with batch ``B``
 take the steps one process would take with gradient accumulation over N
