@@ -19,8 +19,7 @@ import torch
 
 from .._errors import InputError
 from ..data.composition import balancing_weights, source_balance_weights
-from ..nn.dsbn import MIN_ADAPT_CELLS
-from ..tools.label_shift import subsample_per_group
+from ..tools.label_shift import set_balanced_moments, subsample_per_group
 from ..tools.label_transfer import label_counts, vote
 from ..search.neighbors import knn
 from ._reference import FULL, RNA_ONLY, ReferenceSearch, new_query_domains, rna_only_reference
@@ -220,22 +219,15 @@ def _balanced_adabn(model: Any, search: ReferenceSearch, network: "ConcertoNetwo
     net = with_new_domains(network, new_domains).eval()
     hidden = teacher_hidden_states(net, cells, rows, options.batch_size, options.device)
     domains = cells.domains[rows]
-    norm = net.teacher_tail.norm
     known = list(range(len(model.setup.sources)))
-    weights = None
-    for round_ in range(LABEL_SHIFT_ROUNDS + 1):
-        for d in new_domains:
-            mine = domains == d
-            if mine.sum() < MIN_ADAPT_CELLS:  # no statistics of its own: the known sources' mean, as AdaBN
-                norm.use_mean_statistics(d, known)
-                continue
-            norm.set_moments(d, torch.from_numpy(hidden[mine]),
-                             None if weights is None else torch.from_numpy(weights[mine]))
-        if round_ == LABEL_SHIFT_ROUNDS:
-            break
+
+    def reweight() -> np.ndarray:
         pred = _predicted_groups(search, embed_hidden(net, hidden, domains), spec, space, k, options.index, seed,
                                  cells.n_cells)
-        weights = _query_weights(pred, domains, spec)
+        return _query_weights(pred, domains, spec)
+
+    weights = set_balanced_moments(net.teacher_tail.norm, hidden, domains, new_domains, known, reweight,
+                                   LABEL_SHIFT_ROUNDS)
     key = next((key for key, names in model.setup.labels.items() if len(names) > 1), None)
     by = model.train_config.balance if spec[2] == "equal" else "labels"  # "labels" or "clusters"
     info = {"label_key": key if by == "labels" else None, "groups": by, "target": spec[2],

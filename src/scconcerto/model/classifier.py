@@ -50,7 +50,10 @@ from ..nn.heads import TeacherClassifier
 from ..tools.calibration import (empirical_cdf, expected_calibration_error, feature_knn_similarity,
                                  fit_temperature, probability_to_log_odds, rejection_threshold,
                                  scaled_probabilities, score_quantiles, top_class_log_odds)
-from ..train.classifier import ClassifierConfig, classifier_outputs, fit_classifier_network
+from ..tools.label_shift import set_balanced_moments, subsample_per_group
+from ..train.classifier import (ClassifierConfig, classifier_hidden_states, classifier_outputs,
+                                classifier_with_domains, fit_classifier_network, outputs_of_hidden)
+from ._query_embedding import LABEL_SHIFT_CELLS, LABEL_SHIFT_ROUNDS, _query_weights
 from ._schema import check_bounded, check_dataclass
 
 log = logging.getLogger("scconcerto")
@@ -620,18 +623,53 @@ class CellTypeClassifier:
             codes = domain_codes(names, domains)[0]
         prepared.cells.domains = codes
         adapt = sorted(set(codes[codes >= len(domains)].tolist()))
-        logits, features = classifier_outputs(self.network, prepared.cells, batch_size=batch_size, device=device,
-                                              adapt_domains=adapt or None)
+        if adapt and self.feature_bank_labels is not None:
+            network = self._balanced_adabn(prepared.cells, adapt, self._calibration_for(modalities, quiet=True)[1],
+                                           batch_size, device)
+            logits, features = classifier_outputs(network, prepared.cells, batch_size=batch_size, device=device)
+        else:
+            logits, features = classifier_outputs(self.network, prepared.cells, batch_size=batch_size,
+                                                  device=device, adapt_domains=adapt or None)
         return logits, features, modalities
 
-    def _calibration_for(self, modalities: str) -> tuple[Calibration, np.ndarray]:
-        """The calibration (temperature, quantiles, thresholds) and feature bank for cells of ``modalities``."""
+    def _balanced_adabn(self, cells: Any, new_domains: list[int], bank: np.ndarray, batch_size: int,
+                        device: str) -> TeacherClassifier:
+        """A copy of the network whose statistics of the unseen sources ``new_domains`` are AdaBN moments
+        balanced for their predicted composition, as mapping's (:mod:`scconcerto.tools.label_shift`).
+
+        Each source's cells (a seeded sample of at most ``LABEL_SHIFT_CELLS``) are weighted to the class
+        composition of the feature bank (a sample of the labeled training cells, whose own statistics are
+        plain), the classes predicted by the classifier's decision under plain AdaBN first and under the
+        reweighted statistics after each of ``LABEL_SHIFT_ROUNDS`` rounds.
+        """
+        rows = np.flatnonzero(np.isin(cells.domains, new_domains))
+        rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, 0)]
+        hidden = classifier_hidden_states(self.network, cells, rows, batch_size, device)
+        domains = cells.domains[rows]
+        net = classifier_with_domains(self.network, new_domains)
+        known = [d for d in range(net.n_domains) if d not in new_domains]
+        spec = (self.feature_bank_labels, net.n_classes, "reference")
+
+        def reweight() -> np.ndarray:
+            logits, features = outputs_of_hidden(net, hidden, domains)
+            return _query_weights(self.decision_logits(logits, features, bank).argmax(axis=1), domains, spec)
+
+        set_balanced_moments(net.tail.norm, hidden, domains, new_domains, known, reweight, LABEL_SHIFT_ROUNDS)
+        return net.eval()
+
+    def _calibration_for(self, modalities: str, quiet: bool = False) -> tuple[Calibration, np.ndarray]:
+        """The calibration (temperature, quantiles, thresholds) and feature bank for cells of ``modalities``
+        (with ``quiet``, without saying which)."""
         if modalities != "rna_only":
             return self.state.full, self.feature_bank
         if self.state.rna_only is not None and self.feature_bank_rna_only is not None:
+            if quiet:
+                return self.state.rna_only, self.feature_bank_rna_only
             log.info("The data lacks the model's proteins (obsm[%r]): predicting from RNA alone, with the "
                      "classifier's RNA-only calibration.", self.model.setup.protein_key)
             return self.state.rna_only, self.feature_bank_rna_only
+        if quiet:
+            return self.state.full, self.feature_bank
         log.warning("The data lacks the model's proteins (obsm[%r]) and this classifier was fitted on cells "
                     "without them, so it has no RNA-only calibration: the confidence and the unknown flags are "
                     "those of its labeled cells, and may flag too many cells as unknown. Fit the classifier again "

@@ -91,8 +91,8 @@ class TeacherClassifier(nn.Module):
                 "out_dim": self.tail.dense.out_features, "dropout": float(self.tail.dropout.p),
                 "head_dropout": float(self.head.dropout.p)}
 
-    def features(self, views: dict[str, Ragged], domains: torch.Tensor) -> torch.Tensor:
-        """Teacher output ``ReLU(Dense(Dropout(DSBN(sum of attention-pooled modalities))))``."""
+    def hidden(self, views: dict[str, Ragged]) -> torch.Tensor:
+        """The sum of the attention-pooled modalities: the input of the source-specific tail."""
         hidden = None
         for m in self.modalities:
             if m not in views:
@@ -101,7 +101,11 @@ class TeacherClassifier(nn.Module):
             hidden = h if hidden is None else hidden + h
         if hidden is None:
             raise ValueError(f"the batch has none of the classifier's modalities {self.modalities}")
-        return self.tail(hidden, domains)
+        return hidden
+
+    def features(self, views: dict[str, Ragged], domains: torch.Tensor) -> torch.Tensor:
+        """Teacher output ``ReLU(Dense(Dropout(DSBN(sum of attention-pooled modalities))))``."""
+        return self.tail(self.hidden(views), domains)
 
     def forward(self, views: dict[str, Ragged], domains: torch.Tensor) -> torch.Tensor:
         """Class logits ``(n_cells, n_classes)``."""

@@ -13,12 +13,14 @@ mapping with the current statistics, a couple of rounds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from ..data.composition import WEIGHT_RANGE, balancing_weights
 
-__all__ = ["WEIGHT_RANGE", "balancing_weights", "subsample_per_group", "weighted_moments"]
-
+__all__ = ["WEIGHT_RANGE", "balancing_weights", "set_balanced_moments", "subsample_per_group", "weighted_moments"]
 
 
 def weighted_moments(values: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -48,3 +50,33 @@ def subsample_per_group(groups: np.ndarray, max_per_group: int, seed: int) -> np
         rows = np.flatnonzero(groups == g)
         keep.append(rows if rows.size <= max_per_group else rng.choice(rows, max_per_group, replace=False))
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def set_balanced_moments(norm: Any, hidden: np.ndarray, domains: np.ndarray, new_domains: list[int],
+                         known: list[int], reweight: Callable[[], np.ndarray], rounds: int) -> np.ndarray | None:
+    """Set the statistics of the unseen sources ``new_domains`` of a domain-specific batch norm ``norm`` (in
+    place) to the moments of their ``hidden`` vectors (rows of source ``domains``), reweighted by their
+    predicted composition.
+
+    First the plain moments (AdaBN); then, ``rounds`` times, the moments under the per-row weights returned by
+    ``reweight()``, which predicts the rows' groups under the current statistics. A source with fewer than
+    ``MIN_ADAPT_CELLS`` rows gets the mean statistics of the ``known`` sources, as in AdaBN. Returns the
+    last weights (``None`` without rounds).
+    """
+    import torch
+
+    from ..nn.dsbn import MIN_ADAPT_CELLS
+
+    weights = None
+    for round_ in range(rounds + 1):
+        for d in new_domains:
+            mine = domains == d
+            if mine.sum() < MIN_ADAPT_CELLS:  # no statistics of its own
+                norm.use_mean_statistics(d, known)
+                continue
+            norm.set_moments(d, torch.from_numpy(hidden[mine]),
+                             None if weights is None else torch.from_numpy(weights[mine]))
+        if round_ == rounds:
+            break
+        weights = reweight()
+    return weights

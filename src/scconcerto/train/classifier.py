@@ -275,11 +275,9 @@ def adapt_classifier_norms(classifier: TeacherClassifier, cells: CellMatrix, dom
                            batch_size: int = 1024, device: str = "auto") -> TeacherClassifier:
     """A copy of ``classifier`` whose DSBN has statistics re-estimated (AdaBN) for the new ``domains``."""
     dev = resolve_device(device)
-    net = copy.deepcopy(classifier).cpu()
+    net = classifier_with_domains(classifier, domains)
     new = sorted(set(int(d) for d in domains))
     norm = net.tail.norm
-    if max(new) + 1 > norm.n_domains:
-        norm.add_domains(max(new) + 1 - norm.n_domains)
     norm.start_adapting(new)
     net = net.to(dev).eval()
     mask = np.isin(cells.domains, new)
@@ -289,6 +287,52 @@ def adapt_classifier_norms(classifier: TeacherClassifier, cells: CellMatrix, dom
         net.features(batch.teacher, batch.domains)
     norm.finish_adapting()
     return net.cpu()
+
+
+def classifier_with_domains(classifier: TeacherClassifier, domains: list[int]) -> TeacherClassifier:
+    """A CPU copy of ``classifier`` with DSBN slots up to the largest of ``domains``."""
+    net = copy.deepcopy(classifier).cpu()
+    needed = max(int(d) for d in domains) + 1 - net.tail.norm.n_domains
+    if needed > 0:
+        net.tail.norm.add_domains(needed)
+    return net
+
+
+@torch.no_grad()
+def classifier_hidden_states(classifier: TeacherClassifier, cells: CellMatrix, rows: np.ndarray,
+                             batch_size: int = 1024, device: str = "auto") -> np.ndarray:
+    """The pooled hidden vectors before the DSBN tail, ``(len(rows), dim)`` float32, of ``rows`` in their order."""
+    dev = resolve_device(device)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((rows.size, classifier.tail.norm.num_features), dtype=np.float32)
+    was_training = classifier.training
+    net = classifier.to(dev).eval()
+    try:
+        for part in source_batches(cells.domains[rows], batch_size, shuffle=False):
+            batch = cells.batch(rows[part]).to(dev)
+            out[part] = net.hidden(batch.teacher).float().cpu().numpy()
+    finally:
+        classifier.cpu().train(was_training)
+    return out
+
+
+@torch.no_grad()
+def outputs_of_hidden(classifier: TeacherClassifier, hidden: np.ndarray, domains: np.ndarray,
+                      batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and teacher features (float32) of pooled hidden vectors (:func:`classifier_hidden_states`) of
+    ``domains``, in eval mode on the CPU."""
+    was_training = classifier.training
+    net = classifier.cpu().eval()
+    logits = np.empty((len(hidden), net.n_classes), dtype=np.float32)
+    features = np.empty((len(hidden), net.tail.dense.out_features), dtype=np.float32)
+    for start in range(0, len(hidden), batch_size):
+        h = torch.from_numpy(np.ascontiguousarray(hidden[start:start + batch_size]))
+        d = torch.from_numpy(np.asarray(domains[start:start + batch_size], dtype=np.int64))
+        f = net.tail(h, d)
+        logits[start:start + len(h)] = net.head(f).numpy()
+        features[start:start + len(h)] = f.numpy()
+    net.train(was_training)
+    return logits, features
 
 
 @torch.no_grad()
