@@ -14,7 +14,9 @@ EPOCHS = 150
 
 
 def _train_cmd(data: Path, out: Path, ckpt: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "scconcerto.cli", "train", str(data), "--batch-key", "batch", "--epochs", str(EPOCHS),
+    # with a label key: the supervised term's label directions are part of what a checkpoint must restore
+    cmd = [sys.executable, "-m", "scconcerto.cli", "train", str(data), "--batch-key", "batch", "--label-key",
+           "cell_type", "--epochs", str(EPOCHS),
            "--batch-size", "64", "--out", str(out), "--checkpoint-dir", str(ckpt), "--no-progress", "--device", "cpu"]
     return cmd + (["--resume"] if resume else [])
 
@@ -45,6 +47,7 @@ def test_sigkill_then_resume_finishes_the_same_number_of_epochs(sim, tmp_path):
     epochs = [h["epoch"] for h in config["history"]]
     assert epochs == list(range(EPOCHS))  # the epochs before the kill are kept, none repeated or lost
     assert config["train"]["epochs"] == EPOCHS
+    assert config["train"]["label_weight"] > 0  # the supervised term was trained, and resumed
 
 
 # ------------------------------------------------------------------ checkpoints and resuming
