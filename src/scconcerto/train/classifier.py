@@ -30,7 +30,7 @@ from ..nn.consistency import consistency_loss
 from ..nn.heads import TeacherClassifier
 from .plan import CellBatchDataset, _unbatched
 from .progress import progress_callbacks
-from .runner import _ACCELERATORS, resolve_device
+from .runner import _ACCELERATORS, pooled_hidden_states, resolve_device
 
 log = logging.getLogger("scconcerto")
 
@@ -298,22 +298,12 @@ def classifier_with_domains(classifier: TeacherClassifier, domains: list[int]) -
     return net
 
 
-@torch.no_grad()
 def classifier_hidden_states(classifier: TeacherClassifier, cells: CellMatrix, rows: np.ndarray,
                              batch_size: int = 1024, device: str = "auto") -> np.ndarray:
-    """The pooled hidden vectors before the DSBN tail, ``(len(rows), dim)`` float32, of ``rows`` in their order."""
-    dev = resolve_device(device)
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty((rows.size, classifier.tail.norm.num_features), dtype=np.float32)
-    was_training = classifier.training
-    net = classifier.to(dev).eval()
-    try:
-        for part in source_batches(cells.domains[rows], batch_size, shuffle=False):
-            batch = cells.batch(rows[part]).to(dev)
-            out[part] = net.hidden(batch.teacher).float().cpu().numpy()
-    finally:
-        classifier.cpu().train(was_training)
-    return out
+    """The pooled hidden vectors before the DSBN tail, ``(len(rows), dim)`` float32, of ``rows`` in increasing
+    order (:func:`~scconcerto.train.runner.pooled_hidden_states`)."""
+    return pooled_hidden_states(classifier, classifier.hidden, classifier.tail.norm.num_features, cells, rows,
+                                batch_size, device)
 
 
 @torch.no_grad()

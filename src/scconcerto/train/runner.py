@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -304,24 +304,34 @@ def estimate_teacher_statistics(network: ConcertoNetwork, cells: CellMatrix, dom
 
 
 @torch.no_grad()
-def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.ndarray, batch_size: int = 1024,
-                          device: str = "auto") -> np.ndarray:
-    """The teacher's pooled hidden vectors before its source-specific BN, ``(len(rows), dim)`` float32, for
-    ``rows`` in increasing order."""
+def pooled_hidden_states(module: torch.nn.Module, pool: Callable[[dict], torch.Tensor], width: int,
+                         cells: CellMatrix, rows: np.ndarray, batch_size: int = 1024, device: str = "auto"
+                         ) -> np.ndarray:
+    """``pool(batch.teacher)`` (a network's pooled hidden vectors before its source-specific BN) of ``rows`` in
+    increasing order, ``(len(rows), width)`` float32; ``module`` (whose method ``pool`` is) runs in eval mode on
+    ``device`` and is left on the CPU in its mode."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     dev = resolve_device(device)
-    out = np.empty((len(rows), network.teacher_tail.norm.num_features), dtype=np.float32)
-    net = network.to(dev).eval()
+    out = np.empty((len(rows), width), dtype=np.float32)
+    was_training = module.training
+    module.to(dev).eval()
     pos = 0
     try:
         with CpuThreads() if dev.type == "cpu" else nullcontext():
             for r, batch in _batches(cells, rows, batch_size, dev):
-                hidden, _ = net.teacher_hidden(batch.to(dev).teacher)
-                out[pos:pos + len(r)] = hidden.float().cpu().numpy()
+                out[pos:pos + len(r)] = pool(batch.to(dev).teacher).float().cpu().numpy()
                 pos += len(r)
     finally:
-        network.cpu()
+        module.cpu().train(was_training)
     return out
+
+
+def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.ndarray, batch_size: int = 1024,
+                          device: str = "auto") -> np.ndarray:
+    """The teacher's pooled hidden vectors before its source-specific BN, ``(len(rows), dim)`` float32, for
+    ``rows`` in increasing order."""
+    return pooled_hidden_states(network, lambda views: network.teacher_hidden(views)[0],
+                                network.teacher_tail.norm.num_features, cells, rows, batch_size, device)
 
 
 @torch.no_grad()
