@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from .._errors import InputError
-from ..data.composition import balancing_weights, source_balance_weights
-from ..tools.label_shift import set_balanced_moments, subsample_per_group
-from ..tools.label_transfer import label_counts, vote
+from ..tools.label_shift import query_balance_weights, set_balanced_moments, subsample_per_group
+from ..tools.label_transfer import vote
 from ..search.neighbors import knn
 from ._reference import FULL, RNA_ONLY, ReferenceSearch, new_query_domains, rna_only_reference
 
@@ -133,7 +132,7 @@ def _finetuned_network(model: Any, search: ReferenceSearch, prepared: "PreparedC
                           adapt_domains=new_domains)[rows]
         pred = _predicted_groups(search, emb, spec, space, 5, "auto", seed, len(rows))
         weights = np.ones(prepared.cells.n_cells, dtype=np.float32)
-        weights[rows] = _query_weights(pred, prepared.cells.domains[rows], spec)
+        weights[rows] = query_balance_weights(pred, prepared.cells.domains[rows], spec)
         prepared.cells.balance_weights = weights
     net.train()  # Lightning keeps the modules' mode: dropout (the views) and batch statistics need training mode
     with torch.random.fork_rng(devices=[]):
@@ -162,20 +161,6 @@ def _balance_spec(model: Any) -> tuple[np.ndarray, int, str] | None:
     if key is None:
         return None
     return model.reference.labels[key], len(model.setup.labels[key]), "reference"
-
-
-def _query_weights(pred: np.ndarray, domains: np.ndarray, spec: tuple[np.ndarray, int, str]) -> np.ndarray:
-    """Balancing weights of query cells from their predicted groups, per source (see :func:`_balance_spec`)."""
-    codes, n_groups, target = spec
-    if target == "equal":
-        return source_balance_weights(pred, domains)
-    counts = label_counts(codes, n_groups)
-    composition = counts / max(int(counts.sum()), 1)
-    weights = np.ones(len(pred))
-    for d in np.unique(domains):
-        mine = domains == d
-        weights[mine] = balancing_weights(pred[mine], composition)
-    return weights
 
 
 def _predicted_groups(search: ReferenceSearch, emb: np.ndarray, spec: tuple[np.ndarray, int, str], space: str,
@@ -224,7 +209,7 @@ def _balanced_adabn(model: Any, search: ReferenceSearch, network: "ConcertoNetwo
     def reweight() -> np.ndarray:
         pred = _predicted_groups(search, embed_hidden(net, hidden, domains), spec, space, k, options.index, seed,
                                  cells.n_cells)
-        return _query_weights(pred, domains, spec)
+        return query_balance_weights(pred, domains, spec)
 
     weights = set_balanced_moments(net.teacher_tail.norm, hidden, domains, new_domains, known, reweight,
                                    LABEL_SHIFT_ROUNDS)

@@ -50,10 +50,10 @@ from ..nn.heads import TeacherClassifier
 from ..tools.calibration import (empirical_cdf, expected_calibration_error, feature_knn_similarity,
                                  fit_temperature, probability_to_log_odds, rejection_threshold,
                                  scaled_probabilities, score_quantiles, top_class_log_odds)
-from ..tools.label_shift import set_balanced_moments, subsample_per_group
+from ..tools.label_shift import query_balance_weights, set_balanced_moments, subsample_per_group
 from ..train.classifier import (ClassifierConfig, classifier_hidden_states, classifier_outputs,
                                 classifier_with_domains, fit_classifier_network, outputs_of_hidden)
-from ._query_embedding import LABEL_SHIFT_CELLS, LABEL_SHIFT_ROUNDS, _query_weights
+from ._query_embedding import LABEL_SHIFT_CELLS, LABEL_SHIFT_ROUNDS
 from ._schema import check_bounded, check_dataclass
 
 log = logging.getLogger("scconcerto")
@@ -652,7 +652,7 @@ class CellTypeClassifier:
 
         def reweight() -> np.ndarray:
             logits, features = outputs_of_hidden(net, hidden, domains)
-            return _query_weights(self.decision_logits(logits, features, bank).argmax(axis=1), domains, spec)
+            return query_balance_weights(self.decision_logits(logits, features, bank).argmax(axis=1), domains, spec)
 
         set_balanced_moments(net.tail.norm, hidden, domains, new_domains, known, reweight, LABEL_SHIFT_ROUNDS)
         return net.eval()
@@ -663,10 +663,9 @@ class CellTypeClassifier:
         if modalities != "rna_only":
             return self.state.full, self.feature_bank
         if self.state.rna_only is not None and self.feature_bank_rna_only is not None:
-            if quiet:
-                return self.state.rna_only, self.feature_bank_rna_only
-            log.info("The data lacks the model's proteins (obsm[%r]): predicting from RNA alone, with the "
-                     "classifier's RNA-only calibration.", self.model.setup.protein_key)
+            if not quiet:
+                log.info("The data lacks the model's proteins (obsm[%r]): predicting from RNA alone, with the "
+                         "classifier's RNA-only calibration.", self.model.setup.protein_key)
             return self.state.rna_only, self.feature_bank_rna_only
         if quiet:
             return self.state.full, self.feature_bank

@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..data.composition import WEIGHT_RANGE, balancing_weights
+from ..data.composition import WEIGHT_RANGE, balancing_weights, source_balance_weights
+from .label_transfer import label_counts
 
-__all__ = ["WEIGHT_RANGE", "balancing_weights", "set_balanced_moments", "subsample_per_group", "weighted_moments"]
+__all__ = ["WEIGHT_RANGE", "balancing_weights", "query_balance_weights", "set_balanced_moments",
+           "subsample_per_group", "weighted_moments"]
 
 
 def weighted_moments(values: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -79,4 +81,23 @@ def set_balanced_moments(norm: Any, hidden: np.ndarray, domains: np.ndarray, new
         if round_ == rounds:
             break
         weights = reweight()
+    return weights
+
+
+def query_balance_weights(pred: np.ndarray, domains: np.ndarray, spec: tuple[np.ndarray, int, str]) -> np.ndarray:
+    """Balancing weights of query cells from their predicted groups ``pred``, per source ``domains``.
+
+    ``spec`` is ``(reference group codes, number of groups, target)``: with target ``"equal"`` each source's
+    groups get equal shares (as the reference sources' balanced statistics); otherwise each source is weighted
+    to the reference's composition of the groups.
+    """
+    codes, n_groups, target = spec
+    if target == "equal":
+        return source_balance_weights(pred, domains)
+    counts = label_counts(codes, n_groups)
+    composition = counts / max(int(counts.sum()), 1)
+    weights = np.ones(len(pred))
+    for d in np.unique(domains):
+        mine = domains == d
+        weights[mine] = balancing_weights(pred[mine], composition)
     return weights
