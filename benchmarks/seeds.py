@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import report
+from .tasks.data import role
 
 OURS = "scconcerto"
 
@@ -73,18 +74,44 @@ def against_best_peer(table: pd.DataFrame, metric: str, ours: str = OURS) -> pd.
     return pd.DataFrame(out)
 
 
+def by_role(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each method's mean of ``metric`` over the splits of each role (development, test), and how many splits.
+
+    Only splits that every method in the table scored enter, so the means compare like with like.
+    """
+    key = table.columns[0]
+    col = f"{metric}_mean"
+    wide = table.pivot_table(index=key, columns="method", values=col, sort=False).dropna()
+    if wide.empty:
+        return pd.DataFrame()
+    wide.insert(0, "role", [role(str(s)) for s in wide.index])
+    out = wide.groupby("role", sort=True).mean()
+    out.insert(0, "splits", wide.groupby("role", sort=True).size())
+    return out.reset_index()
+
+
 def render(task: str, rows: pd.DataFrame) -> str:
-    """The markdown: the spread table and, per headline metric, scConcerto against the best peer."""
+    """The markdown: the spread table with each split's role and, per headline metric, each method's mean over
+    the development and the test splits, and scConcerto against the best peer on each split."""
     metrics = [m for m in report.HEADLINE.get(task, []) if m in rows.columns]
     table = spread(rows, metrics)
+    key = table.columns[0]
+    table.insert(1, "role", [role(str(s)) for s in table[key]])
     seeds = sorted(rows["seed"].unique())
     lines = [f"## {task}: seeds {', '.join(map(str, seeds))}", "", report.markdown(table), ""]
+    plain = table.drop(columns="role")
     for metric in metrics:
-        vs = against_best_peer(table, metric)
+        means = by_role(plain, metric)
+        if not means.empty:
+            lines += [f"### {metric}: each method's mean over the splits of each role (split means over seeds)", "",
+                      report.markdown(means), ""]
+        vs = against_best_peer(plain, metric)
         if vs.empty:
             continue
+        vs.insert(1, "role", [role(str(s)) for s in vs[key]])
         ahead = int((vs["difference"] >= 0).sum())
-        lines += [f"### {metric}: {OURS} against the best peer (means over seeds)", "", report.markdown(vs), "",
+        lines += [f"### {metric}: {OURS} against the best peer on each split (means over seeds)", "",
+                  report.markdown(vs), "",
                   f"{OURS} at least the best peer on {ahead} of {len(vs)} splits.", ""]
     return "\n".join(lines)
 

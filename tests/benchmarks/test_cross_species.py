@@ -38,5 +38,6 @@ def test_multiseed_runs_the_task_for_each_seed_and_writes_the_spread(tmp_path: P
     for seed in (0, 1):
         payload = json.loads((out / f"seed_{seed}" / "cross_species.json").read_text())
         assert payload["seed"] == seed and payload["rows"][0]["acc"] > 0.9
-    text = (out / "SEEDS_cross_species.md").read_text()
+    text = (out / "SEEDS.md").read_text()
+    assert text.startswith("# Seed spread: cross_species") and "at commit " in text
     assert "as mouse" in text and "| 2 |" in text

@@ -47,6 +47,25 @@ def test_spread_and_best_peer_by_hand(tmp_path: Path) -> None:
     assert "seeds 0, 1" in text and "at least the best peer on 1 of 2 splits" in text
 
 
+def test_means_per_role_use_only_splits_every_method_scored(tmp_path: Path) -> None:
+    # kang_ifnb is a development split, pbmcsca a test split; pca_knn lacks the second test split
+    dev, test1, test2 = "kang_ifnb:a->b", "pbmcsca:x->y", "pbmcsca:x->z"
+    a = write_run(tmp_path / "s0", [row(dev, "scconcerto", 0.8, 0.7), row(dev, "pca_knn", 0.6, 0.5),
+                                    row(test1, "scconcerto", 0.9, 0.9), row(test1, "pca_knn", 0.7, 0.7),
+                                    row(test2, "scconcerto", 0.1, 0.1)], seed=0)
+    b = write_run(tmp_path / "s1", [row(dev, "scconcerto", 0.6, 0.7), row(dev, "pca_knn", 0.6, 0.5),
+                                    row(test1, "scconcerto", 0.7, 0.9), row(test1, "pca_knn", 0.7, 0.7),
+                                    row(test2, "scconcerto", 0.1, 0.1)], seed=1)
+    table = seeds.spread(seeds.gather("label_transfer", [a, b]), ["acc"])
+    means = seeds.by_role(table, "acc").set_index("role")
+    assert list(means.index) == ["development", "test"]
+    assert means.loc["test", "splits"] == 1  # test2 is left out: pca_knn did not score it
+    assert means.loc["test", "scconcerto"] == pytest.approx(0.8) and means.loc["test", "pca_knn"] == pytest.approx(0.7)
+    assert means.loc["development", "scconcerto"] == pytest.approx(0.7)
+    text = seeds.render("label_transfer", seeds.gather("label_transfer", [a, b]))
+    assert "| pbmcsca:x->y | test | scconcerto |" in text
+
+
 def test_missing_seed_duplicates_and_missing_files_are_clear_errors(tmp_path: Path, capsys) -> None:
     a = write_run(tmp_path / "s0", [row("A", "scconcerto", 0.9, 0.8)], seed=None)
     with pytest.raises(ValueError, match="SEED="):
