@@ -453,6 +453,7 @@ def cmd_peer(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(HERE.parent.parent))
     from benchmarks.peers import make
+    from benchmarks.peers.base import timed_fit_map
     from scconcerto.metrics import annotation_report
 
     up0 = uptime()
@@ -461,16 +462,13 @@ def cmd_peer(args: argparse.Namespace) -> None:
     query = ad.read_h5ad(args.query)
     t_read = time.perf_counter() - t0
     method = make(args.method, seed=0)
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    method.fit(ref, "cell_type", "batch", True)
-    t_fit, cpu_fit = time.perf_counter() - t0, cpu_seconds() - cpu0
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    mapped = method.map(query, "batch")
-    t_map, cpu_map = time.perf_counter() - t0, cpu_seconds() - cpu0
+    timed = timed_fit_map(method, ref, query, "cell_type", "batch", True)
+    mapped = timed.mapping
     report = annotation_report(query.obs["cell_type"].astype(str).to_numpy(), np.asarray(mapped.labels, dtype=str))
     emit({"phase": "peer", "method": args.method, "n_ref": ref.n_obs, "n_query": query.n_obs,
-          "read_seconds": round(t_read, 1), "fit_seconds": round(t_fit, 1), "map_seconds": round(t_map, 1),
-          "fit_process_cpu_seconds": round(cpu_fit, 1), "map_process_cpu_seconds": round(cpu_map, 1),
+          "read_seconds": round(t_read, 1), "fit_seconds": round(timed.fit_s, 1),
+          "map_seconds": round(timed.map_s, 1), "fit_process_cpu_seconds": round(timed.fit_cpu_s, 1),
+          "map_process_cpu_seconds": round(timed.map_cpu_s, 1),
           "accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
           "peak_rss_gb": round(peak_rss_gb(), 2), "load_average": os.getloadavg(),
           "uptime_start": up0, "uptime_end": uptime()})

@@ -8,9 +8,11 @@ without one, e.g. CellTypist). ``embed_reference`` returns the reference cells' 
 
 from __future__ import annotations
 
+import resource
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -101,7 +103,11 @@ class Method(ABC):
 
 def lognorm(adata: ad.AnnData, is_counts: bool) -> ad.AnnData:
     """A copy with ``X`` = log1p(CP10K) float32 CSR (already log-normalized input is kept)."""
-    out = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=adata.obs.copy(), var=adata.var[[]].copy())
+    x = sp.csr_matrix(adata.X, dtype=np.float32)
+    if np.int64 in (x.indices.dtype, x.indptr.dtype) and x.nnz < np.iinfo(np.int32).max:
+        # h5ad files of large matrices carry 64-bit indices, which scikit-learn's sparse kernels refuse
+        x = sp.csr_matrix((x.data, x.indices.astype(np.int32), x.indptr.astype(np.int32)), shape=x.shape)
+    out = ad.AnnData(X=x, obs=adata.obs.copy(), var=adata.var[[]].copy())
     if is_counts:
         sc.pp.normalize_total(out, target_sum=1e4)
         sc.pp.log1p(out)
@@ -145,12 +151,27 @@ def knn_transfer(query_emb: np.ndarray, ref_emb: np.ndarray, ref_labels: np.ndar
     return Mapping(cats[transfer.codes], np.clip(transfer.confidence, 0, 1), query_emb)
 
 
+class TimedMapping(NamedTuple):
+    """A peer's mapping with the wall and process CPU seconds of its fit and its map."""
+
+    mapping: Mapping
+    fit_s: float
+    map_s: float
+    fit_cpu_s: float
+    map_cpu_s: float
+
+
+def _process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed_fit_map(method: Method, reference: ad.AnnData, query: ad.AnnData, label_key: str,
-                  batch_key: str | None, is_counts: bool) -> tuple[Mapping, float, float]:
-    """Fit ``method`` on ``reference`` and map ``query``: ``(mapping, fit seconds, map seconds)``."""
-    t0 = time.perf_counter()
+                  batch_key: str | None, is_counts: bool) -> TimedMapping:
+    """Fit ``method`` on ``reference`` and map ``query``, timing each step in wall and process CPU seconds."""
+    cpu0, t0 = _process_cpu_s(), time.perf_counter()
     method.fit(reference, label_key, batch_key, is_counts)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    fit_s, fit_cpu = time.perf_counter() - t0, _process_cpu_s() - cpu0
+    cpu0, t0 = _process_cpu_s(), time.perf_counter()
     mapping = method.map(query, batch_key)
-    return mapping, fit_s, time.perf_counter() - t0
+    return TimedMapping(mapping, fit_s, time.perf_counter() - t0, fit_cpu, _process_cpu_s() - cpu0)

@@ -86,7 +86,7 @@ def fit_and_map(ctx: Context, name: str, split: Split) -> Fitted:
     """Fit ``name`` on ``split.reference`` and map ``split.query``; errors are caught and reported."""
     try:
         method = make(name, epochs=ctx.epochs, seed=ctx.seed)
-        mapping, fit_s, map_s = timed_fit_map(method, split.reference, split.query, split.label_key,
+        mapping, fit_s, map_s, *_ = timed_fit_map(method, split.reference, split.query, split.label_key,
                                               split.batch_key, split.is_counts)
         return Fitted(method, mapping, fit_s, map_s)
     except Exception as err:  # one method failing must not stop the others

@@ -120,7 +120,7 @@ def _one(method: str, n_ref: int, n_genes: int, epochs: int | None, seed: int, q
         import symphonypy  # noqa: F401
     reset_peak_rss()  # the simulation's own peak is not the method's
     queue.put({"ready": True})  # the cap starts now: imports and simulation are not timed
-    out, fit_s, map_s = timed_fit_map(m, ref, queries[0], "cell_type", "batch", True)
+    out, fit_s, map_s, *_ = timed_fit_map(m, ref, queries[0], "cell_type", "batch", True)
     row = {"n_ref": ref.n_obs, "fit_s": fit_s}
     for size, query in zip(query_sizes, queries):
         if query is not queries[0]:

@@ -144,3 +144,14 @@ def test_report_goals_compare_with_celltypist_in_the_same_run(tmp_path):
 def test_load_1min_reads_uptime_lines():
     assert load_1min(" 03:30:49 up  9:39,  0 user,  load average: 3.99, 4.40, 5.03") == 3.99
     assert load_1min("no load here") is None and load_1min(None) is None
+
+
+def test_peer_phase_fits_and_maps_a_peer_on_the_same_files(tmp_path, capsys):
+    scale.cmd_simulate_hard(argparse.Namespace(n_ref=600, queries=[200], genes=300, seed=0, workdir=str(tmp_path)))
+    capsys.readouterr()
+    scale.cmd_peer(argparse.Namespace(method="pca_knn", ref=str(tmp_path / "ref_600.h5ad"),
+                                      query=str(tmp_path / "query_200.h5ad")))
+    record = json.loads(capsys.readouterr().out.splitlines()[-1][len("RESULT "):])
+    assert record["phase"] == "peer" and record["n_ref"] == 600 and record["n_query"] == 200
+    assert 0.3 < record["accuracy"] <= 1.0  # the lineages at least (4 of 12 types' worth of chance is 0.08)
+    assert record["fit_process_cpu_seconds"] >= 0 and record["map_seconds"] >= 0
