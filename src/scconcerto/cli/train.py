@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", choices=("auto", "labels", "clusters", "none"), default=None,
                    help="per-source batch-norm statistics balanced for cell-type composition: by the label "
                         "groups, by clusters found across sources, 'auto' (labels when given, else clusters) or "
-                        "'none' (default: the package default, see docs/defaults.md)")
+                        "'none' (default: 'auto'; how it was chosen: README, training defaults)")
     p.add_argument("--gene-dropout", type=float, default=None,
                    help="share of a cell's expressed genes hidden in each training view (default: the package's, "
                         "0.2); 0 when types differ by a handful of genes (docs/limits.md)")
