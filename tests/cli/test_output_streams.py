@@ -69,6 +69,7 @@ def test_every_help_shows_the_defaults(capsys):
             main([*command, "--help"])
         text = capsys.readouterr().out
         assert "--out" in text and "-q, --quiet" in text, command
+        assert "%%" not in text and "%(" not in text, command  # percent signs formatted as a reader sees them
     with pytest.raises(SystemExit):
         main(["map", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -21,8 +21,8 @@ BASELINE_PCS, BASELINE_K = 50, 5
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "demo", help="build a reference on PBMC 68k (reduced, ships with scanpy) and map held-out "
                                       "cells, next to a PCA + kNN baseline",
-                    description="Build a reference on 70%% of scanpy's pbmc68k_reduced cells (700 PBMCs, 765 genes, "
-                                "10 bulk-sorted labels), map the other 30%% (a random cut: the file records no donor "
+                    description="Build a reference on 70 % of scanpy's pbmc68k_reduced cells (700 PBMCs, 765 genes, "
+                                "10 bulk-sorted labels), map the other 30 % (a random cut: the file records no donor "
                                 "or batch to split by), and print scConcerto's accuracy and macro-F1 next to a "
                                 "baseline on the same split: 50-PC PCA of the log-normalized values, fitted on the "
                                 "reference, + 5-NN vote. Writes the model, the embedded cells and a UMAP PNG.")
