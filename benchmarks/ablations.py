@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Seeds: {seeds}; package defaults: {defaults_line()}  ",
             f"Machine: {os.cpu_count()} CPU cores, shared with other jobs; wall time "
             f"{math.ceil(time.perf_counter() - start)} s", "",
-            __doc__.split("\n\n", 2)[2].strip(), ""]
+            "Every table" + __doc__.split("Every table", 1)[1].rstrip(), ""]
         from scconcerto._io import write_atomic_file
 
         write_atomic_file(args.out, lambda p: p.write_text("\n".join(header) + "\n" + "\n".join(sections)),
