@@ -276,9 +276,10 @@ def supervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float
 
 
 def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cache: dict, store: dict,
-               save) -> list[dict]:
+               save, used: set | None = None) -> list[dict]:
     """Every (mode, data set, variant, seed) of ``family``; results are looked up in / added to ``store``."""
     rows = []
+    used = set() if used is None else used
     variants = list(family.variants)
     if not any(v.key() == DEFAULT.key() for v in variants):
         variants.insert(0, DEFAULT)
@@ -296,6 +297,7 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
                     continue
                 for seed in seeds:
                     key = f"{mode}|{name}|{seed}|{variant.key()}"
+                    used.add(key)
                     if key not in store:
                         t0 = time.perf_counter()
                         fn = unsupervised_accuracy if mode == "unsupervised" else supervised_accuracy
@@ -377,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         seeds = [int(s) for s in args.seeds.split(",")]
         store: dict = {}
+        stored: set = set()
         if args.store is not None and args.store.exists():
             store = json.loads(args.store.read_text())
+        stored = set(store)
 
         def save() -> None:
             if args.store is not None:
@@ -388,20 +392,23 @@ def main(argv: list[str] | None = None) -> int:
 
         start = time.perf_counter()
         data_cache: dict = {}
+        used: set = set()
         sections = []
         for name in names:
             family = FAMILIES[name]
             if args.no_supervised:
                 family = Family(family.name, family.question, family.variants, family.datasets, False,
                                 family.unsupervised)
-            sections.append(family_table(family, run_family(family, seeds, args.data_dir, data_cache, store, save)))
+            sections.append(family_table(family, run_family(family, seeds, args.data_dir, data_cache, store, save, used)))
         header = [
             "# scConcerto ablations (development data only)", "",
             f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit_id()}  ",
             f"Command: `python -m benchmarks.ablations {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
             f"Seeds: {seeds}; package defaults: {defaults_line()}  ",
             f"Machine: {os.cpu_count()} CPU cores, shared with other jobs; wall time "
-            f"{math.ceil(time.perf_counter() - start)} s", "",
+            f"{math.ceil(time.perf_counter() - start)} s; {len(set(store) - stored)} measurements taken in this "
+            f"run, {len(stored & used)} read from the store of an earlier run of the same command "
+            f"({sum(store[k]['seconds'] for k in used):.0f} s of training and scoring in all)", "",
             "Every table" + __doc__.split("Every table", 1)[1].rstrip(), ""]
         from scconcerto._io import write_atomic_file
 
