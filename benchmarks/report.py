@@ -11,14 +11,19 @@ import pandas as pd
 from .tasks.base import TaskResult
 
 
+#: What the benchmarks write (a run in progress changes them): not counted as uncommitted changes of the code.
+OUTPUTS = (":(exclude)benchmarks/report", ":(exclude)benchmarks/*.md", ":(exclude)benchmarks/results")
+
+
 def commit_id() -> str:
-    """The repository's short commit id (``+ uncommitted changes`` when tracked files differ), or ``unknown``."""
+    """The repository's short commit id (``+ uncommitted changes`` when tracked files other than the benchmarks'
+    reports differ), or ``unknown``."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUTS],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" + uncommitted changes" if dirty else "")
