@@ -174,8 +174,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(sim, tmp_path):
     data = tmp_path / "ref.h5ad"
     sim[:256].copy().write_h5ad(data)
     out, ckpt = tmp_path / "model", tmp_path / "ckpt"
+    # a shell's background job inherits an ignored SIGINT (and so would the command): give it Ctrl-C's default
     proc = subprocess.Popen(_train_cmd(data, out, ckpt, resume=False), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (ckpt / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
