@@ -97,9 +97,8 @@ def recall_at_k(reference: np.ndarray, queries: np.ndarray, k: int = 5, kind: st
 # ------------------------------------------------------------------------------------------------ stored indexes
 #: The approximate index kept with a large reference (:func:`stored_index`): an IVF index, trained once ...
 STORED_KIND: IndexKind = "ivf"
-#: ... with ``default_nlist`` lists, of which each query scans this many. Chosen on the 100k-cell hard simulation
-#: (a 10k query of its held-out batch, 2026-12-06; ``benchmarks/scale.py map-query`` reports the recall of each
-#: run): recall@5 against exact search 0.993 with 8 lists, 0.9998 with 16, no better with 32 at half the speed.
+#: ... with ``default_nlist`` lists, of which each query scans this many: chosen on the 100k-cell hard simulation,
+#: how and with what recall in ``docs/scale.md`` (``benchmarks/scale.py map-query`` reports each run's recall).
 IVF_NPROBE = 16
 _STORED_TYPES = (faiss.IndexIVFFlat, faiss.IndexHNSWFlat)
 
