@@ -26,7 +26,6 @@ very different compositions per batch (``:skewed``: each batch keeps half of the
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .report import commit_id, markdown
+from .report import generated_line, markdown
 from .tasks.data import load, role
 
 log = logging.getLogger("benchmarks")
@@ -379,7 +378,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         seeds = [int(s) for s in args.seeds.split(",")]
         store: dict = {}
-        stored: set = set()
         if args.store is not None and args.store.exists():
             store = json.loads(args.store.read_text())
         stored = set(store)
@@ -402,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(family_table(family, run_family(family, seeds, args.data_dir, data_cache, store, save, used)))
         header = [
             "# scConcerto ablations (development data only)", "",
-            f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit_id()}  ",
+            generated_line(),
             f"Command: `python -m benchmarks.ablations {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
             f"Seeds: {seeds}; package defaults: {defaults_line()}  ",
             f"Machine: {os.cpu_count()} CPU cores, shared with other jobs; wall time "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime
 import multiprocessing as mp
 import os
 import platform
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([
         f"# Seed spread: {', '.join(tasks)}", "",
-        f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit "
-        f"{report.commit_id()}  ",
+        report.generated_line(),
         f"Command: `python -m benchmarks.multiseed {shown}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU  ",
         f"Seeds: {', '.join(map(str, seed_list))}, every method in each seed's run; {args.jobs} seed(s) at once; "

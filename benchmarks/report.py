@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 from pathlib import Path
@@ -27,6 +28,11 @@ def commit_id() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" + uncommitted changes" if dirty else "")
+
+
+def generated_line() -> str:
+    """The header line every benchmark report opens with: when, and at which commit (:func:`commit_id`)."""
+    return f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit_id()}  "
 
 #: Paper figures (SPEC.md section 6) shown beside ours where a task has one.
 PAPER = {

@@ -16,7 +16,6 @@ CPU threads of every process, methods alike.
 from __future__ import annotations
 
 import argparse
-import datetime
 import contextlib
 import concurrent.futures as cf
 import logging
@@ -217,7 +216,7 @@ def _main(argv: list[str] | None) -> int:
     wall = time.perf_counter() - start
     header = "\n".join([
         "# scConcerto benchmark summary", "",
-        f"Generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {report.commit_id()}  ",
+        report.generated_line(),
         f"Command: `python -m benchmarks.run {' '.join(_shown(argv if argv is not None else sys.argv[1:]))}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, shared with other jobs "
         "(timings are noisy)  ",
