@@ -51,8 +51,9 @@ from ..tools.calibration import (empirical_cdf, expected_calibration_error, feat
                                  fit_temperature, probability_to_log_odds, rejection_threshold,
                                  scaled_probabilities, score_quantiles, top_class_log_odds)
 from ..tools.label_shift import query_balance_weights, set_balanced_moments, subsample_per_group
+from ..train import with_new_domains
 from ..train.classifier import (ClassifierConfig, classifier_hidden_states, classifier_outputs,
-                                classifier_with_domains, fit_classifier_network, outputs_of_hidden)
+                                fit_classifier_network, outputs_of_hidden)
 from ._query_embedding import LABEL_SHIFT_CELLS, LABEL_SHIFT_ROUNDS
 from ._schema import check_bounded, check_dataclass
 
@@ -646,7 +647,7 @@ class CellTypeClassifier:
         rows = rows[subsample_per_group(cells.domains[rows], LABEL_SHIFT_CELLS, 0)]
         hidden = classifier_hidden_states(self.network, cells, rows, batch_size, device)
         domains = cells.domains[rows]
-        net = classifier_with_domains(self.network, new_domains)
+        net = with_new_domains(self.network, new_domains)
         known = [d for d in range(net.n_domains) if d not in new_domains]
         spec = (self.feature_bank_labels, net.n_classes, "reference")
 

@@ -30,7 +30,7 @@ from ..nn.consistency import consistency_loss
 from ..nn.heads import TeacherClassifier
 from .plan import CellBatchDataset, _unbatched
 from .progress import progress_callbacks
-from .runner import _ACCELERATORS, pooled_hidden_states, resolve_device
+from .runner import _ACCELERATORS, pooled_hidden_states, resolve_device, with_new_domains
 
 log = logging.getLogger("scconcerto")
 
@@ -275,7 +275,7 @@ def adapt_classifier_norms(classifier: TeacherClassifier, cells: CellMatrix, dom
                            batch_size: int = 1024, device: str = "auto") -> TeacherClassifier:
     """A copy of ``classifier`` whose DSBN has statistics re-estimated (AdaBN) for the new ``domains``."""
     dev = resolve_device(device)
-    net = classifier_with_domains(classifier, domains)
+    net = with_new_domains(classifier, domains)
     new = sorted(set(int(d) for d in domains))
     norm = net.tail.norm
     norm.start_adapting(new)
@@ -287,15 +287,6 @@ def adapt_classifier_norms(classifier: TeacherClassifier, cells: CellMatrix, dom
         net.features(batch.teacher, batch.domains)
     norm.finish_adapting()
     return net.cpu()
-
-
-def classifier_with_domains(classifier: TeacherClassifier, domains: list[int]) -> TeacherClassifier:
-    """A CPU copy of ``classifier`` with DSBN slots up to the largest of ``domains``."""
-    net = copy.deepcopy(classifier).cpu()
-    needed = max(int(d) for d in domains) + 1 - net.tail.norm.n_domains
-    if needed > 0:
-        net.tail.norm.add_domains(needed)
-    return net
 
 
 def classifier_hidden_states(classifier: TeacherClassifier, cells: CellMatrix, rows: np.ndarray,

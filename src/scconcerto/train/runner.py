@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -42,6 +43,8 @@ from .plan import ContrastivePlan, CpuThreads
 from .progress import progress_callbacks
 
 log = logging.getLogger("scconcerto")
+#: A network with domain-specific batch norms (``domain_norms()``): Concerto's or a classifier.
+NetworkT = TypeVar("NetworkT", bound=torch.nn.Module)
 
 _ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}
 
@@ -347,10 +350,11 @@ def embed_hidden(network: ConcertoNetwork, hidden: np.ndarray, domains: np.ndarr
     return out
 
 
-def with_new_domains(network: ConcertoNetwork, domains: list[int]) -> ConcertoNetwork:
-    """A CPU copy of ``network`` with domain-specific BN slots up to the largest of ``domains``."""
+def with_new_domains(network: NetworkT, domains: list[int]) -> NetworkT:
+    """A CPU copy of ``network`` (a Concerto network or a classifier: any module with ``domain_norms()``) with
+    domain-specific BN slots up to the largest of ``domains``."""
     net = copy.deepcopy(network).cpu()
-    needed = max(domains) + 1 - net.teacher_tail.norm.n_domains
+    needed = max(int(d) for d in domains) + 1 - net.domain_norms()[0].n_domains
     if needed > 0:
         for norm in net.domain_norms():
             norm.add_domains(needed)
