@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -34,17 +33,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
+if str(HERE.parent.parent) not in sys.path:  # run as a script: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(HERE.parent.parent))
 
-
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (GB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # ru_maxrss is in KiB on Linux
-
-
-def cpu_seconds() -> float:
-    """CPU time this process has used (all threads): a load-independent hint of the work done."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from benchmarks._clock import cpu_seconds, peak_rss_gb  # noqa: E402
 
 
 def emit(record: dict) -> None:
@@ -451,7 +443,6 @@ def cmd_peer(args: argparse.Namespace) -> None:
     """A peer method (benchmarks/peers adapters) on the same reference/query files, in memory as they need."""
     import anndata as ad
 
-    sys.path.insert(0, str(HERE.parent.parent))
     from benchmarks.peers import make
     from benchmarks.peers.base import timed_fit_map
     from scconcerto.metrics import annotation_report
@@ -610,7 +601,6 @@ def simulate_argv(args: argparse.Namespace, n: int, work: Path) -> list[str]:
 
 def run_header(args: argparse.Namespace, argv: list[str]) -> dict:
     """The first record of a run: when, which commit, the exact command, the machine and the world."""
-    sys.path.insert(0, str(HERE.parent.parent))
     from benchmarks.report import commit_id
 
     return {"phase": "run", "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -677,7 +667,6 @@ def cmd_run(args: argparse.Namespace, argv: list[str] | None = None) -> list[dic
 
 def cmd_report(args: argparse.Namespace) -> None:
     """The markdown report of a ``run``'s JSON (``--out``)."""
-    sys.path.insert(0, str(HERE.parent.parent))
     from benchmarks.scale_report import write_report
 
     write_report(json.loads(Path(args.results).read_text()), args.out)

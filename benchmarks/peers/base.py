@@ -8,7 +8,6 @@ without one, e.g. CellTypist). ``embed_reference`` returns the reference cells' 
 
 from __future__ import annotations
 
-import resource
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
+
+from .._clock import cpu_seconds
 
 
 @dataclass
@@ -161,17 +162,12 @@ class TimedMapping(NamedTuple):
     map_cpu_s: float
 
 
-def _process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed_fit_map(method: Method, reference: ad.AnnData, query: ad.AnnData, label_key: str,
                   batch_key: str | None, is_counts: bool) -> TimedMapping:
     """Fit ``method`` on ``reference`` and map ``query``, timing each step in wall and process CPU seconds."""
-    cpu0, t0 = _process_cpu_s(), time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     method.fit(reference, label_key, batch_key, is_counts)
-    fit_s, fit_cpu = time.perf_counter() - t0, _process_cpu_s() - cpu0
-    cpu0, t0 = _process_cpu_s(), time.perf_counter()
+    fit_s, fit_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     mapping = method.map(query, batch_key)
-    return TimedMapping(mapping, fit_s, time.perf_counter() - t0, fit_cpu, _process_cpu_s() - cpu0)
+    return TimedMapping(mapping, fit_s, time.perf_counter() - t0, fit_cpu, cpu_seconds() - cpu0)

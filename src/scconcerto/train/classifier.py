@@ -30,7 +30,7 @@ from ..nn.consistency import consistency_loss
 from ..nn.heads import TeacherClassifier
 from .plan import CellBatchDataset, _unbatched
 from .progress import progress_callbacks
-from .runner import _ACCELERATORS, pooled_hidden_states, resolve_device, with_new_domains
+from .runner import _ACCELERATORS, map_hidden, pooled_hidden_states, resolve_device, with_new_domains
 
 log = logging.getLogger("scconcerto")
 
@@ -297,22 +297,19 @@ def classifier_hidden_states(classifier: TeacherClassifier, cells: CellMatrix, r
                                 batch_size, device)
 
 
-@torch.no_grad()
 def outputs_of_hidden(classifier: TeacherClassifier, hidden: np.ndarray, domains: np.ndarray,
                       batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """Logits and teacher features (float32) of pooled hidden vectors (:func:`classifier_hidden_states`) of
     ``domains``, in eval mode on the CPU."""
-    was_training = classifier.training
-    net = classifier.cpu().eval()
-    logits = np.empty((len(hidden), net.n_classes), dtype=np.float32)
-    features = np.empty((len(hidden), net.tail.dense.out_features), dtype=np.float32)
-    for start in range(0, len(hidden), batch_size):
-        h = torch.from_numpy(np.ascontiguousarray(hidden[start:start + batch_size]))
-        d = torch.from_numpy(np.asarray(domains[start:start + batch_size], dtype=np.int64))
-        f = net.tail(h, d)
-        logits[start:start + len(h)] = net.head(f).numpy()
-        features[start:start + len(h)] = f.numpy()
-    net.train(was_training)
+    if len(hidden) == 0:
+        return (np.empty((0, classifier.n_classes), dtype=np.float32),
+                np.empty((0, classifier.tail.dense.out_features), dtype=np.float32))
+
+    def logits_and_features(h: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = classifier.tail(h, d)
+        return classifier.head(features), features
+
+    logits, features = map_hidden(classifier, logits_and_features, hidden, domains, batch_size)
     return logits, features
 
 

@@ -338,16 +338,34 @@ def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.
 
 
 @torch.no_grad()
+def map_hidden(module: torch.nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+               hidden: np.ndarray, domains: np.ndarray, batch_size: int = 65_536) -> tuple[np.ndarray, ...]:
+    """``fn(hidden, domains)`` over pooled hidden vectors (:func:`teacher_hidden_states`) in blocks of
+    ``batch_size``, with ``module`` in eval mode on the CPU (its mode restored after): float32 arrays, one per
+    output of ``fn``."""
+    was_training = module.training
+    module.cpu().eval()
+    outs: list[np.ndarray] = []
+    try:
+        for start in range(0, len(hidden), batch_size):
+            h = torch.from_numpy(np.ascontiguousarray(hidden[start:start + batch_size]))
+            d = torch.from_numpy(np.asarray(domains[start:start + batch_size], dtype=np.int64))
+            block = fn(h, d)
+            if not outs:
+                outs = [np.empty((len(hidden), *b.shape[1:]), dtype=np.float32) for b in block]
+            for out, b in zip(outs, block):
+                out[start:start + len(h)] = b.numpy()
+    finally:
+        module.train(was_training)
+    return tuple(outs)
+
+
 def embed_hidden(network: ConcertoNetwork, hidden: np.ndarray, domains: np.ndarray, batch_size: int = 65_536
                  ) -> np.ndarray:
     """L2-normalized teacher embedding of pooled hidden vectors (:func:`teacher_hidden_states`) of ``domains``."""
-    net = network.cpu().eval()
-    out = np.empty((len(hidden), net.teacher_tail.dense.out_features), dtype=np.float32)
-    for start in range(0, len(hidden), batch_size):
-        h = torch.from_numpy(np.ascontiguousarray(hidden[start:start + batch_size]))
-        d = torch.from_numpy(np.asarray(domains[start:start + batch_size], dtype=np.int64))
-        out[start:start + len(h)] = net.embed_hidden(h, d).numpy()
-    return out
+    if len(hidden) == 0:
+        return np.empty((0, network.teacher_tail.dense.out_features), dtype=np.float32)
+    return map_hidden(network, lambda h, d: (network.embed_hidden(h, d),), hidden, domains, batch_size)[0]
 
 
 def with_new_domains(network: NetworkT, domains: list[int]) -> NetworkT:
