@@ -70,31 +70,44 @@ def test_label_model_round_trips_and_rejects_damaged_dicts(world):
         LabelModel.from_dict(bad)
 
 
-def test_expression_agreement_tells_right_from_wrong_labels():
-    """Two types merged in the embedding but apart in expression: the right-label model reads the expression
-    space's agreement and ranks the query's labels far better than the posterior alone."""
-    rng = np.random.default_rng(0)
-    n = 200
+def merged_in_the_embedding(rng, n: int):
+    """Three types; ``x`` and ``y`` nearly merged in the embedding but apart in expression."""
     codes = np.repeat([0, 1, 2], n)
     emb_centres = np.array([[1.0, 0, 0, 0], [1.0, 0.05, 0, 0], [0, 0, 1.0, 0]])
     expr_centres = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
     emb = l2_normalize(emb_centres[codes] + rng.normal(0, 0.1, (3 * n, 4)))
     expr = l2_normalize(expr_centres[codes] + rng.normal(0, 0.2, (3 * n, 3)))
+    return emb, expr, codes
+
+
+def test_pooling_with_the_expression_space_labels_what_the_embedding_merges():
+    """The embedding's vote guesses between two merged types; pooled with the expression space's vote, the
+    labels are right, and the probability that a label is right matches how often it is."""
+    rng = np.random.default_rng(0)
+    emb, expr, codes = merged_in_the_embedding(rng, 200)
     with_expr = fit_label_model(emb, codes, ["x", "y", "z"], expression=expr, k=10, seed=0)
     without = fit_label_model(emb, codes, ["x", "y", "z"], k=10, seed=0)
     assert with_expr.uses_expression and not without.uses_expression
-    truth = np.repeat([0, 1, 2], 100)
-    q_emb = l2_normalize(emb_centres[truth] + rng.normal(0, 0.1, (300, 4)))
-    q_expr = l2_normalize(expr_centres[truth] + rng.normal(0, 0.2, (300, 3)))
+    assert with_expr.expression_posterior is not None and without.expression_posterior is None
+    q_emb, q_expr, truth = merged_in_the_embedding(rng, 100)
     sims, idx = exact_search(q_emb, emb, 10)
-    _, e_idx = exact_search(q_expr, expr, 20)
-    scores = {}
-    for name, model, expression in (("with", with_expr, (q_expr, expr, codes[e_idx])), ("without", without, None)):
-        post = model.posterior.posterior(sims, codes[idx])
-        right = post.argmax(1) == truth
-        p_right = model.decide(query_features(sims, post, q_emb, emb, expression), post)[0]
-        scores[name] = roc_auc_score(right, p_right)
-    assert scores["with"] > 0.9 and scores["with"] > scores["without"] + 0.1
+    e_sims, e_idx = exact_search(q_expr, expr, 20)
+    pooled = with_expr.label_posterior(sims, codes[idx], (e_sims, codes[e_idx]))
+    alone = without.label_posterior(sims, codes[idx])
+    np.testing.assert_allclose(pooled.sum(axis=1), 1.0)
+    merged = truth < 2
+    assert (alone.argmax(1) == truth)[merged].mean() < 0.8
+    assert (pooled.argmax(1) == truth).mean() > 0.97
+    p_right = with_expr.decide(query_features(sims, pooled, q_emb, emb, (q_expr, expr, codes[e_idx])), pooled)[0]
+    assert abs(p_right.mean() - (pooled.argmax(1) == truth).mean()) < 0.05
+    with pytest.raises(InputError, match="expression space"):
+        with_expr.label_posterior(sims, codes[idx])
+    again = LabelModel.from_dict(with_expr.to_dict())
+    np.testing.assert_allclose(again.label_posterior(sims, codes[idx], (e_sims, codes[e_idx])), pooled)
+    damaged = with_expr.to_dict()
+    damaged["tau"] = -1.0
+    with pytest.raises(InputError):
+        LabelModel.from_dict(damaged)
 
 
 def test_a_single_labeled_type_cannot_be_calibrated():

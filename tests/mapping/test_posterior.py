@@ -5,7 +5,7 @@ import pytest
 
 from scconcerto import InputError
 from scconcerto.mapping import VotePosterior, adjust_to_query_proportions, label_frequencies
-from scconcerto.mapping.posterior import class_votes
+from scconcerto.mapping.posterior import class_votes, fit_pool_power, pool_posteriors
 
 
 def test_class_votes_by_hand():
@@ -111,3 +111,27 @@ def test_em_keeps_absent_labels_absent_and_checks_shapes():
 def test_label_frequencies_skip_unlabeled_cells():
     np.testing.assert_allclose(label_frequencies(np.array([0, 0, 1, -1, 2, 2]), 4), [0.4, 0.2, 0.4, 0.0])
     np.testing.assert_allclose(label_frequencies(np.array([-1, -1]), 2), [0.5, 0.5])
+
+
+def test_pooled_posterior_by_hand():
+    p1 = np.array([[0.6, 0.4, 0.0], [0.5, 0.25, 0.25]])
+    p2 = np.array([[0.2, 0.8, 0.0], [0.5, 0.25, 0.25]])
+    pooled = pool_posteriors([p1, p2], tau=1.0)
+    np.testing.assert_allclose(pooled[0], [0.12 / 0.44, 0.32 / 0.44, 0.0])  # a label both rule out stays out
+    np.testing.assert_allclose(pooled[1], np.array([0.25, 0.0625, 0.0625]) / 0.375)
+    half = pool_posteriors([p1, p2], tau=0.5)
+    np.testing.assert_allclose(half[0], np.sqrt([0.12, 0.32, 0.0]) / np.sqrt([0.12, 0.32]).sum())
+    np.testing.assert_allclose(pool_posteriors([p1], tau=1.0), p1)
+
+
+def test_pool_power_undoes_counting_one_opinion_twice():
+    """Two copies of one calibrated opinion, multiplied, are too sure by a square: the fitted power is 1/2."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2.0, (20_000, 4))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    truth = (rng.random(len(p))[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    assert abs(fit_pool_power([p, p], truth) - 0.5) < 0.05
+    assert abs(fit_pool_power([p], truth) - 1.0) < 0.1
+    with pytest.raises(InputError):
+        fit_pool_power([p[:0]], truth[:0])

@@ -6,8 +6,11 @@ cells: the labeled cells kept out of the label-aware training positives (or a ra
 among the other labeled cells. (Searching them among other sources only, as a query from a new source would
 be, was measured and not kept: ``docs/mapping.md``.)
 
-* **Posterior** ``p(label | cell)``: the calibrated similarity-weighted vote of :mod:`.posterior` (its most
-  probable label is the plain vote's).
+* **Posterior** ``p(label | cell)``: the calibrated similarity-weighted vote of :mod:`.posterior` among the
+  cell's nearest reference cells in the embedding and, when the model keeps the reference's scaled expression
+  space, pooled with the same vote in that space (the product of the two, calibrated:
+  :func:`~.posterior.pool_posteriors`). A label needs the support of the cell's neighbours in both spaces;
+  why pooled and not the embedding alone: ``benchmarks/POOLING.md``.
 * **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds and, when the model keeps an
   expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
   (:func:`~.scores.agreement`): a wrong label often has a clean neighbourhood in the label-shaped embedding but
@@ -28,13 +31,13 @@ value that :data:`FALSE_REJECTION` of the held-out cells fall below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .._errors import InputError
 from ..search.neighbors import exact_search, l2_normalize
-from .posterior import VotePosterior, label_frequencies
+from .posterior import VotePosterior, fit_pool_power, label_frequencies, pool_posteriors
 from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features
 
 __all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "fit_label_model", "query_features"]
@@ -70,13 +73,18 @@ class LabelModel:
     classes
         Label names, in code order.
     posterior
-        The calibrated vote.
+        The calibrated vote in the embedding.
     right
         ``P(right | seen)``; ``None``: the posterior's best probability.
     seen, seen_small
         ``P(seen type)`` with and without the density ratios.
     threshold, threshold_small
         ``P(seen)`` below which a cell is unknown (with / without the ratios).
+    expression_posterior
+        The calibrated vote in the scaled expression space, pooled with ``posterior``; ``None``: the
+        embedding's vote alone.
+    tau
+        Power of the pooled product.
     report
         How the held-out cells fared (accuracy, AUROCs, sizes).
     """
@@ -88,13 +96,26 @@ class LabelModel:
     seen_small: LogisticScore
     threshold: float
     threshold_small: float
+    expression_posterior: VotePosterior | None = None
+    tau: float = 1.0
     report: dict[str, float] = field(default_factory=dict)
 
     @property
     def uses_expression(self) -> bool:
         """Whether the model reads the expression space (agreement or expression novelty features)."""
-        return any(name in self.seen.features for name in RELATIVE[3:]) or (
+        return self.expression_posterior is not None or any(name in self.seen.features for name in RELATIVE[3:]) or (
             self.right is not None and AGREEMENT in self.right.features)
+
+    def label_posterior(self, similarities: np.ndarray, labels: np.ndarray,
+                        expression: tuple[np.ndarray, np.ndarray] | None = None, k: int | None = None) -> np.ndarray:
+        """``(n, n_classes)``: the posterior from each cell's nearest reference cells in the embedding
+        (``similarities``, label codes ``labels``, best first) and, when the model pools, in the expression
+        space (``expression``: the same two arrays there).
+
+        ``k`` replaces the fitted number of voters (in both spaces).
+        """
+        return _pooled_posterior(self.posterior, self.expression_posterior, self.tau, similarities, labels,
+                                 expression, k)
 
     def decide(self, features: dict[str, np.ndarray], posterior: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -111,6 +132,8 @@ class LabelModel:
 
     def to_dict(self) -> dict:
         return {"classes": list(self.classes), "posterior": self.posterior.to_dict(),
+                "expression_posterior": None if self.expression_posterior is None else self.expression_posterior.to_dict(),
+                "tau": self.tau,
                 "right": None if self.right is None else self.right.to_dict(), "seen": self.seen.to_dict(),
                 "seen_small": self.seen_small.to_dict(), "threshold": self.threshold,
                 "threshold_small": self.threshold_small,
@@ -123,7 +146,14 @@ class LabelModel:
             posterior = VotePosterior.from_dict(d["posterior"])
             if len(classes) != posterior.n_classes:
                 raise ValueError(f"{len(classes)} classes but a prior over {posterior.n_classes}")
-            model = cls(classes=classes, posterior=posterior,
+            expression_posterior = None if d["expression_posterior"] is None else VotePosterior.from_dict(
+                d["expression_posterior"])
+            if expression_posterior is not None and expression_posterior.n_classes != len(classes):
+                raise ValueError(f"{len(classes)} classes but an expression prior over {expression_posterior.n_classes}")
+            tau = float(d["tau"])
+            if not np.isfinite(tau) or tau <= 0:
+                raise ValueError(f"pooling power {tau} is not positive")
+            model = cls(classes=classes, posterior=posterior, expression_posterior=expression_posterior, tau=tau,
                         right=None if d["right"] is None else LogisticScore.from_dict(d["right"]),
                         seen=LogisticScore.from_dict(d["seen"]), seen_small=LogisticScore.from_dict(d["seen_small"]),
                         threshold=float(d["threshold"]), threshold_small=float(d["threshold_small"]),
@@ -134,6 +164,21 @@ class LabelModel:
         if not (0.0 <= model.threshold <= 1.0 and 0.0 <= model.threshold_small <= 1.0):
             raise InputError("The model's stored unknown thresholds are not probabilities; rebuild the model.")
         return model
+
+
+def _pooled_posterior(vote: VotePosterior, expression_vote: VotePosterior | None, tau: float,
+                      similarities: np.ndarray, labels: np.ndarray,
+                      expression: tuple[np.ndarray, np.ndarray] | None, k: int | None = None) -> np.ndarray:
+    """See :meth:`LabelModel.label_posterior`."""
+    vote = vote if k is None else replace(vote, k=int(k))
+    p = vote.posterior(similarities, labels)
+    if expression_vote is None:
+        return p
+    if expression is None:
+        raise InputError("This label decision pools the votes in the embedding and in the expression space; "
+                         "the query's neighbours in the expression space are missing.")
+    k_expr = min(expression_vote.k if k is None else int(k), expression[0].shape[1])
+    return pool_posteriors([p, replace(expression_vote, k=k_expr).posterior(*expression)], tau)
 
 
 # ------------------------------------------------------------------------------------------------ searching
@@ -207,16 +252,24 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     labels = _labels_of(rows, codes)
     # a held-out cell whose type is absent from the cells it was searched among cannot be labelled: left out
     fit_rows = np.flatnonzero(np.isin(codes[held], codes[pool]))  # a type with no other cell cannot be voted
-    posterior = VotePosterior.fit(sims[fit_rows], labels[fit_rows], codes[held[fit_rows]], prior, k)
+    truth = codes[held[fit_rows]]
+    posterior = VotePosterior.fit(sims[fit_rows], labels[fit_rows], truth, prior, k)
     post = posterior.posterior(sims, labels)
+    expr = None if expression is None else l2_normalize(expression)
+    expression_posterior, tau = None, 1.0
+    if expr is not None:
+        expr_sims, expr_rows = _held_out_search(expr, held, pool, AGREEMENT_K)
+        expr_labels = _labels_of(expr_rows, codes)
+        expression_posterior = VotePosterior.fit(expr_sims[fit_rows], expr_labels[fit_rows], truth, prior, k)
+        expr_post = expression_posterior.posterior(expr_sims, expr_labels)
+        tau = fit_pool_power([post[fit_rows], expr_post[fit_rows]], truth)
+        post = pool_posteriors([post, expr_post], tau)
     right = post.argmax(axis=1) == codes[held]
 
     seen = neighbourhood_features(sims, post)
     seen["log_density_ratio"], _ = _held_out_density(emb, held, np.arange(len(held)), pool, seed)
-    expr = None if expression is None else l2_normalize(expression)
     if expr is not None:
-        _, expr_rows = _held_out_search(expr, held, pool, AGREEMENT_K)
-        seen[AGREEMENT] = agreement(_labels_of(expr_rows, codes), post.argmax(axis=1))
+        seen[AGREEMENT] = agreement(expr_labels, post.argmax(axis=1))
         seen["log_expression_density_ratio"], seen["expression_similarity"] = _held_out_density(
             expr, held, np.arange(len(held)), pool, seed)
 
@@ -228,7 +281,11 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
         mine = np.flatnonzero(codes[held] == t)
         without = pool[codes[pool] != t]
         s_t, r_t = _held_out_search(emb, held[mine], without, k)
-        p_t = posterior.posterior(s_t, _labels_of(r_t, codes))
+        e_t = None
+        if expr is not None:
+            es_t, er_t = _held_out_search(expr, held[mine], without, k)
+            e_t = (es_t, _labels_of(er_t, codes))
+        p_t = _pooled_posterior(posterior, expression_posterior, tau, s_t, _labels_of(r_t, codes), e_t)
         f = neighbourhood_features(s_t, p_t)
         f["log_density_ratio"], _ = _held_out_density(emb, held, mine, without, seed)
         if expr is not None:
@@ -259,13 +316,14 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     p_seen, p_seen_small = seen_model(relative)[:n_seen], seen_small(both)[:n_seen]
     p_right = post.max(axis=1) if right_model is None else right_model(seen)
     report = {"held_out_cells": float(n_seen), "held_out_accuracy": float(right[fit_rows].mean()),
-              "alpha": posterior.alpha, "gamma": posterior.gamma, "left_out_types": float(len(types)),
+              "alpha": posterior.alpha, "gamma": posterior.gamma, "tau": tau, "left_out_types": float(len(types)),
               "auroc_seen_vs_left_out": _auroc(seen_model(relative), is_seen, weight),
               "auroc_right_vs_wrong": _auroc(p_right[fit_rows], right[fit_rows])}
     return LabelModel(classes=tuple(str(c) for c in classes), posterior=posterior, right=right_model,
                       seen=seen_model, seen_small=seen_small,
                       threshold=float(np.quantile(p_seen, FALSE_REJECTION)),
-                      threshold_small=float(np.quantile(p_seen_small, FALSE_REJECTION)), report=report)
+                      threshold_small=float(np.quantile(p_seen_small, FALSE_REJECTION)),
+                      expression_posterior=expression_posterior, tau=tau, report=report)
 
 
 def _relative_to(features: dict[str, np.ndarray], groups: np.ndarray, reference_rows: np.ndarray

@@ -12,6 +12,10 @@ independent witnesses) are fitted on held-out reference cells by maximum likelih
 (:meth:`VotePosterior.fit`), so the probability is calibrated there: a label given 0.8 is right about
 80 % of the time. Unlabeled reference cells (code ``-1``) take a neighbour's place but vote for nothing.
 
+Two such votes, in the embedding and in the reference's scaled expression space, are pooled into one
+posterior (:func:`pool_posteriors`): their product, as two independent opinions, raised to a power ``tau``
+fitted on the same held-out cells (:func:`fit_pool_power`), since the two are not independent.
+
 A query whose label proportions differ from the reference's can have the posterior's prior moved to its
 own proportions, estimated by EM (Saerens et al., 2002) with the reference's proportions as a Dirichlet
 prior (:func:`adjust_to_query_proportions`).
@@ -28,11 +32,14 @@ from scipy.special import logsumexp
 
 from .._errors import InputError
 
-__all__ = ["VotePosterior", "adjust_to_query_proportions", "class_votes", "label_frequencies"]
+__all__ = ["VotePosterior", "adjust_to_query_proportions", "class_votes", "fit_pool_power", "label_frequencies",
+           "pool_posteriors"]
 
 #: Search ranges of the fitted parameters (``alpha`` in votes, ``gamma`` a power).
 ALPHA_RANGE = (1e-3, 10.0)
 GAMMA_RANGE = (0.25, 16.0)
+#: Search range of the pooled posterior's power.
+TAU_RANGE = (0.05, 4.0)
 
 
 def label_frequencies(codes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -141,6 +148,42 @@ class VotePosterior:
         if not all(inside) or k < 1:
             raise ValueError(f"alpha {alpha}, gamma {gamma} or k {k} out of range")
         return cls(alpha=alpha, gamma=gamma, prior=prior, k=k)
+
+
+def pool_posteriors(posteriors: list[np.ndarray], tau: float = 1.0) -> np.ndarray:
+    """``(n, n_classes)``: the rows of ``prod_i posteriors[i] ** tau``, scaled to sum to one (in logs).
+
+    A label any opinion gives probability zero keeps zero; a row all opinions together rule out
+    entirely (impossible for smoothed votes) falls back to the first opinion.
+    """
+    with np.errstate(divide="ignore"):
+        log_p = tau * sum(np.log(np.asarray(p, dtype=np.float64)) for p in posteriors)
+    finite = np.isfinite(log_p).any(axis=1)
+    out = np.array(posteriors[0], dtype=np.float64, copy=True)
+    if finite.any():
+        rows = log_p[finite]
+        out[finite] = np.exp(rows - logsumexp(rows, axis=1, keepdims=True))
+    return out
+
+
+def fit_pool_power(posteriors: list[np.ndarray], truth: np.ndarray) -> float:
+    """The power ``tau`` of :func:`pool_posteriors` that maximizes the likelihood of ``truth`` (label codes of
+    held-out cells)."""
+    from scipy.optimize import minimize_scalar
+
+    truth = np.asarray(truth, dtype=np.int64)
+    if len(truth) == 0:
+        raise InputError("Fitting the pooled posterior needs held-out labeled reference cells; found none.")
+    with np.errstate(divide="ignore"):
+        log_p = sum(np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-300, None)) for p in posteriors)
+    rows = np.arange(len(truth))
+
+    def nll(log_tau: float) -> float:
+        scaled = np.exp(log_tau) * log_p
+        return float(-np.mean(scaled[rows, truth] - logsumexp(scaled, axis=1)))
+
+    best = minimize_scalar(nll, bounds=tuple(np.log(TAU_RANGE)), method="bounded")
+    return float(np.exp(best.x))
 
 
 def adjust_to_query_proportions(posterior: np.ndarray, prior: np.ndarray, strength: float = 1.0,

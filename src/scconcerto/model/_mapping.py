@@ -361,7 +361,13 @@ def decide_labels(setup: "DataSetup", reference: "ReferenceStore", decisions: di
         vote_model = decision.posterior if decision is not None else VotePosterior(
             prior=label_frequencies(codes, n_labels), k=k_key, **_UNCALIBRATED)
         vote_model = replace(vote_model, k=min(k_key, idx.shape[1]))
-        posterior = vote_model.posterior(sims, codes[idx])
+        if decision is None:
+            posterior = vote_model.posterior(sims, codes[idx])
+        else:
+            found = None if expression is None else expression[2]
+            in_expression = None if found is None else (
+                found.similarities, np.where(found.indices >= 0, codes[np.maximum(found.indices, 0)], -1))
+            posterior = decision.label_posterior(sims, codes[idx], in_expression, k=vote_model.k)
         if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
             posterior, estimated = adjust_to_query_proportions(posterior, vote_model.prior)
             if proportions is not None:
