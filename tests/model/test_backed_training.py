@@ -67,3 +67,20 @@ def test_the_supervised_term_tells_apart_subtypes_that_a_few_genes_separate(hard
         accuracy[weight] = _held_out_accuracy(model, query, "cell_type")
     assert accuracy[1.0] >= accuracy[0.0] + 0.1, accuracy
     assert accuracy[1.0] > 0.5, accuracy  # 12 subtypes: chance is below 0.1
+
+
+def test_backed_and_in_memory_references_map_with_the_same_decision(hard):
+    """Trained without neighbour positives (no expression space needed to train), a reference still gets the
+    scaled expression space that mapping pools its votes with, from disk as in memory: the same decision and
+    the same labels."""
+    reference, query, path = hard
+    models = {}
+    for name, data in (("memory", reference), ("backed", read_backed(path))):
+        models[name] = Concerto(data, batch_key="batch", label_key="cell_type").train(
+            epochs=2, positive_neighbors=0, progress=False, device="cpu", prepare_mapping={"umap": False})
+    decisions = {name: model.label_model("cell_type") for name, model in models.items()}
+    assert all(d.expression_posterior is not None for d in decisions.values())
+    assert decisions["backed"].tau == pytest.approx(decisions["memory"].tau, rel=1e-3)
+    labels = {name: model.map_query(query.copy(), impute=False, place=False, device="cpu")
+              .predictions["cell_type"]["pred"].astype(str).to_numpy() for name, model in models.items()}
+    assert np.mean(labels["backed"] == labels["memory"]) > 0.99

@@ -205,16 +205,15 @@ def rna_only_reference(model: Any, adata: ad.AnnData | None, batch_size: int, de
 
 
 def _ensure_scaled_expression(model: Any, search: ReferenceSearch, adata: ad.AnnData | None, seed: int) -> None:
-    """Fit and store the scaled expression space from the in-memory reference AnnData when it is missing."""
+    """Fit and store the scaled expression space from the reference AnnData (in memory or backed) when it is
+    missing (e.g. a model trained without neighbour positives)."""
     if search.scaled() is not None:
         return
     adata = adata if adata is not None else model.adata
     if adata is None or adata.n_obs != len(model.reference.embedding):
         return
-    cells = model._prepare(adata, what="the reference").cells
-    if cells.on_disk:
-        return
-    fitted = scaled_expression(cells, seed)
+    cells = model._prepare(adata, what="the reference").cells  # in memory or on disk: fitted on a sample,
+    fitted = scaled_expression(cells, seed)                      # projected block by block
     if fitted is not None:  # kept with the reference (saved with the model)
         model.reference.scaled_expression, model.reference.scaled_space = fitted
 
