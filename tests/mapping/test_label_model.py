@@ -136,3 +136,15 @@ def test_fine_labels_stay_within_the_predicted_coarse_label():
     out = within_parent(post, parents, np.array([0, 0]))
     np.testing.assert_allclose(out[0], [0.4, 0.6, 0.0])
     np.testing.assert_allclose(out[1], [0.0, 0.0, 1.0])  # no allowed label has mass: the flat posterior
+
+
+def test_a_decision_saved_before_pooling_loads_as_the_embeddings_vote(world):
+    """A stored decision without the expression vote (written before the votes were pooled) decides as it was
+    fitted: by the embedding's calibrated vote alone."""
+    ref, codes, query, _, model = world
+    stored = model.to_dict()
+    del stored["expression_posterior"], stored["tau"]
+    old = LabelModel.from_dict(stored)
+    assert old.expression_posterior is None and not old.uses_expression
+    sims, idx = exact_search(query, ref, model.posterior.k)
+    np.testing.assert_allclose(old.label_posterior(sims, codes[idx]), model.posterior.posterior(sims, codes[idx]))

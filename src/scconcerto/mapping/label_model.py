@@ -146,11 +146,13 @@ class LabelModel:
             posterior = VotePosterior.from_dict(d["posterior"])
             if len(classes) != posterior.n_classes:
                 raise ValueError(f"{len(classes)} classes but a prior over {posterior.n_classes}")
-            expression_posterior = None if d["expression_posterior"] is None else VotePosterior.from_dict(
+            # a model folder written before the votes were pooled (2026-12-06) decides as it was fitted: the
+            # embedding's vote alone
+            expression_posterior = None if d.get("expression_posterior") is None else VotePosterior.from_dict(
                 d["expression_posterior"])
             if expression_posterior is not None and expression_posterior.n_classes != len(classes):
                 raise ValueError(f"{len(classes)} classes but an expression prior over {expression_posterior.n_classes}")
-            tau = float(d["tau"])
+            tau = float(d.get("tau", 1.0))
             if not np.isfinite(tau) or tau <= 0:
                 raise ValueError(f"pooling power {tau} is not positive")
             model = cls(classes=classes, posterior=posterior, expression_posterior=expression_posterior, tau=tau,
