@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="obsm key of the query's protein counts (default: the model's, or an .h5mu's protein "
                         "modality)")
     p.add_argument("--k", type=int, default=None,
-                   help="neighbours that vote for each cell's label (default: those the model was calibrated "
-                        "with, 5)")
+                   help="neighbours that vote for each cell's label, in the embedding and (at most 20) in the "
+                        "expression space (default: those the model was calibrated with, 5)")
     p.add_argument("--batch-key", default="__setup__",
                    help="obs column of the query's sources (default: the model's batch key, if the query has it)")
     p.add_argument("--finetune-epochs", type=int, default=0,

@@ -112,7 +112,8 @@ class LabelModel:
         (``similarities``, label codes ``labels``, best first) and, when the model pools, in the expression
         space (``expression``: the same two arrays there).
 
-        ``k`` replaces the fitted number of voters (in both spaces).
+        ``k`` replaces the fitted number of voters (in both spaces; in the expression space at most the
+        neighbours given there).
         """
         return _pooled_posterior(self.posterior, self.expression_posterior, self.tau, similarities, labels,
                                  expression, k)

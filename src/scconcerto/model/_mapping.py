@@ -82,7 +82,8 @@ class MapOptions:
         so that a query richer or poorer in some types than the reference keeps that biology (needs a
         reference label key; not used with fine-tuning). ``False``: plain AdaBN.
     k
-        Neighbours that vote for each cell's label (default: those the decision was calibrated with, 5).
+        Neighbours that vote for each cell's label, in the embedding and (at most 20) in the expression space
+        (default: those the decision was calibrated with, 5).
     impute_k
         Neighbours averaged for imputation.
     index
