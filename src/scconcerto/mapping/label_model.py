@@ -40,7 +40,8 @@ from ..search.neighbors import exact_search, l2_normalize
 from .posterior import VotePosterior, fit_pool_power, label_frequencies, pool_posteriors
 from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features
 
-__all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "fit_label_model", "query_features"]
+__all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "fit_label_model",
+           "neighbour_labels", "query_features"]
 
 #: Neighbours that vote (the paper's 5; the alternatives measured in ``benchmarks/DECISION.md``).
 DEFAULT_K = 5
@@ -196,7 +197,8 @@ def _held_out_search(emb: np.ndarray, held: np.ndarray, pool: np.ndarray, k: int
     return sims, rows
 
 
-def _labels_of(rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def neighbour_labels(rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The label codes of neighbour ``rows`` (``-1``, a missing neighbour, stays ``-1``: unlabeled)."""
     return np.where(rows >= 0, codes[np.maximum(rows, 0)], -1)
 
 
@@ -252,7 +254,7 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     prior = label_frequencies(codes, n_classes)
 
     sims, rows = _held_out_search(emb, held, pool, k)
-    labels = _labels_of(rows, codes)
+    labels = neighbour_labels(rows, codes)
     # a held-out cell whose type is absent from the cells it was searched among cannot be labelled: left out
     fit_rows = np.flatnonzero(np.isin(codes[held], codes[pool]))  # a type with no other cell cannot be voted
     truth = codes[held[fit_rows]]
@@ -262,7 +264,7 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     expression_posterior, tau = None, 1.0
     if expr is not None:
         expr_sims, expr_rows = _held_out_search(expr, held, pool, AGREEMENT_K)
-        expr_labels = _labels_of(expr_rows, codes)
+        expr_labels = neighbour_labels(expr_rows, codes)
         expression_posterior = VotePosterior.fit(expr_sims[fit_rows], expr_labels[fit_rows], truth, prior, k)
         expr_post = expression_posterior.posterior(expr_sims, expr_labels)
         tau = fit_pool_power([post[fit_rows], expr_post[fit_rows]], truth)
@@ -287,8 +289,8 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
         e_t = None
         if expr is not None:
             es_t, er_t = _held_out_search(expr, held[mine], without, k)
-            e_t = (es_t, _labels_of(er_t, codes))
-        p_t = _pooled_posterior(posterior, expression_posterior, tau, s_t, _labels_of(r_t, codes), e_t)
+            e_t = (es_t, neighbour_labels(er_t, codes))
+        p_t = _pooled_posterior(posterior, expression_posterior, tau, s_t, neighbour_labels(r_t, codes), e_t)
         f = neighbourhood_features(s_t, p_t)
         f["log_density_ratio"], _ = _held_out_density(emb, held, mine, without, seed)
         if expr is not None:

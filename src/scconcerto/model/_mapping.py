@@ -23,7 +23,7 @@ from .._keys import (EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_K
                      UNKNOWN_LABEL, confidence_key, known_key, pred_key, proba_key, unknown_key)
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..mapping.hierarchy import parent_labels, within_parent
-from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, query_features
+from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, neighbour_labels, query_features
 from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from ..search.neighbors import NeighborsResults, gpu_search_active, knn
 from ..tools.imputation import impute_from_neighbors
@@ -362,12 +362,11 @@ def decide_labels(setup: "DataSetup", reference: "ReferenceStore", decisions: di
         vote_model = decision.posterior if decision is not None else VotePosterior(
             prior=label_frequencies(codes, n_labels), k=k_key, **_UNCALIBRATED)
         vote_model = replace(vote_model, k=min(k_key, idx.shape[1]))
+        expr_labels = None if expression is None else neighbour_labels(expression[2].indices, codes)
         if decision is None:
             posterior = vote_model.posterior(sims, codes[idx])
         else:
-            found = None if expression is None else expression[2]
-            in_expression = None if found is None else (
-                found.similarities, np.where(found.indices >= 0, codes[np.maximum(found.indices, 0)], -1))
+            in_expression = None if expression is None else (expression[2].similarities, expr_labels)
             posterior = decision.label_posterior(sims, codes[idx], in_expression, k=vote_model.k)
         if adjust_proportions and len(embedding) >= MIN_QUERY_CELLS:
             posterior, estimated = adjust_to_query_proportions(posterior, vote_model.prior)
@@ -389,7 +388,7 @@ def decide_labels(setup: "DataSetup", reference: "ReferenceStore", decisions: di
             ones = np.ones(len(posterior))
             out[key] = (posterior, posterior.max(axis=1), ones, 0.0)
             continue
-        expr = None if expression is None else (expression[0], expression[1], codes[expression[2].indices])
+        expr = None if expression is None else (expression[0], expression[1], expr_labels)
         features = query_features(sims[:, :vote_model.k], posterior, embedding, ref_emb, expr, groups=groups,
                                   seed=seed)
         p_right, p_known, _, threshold = decision.decide(features, posterior)
