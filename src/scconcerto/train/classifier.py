@@ -301,15 +301,13 @@ def outputs_of_hidden(classifier: TeacherClassifier, hidden: np.ndarray, domains
                       batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """Logits and teacher features (float32) of pooled hidden vectors (:func:`classifier_hidden_states`) of
     ``domains``, in eval mode on the CPU."""
-    if len(hidden) == 0:
-        return (np.empty((0, classifier.n_classes), dtype=np.float32),
-                np.empty((0, classifier.tail.dense.out_features), dtype=np.float32))
-
     def logits_and_features(h: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = classifier.tail(h, d)
         return classifier.head(features), features
 
-    logits, features = map_hidden(classifier, logits_and_features, hidden, domains, batch_size)
+    logits, features = map_hidden(classifier, logits_and_features,
+                                  (classifier.n_classes, classifier.tail.dense.out_features), hidden, domains,
+                                  batch_size)
     return logits, features
 
 

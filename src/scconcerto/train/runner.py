@@ -339,33 +339,30 @@ def teacher_hidden_states(network: ConcertoNetwork, cells: CellMatrix, rows: np.
 
 @torch.no_grad()
 def map_hidden(module: torch.nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
-               hidden: np.ndarray, domains: np.ndarray, batch_size: int = 65_536) -> tuple[np.ndarray, ...]:
+               widths: tuple[int, ...], hidden: np.ndarray, domains: np.ndarray, batch_size: int = 65_536
+               ) -> tuple[np.ndarray, ...]:
     """``fn(hidden, domains)`` over pooled hidden vectors (:func:`teacher_hidden_states`) in blocks of
-    ``batch_size``, with ``module`` in eval mode on the CPU (its mode restored after): float32 arrays, one per
-    output of ``fn``."""
+    ``batch_size``, with ``module`` in eval mode on the CPU (its mode restored after): one float32
+    ``(len(hidden), width)`` array per output of ``fn``, of the given ``widths``."""
     was_training = module.training
     module.cpu().eval()
-    outs: list[np.ndarray] = []
+    outs = tuple(np.empty((len(hidden), width), dtype=np.float32) for width in widths)
     try:
         for start in range(0, len(hidden), batch_size):
             h = torch.from_numpy(np.ascontiguousarray(hidden[start:start + batch_size]))
             d = torch.from_numpy(np.asarray(domains[start:start + batch_size], dtype=np.int64))
-            block = fn(h, d)
-            if not outs:
-                outs = [np.empty((len(hidden), *b.shape[1:]), dtype=np.float32) for b in block]
-            for out, b in zip(outs, block):
-                out[start:start + len(h)] = b.numpy()
+            for out, block in zip(outs, fn(h, d)):
+                out[start:start + len(h)] = block.numpy()
     finally:
         module.train(was_training)
-    return tuple(outs)
+    return outs
 
 
 def embed_hidden(network: ConcertoNetwork, hidden: np.ndarray, domains: np.ndarray, batch_size: int = 65_536
                  ) -> np.ndarray:
     """L2-normalized teacher embedding of pooled hidden vectors (:func:`teacher_hidden_states`) of ``domains``."""
-    if len(hidden) == 0:
-        return np.empty((0, network.teacher_tail.dense.out_features), dtype=np.float32)
-    return map_hidden(network, lambda h, d: (network.embed_hidden(h, d),), hidden, domains, batch_size)[0]
+    return map_hidden(network, lambda h, d: (network.embed_hidden(h, d),),
+                      (network.teacher_tail.dense.out_features,), hidden, domains, batch_size)[0]
 
 
 def with_new_domains(network: NetworkT, domains: list[int]) -> NetworkT:
