@@ -43,17 +43,13 @@ def _vote(query: np.ndarray, reference: np.ndarray, codes: np.ndarray, n_labels:
                     k=K), codes, n_labels).codes
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-
-
 def evaluate(split, seed: int) -> list[dict]:
     """One row per method: accuracy and macro-F1 of the query's seen types."""
     from sklearn.metrics import f1_score
 
     from scconcerto import Concerto
     from scconcerto.data.setup import prepare_cells
+    from scconcerto.search.neighbors import l2_normalize
 
     from .peers.pca_knn import PcaKnnMethod
 
@@ -75,8 +71,8 @@ def evaluate(split, seed: int) -> list[dict]:
         "mapping": query.obs[f"{key}_pred"].astype(str).to_numpy(),
         "embedding": names[_vote(query_emb, ref_emb, codes, len(names))],
         "expression": names[_vote(query_expr, ref_expr, codes, len(names))],
-        "concatenated": names[_vote(np.hstack([_unit(query_emb), _unit(query_expr)]),
-                                    np.hstack([_unit(ref_emb), _unit(ref_expr)]), codes, len(names))],
+        "concatenated": names[_vote(np.hstack([l2_normalize(query_emb), l2_normalize(query_expr)]),
+                                    np.hstack([l2_normalize(ref_emb), l2_normalize(ref_expr)]), codes, len(names))],
         "pca_knn": pca.map(split.query, batch_key).labels,
     }
     truth = query.obs[key].astype(str).to_numpy()
