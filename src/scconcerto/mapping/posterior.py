@@ -174,8 +174,7 @@ def fit_pool_power(posteriors: list[np.ndarray], truth: np.ndarray) -> float:
     truth = np.asarray(truth, dtype=np.int64)
     if len(truth) == 0:
         raise InputError("Fitting the pooled posterior needs held-out labeled reference cells; found none.")
-    with np.errstate(divide="ignore"):
-        log_p = sum(np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-300, None)) for p in posteriors)
+    log_p = sum(np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-300, None)) for p in posteriors)
     rows = np.arange(len(truth))
 
     def nll(log_tau: float) -> float:

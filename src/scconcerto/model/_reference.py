@@ -212,8 +212,8 @@ def _ensure_scaled_expression(model: Any, search: ReferenceSearch, adata: ad.Ann
     adata = adata if adata is not None else model.adata
     if adata is None or adata.n_obs != len(model.reference.embedding):
         return
-    cells = model._prepare(adata, what="the reference").cells  # in memory or on disk: fitted on a sample,
-    fitted = scaled_expression(cells, seed)                      # projected block by block
+    # in memory or on disk alike: fitted on a sample, projected block by block
+    fitted = scaled_expression(model._prepare(adata, what="the reference").cells, seed)
     if fitted is not None:  # kept with the reference (saved with the model)
         model.reference.scaled_expression, model.reference.scaled_space = fitted
 
