@@ -157,8 +157,11 @@ def test_default_epochs_give_small_references_more_passes_and_large_ones_at_leas
 
     assert default_epochs(0) == 100 and default_epochs(600) == 100  # ~60k cell visits, at most 100 epochs
     assert default_epochs(1_000) == 60
-    assert default_epochs(10_000) == 8 and default_epochs(100_000) == 8
-    assert default_epochs(200_000) == 4  # ~800k visits above 100k cells
+    assert default_epochs(10_000) == 8 and default_epochs(37_500) == 8
+    assert default_epochs(50_000) == 6 and default_epochs(100_000) == 3  # ~300k visits above 37.5k cells
     assert default_epochs(1_000_000) == 2 and default_epochs(50_000_000) == 2
-    sizes = [10**k for k in range(2, 8)]
-    assert all(default_epochs(a) * a <= default_epochs(b) * b or b > 100_000 for a, b in zip(sizes, sizes[1:]))
+    sizes = [10**k for k in range(2, 8)] + [37_500, 60_000, 150_000]
+    visits = {n: default_epochs(n) * n for n in sorted(sizes)}
+    # visits grow with the size from decade to decade, and stay within one pass of 300k from 37.5k to 150k cells
+    assert all(visits[a] <= visits[b] for a, b in zip(sorted(sizes), sorted(sizes)[1:]))
+    assert all(300_000 <= visits[n] <= 300_000 + n for n in (37_500, 60_000, 100_000, 150_000))

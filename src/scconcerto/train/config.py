@@ -13,14 +13,18 @@ from .._errors import InputError
 MAX_SEED = 2**32 - 1
 
 
+#: Cell visits of a large reference's training (at least 2 epochs): how it was chosen is in ``docs/scale.md``.
+LARGE_REFERENCE_VISITS = 300_000
+
+
 def default_epochs(n_cells: int) -> int:
     """Passes over a reference of ``n_cells``: about 60k cell visits for small references (at most 100
-    epochs), 8 epochs up to 100k cells, then about 800k visits (at least 2 epochs) for larger ones.
+    epochs), 8 epochs up to 37.5k cells, then about ``LARGE_REFERENCE_VISITS`` visits (at least 2 epochs).
 
     How the schedule was chosen, with its measurements: ``docs/scale.md``.
     """
     n = max(n_cells, 1)
-    return int(min(100, max(math.ceil(60_000 / n), min(8, max(2, math.ceil(800_000 / n))))))
+    return int(min(100, max(math.ceil(60_000 / n), min(8, max(2, math.ceil(LARGE_REFERENCE_VISITS / n))))))
 
 
 @dataclass
