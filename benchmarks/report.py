@@ -57,8 +57,8 @@ PAPER = {
 }
 #: Columns shown per task (the JSON keeps everything).
 COLUMNS = {
-    "label_transfer": ["split", "method", "acc", "macro_f1", "median_f1", "n_eval", "n_genes", "fit_s", "map_s",
-                       "epochs"],
+    "label_transfer": ["split", "method", "acc", "macro_f1", "median_f1", "auroc_right_wrong", "n_wrong", "n_eval",
+                       "n_genes", "fit_s", "map_s", "epochs"],
     "unseen_type": ["split", "method", "auroc", "seen_acc", "conf_seen_median", "conf_unseen_median", "n_unseen",
                     "epochs"],
     "integration": ["dataset", "method", "total", "bio", "batch", "nmi", "ari", "silhouette_label", "clisi",
@@ -66,8 +66,8 @@ COLUMNS = {
     "integration_scib_metrics": ["dataset", "method", "Total", "Bio conservation", "Batch correction",
                                  "Isolated labels", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI", "BRAS",
                                  "iLISI", "KBET", "Graph connectivity", "PCR comparison"],
-    "cross_species": ["split", "method", "acc", "macro_f1", "median_f1", "n_eval", "n_genes", "fit_s", "map_s",
-                      "epochs"],
+    "cross_species": ["split", "method", "acc", "macro_f1", "median_f1", "auroc_right_wrong", "n_wrong", "n_eval",
+                      "n_genes", "fit_s", "map_s", "epochs"],
     "imputation": ["split", "method", "median_r", "min_r", "worst_protein", "n_ref", "n_query", "fit_s", "map_s",
                    "epochs"],
     "unsupervised": ["dataset", "role", "method", "LOO-batch 5-NN acc", "scib bio conservation",
@@ -79,7 +79,8 @@ COLUMNS = {
               "epochs"],
 }
 #: The score averaged per method under each table (higher is better).
-HEADLINE = {"label_transfer": ["acc", "macro_f1", "median_f1"], "cross_species": ["acc", "macro_f1", "median_f1"],
+HEADLINE = {"label_transfer": ["acc", "macro_f1", "median_f1", "auroc_right_wrong"],
+            "cross_species": ["acc", "macro_f1", "median_f1", "auroc_right_wrong"],
             "unseen_type": ["auroc"],
             "integration": ["total", "bio", "batch"], "clustering": ["best_ari", "median_ari"],
             "overcorrection": ["type_asw"], "imputation": ["median_r", "min_r"],

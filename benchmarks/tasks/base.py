@@ -115,6 +115,21 @@ def for_each_method(ctx: Context, split: Split, fn: Callable[[str, Fitted], dict
     return rows
 
 
+def annotation_scores(truth: np.ndarray, mapping: Mapping, seen: np.ndarray) -> dict[str, float | int]:
+    """Accuracy, macro- and median F1 of ``mapping``'s labels on the ``seen`` query cells, and the AUROC of its
+    confidence for telling its right labels from its wrong ones there (``nan`` when all are right or all wrong)."""
+    from scconcerto.metrics import annotation_report
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(mapping.labels).astype(str)[seen]
+    report = annotation_report(truth[seen], labels)
+    right = labels == truth[seen]
+    auroc = (float(roc_auc_score(right, np.asarray(mapping.confidence, dtype=float)[seen]))
+             if 0 < right.sum() < len(right) else float("nan"))
+    return {"acc": report["accuracy"], "macro_f1": report["macro_f1"], "median_f1": report["median_f1"],
+            "auroc_right_wrong": auroc, "n_wrong": int((~right).sum()), "n_eval": int(seen.sum())}
+
+
 def seen_mask(split: Split) -> np.ndarray:
     """Query cells whose true label exists in the reference."""
     ref_labels = set(split.reference.obs[split.label_key].astype(str))

@@ -31,11 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scconcerto.metrics import annotation_report
-
 from ..peers import Split
 from ..peers.base import counts
-from .base import Context, TaskResult, for_each_method, seen_mask
+from .base import Context, TaskResult, annotation_scores, for_each_method, seen_mask
 from .data import load, on_shared_genes, simulated
 
 #: Standard deviation of the log species factor of each gene.
@@ -124,9 +122,7 @@ def run(ctx: Context) -> TaskResult:
         truth = s.query.obs[s.label_key].astype(str).to_numpy()
 
         def score(name, fitted):
-            report = annotation_report(truth[seen], fitted.mapping.labels[seen])
-            return {"acc": report["accuracy"], "macro_f1": report["macro_f1"], "median_f1": report["median_f1"],
-                    "n_eval": int(seen.sum())}
+            return annotation_scores(truth, fitted.mapping, seen)
 
         result.rows.extend(for_each_method(ctx, s, score))
         result.notes.extend(s.notes)

@@ -1,14 +1,12 @@
 """Task 1: label transfer across chemistries, technologies, protocols, conditions and plates
-(ACC, macro-F1, median per-class F1 on the query cells whose type the reference has), and a
-confusion-matrix figure per split."""
+(ACC, macro-F1, median per-class F1 on the query cells whose type the reference has, and the AUROC of each
+method's confidence for its right against its wrong labels there), and a confusion-matrix figure per split."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from scconcerto.metrics import annotation_report
-
-from .base import Context, TaskResult, for_each_method, seen_mask
+from .base import Context, TaskResult, annotation_scores, for_each_method, seen_mask
 from .data import label_transfer_splits
 
 
@@ -22,9 +20,7 @@ def run(ctx: Context) -> TaskResult:
 
         def score(name, fitted):
             predictions[name] = fitted.mapping.labels
-            report = annotation_report(truth[seen], fitted.mapping.labels[seen])
-            return {"acc": report["accuracy"], "macro_f1": report["macro_f1"], "median_f1": report["median_f1"],
-                    "n_eval": int(seen.sum())}
+            return annotation_scores(truth, fitted.mapping, seen)
 
         result.rows.extend(for_each_method(ctx, split, score))
         result.notes.extend(f"{split.name}: {n}" for n in split.notes)

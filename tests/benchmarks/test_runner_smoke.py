@@ -63,6 +63,7 @@ def test_label_transfer_scores_are_consistent(smoke_out: Path) -> None:
     for r in rows:
         assert 0.0 <= r["macro_f1"] <= 1.0 and 0.0 <= r["acc"] <= 1.0
         assert r["n_eval"] == r["n_query"]  # every query type is in the reference
+        assert 0 <= r["n_wrong"] <= r["n_eval"] and (np.isnan(r["auroc_right_wrong"]) == (r["n_wrong"] in (0, r["n_eval"])))
     # the simulated types are separable: the PCA baseline must find them
     assert min(r["acc"] for r in rows if r["method"] == "pca_knn") > 0.9
 
@@ -171,3 +172,20 @@ def test_unsupervised_task_compares_the_embedding_with_pca_and_harmony(tmp_path:
     assert rows["pca"]["acc"] > 0.9  # the simulated types are separable across batches
     assert any(n.startswith("simulated (development): acc vs pca") for n in payload["notes"])
     assert "| role |" in (tmp_path / "unsupervised.md").read_text()
+
+
+def test_annotation_scores_rank_right_labels_by_confidence() -> None:
+    from benchmarks.peers import Mapping
+    from benchmarks.tasks.base import annotation_scores
+
+    truth = np.array(["a", "a", "b", "b", "c", "x"])
+    labels = np.array(["a", "b", "b", "a", "c", "a"])  # cells 1 and 3 wrong; cell 5's type is not in the reference
+    seen = truth != "x"
+    sure_when_right = annotation_scores(truth, Mapping(labels, np.array([0.9, 0.2, 0.8, 0.3, 0.7, 0.0])), seen)
+    assert sure_when_right["auroc_right_wrong"] == 1.0 and sure_when_right["n_wrong"] == 2
+    assert sure_when_right["acc"] == pytest.approx(0.6) and sure_when_right["n_eval"] == 5
+    # one wrong label (0.75) outranks one right label (0.7): 5 of the 6 right-wrong pairs are ordered
+    mixed = annotation_scores(truth, Mapping(labels, np.array([0.9, 0.75, 0.8, 0.3, 0.7, 1.0])), seen)
+    assert mixed["auroc_right_wrong"] == pytest.approx(5 / 6)
+    all_right = annotation_scores(truth, Mapping(truth.copy(), np.ones(6)), seen)
+    assert np.isnan(all_right["auroc_right_wrong"]) and all_right["n_wrong"] == 0
