@@ -148,3 +148,50 @@ def test_a_decision_saved_before_pooling_loads_as_the_embeddings_vote(world):
     assert old.expression_posterior is None and not old.uses_expression
     sims, idx = exact_search(query, ref, model.posterior.k)
     np.testing.assert_allclose(old.label_posterior(sims, codes[idx]), model.posterior.posterior(sims, codes[idx]))
+
+
+def test_logistic_score_equals_sklearns_fit_when_no_bound_binds():
+    from sklearn.linear_model import LogisticRegression
+
+    from scconcerto.mapping import LogisticScore
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 2)) * [1.0, 5.0] + [0.5, -2.0]
+    y = (x @ [1.5, 0.4] + rng.logistic(size=400) > 0)
+    w = rng.uniform(0.5, 2.0, 400)
+    score = LogisticScore.fit({"a": x[:, 0], "b": x[:, 1]}, ("a", "b"), y, w)
+    z = (x - x.mean(0)) / x.std(0)
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z, y, sample_weight=w)
+    expected = ref.predict_proba(z)[:, 1]
+    np.testing.assert_allclose(score({"a": x[:, 0], "b": x[:, 1]}), expected, atol=1e-4)
+
+
+def test_logistic_score_never_falls_as_a_feature_rises():
+    """Two correlated features, the second a noisy copy of the first that the outcome leans *against* once the
+    first is known: unconstrained, it would enter with a negative sign."""
+    from sklearn.linear_model import LogisticRegression
+
+    from scconcerto.mapping import LogisticScore
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=2000)
+    b = a + rng.normal(0, 0.3, 2000)
+    y = (2.0 * a - 1.0 * b + rng.logistic(size=2000) > 0)
+    free = LogisticRegression(C=1.0).fit(np.column_stack([a, b]), y)
+    assert free.coef_[0, 1] < 0  # the case the bound is for
+    score = LogisticScore.fit({"a": a, "b": b}, ("a", "b"), y)
+    assert min(score.coef) >= 0.0 and score.coef[0] > 0.0
+    grid = np.linspace(-3, 3, 50)
+    for name in ("a", "b"):
+        other = "b" if name == "a" else "a"
+        p = score({name: grid, other: np.zeros_like(grid)})
+        assert np.all(np.diff(p) >= 0)
+    # the bound costs little here: about as good a ranking as the first feature alone
+    assert roc_auc_score(y, score({"a": a, "b": b})) > roc_auc_score(y, a) - 0.01
+
+
+def test_logistic_score_needs_both_outcomes():
+    from scconcerto.mapping import LogisticScore
+
+    with pytest.raises(InputError, match="both outcomes"):
+        LogisticScore.fit({"a": np.arange(5.0)}, ("a",), np.ones(5, dtype=bool))

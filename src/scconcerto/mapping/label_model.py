@@ -12,9 +12,9 @@ be, was measured and not kept: ``docs/mapping.md``.)
   :func:`~.posterior.pool_posteriors`). A label needs the support of the cell's neighbours in both spaces;
   why pooled and not the embedding alone: ``benchmarks/POOLING.md``.
 * **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds and, when the model keeps an
-  expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
-  (:func:`~.scores.agreement`): a wrong label often has a clean neighbourhood in the label-shaped embedding but
-  not in expression.
+  expression space, of the label's log odds under the embedding's own vote and of the share of the cell's nearest
+  reference cells *in expression* that carry the label (:func:`~.scores.agreement`): a wrong label often has a
+  clean neighbourhood in the label-shaped embedding but not in expression.
 * **Seen** ``P(seen type)``: a logistic model of the posterior's log odds, the best and mean similarity of the
   voters, the density ratio (:func:`~.scores.density_ratio`) and, with an expression space, the similarity and
   density ratio read there, each similarity relative to the query's median cell (per query source): a query
@@ -24,6 +24,9 @@ be, was measured and not kept: ``docs/mapping.md``.)
   :data:`MIN_QUERY_CELLS` cells has no median cell to speak of: its model reads the log odds and the absolute
   similarities only. The price of reading a query relative to itself: a query made only of types the reference
   lacks looks as typical as any; its posterior's log odds are then the only sign.
+
+Both logistic models keep their coefficients non-negative (:meth:`~.scores.LogisticScore.fit`): a surer label,
+closer neighbours or more agreement never lower a probability.
 
 A cell's ``confidence`` is ``P(seen) * P(right | seen)``; it is *unknown* when ``P(seen)`` falls below the
 value that :data:`FALSE_REJECTION` of the held-out cells fall below.
@@ -38,7 +41,7 @@ import numpy as np
 from .._errors import InputError
 from ..search.neighbors import exact_search, l2_normalize
 from .posterior import VotePosterior, fit_pool_power, label_frequencies, pool_posteriors
-from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features
+from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features, support_log_odds
 
 __all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "fit_label_model",
            "neighbour_labels", "query_features"]
@@ -61,6 +64,8 @@ SHIFTED = ("top_similarity", "mean_similarity", "log_density_ratio", "expression
            "log_expression_density_ratio")
 RELATIVE = tuple(f"relative_{name}" for name in SHIFTED)
 AGREEMENT = "expression_agreement"
+#: Log odds of the label under the embedding's own vote (before pooling with the expression space's).
+EMBEDDING_SUPPORT = "embedding_log_odds"
 #: Nearest reference cells in the expression space whose labels the agreement counts.
 AGREEMENT_K = 20
 
@@ -260,6 +265,7 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     truth = codes[held[fit_rows]]
     posterior = VotePosterior.fit(sims[fit_rows], labels[fit_rows], truth, prior, k)
     post = posterior.posterior(sims, labels)
+    embedding_post = post
     expr = None if expression is None else l2_normalize(expression)
     expression_posterior, tau = None, 1.0
     if expr is not None:
@@ -272,6 +278,7 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     right = post.argmax(axis=1) == codes[held]
 
     seen = neighbourhood_features(sims, post)
+    seen[EMBEDDING_SUPPORT] = support_log_odds(embedding_post, post.argmax(axis=1))
     seen["log_density_ratio"], _ = _held_out_density(emb, held, np.arange(len(held)), pool, seed)
     if expr is not None:
         seen[AGREEMENT] = agreement(expr_labels, post.argmax(axis=1))
@@ -316,7 +323,8 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     seen_small = LogisticScore.fit(both, NEIGHBOURHOOD, is_seen, weight)
     right_model = None
     if 0 < right[fit_rows].sum() < len(fit_rows):
-        right_names = ("log_odds", AGREEMENT) if expr is not None else ("log_odds",)
+        # without an expression space the posterior is the embedding's vote: its log odds say it all
+        right_names = ("log_odds", EMBEDDING_SUPPORT, AGREEMENT) if expr is not None else ("log_odds",)
         right_model = LogisticScore.fit({n: seen[n][fit_rows] for n in right_names}, right_names, right[fit_rows])
     p_seen, p_seen_small = seen_model(relative)[:n_seen], seen_small(both)[:n_seen]
     p_right = post.max(axis=1) if right_model is None else right_model(seen)
@@ -360,7 +368,8 @@ def _auroc(score: np.ndarray, positive: np.ndarray, weight: np.ndarray | None = 
 # ------------------------------------------------------------------------------------------------ querying
 def query_features(similarities: np.ndarray, posterior: np.ndarray, query: np.ndarray, reference: np.ndarray,
                    expression: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                   groups: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+                   groups: np.ndarray | None = None, embedding_posterior: np.ndarray | None = None,
+                   seed: int = 0) -> dict[str, np.ndarray]:
     """The features a :class:`LabelModel` reads of query cells.
 
     Parameters
@@ -377,10 +386,15 @@ def query_features(similarities: np.ndarray, posterior: np.ndarray, query: np.nd
     groups
         Source of each query cell: the relative features are taken against each source's median cell
         (a source under :data:`MIN_QUERY_CELLS` cells against the whole query's).
+    embedding_posterior
+        ``(n, n_classes)`` the embedding's own calibrated vote (:attr:`LabelModel.posterior`), when
+        ``posterior`` pools it with the expression space's; default: ``posterior`` itself.
     seed
         Seed of the density ratios' samples.
     """
     features = neighbourhood_features(similarities, posterior)
+    features[EMBEDDING_SUPPORT] = support_log_odds(posterior if embedding_posterior is None else embedding_posterior,
+                                                   posterior.argmax(axis=1))
     if expression is not None:
         features[AGREEMENT] = agreement(expression[2], posterior.argmax(axis=1))
     if len(query) < MIN_QUERY_CELLS:

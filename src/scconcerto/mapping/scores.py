@@ -5,6 +5,7 @@
 * :func:`density_ratio`: log ratio of a cell's similarity to the reference and to the other query cells at
   matched sample sizes; a cell closer to its own query than to any reference cell hints at a type the
   reference lacks.
+* :func:`support_log_odds`: how sure one opinion (e.g. the embedding's own vote) is of the label given.
 * :func:`agreement`: the share of a cell's nearest reference cells in the expression space (not shaped by
   the labels) that carry the label it was given.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from .._errors import InputError
 from ..search.neighbors import knn
 
-__all__ = ["LogisticScore", "agreement", "density_ratio", "neighbourhood_features"]
+__all__ = ["LogisticScore", "agreement", "density_ratio", "neighbourhood_features", "support_log_odds"]
 
 #: Cells of each side of a density ratio (a seeded sample above it).
 DENSITY_CELLS = 10_000
@@ -32,6 +33,12 @@ def neighbourhood_features(similarities: np.ndarray, posterior: np.ndarray) -> d
     sims = np.asarray(similarities, dtype=np.float64)
     return {"log_odds": np.log(best) - np.log1p(-best), "top_similarity": sims[:, 0],
             "mean_similarity": sims.mean(axis=1)}
+
+
+def support_log_odds(posterior: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Log odds of label ``chosen[i]`` under row ``i`` of ``posterior`` (clipped to ``1e-9 .. 1 - 1e-9``)."""
+    p = np.clip(np.asarray(posterior)[np.arange(len(chosen)), np.asarray(chosen)], 1e-9, 1 - 1e-9)
+    return np.log(p) - np.log1p(-p)
 
 
 def agreement(labels: np.ndarray, given: np.ndarray) -> np.ndarray:
@@ -127,12 +134,33 @@ class LogisticScore:
     @classmethod
     def fit(cls, features: dict[str, np.ndarray], names: tuple[str, ...], target: np.ndarray,
             weight: np.ndarray | None = None) -> "LogisticScore":
-        """L2-penalized logistic regression on standardized features, folded back into raw units."""
-        from sklearn.linear_model import LogisticRegression
+        """L2-penalized logistic regression (sklearn's ``C = 1`` objective) on standardized features, folded back
+        into raw units, with **non-negative coefficients**.
+
+        Every feature the confidence models read is oriented so that a larger value speaks for the cell (a surer
+        label, closer neighbours, more agreement, a denser reference around it): a probability may only rise with
+        it. Unconstrained, two correlated features can enter with opposite signs, and a cell that is *less* sure
+        of its label then looks *more* likely of a seen type.
+        """
+        from scipy.optimize import minimize
 
         x = np.column_stack([np.asarray(features[f], dtype=np.float64) for f in names])
+        y = np.asarray(target, dtype=np.float64)
+        w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+        if not (0 < y.sum() < len(y)):
+            raise InputError("A confidence model needs examples of both outcomes.")
         mean, scale = x.mean(axis=0), x.std(axis=0)
         scale = np.where(scale > 1e-12, scale, 1.0)
-        clf = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, target, sample_weight=weight)
-        coef = clf.coef_[0] / scale
-        return cls(tuple(names), tuple(float(c) for c in coef), float(clf.intercept_[0] - coef @ mean))
+        z = (x - mean) / scale
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            b, c = theta[0], theta[1:]
+            logit = z @ c + b
+            residual = w * (0.5 * (1.0 + np.tanh(0.5 * logit)) - y)
+            value = float(w @ (np.logaddexp(0.0, logit) - y * logit) + 0.5 * c @ c)
+            return value, np.r_[residual.sum(), z.T @ residual + c]
+
+        bounds = [(None, None)] + [(0.0, None)] * z.shape[1]
+        theta = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds).x
+        coef = theta[1:] / scale
+        return cls(tuple(names), tuple(float(c) for c in coef), float(theta[0] - coef @ mean))

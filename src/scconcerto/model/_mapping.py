@@ -390,7 +390,7 @@ def decide_labels(setup: "DataSetup", reference: "ReferenceStore", decisions: di
             continue
         expr = None if expression is None else (expression[0], expression[1], expr_labels)
         features = query_features(sims[:, :vote_model.k], posterior, embedding, ref_emb, expr, groups=groups,
-                                  seed=seed)
+                                  embedding_posterior=vote_model.posterior(sims, codes[idx]), seed=seed)
         p_right, p_known, _, threshold = decision.decide(features, posterior)
         out[key] = (posterior, p_right, p_known, threshold)
     return {key: out[key] for key in keys}
