@@ -12,7 +12,7 @@ be, was measured and not kept: ``docs/mapping.md``.)
   :func:`~.posterior.pool_posteriors`). A label needs the support of the cell's neighbours in both spaces;
   why pooled and not the embedding alone: ``benchmarks/POOLING.md``.
 * **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds and, when the model keeps an
-  expression space, of the label's log odds under the embedding's own vote and of the share of the cell's nearest
+  expression space, of the share of the cell's nearest
   reference cells *in expression* that carry the label (:func:`~.scores.agreement`): a wrong label often has a
   clean neighbourhood in the label-shaped embedding but not in expression.
 * **Seen** ``P(seen type)``: a logistic model of the posterior's log odds, the best and mean similarity of the
@@ -66,6 +66,9 @@ RELATIVE = tuple(f"relative_{name}" for name in SHIFTED)
 AGREEMENT = "expression_agreement"
 #: Log odds of the label under the embedding's own vote (before pooling with the expression space's).
 EMBEDDING_SUPPORT = "embedding_log_odds"
+#: What ``P(right | seen)`` reads when the model keeps an expression space (else the log odds alone); chosen in
+#: ``benchmarks/CONFIDENCE.md``, where adding :data:`EMBEDDING_SUPPORT` was measured and not kept.
+RIGHT_FEATURES = ("log_odds", AGREEMENT)
 #: Nearest reference cells in the expression space whose labels the agreement counts.
 AGREEMENT_K = 20
 
@@ -323,8 +326,7 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     seen_small = LogisticScore.fit(both, NEIGHBOURHOOD, is_seen, weight)
     right_model = None
     if 0 < right[fit_rows].sum() < len(fit_rows):
-        # without an expression space the posterior is the embedding's vote: its log odds say it all
-        right_names = ("log_odds", EMBEDDING_SUPPORT, AGREEMENT) if expr is not None else ("log_odds",)
+        right_names = RIGHT_FEATURES if expr is not None else ("log_odds",)
         right_model = LogisticScore.fit({n: seen[n][fit_rows] for n in right_names}, right_names, right[fit_rows])
     p_seen, p_seen_small = seen_model(relative)[:n_seen], seen_small(both)[:n_seen]
     p_right = post.max(axis=1) if right_model is None else right_model(seen)

@@ -1,0 +1,210 @@
+"""How well mapping's confidence tells right labels from wrong ones, and seen types from unseen ones.
+
+For each label-transfer split (cellbench's are left out: every method labels them all right), each adversarial
+variant, each unseen-type case (a type removed from a split's reference) and each seed, one network is trained
+at the package's defaults and the query mapped once; the reference's and the query's embeddings and scaled
+expression are kept. The label decision (:func:`scconcerto.mapping.fit_label_model`) is then fitted on the
+reference three ways and applied to the same query:
+
+* ``unconstrained``: the logistic models fitted without bounds (the package before 2026-12-06, commit 7b0b5f6);
+* ``package``: every coefficient held non-negative (:meth:`scconcerto.mapping.LogisticScore.fit`), what
+  mapping does now; ``P(right | seen)`` reads the posterior's log odds and the expression agreement
+  (``scconcerto.mapping.label_model.RIGHT_FEATURES``);
+* ``embedding support``: non-negative, and ``P(right | seen)`` also reads the label's log odds under the
+  embedding's own vote (before pooling with the expression space's), measured and not kept.
+
+Columns: right-vs-wrong AUROC of ``L_confidence`` and of ``P(right | seen)`` on the query cells of seen types,
+seen-vs-unseen AUROC of ``L_confidence`` and of ``P(seen)``, and the share of seen and of unseen cells flagged
+unknown at the default threshold. Labels do not change between the three. Development rows choose; test rows
+are reported only.
+
+    python -m benchmarks.confidence --data-dir ../shared/data --seeds 0,1,2 --out benchmarks/CONFIDENCE.md
+
+``--cache DIR`` keeps each trained case's arrays (``.npz``) and reuses them on the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .report import generated_line, markdown
+from .tasks.adversarial import variants
+from .tasks.data import drop_type, label_transfer_splits, role
+
+#: Unseen-type cases: split name and the types removed from its reference, one at a time.
+UNSEEN_CASES = {"symphony_pbmc_3tech:query=3pv1": ("B", "T_CD8"), "symphony_pbmc_3tech:query=3pv2": ("B", "T_CD8"),
+                "symphony_pbmc_3tech:query=5p": ("B", "T_CD8"), "kang_ifnb:control->stimulated": ("B", "NK"),
+                "scclassify_pancreas_wang_xin:query=xin": ("beta", "alpha")}
+DECISIONS = ("unconstrained", "package", "embedding support")
+
+
+def cases(data_dir: Path, skipped: list[str]) -> list[tuple[str, object]]:
+    """``(group, split)``: label transfer and adversarial variants, then the unseen-type cases."""
+    out = [("label transfer", s) for s in label_transfer_splits(data_dir, skipped) if not s.name.startswith("cellbench")]
+    out += [("label transfer", s) for s in variants(data_dir, skipped)]
+    out += [("unseen type", drop_type(s, t)) for s in label_transfer_splits(data_dir, skipped)
+            if s.name in UNSEEN_CASES for t in UNSEEN_CASES[s.name]]
+    return out
+
+
+def trained_arrays(split, seed: int, cache: Path | None) -> dict[str, np.ndarray]:
+    """Train on ``split``'s reference, map its query, and keep what a label decision is fitted and applied on."""
+    tag = f"{split.name.replace('/', '_').replace(' ', '_')}__s{seed}"
+    if cache is not None and (cache / f"{tag}.npz").exists():
+        return dict(np.load(cache / f"{tag}.npz", allow_pickle=False))
+    import scconcerto.model._mapping as mapping
+    from scconcerto import Concerto
+
+    kept: dict[str, np.ndarray] = {}
+    decide = mapping.decide_labels
+
+    def keeping(setup, reference, decisions, ks, searched, embedding, ref_emb, expression, *args, **kwargs):
+        kept.update(q_emb=np.array(embedding), ref_emb=np.array(ref_emb),
+                    q_expr=np.array(expression[0]), ref_expr=np.array(expression[1]),
+                    groups=np.zeros(len(embedding)) if kwargs.get("groups") is None else np.asarray(kwargs["groups"]))
+        return decide(setup, reference, decisions, ks, searched, embedding, ref_emb, expression, *args, **kwargs)
+
+    key = split.label_key
+    model = Concerto(split.reference, batch_key=split.batch_key, label_key=key, seed=seed)
+    model.train(progress=False)
+    query = split.query.copy()
+    mapping.decide_labels = keeping
+    try:
+        model.map_query(query, batch_key=split.batch_key if split.batch_key in query.obs else None, impute=False,
+                        place=False, min_overlap=0.0)
+    finally:
+        mapping.decide_labels = decide
+    if "q_expr" not in kept:
+        raise RuntimeError(f"{split.name}: the model keeps no scaled expression space")
+    arrays = dict(kept, truth=query.obs[key].astype(str).to_numpy().astype("U"),
+                  names=np.asarray(model.setup.labels[key]).astype("U"), codes=model.reference.labels[key],
+                  calib=model.reference.calibration_rows)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(cache / f"{tag}.npz", **arrays)
+    return arrays
+
+
+@contextmanager
+def decision(name: str):
+    """The package's label decision, or one of the earlier ones (see the module docstring)."""
+    import scconcerto.mapping.label_model as label_model
+    from scconcerto.mapping.scores import LogisticScore
+
+    features, fit = label_model.RIGHT_FEATURES, LogisticScore.__dict__["fit"]
+
+    def unconstrained(cls, x, names, target, weight=None):
+        from sklearn.linear_model import LogisticRegression
+
+        z = np.column_stack([np.asarray(x[f], dtype=np.float64) for f in names])
+        mean, scale = z.mean(axis=0), z.std(axis=0)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        clf = LogisticRegression(C=1.0, max_iter=1000).fit((z - mean) / scale, target, sample_weight=weight)
+        coef = clf.coef_[0] / scale
+        return cls(tuple(names), tuple(float(c) for c in coef), float(clf.intercept_[0] - coef @ mean))
+
+    if name == "embedding support":
+        label_model.RIGHT_FEATURES = features + (label_model.EMBEDDING_SUPPORT,)
+    if name == "unconstrained":
+        LogisticScore.fit = classmethod(unconstrained)
+    try:
+        yield
+    finally:
+        label_model.RIGHT_FEATURES = features
+        LogisticScore.fit = fit
+
+
+def scores(arrays: dict[str, np.ndarray], seed: int) -> dict[str, float]:
+    """Fit the label decision on the reference's arrays, apply it to the query's, and score it."""
+    from sklearn.metrics import roc_auc_score
+
+    from scconcerto.mapping import fit_label_model, query_features
+    from scconcerto.mapping.label_model import neighbour_labels
+    from scconcerto.search.neighbors import exact_search, l2_normalize
+
+    names, codes = arrays["names"], arrays["codes"]
+    model = fit_label_model(arrays["ref_emb"], codes, list(names), arrays["calib"], arrays["ref_expr"], seed=seed)
+    query, reference = l2_normalize(arrays["q_emb"]), l2_normalize(arrays["ref_emb"])
+    q_expr, ref_expr = l2_normalize(arrays["q_expr"]), l2_normalize(arrays["ref_expr"])
+    sims, rows = exact_search(query, reference, model.posterior.k)
+    e_sims, e_rows = exact_search(q_expr, ref_expr, 20)
+    labels, e_labels = neighbour_labels(rows, codes), neighbour_labels(e_rows, codes)
+    posterior = model.label_posterior(sims, labels, (e_sims, e_labels))
+    features = query_features(sims, posterior, query, reference, (q_expr, ref_expr, e_labels),
+                              groups=arrays["groups"], embedding_posterior=model.posterior.posterior(sims, labels),
+                              seed=seed)
+    p_right, p_seen, confidence, threshold = model.decide(features, posterior)
+    truth = arrays["truth"]
+    seen = np.isin(truth, names)
+    right = (names[posterior.argmax(axis=1)] == truth)[seen]
+
+    def auroc(y, score):
+        return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
+
+    out = {"acc": float(right.mean()), "n_wrong": int((~right).sum()),
+           "right_vs_wrong": auroc(right, confidence[seen]), "right_vs_wrong_p_right": auroc(right, p_right[seen])}
+    if (~seen).any():
+        flagged = p_seen < threshold
+        out.update({"seen_vs_unseen": auroc(seen, confidence), "seen_vs_unseen_p_seen": auroc(seen, p_seen),
+                    "flagged_seen": float(flagged[seen].mean()), "flagged_unseen": float(flagged[~seen].mean())})
+    return out
+
+
+COLUMNS = ["right_vs_wrong", "right_vs_wrong_p_right", "seen_vs_unseen", "seen_vs_unseen_p_seen", "flagged_seen",
+           "flagged_unseen"]
+
+
+def report(df: pd.DataFrame, command: str, seconds: float) -> str:
+    cols = [c for c in COLUMNS if c in df]
+    per_seed = df.groupby(["group", "role", "decision", "seed"])[cols].mean()
+    summary = per_seed.groupby(["group", "role", "decision"]).agg(["mean", "std"])
+    summary.columns = [f"{a} {b}" for a, b in summary.columns]
+    summary = summary.dropna(axis=1, how="all")
+    per_split = df[df.decision.isin(["unconstrained", "package"])].groupby(
+        ["group", "role", "split", "decision"])[["acc", "n_wrong"] + cols].mean().dropna(axis=1, how="all")
+    return "\n".join([
+        "# Mapping's confidence: right against wrong labels, seen against unseen types", "",
+        generated_line(), f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s", "",
+        "Each case trains one network per seed and maps its query once; the label decision is then fitted three "
+        "ways on the same reference and applied to the same query (`benchmarks/confidence.py`). Development rows "
+        "chose the package's decision; test rows are reported only. Labels are the same under all three.", "",
+        "## Mean over cases, then mean and sd over seeds", "", markdown(summary, index=True), "",
+        "## Per case (mean over seeds)", "", markdown(per_split, index=True), ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--cache", type=Path, default=None, help="folder that keeps each trained case's arrays")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/CONFIDENCE.md"))
+    args = p.parse_args(argv)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    start = time.perf_counter()
+    skipped: list[str] = []
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for group, split in cases(args.data_dir, skipped):
+            arrays = trained_arrays(split, seed, args.cache)
+            for name in DECISIONS:
+                with decision(name):
+                    rows.append({"group": group, "role": role(split.name), "split": split.name, "seed": seed,
+                                 "decision": name, **scores(arrays, seed)})
+            print(f"seed {seed}: {split.name}", flush=True)
+    command = f"python -m benchmarks.confidence --data-dir {args.data_dir} --seeds {args.seeds} --out {args.out}"
+    if skipped:
+        print("skipped:", "; ".join(sorted(set(skipped))))
+    args.out.write_text(report(pd.DataFrame(rows), command, time.perf_counter() - start))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
