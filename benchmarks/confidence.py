@@ -172,7 +172,8 @@ def report(df: pd.DataFrame, command: str, seconds: float) -> str:
     return "\n".join([
         "# Mapping's confidence: right against wrong labels, seen against unseen types", "",
         generated_line(), f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s", "",
-        "Each case trains one network per seed and maps its query once; the label decision is then fitted three "
+        "Each case trains one network per seed and maps its query once (with `--cache`, a case trained by an earlier "
+        "run is read back from the cache); the label decision is then fitted three "
         "ways on the same reference and applied to the same query (`benchmarks/confidence.py`). Development rows "
         "chose the package's decision; test rows are reported only. Labels are the same under all three.", "",
         "## Mean over cases, then mean and sd over seeds", "", markdown(summary, index=True), "",
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"group": group, "role": role(split.name), "split": split.name, "seed": seed,
                                  "decision": name, **scores(arrays, seed)})
             print(f"seed {seed}: {split.name}", flush=True)
-    command = f"python -m benchmarks.confidence --data-dir {args.data_dir} --seeds {args.seeds} --out {args.out}"
+    command = f"python -m benchmarks.confidence --data-dir {args.data_dir} --seeds {args.seeds} --out {args.out}" + (
+        f" --cache {args.cache}" if args.cache is not None else "")
     if skipped:
         print("skipped:", "; ".join(sorted(set(skipped))))
     args.out.write_text(report(pd.DataFrame(rows), command, time.perf_counter() - start))
