@@ -13,7 +13,7 @@ reference three ways and applied to the same query:
 * ``embedding support``: non-negative, and ``P(right | seen)`` also reads the label's log odds under the
   embedding's own vote (before pooling with the expression space's), measured and not kept.
 
-Columns: right-vs-wrong AUROC of ``L_confidence`` and of ``P(right | seen)`` on the query cells of seen types,
+Columns: right-vs-wrong AUROC of ``L_confidence``, ``P(right | seen)`` and ``P(seen)`` on the query cells of seen types,
 seen-vs-unseen AUROC of ``L_confidence`` and of ``P(seen)``, and the share of seen and of unseen cells flagged
 unknown at the default threshold. Labels do not change between the three. Development rows choose; test rows
 are reported only.
@@ -149,7 +149,8 @@ def scores(arrays: dict[str, np.ndarray], seed: int) -> dict[str, float]:
         return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
 
     out = {"acc": float(right.mean()), "n_wrong": int((~right).sum()),
-           "right_vs_wrong": auroc(right, confidence[seen]), "right_vs_wrong_p_right": auroc(right, p_right[seen])}
+           "right_vs_wrong": auroc(right, confidence[seen]), "right_vs_wrong_p_right": auroc(right, p_right[seen]),
+           "right_vs_wrong_p_seen": auroc(right, p_seen[seen])}
     if (~seen).any():
         flagged = p_seen < threshold
         out.update({"seen_vs_unseen": auroc(seen, confidence), "seen_vs_unseen_p_seen": auroc(seen, p_seen),
@@ -157,7 +158,7 @@ def scores(arrays: dict[str, np.ndarray], seed: int) -> dict[str, float]:
     return out
 
 
-COLUMNS = ["right_vs_wrong", "right_vs_wrong_p_right", "seen_vs_unseen", "seen_vs_unseen_p_seen", "flagged_seen",
+COLUMNS = ["right_vs_wrong", "right_vs_wrong_p_right", "right_vs_wrong_p_seen", "seen_vs_unseen", "seen_vs_unseen_p_seen", "flagged_seen",
            "flagged_unseen"]
 
 
