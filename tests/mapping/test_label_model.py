@@ -195,3 +195,31 @@ def test_logistic_score_needs_both_outcomes():
 
     with pytest.raises(InputError, match="both outcomes"):
         LogisticScore.fit({"a": np.arange(5.0)}, ("a",), np.ones(5, dtype=bool))
+
+
+def test_a_decision_reading_the_embeddings_own_vote_needs_it(monkeypatch):
+    """The package's decision does not read the embedding's own vote (mapping then skips computing it); one fitted
+    to read it (the alternative ``benchmarks/confidence.py`` measures) says so, and its ``P(right)`` changes with
+    that vote while the pooled posterior stays the same."""
+    import scconcerto.mapping.label_model as label_model
+
+    rng = np.random.default_rng(0)
+
+    def noisy(n):  # expression blurred too, so that some held-out labels are wrong and P(right) is fitted
+        e, x, c = merged_in_the_embedding(rng, n)
+        return e, l2_normalize(x + rng.normal(0, 0.6, x.shape)), c
+
+    emb, expr, codes = noisy(200)
+    package = fit_label_model(emb, codes, ["x", "y", "z"], expression=expr, k=10, seed=0)
+    assert package.right is not None and not package.reads_embedding_support
+    monkeypatch.setattr(label_model, "RIGHT_FEATURES", label_model.RIGHT_FEATURES + (label_model.EMBEDDING_SUPPORT,))
+    reading = fit_label_model(emb, codes, ["x", "y", "z"], expression=expr, k=10, seed=0)
+    assert reading.reads_embedding_support and LabelModel.from_dict(reading.to_dict()).reads_embedding_support
+    q_emb, q_expr, _ = noisy(100)
+    sims, idx = exact_search(q_emb, emb, 10)
+    e_sims, e_idx = exact_search(q_expr, expr, 20)
+    pooled = reading.label_posterior(sims, codes[idx], (e_sims, codes[e_idx]))
+    own = reading.posterior.posterior(sims, codes[idx])
+    given = query_features(sims, pooled, q_emb, emb, (q_expr, expr, codes[e_idx]), embedding_posterior=own)
+    as_pooled = query_features(sims, pooled, q_emb, emb, (q_expr, expr, codes[e_idx]))
+    assert not np.allclose(reading.decide(given, pooled)[0], reading.decide(as_pooled, pooled)[0])

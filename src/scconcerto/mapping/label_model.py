@@ -12,9 +12,9 @@ be, was measured and not kept: ``docs/mapping.md``.)
   :func:`~.posterior.pool_posteriors`). A label needs the support of the cell's neighbours in both spaces;
   why pooled and not the embedding alone: ``benchmarks/POOLING.md``.
 * **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds and, when the model keeps an
-  expression space, of the share of the cell's nearest
-  reference cells *in expression* that carry the label (:func:`~.scores.agreement`): a wrong label often has a
-  clean neighbourhood in the label-shaped embedding but not in expression.
+  expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
+  (:func:`~.scores.agreement`): a wrong label often has a clean neighbourhood in the label-shaped embedding but
+  not in expression.
 * **Seen** ``P(seen type)``: a logistic model of the posterior's log odds, the best and mean similarity of the
   voters, the density ratio (:func:`~.scores.density_ratio`) and, with an expression space, the similarity and
   density ratio read there, each similarity relative to the query's median cell (per query source): a query
@@ -114,6 +114,12 @@ class LabelModel:
         """Whether the model reads the expression space (agreement or expression novelty features)."""
         return self.expression_posterior is not None or any(name in self.seen.features for name in RELATIVE[3:]) or (
             self.right is not None and AGREEMENT in self.right.features)
+
+    @property
+    def reads_embedding_support(self) -> bool:
+        """Whether ``P(right | seen)`` reads the embedding's own vote (:data:`EMBEDDING_SUPPORT`), so that
+        :func:`query_features` needs ``embedding_posterior``."""
+        return self.right is not None and EMBEDDING_SUPPORT in self.right.features
 
     def label_posterior(self, similarities: np.ndarray, labels: np.ndarray,
                         expression: tuple[np.ndarray, np.ndarray] | None = None, k: int | None = None) -> np.ndarray:

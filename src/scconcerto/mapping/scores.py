@@ -103,6 +103,11 @@ def density_ratio(query: np.ndarray, reference: np.ndarray, query_pool: np.ndarr
     return ratio, to_reference.astype(np.float64)
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-z))``, numerically stable."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
 @dataclass(frozen=True)
 class LogisticScore:
     """``sigmoid(coef . x + intercept)`` over named features."""
@@ -117,7 +122,7 @@ class LogisticScore:
             raise InputError(f"Confidence features {missing} are missing.")
         x = np.column_stack([np.asarray(features[f], dtype=np.float64) for f in self.features])
         z = x @ np.asarray(self.coef) + self.intercept
-        return 0.5 * (1.0 + np.tanh(0.5 * z))  # numerically stable sigmoid
+        return _sigmoid(z)
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "coef": list(self.coef), "intercept": self.intercept}
@@ -156,7 +161,7 @@ class LogisticScore:
         def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
             b, c = theta[0], theta[1:]
             logit = z @ c + b
-            residual = w * (0.5 * (1.0 + np.tanh(0.5 * logit)) - y)
+            residual = w * (_sigmoid(logit) - y)
             value = float(w @ (np.logaddexp(0.0, logit) - y * logit) + 0.5 * c @ c)
             return value, np.r_[residual.sum(), z.T @ residual + c]
 

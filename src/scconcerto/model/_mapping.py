@@ -389,8 +389,10 @@ def decide_labels(setup: "DataSetup", reference: "ReferenceStore", decisions: di
             out[key] = (posterior, posterior.max(axis=1), ones, 0.0)
             continue
         expr = None if expression is None else (expression[0], expression[1], expr_labels)
+        # the embedding's own vote, apart from the pooled posterior, only for a decision that reads it
+        own_vote = vote_model.posterior(sims, codes[idx]) if decision.reads_embedding_support else None
         features = query_features(sims[:, :vote_model.k], posterior, embedding, ref_emb, expr, groups=groups,
-                                  embedding_posterior=vote_model.posterior(sims, codes[idx]), seed=seed)
+                                  embedding_posterior=own_vote, seed=seed)
         p_right, p_known, _, threshold = decision.decide(features, posterior)
         out[key] = (posterior, p_right, p_known, threshold)
     return {key: out[key] for key in keys}
