@@ -105,6 +105,20 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
     return "\n".join([head, rule, *body])
 
 
+def headline_means(df: pd.DataFrame, heads: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Each method's mean of each score in ``heads`` over the splits (first column) where *every* method has
+    that score, so that all methods are averaged over the same splits; and how many splits each mean covers."""
+    split = df.columns[0]
+    methods = list(dict.fromkeys(df["method"]))
+    means, counts = {}, {}
+    for head in heads:
+        wide = df.groupby([split, "method"], sort=False)[head].mean().unstack("method").reindex(columns=methods)
+        common = wide.dropna(how="any")
+        means[head] = common.mean(axis=0)
+        counts[head] = len(common)
+    return pd.DataFrame(means).rename_axis("method"), counts
+
+
 def table(result: TaskResult) -> str:
     """The task's markdown: its table, a per-method mean, errors, skips and figures."""
     lines = [f"## {result.task}", ""]
@@ -118,9 +132,14 @@ def table(result: TaskResult) -> str:
         lines += [markdown(df[cols]), ""]
         heads = [c for c in HEADLINE.get(result.task, []) if c in df.columns]
         if heads:
-            mean = df.groupby("method", sort=False)[heads].mean()
-            lines += [f"Mean over {df.iloc[:, 0].nunique()} splits/data sets:", "",
-                      markdown(mean, index=True), ""]
+            mean, counts = headline_means(df, heads)
+            n = df.iloc[:, 0].nunique()
+            fewer = {head: c for head, c in counts.items() if c < n}
+            where = "" if not fewer else (
+                " where every method has the score (" + ", ".join(f"{h}: {c}" for h, c in fewer.items())
+                + " splits; a split where a method labels no cell wrong has no right-vs-wrong AUROC, a failed "
+                "run no score)")
+            lines += [f"Mean over {n} splits/data sets{where}:", "", markdown(mean, index=True), ""]
     lines += [t + "\n" for t in result.extra_tables]
     lines += [f"- note: {n}" for n in result.notes]
     lines += [f"- skipped: {s}" for s in result.skipped]
