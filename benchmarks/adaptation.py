@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .report import markdown
+from .report import generated_line, markdown
 from .tasks.cross_species import as_mouse
 from .tasks.data import load, role
 
@@ -143,7 +143,8 @@ def guarded(rows: pd.DataFrame, weight: float, collapse_ratio: float) -> pd.Data
 
 
 def choose(dev: pd.DataFrame) -> tuple[float, float, pd.DataFrame]:
-    """The weight and threshold of highest mean guarded accuracy on the development rows, and the grid."""
+    """The weight and threshold of highest mean guarded accuracy on the development rows (then macro-F1), no
+    adaptation (weight 0) among the candidates, and the grid."""
     grid = pd.DataFrame([{"weight": w, "collapse_ratio": r, "acc": guarded(dev, w, r)["acc"].mean(),
                           "macro_f1": guarded(dev, w, r)["macro_f1"].mean(),
                           "fell_back": int(guarded(dev, w, r)["fell_back"].sum())}
@@ -152,8 +153,14 @@ def choose(dev: pd.DataFrame) -> tuple[float, float, pd.DataFrame]:
     plain = dev[dev["variant"] == "plain"]
     grid = pd.concat([pd.DataFrame([{"weight": 0.0, "collapse_ratio": np.nan, "acc": plain["acc"].mean(),
                                      "macro_f1": plain["macro_f1"].mean(), "fell_back": 0}]), grid])
-    best = grid.iloc[1:].sort_values(["acc", "macro_f1"], ascending=False).iloc[0]
+    best = grid.sort_values(["acc", "macro_f1"], ascending=False, kind="stable").iloc[0]
     return float(best["weight"]), float(best["collapse_ratio"]), grid
+
+
+def best_adapted(grid: pd.DataFrame) -> tuple[float, float]:
+    """The weight and threshold of highest mean guarded accuracy among the adapted settings of ``grid``."""
+    best = grid[grid["weight"] > 0].sort_values(["acc", "macro_f1"], ascending=False, kind="stable").iloc[0]
+    return float(best["weight"]), float(best["collapse_ratio"])
 
 
 def table(rows: pd.DataFrame, weight: float, collapse_ratio: float) -> pd.DataFrame:
@@ -177,10 +184,16 @@ def table(rows: pd.DataFrame, weight: float, collapse_ratio: float) -> pd.DataFr
 
 def render(dev: pd.DataFrame, test: pd.DataFrame | None, args: argparse.Namespace, argv: list[str]) -> str:
     """The markdown report: the development grid, then development and test tables under the choice."""
+    from scconcerto.model.classifier import DEFAULT_COLLAPSE_RATIO, DEFAULT_CONSISTENCY_WEIGHT
+
     weight, ratio, grid = choose(dev)
+    shown = (weight, ratio) if weight > 0 else best_adapted(grid)
+    chosen = (f"Chosen: consistency weight **{weight}**, collapse ratio **{ratio}**." if weight > 0 else
+              "Chosen: **no adaptation** (consistency weight 0). The tables below show the best adapted setting "
+              f"beside it for comparison: weight {shown[0]}, collapse ratio {shown[1]}.")
     lines = [
         "# Classifier with and without domain adaptation, and the collapse guard", "",
-        f"Command: `python -m benchmarks.adaptation {' '.join(argv)}`  ",
+        generated_line(), f"Command: `python -m benchmarks.adaptation {' '.join(argv)}`  ",
         f"Budget: pre-training {args.pretrain_epochs} epochs, classifier {args.epochs} epochs for every task (below "
         "the package defaults, for a 2-core machine shared with other jobs); seeds " + args.seeds + ".", "",
         "`plain`: no adaptation; `adapted`: with the target's consistency loss; `guarded`: what "
@@ -190,10 +203,11 @@ def render(dev: pd.DataFrame, test: pd.DataFrame | None, args: argparse.Namespac
         "plain classifier. Accuracy and macro-F1 on target cells whose type the reference has. `as mouse`: the "
         "target SIMULATED as mouse (benchmarks/tasks/cross_species.py), predicted with `query_species='mouse'`.", "",
         "## Choice on the development tasks (mean over tasks and seeds)", "", markdown(grid), "",
-        f"Chosen: consistency weight **{weight}**, collapse ratio **{ratio}**.", "",
-        "## Development tasks", "", markdown(table(dev, weight, ratio)), ""]
+        chosen + f" The package's defaults: consistency weight {DEFAULT_CONSISTENCY_WEIGHT}, collapse ratio "
+        f"{DEFAULT_COLLAPSE_RATIO} (`scconcerto.model.classifier`).", "",
+        "## Development tasks", "", markdown(table(dev, *shown)), ""]
     if test is not None and len(test):
-        lines += ["## Test tasks (never tuned on)", "", markdown(table(test, weight, ratio)), ""]
+        lines += ["## Test tasks (never tuned on)", "", markdown(table(test, *shown)), ""]
     return "\n".join(lines)
 
 

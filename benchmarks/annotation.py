@@ -115,7 +115,8 @@ def inter_dataset(data_dir: Path, pretrain_epochs: int, epochs: int | None, seed
         for variant, min_confidence in variants.items():
             model = copy.deepcopy(base)
             start = time.perf_counter()
-            extra = {} if min_confidence is None else {"target": q, "consistency_min_confidence": min_confidence}
+            extra = {} if min_confidence is None else {"target": q, "consistency_weight": 1.0,
+                                                       "consistency_min_confidence": min_confidence}
             model.fit_classifier(label_key="cell_type", min_overlap=0.1, epochs=epochs, seed=seed, progress=False,
                                  **extra)
             pred = model.predict(q.copy(), inplace=False, min_overlap=0.1)

@@ -44,7 +44,8 @@ def test_a_collapsed_adaptation_keeps_the_classifier_without_target(split, plain
     model = Concerto(source, batch_key="batch", label_key="cell_type")
     with caplog.at_level(logging.WARNING, logger="scconcerto"):
         # a ratio above 1 counts every adaptation as collapsed: the fallback must be the plain classifier
-        model.fit_classifier(target=target, pretrain=False, epochs=6, seed=0, collapse_ratio=10.0, **FAST)
+        model.fit_classifier(target=target, pretrain=False, epochs=6, seed=0, consistency_weight=1.0,
+                             collapse_ratio=10.0, **FAST)
     summary = model.annotation_summary
     assert summary["adaptation"]["collapsed"] and not summary["adaptation"]["used"]
     assert summary["adaptation"]["target_sources"] == ["plate_9"]
@@ -58,7 +59,7 @@ def test_a_collapsed_adaptation_keeps_the_classifier_without_target(split, plain
 def test_an_adaptation_that_holds_is_kept(split, plain):
     source, target = split
     model = Concerto(source, batch_key="batch", label_key="cell_type")
-    model.fit_classifier(target=target, pretrain=False, epochs=6, seed=0, **FAST)
+    model.fit_classifier(target=target, pretrain=False, epochs=6, seed=0, consistency_weight=1.0, **FAST)
     summary = model.annotation_summary
     check = summary["adaptation"]
     assert check["used"] and not check["collapsed"] and summary["target_sources"] == ["plate_9"]
@@ -84,3 +85,17 @@ def test_the_check_flags_a_classifier_that_calls_every_target_cell_one_class(spl
     assert check["effective_classes_plain"] > 2.5
     same = adaptation_check(plain.classifier.network, same_as_plain, cells, classes, collapse_ratio=0.75, device="cpu")
     assert not same["collapsed"] and same["agreement"] == 1.0
+
+
+def test_by_default_the_target_is_not_used_and_the_user_is_told(split, plain, caplog):
+    source, target = split
+    model = Concerto(source, batch_key="batch", label_key="cell_type")
+    with caplog.at_level(logging.WARNING, logger="scconcerto"):
+        model.fit_classifier(target=target, pretrain=False, epochs=6, seed=0, **FAST)
+    summary = model.annotation_summary
+    assert summary["target_sources"] == [] and summary["domains"] == ["batch_0", "batch_1"]
+    assert summary.get("adaptation") is None and "consistency" not in summary["history"][-1]
+    assert "not used for fine-tuning" in caplog.text and "consistency_weight" in caplog.text
+    kept = model.predict(target.copy(), inplace=False, device="cpu")
+    reference = plain.predict(target.copy(), inplace=False, device="cpu")
+    np.testing.assert_allclose(kept.probabilities, reference.probabilities, atol=1e-5)

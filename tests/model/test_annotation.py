@@ -169,7 +169,7 @@ def test_domain_adaptation_puts_the_target_in_its_own_bn_domains():
     target = adata[adata.obs["batch"] == "batch_2"].copy()
     target.obs["batch"] = "plate_9"
     model = Concerto(source, batch_key="batch", label_key="cell_type")
-    model.fit_classifier(target=target, pretrain=False, epochs=10, seed=0, **FAST)
+    model.fit_classifier(target=target, pretrain=False, epochs=10, seed=0, consistency_weight=1.0, **FAST)
     summary = model.annotation_summary
     assert summary["domains"] == ["batch_0", "batch_1", "plate_9"] and summary["target_sources"] == ["plate_9"]
     assert summary["n_target"] == target.n_obs and model.classifier.network.n_domains == 3

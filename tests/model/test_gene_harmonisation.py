@@ -99,7 +99,7 @@ def test_annotate_train_adapts_to_a_mouse_target_and_reports_the_guard(named, mo
     _renamed(query, names["mouse"].to_numpy()).write_h5ad(tmp_path / "mouse.h5ad")
     assert main(["annotate", "train", str(tmp_path / "ref.h5ad"), "--pretrained", str(tmp_path / "model"),
                  "--label-key", "cell_type", "--target", str(tmp_path / "mouse.h5ad"), "--target-species", "mouse",
-                 "--epochs", "2", "--out", str(tmp_path / "clf"), "--device", "cpu", "--no-progress"]) == 0
+                 "--consistency-weight", "1", "--epochs", "2", "--out", str(tmp_path / "clf"), "--device", "cpu", "--no-progress"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["target_gene_overlap"]["matched_by"] == {"ortholog": 300}
     assert {"collapsed", "effective_classes_adapted", "effective_classes_plain"} <= set(printed["adaptation"])

@@ -60,12 +60,15 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", default=None, metavar="MODEL",
                    help="start from this model folder (written by `scconcerto train`)")
     p.add_argument("--target", default=None,
-                   help="unlabeled target cells (.h5ad or .h5mu) for domain adaptation (consistency loss)")
+                   help="unlabeled target cells (.h5ad or .h5mu) for domain adaptation (consistency loss; used only "
+                        "with --consistency-weight above 0)")
     p.add_argument("--target-batch-key", default=None,
                    help="obs column of the target's sources (default: the batch key, if the target has it)")
     p.add_argument("--target-species", choices=["human", "mouse"], default=None,
                    help="the target's species when it is not the reference's: genes matched by 1:1 orthologs")
-    p.add_argument("--consistency-weight", type=float, default=1.0, help="weight of the target consistency loss")
+    p.add_argument("--consistency-weight", type=float, default=None,
+                   help="weight of the target consistency loss (default: the classifier's, 0: no adaptation, which no "
+                        "adaptation setting beat on the development tasks of benchmarks/ADAPTATION.md)")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="smallest fraction of the model's genes the labeled data / target must have")
     add_runtime(p)
@@ -141,8 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
     model.fit_classifier(adata, label_key=args.label_key, target=target, pretrain=True, batch_key=batch_key,
                          target_batch_key=args.target_batch_key or "__setup__", min_overlap=args.min_overlap,
                          target_species=args.target_species,
-                         consistency_weight=args.consistency_weight, pretrain_epochs=args.pretrain_epochs,
-                         seed=args.seed, **_fit_kwargs(args))
+                         pretrain_epochs=args.pretrain_epochs, seed=args.seed, **_fit_kwargs(args),
+                         **({} if args.consistency_weight is None else {"consistency_weight": args.consistency_weight}))
     model.save(args.out, overwrite=args.overwrite)
     s = model.annotation_summary
     emit({"out": args.out, "label_key": s["label_key"], "classes": s["classes"],

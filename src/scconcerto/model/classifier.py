@@ -72,10 +72,12 @@ FEATURE_BANK_LABELS = "feature_bank_labels"
 DECISIONS = ("knn", "head")
 
 
-#: Weight of the target consistency loss; with the guard below, chosen on development tasks only
-#: (``python -m benchmarks.adaptation``: weights 0.3 / 1, thresholds 0 / 0.5 / 0.75 / 0.9).
-DEFAULT_CONSISTENCY_WEIGHT = 1.0
-#: Adapted / non-adapted effective number of predicted target classes below which adaptation has collapsed.
+#: Weight of the target consistency loss. 0, no adaptation: chosen on the development tasks only, where no
+#: weight (0.3, 1) with any guard threshold (0, 0.5, 0.75, 0.9) beat the classifier fine-tuned without the target
+#: (``benchmarks/ADAPTATION.md``, ``python -m benchmarks.adaptation``).
+DEFAULT_CONSISTENCY_WEIGHT = 0.0
+#: Adapted / non-adapted effective number of predicted target classes below which adaptation has collapsed
+#: (the best threshold for an adapted classifier on those tasks).
 DEFAULT_COLLAPSE_RATIO = 0.9
 
 
@@ -410,10 +412,12 @@ class CellTypeClassifier:
         label_key
             ``obs`` column of the cell types (default: the model's only label key). Missing labels are not used.
         target
-            Unlabeled cells to adapt to (inter-dataset mode): a consistency loss on them is added, and
-            their sources get their own batch-norm statistics. The loss sharpens the predictions of every
-            target cell, those of types the labeled data lack included, so unknown rejection on the
-            target is weaker after adaptation (``consistency_min_confidence`` restricts it to confident cells).
+            Unlabeled cells to adapt to (inter-dataset mode) when ``consistency_weight > 0``: a consistency loss
+            on them is added, and their sources get their own batch-norm statistics. The loss sharpens the
+            predictions of every target cell, those of types the labeled data lack included, so unknown
+            rejection on the target is weaker after adaptation (``consistency_min_confidence`` restricts it to
+            confident cells). With the default weight 0 the target is not used: predicting it later adapts
+            the batch-norm statistics to its sources (AdaBN) all the same.
         pretrain
             Start from the contrastively pre-trained teacher (pre-training the model first if it is not
             trained yet). ``False``: end-to-end training from a fresh initialisation (the paper's ablation).
@@ -424,7 +428,8 @@ class CellTypeClassifier:
         batch_size, lr
             Mini-batch size and initial Adam learning rate.
         consistency_weight, sharpen_temperature
-            Weight of the target consistency loss and sharpening temperature of its soft targets.
+            Weight of the target consistency loss (default 0: no adaptation, see
+            :data:`DEFAULT_CONSISTENCY_WEIGHT`) and sharpening temperature of its soft targets.
         collapse_ratio
             Guard against collapse of domain adaptation: the classifier is also fine-tuned without the
             target, and when the adapted one's predicted target composition has fewer than
@@ -503,6 +508,12 @@ class CellTypeClassifier:
             raise InputError(f"knn_k must be a positive number of neighbours, got {knn_k!r}.")
         if unknown_score not in (*UNKNOWN_SCORES, "auto"):
             raise InputError(f"unknown_score must be 'auto' or one of {UNKNOWN_SCORES}, got {unknown_score!r}.")
+        if target is not None and consistency_weight <= 0:
+            log.warning("The target is not used for fine-tuning: its consistency weight is %g (no adaptation, the "
+                        "default, which no adaptation setting beat on the development tasks: "
+                        "benchmarks/ADAPTATION.md). Pass consistency_weight > 0 (`--consistency-weight`) to adapt "
+                        "to it.", consistency_weight)
+            target = None
         if pretrain and not model.is_trained:
             model.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
 
