@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from scconcerto import Concerto
+from scconcerto import Concerto, InputError
 from scconcerto.datasets import simulate
 from scconcerto.model.classifier import adaptation_check, effective_classes
 from scconcerto.train.classifier import adapt_classifier_norms
@@ -99,3 +99,10 @@ def test_by_default_the_target_is_not_used_and_the_user_is_told(split, plain, ca
     kept = model.predict(target.copy(), inplace=False, device="cpu")
     reference = plain.predict(target.copy(), inplace=False, device="cpu")
     np.testing.assert_allclose(kept.probabilities, reference.probabilities, atol=1e-5)
+
+
+def test_a_negative_consistency_weight_is_refused(split):
+    source, target = split
+    model = Concerto(source, batch_key="batch", label_key="cell_type")
+    with pytest.raises(InputError, match="consistency_weight must be a number of at least 0"):
+        model.fit_classifier(target=target, pretrain=False, epochs=1, consistency_weight=-1.0, **FAST)

@@ -508,7 +508,10 @@ class CellTypeClassifier:
             raise InputError(f"knn_k must be a positive number of neighbours, got {knn_k!r}.")
         if unknown_score not in (*UNKNOWN_SCORES, "auto"):
             raise InputError(f"unknown_score must be 'auto' or one of {UNKNOWN_SCORES}, got {unknown_score!r}.")
-        if target is not None and consistency_weight <= 0:
+        if not np.isfinite(consistency_weight) or consistency_weight < 0:
+            raise InputError(f"consistency_weight must be a number of at least 0 (0: no adaptation), got "
+                             f"{consistency_weight!r}.")
+        if target is not None and consistency_weight == 0:
             log.warning("The target is not used for fine-tuning: its consistency weight is %g (no adaptation, the "
                         "default, which no adaptation setting beat on the development tasks: "
                         "benchmarks/ADAPTATION.md). Pass consistency_weight > 0 (`--consistency-weight`) to adapt "
