@@ -145,21 +145,26 @@ def guarded(rows: pd.DataFrame, weight: float, collapse_ratio: float) -> pd.Data
 def choose(dev: pd.DataFrame) -> tuple[float, float, pd.DataFrame]:
     """The weight and threshold of highest mean guarded accuracy on the development rows (then macro-F1), no
     adaptation (weight 0) among the candidates, and the grid."""
-    grid = pd.DataFrame([{"weight": w, "collapse_ratio": r, "acc": guarded(dev, w, r)["acc"].mean(),
-                          "macro_f1": guarded(dev, w, r)["macro_f1"].mean(),
-                          "fell_back": int(guarded(dev, w, r)["fell_back"].sum())}
-                         for w in sorted(dev.loc[dev["variant"] == "adapted", "weight"].unique())
-                         for r in COLLAPSE_RATIOS])
+    cells = []
+    for w in sorted(dev.loc[dev["variant"] == "adapted", "weight"].unique()):
+        for r in COLLAPSE_RATIOS:
+            kept = guarded(dev, w, r)
+            cells.append({"weight": w, "collapse_ratio": r, "acc": kept["acc"].mean(),
+                          "macro_f1": kept["macro_f1"].mean(), "fell_back": int(kept["fell_back"].sum())})
     plain = dev[dev["variant"] == "plain"]
     grid = pd.concat([pd.DataFrame([{"weight": 0.0, "collapse_ratio": np.nan, "acc": plain["acc"].mean(),
-                                     "macro_f1": plain["macro_f1"].mean(), "fell_back": 0}]), grid])
-    best = grid.sort_values(["acc", "macro_f1"], ascending=False, kind="stable").iloc[0]
-    return float(best["weight"]), float(best["collapse_ratio"]), grid
+                                     "macro_f1": plain["macro_f1"].mean(), "fell_back": 0}]), pd.DataFrame(cells)])
+    return (*_best(grid), grid)
 
 
 def best_adapted(grid: pd.DataFrame) -> tuple[float, float]:
     """The weight and threshold of highest mean guarded accuracy among the adapted settings of ``grid``."""
-    best = grid[grid["weight"] > 0].sort_values(["acc", "macro_f1"], ascending=False, kind="stable").iloc[0]
+    return _best(grid[grid["weight"] > 0])
+
+
+def _best(grid: pd.DataFrame) -> tuple[float, float]:
+    """The weight and threshold of the row of ``grid`` with the highest accuracy (then macro-F1; the first on ties)."""
+    best = grid.sort_values(["acc", "macro_f1"], ascending=False, kind="stable").iloc[0]
     return float(best["weight"]), float(best["collapse_ratio"])
 
 

@@ -29,10 +29,9 @@ DENSITY_K = 5
 
 def neighbourhood_features(similarities: np.ndarray, posterior: np.ndarray) -> dict[str, np.ndarray]:
     """``log_odds`` of the best label, ``top_similarity`` and ``mean_similarity`` of the candidates."""
-    best = np.clip(posterior.max(axis=1), 1e-9, 1 - 1e-9)
     sims = np.asarray(similarities, dtype=np.float64)
-    return {"log_odds": np.log(best) - np.log1p(-best), "top_similarity": sims[:, 0],
-            "mean_similarity": sims.mean(axis=1)}
+    return {"log_odds": support_log_odds(posterior, np.asarray(posterior).argmax(axis=1)),
+            "top_similarity": sims[:, 0], "mean_similarity": sims.mean(axis=1)}
 
 
 def support_log_odds(posterior: np.ndarray, chosen: np.ndarray) -> np.ndarray:
