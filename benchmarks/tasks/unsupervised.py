@@ -78,14 +78,15 @@ def harmony_embedding(pcs: np.ndarray, batches: np.ndarray, seed: int = 0) -> np
     return np.ascontiguousarray(z.T if z.shape[0] != len(pcs) else z, dtype=np.float32)
 
 
-def concerto_embedding(adata: ad.AnnData, seed: int = 0, epochs: int | None = None, hvg: int | None = None,
-                       batch_key: str | None = "batch", dropout: float | None = None, dim: int | None = None,
-                       out_dim: int | None = None, **train_options) -> np.ndarray:
-    """scConcerto trained without labels (one source per batch by default); the reference embedding."""
+def concerto_embedding(adata: ad.AnnData, seed: int = 0, epochs: int | None = None,
+                       batch_key: str | None = "batch", **model_options) -> np.ndarray:
+    """scConcerto trained without labels (one source per batch by default; the package's defaults where
+    ``model_options`` say nothing); the reference embedding."""
     from scconcerto import Concerto
 
-    net = {k: v for k, v in (("dropout", dropout), ("dim", dim), ("out_dim", out_dim)) if v is not None}
-    model = Concerto(adata, batch_key=batch_key, hvg=hvg, seed=seed, **net)
+    train_options = {k: model_options.pop(k) for k in list(model_options)
+                     if k not in ("hvg", "dropout", "dim", "out_dim")}
+    model = Concerto(adata, batch_key=batch_key, seed=seed, **model_options)
     model.train(epochs=epochs, progress=False, prepare_mapping=False, **train_options)
     return np.asarray(model.reference.embedding, dtype=np.float32)
 

@@ -92,3 +92,24 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
     assert main(["train", str(ref_file), "--label-weight", "-1", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "label_weight (--label-weight) must be a finite weight" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_hvg_takes_a_number_of_genes_all_or_auto_and_refuses_the_rest(ref_file, tmp_path, capsys):
+    from scconcerto import Concerto
+
+    rc = main(["train", str(ref_file), "--hvg", "all", "--epochs", "1", "--out", str(tmp_path / "all"),
+               "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    assert Concerto.load(tmp_path / "all").setup.hvg is None
+    rc = main(["train", str(ref_file), "--hvg", "100", "--epochs", "1", "--out", str(tmp_path / "some"),
+               "--no-progress", "--device", "cpu"])
+    assert rc == 0 and len(Concerto.load(tmp_path / "some").setup.genes) == 100
+    rc = main(["train", str(ref_file), "--hvg", "auto", "--epochs", "1", "--out", str(tmp_path / "auto"),
+               "--no-progress", "--device", "cpu"])
+    assert rc == 0 and Concerto.load(tmp_path / "auto").setup.genes == ad.read_h5ad(ref_file).var_names.tolist()
+    for bad in ("1", "many"):
+        with pytest.raises(SystemExit) as err:
+            main(["train", str(ref_file), "--hvg", bad, "--out", str(tmp_path / "bad")])
+        assert err.value.code == 2
+        assert "--hvg" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from scconcerto.data import prepare_cells, setup_reference
@@ -46,3 +47,32 @@ def test_hvg_are_chosen_on_the_reference_only(sim):
     assert len(setup.genes) == 50 and set(setup.genes) <= set(sim.var_names)
     markers = {g for genes in sim.uns["simulation"]["marker_genes"].values() for g in genes}
     assert len(markers & set(setup.genes)) > 25  # marker programs are the variable genes
+
+
+def test_by_default_a_whole_transcriptome_keeps_its_most_variable_genes_and_a_gene_set_every_gene(sim):
+    from scconcerto import Concerto
+    from scconcerto._defaults import DEFAULT_HVG, WHOLE_TRANSCRIPTOME_GENES
+    from scconcerto.datasets import simulate
+
+    wide = simulate(300, WHOLE_TRANSCRIPTOME_GENES + 1, n_types=4, n_batches=2, seed=3)
+    genes = setup_reference(wide, batch_key="batch").genes
+    assert len(genes) == DEFAULT_HVG and set(genes) <= set(wide.var_names)
+    markers = {g for gs in wide.uns["simulation"]["marker_genes"].values() for g in gs}
+    assert len(markers - set(genes)) <= len(markers) // 10  # the marker programs survive the selection
+    assert setup_reference(wide, batch_key="batch").hvg == DEFAULT_HVG  # the setup records what was kept
+    assert setup_reference(wide, batch_key="batch", hvg=None).genes == wide.var_names.tolist()
+    assert Concerto(wide, batch_key="batch").setup.genes == genes  # the model's default is the same
+    # a gene set at the threshold, or a number not below the genes there are, keeps every gene in its order
+    panel = wide[:, :WHOLE_TRANSCRIPTOME_GENES].copy()
+    kept = setup_reference(panel, batch_key="batch")
+    assert kept.genes == panel.var_names.tolist() and kept.hvg is None
+    assert setup_reference(sim, batch_key="batch", hvg=sim.n_vars).genes == sim.var_names.tolist()
+    assert len(setup_reference(panel, batch_key="batch", hvg=DEFAULT_HVG).genes) == DEFAULT_HVG
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, True, "2000", "some"])
+def test_a_gene_count_that_is_not_a_whole_number_of_at_least_two_is_refused(sim, bad):
+    from scconcerto._errors import InputError
+
+    with pytest.raises(InputError, match="hvg must be a number of genes"):
+        setup_reference(sim, hvg=bad)

@@ -87,6 +87,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def gene_count(text: str) -> int | str | None:
+    """An argparse type for ``--hvg``: a number of genes of at least 2, ``all`` (every gene) or ``auto``."""
+    word = text.strip().lower()
+    if word in ("all", "auto"):
+        return None if word == "all" else "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of genes nor 'all' or 'auto'") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 genes (or 'all', 'auto'), got {value}")
+    return value
+
+
+def add_hvg(p: argparse.ArgumentParser) -> None:
+    """``--hvg``: ``auto`` (the package's default), a number of genes, or ``all``."""
+    from .._defaults import DEFAULT_HVG, WHOLE_TRANSCRIPTOME_GENES
+
+    p.add_argument("--hvg", type=gene_count, default="auto", metavar="N|all|auto",
+                   help=f"highly variable genes of the reference to keep: N, 'all' (every gene) or 'auto' "
+                        f"(default: {DEFAULT_HVG} when the reference has more than {WHOLE_TRANSCRIPTOME_GENES} "
+                        f"genes, else every gene; how it was chosen: benchmarks/ABLATIONS_GENES.md)")
+
+
 def check_output_free(path: str, overwrite: bool, kind: str | None = None) -> None:
     """Fail before any work when the output exists and --overwrite was not given, or may not be replaced
     (``kind``: ``"file"``, ``"model"`` folder, or ``None``: whichever is there); create its folder."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (HelpFormatter, add_command, add_data, add_global_options, add_model, add_output, add_runtime,
+from ._common import (HelpFormatter, add_command, add_data, add_global_options, add_hvg, add_model, add_output, add_runtime,
                       check_output_free, emit, read_data, use_protein_key)
 
 
@@ -32,7 +32,7 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="obsm key of protein counts, names in uns['protein_names'] (default: none; .h5mu input: "
                         "the protein modality; with --pretrained: the model's)")
     p.add_argument("--layer", default=None, help="layer holding the values (default: X)")
-    p.add_argument("--hvg", type=int, default=None, help="use N highly variable genes (default: all genes)")
+    add_hvg(p)
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: by size)")
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="contrastive pre-training epochs (default: by size)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_command, add_data, add_output, add_runtime, check_output_free, emit, read_data
+from ._common import add_command, add_data, add_hvg, add_output, add_runtime, check_output_free, emit, read_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="obsm key of protein counts, names in uns['protein_names'] (default: none; .h5mu input: "
                         "the protein modality)")
     p.add_argument("--layer", default=None, help="layer holding the values (default: X)")
-    p.add_argument("--hvg", type=int, default=None, help="use N highly variable genes (default: all genes)")
+    add_hvg(p)
     p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: by size)")
     p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
     p.add_argument("--seed", type=int, default=0, help="random seed")

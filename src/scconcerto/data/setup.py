@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._defaults import DEFAULT_HVG, WHOLE_TRANSCRIPTOME_GENES
 from .._errors import InputError
 from .backed import BackedCSR, is_backed_csr
 from .cells import CellMatrix
@@ -122,6 +123,19 @@ def normalize_protein(values: np.ndarray, method: str) -> np.ndarray:
     raise InputError(f"Unknown protein normalization {method!r}; use 'clr' or 'log1p'.")
 
 
+def resolve_hvg(hvg: int | str | None, n_genes: int) -> int | None:
+    """The number of highly variable genes a reference of ``n_genes`` genes keeps (``None``: every gene).
+
+    ``hvg``: a number of genes (at least 2), ``None`` for every gene, or ``"auto"`` (see
+    :data:`scconcerto._defaults.WHOLE_TRANSCRIPTOME_GENES`). A number not below ``n_genes`` keeps every gene.
+    """
+    if isinstance(hvg, str) and hvg == "auto":
+        hvg = DEFAULT_HVG if n_genes > WHOLE_TRANSCRIPTOME_GENES else None
+    elif hvg is not None and (isinstance(hvg, bool) or not isinstance(hvg, (int, np.integer)) or hvg < 2):
+        raise InputError(f"hvg must be a number of genes of at least 2, None for every gene, or 'auto', got {hvg!r}.")
+    return None if hvg is None or hvg >= n_genes else int(hvg)
+
+
 #: Highly variable genes are chosen on at most this many cells (a seeded sample of larger references,
 #: in memory or on disk alike, read by rows: the chosen genes do not depend on where the matrix is).
 HVG_MAX_CELLS = 50_000
@@ -153,9 +167,12 @@ def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, 
 
 
 def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
-                    protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
+                    protein_key: str | None = None, layer: str | None = None, hvg: int | str | None = "auto",
                     protein_norm: str = "clr", protein_background: bool = True) -> DataSetup:
     """Validate a reference AnnData and record its setup (vocabulary, preprocessing, categories).
+
+    ``hvg``: how many highly variable genes to keep (:func:`resolve_hvg`); the setup records the number kept
+    (``None``: every gene).
 
     With ``protein_background``, each protein's background level is fitted on the reference's
     normalized values (:func:`~scconcerto.data.protein.fit_protein_background`).
@@ -195,9 +212,8 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
         if protein_background:
             background = fit_protein_background(normalize_protein(raw, protein_norm)).tolist()
     genes = names.tolist()
+    hvg = resolve_hvg(hvg, len(names))
     if hvg is not None:
-        if hvg < 2:
-            raise InputError(f"hvg must be at least 2 genes, got {hvg}.")
         genes = _select_hvg(matrix, kind, hvg, names, batches)
     return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
                      protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,

@@ -54,7 +54,9 @@ class Concerto:
     layer
         Layer holding the values (``None``: ``X``).
     hvg
-        Number of highly variable genes chosen on this reference; ``None``: all genes.
+        Highly variable genes of the reference to keep (scanpy's ``seurat`` flavour, per batch): a number,
+        ``None`` for every gene, or ``"auto"``: 2,000 of a whole transcriptome (more than 5,000 genes), every
+        gene of a smaller, already chosen set (:func:`~scconcerto.data.setup.resolve_hvg`).
     dim, out_dim
         Hidden and embedding widths.
     dropout
@@ -78,7 +80,7 @@ class Concerto:
     _network_cls = ConcertoNetwork
 
     def __init__(self, adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
-                 protein_key: str | None = None, layer: str | None = None, hvg: int | None = None,
+                 protein_key: str | None = None, layer: str | None = None, hvg: int | str | None = "auto",
                  dim: int = 128, out_dim: int = 128, dropout: float = 0.1, protein_norm: str = "clr",
                  protein_background: bool = True, seed: int = 0):
         if is_mudata(adata):  # RNA + protein modalities: one AnnData with the proteins in obsm['protein']
