@@ -76,15 +76,20 @@ def add_runtime(p: argparse.ArgumentParser, training: bool = False) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None, help=help)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (0 must not silently mean the default)."""
+def _whole_number(text: str, minimum: int, words: str = "") -> int:
+    """``text`` as a whole number of at least ``minimum``, or an argparse error (``words``: what else it may be)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{words}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}{words}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (0 must not silently mean the default)."""
+    return _whole_number(text, 1)
 
 
 def gene_count(text: str) -> int | str | None:
@@ -92,13 +97,7 @@ def gene_count(text: str) -> int | str | None:
     word = text.strip().lower()
     if word in ("all", "auto"):
         return None if word == "all" else "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of genes nor 'all' or 'auto'") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 genes (or 'all', 'auto'), got {value}")
-    return value
+    return _whole_number(text, 2, " (or 'all', 'auto')")
 
 
 def add_hvg(p: argparse.ArgumentParser) -> None:
