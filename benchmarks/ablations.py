@@ -135,7 +135,8 @@ FAMILIES = {f.name: f for f in (
            datasets=(*REAL, "cellbench_5cl_celseq2_3plates", SIM, WORLD), supervised=True),
     Family("labels", "The supervised term of label-aware training (its weight; 0: contrastive only); "
                      "without labels it does nothing, so the table is supervised only.",
-           _sweep("label_weight", "train", "label_weight", (0.0, 0.3, 1.0, 3.0)), datasets=REAL, supervised=True,
+           _sweep("label_weight", "train", "label_weight", (0.0, 0.3, 1.0, 3.0)), datasets=(*REAL, WORLD),
+           supervised=True,
            unsupervised=False),
     Family("temperature", "NT-Xent temperature.", _sweep("temperature", "train", "temperature", (0.05, 0.1, 0.2, 0.5))),
     Family("size", "Embedding and hidden widths.",

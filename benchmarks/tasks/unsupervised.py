@@ -183,7 +183,8 @@ def verdicts(rows: list[dict]) -> list[str]:
         for metric, peer in (("acc", "pca"), ("bio", "pca"), ("batch", "harmony")):
             if peer in by.index and by.loc[peer, metric] == by.loc[peer, metric] and ours[metric] == ours[metric]:
                 d = ours[metric] - by.loc[peer, metric]
-                parts.append(f"{metric} vs {peer} {d:+.3f} ({'beats' if d > 0 else 'trails'})")
+                verdict = "beats" if d > 0 else "ties" if d == 0 else "trails"
+                parts.append(f"{metric} vs {peer} {d:+.3f} ({verdict})")
         notes.append(f"{name} ({role(name)}): " + "; ".join(parts))
     return notes
 
