@@ -10,10 +10,10 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 
 * **unsupervised** (every table): the model is trained on all cells without labels, one source per
   batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
-* **supervised** (the ``sources`` and ``genes`` tables, real data and the hard world): for each batch, the model is trained
-  with labels on the other batches and the held-out batch is mapped (``map_query``: AdaBN statistics for
-  its new source, balanced for its predicted composition); its cells are voted by their 5 nearest
-  reference cells.
+* **supervised** (the ``sources``, ``genes`` and ``labels`` tables; real data, and the hard world where a table
+  lists it): for each batch, the model is trained with labels on the other batches and the held-out batch
+  is mapped (``map_query``: AdaBN statistics for its new source, balanced for its predicted composition);
+  its cells are voted by their 5 nearest reference cells.
 
 Only development data are used (:data:`benchmarks.tasks.data.DEVELOPMENT`): PBMC across chemistries
 (symphony), a perturbed condition (Kang), clean cell lines (cellbench, gene-selection table only), a

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (HelpFormatter, add_command, add_data, add_global_options, add_hvg, add_model, add_output, add_runtime,
-                      check_output_free, emit, read_data, use_protein_key)
+from ._common import (HelpFormatter, add_command, add_data, add_global_options, add_hvg, add_model, add_output,
+                      add_runtime, check_output_free, emit, read_data, use_protein_key)
 
 
 def _sub(commands: argparse._SubParsersAction, name: str, **kwargs: object) -> argparse.ArgumentParser:
