@@ -174,18 +174,19 @@ def hard_simulation(seed: int = 0) -> ad.AnnData:
     simulator; development data)."""
     from scconcerto.datasets import simulate
 
-    a = simulate(n_cells=2400, n_genes=400, n_types=6, n_batches=2, n_major=2, markers_per_type=3,
-                 batch_effect=0.5, seed=seed)
-    obs = pd.DataFrame({"cell_type": a.obs["cell_type"].astype(str).astype("category"),
-                        "batch": a.obs["batch"].astype(str).astype("category")}, index=a.obs_names)
-    return ad.AnnData(a.X, obs=obs, var=a.var[[]])
+    return _types_and_batches(simulate(n_cells=2400, n_genes=400, n_types=6, n_batches=2, n_major=2,
+                                       markers_per_type=3, batch_effect=0.5, seed=seed))
 
 
 def hard_world(n_cells: int = 3000) -> ad.AnnData:
     """The reference batches of the hard world at :data:`WORLD_SEED` (development data; 3,000 genes)."""
     from scconcerto.datasets import simulate_hard
 
-    a = simulate_hard(n_cells, seed=WORLD_SEED)
+    return _types_and_batches(simulate_hard(n_cells, seed=WORLD_SEED))
+
+
+def _types_and_batches(a: ad.AnnData) -> ad.AnnData:
+    """The simulated counts with only ``cell_type`` and ``batch`` (as categories) in ``obs``."""
     obs = pd.DataFrame({"cell_type": a.obs["cell_type"].astype(str).astype("category"),
                         "batch": a.obs["batch"].astype(str).astype("category")}, index=a.obs_names)
     return ad.AnnData(a.X, obs=obs, var=a.var[[]])
@@ -196,11 +197,8 @@ def dataset(name: str, data_dir: Path | None, cache: dict) -> tuple[ad.AnnData, 
     if name in cache:
         return cache[name]
     base, _, variant = name.partition(":")
-    if name.startswith(WORLD):
-        adata, is_counts = hard_world(), True
-        variant = name.split(":")[2] if name.count(":") > 1 else ""
-    elif base == "simulated":
-        adata, is_counts = hard_simulation(), True
+    if base == "simulated":
+        adata, is_counts = (hard_world() if name.startswith(WORLD) else hard_simulation()), True
         variant = name.split(":")[2] if name.count(":") > 1 else ""
     else:
         if role(base) != "development":

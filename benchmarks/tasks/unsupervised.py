@@ -79,14 +79,13 @@ def harmony_embedding(pcs: np.ndarray, batches: np.ndarray, seed: int = 0) -> np
 
 
 def concerto_embedding(adata: ad.AnnData, seed: int = 0, epochs: int | None = None,
-                       batch_key: str | None = "batch", **model_options) -> np.ndarray:
+                       batch_key: str | None = "batch", model_options: dict | None = None,
+                       **train_options) -> np.ndarray:
     """scConcerto trained without labels (one source per batch by default; the package's defaults where
-    ``model_options`` say nothing); the reference embedding."""
+    ``model_options``, passed to ``Concerto``, and ``train_options`` say nothing); the reference embedding."""
     from scconcerto import Concerto
 
-    train_options = {k: model_options.pop(k) for k in list(model_options)
-                     if k not in ("hvg", "dropout", "dim", "out_dim")}
-    model = Concerto(adata, batch_key=batch_key, seed=seed, **model_options)
+    model = Concerto(adata, batch_key=batch_key, seed=seed, **(model_options or {}))
     model.train(epochs=epochs, progress=False, prepare_mapping=False, **train_options)
     return np.asarray(model.reference.embedding, dtype=np.float32)
 

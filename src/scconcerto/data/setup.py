@@ -129,7 +129,7 @@ def resolve_hvg(hvg: int | str | None, n_genes: int) -> int | None:
     ``hvg``: a number of genes (at least 2), ``None`` for every gene, or ``"auto"`` (see
     :data:`scconcerto._defaults.WHOLE_TRANSCRIPTOME_GENES`). A number not below ``n_genes`` keeps every gene.
     """
-    if isinstance(hvg, str) and hvg == "auto":
+    if hvg == "auto":
         hvg = DEFAULT_HVG if n_genes > WHOLE_TRANSCRIPTOME_GENES else None
     elif hvg is not None and (isinstance(hvg, bool) or not isinstance(hvg, (int, np.integer)) or hvg < 2):
         raise InputError(f"hvg must be a number of genes of at least 2, None for every gene, or 'auto', got {hvg!r}.")
@@ -143,8 +143,9 @@ HVG_MAX_CELLS = 50_000
 
 def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, var_names: pd.Index,
                 batches: pd.Series | None, seed: int = 0) -> list[str]:
-    """``n_top`` highly variable genes (scanpy's ``seurat`` flavour, per batch when there are several) on
-    the log-normalized values of all cells, or of a seeded sample of ``HVG_MAX_CELLS`` of them."""
+    """``n_top`` highly variable genes (fewer than there are: :func:`resolve_hvg`; scanpy's ``seurat`` flavour,
+    per batch when there are several) on the log-normalized values of all cells, or of a seeded sample of
+    ``HVG_MAX_CELLS`` of them."""
     import scanpy as sc
 
     n = matrix.shape[0]
@@ -160,7 +161,6 @@ def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, 
     tmp = ad.AnnData(lognorm, var=pd.DataFrame(index=var_names.astype(str)))
     if batches is not None:
         tmp.obs["batch"] = pd.Categorical(batches.astype(str).to_numpy())
-    n_top = min(n_top, matrix.shape[1])
     sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat",
                                 batch_key="batch" if batches is not None and batches.nunique() > 1 else None)
     return [g for g, keep in zip(tmp.var_names, tmp.var["highly_variable"].to_numpy()) if keep]
