@@ -10,7 +10,7 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 
 * **unsupervised** (every table): the model is trained on all cells without labels, one source per
   batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
-* **supervised** (the ``sources``, ``genes`` and ``labels`` tables; real data, and the hard world where a table
+* **supervised** (the ``sources``, ``positive_sources``, ``genes`` and ``labels`` tables; real data, and the hard world where a table
   lists it): for each batch, the model is trained with labels on the other batches and the held-out batch
   is mapped (``map_query``: AdaBN statistics for its new source, balanced for its predicted composition);
   its cells are voted by their 5 nearest reference cells.
@@ -18,10 +18,12 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 Only development data are used (:data:`benchmarks.tasks.data.DEVELOPMENT`): PBMC across chemistries
 (symphony), a perturbed condition (Kang), clean cell lines (cellbench, gene-selection table only), a
 harder simulation (six types in two lineages, three marker genes each; 400 genes), the hard world of
-``scconcerto.datasets.simulate_hard`` at seed 1 (``simulated:world``, gene-selection table only: 3,000 genes,
+``scconcerto.datasets.simulate_hard`` at seed 1 (``simulated:world``, gene-selection, labels and positive-source
+tables: 3,000 genes,
 subtypes apart by a handful of genes; supervised too) and adversarial variants with
 very different compositions per batch (``:skewed``: each batch keeps half of the types whole and
-15 % of the others, the halves swapped between batches). Mean and standard deviation over seeds;
+15 % of the others, the halves swapped between batches; ``:missing``: each batch lacks a third of the
+types). Mean and standard deviation over seeds;
 ``Δ`` is the difference of the mean from the default's on the same data.
 """
 
@@ -129,6 +131,14 @@ FAMILIES = {f.name: f for f in (
             Variant("one BN (no batch key)", model={"batch_key": None})),
            datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed"),
            supervised=True),
+    Family("positive_sources", "Where a cell's neighbour positives come from: its nearest cells of every source "
+                               "(any, the default) or of its own source only (same; the package before "
+                               "2026-12-07); one BN without a batch key searches all cells too.",
+           (Variant("positive_sources same", train={"positive_sources": "same"}),
+            Variant("one BN (no batch key)", model={"batch_key": None})),
+           datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed",
+                     "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD),
+           supervised=True),
     Family("genes", "Gene selection: all genes against highly variable genes chosen on the reference ('auto': "
                     "2,000 when the reference has more than 5,000 genes, else all).",
            _sweep("hvg", "model", "hvg", ("auto", None, 2000, 1000)),
@@ -167,6 +177,17 @@ def skewed(adata: ad.AnnData, keep: float = 0.15, seed: int = 0) -> ad.AnnData:
     rich = (t % 2) == (b % 2)
     kept = rich | (rng.random(adata.n_obs) < keep)
     return adata[kept].copy()
+
+
+def missing(adata: ad.AnnData) -> ad.AnnData:
+    """Each batch lacks a third of the cell types entirely (types ordered by abundance; type ``t`` is left out
+    of batch ``b`` when ``t % 3 == b % 3``), the most abundant type excepted: types held by some sources only."""
+    types = adata.obs["cell_type"].astype(str)
+    order = {t: i for i, t in enumerate(types.value_counts().index)}
+    t = types.map(order).to_numpy()
+    b = pd.factorize(adata.obs["batch"].astype(str), sort=True)[0]
+    absent = ((t % 3) == (b % 3)) & (t != 0)
+    return adata[~absent].copy()
 
 
 def hard_simulation(seed: int = 0) -> ad.AnnData:
@@ -210,6 +231,8 @@ def dataset(name: str, data_dir: Path | None, cache: dict) -> tuple[ad.AnnData, 
         is_counts = True
     if variant == "skewed":
         adata = skewed(adata)
+    elif variant == "missing":
+        adata = missing(adata)
     cache[name] = (adata, is_counts)
     return cache[name]
 

@@ -167,3 +167,49 @@ def test_streamed_windows_draw_positives_among_their_own_cells(sim, tmp_path):
     assert (in_memory.domains[student] == in_memory.domains[teacher]).all() and (student != teacher).all()
     same_window = np.mean(window_of[student] == window_of[teacher])
     assert same_window > 0.6 > 3 * np.mean(window_of[everywhere] == window_of)  # in memory: any window
+
+
+def test_positives_across_sources_are_each_cells_nearest_of_any_source(prepared):
+    """Searched across sources, a cell's positive is its most cosine-similar other cell of the whole reference
+    (checked against a dense similarity matrix of 600 cells); within sources it never leaves its own. The
+    sources are drawn at random here, so that a cell's nearest cell is often of another source."""
+    rng = np.random.default_rng(0)
+    cells = dataclasses.replace(prepared.cells, domains=rng.integers(0, 3, prepared.cells.n_cells))
+    z = expression_components(cells, 10, seed=0)
+    nearest = neighbor_positives(cells, 1, components=z, across_sources=True)[:, 0]
+    similarity = z @ z.T
+    np.fill_diagonal(similarity, -np.inf)
+    rows = np.arange(len(z))
+    np.testing.assert_allclose(similarity[rows, nearest], similarity.max(axis=1), atol=1e-5)  # ties may swap
+    assert (cells.domains[nearest] != cells.domains).mean() > 0.5  # two thirds of the cells are elsewhere
+    within = neighbor_positives(cells, 1, components=z)[:, 0]
+    assert (cells.domains[within] == cells.domains).all()
+
+
+def test_label_aware_positives_across_sources_keep_the_label(sim, prepared):
+    rng = np.random.default_rng(1)
+    cells = dataclasses.replace(prepared.cells, domains=rng.integers(0, 3, prepared.cells.n_cells))
+    labels = sim.obs["cell_type"].cat.codes.to_numpy().astype(np.int64)
+    nb = neighbor_positives(cells, k=5, labels=labels, seed=0, across_sources=True)
+    assert (labels[nb] == labels[:, None]).all()
+    assert (cells.domains[nb] != cells.domains[:, None]).mean() > 0.5
+
+
+def test_streamed_windows_search_across_sources_as_in_memory(sim, tmp_path):
+    from scconcerto.data.backed import read_backed
+    from scconcerto.data.streaming import StreamingBatches
+
+    data = sim.copy()
+    data.obs["donor"] = np.random.default_rng(0).choice(["a", "b", "c"], data.n_obs)
+    path = tmp_path / "sim.h5ad"
+    data.write_h5ad(path)
+    backed = read_backed(path)
+    on_disk = prepare_cells(backed, setup_reference(backed, batch_key="donor")).cells
+    in_memory = prepare_cells(data, setup_reference(data, batch_key="donor")).cells
+    z = expression_components(in_memory, 10, seed=0)
+    on_disk.positive_search = PositiveSearch(1, z, across_sources=True)
+    ids = _row_ids(in_memory)
+    everywhere = neighbor_positives(in_memory, 1, components=z, across_sources=True)[:, 0]
+    assert (in_memory.domains[everywhere] != in_memory.domains).mean() > 0.5
+    for batch in StreamingBatches(on_disk, batch_size=64, chunk_size=200, window_chunks=3):
+        assert np.array_equal(_student_rows(batch, ids), everywhere[batch.rows.numpy()])

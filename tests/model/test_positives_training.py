@@ -15,7 +15,7 @@ from scconcerto._errors import InputError
 
 def test_label_aware_training_records_positives_and_a_calibration_hold_out(trained_model, tmp_path):
     cfg = trained_model.train_config
-    assert cfg.positive_neighbors == 10 and cfg.label_positives
+    assert cfg.positive_neighbors == 10 and cfg.label_positives and cfg.positive_sources == "any"
     rows = trained_model.reference.calibration_rows
     n_labeled = int((trained_model.reference.labels["cell_type"] >= 0).sum())
     assert len(rows) == round(0.25 * n_labeled) and len(np.unique(rows)) == len(rows)
@@ -23,11 +23,14 @@ def test_label_aware_training_records_positives_and_a_calibration_hold_out(train
     loaded = Concerto.load(tmp_path / "m")
     assert np.array_equal(loaded.reference.calibration_rows, rows)
     assert loaded.train_config.positive_neighbors == 10 and loaded.train_config.positive_space == "joint"
+    assert loaded.train_config.positive_sources == "any"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    del config["train"]["positive_space"]  # a model saved before the setting existed (and before the config
+    del config["train"]["positive_space"]  # a model saved before the settings existed (and before the config
+    del config["train"]["positive_sources"]
     del config["config_checksum"]  # carried its own checksum)
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    assert Concerto.load(tmp_path / "m").train_config.positive_space == "svd"
+    old = Concerto.load(tmp_path / "m").train_config
+    assert old.positive_space == "svd" and old.positive_sources == "same"
 
 
 def test_paper_views_and_unlabeled_positives(sim):
@@ -38,6 +41,31 @@ def test_paper_views_and_unlabeled_positives(sim):
     assert paper.reference.calibration_rows is None
     unlabeled = Concerto(small, batch_key="batch").train(epochs=1, progress=False, prepare_mapping=False)
     assert unlabeled.train_config.positive_neighbors == 10 and not unlabeled.train_config.label_positives
+
+
+def test_positives_are_searched_across_sources_unless_asked_for_the_same_source(sim, monkeypatch):
+    """By default (``positive_sources="any"``) the search pools every source; ``"same"`` keeps each cell's
+    positives in its own source (the drawn rows are checked on the training cells); a bad value is refused."""
+    kept = []
+    original = positives.neighbor_positives
+
+    def spy(cells, k, **kw):
+        out = original(cells, k, **kw)
+        kept.append((cells.domains, out))
+        return out
+
+    monkeypatch.setattr(positives, "neighbor_positives", spy)
+    small = sim[:300].copy()
+    small.obs["donor"] = np.random.default_rng(0).choice(["a", "b", "c"], small.n_obs)  # sources that agree
+    options = {"epochs": 1, "progress": False, "device": "cpu", "prepare_mapping": False}
+    pooled = Concerto(small, batch_key="donor").train(**options)
+    domains, rows = kept[-1]
+    assert pooled.train_config.positive_sources == "any" and (domains[rows] != domains[:, None]).mean() > 0.5
+    own = Concerto(small, batch_key="donor").train(**options, positive_sources="same")
+    domains, rows = kept[-1]
+    assert own.train_config.positive_sources == "same" and (domains[rows] == domains[:, None]).all()
+    with pytest.raises(InputError, match="positive_sources must be one of"):
+        Concerto(small, batch_key="donor").train(**options, positive_sources="all")
 
 
 def test_negative_positive_neighbors_is_a_clear_error(sim):

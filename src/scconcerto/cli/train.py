@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--positive-space", choices=("joint", "svd"), default="joint",
                    help="where neighbour positives are searched: 'joint' (default) averages the cosine similarity "
                         "of the plain (SVD) and scaled (z-scored PCA) expression spaces; 'svd': the plain one")
+    p.add_argument("--positive-sources", choices=("any", "same"), default="any",
+                   help="which sources a cell's neighbour positives come from: 'any' (default; its nearest cells "
+                        "of every source) or 'same' (its own source, as models trained before 2026-12-07)")
     p.add_argument("--balance", choices=("auto", "labels", "clusters", "none"), default=None,
                    help="per-source batch-norm statistics balanced for cell-type composition: by the label "
                         "groups, by clusters found across sources, 'auto' (labels when given, else clusters) or "
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
-                positive_space=args.positive_space,
+                positive_space=args.positive_space, positive_sources=args.positive_sources,
                 modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
                 precision=args.precision, **options)
     if not is_global_zero():  # data-parallel run: rank 0 writes the model

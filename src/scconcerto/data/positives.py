@@ -23,12 +23,17 @@ Neighbours are searched
   (a window holds every cell of a reference of up to ``chunk_size * window_chunks``
   cells, 32,768 by default, and a random third of a 100k-cell one), as NNCLR draws
   positives from a support set of recent cells;
-* among cells of the same source only (batch effects must not be learnt as
-  positives);
+* among the cells of every source (``across_sources=True``, the model's default since
+  2026-12-07): a cell whose nearest cell in expression is of another source (a
+  stimulated cell next to its control counterpart) is drawn as its positive, which pulls
+  the sources together where their cells already agree, while the source-specific batch
+  normalization removes the technical shift between them. Before, positives were
+  searched within each source only (``across_sources=False``); the choice was measured
+  on development data (``benchmarks/ABLATIONS_POSITIVES.md``);
 * when reference labels are given, among cells of the same label too (a
   label-aware positive, like the label use of scANVI): the labels shape the
   embedding, which then separates the reference's types much better. Cells in
-  ``open_rows`` ignore the labels (they search all cells of their source), so
+  ``open_rows`` ignore the labels (they search all the cells at hand), so
   that they are embedded as an unlabeled query would be: mapping confidence is
   calibrated on them.
 """
@@ -153,14 +158,17 @@ class PositiveSearch:
     components
         ``(n_cells, d)`` float32: every cell in the expression sketch (unit rows; cosine similarity).
     groups
-        ``(n_cells,)`` int64 group codes (label groups); a cell with a code ``>= 0`` searches the cells of
-        its source with the same code, a cell with ``-1`` (unlabeled, or in the calibration hold-out)
-        the whole of its source. ``None``: every cell searches its source.
+        ``(n_cells,)`` int64 group codes (label groups); a cell with a code ``>= 0`` searches the cells
+        with the same code, a cell with ``-1`` (unlabeled, or in the calibration hold-out) all of them.
+        ``None``: every cell searches all cells.
+    across_sources
+        Search the cells of every source; ``False``: of the cell's own source only.
     """
 
     k: int
     components: np.ndarray
     groups: np.ndarray | None = None
+    across_sources: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -171,12 +179,14 @@ class PositiveSearch:
     def among(self, rows: np.ndarray, domains: np.ndarray) -> np.ndarray:
         """Positives of the cells ``rows`` among themselves: ``(len(rows), k)`` positions into ``rows``.
 
-        ``domains`` are the cells' source codes (same order as ``rows``). A cell never is its own
-        positive unless it is alone in its group; groups with fewer than ``k + 1`` cells repeat members.
+        ``domains`` are the cells' source codes (same order as ``rows``; ignored when searching across
+        sources). A cell never is its own positive unless it is alone in its group; groups with fewer
+        than ``k + 1`` cells repeat members.
         """
         rows = np.asarray(rows, dtype=np.int64)
         codes = np.full(len(rows), -1, dtype=np.int64) if self.groups is None else self.groups[rows]
-        return _search(self.components[rows], np.asarray(domains, dtype=np.int64), codes, self.k)
+        domains = np.zeros(len(rows), dtype=np.int64) if self.across_sources else np.asarray(domains, dtype=np.int64)
+        return _search(self.components[rows], domains, codes, self.k)
 
 
 def _search(z: np.ndarray, domains: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
@@ -213,7 +223,8 @@ def positive_codes(n_cells: int, labels: np.ndarray | None = None, open_rows: np
 
 def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None = None,
                        open_rows: np.ndarray | None = None, n_components: int = DEFAULT_COMPONENTS,
-                       seed: int = 0, components: np.ndarray | None = None) -> np.ndarray:
+                       seed: int = 0, components: np.ndarray | None = None,
+                       across_sources: bool = False) -> np.ndarray:
     """Candidate positives of every cell among all of them: ``(n_cells, k)`` row numbers.
 
     Parameters
@@ -225,8 +236,7 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
         alone in its group is its own positive.
     labels
         ``(n_cells,)`` integer group codes (e.g. label codes; ``-1`` = unlabeled).
-        Labeled cells search only cells of their source with the same code;
-        unlabeled cells search all cells of their source.
+        Labeled cells search only cells with the same code; unlabeled cells search all.
     open_rows
         Labeled cells that search as if unlabeled (the calibration hold-out).
     n_components
@@ -235,6 +245,8 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
         Seed of the SVD.
     components
         The cells' expression components, if already computed (:func:`expression_space`).
+    across_sources
+        Search the cells of every source; ``False``: of each cell's own source only.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -245,4 +257,4 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
     if n < 3 or n_genes < 2:  # nothing to search: every cell is its own positive
         return np.repeat(np.arange(n, dtype=np.int64)[:, None], k, axis=1)
     z = expression_components(cells, n_components, seed=seed) if components is None else components
-    return PositiveSearch(k, z, codes).among(np.arange(n), cells.domains)
+    return PositiveSearch(k, z, codes, across_sources).among(np.arange(n), cells.domains)

@@ -129,7 +129,7 @@ class Concerto:
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, label_weight: float = 1.0,
-              positive_space: str = "joint",
+              positive_space: str = "joint", positive_sources: str = "any",
               balance: str = "auto", seed: int | None = None, device: str = "auto",
               progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
@@ -169,6 +169,10 @@ class Concerto:
             similarity in the plain expression space (truncated SVD of the normalized values) and in
             the scaled one (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`, which then serves
             mapping too); ``"svd"``: the plain space alone (as models trained before the option).
+        positive_sources
+            ``"any"`` (default): a cell's positives are its nearest cells of every source, so that cells
+            of different sources that already agree in expression are pulled together; ``"same"``: of its
+            own source only (as models trained before 2026-12-07).
         balance
             Take each source's batch-normalization statistics with weights that give every cell group
             the same share in every source (:mod:`scconcerto.data.composition`), so that a source's
@@ -199,7 +203,8 @@ class Concerto:
                                  gene_dropout=gene_dropout, modality_dropout=modality_dropout,
                                  positive_neighbors=positive_neighbors, label_positives=label_positives,
                                  label_weight=label_weight,
-                                 positive_space=positive_space, balance=balance, device=device, progress=progress,
+                                 positive_space=positive_space, positive_sources=positive_sources,
+                                 balance=balance, device=device, progress=progress,
                                  checkpoint_dir=checkpoint_dir, resume=resume, **kwargs)
         self.train_config, self.history, self.training_record = out.config, out.history, out.record
         if out.reference is None:  # data-parallel: only rank 0 embeds the reference and prepares mapping

@@ -80,6 +80,9 @@ class TrainConfig:
     positive_space
         Where they were searched: ``"joint"`` (plain and scaled expression spaces) or ``"svd"``
         (the plain space; the default here is that of models saved before the setting existed).
+    positive_sources
+        Which sources a cell's positives were drawn from: ``"any"`` (its nearest cells of every source)
+        or ``"same"`` (its own source; the default here is that of models saved before the setting existed).
     label_weight
         Weight of the supervised term added to NT-Xent when labels shape training
         (:attr:`~scconcerto.data.cells.CellMatrix.training_labels`): the cross-entropy of each labeled
@@ -118,6 +121,7 @@ class TrainConfig:
     positive_neighbors: int = 0
     label_positives: bool = False
     positive_space: str = "svd"
+    positive_sources: str = "same"
     label_weight: float = 0.0
     balance: str = "none"
     seed: int = 0

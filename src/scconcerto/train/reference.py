@@ -23,6 +23,8 @@ log = logging.getLogger("scconcerto")
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
 POSITIVE_SPACES = ("joint", "svd")
+#: Where a cell's positives may come from: any source, or its own only (models trained before 2026-12-07).
+POSITIVE_SOURCES = ("any", "same")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
 
 
@@ -42,6 +44,8 @@ class ReferenceTraining:
         How many cells a cell's positives are searched among (0: the paper's views).
     positive_space
         ``"joint"`` or ``"svd"``: the space the positives were searched in.
+    positive_sources
+        ``"any"`` or ``"same"``: the sources the positives were searched among.
     balance, balance_groups
         What was balanced (``"labels"``, ``"clusters"`` or ``"none"``) and each cell's group; the groups are
         replaced by the embedding's clusters half-way through training (:func:`balance_callbacks`).
@@ -52,13 +56,14 @@ class ReferenceTraining:
     label_positives: bool
     positive_pool_cells: int
     positive_space: str
+    positive_sources: str
     balance: str
     balance_groups: np.ndarray | None
 
 
 def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_neighbors: int,
-                               label_positives: bool, positive_space: str, balance: str, seed: int
-                               ) -> ReferenceTraining:
+                               label_positives: bool, positive_space: str, balance: str, seed: int,
+                               positive_sources: str = "any") -> ReferenceTraining:
     """Attach neighbour positives and balance weights to the training ``cells`` of a reference.
 
     ``labels`` are the label codes under each label key (``-1``: missing); the options are those of
@@ -66,16 +71,18 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
     """
     if positive_space not in POSITIVE_SPACES:
         raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
+    if positive_sources not in POSITIVE_SOURCES:
+        raise InputError(f"positive_sources must be one of {', '.join(POSITIVE_SOURCES)}, got {positive_sources!r}.")
     if balance not in BALANCE_CHOICES:
         raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
     expression, scaled = _expression_spaces(cells, seed, scaled=positive_neighbors > 0 and positive_space == "joint")
     shaped, calibration_rows = _attach_positives(cells, labels, expression, scaled, positive_neighbors,
-                                                 label_positives, seed)
+                                                 label_positives, positive_sources == "any", seed)
     groups, balanced = _attach_balance(cells, labels, expression, balance, seed)
     return ReferenceTraining(scaled=scaled, calibration_rows=calibration_rows, label_positives=shaped,
                              positive_pool_cells=_positive_pool(cells),
                              positive_space=positive_space if scaled is not None else "svd",
-                             balance=balanced, balance_groups=groups)
+                             positive_sources=positive_sources, balance=balanced, balance_groups=groups)
 
 
 def has_positives(cells: Any) -> bool:
@@ -123,8 +130,8 @@ def _expression_spaces(cells: Any, seed: int, scaled: bool = False
 
 
 def _attach_positives(cells: Any, labels: list[np.ndarray], expression: np.ndarray | None,
-                      scaled: tuple[np.ndarray, ScaledSpace] | None, k: int, label_positives: bool, seed: int
-                      ) -> tuple[bool, np.ndarray | None]:
+                      scaled: tuple[np.ndarray, ScaledSpace] | None, k: int, label_positives: bool,
+                      across_sources: bool, seed: int) -> tuple[bool, np.ndarray | None]:
     """Set how the cells' neighbour positives are found: ``cells.positives`` searched among all cells in memory,
     or ``cells.positive_search`` for the streamed windows of a backed reference (one search for both).
 
@@ -148,10 +155,11 @@ def _attach_positives(cells: Any, labels: list[np.ndarray], expression: np.ndarr
         log.info("No expression sketch of the reference: training with the paper's views.")
         return False, None
     if cells.on_disk:  # searched window by window as the cells are streamed
-        cells.positive_search = PositiveSearch(k, components, positive_codes(cells.n_cells, groups, calibration_rows))
+        cells.positive_search = PositiveSearch(k, components, positive_codes(cells.n_cells, groups, calibration_rows),
+                                               across_sources)
     else:  # the same search, once, among all cells
         cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
-                                             components=components)
+                                             components=components, across_sources=across_sources)
     if groups is not None:  # the labels the supervised term of training reads (never the held-out ones)
         cells.training_labels = groups.copy()
         if calibration_rows is not None:
