@@ -50,9 +50,10 @@ def test_two_cpu_processes_match_one_process_accumulating_their_batches(tmp_path
     adata = simulate(512, 120, n_types=3, n_batches=2, seed=5)
     model = Concerto(adata, batch_key="batch", seed=3)
     cells = prepare_cells(adata, model.setup).cells
-    # what Concerto.train attaches (no label keys): neighbours in the plain and scaled expression spaces
+    # what Concerto.train attaches (no label keys): neighbours of every source in the plain and scaled expression
+    # spaces
     joint = joint_components(expression_space(cells, seed=3)[0], fit_scaled_space(cells, seed=3).project(cells))
-    cells.positives = neighbor_positives(cells, 10, seed=3, components=joint)
+    cells.positives = neighbor_positives(cells, 10, seed=3, components=joint, across_sources=True)
     batch_size = _even_batch_size(cells.domains)
 
     script = tmp_path / "ddp_train.py"
