@@ -131,18 +131,24 @@ def _student_rows(batch, ids: dict) -> np.ndarray:
     return np.array([ids[(ind[a:b].tobytes(), val[a:b].tobytes())] for a, b in zip(off[:-1], off[1:])])
 
 
+def _on_disk_and_in_memory(adata, tmp_path, batch_key: str):
+    """The same cells prepared from a backed h5ad file and from memory."""
+    from scconcerto.data.backed import read_backed
+
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    backed = read_backed(path)
+    return (prepare_cells(backed, setup_reference(backed, batch_key=batch_key)).cells,
+            prepare_cells(adata, setup_reference(adata, batch_key=batch_key)).cells)
+
+
 def test_streamed_windows_draw_positives_among_their_own_cells(sim, tmp_path):
     """Streamed from disk, a cell's student view is its nearest same-source cell in the window read with it:
     with one window for the whole file that is the in-memory positive; with windows of one 100-row chunk,
     positives are cells read with the teacher or carried over from an earlier window, never later ones."""
-    from scconcerto.data.backed import read_backed
     from scconcerto.data.streaming import StreamingBatches
 
-    path = tmp_path / "sim.h5ad"
-    sim.write_h5ad(path)
-    backed = read_backed(path)
-    on_disk = prepare_cells(backed, setup_reference(backed, batch_key="batch")).cells
-    in_memory = prepare_cells(sim, setup_reference(sim, batch_key="batch")).cells
+    on_disk, in_memory = _on_disk_and_in_memory(sim, tmp_path, "batch")
     z = expression_components(in_memory, 10, seed=0)
     on_disk.positive_search = PositiveSearch(1, z)
     ids = _row_ids(in_memory)
@@ -196,16 +202,11 @@ def test_label_aware_positives_across_sources_keep_the_label(sim, prepared):
 
 
 def test_streamed_windows_search_across_sources_as_in_memory(sim, tmp_path):
-    from scconcerto.data.backed import read_backed
     from scconcerto.data.streaming import StreamingBatches
 
     data = sim.copy()
     data.obs["donor"] = np.random.default_rng(0).choice(["a", "b", "c"], data.n_obs)
-    path = tmp_path / "sim.h5ad"
-    data.write_h5ad(path)
-    backed = read_backed(path)
-    on_disk = prepare_cells(backed, setup_reference(backed, batch_key="donor")).cells
-    in_memory = prepare_cells(data, setup_reference(data, batch_key="donor")).cells
+    on_disk, in_memory = _on_disk_and_in_memory(data, tmp_path, "donor")
     z = expression_components(in_memory, 10, seed=0)
     on_disk.positive_search = PositiveSearch(1, z, across_sources=True)
     ids = _row_ids(in_memory)
