@@ -10,8 +10,8 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 
 * **unsupervised** (every table): the model is trained on all cells without labels, one source per
   batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
-* **supervised** (the ``sources``, ``positive_sources``, ``genes`` and ``labels`` tables; real data, and the hard world where a table
-  lists it): for each batch, the model is trained with labels on the other batches and the held-out batch
+* **supervised** (the ``sources``, ``positive_sources``, ``genes`` and ``labels`` tables; real data, and the hard
+  world where a table lists it): for each batch, the model is trained with labels on the other batches and the held-out batch
   is mapped (``map_query``: AdaBN statistics for its new source, balanced for its predicted composition);
   its cells are voted by their 5 nearest reference cells.
 
@@ -440,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.no_supervised:
                 family = Family(family.name, family.question, family.variants, family.datasets, False,
                                 family.unsupervised)
-            sections.append(family_table(family, run_family(family, seeds, args.data_dir, data_cache, store, save, used)))
+            rows = run_family(family, seeds, args.data_dir, data_cache, store, save, used)
+            sections.append(family_table(family, rows))
         header = [
             "# scConcerto ablations (development data only)", "",
             generated_line(),

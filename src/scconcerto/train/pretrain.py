@@ -72,7 +72,8 @@ def _check_views(gene_dropout: Any, modality_dropout: float, positive_neighbors:
 def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "DataSetup", *, seed: int,
                        epochs: int | None, batch_size: int, lr: float, max_genes: int | None, gene_dropout: float,
                        modality_dropout: float, positive_neighbors: int, label_positives: bool, label_weight: float,
-                       positive_space: str, positive_sources: str, balance: str, device: str, progress: bool | None, checkpoint_dir: str | Path | None,
+                       positive_space: str, positive_sources: str, balance: str, device: str,
+                       progress: bool | None, checkpoint_dir: str | Path | None,
                        resume: bool, **kwargs: Any) -> PretrainedReference:
     """Train ``network`` (in place) on the reference ``adata`` set up as ``setup``, then embed the reference.
 
