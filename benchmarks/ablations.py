@@ -90,8 +90,8 @@ def package_defaults() -> dict[str, dict]:
     train = inspect.signature(Concerto.train).parameters
     return {"model": {"batch_key": "batch", "hvg": init["hvg"].default},
             "net": {k: init[k].default for k in ("dim", "out_dim", "dropout")} | {"student": "linear"},
-            "train": {k: train[k].default for k in ("max_genes", "gene_dropout", "positive_neighbors", "balance",
-                                                    "label_weight")}
+            "train": {k: train[k].default for k in ("max_genes", "gene_dropout", "positive_neighbors",
+                                                    "positive_sources", "balance", "label_weight")}
             | {"temperature": TrainConfig().temperature}}
 
 
