@@ -110,7 +110,7 @@ def test_the_supervised_term_never_reads_the_held_out_labels(sim):
     model = Concerto(small, batch_key="batch", label_key="cell_type")
     cells = model._prepare(small, what="the reference").cells
     codes = label_codes(small, model.setup)["cell_type"]
-    training = prepare_reference_training(cells, [codes], 10, True, "joint", "none", seed=0)
+    training = prepare_reference_training(cells, [codes], 10, True, "joint", "any", "none", seed=0)
     held = training.calibration_rows
     assert held is not None and len(held) > 0
     assert (cells.training_labels[held] == -1).all()
@@ -118,5 +118,5 @@ def test_the_supervised_term_never_reads_the_held_out_labels(sim):
     rest = np.setdiff1d(np.arange(small.n_obs), held)
     np.testing.assert_array_equal(cells.training_labels[rest], label_groups([codes])[rest])
     plain = model._prepare(small, what="the reference").cells
-    prepare_reference_training(plain, [codes], 10, False, "joint", "none", seed=0)  # labels do not shape it
+    prepare_reference_training(plain, [codes], 10, False, "joint", "any", "none", seed=0)  # labels do not shape it
     assert plain.training_labels is None

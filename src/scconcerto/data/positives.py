@@ -159,8 +159,8 @@ class PositiveSearch:
         ``(n_cells, d)`` float32: every cell in the expression sketch (unit rows; cosine similarity).
     groups
         ``(n_cells,)`` int64 group codes (label groups); a cell with a code ``>= 0`` searches the cells
-        with the same code, a cell with ``-1`` (unlabeled, or in the calibration hold-out) all of them.
-        ``None``: every cell searches all cells.
+        with the same code, a cell with ``-1`` (unlabeled, or in the calibration hold-out) all of them
+        (of its own source only, unless ``across_sources``). ``None``: every cell searches them all.
     across_sources
         Search the cells of every source; ``False``: of the cell's own source only.
     """
@@ -236,7 +236,8 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
         alone in its group is its own positive.
     labels
         ``(n_cells,)`` integer group codes (e.g. label codes; ``-1`` = unlabeled).
-        Labeled cells search only cells with the same code; unlabeled cells search all.
+        Labeled cells search only cells with the same code; unlabeled cells search all (of their own
+        source unless ``across_sources``).
     open_rows
         Labeled cells that search as if unlabeled (the calibration hold-out).
     n_components

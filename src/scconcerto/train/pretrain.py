@@ -87,13 +87,13 @@ def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "
     _check_views(gene_dropout, modality_dropout, positive_neighbors)
     labels = label_codes(adata, setup)
     inputs = prepare_reference_training(cells, [labels[key] for key in setup.label_keys], positive_neighbors,
-                                        label_positives, positive_space, balance, seed, positive_sources)
+                                        label_positives, positive_space, positive_sources, balance, seed)
     config = TrainConfig(epochs=epochs or default_epochs(cells.n_cells), batch_size=batch_size, lr=lr,
                          max_genes=max_genes, gene_dropout=gene_dropout,
                          modality_dropout=modality_dropout if setup.proteins else 0.0,
                          positive_neighbors=positive_neighbors if has_positives(cells) else 0,
                          label_positives=inputs.label_positives, positive_space=inputs.positive_space,
-                         positive_sources=inputs.positive_sources if has_positives(cells) else "same",
+                         positive_sources=inputs.positive_sources,
                          label_weight=float(label_weight) if cells.training_labels is not None else 0.0,
                          balance=inputs.balance, seed=seed, device=device, progress=progress, **kwargs)
     start = time.perf_counter()

@@ -45,7 +45,7 @@ class ReferenceTraining:
     positive_space
         ``"joint"`` or ``"svd"``: the space the positives were searched in.
     positive_sources
-        ``"any"`` or ``"same"``: the sources the positives were searched among.
+        ``"any"`` or ``"same"``: the sources the positives were searched among (``"same"`` without positives).
     balance, balance_groups
         What was balanced (``"labels"``, ``"clusters"`` or ``"none"``) and each cell's group; the groups are
         replaced by the embedding's clusters half-way through training (:func:`balance_callbacks`).
@@ -62,8 +62,8 @@ class ReferenceTraining:
 
 
 def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_neighbors: int,
-                               label_positives: bool, positive_space: str, balance: str, seed: int,
-                               positive_sources: str = "any") -> ReferenceTraining:
+                               label_positives: bool, positive_space: str, positive_sources: str, balance: str,
+                               seed: int) -> ReferenceTraining:
     """Attach neighbour positives and balance weights to the training ``cells`` of a reference.
 
     ``labels`` are the label codes under each label key (``-1``: missing); the options are those of
@@ -82,7 +82,8 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
     return ReferenceTraining(scaled=scaled, calibration_rows=calibration_rows, label_positives=shaped,
                              positive_pool_cells=_positive_pool(cells),
                              positive_space=positive_space if scaled is not None else "svd",
-                             positive_sources=positive_sources, balance=balanced, balance_groups=groups)
+                             positive_sources=positive_sources if has_positives(cells) else "same",
+                             balance=balanced, balance_groups=groups)
 
 
 def has_positives(cells: Any) -> bool:
