@@ -56,6 +56,11 @@ SIM = "simulated:hard"
 WORLD = "simulated:world"
 WORLD_SEED = 1
 K = 5
+#: Single-technology development data split into donors (:func:`donors`): CITE-seq cord blood, the control
+#: condition of Kang, the 10x 3' v2 cells of the PBMC chemistries.
+DONORS = ("cbmc_citeseq:donors", "kang_ifnb_pbmc_scgen:donors", "symphony_pbmc_3tech:donors")
+#: One condition or chemistry of a multi-batch data set, for :data:`DONORS`.
+DONOR_BASE = {"kang_ifnb_pbmc_scgen": "control", "symphony_pbmc_3tech": "3pv2"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def package_defaults() -> dict[str, dict]:
     return {"model": {"batch_key": "batch", "hvg": init["hvg"].default},
             "net": {k: init[k].default for k in ("dim", "out_dim", "dropout")} | {"student": "linear"},
             "train": {k: train[k].default for k in ("max_genes", "gene_dropout", "positive_neighbors",
-                                                    "positive_sources", "balance", "label_weight")}
+                                                    "positive_sources", "balance", "source_norm", "label_weight")}
             | {"temperature": TrainConfig().temperature}}
 
 
@@ -139,6 +144,18 @@ FAMILIES = {f.name: f for f in (
            datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed",
                      "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD),
            supervised=True),
+    Family("source_norm", "How the sources are batch-normalized: apart (one set of statistics per source), together "
+                          "(one set), or 'auto', the default: together when cells of the same cluster do not sort by "
+                          "source beyond the sources' compositions (:mod:`scconcerto.data.source_effect`). "
+                          "``:donors``: one technology split into four donors of very different compositions; "
+                          "``:donors-shift``: the same donors with a simulated gene-wise technical effect. With "
+                          "labels (held-out batch mapped) the real sets normalize apart under 'auto', as before, so "
+                          "the table is unsupervised only.",
+           (Variant("source_norm source", train={"source_norm": "source"}),
+            Variant("source_norm shared", train={"source_norm": "shared"})),
+           datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed",
+                     "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD,
+                     *DONORS, *(f"{d}-shift" for d in DONORS))),
     Family("genes", "Gene selection: all genes against highly variable genes chosen on the reference ('auto': "
                     "2,000 when the reference has more than 5,000 genes, else all).",
            _sweep("hvg", "model", "hvg", ("auto", None, 2000, 1000)),
@@ -190,6 +207,44 @@ def missing(adata: ad.AnnData) -> ad.AnnData:
     return adata[~absent].copy()
 
 
+def donors(adata: ad.AnnData, n_donors: int = 4, concentration: float = 0.5, max_cells: int = 2400,
+           seed: int = 0) -> ad.AnnData:
+    """Cells of one technology assigned to ``n_donors`` donors (``obs['batch']``), each type's cells shared
+    among the donors by proportions drawn from a symmetric Dirichlet(``concentration``): compositions as
+    different as real donors' can be (one donor holding most of a type), without a technical effect; then a
+    seeded sample of at most ``max_cells`` cells."""
+    rng = np.random.default_rng(seed)
+    types = adata.obs["cell_type"].astype(str).to_numpy()
+    donor = np.zeros(adata.n_obs, dtype=np.int64)
+    for t in np.unique(types):
+        rows = np.flatnonzero(types == t)
+        donor[rows] = rng.choice(n_donors, size=rows.size, p=rng.dirichlet(np.full(n_donors, concentration)))
+    keep = np.sort(rng.choice(adata.n_obs, min(max_cells, adata.n_obs), replace=False))
+    out = adata[keep].copy()
+    out.obs["batch"] = pd.Categorical([f"donor{d}" for d in donor[keep]])
+    return out
+
+
+def technical_shift(adata: ad.AnnData, sigma: float = 1.0, keep: float = 0.6, seed: int = 0) -> ad.AnnData:
+    """Counts thinned per batch and gene (binomial, with a capture probability whose logit is
+    ``logit(keep) + sigma * N(0, 1)`` per batch and gene): a gene-wise technical effect between batches."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed + 100)
+    x = sp.csr_matrix(adata.X, dtype=np.float64)
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    capture = np.zeros(x.shape)
+    logit = np.log(keep / (1 - keep))
+    for b in np.unique(batches):
+        capture[batches == b] = 1 / (1 + np.exp(-(logit + sigma * rng.standard_normal(adata.n_vars))))
+    coo = x.tocoo()
+    thinned = rng.binomial(np.rint(coo.data).astype(np.int64), capture[coo.row, coo.col]).astype(np.float32)
+    out = adata.copy()
+    out.X = sp.csr_matrix((thinned, (coo.row, coo.col)), shape=x.shape)
+    out.X.eliminate_zeros()
+    return out
+
+
 def hard_simulation(seed: int = 0) -> ad.AnnData:
     """Six types in two lineages, three marker genes per type and lineage, two batches (the package's
     simulator; development data)."""
@@ -229,12 +284,27 @@ def dataset(name: str, data_dir: Path | None, cache: dict) -> tuple[ad.AnnData, 
             cache[name] = None
             return None
         is_counts = True
+        if variant.startswith("donors"):
+            adata = _one_technology(adata, base)
     if variant == "skewed":
         adata = skewed(adata)
     elif variant == "missing":
         adata = missing(adata)
+    elif variant.startswith("donors"):
+        adata = donors(adata)
+        if variant == "donors-shift":
+            adata = technical_shift(adata)
     cache[name] = (adata, is_counts)
     return cache[name]
+
+
+def _one_technology(adata: ad.AnnData, base: str) -> ad.AnnData:
+    """The cells of one condition / chemistry (:data:`DONOR_BASE`); CITE-seq without its mouse spike-ins and
+    unlabeled cells."""
+    if base in DONOR_BASE:
+        return adata[adata.obs["batch"].astype(str).to_numpy() == DONOR_BASE[base]].copy()
+    types = adata.obs["cell_type"].astype(str)
+    return adata[~types.isin(["Mouse", "Unknown"]).to_numpy()].copy()
 
 
 def normalized(adata: ad.AnnData, how: str | None) -> ad.AnnData:
@@ -388,6 +458,35 @@ def family_table(family: Family, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def source_shifts(adata: ad.AnnData, seed: int = 0) -> float:
+    """The technical shift between the batches of ``adata`` as ``source_norm="auto"`` measures it in training
+    (:func:`scconcerto.data.source_effect.source_shift` in the reference's expression sketch)."""
+    from scconcerto import Concerto
+    from scconcerto.data import prepare_cells
+    from scconcerto.data.positives import expression_space
+    from scconcerto.data.source_effect import source_shift
+
+    model = Concerto(adata, batch_key="batch", seed=seed)
+    cells = prepare_cells(adata, model.setup, what="the reference").cells
+    return source_shift(expression_space(cells, seed=seed)[0], cells.domains, seed=seed)
+
+
+def shift_table(family: Family, data_dir: Path | None, data_cache: dict, seed: int) -> str:
+    """Markdown: each data set's measured shift and what ``source_norm="auto"`` makes of it."""
+    from scconcerto.data.source_effect import SHARED_BELOW
+
+    out = []
+    for name in family.datasets:
+        got = dataset(name, data_dir, data_cache)
+        if got is None:
+            continue
+        shift = source_shifts(got[0], seed)
+        out.append({"data set": name, "shift": f"{shift:.3f}",
+                    "auto normalizes": "together (shared)" if shift < SHARED_BELOW else "apart (source)"})
+    return "\n".join([f"**the shift each data set measures** (seed {seed}; shared below {SHARED_BELOW})", "",
+                      markdown(pd.DataFrame(out)), ""]) + "\n"
+
+
 def defaults_line() -> str:
     """The package defaults every table starts from."""
     base = package_defaults()
@@ -442,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                                 family.unsupervised)
             rows = run_family(family, seeds, args.data_dir, data_cache, store, save, used)
             sections.append(family_table(family, rows))
+            if family.name == "source_norm":
+                sections.append(shift_table(family, args.data_dir, data_cache, seeds[0]))
         header = [
             "# scConcerto ablations (development data only)", "",
             generated_line(),

@@ -83,6 +83,9 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
     assert main(["train", str(ref_file), "--epochs", "1", "--gene-dropout", "0", "--out", str(tmp_path / "gd0"),
                  "--device", "cpu", "--no-progress"]) == 0
     assert json.loads((tmp_path / "gd0" / "config.json").read_text())["train"]["gene_dropout"] == 0.0
+    assert main(["train", str(ref_file), "--batch-key", "batch", "--epochs", "1", "--source-norm", "shared",
+                 "--out", str(tmp_path / "shared"), "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "shared" / "config.json").read_text())["train"]["source_norm"] == "shared"
     capsys.readouterr()
     assert main(["train", str(ref_file), "--modality-dropout", "2", "--out", str(tmp_path / "bad"),
                  "--no-progress"]) == 2

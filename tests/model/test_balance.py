@@ -47,7 +47,8 @@ def test_unlabelled_training_balances_by_clusters_and_maps_queries_alike(sim):
     data = _skewed(sim)
     ref, query = data[data.obs["batch"] == "batch_0"].copy(), data[data.obs["batch"] == "batch_1"].copy()
     ref.obs["donor"] = np.where(np.arange(ref.n_obs) % 2 == 0, "a", "b")  # two sources in the reference
-    model = Concerto(ref, batch_key="donor").train(epochs=1, progress=False, device="cpu", balance="auto")
+    model = Concerto(ref, batch_key="donor").train(epochs=1, progress=False, device="cpu", balance="auto",
+                                                   source_norm="source")  # random donors: 'auto' would share
     assert model.train_config.balance == "clusters"
     assert model.reference.balance_groups.shape == (ref.n_obs,)
     result = model.map_query(query, batch_key="batch", impute=False, place=False)

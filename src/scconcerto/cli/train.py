@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-source batch-norm statistics balanced for cell-type composition: by the label "
                         "groups, by clusters found across sources, 'auto' (labels when given, else clusters) or "
                         "'none' (default: 'auto'; how it was chosen: README, training defaults)")
+    p.add_argument("--source-norm", choices=("auto", "source", "shared"), default="auto",
+                   help="batch-normalize each --batch-key source with its own statistics ('source'), all sources "
+                        "together ('shared'), or 'auto' (default): together when matched cells of different sources "
+                        "differ by little common shift, as donors of one technology")
     p.add_argument("--gene-dropout", type=float, default=None,
                    help="share of a cell's expressed genes hidden in each training view (default: the package's, "
                         "0.2); 0 when types differ by a handful of genes (docs/limits.md)")
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
                 positive_space=args.positive_space, positive_sources=args.positive_sources,
-                modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
+                source_norm=args.source_norm, modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
                 precision=args.precision, **options)
     if not is_global_zero():  # data-parallel run: rank 0 writes the model
         return 0
@@ -90,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
     emit({"out": args.out, "cells": adata.n_obs, "genes": len(model.setup.genes),
           "proteins": len(model.setup.proteins), "epochs": model.train_config.epochs,
           "final_loss": round(last.get("loss", float("nan")), 4),
-          "train_seconds": round(model.training_record.seconds or 0.0, 1)})
+          "train_seconds": round(model.training_record.seconds or 0.0, 1),
+          "source_norm": model.train_config.source_norm})
     return 0

@@ -130,7 +130,7 @@ class Concerto:
               max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, label_weight: float = 1.0,
               positive_space: str = "joint", positive_sources: str = "any",
-              balance: str = "auto", seed: int | None = None, device: str = "auto",
+              balance: str = "auto", source_norm: str = "auto", seed: int | None = None, device: str = "auto",
               progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
         """Contrastive pre-training on the reference, then embed and store it for mapping.
@@ -180,6 +180,13 @@ class Concerto:
             ``"clusters"`` (clusters found across sources; in-memory references), ``"auto"`` (labels
             when given, else clusters) or ``"none"`` (plain per-source statistics). Only with several
             sources; the groups are kept to balance query sources alike (AdaBN, fine-tuning).
+        source_norm
+            ``"source"``: each source of the reference is batch-normalized with its own statistics (the
+            paper's source-aware BN); ``"shared"``: all sources with one set, as one source; ``"auto"``
+            (default): shared when matched cells of different sources (mutual nearest neighbours in expression
+            space) differ by little common shift (:mod:`scconcerto.data.source_effect`), as donors or samples of
+            one technology, whose per-source statistics would mostly remove biology. The measured shift is kept
+            in ``training_record.source_shift``, the decision in ``train_config.source_norm``.
         seed
             Training seed (default: the model's seed).
         device
@@ -204,7 +211,7 @@ class Concerto:
                                  positive_neighbors=positive_neighbors, label_positives=label_positives,
                                  label_weight=label_weight,
                                  positive_space=positive_space, positive_sources=positive_sources,
-                                 balance=balance, device=device, progress=progress,
+                                 balance=balance, source_norm=source_norm, device=device, progress=progress,
                                  checkpoint_dir=checkpoint_dir, resume=resume, **kwargs)
         self.train_config, self.history, self.training_record = out.config, out.history, out.record
         if out.reference is None:  # data-parallel: only rank 0 embeds the reference and prepares mapping

@@ -94,6 +94,16 @@ class DomainSpecificBatchNorm1d(nn.Module):
         mean, var, factor = weighted_moments(x.double(), None if weights is None else weights.double())
         self.set_statistics(domain, mean, var * factor)
 
+    def copy_domain(self, source: int, targets: list[int]) -> None:
+        """Give the sources ``targets`` the statistics and affine of source ``source`` (sources that were
+        normalized together in training)."""
+        with torch.no_grad():
+            for t in targets:
+                self.weight[t] = self.weight[source]
+                self.bias[t] = self.bias[source]
+                self.running_mean[t] = self.running_mean[source]
+                self.running_var[t] = self.running_var[source]
+
     def use_mean_statistics(self, domain: int, sources: list[int]) -> None:
         """Give source ``domain`` the mean running statistics of ``sources`` (a source too small for its own)."""
         if sources:

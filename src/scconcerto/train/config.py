@@ -37,10 +37,14 @@ class TrainingRecord:
         Wall time of the contrastive training.
     positive_pool_cells
         How many cells a cell's neighbour positives were searched among (0: the paper's views).
+    source_shift
+        The technical shift between the reference's sources (:func:`~scconcerto.data.source_effect.source_shift`),
+        measured by ``source_norm="auto"``.
     """
 
     seconds: float | None = None
     positive_pool_cells: int = 0
+    source_shift: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class TrainConfig:
     balance
         What balanced the sources' batch-normalization statistics: ``"labels"``, ``"clusters"`` or
         ``"none"`` (see :mod:`scconcerto.data.composition`).
+    source_norm
+        Whether the sources were batch-normalized apart (``"source"``: one set of statistics per source, the
+        default here is that of models saved before the setting existed) or together (``"shared"``).
     seed
         Seed for weights, shuffling, dropout and gene sampling.
     device
@@ -124,6 +131,7 @@ class TrainConfig:
     positive_sources: str = "same"
     label_weight: float = 0.0
     balance: str = "none"
+    source_norm: str = "source"
     seed: int = 0
     device: str = "auto"
     devices: int = 1

@@ -18,7 +18,7 @@ from .._errors import InputError
 from ..data import label_codes, prepare_cells
 from ..search.neighbors import searches_on_its_device
 from .config import TrainConfig, TrainingRecord, check_settings, default_epochs
-from .reference import balance_callbacks, has_positives, prepare_reference_training
+from .reference import balance_callbacks, has_positives, prepare_reference_training, restore_sources
 from .runner import embed_cells, fit, is_global_zero, seeded_rng
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def _check_views(gene_dropout: Any, modality_dropout: float, positive_neighbors:
 def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "DataSetup", *, seed: int,
                        epochs: int | None, batch_size: int, lr: float, max_genes: int | None, gene_dropout: float,
                        modality_dropout: float, positive_neighbors: int, label_positives: bool, label_weight: float,
-                       positive_space: str, positive_sources: str, balance: str, device: str,
+                       positive_space: str, positive_sources: str, balance: str, source_norm: str, device: str,
                        progress: bool | None, checkpoint_dir: str | Path | None,
                        resume: bool, **kwargs: Any) -> PretrainedReference:
     """Train ``network`` (in place) on the reference ``adata`` set up as ``setup``, then embed the reference.
@@ -87,7 +87,8 @@ def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "
     _check_views(gene_dropout, modality_dropout, positive_neighbors)
     labels = label_codes(adata, setup)
     inputs = prepare_reference_training(cells, [labels[key] for key in setup.label_keys], positive_neighbors,
-                                        label_positives, positive_space, positive_sources, balance, seed)
+                                        label_positives, positive_space, positive_sources, balance, seed,
+                                        source_norm)
     config = TrainConfig(epochs=epochs or default_epochs(cells.n_cells), batch_size=batch_size, lr=lr,
                          max_genes=max_genes, gene_dropout=gene_dropout,
                          modality_dropout=modality_dropout if setup.proteins else 0.0,
@@ -95,13 +96,15 @@ def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "
                          label_positives=inputs.label_positives, positive_space=inputs.positive_space,
                          positive_sources=inputs.positive_sources,
                          label_weight=float(label_weight) if cells.training_labels is not None else 0.0,
-                         balance=inputs.balance, seed=seed, device=device, progress=progress, **kwargs)
+                         balance=inputs.balance, source_norm=inputs.source_norm, seed=seed, device=device, progress=progress, **kwargs)
     start = time.perf_counter()
     network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
     callbacks = balance_callbacks(cells, inputs, config.epochs, seed)
     with seeded_rng(config.seed, device):  # forks (and seeds) the CPU and, when used, the CUDA generator
         history = fit(network, cells, config, checkpoint_dir=checkpoint_dir, resume=resume, callbacks=callbacks)
-    record = TrainingRecord(seconds=time.perf_counter() - start, positive_pool_cells=inputs.positive_pool_cells)
+    restore_sources(network, cells, inputs)
+    record = TrainingRecord(seconds=time.perf_counter() - start, positive_pool_cells=inputs.positive_pool_cells,
+                            source_shift=inputs.source_shift)
     reference = None
     if is_global_zero():  # data-parallel: only rank 0 embeds the reference
         reference = {"embedding": embed_cells(network, cells, device=config.device), "domains": cells.domains,

@@ -26,6 +26,10 @@ POSITIVE_SPACES = ("joint", "svd")
 #: Where a cell's positives may come from: any source, or its own only (models trained before 2026-12-07).
 POSITIVE_SOURCES = ("any", "same")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
+#: How the sources are batch-normalized: ``"source"`` (one set of statistics per source), ``"shared"`` (one for
+#: all) or ``"auto"`` (shared when :func:`~scconcerto.data.source_effect.source_shift` is below
+#: :data:`~scconcerto.data.source_effect.SHARED_BELOW`).
+SOURCE_NORMS = ("auto", "source", "shared")
 
 
 @dataclass
@@ -49,6 +53,12 @@ class ReferenceTraining:
     balance, balance_groups
         What was balanced (``"labels"``, ``"clusters"`` or ``"none"``) and each cell's group; the groups are
         replaced by the embedding's clusters half-way through training (:func:`balance_callbacks`).
+    source_norm
+        ``"source"`` or ``"shared"``: whether the sources were normalized apart or together.
+    source_shift
+        The sources' measured technical shift (``None`` when not measured: one source, or not ``"auto"``).
+    source_domains
+        With ``"shared"``, each cell's own source code (``cells.domains`` then holds zeros for training).
     """
 
     scaled: tuple[np.ndarray, ScaledSpace] | None
@@ -59,15 +69,19 @@ class ReferenceTraining:
     positive_sources: str
     balance: str
     balance_groups: np.ndarray | None
+    source_norm: str = "source"
+    source_shift: float | None = None
+    source_domains: np.ndarray | None = None
 
 
 def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_neighbors: int,
                                label_positives: bool, positive_space: str, positive_sources: str, balance: str,
-                               seed: int) -> ReferenceTraining:
+                               seed: int, source_norm: str = "source") -> ReferenceTraining:
     """Attach neighbour positives and balance weights to the training ``cells`` of a reference.
 
     ``labels`` are the label codes under each label key (``-1``: missing); the options are those of
-    :meth:`scconcerto.Concerto.train`.
+    :meth:`scconcerto.Concerto.train`. With sources normalized together (``source_norm``), ``cells.domains``
+    holds zeros until :func:`restore_sources`.
     """
     if positive_space not in POSITIVE_SPACES:
         raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
@@ -75,7 +89,10 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
         raise InputError(f"positive_sources must be one of {', '.join(POSITIVE_SOURCES)}, got {positive_sources!r}.")
     if balance not in BALANCE_CHOICES:
         raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
+    if source_norm not in SOURCE_NORMS:
+        raise InputError(f"source_norm must be one of {', '.join(SOURCE_NORMS)}, got {source_norm!r}.")
     expression, scaled = _expression_spaces(cells, seed, scaled=positive_neighbors > 0 and positive_space == "joint")
+    source_norm, shift, source_domains = _share_sources(cells, expression, source_norm, seed)
     shaped, calibration_rows = _attach_positives(cells, labels, expression, scaled, positive_neighbors,
                                                  label_positives, positive_sources == "any", seed)
     groups, balanced = _attach_balance(cells, labels, expression, balance, seed)
@@ -83,7 +100,48 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
                              positive_pool_cells=_positive_pool(cells),
                              positive_space=positive_space if scaled is not None else "svd",
                              positive_sources=positive_sources if has_positives(cells) else "same",
-                             balance=balanced, balance_groups=groups)
+                             balance=balanced, balance_groups=groups, source_norm=source_norm,
+                             source_shift=shift, source_domains=source_domains)
+
+
+def _share_sources(cells: Any, expression: np.ndarray | None, source_norm: str, seed: int
+                   ) -> tuple[str, float | None, np.ndarray | None]:
+    """Decide whether the sources are normalized together; if so, give every training cell source 0.
+
+    Returns the decision (``"source"`` or ``"shared"``), the measured shift (``"auto"`` only) and the
+    cells' own source codes when they were replaced.
+    """
+    from ..data.source_effect import SHARED_BELOW, source_shift
+
+    domains = np.asarray(cells.domains)
+    if len(np.unique(domains)) < 2:
+        return "source", None, None
+    shift = None
+    if source_norm == "auto":
+        if expression is None:  # nothing to measure in: per-source statistics, as always before
+            return "source", None, None
+        shift = source_shift(expression, domains, seed=seed)
+        source_norm = "shared" if shift < SHARED_BELOW else "source"
+        log.info("Technical shift between the sources %.3f (below %.2f: normalized together): normalized %s.",
+                 shift, SHARED_BELOW, "together" if source_norm == "shared" else "apart")
+    if source_norm == "source":
+        return "source", shift, None
+    cells.domains = np.zeros_like(domains)
+    return "shared", shift, domains
+
+
+def restore_sources(network: Any, cells: Any, training: ReferenceTraining) -> None:
+    """After training with the sources normalized together: every source of the reference takes the shared
+    statistics and affine of the batch normalization, and ``cells.domains`` its own codes again."""
+    if training.source_domains is None:
+        return
+    from ..nn.dsbn import DomainSpecificBatchNorm1d
+
+    cells.domains = training.source_domains
+    sources = list(range(1, int(training.source_domains.max()) + 1))
+    for module in network.modules():
+        if isinstance(module, DomainSpecificBatchNorm1d):
+            module.copy_domain(0, sources)
 
 
 def has_positives(cells: Any) -> bool:
