@@ -91,9 +91,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     model.save(args.out, overwrite=args.overwrite)
     last = model.history[-1] if model.history else {}
+    shift = model.training_record.source_shift
     emit({"out": args.out, "cells": adata.n_obs, "genes": len(model.setup.genes),
           "proteins": len(model.setup.proteins), "epochs": model.train_config.epochs,
           "final_loss": round(last.get("loss", float("nan")), 4),
           "train_seconds": round(model.training_record.seconds or 0.0, 1),
-          "source_norm": model.train_config.source_norm})
+          "source_norm": model.train_config.source_norm, "source_shift": None if shift is None else round(shift, 3)})
     return 0

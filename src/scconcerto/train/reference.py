@@ -122,7 +122,7 @@ def _share_sources(cells: Any, expression: np.ndarray | None, source_norm: str, 
             return "source", None, None
         shift = source_shift(expression, domains, seed=seed)
         source_norm = "shared" if shift < SHARED_BELOW else "source"
-        log.info("Technical shift between the sources %.3f (below %.2f: normalized together): normalized %s.",
+        log.debug("Technical shift between the sources %.3f (below %.2f: normalized together): normalized %s.",
                  shift, SHARED_BELOW, "together" if source_norm == "shared" else "apart")
     if source_norm == "source":
         return "source", shift, None
