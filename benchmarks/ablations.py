@@ -113,6 +113,7 @@ class Family:
     datasets: tuple[str, ...] = (*REAL, SIM)
     supervised: bool = False
     unsupervised: bool = True
+    mixing: bool = False
 
 
 def _sweep(label: str, part: str, key: str, values: tuple) -> tuple[Variant, ...]:
@@ -145,17 +146,19 @@ FAMILIES = {f.name: f for f in (
                      "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD),
            supervised=True),
     Family("source_norm", "How the sources are batch-normalized: apart (one set of statistics per source), together "
-                          "(one set), or 'auto', the default: together when cells of the same cluster do not sort by "
-                          "source beyond the sources' compositions (:mod:`scconcerto.data.source_effect`). "
+                          "(one set), or 'auto', the default: together when mutually nearest cells of different sources "
+                          "differ by little common shift (:mod:`scconcerto.data.source_effect`; the last table gives "
+                          "each data set's shift). "
                           "``:donors``: one technology split into four donors of very different compositions; "
                           "``:donors-shift``: the same donors with a simulated gene-wise technical effect. With "
                           "labels (held-out batch mapped) the real sets normalize apart under 'auto', as before, so "
                           "the table is unsupervised only.",
            (Variant("source_norm source", train={"source_norm": "source"}),
             Variant("source_norm shared", train={"source_norm": "shared"})),
-           datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed",
-                     "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD,
-                     *DONORS, *(f"{d}-shift" for d in DONORS))),
+           datasets=("cellbench_5cl_celseq2_3plates", *REAL, "symphony_pbmc_3tech:skewed",
+                     "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed", "symphony_pbmc_3tech:missing",
+                     "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD, *DONORS, *(f"{d}-shift" for d in DONORS)),
+           mixing=True),
     Family("genes", "Gene selection: all genes against highly variable genes chosen on the reference ('auto': "
                     "2,000 when the reference has more than 5,000 genes, else all).",
            _sweep("hvg", "model", "hvg", ("auto", None, 2000, 1000)),
@@ -351,13 +354,33 @@ def _train(model, adata: ad.AnnData, variant: Variant, prepare_mapping: bool | d
 
 def unsupervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float:
     """Trained on all cells without labels; leave-one-batch-out 5-NN accuracy of the embedding."""
-    from scconcerto.metrics import cross_batch_accuracy
+    return unsupervised_scores(adata, variant, seed)["acc"]
+
+
+def unsupervised_scores(adata: ad.AnnData, variant: Variant, seed: int, mixing: bool = False) -> dict[str, float]:
+    """Trained on all cells without labels: the embedding's leave-one-batch-out 5-NN accuracy (``acc``) and,
+    with ``mixing``, how well its batches mix (``ilisi``, :func:`scconcerto.metrics.ilisi`: 1 perfect, 0 none)."""
+    from scconcerto.metrics import cross_batch_accuracy, ilisi
 
     data = normalized(adata, variant.normalize)
     model = _model(data, variant, seed, None)
     _train(model, data, variant)
-    return cross_batch_accuracy(model.reference.embedding, adata.obs["cell_type"].astype(str).to_numpy(),
-                                adata.obs["batch"].astype(str).to_numpy(), k=K)
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    out = {"acc": cross_batch_accuracy(model.reference.embedding, adata.obs["cell_type"].astype(str).to_numpy(),
+                                       batches, k=K)}
+    if mixing:
+        out["ilisi"] = ilisi(model.reference.embedding, batches)
+    return out
+
+
+def harmony_mixing(adata: ad.AnnData, seed: int = 0) -> float:
+    """iLISI of Harmony on 50 PCs of log-normalized values (the unsupervised benchmark's batch-removal peer)."""
+    from scconcerto.metrics import ilisi
+
+    from .tasks.unsupervised import harmony_embedding, pca_embedding
+
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    return ilisi(harmony_embedding(pca_embedding(adata, True, seed), batches, seed), batches)
 
 
 def supervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float:
@@ -410,10 +433,12 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
                 for seed in seeds:
                     key = f"{mode}|{name}|{seed}|{variant.key()}"
                     used.add(key)
-                    if key not in store:
+                    mixing = family.mixing and mode == "unsupervised"
+                    if key not in store or (mixing and "ilisi" not in store[key]):
                         t0 = time.perf_counter()
-                        fn = unsupervised_accuracy if mode == "unsupervised" else supervised_accuracy
-                        store[key] = {"acc": fn(adata, variant, seed), "seconds": time.perf_counter() - t0}
+                        scores = unsupervised_scores(adata, variant, seed, mixing) if mode == "unsupervised" \
+                            else {"acc": supervised_accuracy(adata, variant, seed)}
+                        store[key] = {**scores, "seconds": time.perf_counter() - t0}
                         save()
                         log.info("[ablations] %s %s %s %s seed %d: %.4f (%.0f s)", family.name, mode, name,
                                  variant.name, seed, store[key]["acc"], store[key]["seconds"])
@@ -421,6 +446,15 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
                         else variant.name
                     rows.append({"family": family.name, "mode": mode, "dataset": name, "variant": shown,
                                  "default": variant.key() == DEFAULT.key(), "seed": seed, **store[key]})
+            if family.mixing and mode == "unsupervised":
+                key = f"harmony|{name}"
+                if key not in store:
+                    t0 = time.perf_counter()
+                    store[key] = {"ilisi": harmony_mixing(adata), "seconds": time.perf_counter() - t0}
+                    save()
+                used.add(key)
+                rows.append({"family": family.name, "mode": "mixing peer", "dataset": name,
+                             "variant": "Harmony (50 PCs)", "default": False, "seed": 0, **store[key]})
     return rows
 
 
@@ -430,8 +464,11 @@ def family_table(family: Family, rows: list[dict]) -> str:
     if df.empty:
         return f"## {family.name}\n\nno data\n"
     lines = [f"## {family.name}", "", family.question, ""]
-    for mode, part in df.groupby("mode", sort=False):
-        stats = part.groupby(["variant", "dataset"], sort=False)["acc"].agg(["mean", "std", "count"])
+    parts = [(mode, part, "acc") for mode, part in df[df["mode"] != "mixing peer"].groupby("mode", sort=False)]
+    if "ilisi" in df.columns and df["ilisi"].notna().any():
+        parts.append(("unsupervised", df[df["ilisi"].notna()], "ilisi"))
+    for mode, part, metric in parts:
+        stats = part.groupby(["variant", "dataset"], sort=False)[metric].agg(["mean", "std", "count"])
         names = list(dict.fromkeys(part["dataset"]))
         default_name = part.loc[part["default"], "variant"].iloc[0] if part["default"].any() else None
         default = stats.loc[default_name]["mean"] if default_name is not None else None
@@ -453,8 +490,9 @@ def family_table(family: Family, rows: list[dict]) -> str:
             row["Δ mean"] = f"{np.mean(deltas):+.3f}" if deltas and variant != default_name else ""
             row["seeds"] = int(stats.loc[variant]["count"].min()) if variant in stats.index.get_level_values(0) else 0
             out.append(row)
-        lines += [f"**{mode}** (LOO-batch {K}-NN accuracy; all data sets are development data)", "",
-                  markdown(pd.DataFrame(out)), ""]
+        what = f"LOO-batch {K}-NN accuracy" if metric == "acc" else \
+            "batch mixing, iLISI of the embedding (1: batches fully mixed, 0: apart), Harmony on 50 PCs for scale"
+        lines += [f"**{mode}** ({what}; all data sets are development data)", "", markdown(pd.DataFrame(out)), ""]
     return "\n".join(lines) + "\n"
 
 
