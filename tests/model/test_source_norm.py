@@ -71,3 +71,17 @@ def test_source_norm_is_checked_and_one_source_is_never_measured(donors):
         Concerto(donors, batch_key="batch").train(epochs=1, progress=False, device="cpu", source_norm="donor")
     single = Concerto(donors, seed=0).train(epochs=1, progress=False, device="cpu", prepare_mapping=False)
     assert single.train_config.source_norm == "source" and single.training_record.source_shift is None
+
+
+def test_a_backed_reference_decides_and_trains_as_the_same_cells_in_memory(donors, tmp_path):
+    from scconcerto.data.backed import read_backed
+
+    path = tmp_path / "donors.h5ad"
+    donors.write_h5ad(path)
+    memory = Concerto(donors, batch_key="batch", seed=0).train(epochs=2, progress=False, device="cpu",
+                                                               prepare_mapping=False)
+    backed = Concerto(read_backed(path), batch_key="batch", seed=0).train(epochs=2, progress=False, device="cpu",
+                                                                          prepare_mapping=False)
+    assert backed.train_config == memory.train_config and backed.train_config.source_norm == "shared"
+    assert backed.training_record.source_shift == pytest.approx(memory.training_record.source_shift)
+    np.testing.assert_allclose(backed.reference.embedding, memory.reference.embedding, atol=1e-4)
