@@ -35,14 +35,29 @@ def test_variants_equal_to_the_defaults_share_measurements_and_tables_show_the_s
     family = ablations.Family("toy", "A toy table.", (ablations.DEFAULT, same, other), datasets=("simulated:hard",))
     calls = []
 
-    def fake(adata, variant, seed):
+    def fake(adata, variant, seed, mixing=False):
         calls.append((variant.name, seed))
-        return 0.5 + 0.1 * (variant.name == "other") + 0.01 * seed
+        acc = 0.5 + 0.1 * (variant.name == "other") + 0.01 * seed
+        return {"acc": acc, **({"ilisi": 1 - acc} if mixing else {})}
 
-    monkeypatch.setattr(ablations, "unsupervised_accuracy", fake)
+    monkeypatch.setattr(ablations, "unsupervised_scores", fake)
     monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
     store: dict = {}
     rows = ablations.run_family(family, [0, 1], None, {}, store, lambda: None)
     assert len(calls) == 4 and len(rows) == 6  # the variant equal to the default is not trained again
     text = ablations.family_table(family, rows)
     assert "| default | 0.505 ± 0.007 |" in text and "| other | 0.605 ± 0.007 | 0.605 | +0.100 | 2 |" in text
+
+
+def test_a_mixing_table_adds_batch_mixing_and_the_harmony_peer(monkeypatch):
+    other = ablations.Variant("other", train={"temperature": 0.5})
+    family = ablations.Family("toy", "A toy table.", (ablations.DEFAULT, other), datasets=("simulated:hard",),
+                              mixing=True)
+    monkeypatch.setattr(ablations, "unsupervised_scores",
+                        lambda adata, variant, seed, mixing=False: {"acc": 0.5, "ilisi": 0.3 + 0.2 * (variant is other)})
+    monkeypatch.setattr(ablations, "harmony_mixing", lambda adata, seed=0: 0.4)
+    monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
+    store: dict = {}
+    text = ablations.family_table(family, ablations.run_family(family, [0, 1], None, {}, store, lambda: None))
+    assert "iLISI" in text and "| other | 0.500 ± 0.000 | 0.500 | +0.200 | 2 |" in text
+    assert "| Harmony (50 PCs) | 0.400 ± 0.000 |" in text and store["harmony|simulated:hard"]["ilisi"] == 0.4
