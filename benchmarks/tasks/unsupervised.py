@@ -1,9 +1,10 @@
 """Unsupervised embedding quality: scConcerto trained without labels against 50-PC PCA and Harmony.
 
-On every labelled multi-batch data set, each method embeds all cells without seeing a label:
+On every labelled multi-batch data set, and on three single-technology development sets split into donors
+of very different compositions (:mod:`.donors`), each method embeds all cells without seeing a label:
 
 * ``scconcerto``: ``Concerto(adata, batch_key="batch").train()`` at the package defaults (one source per
-  batch), the reference embedding;
+  batch, normalized apart or together as the sources' shift decides), the reference embedding;
 * ``pca``: 50 principal components of log-normalized values at scanpy's defaults
   (``normalize_total``, ``log1p``, ``pca``; log-normalized input is used as it is);
 * ``harmony``: Harmony (harmonypy) on those components, by batch.
@@ -29,12 +30,13 @@ from scconcerto.metrics import cross_batch_accuracy
 
 from .base import Context, TaskResult
 from .data import LOGNORM, load, role, simulated
+from .donors import DONORS, load_donors
 
 log = logging.getLogger("benchmarks")
 
 #: Labelled data sets with several batches: development first, then test.
 DATASETS = ("symphony_pbmc_3tech", "kang_ifnb_pbmc_scgen", "cellbench_5cl_celseq2_3plates",
-            "scclassify_pancreas_wang_xin", "pbmcsca_dropseq_indrops", "scmerge_mesc")
+            "scclassify_pancreas_wang_xin", "pbmcsca_dropseq_indrops", "scmerge_mesc", *DONORS)
 METHODS = ("scconcerto", "pca", "harmony")
 #: Table column of each score's mean ± sd.
 SHOWN = {"acc": "LOO-batch 5-NN acc", "bio": "scib bio conservation", "batch": "scib batch correction"}
@@ -51,7 +53,8 @@ def datasets(ctx: Context, skipped: list[str], names: tuple[str, ...] = DATASETS
         return [("simulated", simulated(), True)]
     out = []
     for name in names:
-        if (adata := load(ctx.data_dir, name, skipped)) is not None:
+        adata = load_donors(ctx.data_dir, name, skipped) if ":donors" in name else load(ctx.data_dir, name, skipped)
+        if adata is not None:
             out.append((name, adata, name not in LOGNORM))
     return out
 
