@@ -11,8 +11,8 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 * **unsupervised** (every table): the model is trained on all cells without labels, one source per
   batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
 * **supervised** (the ``sources``, ``positive_sources``, ``genes`` and ``labels`` tables; real data, and the hard
-  world where a table lists it): for each batch, the model is trained with labels on the other batches and the held-out batch
-  is mapped (``map_query``: AdaBN statistics for its new source, balanced for its predicted composition);
+  world where a table lists it): for each batch, the model is trained with labels on the other batches and the
+  held-out batch is mapped (``map_query``: AdaBN statistics for its new source, balanced for its predicted composition);
   its cells are voted by their 5 nearest reference cells.
 
 Only development data are used (:data:`benchmarks.tasks.data.DEVELOPMENT`): PBMC across chemistries
@@ -45,7 +45,7 @@ import pandas as pd
 
 from .report import generated_line, markdown
 from .tasks.data import load, role
-from .tasks.donors import DONORS, donors, one_technology, technical_shift
+from .tasks.donors import DONORS, load_donors
 
 log = logging.getLogger("benchmarks")
 
@@ -240,21 +240,15 @@ def dataset(name: str, data_dir: Path | None, cache: dict) -> tuple[ad.AnnData, 
     else:
         if role(base) != "development":
             raise ValueError(f"{base} is not development data: ablations never look at test data")
-        adata = load(data_dir, base, [])
+        adata = load_donors(data_dir, name, []) if variant.startswith("donors") else load(data_dir, base, [])
         if adata is None:
             cache[name] = None
             return None
         is_counts = True
-        if variant.startswith("donors"):
-            adata = one_technology(adata, base)
     if variant == "skewed":
         adata = skewed(adata)
     elif variant == "missing":
         adata = missing(adata)
-    elif variant.startswith("donors"):
-        adata = donors(adata)
-        if variant == "donors-shift":
-            adata = technical_shift(adata)
     cache[name] = (adata, is_counts)
     return cache[name]
 
@@ -299,11 +293,6 @@ def _train(model, adata: ad.AnnData, variant: Variant, prepare_mapping: bool | d
         train["balance"] = "clusters"  # unsupervised: no labels to balance with
     epochs = max(1, int(round(default_epochs(adata.n_obs) * variant.epochs_factor)))
     model.train(epochs=epochs, progress=False, prepare_mapping=prepare_mapping, **train)
-
-
-def unsupervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float:
-    """Trained on all cells without labels; leave-one-batch-out 5-NN accuracy of the embedding."""
-    return unsupervised_scores(adata, variant, seed)["acc"]
 
 
 def unsupervised_scores(adata: ad.AnnData, variant: Variant, seed: int, mixing: bool = False) -> dict[str, float]:
@@ -445,7 +434,7 @@ def family_table(family: Family, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def source_shifts(adata: ad.AnnData, seed: int = 0) -> float:
+def measured_shift(adata: ad.AnnData, seed: int = 0) -> float:
     """The technical shift between the batches of ``adata`` as ``source_norm="auto"`` measures it in training
     (:func:`scconcerto.data.source_effect.source_shift` in the reference's expression sketch)."""
     from scconcerto import Concerto
@@ -467,7 +456,7 @@ def shift_table(family: Family, data_dir: Path | None, data_cache: dict, seed: i
         got = dataset(name, data_dir, data_cache)
         if got is None:
             continue
-        shift = source_shifts(got[0], seed)
+        shift = measured_shift(got[0], seed)
         out.append({"data set": name, "shift": f"{shift:.3f}",
                     "auto normalizes": "together (shared)" if shift < SHARED_BELOW else "apart (source)"})
     return "\n".join([f"**the shift each data set measures** (seed {seed}; shared below {SHARED_BELOW})", "",

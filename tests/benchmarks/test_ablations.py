@@ -53,8 +53,10 @@ def test_a_mixing_table_adds_batch_mixing_and_the_harmony_peer(monkeypatch):
     other = ablations.Variant("other", train={"temperature": 0.5})
     family = ablations.Family("toy", "A toy table.", (ablations.DEFAULT, other), datasets=("simulated:hard",),
                               mixing=True)
-    monkeypatch.setattr(ablations, "unsupervised_scores",
-                        lambda adata, variant, seed, mixing=False: {"acc": 0.5, "ilisi": 0.3 + 0.2 * (variant is other)})
+    def fake(adata, variant, seed, mixing=False):
+        return {"acc": 0.5, "ilisi": 0.3 + 0.2 * (variant is other)}
+
+    monkeypatch.setattr(ablations, "unsupervised_scores", fake)
     monkeypatch.setattr(ablations, "harmony_mixing", lambda adata, seed=0: 0.4)
     monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
     store: dict = {}

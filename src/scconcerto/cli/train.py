@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
                 positive_space=args.positive_space, positive_sources=args.positive_sources,
-                source_norm=args.source_norm, modality_dropout=args.modality_dropout, devices=args.devices, strategy=args.strategy,
-                precision=args.precision, **options)
+                source_norm=args.source_norm, modality_dropout=args.modality_dropout, devices=args.devices,
+                strategy=args.strategy, precision=args.precision, **options)
     if not is_global_zero():  # data-parallel run: rank 0 writes the model
         return 0
     model.save(args.out, overwrite=args.overwrite)

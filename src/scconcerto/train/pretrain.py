@@ -96,7 +96,8 @@ def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "
                          label_positives=inputs.label_positives, positive_space=inputs.positive_space,
                          positive_sources=inputs.positive_sources,
                          label_weight=float(label_weight) if cells.training_labels is not None else 0.0,
-                         balance=inputs.balance, source_norm=inputs.source_norm, seed=seed, device=device, progress=progress, **kwargs)
+                         balance=inputs.balance, source_norm=inputs.source_norm, seed=seed, device=device,
+                         progress=progress, **kwargs)
     start = time.perf_counter()
     network.train()  # Lightning keeps submodule modes; an earlier embed left them in eval (no dropout)
     callbacks = balance_callbacks(cells, inputs, config.epochs, seed)
