@@ -1,7 +1,9 @@
 """Unsupervised embedding quality: scConcerto trained without labels against 50-PC PCA and Harmony.
 
-On every labelled multi-batch data set, and on three single-technology development sets split into donors
-of very different compositions (:mod:`.donors`), each method embeds all cells without seeing a label:
+On every labelled multi-batch data set, on three single-technology development sets split into donors
+of very different compositions (:mod:`.donors`), and on three development sets whose myeloid cells are all
+in one source (:mod:`.exclusive`, as the pancreas test set's exocrine cells are all in one), each method
+embeds all cells without seeing a label:
 
 * ``scconcerto``: ``Concerto(adata, batch_key="batch").train()`` at the package defaults (one source per
   batch, normalized apart or together as the sources' shift decides), the reference embedding;
@@ -31,12 +33,13 @@ from scconcerto.metrics import cross_batch_accuracy
 from .base import Context, TaskResult
 from .data import LOGNORM, load, role, simulated
 from .donors import DONORS, load_donors
+from .exclusive import EXCLUSIVE, load_exclusive
 
 log = logging.getLogger("benchmarks")
 
 #: Labelled data sets with several batches: development first, then test.
 DATASETS = ("symphony_pbmc_3tech", "kang_ifnb_pbmc_scgen", "cellbench_5cl_celseq2_3plates",
-            "scclassify_pancreas_wang_xin", "pbmcsca_dropseq_indrops", "scmerge_mesc", *DONORS)
+            "scclassify_pancreas_wang_xin", "pbmcsca_dropseq_indrops", "scmerge_mesc", *DONORS, *EXCLUSIVE)
 METHODS = ("scconcerto", "pca", "harmony")
 #: Table column of each score's mean ± sd.
 SHOWN = {"acc": "LOO-batch 5-NN acc", "bio": "scib bio conservation", "batch": "scib batch correction"}
@@ -53,10 +56,17 @@ def datasets(ctx: Context, skipped: list[str], names: tuple[str, ...] = DATASETS
         return [("simulated", simulated(), True)]
     out = []
     for name in names:
-        adata = load_donors(ctx.data_dir, name, skipped) if ":donors" in name else load(ctx.data_dir, name, skipped)
+        adata = load_variant(ctx.data_dir, name, skipped)
         if adata is not None:
             out.append((name, adata, name not in LOGNORM))
     return out
+
+
+def load_variant(data_dir, name: str, skipped: list[str]) -> ad.AnnData | None:
+    """A data set, a donor variant (:mod:`.donors`) or a one-source variant (:mod:`.exclusive`) by name."""
+    if name.endswith(":myeloid-in-one"):
+        return load_exclusive(data_dir, name, skipped)
+    return load_donors(data_dir, name, skipped) if ":donors" in name else load(data_dir, name, skipped)
 
 
 def pca_embedding(adata: ad.AnnData, is_counts: bool, seed: int = 0, n_comps: int = N_PCS) -> np.ndarray:
