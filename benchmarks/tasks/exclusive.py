@@ -5,7 +5,7 @@ Per-source normalization centres each source on its own mean; a source that alon
 mean pulled toward that lineage, and the cell types it shares with the other sources move away from theirs.
 :func:`kept_in_one_source` keeps the myeloid cells (monocytes and dendritic cells) of the source richest in
 them and drops those of every other source. Names ``<data set>:myeloid-in-one`` (a multi-batch data set)
-or ``<donor variant>:myeloid-in-one`` (:mod:`.donors`); read with :func:`load_exclusive`.
+or ``<donor variant>:myeloid-in-one`` (:mod:`.donors`); read with :func:`load_variant`.
 """
 
 from __future__ import annotations
@@ -51,5 +51,12 @@ def load_exclusive(data_dir: Path | None, name: str, skipped: list[str]) -> ad.A
     dataset = base.split(":", 1)[0]
     if dataset not in MYELOID:
         raise ValueError(f"{name}: no myeloid labels known for {dataset} (known: {', '.join(MYELOID)})")
-    adata = load_donors(data_dir, base, skipped) if ":" in base else load(data_dir, base, skipped)
+    adata = load_variant(data_dir, base, skipped)
     return None if adata is None else kept_in_one_source(adata, MYELOID[dataset])
+
+
+def load_variant(data_dir: Path | None, name: str, skipped: list[str]) -> ad.AnnData | None:
+    """A data set, a donor variant (:mod:`.donors`) or a one-source variant (:func:`load_exclusive`) by name."""
+    if name.endswith(SUFFIX):
+        return load_exclusive(data_dir, name, skipped)
+    return load_donors(data_dir, name, skipped) if ":donors" in name else load(data_dir, name, skipped)

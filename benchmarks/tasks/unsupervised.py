@@ -31,9 +31,9 @@ import pandas as pd
 from scconcerto.metrics import cross_batch_accuracy
 
 from .base import Context, TaskResult
-from .data import LOGNORM, load, role, simulated
-from .donors import DONORS, load_donors
-from .exclusive import EXCLUSIVE, load_exclusive
+from .data import LOGNORM, role, simulated
+from .donors import DONORS
+from .exclusive import EXCLUSIVE, load_variant
 
 log = logging.getLogger("benchmarks")
 
@@ -60,13 +60,6 @@ def datasets(ctx: Context, skipped: list[str], names: tuple[str, ...] = DATASETS
         if adata is not None:
             out.append((name, adata, name not in LOGNORM))
     return out
-
-
-def load_variant(data_dir, name: str, skipped: list[str]) -> ad.AnnData | None:
-    """A data set, a donor variant (:mod:`.donors`) or a one-source variant (:mod:`.exclusive`) by name."""
-    if name.endswith(":myeloid-in-one"):
-        return load_exclusive(data_dir, name, skipped)
-    return load_donors(data_dir, name, skipped) if ":donors" in name else load(data_dir, name, skipped)
 
 
 def pca_embedding(adata: ad.AnnData, is_counts: bool, seed: int = 0, n_comps: int = N_PCS) -> np.ndarray:
