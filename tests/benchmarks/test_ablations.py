@@ -63,3 +63,28 @@ def test_a_mixing_table_adds_batch_mixing_and_the_harmony_peer(monkeypatch):
     text = ablations.family_table(family, ablations.run_family(family, [0, 1], None, {}, store, lambda: None))
     assert "iLISI" in text and "| other | 0.500 ± 0.000 | 0.500 | +0.200 | 2 |" in text
     assert "| Harmony (50 PCs) | 0.400 ± 0.000 |" in text and store["harmony|simulated:hard"]["ilisi"] == 0.4
+
+
+def test_a_shift_table_reads_the_shift_the_default_training_measured(monkeypatch):
+    other = ablations.Variant("other", train={"temperature": 0.5})
+    family = ablations.Family("toy", "A toy table.", (ablations.DEFAULT, other), datasets=("simulated:hard",),
+                              shifts=True)
+    calls = []
+
+    def fake(adata, variant, seed, mixing=False):
+        calls.append((variant.name, seed))
+        return {"acc": 0.5, "shift": 0.03 + 0.1 * seed}
+
+    monkeypatch.setattr(ablations, "unsupervised_scores", fake)
+    monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
+    # a store from before shifts were kept: the default variant is trained again at the table's seed (the
+    # first), the other variant and seeds are not
+    store = {f"unsupervised|simulated:hard|{s}|{v.key()}": {"acc": 0.5, "seconds": 1.0}
+             for s in (0, 1) for v in (ablations.DEFAULT, other)}
+    rows = ablations.run_family(family, [1, 0], None, {}, store, lambda: None)
+    assert calls == [("default", 1)]
+    assert "| simulated:hard | 0.130 | apart (source) |" in ablations.shift_table(rows, seed=1)
+    assert "simulated:hard" not in ablations.shift_table(rows, seed=0)
+    calls.clear()
+    rows = ablations.run_family(family, [0], None, {}, {}, lambda: None)
+    assert "| simulated:hard | 0.030 | together (shared) |" in ablations.shift_table(rows, seed=0)
