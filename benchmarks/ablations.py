@@ -356,10 +356,12 @@ def supervised_accuracy(adata: ad.AnnData, variant: Variant, seed: int) -> float
 
 
 def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cache: dict, store: dict,
-               save, used: set | None = None) -> list[dict]:
-    """Every (mode, data set, variant, seed) of ``family``; results are looked up in / added to ``store``."""
+               save, used: set | None = None, taken: set | None = None) -> list[dict]:
+    """Every (mode, data set, variant, seed) of ``family``; results are looked up in / added to ``store``.
+    The keys of the measurements read are added to ``used``, those measured in this call to ``taken``."""
     rows = []
     used = set() if used is None else used
+    taken = set() if taken is None else taken
     variants = list(family.variants)
     if not any(v.key() == DEFAULT.key() for v in variants):
         variants.insert(0, DEFAULT)
@@ -387,6 +389,7 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
                         scores = unsupervised_scores(adata, variant, seed, mixing) if mode == "unsupervised" \
                             else {"acc": supervised_accuracy(adata, variant, seed)}
                         store[key] = {**scores, "seconds": time.perf_counter() - t0}
+                        taken.add(key)
                         save()
                         log.info("[ablations] %s %s %s %s seed %d: %.4f (%.0f s)", family.name, mode, name,
                                  variant.name, seed, store[key]["acc"], store[key]["seconds"])
@@ -399,6 +402,7 @@ def run_family(family: Family, seeds: list[int], data_dir: Path | None, data_cac
                 if key not in store:
                     t0 = time.perf_counter()
                     store[key] = {"ilisi": harmony_mixing(adata), "seconds": time.perf_counter() - t0}
+                    taken.add(key)
                     save()
                 used.add(key)
                 rows.append({"family": family.name, "mode": "mixing peer", "dataset": name,
@@ -492,7 +496,6 @@ def main(argv: list[str] | None = None) -> int:
         store: dict = {}
         if args.store is not None and args.store.exists():
             store = json.loads(args.store.read_text())
-        stored = set(store)
 
         def save() -> None:
             if args.store is not None:
@@ -503,12 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         data_cache: dict = {}
         used: set = set()
+        taken: set = set()
         sections = []
         for name in names:
             family = FAMILIES[name]
             if args.no_supervised:
                 family = replace(family, supervised=False)
-            rows = run_family(family, seeds, args.data_dir, data_cache, store, save, used)
+            rows = run_family(family, seeds, args.data_dir, data_cache, store, save, used, taken)
             sections.append(family_table(family, rows))
             if family.shifts:
                 sections.append(shift_table(rows, seeds[0]))
@@ -518,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `python -m benchmarks.ablations {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
             f"Seeds: {seeds}; package defaults: {defaults_line()}  ",
             f"Machine: {os.cpu_count()} CPU cores, shared with other jobs; wall time "
-            f"{math.ceil(time.perf_counter() - start)} s; {len(set(store) - stored)} measurements taken in this "
-            f"run, {len(stored & used)} read from the store of an earlier run of the same command "
+            f"{math.ceil(time.perf_counter() - start)} s; {len(taken)} measurements taken in this "
+            f"run, {len(used - taken)} read from the store of an earlier run of the same command "
             f"({sum(store[k]['seconds'] for k in used):.0f} s of training and scoring in all)", "",
             "Every table" + __doc__.split("Every table", 1)[1].rstrip(), ""]
         from scconcerto._io import write_atomic_file

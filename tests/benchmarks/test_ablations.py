@@ -88,3 +88,16 @@ def test_a_shift_table_reads_the_shift_the_default_training_measured(monkeypatch
     calls.clear()
     rows = ablations.run_family(family, [0], None, {}, {}, lambda: None)
     assert "| simulated:hard | 0.030 | together (shared) |" in ablations.shift_table(rows, seed=0)
+
+
+def test_measurements_taken_and_read_are_told_apart(monkeypatch):
+    other = ablations.Variant("other", train={"temperature": 0.5})
+    family = ablations.Family("toy", "A toy table.", (ablations.DEFAULT, other), datasets=("simulated:hard",))
+    monkeypatch.setattr(ablations, "unsupervised_scores", lambda adata, variant, seed, mixing=False: {"acc": 0.5})
+    monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
+    store = {f"unsupervised|simulated:hard|0|{other.key()}": {"acc": 0.4, "seconds": 1.0}}
+    used, taken = set(), set()
+    rows = ablations.run_family(family, [0], None, {}, store, lambda: None, used, taken)
+    assert taken == {f"unsupervised|simulated:hard|0|{ablations.DEFAULT.key()}"}
+    assert used - taken == {f"unsupervised|simulated:hard|0|{other.key()}"}
+    assert sorted(r["acc"] for r in rows) == [0.4, 0.5]  # the stored measurement is read, not taken again
