@@ -178,8 +178,8 @@ FAMILIES = {f.name: f for f in (
            _sweep("student", "net", "student", ("linear", "attention"))),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input; "
-                            "on the real sets, their adversarial variants and the donor sets too, since the "
-                            "simulation's low depths favour the median total.",
+                            "on the real sets, their adversarial variants and the donor sets, not only on the "
+                            "simulation.",
            (Variant("log1p counts per 10k"), Variant("log1p median-total", normalize="median")),
            datasets=("cellbench_5cl_celseq2_3plates", *REAL, "symphony_pbmc_3tech:skewed",
                      "kang_ifnb_pbmc_scgen:skewed", "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing",
