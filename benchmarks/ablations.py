@@ -57,6 +57,11 @@ SIM = "simulated:hard"
 #: test world is seed 0 (``docs/scale.md``).
 WORLD = "simulated:world"
 WORLD_SEED = 1
+#: The real sets with composition variants (:func:`skewed`, :func:`missing`), and the donor sets with and without
+#: a technical effect (:mod:`.tasks.donors`).
+SKEWED = tuple(f"{d}:skewed" for d in REAL)
+MISSING = tuple(f"{d}:missing" for d in REAL)
+DONOR_SETS = (*DONORS, *(f"{d}-shift" for d in DONORS))
 K = 5
 
 
@@ -134,16 +139,13 @@ FAMILIES = {f.name: f for f in (
             Variant("DSBN, balanced by clusters", train={"balance": "clusters"}),
             Variant("DSBN, balanced by labels", train={"balance": "labels"}),
             Variant("one BN (no batch key)", model={"batch_key": None})),
-           datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed"),
-           supervised=True),
+           datasets=(*REAL, *SKEWED, SIM, f"{SIM}:skewed"), supervised=True),
     Family("positive_sources", "Where a cell's neighbour positives come from: its nearest cells of every source "
                                "(any, the default) or of its own source only (same; the package before "
                                "2026-12-07); one BN without a batch key searches all cells too.",
            (Variant("positive_sources same", train={"positive_sources": "same"}),
             Variant("one BN (no batch key)", model={"batch_key": None})),
-           datasets=(*REAL, "symphony_pbmc_3tech:skewed", "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed",
-                     "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD),
-           supervised=True),
+           datasets=(*REAL, *SKEWED, SIM, f"{SIM}:skewed", *MISSING, f"{SIM}:missing", WORLD), supervised=True),
     Family("source_norm", "How the sources are batch-normalized: apart (one set of statistics per source), together "
                           "(one set), or 'auto', the default: together when mutually nearest cells of different sources "
                           "differ by little common shift (:mod:`scconcerto.data.source_effect`; the last table gives "
@@ -154,9 +156,8 @@ FAMILIES = {f.name: f for f in (
                           "the table is unsupervised only.",
            (Variant("source_norm source", train={"source_norm": "source"}),
             Variant("source_norm shared", train={"source_norm": "shared"})),
-           datasets=("cellbench_5cl_celseq2_3plates", *REAL, "symphony_pbmc_3tech:skewed",
-                     "kang_ifnb_pbmc_scgen:skewed", SIM, f"{SIM}:skewed", "symphony_pbmc_3tech:missing",
-                     "kang_ifnb_pbmc_scgen:missing", f"{SIM}:missing", WORLD, *DONORS, *(f"{d}-shift" for d in DONORS)),
+           datasets=("cellbench_5cl_celseq2_3plates", *REAL, *SKEWED, SIM, f"{SIM}:skewed", *MISSING, f"{SIM}:missing",
+                     WORLD, *DONOR_SETS),
            mixing=True, shifts=True),
     Family("genes", "Gene selection: all genes against highly variable genes chosen on the reference ('auto': "
                     "2,000 when the reference has more than 5,000 genes, else all).",
@@ -181,9 +182,7 @@ FAMILIES = {f.name: f for f in (
                             "on the real sets, their adversarial variants and the donor sets, not only on the "
                             "simulation.",
            (Variant("log1p counts per 10k"), Variant("log1p median-total", normalize="median")),
-           datasets=("cellbench_5cl_celseq2_3plates", *REAL, "symphony_pbmc_3tech:skewed",
-                     "kang_ifnb_pbmc_scgen:skewed", "symphony_pbmc_3tech:missing", "kang_ifnb_pbmc_scgen:missing",
-                     SIM, *DONORS, *(f"{d}-shift" for d in DONORS))),
+           datasets=("cellbench_5cl_celseq2_3plates", *REAL, *SKEWED, *MISSING, SIM, *DONOR_SETS)),
 )}
 
 
@@ -241,23 +240,20 @@ def dataset(name: str, data_dir: Path | None, cache: dict) -> tuple[ad.AnnData, 
     """``(adata, is_counts)`` of a development data set or variant (cached)."""
     if name in cache:
         return cache[name]
-    base, _, variant = name.partition(":")
+    base = name.split(":", 1)[0]
+    transform = {"skewed": skewed, "missing": missing}.get(name.rsplit(":", 1)[-1])
     if base == "simulated":
-        adata, is_counts = (hard_world() if name.startswith(WORLD) else hard_simulation()), True
-        variant = name.split(":")[2] if name.count(":") > 1 else ""
+        adata = hard_world() if name.startswith(WORLD) else hard_simulation()
     else:
         if role(base) != "development":
             raise ValueError(f"{base} is not development data: ablations never look at test data")
-        adata = load_variant(data_dir, base if variant in ("skewed", "missing") else name, [])
+        adata = load_variant(data_dir, base if transform else name, [])
         if adata is None:
             cache[name] = None
             return None
-        is_counts = True
-    if variant == "skewed":
-        adata = skewed(adata)
-    elif variant == "missing":
-        adata = missing(adata)
-    cache[name] = (adata, is_counts)
+    if transform:
+        adata = transform(adata)
+    cache[name] = (adata, True)
     return cache[name]
 
 
@@ -303,11 +299,13 @@ def _train(model, adata: ad.AnnData, variant: Variant, prepare_mapping: bool | d
     model.train(epochs=epochs, progress=False, prepare_mapping=prepare_mapping, **train)
 
 
-def unsupervised_scores(adata: ad.AnnData, variant: Variant, seed: int, mixing: bool = False) -> dict[str, float]:
+def unsupervised_scores(adata: ad.AnnData, variant: Variant, seed: int,
+                        mixing: bool = False) -> dict[str, float | None]:
     """Trained on all cells without labels: the embedding's leave-one-batch-out 5-NN accuracy (``acc``),
     with ``mixing`` how well its batches mix (``ilisi``, :func:`scconcerto.metrics.ilisi`: 1 perfect, 0 none),
-    and the technical shift that training measured between the batches (``shift``, when it measured one:
-    ``training_record.source_shift``)."""
+    and the technical shift that training measured between the batches (``shift``,
+    ``training_record.source_shift``: ``None`` when it measured none, so that a store tells "not measured" from
+    "measured before the shift was kept")."""
     from scconcerto.metrics import cross_batch_accuracy, ilisi
 
     data = normalized(adata, variant.normalize)
@@ -318,8 +316,8 @@ def unsupervised_scores(adata: ad.AnnData, variant: Variant, seed: int, mixing: 
                                        batches, k=K)}
     if mixing:
         out["ilisi"] = ilisi(model.reference.embedding, batches)
-    if model.training_record.source_shift is not None:
-        out["shift"] = float(model.training_record.source_shift)
+    shift = model.training_record.source_shift
+    out["shift"] = None if shift is None else float(shift)
     return out
 
 

@@ -101,3 +101,20 @@ def test_measurements_taken_and_read_are_told_apart(monkeypatch):
     assert taken == {f"unsupervised|simulated:hard|0|{ablations.DEFAULT.key()}"}
     assert used - taken == {f"unsupervised|simulated:hard|0|{other.key()}"}
     assert sorted(r["acc"] for r in rows) == [0.4, 0.5]  # the stored measurement is read, not taken again
+
+
+def test_a_default_that_measured_no_shift_is_not_trained_again(monkeypatch):
+    family = ablations.Family("toy", "A toy table.", (ablations.DEFAULT,), datasets=("simulated:hard",), shifts=True)
+    calls = []
+
+    def fake(adata, variant, seed, mixing=False):
+        calls.append(seed)
+        return {"acc": 0.5, "shift": None}  # one source, or a forced normalization: nothing measured
+
+    monkeypatch.setattr(ablations, "unsupervised_scores", fake)
+    monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
+    store: dict = {}
+    ablations.run_family(family, [0], None, {}, store, lambda: None)
+    rows = ablations.run_family(family, [0], None, {}, store, lambda: None)
+    assert calls == [0]
+    assert "simulated:hard" not in ablations.shift_table(rows, seed=0)
