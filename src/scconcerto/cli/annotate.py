@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._defaults import DEFAULT_CLASSIFIER_LR, END_TO_END_CLASSIFIER_LR
 from ._common import (HelpFormatter, add_command, add_data, add_global_options, add_hvg, add_model, add_output,
                       add_runtime, check_output_free, emit, read_data, use_protein_key)
 
@@ -36,7 +37,12 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: by size)")
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="contrastive pre-training epochs (default: by size)")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial fine-tuning learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"initial fine-tuning learning rate (default: {DEFAULT_CLASSIFIER_LR:g} from the pre-trained "
+                        f"teacher, {END_TO_END_CLASSIFIER_LR:g} end to end)")
+    p.add_argument("--no-expression-vote", dest="expression_vote", action="store_false",
+                   help="predict from the classifier alone, without pooling its posterior with the vote of the "
+                        "nearest labeled cells in the reference's expression space")
     p.add_argument("--class-balanced", action="store_true", help="weight the cross-entropy by inverse class frequency")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="labeled cells held out to calibrate the confidence and the unknown threshold")
@@ -119,7 +125,8 @@ def _register_cv(commands: argparse._SubParsersAction) -> None:
 
 
 def _fit_kwargs(args: argparse.Namespace) -> dict:
-    return {"epochs": args.epochs, "lr": args.lr, "class_balanced": args.class_balanced,
+    return {"epochs": args.epochs, "lr": args.lr, "expression_vote": args.expression_vote,
+            "class_balanced": args.class_balanced,
             "validation_fraction": args.validation_fraction, "false_rejection_rate": args.false_rejection_rate,
             "unknown_score": args.unknown_score,
             "batch_size": args.batch_size or 128, "device": args.device}

@@ -105,24 +105,26 @@ def _vocabulary_width(cells: CellMatrix) -> int:
 
 
 def project_expression(cells: CellMatrix, loadings: np.ndarray, offset: np.ndarray | None = None,
-                       caps: np.ndarray | None = None) -> np.ndarray:
+                       caps: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """``(n_cells, c)`` float32: the cells' normalized expression times ``loadings``, L2-normalized rows.
 
     With ``caps`` (one per gene) values above them are clipped first; ``offset`` (one per
-    component) is subtracted from the product. Block by block (never densified), blocks in threads.
+    component) is subtracted from the product. ``rows``: only these cells, in this order. Block by block
+    (never densified), blocks in threads.
     """
-    n, n_comp = cells.n_cells, loadings.shape[1]
+    chosen = np.arange(cells.n_cells) if rows is None else np.asarray(rows, dtype=np.int64)
+    n, n_comp = len(chosen), loadings.shape[1]
     n_genes = loadings.shape[0]
     if _vocabulary_width(cells) > n_genes:
         raise ValueError(f"the cells use {_vocabulary_width(cells)} vocabulary genes, the loadings {n_genes}")
     out = np.empty((n, n_comp), dtype=np.float32)
 
     def project(start: int) -> None:  # scipy's sparse products release the GIL: blocks run in threads
-        rows = np.arange(start, min(n, start + _BLOCK_ROWS))
-        block = _csr_of(cells, rows, n_genes)
+        at = np.arange(start, min(n, start + _BLOCK_ROWS))
+        block = _csr_of(cells, chosen[at], n_genes)
         if caps is not None:
             block.data = np.minimum(block.data, caps[block.indices])
-        out[rows] = np.asarray(block @ loadings, dtype=np.float32)
+        out[at] = np.asarray(block @ loadings, dtype=np.float32)
 
     starts = range(0, n, _BLOCK_ROWS)
     if len(starts) > 1:

@@ -52,9 +52,10 @@ class ScaledSpace:
     offset: np.ndarray
     caps: np.ndarray
 
-    def project(self, cells: CellMatrix) -> np.ndarray:
-        """``(n_cells, c)`` float32: the cells in this space, L2-normalized rows (block by block)."""
-        return project_expression(cells, self.loadings, offset=self.offset, caps=self.caps)
+    def project(self, cells: CellMatrix, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(n_cells, c)`` float32: the cells (or only ``rows`` of them) in this space, L2-normalized rows (block
+        by block)."""
+        return project_expression(cells, self.loadings, offset=self.offset, caps=self.caps, rows=rows)
 
 
 def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, fit_cells: int = FIT_CELLS,

@@ -42,6 +42,7 @@ from scipy.special import expit
 
 from .._errors import InputError, ModelFileError
 from .._copy import with_copy
+from .._defaults import DEFAULT_CLASSIFIER_LR, END_TO_END_CLASSIFIER_LR
 from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key, unknown_score_key
 from ..data.setup import category_codes
 from ..data.sources import domain_codes, source_names
@@ -54,6 +55,7 @@ from ..tools.label_shift import query_balance_weights, set_balanced_moments, sub
 from ..train import with_new_domains
 from ..train.classifier import (ClassifierConfig, classifier_hidden_states, classifier_outputs,
                                 fit_classifier_network, outputs_of_hidden)
+from ._classifier_expression import ExpressionOpinion, expression_space_of, fit_expression_opinion
 from ._query_embedding import LABEL_SHIFT_CELLS, LABEL_SHIFT_ROUNDS
 from ._schema import check_bounded, check_dataclass
 
@@ -67,6 +69,8 @@ UNKNOWN_SCORES = ("reference", "combined", "knn", "max_softmax")
 FEATURE_BANK = "feature_bank"
 FEATURE_BANK_RNA_ONLY = "feature_bank_rna_only"
 FEATURE_BANK_LABELS = "feature_bank_labels"
+#: The feature bank's cells in the reference's scaled expression space (the expression vote's voters).
+EXPRESSION_BANK = "expression_bank"
 #: How a cell's class posterior is formed: the vote of its nearest labeled training cells in the classifier's
 #: feature space (``"knn"``), or the softmax of the head (``"head"``).
 DECISIONS = ("knn", "head")
@@ -293,6 +297,9 @@ class ClassifierState:
     decision
         How the class posterior is formed (:data:`DECISIONS`; ``"knn"`` votes with ``knn_k`` neighbours among
         the feature bank, whose labels are saved with it). Classifiers saved without it used ``"head"``.
+    expression_opinion
+        The expression vote pooled with the posterior (:class:`~scconcerto.model._classifier_expression.ExpressionOpinion`
+        as a dict); ``None``: the classifier's posterior alone (as classifiers saved before 2026-12-07).
     """
 
     label_key: str
@@ -319,6 +326,7 @@ class ClassifierState:
     calibration: dict[str, Any] | None = None
     rna_only: Calibration | None = None
     decision: str = "head"
+    expression_opinion: dict[str, Any] | None = None
 
     @property
     def full(self) -> Calibration:
@@ -363,19 +371,28 @@ class CellTypeClassifier:
     feature_bank, feature_bank_rna_only
         Teacher features of (a sample of) the training cells, with all modalities and from RNA alone.
     feature_bank_labels
-        Class codes of the feature bank's cells (the ``"knn"`` decision votes with them).
+        Class codes of the feature bank's cells (the ``"knn"`` decision and the expression vote vote with them).
+    expression_bank
+        The feature bank's cells in the reference's scaled expression space (with an expression opinion).
     """
 
     def __init__(self, model: Any, network: TeacherClassifier, state: ClassifierState, feature_bank: np.ndarray,
-                 feature_bank_rna_only: np.ndarray | None = None, feature_bank_labels: np.ndarray | None = None):
-        if state.decision == "knn" and (feature_bank_labels is None or len(feature_bank_labels) != len(feature_bank)):
-            raise ValueError("the 'knn' decision needs the class code of every feature bank cell")
+                 feature_bank_rna_only: np.ndarray | None = None, feature_bank_labels: np.ndarray | None = None,
+                 expression_bank: np.ndarray | None = None):
+        self.opinion = None if state.expression_opinion is None else ExpressionOpinion.from_dict(
+            state.expression_opinion, len(state.classes))
+        if (state.decision == "knn" or self.opinion is not None) and (
+                feature_bank_labels is None or len(feature_bank_labels) != len(feature_bank)):
+            raise ValueError("the 'knn' decision and the expression vote need the class code of every feature bank cell")
+        if self.opinion is not None and (expression_bank is None or len(expression_bank) != len(feature_bank)):
+            raise ValueError("the expression vote needs every feature bank cell in the expression space")
         self.model = model
         self.network = network.eval()
         self.state = state
         self.feature_bank = feature_bank
         self.feature_bank_rna_only = feature_bank_rna_only
         self.feature_bank_labels = feature_bank_labels
+        self.expression_bank = expression_bank if self.opinion is not None else None
 
     def decision_logits(self, logits: np.ndarray, features: np.ndarray, bank: np.ndarray) -> np.ndarray:
         """The logits the class posterior is the calibrated softmax of: the head's ``logits``, or the log shares
@@ -391,12 +408,12 @@ class CellTypeClassifier:
     @classmethod
     def fit(cls, model: Any, adata: ad.AnnData | None = None, label_key: str | None = None,
             target: ad.AnnData | None = None, pretrain: bool = True, class_balanced: bool = False,
-            epochs: int | None = None, batch_size: int = 128, lr: float = 1e-3,
+            epochs: int | None = None, batch_size: int = 128, lr: float | None = None,
             consistency_weight: float = DEFAULT_CONSISTENCY_WEIGHT, sharpen_temperature: float = 0.5,
             collapse_ratio: float = DEFAULT_COLLAPSE_RATIO,
             validation_fraction: float = 0.1, false_rejection_rate: float = 0.05,
             unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000, decision: str = "knn",
-            head_dropout: float = 0.0, batch_key: str | None = "__setup__",
+            expression_vote: bool = True, head_dropout: float = 0.0, batch_key: str | None = "__setup__",
             target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
             target_species: str | None = None, pretrain_epochs: int | None = None,
             seed: int | None = None, device: str = "auto", progress: bool | None = None,
@@ -426,7 +443,9 @@ class CellTypeClassifier:
         epochs
             Fine-tuning epochs (default: by the number of labeled cells, see :func:`default_classifier_epochs`).
         batch_size, lr
-            Mini-batch size and initial Adam learning rate.
+            Mini-batch size and initial Adam learning rate (default: ``DEFAULT_CLASSIFIER_LR`` when fine-tuning the
+            pre-trained teacher, chosen on the development tasks in ``benchmarks/CLASSIFIER.md``;
+            ``END_TO_END_CLASSIFIER_LR`` end to end, see :mod:`scconcerto._defaults`).
         consistency_weight, sharpen_temperature
             Weight of the target consistency loss (default 0: no adaptation, see
             :data:`DEFAULT_CONSISTENCY_WEIGHT`) and sharpening temperature of its soft targets.
@@ -460,6 +479,12 @@ class CellTypeClassifier:
             ``knn_k`` nearest training cells (of the feature bank) in the fine-tuned feature space;
             ``"head"``: the calibrated softmax of the classifier head. The default and ``knn_k`` were chosen
             on development tasks only (symphony 3' -> 5', and 3' -> 5' and Kang as simulated mouse).
+        expression_vote
+            Pool the posterior with the vote of the cell's nearest labeled cells in the reference's scaled
+            expression space, as mapping pools its two votes (:mod:`scconcerto.model._classifier_expression`;
+            only when the model's mapping keeps that space, and with held-out cells to fit it on; chosen on the
+            development tasks: ``benchmarks/CLASSIFIER.md``). The unknown scores read the classifier's own
+            posterior.
         head_dropout
             Dropout before the classifier head.
         batch_key, target_batch_key
@@ -542,6 +567,8 @@ class CellTypeClassifier:
 
         held = stratified_holdout(codes, validation_fraction, seed)
         train_rows = np.flatnonzero((codes >= 0) & ~held)
+        if lr is None:
+            lr = DEFAULT_CLASSIFIER_LR if pretrain else END_TO_END_CLASSIFIER_LR
         config = ClassifierConfig(epochs=epochs or default_classifier_epochs(train_rows.size), batch_size=batch_size,
                                   lr=lr, class_balanced=class_balanced, consistency_weight=consistency_weight,
                                   sharpen_temperature=sharpen_temperature, seed=seed, device=device,
@@ -575,6 +602,10 @@ class CellTypeClassifier:
         bank_codes = codes[bank_rows].astype(np.int64)
         calibration = _calibrate(network, bank, bank_codes, decision, source.cells, np.flatnonzero(held), codes,
                                  false_rejection_rate, knn_k, device)
+        opinion, expression_bank = (_expression_opinion(model, network, source.cells, bank, bank_rows, bank_codes,
+                                                        decision, np.flatnonzero(held), codes, knn_k,
+                                                        calibration.temperature, device)
+                                    if expression_vote else (None, None))
         rna_bank, rna_only = None, None
         if source.cells.protein is not None:
             rna_bank, rna_only = _rna_only_calibration(model, network, data, source.cells.domains, bank_rows,
@@ -594,8 +625,10 @@ class CellTypeClassifier:
             history=history, train_seconds=seconds, unknown_score=unknown_score, knn_k=int(knn_k),
             feature_bank_size=int(bank.shape[0]), temperature=calibration.temperature,
             thresholds=calibration.thresholds, score_quantiles=calibration.score_quantiles,
-            calibration=calibration.calibration, rna_only=rna_only, decision=decision)
-        return cls(model, network, state, bank, rna_bank, bank_codes if decision == "knn" else None)
+            calibration=calibration.calibration, rna_only=rna_only, decision=decision,
+            expression_opinion=None if opinion is None else opinion.to_dict())
+        return cls(model, network, state, bank, rna_bank,
+                   bank_codes if decision == "knn" or opinion is not None else None, expression_bank)
 
     # ------------------------------------------------------------------ prediction
     @property
@@ -613,13 +646,13 @@ class CellTypeClassifier:
         Cells of a source the classifier was trained on (labeled or target) use its batch-norm
         statistics; cells of other sources get AdaBN statistics estimated on themselves.
         """
-        logits, features, modalities = self._outputs(adata, batch_key, batch_size, device, min_overlap,
-                                                     query_species)
+        logits, features, modalities, _ = self._outputs(adata, batch_key, batch_size, device, min_overlap,
+                                                        query_species)
         return self.decision_logits(logits, features, self._calibration_for(modalities)[1])
 
     def _outputs(self, adata: ad.AnnData, batch_key: str | None, batch_size: int, device: str,
-                 min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-        """Logits, features and the modalities used (see :attr:`AnnotationPrediction.modalities`).
+                 min_overlap: float, query_species: str | None = None) -> tuple[np.ndarray, np.ndarray, str, Any]:
+        """Logits, features, the modalities used (see :attr:`AnnotationPrediction.modalities`) and the prepared cells.
 
         Cells without the model's proteins are RNA-only: every source of theirs gets batch-norm
         statistics estimated on its own cells, as the RNA-only calibration had.
@@ -645,7 +678,7 @@ class CellTypeClassifier:
         else:
             logits, features = classifier_outputs(self.network, prepared.cells, batch_size=batch_size,
                                                   device=device, adapt_domains=adapt or None)
-        return logits, features, modalities
+        return logits, features, modalities, prepared.cells
 
     def _balanced_adabn(self, cells: Any, new_domains: list[int], bank: np.ndarray, batch_size: int,
                         device: str) -> TeacherClassifier:
@@ -744,11 +777,15 @@ class CellTypeClassifier:
         if score == "reference" and not has_novelty_model(model, state.label_key, state.classes):
             raise InputError(f"unknown_score='reference' needs mapping's decision for {state.label_key!r}, which "
                              "this model does not have; use 'combined'.")
-        logits, features, modalities = self._outputs(adata, batch_key, batch_size, device, min_overlap, query_species)
+        logits, features, modalities, cells = self._outputs(adata, batch_key, batch_size, device, min_overlap,
+                                                            query_species)
         calibration, bank = self._calibration_for(modalities)
         logits = self.decision_logits(logits, features, bank)
         classes = list(state.classes)
         proba = scaled_probabilities(logits, calibration.temperature)
+        if self.opinion is not None:
+            proba = self.opinion.pool(proba, self._expression_space().project(cells), self.expression_bank,
+                                      self.feature_bank_labels).astype(proba.dtype)
         confidence = proba.max(axis=1)
         log_odds = top_class_log_odds(logits, calibration.temperature)
         familiarity = feature_knn_similarity(features, bank, state.knn_k)
@@ -788,6 +825,14 @@ class CellTypeClassifier:
                                              "model_id": model.model_id})
         return result
 
+    def _expression_space(self) -> Any:
+        space = expression_space_of(self.model)
+        if space is None:
+            raise InputError("This classifier pools its posterior with the reference's expression space, which the "
+                             "model no longer holds; run `model.prepare_mapping(reference_adata, overwrite=True)`, "
+                             "or fine-tune the classifier again with expression_vote=False.")
+        return space
+
     # ------------------------------------------------------------------ the model folder
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The classifier's tensors by stable name, for ``classifier.safetensors``."""
@@ -796,9 +841,11 @@ class CellTypeClassifier:
         if self.feature_bank_rna_only is not None:
             state[FEATURE_BANK_RNA_ONLY] = torch.from_numpy(
                 np.ascontiguousarray(self.feature_bank_rna_only, dtype=np.float32))
-        if self.state.decision == "knn":
+        if self.state.decision == "knn" or self.opinion is not None:
             state[FEATURE_BANK_LABELS] = torch.from_numpy(np.ascontiguousarray(self.feature_bank_labels,
                                                                                dtype=np.int64))
+        if self.opinion is not None:
+            state[EXPRESSION_BANK] = torch.from_numpy(np.ascontiguousarray(self.expression_bank, dtype=np.float32))
         return state
 
     @classmethod
@@ -825,8 +872,11 @@ class CellTypeClassifier:
         expected[FEATURE_BANK] = torch.empty(state.feature_bank_size, int(state.architecture.get("out_dim", -1)))
         if state.rna_only is not None:
             expected[FEATURE_BANK_RNA_ONLY] = expected[FEATURE_BANK]
-        if state.decision == "knn":
+        if state.decision == "knn" or state.expression_opinion is not None:
             expected[FEATURE_BANK_LABELS] = torch.empty(state.feature_bank_size, dtype=torch.int64)
+        if state.expression_opinion is not None:
+            width = tensors[EXPRESSION_BANK].shape[-1] if EXPRESSION_BANK in tensors else 0
+            expected[EXPRESSION_BANK] = torch.empty(state.feature_bank_size, width)
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         bad = [k for k in expected if k in tensors and tuple(expected[k].shape) != tuple(tensors[k].shape)]
@@ -841,15 +891,17 @@ class CellTypeClassifier:
                                  "the file is damaged. Fine-tune and save the classifier again.")
         try:
             network.load_state_dict({k: v for k, v in tensors.items()
-                                     if k not in (FEATURE_BANK, FEATURE_BANK_RNA_ONLY, FEATURE_BANK_LABELS)},
+                                     if k not in (FEATURE_BANK, FEATURE_BANK_RNA_ONLY, FEATURE_BANK_LABELS,
+                                                  EXPRESSION_BANK)},
                                     strict=True)
         except RuntimeError as exc:
             raise ModelFileError(f"The classifier weights cannot be loaded ({exc}); the file is damaged. Fine-tune "
                                  "and save the classifier again.") from exc
-        rna_bank = tensors.get(FEATURE_BANK_RNA_ONLY)
+        rna_bank, expression_bank = tensors.get(FEATURE_BANK_RNA_ONLY), tensors.get(EXPRESSION_BANK)
         return cls(model, network, state, tensors[FEATURE_BANK].detach().cpu().numpy().astype(np.float32),
                    None if rna_bank is None else rna_bank.detach().cpu().numpy().astype(np.float32),
-                   None if labels is None else labels.detach().cpu().numpy().astype(np.int64))
+                   None if labels is None else labels.detach().cpu().numpy().astype(np.int64),
+                   None if expression_bank is None else expression_bank.detach().cpu().numpy().astype(np.float32))
 
 
 # ---------------------------------------------------------------------- fitting, in parts
@@ -919,6 +971,22 @@ def _rna_only_calibration(model: Any, network: TeacherClassifier, data: ad.AnnDa
     at = np.searchsorted(rows, held_rows)
     held_logits = decision_logits(decision, logits[at], features[at], bank, bank_codes, knn_k)
     return bank, calibration_of(held_logits, features[at], codes[held_rows], bank, false_rejection_rate, knn_k)
+
+
+def _expression_opinion(model: Any, network: TeacherClassifier, cells: Any, bank: np.ndarray, bank_rows: np.ndarray,
+                        bank_codes: np.ndarray, decision: str, held_rows: np.ndarray, codes: np.ndarray, knn_k: int,
+                        temperature: float, device: str) -> tuple[ExpressionOpinion | None, np.ndarray | None]:
+    """The expression vote fitted on the held-out cells (:func:`fit_expression_opinion`) and the bank cells in the
+    expression space; ``(None, None)`` when the model keeps no expression space or there is nothing to fit on."""
+    space = expression_space_of(model)
+    if space is None or held_rows.size == 0:
+        log.info("The classifier's posterior is not pooled with an expression vote: %s.",
+                 "the model's mapping keeps no expression space" if space is None else "no held-out cells")
+        return None, None
+    logits, features = classifier_outputs(network, cells, held_rows, device=device)
+    posterior = scaled_probabilities(decision_logits(decision, logits, features, bank, bank_codes, knn_k), temperature)
+    fitted = fit_expression_opinion(space, cells, bank_rows, bank_codes, held_rows, codes[held_rows], posterior)
+    return (None, None) if fitted is None else fitted
 
 
 def _calibrate(network: TeacherClassifier, bank: np.ndarray, bank_codes: np.ndarray, decision: str, cells: Any,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._defaults import DEFAULT_CLASSIFIER_LR
 from .._ragged import CellBatch
 from .._settings import quiet_third_party
 from ..data.cells import CellMatrix
@@ -73,7 +74,7 @@ class ClassifierConfig:
 
     epochs: int = 20
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = DEFAULT_CLASSIFIER_LR
     lr_end_factor: float = 0.01
     weight_decay: float = 0.0
     max_genes: int | None = 512
