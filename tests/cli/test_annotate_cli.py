@@ -40,6 +40,8 @@ def test_train_from_pretrained_then_predict(files, tmp_path, capsys):
     loaded = Concerto.load(tmp_path / "clf")
     assert loaded.classifier.state.label_key == "cell_type"
     assert loaded.classifier is not None  # classifier.safetensors round trip
+    assert loaded.classifier.opinion is not None  # pooled with the expression vote by default
+    assert loaded.classifier.state.config["lr"] == 3e-4  # fine-tuned from the pre-trained teacher
     rc = main(["annotate", "predict", str(tmp_path / "clf"), str(query), "--out", str(tmp_path / "q.h5ad"),
                "--device", "cpu"])
     assert rc == 0
@@ -86,3 +88,12 @@ def test_train_refuses_an_existing_output_before_any_work(files, tmp_path, capsy
     rc = main(["annotate", "train", str(files / "ref.h5ad"), "--label-key", "cell_type", "--out",
                str(tmp_path / "clf")])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_train_without_the_expression_vote(files, tmp_path):
+    rc = main(["annotate", "train", str(files / "ref.h5ad"), "--label-key", "cell_type", "--batch-key", "batch",
+               "--pretrained", str(files / "ref_model"), "--epochs", "2", "--no-expression-vote", "--lr", "1e-3",
+               "--out", str(tmp_path / "clf"), "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    loaded = Concerto.load(tmp_path / "clf")
+    assert loaded.classifier.opinion is None and loaded.classifier.state.config["lr"] == 1e-3

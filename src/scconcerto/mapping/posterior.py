@@ -33,7 +33,7 @@ from scipy.special import logsumexp
 from .._errors import InputError
 
 __all__ = ["VotePosterior", "adjust_to_query_proportions", "class_votes", "fit_pool_power", "label_frequencies",
-           "pool_posteriors"]
+           "pool_posteriors", "smoothed_targets"]
 
 #: Search ranges of the fitted parameters (``alpha`` in votes, ``gamma`` a power).
 ALPHA_RANGE = (1e-3, 10.0)
@@ -101,7 +101,7 @@ class VotePosterior:
 
     @classmethod
     def fit(cls, similarities: np.ndarray, labels: np.ndarray, truth: np.ndarray, prior: np.ndarray,
-            k: int) -> "VotePosterior":
+            k: int, smoothing: float = 0.0) -> "VotePosterior":
         """Fit ``alpha`` and ``gamma`` by maximum likelihood of ``truth`` (held-out cells' own labels).
 
         Parameters
@@ -114,18 +114,23 @@ class VotePosterior:
             ``(n_classes,)`` the reference's label frequencies.
         k
             Neighbours that vote.
+        smoothing
+            Share of each held-out cell's weight spread over the other labels (:func:`smoothed_targets`), so
+            that a few held-out cells all voted right do not make the vote certain (``0``: plain likelihood).
         """
         truth = np.asarray(truth, dtype=np.int64)
         prior = np.asarray(prior, dtype=np.float64)
         if len(truth) == 0:
             raise InputError("Fitting the label posterior needs held-out labeled reference cells; found none.")
         votes = class_votes(np.asarray(similarities)[:, :k], np.asarray(labels)[:, :k], len(prior))
-        rows = np.arange(len(truth))
+        targets = smoothed_targets(truth, len(prior), smoothing)
 
         def nll(theta: np.ndarray) -> float:
             alpha, gamma = np.exp(theta)
             log_e = gamma * np.log(votes + alpha * prior[None, :])
-            return float(-np.mean(log_e[rows, truth] - logsumexp(log_e, axis=1)))
+            log_p = log_e - logsumexp(log_e, axis=1, keepdims=True)
+            terms = np.multiply(targets, log_p, out=np.zeros_like(log_p), where=targets > 0)  # 0 * log 0 -> 0
+            return float(-np.mean(terms.sum(axis=1)))
 
         grid = [np.log([a, g]) for a in (0.01, 0.1, 1.0) for g in (0.5, 1.0, 2.0, 4.0, 8.0)]
         start = min(grid, key=nll)
@@ -166,20 +171,37 @@ def pool_posteriors(posteriors: list[np.ndarray], tau: float = 1.0) -> np.ndarra
     return out
 
 
-def fit_pool_power(posteriors: list[np.ndarray], truth: np.ndarray) -> float:
+def smoothed_targets(truth: np.ndarray, n_classes: int, smoothing: float) -> np.ndarray:
+    """``(n, n_classes)`` targets of a calibration fit: ``1 - smoothing`` on each cell's label, the rest spread
+    evenly over the other labels.
+
+    With ``smoothing = 1 / (n + 2)`` for ``n`` held-out cells this is Platt's (1999) correction: the fit sees
+    the held-out cells as if one more had gone each way, so that perfectly separated held-out cells (a few,
+    all voted right) give a sure but not a certain posterior, and many held-out cells are barely changed.
+    """
+    truth = np.asarray(truth, dtype=np.int64)
+    if not 0.0 <= smoothing < 1.0:
+        raise InputError(f"smoothing must lie in [0, 1), got {smoothing}.")
+    others = smoothing / max(n_classes - 1, 1)
+    targets = np.full((len(truth), n_classes), others if n_classes > 1 else 0.0)
+    targets[np.arange(len(truth)), truth] = 1.0 - smoothing if n_classes > 1 else 1.0
+    return targets
+
+
+def fit_pool_power(posteriors: list[np.ndarray], truth: np.ndarray, smoothing: float = 0.0) -> float:
     """The power ``tau`` of :func:`pool_posteriors` that maximizes the likelihood of ``truth`` (label codes of
-    held-out cells)."""
+    held-out cells; ``smoothing`` as in :meth:`VotePosterior.fit`)."""
     from scipy.optimize import minimize_scalar
 
     truth = np.asarray(truth, dtype=np.int64)
     if len(truth) == 0:
         raise InputError("Fitting the pooled posterior needs held-out labeled reference cells; found none.")
     log_p = sum(np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-300, None)) for p in posteriors)
-    rows = np.arange(len(truth))
+    targets = smoothed_targets(truth, log_p.shape[1], smoothing)
 
     def nll(log_tau: float) -> float:
         scaled = np.exp(log_tau) * log_p
-        return float(-np.mean(scaled[rows, truth] - logsumexp(scaled, axis=1)))
+        return float(-np.mean((targets * (scaled - logsumexp(scaled, axis=1, keepdims=True))).sum(axis=1)))
 
     best = minimize_scalar(nll, bounds=tuple(np.log(TAU_RANGE)), method="bounded")
     return float(np.exp(best.x))

@@ -7,8 +7,8 @@ classifier does the same with its fine-tuned posterior. The expression vote (:cl
 is cast among the classifier's feature-bank cells (labeled training cells) in the expression space of the
 model's reference; its smoothing and power, and the power of the pooled product
 (:func:`~scconcerto.mapping.posterior.fit_pool_power`), are fitted on the classifier's held-out labeled cells.
-A model whose mapping keeps no expression space (``positive_space="svd"``, models saved before it) gives its
-classifier no second opinion.
+A model without that space (its mapping not prepared, or saved before the space was kept) gives its classifier
+no second opinion.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ExpressionOpinion:
 
 
 def expression_space_of(model: Any) -> ScaledSpace | None:
-    """The scaled expression space of the model's reference, when its mapping keeps one."""
+    """The scaled expression space of the model's reference, when the model holds one."""
     if getattr(model, "reference", None) is None:
         return None
     scaled = ReferenceSearch(model.reference, {}).scaled()
@@ -110,7 +110,10 @@ def fit_expression_opinion(space: ScaledSpace, cells: Any, bank_rows: np.ndarray
     found = knn(held_expression, bank_expression, k=k)
     labels = np.where(found.indices >= 0, bank_codes[np.maximum(found.indices, 0)], -1)
     prior = label_frequencies(bank_codes, n_classes)
-    vote = VotePosterior.fit(found.similarities[votable], labels[votable], held_codes[votable], prior, k)
+    smoothing = 1.0 / (votable.sum() + 2)  # Platt's correction: few held-out cells cannot make the vote certain
+    vote = VotePosterior.fit(found.similarities[votable], labels[votable], held_codes[votable], prior, k,
+                             smoothing=smoothing)
     expression_posterior = vote.posterior(found.similarities, labels)
-    tau = fit_pool_power([held_posterior[votable], expression_posterior[votable]], held_codes[votable])
+    tau = fit_pool_power([held_posterior[votable], expression_posterior[votable]], held_codes[votable],
+                         smoothing=smoothing)
     return ExpressionOpinion(vote, tau), bank_expression

@@ -482,7 +482,7 @@ class CellTypeClassifier:
         expression_vote
             Pool the posterior with the vote of the cell's nearest labeled cells in the reference's scaled
             expression space, as mapping pools its two votes (:mod:`scconcerto.model._classifier_expression`;
-            only when the model's mapping keeps that space, and with held-out cells to fit it on; chosen on the
+            only when the model keeps that space, and with held-out cells to fit it on; chosen on the
             development tasks: ``benchmarks/CLASSIFIER.md``). The unknown scores read the classifier's own
             posterior.
         head_dropout
@@ -981,7 +981,7 @@ def _expression_opinion(model: Any, network: TeacherClassifier, cells: Any, bank
     space = expression_space_of(model)
     if space is None or held_rows.size == 0:
         log.info("The classifier's posterior is not pooled with an expression vote: %s.",
-                 "the model's mapping keeps no expression space" if space is None else "no held-out cells")
+                 "the model keeps no expression space" if space is None else "no held-out cells")
         return None, None
     logits, features = classifier_outputs(network, cells, held_rows, device=device)
     posterior = scaled_probabilities(decision_logits(decision, logits, features, bank, bank_codes, knn_k), temperature)
