@@ -135,3 +135,32 @@ def test_pool_power_undoes_counting_one_opinion_twice():
     assert abs(fit_pool_power([p], truth) - 1.0) < 0.1
     with pytest.raises(InputError):
         fit_pool_power([p[:0]], truth[:0])
+
+
+def test_smoothed_targets_by_hand():
+    from scconcerto.mapping.posterior import smoothed_targets
+
+    np.testing.assert_allclose(smoothed_targets(np.array([2, 0]), 3, 0.2), [[0.1, 0.1, 0.8], [0.8, 0.1, 0.1]])
+    np.testing.assert_array_equal(smoothed_targets(np.array([1]), 3, 0.0), [[0.0, 1.0, 0.0]])
+    with pytest.raises(InputError):
+        smoothed_targets(np.array([0]), 2, 1.0)
+
+
+def test_platts_correction_keeps_a_few_perfect_held_out_cells_from_making_the_vote_certain():
+    """Eleven held-out cells, each voted for its own label by all five neighbours: under the plain likelihood the
+    vote becomes certain; with the 1 / (n + 2) correction it is sure but not certain, and with a thousand such
+    cells the correction barely binds."""
+
+    def separated(n):
+        truth = np.arange(n) % 3
+        return np.full((n, 5), 0.9), np.repeat(truth[:, None], 5, axis=1), truth
+
+    prior = np.full(3, 1 / 3)
+    plain = VotePosterior.fit(*separated(11), prior, k=5)
+    corrected = VotePosterior.fit(*separated(11), prior, k=5, smoothing=1 / 13)
+    many = VotePosterior.fit(*separated(1000), prior, k=5, smoothing=1 / 1002)
+    sure = {name: fit.posterior(*separated(3)[:2]).max(axis=1)
+            for name, fit in (("plain", plain), ("corrected", corrected), ("many", many))}
+    assert np.all(sure["plain"] > 0.9999)
+    assert np.all((sure["corrected"] > 0.5) & (sure["corrected"] < 1 - 1 / 26))  # sure, never certain
+    assert np.all(sure["many"] > sure["corrected"])
