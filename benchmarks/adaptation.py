@@ -56,8 +56,10 @@ def tasks(data_dir: Path, development: bool) -> list[tuple[str, object, object, 
             q = (a.obs["batch"] == "5p").to_numpy()
             out.append(("symphony_pbmc_3tech:3p->5p", a[~q].copy(), a[q].copy(), None))
             out.append(("symphony_pbmc_3tech:3p->5p as mouse", a[~q].copy(), as_mouse(a[q].copy()), "mouse"))
+            out.append(("symphony_pbmc_3tech:5p->3p as mouse", a[q].copy(), as_mouse(a[~q].copy()), "mouse"))
         if (a := load(data_dir, "kang_ifnb_pbmc_scgen", skipped)) is not None:
             q = (a.obs["batch"] == "stimulated").to_numpy()
+            out.append(("kang_ifnb:control->stimulated", a[~q].copy(), a[q].copy(), None))
             out.append(("kang_ifnb:control->stimulated as mouse", a[~q].copy(), as_mouse(a[q].copy()), "mouse"))
     else:
         from .peers.base import counts
