@@ -75,7 +75,8 @@ def choose(dev: pd.DataFrame) -> tuple[pd.DataFrame, float, bool]:
             .agg(acc=("acc", "mean"), macro_f1=("macro_f1", "mean"))
             .sort_values("acc", ascending=False, kind="stable"))
     best = grid.iloc[0]
-    return grid.assign(lr=grid["lr"].map(lambda v: f"{v:g}")).round(3), float(best["lr"]), bool(best["expression_vote"])
+    shown = grid.assign(lr=grid["lr"].map(lambda v: f"{v:g}")).round(3)
+    return shown, float(best["lr"]), bool(best["expression_vote"])
 
 
 def table(rows: pd.DataFrame) -> pd.DataFrame:

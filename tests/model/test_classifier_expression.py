@@ -51,6 +51,9 @@ def test_a_weak_classifier_is_rescued_by_the_expression_vote(hard_model):
     assert pooled_acc > 0.7 and pooled_acc > own_acc + 0.15, (own_acc, pooled_acc)
     np.testing.assert_allclose(pooled.probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert np.allclose(pooled.confidence, pooled.probabilities.max(axis=1))
+    written = query.copy()
+    model.predict(written)
+    assert written.uns["scconcerto_annotation"]["expression_vote"] is True
 
 
 def test_without_the_vote_the_posterior_is_the_classifiers_own(trained_model, split):

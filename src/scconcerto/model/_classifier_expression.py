@@ -3,12 +3,14 @@ expression space, pooled with the classifier's own calibrated posterior.
 
 Mapping pools its vote in the embedding with the same kind of vote in the reference's scaled expression space
 (:mod:`scconcerto.mapping.label_model`): a label needs the support of the cell's neighbours in both. The
-classifier does the same with its fine-tuned posterior. The expression vote (:class:`~scconcerto.mapping.posterior.VotePosterior`)
-is cast among the classifier's feature-bank cells (labeled training cells) in the expression space of the
-model's reference; its smoothing and power, and the power of the pooled product
-(:func:`~scconcerto.mapping.posterior.fit_pool_power`), are fitted on the classifier's held-out labeled cells.
-A model without that space (its mapping not prepared, or saved before the space was kept) gives its classifier
-no second opinion.
+classifier does the same with its fine-tuned posterior. The expression vote
+(:class:`~scconcerto.mapping.posterior.VotePosterior`) is cast among the classifier's feature-bank cells (labeled
+training cells) in the expression space of the model's reference. The vote's smoothing and power, and the power
+of the pooled product (:func:`~scconcerto.mapping.posterior.fit_pool_power`), are fitted on the classifier's
+held-out labeled cells with Platt's correction (:func:`~scconcerto.mapping.posterior.smoothed_targets`): a few
+held-out cells all voted right cannot make the vote certain, so that it does not outvote the classifier on a
+query whose expression is shifted. A model without that space (its mapping not prepared, or saved before the
+space was kept) gives its classifier no second opinion.
 """
 
 from __future__ import annotations

@@ -298,8 +298,9 @@ class ClassifierState:
         How the class posterior is formed (:data:`DECISIONS`; ``"knn"`` votes with ``knn_k`` neighbours among
         the feature bank, whose labels are saved with it). Classifiers saved without it used ``"head"``.
     expression_opinion
-        The expression vote pooled with the posterior (:class:`~scconcerto.model._classifier_expression.ExpressionOpinion`
-        as a dict); ``None``: the classifier's posterior alone (as classifiers saved before 2026-12-07).
+        The expression vote pooled with the posterior (an
+        :class:`~scconcerto.model._classifier_expression.ExpressionOpinion` as a dict); ``None``: the classifier's
+        posterior alone (as classifiers saved before 2026-12-07).
     """
 
     label_key: str
@@ -383,7 +384,8 @@ class CellTypeClassifier:
             state.expression_opinion, len(state.classes))
         if (state.decision == "knn" or self.opinion is not None) and (
                 feature_bank_labels is None or len(feature_bank_labels) != len(feature_bank)):
-            raise ValueError("the 'knn' decision and the expression vote need the class code of every feature bank cell")
+            raise ValueError("the 'knn' decision and the expression vote need the class code of every feature bank "
+                             "cell")
         if self.opinion is not None and (expression_bank is None or len(expression_bank) != len(feature_bank)):
             raise ValueError("the expression vote needs every feature bank cell in the expression space")
         self.model = model
@@ -735,7 +737,8 @@ class CellTypeClassifier:
         ``obs['L_pred']``, ``obsm['L_proba']`` (calibrated probabilities; class
         names in ``uns['L_proba_classes']``), ``obs['L_confidence']`` (0-1),
         ``obs['L_unknown']``, ``obs['L_unknown_score']`` (the rejection score it
-        thresholds) and ``uns['scconcerto_annotation']`` (score, threshold and modalities used).
+        thresholds) and ``uns['scconcerto_annotation']`` (score, threshold, modalities used, and
+        whether the expression vote was pooled).
         Cells without the proteins of an RNA + protein model are predicted from RNA
         alone, with the classifier's RNA-only calibration.
 
@@ -820,6 +823,7 @@ class CellTypeClassifier:
                                       modalities, None if known is None else known.astype(np.float32))
         if inplace:
             write_prediction(adata, result, {"temperature": calibration.temperature, "unknown_score": score,
+                                             "expression_vote": self.opinion is not None,
                                              "unknown_threshold": -1.0 if threshold is None else threshold,
                                              "rejected": bool(reject), "modalities": modalities,
                                              "model_id": model.model_id})
