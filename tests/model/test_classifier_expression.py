@@ -102,9 +102,11 @@ def test_the_vote_is_saved_and_a_damaged_one_is_refused(trained_model, split, tm
     with pytest.raises(ModelFileError, match="expression_opinion"):
         Concerto.load(tmp_path / "m")
     tensors = safetensors.torch.load_file(weights)
-    del tensors[EXPRESSION_BANK]
-    safetensors.torch.save_file(tensors, weights)
-    good["checksums"]["classifier.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    write(good)
-    with pytest.raises(ModelFileError, match="missing"):
-        Concerto.load(tmp_path / "m")
+    bank = tensors.pop(EXPRESSION_BANK)
+    for edited, message in (({**tensors, EXPRESSION_BANK: bank[:, :-1].contiguous()}, "wrong shape"),
+                            (tensors, "missing")):
+        safetensors.torch.save_file(edited, weights)
+        good["checksums"]["classifier.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        write(good)
+        with pytest.raises(ModelFileError, match=message):
+            Concerto.load(tmp_path / "m")

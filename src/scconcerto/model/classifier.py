@@ -878,8 +878,10 @@ class CellTypeClassifier:
             expected[FEATURE_BANK_RNA_ONLY] = expected[FEATURE_BANK]
         if state.decision == "knn" or state.expression_opinion is not None:
             expected[FEATURE_BANK_LABELS] = torch.empty(state.feature_bank_size, dtype=torch.int64)
-        if state.expression_opinion is not None:
-            width = tensors[EXPRESSION_BANK].shape[-1] if EXPRESSION_BANK in tensors else 0
+        if state.expression_opinion is not None:  # as wide as the reference's expression space
+            space = expression_space_of(model)
+            width = space.loadings.shape[1] if space is not None else (
+                tensors[EXPRESSION_BANK].shape[-1] if EXPRESSION_BANK in tensors else 0)
             expected[EXPRESSION_BANK] = torch.empty(state.feature_bank_size, width)
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
