@@ -127,10 +127,7 @@ class VotePosterior:
 
         def nll(theta: np.ndarray) -> float:
             alpha, gamma = np.exp(theta)
-            log_e = gamma * np.log(votes + alpha * prior[None, :])
-            log_p = log_e - logsumexp(log_e, axis=1, keepdims=True)
-            terms = np.multiply(targets, log_p, out=np.zeros_like(log_p), where=targets > 0)  # 0 * log 0 -> 0
-            return float(-np.mean(terms.sum(axis=1)))
+            return _mean_nll(gamma * np.log(votes + alpha * prior[None, :]), targets)
 
         grid = [np.log([a, g]) for a in (0.01, 0.1, 1.0) for g in (0.5, 1.0, 2.0, 4.0, 8.0)]
         start = min(grid, key=nll)
@@ -182,10 +179,19 @@ def smoothed_targets(truth: np.ndarray, n_classes: int, smoothing: float) -> np.
     truth = np.asarray(truth, dtype=np.int64)
     if not 0.0 <= smoothing < 1.0:
         raise InputError(f"smoothing must lie in [0, 1), got {smoothing}.")
-    others = smoothing / max(n_classes - 1, 1)
-    targets = np.full((len(truth), n_classes), others if n_classes > 1 else 0.0)
-    targets[np.arange(len(truth)), truth] = 1.0 - smoothing if n_classes > 1 else 1.0
+    if n_classes < 2:  # no other label to spread over
+        smoothing = 0.0
+    targets = np.full((len(truth), n_classes), smoothing / max(n_classes - 1, 1))
+    targets[np.arange(len(truth)), truth] = 1.0 - smoothing
     return targets
+
+
+def _mean_nll(log_evidence: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over rows of the cross-entropy of ``targets`` under ``softmax(log_evidence)`` (a target of zero
+    reads nothing, even where the evidence is ``-inf``)."""
+    log_p = log_evidence - logsumexp(log_evidence, axis=1, keepdims=True)
+    terms = np.multiply(targets, log_p, out=np.zeros_like(log_p), where=targets > 0)
+    return float(-np.mean(terms.sum(axis=1)))
 
 
 def fit_pool_power(posteriors: list[np.ndarray], truth: np.ndarray, smoothing: float = 0.0) -> float:
@@ -200,8 +206,7 @@ def fit_pool_power(posteriors: list[np.ndarray], truth: np.ndarray, smoothing: f
     targets = smoothed_targets(truth, log_p.shape[1], smoothing)
 
     def nll(log_tau: float) -> float:
-        scaled = np.exp(log_tau) * log_p
-        return float(-np.mean((targets * (scaled - logsumexp(scaled, axis=1, keepdims=True))).sum(axis=1)))
+        return _mean_nll(np.exp(log_tau) * log_p, targets)
 
     best = minimize_scalar(nll, bounds=tuple(np.log(TAU_RANGE)), method="bounded")
     return float(np.exp(best.x))

@@ -15,14 +15,14 @@ space was kept) gives its classifier no second opinion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .._errors import ModelFileError
 from ..data.scaled_space import ScaledSpace
-from ..mapping.label_model import DEFAULT_K
+from ..mapping.label_model import DEFAULT_K, neighbour_labels
 from ..mapping.posterior import VotePosterior, fit_pool_power, label_frequencies, pool_posteriors
 from ..search.neighbors import knn
 from ._reference import ReferenceSearch
@@ -49,9 +49,8 @@ class ExpressionOpinion:
         """``(n, n_classes)``: the vote of each cell (rows of ``expression``) among the bank cells."""
         k = int(min(self.vote.k, len(bank_expression)))
         found = knn(np.asarray(expression, dtype=np.float32), np.asarray(bank_expression, dtype=np.float32), k=k)
-        labels = np.where(found.indices >= 0, np.asarray(bank_codes)[np.maximum(found.indices, 0)], -1)
-        return VotePosterior(self.vote.alpha, self.vote.gamma, self.vote.prior, k).posterior(found.similarities,
-                                                                                             labels)
+        labels = neighbour_labels(found.indices, np.asarray(bank_codes))
+        return replace(self.vote, k=k).posterior(found.similarities, labels)
 
     def pool(self, posterior: np.ndarray, expression: np.ndarray, bank_expression: np.ndarray,
              bank_codes: np.ndarray) -> np.ndarray:
@@ -103,14 +102,13 @@ def fit_expression_opinion(space: ScaledSpace, cells: Any, bank_rows: np.ndarray
         The held-out rows, their class codes and the classifier's calibrated posterior of them.
     """
     n_classes = held_posterior.shape[1]
-    bank_expression = space.project(cells, rows=bank_rows)
     votable = np.isin(held_codes, bank_codes)  # a class absent from the bank cannot be voted for
     if votable.sum() < 2 * DEFAULT_K or len(np.unique(held_codes[votable])) < 2:
         return None
-    held_expression = space.project(cells, rows=held_rows)
+    bank_expression = space.project(cells, rows=bank_rows)
     k = int(min(DEFAULT_K, len(bank_rows)))
-    found = knn(held_expression, bank_expression, k=k)
-    labels = np.where(found.indices >= 0, bank_codes[np.maximum(found.indices, 0)], -1)
+    found = knn(space.project(cells, rows=held_rows), bank_expression, k=k)
+    labels = neighbour_labels(found.indices, bank_codes)
     prior = label_frequencies(bank_codes, n_classes)
     smoothing = 1.0 / (votable.sum() + 2)  # Platt's correction: few held-out cells cannot make the vote certain
     vote = VotePosterior.fit(found.similarities[votable], labels[votable], held_codes[votable], prior, k,

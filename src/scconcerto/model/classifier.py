@@ -602,11 +602,11 @@ class CellTypeClassifier:
         bank_rows = np.sort(rng.choice(train_rows, min(feature_bank_size, train_rows.size), replace=False))
         _, bank = classifier_outputs(network, source.cells, bank_rows, device=device)
         bank_codes = codes[bank_rows].astype(np.int64)
-        calibration = _calibrate(network, bank, bank_codes, decision, source.cells, np.flatnonzero(held), codes,
-                                 false_rejection_rate, knn_k, device)
-        opinion, expression_bank = (_expression_opinion(model, network, source.cells, bank, bank_rows, bank_codes,
-                                                        decision, np.flatnonzero(held), codes, knn_k,
-                                                        calibration.temperature, device)
+        calibration, held_logits = _calibrate(network, bank, bank_codes, decision, source.cells, np.flatnonzero(held),
+                                              codes, false_rejection_rate, knn_k, device)
+        opinion, expression_bank = (_expression_opinion(model, source.cells, bank_rows, bank_codes,
+                                                        np.flatnonzero(held), codes,
+                                                        scaled_probabilities(held_logits, calibration.temperature))
                                     if expression_vote else (None, None))
         rna_bank, rna_only = None, None
         if source.cells.protein is not None:
@@ -979,32 +979,32 @@ def _rna_only_calibration(model: Any, network: TeacherClassifier, data: ad.AnnDa
     return bank, calibration_of(held_logits, features[at], codes[held_rows], bank, false_rejection_rate, knn_k)
 
 
-def _expression_opinion(model: Any, network: TeacherClassifier, cells: Any, bank: np.ndarray, bank_rows: np.ndarray,
-                        bank_codes: np.ndarray, decision: str, held_rows: np.ndarray, codes: np.ndarray, knn_k: int,
-                        temperature: float, device: str) -> tuple[ExpressionOpinion | None, np.ndarray | None]:
-    """The expression vote fitted on the held-out cells (:func:`fit_expression_opinion`) and the bank cells in the
-    expression space; ``(None, None)`` when the model keeps no expression space or there is nothing to fit on."""
+def _expression_opinion(model: Any, cells: Any, bank_rows: np.ndarray, bank_codes: np.ndarray, held_rows: np.ndarray,
+                        codes: np.ndarray, held_posterior: np.ndarray
+                        ) -> tuple[ExpressionOpinion | None, np.ndarray | None]:
+    """The expression vote fitted on the held-out cells (:func:`fit_expression_opinion`; ``held_posterior``: the
+    classifier's calibrated posterior of them) and the bank cells in the expression space; ``(None, None)`` when
+    the model keeps no expression space or there is nothing to fit on."""
     space = expression_space_of(model)
     if space is None or held_rows.size == 0:
         log.info("The classifier's posterior is not pooled with an expression vote: %s.",
                  "the model keeps no expression space" if space is None else "no held-out cells")
         return None, None
-    logits, features = classifier_outputs(network, cells, held_rows, device=device)
-    posterior = scaled_probabilities(decision_logits(decision, logits, features, bank, bank_codes, knn_k), temperature)
-    fitted = fit_expression_opinion(space, cells, bank_rows, bank_codes, held_rows, codes[held_rows], posterior)
+    fitted = fit_expression_opinion(space, cells, bank_rows, bank_codes, held_rows, codes[held_rows], held_posterior)
     return (None, None) if fitted is None else fitted
 
 
 def _calibrate(network: TeacherClassifier, bank: np.ndarray, bank_codes: np.ndarray, decision: str, cells: Any,
                held_rows: np.ndarray, codes: np.ndarray, false_rejection_rate: float, knn_k: int, device: str
-               ) -> Calibration:
+               ) -> tuple[Calibration, np.ndarray]:
     """Temperature, ECE before/after, held-out score distributions and the thresholds of every score, of the
-    ``decision``'s logits on the held-out cells (never in the feature bank)."""
+    ``decision``'s logits on the held-out cells (never in the feature bank); and those logits."""
     if held_rows.size == 0:
-        return calibration_of(np.empty((0, 0)), np.empty((0, 0)), codes[:0], bank, false_rejection_rate, knn_k)
+        empty = np.empty((0, 0))
+        return calibration_of(empty, empty, codes[:0], bank, false_rejection_rate, knn_k), empty
     logits, features = classifier_outputs(network, cells, held_rows, device=device)
     logits = decision_logits(decision, logits, features, bank, bank_codes, knn_k)
-    return calibration_of(logits, features, codes[held_rows], bank, false_rejection_rate, knn_k)
+    return calibration_of(logits, features, codes[held_rows], bank, false_rejection_rate, knn_k), logits
 
 
 def calibration_of(logits: np.ndarray, features: np.ndarray, y: np.ndarray, bank: np.ndarray,
