@@ -223,3 +223,27 @@ def test_a_decision_reading_the_embeddings_own_vote_needs_it(monkeypatch):
     given = query_features(sims, pooled, q_emb, emb, (q_expr, expr, codes[e_idx]), embedding_posterior=own)
     as_pooled = query_features(sims, pooled, q_emb, emb, (q_expr, expr, codes[e_idx]))
     assert not np.allclose(reading.decide(given, pooled)[0], reading.decide(as_pooled, pooled)[0])
+
+
+def test_a_small_reference_voted_perfectly_on_its_held_out_cells_is_sure_but_not_certain(monkeypatch):
+    """Forty-two cells of three well-separated types: the ten held-out cells are all voted right. Calibrated with
+    Platt's correction (1 / (n + 2) for n held-out cells) the vote is sure but leaves the other labels at least
+    about 1 / (2 (n + 2)) between them; under the plain likelihood it would be certain."""
+    import scconcerto.mapping.label_model as label_model
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 1, (3, 16))
+    ref, codes = clusters(14, centres, 0.05, seed=4)
+    query, _ = clusters(5, centres, 0.05, seed=5)
+
+    def top_probability(model):
+        sims, idx = exact_search(query, ref, model.posterior.k)
+        return model.posterior.posterior(sims, codes[idx]).max(axis=1)
+
+    corrected = fit_label_model(ref, codes, ["a", "b", "c"], k=5, seed=0)
+    n_held = len(codes) // 4  # the default hold-out: a quarter of the labeled cells
+    assert np.all(top_probability(corrected) < 1 - 1 / (2 * (n_held + 2)))
+    assert np.all(top_probability(corrected) > 0.8)
+    monkeypatch.setattr(label_model, "platt_smoothing", lambda n: 0.0)
+    plain = fit_label_model(ref, codes, ["a", "b", "c"], k=5, seed=0)
+    assert np.all(top_probability(plain) > 0.999)

@@ -10,7 +10,9 @@ be, was measured and not kept: ``docs/mapping.md``.)
   cell's nearest reference cells in the embedding and, when the model keeps the reference's scaled expression
   space, pooled with the same vote in that space (the product of the two, calibrated:
   :func:`~.posterior.pool_posteriors`). A label needs the support of the cell's neighbours in both spaces;
-  why pooled and not the embedding alone: ``benchmarks/POOLING.md``.
+  why pooled and not the embedding alone: ``benchmarks/POOLING.md``. The fits read the held-out labels with
+  Platt's correction (:func:`~.posterior.platt_smoothing`): a few held-out cells all voted right make a vote
+  sure, not certain.
 * **Right** ``P(right | seen type)``: a logistic model of the posterior's log odds and, when the model keeps an
   expression space, of the share of the cell's nearest reference cells *in expression* that carry the label
   (:func:`~.scores.agreement`): a wrong label often has a clean neighbourhood in the label-shaped embedding but
@@ -40,7 +42,7 @@ import numpy as np
 
 from .._errors import InputError
 from ..search.neighbors import exact_search, l2_normalize
-from .posterior import VotePosterior, fit_pool_power, label_frequencies, pool_posteriors
+from .posterior import VotePosterior, fit_pool_power, label_frequencies, platt_smoothing, pool_posteriors
 from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features, support_log_odds
 
 __all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "fit_label_model",
@@ -272,7 +274,8 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     # a held-out cell whose type is absent from the cells it was searched among cannot be labelled: left out
     fit_rows = np.flatnonzero(np.isin(codes[held], codes[pool]))  # a type with no other cell cannot be voted
     truth = codes[held[fit_rows]]
-    posterior = VotePosterior.fit(sims[fit_rows], labels[fit_rows], truth, prior, k)
+    smoothing = platt_smoothing(len(truth))
+    posterior = VotePosterior.fit(sims[fit_rows], labels[fit_rows], truth, prior, k, smoothing=smoothing)
     post = posterior.posterior(sims, labels)
     embedding_post = post
     expr = None if expression is None else l2_normalize(expression)
@@ -280,9 +283,10 @@ def fit_label_model(embedding: np.ndarray, codes: np.ndarray, classes: list[str]
     if expr is not None:
         expr_sims, expr_rows = _held_out_search(expr, held, pool, AGREEMENT_K)
         expr_labels = neighbour_labels(expr_rows, codes)
-        expression_posterior = VotePosterior.fit(expr_sims[fit_rows], expr_labels[fit_rows], truth, prior, k)
+        expression_posterior = VotePosterior.fit(expr_sims[fit_rows], expr_labels[fit_rows], truth, prior, k,
+                                                 smoothing=smoothing)
         expr_post = expression_posterior.posterior(expr_sims, expr_labels)
-        tau = fit_pool_power([post[fit_rows], expr_post[fit_rows]], truth)
+        tau = fit_pool_power([post[fit_rows], expr_post[fit_rows]], truth, smoothing=smoothing)
         post = pool_posteriors([post, expr_post], tau)
     right = post.argmax(axis=1) == codes[held]
 

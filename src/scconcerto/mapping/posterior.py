@@ -33,7 +33,7 @@ from scipy.special import logsumexp
 from .._errors import InputError
 
 __all__ = ["VotePosterior", "adjust_to_query_proportions", "class_votes", "fit_pool_power", "label_frequencies",
-           "pool_posteriors", "smoothed_targets"]
+           "platt_smoothing", "pool_posteriors", "smoothed_targets"]
 
 #: Search ranges of the fitted parameters (``alpha`` in votes, ``gamma`` a power).
 ALPHA_RANGE = (1e-3, 10.0)
@@ -184,6 +184,11 @@ def smoothed_targets(truth: np.ndarray, n_classes: int, smoothing: float) -> np.
     targets = np.full((len(truth), n_classes), smoothing / max(n_classes - 1, 1))
     targets[np.arange(len(truth)), truth] = 1.0 - smoothing
     return targets
+
+
+def platt_smoothing(n_cells: int) -> float:
+    """Platt's (1999) smoothing ``1 / (n + 2)`` for a calibration fit on ``n_cells`` held-out cells."""
+    return 1.0 / (max(int(n_cells), 0) + 2)
 
 
 def _mean_nll(log_evidence: np.ndarray, targets: np.ndarray) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 from .._errors import ModelFileError
 from ..data.scaled_space import ScaledSpace
 from ..mapping.label_model import DEFAULT_K, neighbour_labels
-from ..mapping.posterior import VotePosterior, fit_pool_power, label_frequencies, pool_posteriors
+from ..mapping.posterior import VotePosterior, fit_pool_power, label_frequencies, platt_smoothing, pool_posteriors
 from ..search.neighbors import knn
 from ._reference import ReferenceSearch
 
@@ -110,7 +110,7 @@ def fit_expression_opinion(space: ScaledSpace, cells: Any, bank_rows: np.ndarray
     found = knn(space.project(cells, rows=held_rows), bank_expression, k=k)
     labels = neighbour_labels(found.indices, bank_codes)
     prior = label_frequencies(bank_codes, n_classes)
-    smoothing = 1.0 / (votable.sum() + 2)  # Platt's correction: few held-out cells cannot make the vote certain
+    smoothing = platt_smoothing(int(votable.sum()))  # few held-out cells cannot make the vote certain
     vote = VotePosterior.fit(found.similarities[votable], labels[votable], held_codes[votable], prior, k,
                              smoothing=smoothing)
     expression_posterior = vote.posterior(found.similarities, labels)
