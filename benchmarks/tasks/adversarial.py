@@ -1,6 +1,10 @@
 """Adversarial variants of a development split, each a way a user's data differs from the reference's:
 
 * the reference log-normalized (natural log, or log2) while the query holds raw counts, and the reverse;
+* the reference normalized by another pipeline (log2 of counts per million) while the query holds raw counts;
+* the query at a quarter of its sequencing depth (each count thinned binomially);
+* the reference log-normalized and measured on a quarter of the genes (the rest zero in every reference cell,
+  as an outer join of gene sets leaves them), the query raw counts of all genes;
 * one reference source cut to a quarter of its genes (the rest zero) and holding a label of at most 5 cells;
 * a query with a type the reference lacks;
 * a query ten times richer in one type than the reference.
@@ -32,6 +36,24 @@ def log_normalized(X: sp.spmatrix, base: float = np.e) -> sp.csr_matrix:
     X = sp.diags((1e4 / np.where(total > 0, total, 1.0)).astype(np.float32)) @ X
     X.data = (np.log1p(X.data) / np.log(base)).astype(np.float32)
     return X.tocsr()
+
+
+def log2_cpm(X: sp.spmatrix) -> sp.csr_matrix:
+    """``log2(1 + counts per million)`` per cell, on a sparse copy."""
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    total = np.asarray(X.sum(axis=1)).ravel()
+    X = sp.diags((1e6 / np.where(total > 0, total, 1.0)).astype(np.float32)) @ X
+    X.data = np.log2(1 + X.data).astype(np.float32)
+    return X.tocsr()
+
+
+def thinned(X: sp.spmatrix, fraction: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Counts kept each with probability ``fraction`` (binomial thinning: a shallower sequencing of the same
+    cells), on a sparse copy."""
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    X.data = rng.binomial(np.rint(X.data).astype(np.int64), fraction).astype(np.float32)
+    X.eliminate_zeros()
+    return X
 
 
 def base_split(data_dir: Path | None, skipped: list[str]) -> Split | None:
@@ -82,3 +104,21 @@ def variants(data_dir: Path | None, skipped: list[str], seed: int = 0) -> Iterat
     keep[drop] = False
     yield Split("adversarial", f"{split.name} query 10x richer in {RICH_TYPE}", ref[keep].copy(), split.query.copy(),
                 is_counts=True)
+
+    ref = split.reference.copy()
+    ref.X = log2_cpm(ref.X)
+    yield Split("adversarial", f"{split.name} reference log2 counts per million, query counts", ref,
+                split.query.copy(), is_counts=False, notes=["reference log2(1 + CPM); the query holds counts"])
+
+    query = split.query.copy()
+    query.X = thinned(query.X, 0.25, rng)
+    yield Split("adversarial", f"{split.name} query at a quarter of its depth", split.reference.copy(), query,
+                is_counts=True)
+
+    ref = split.reference.copy()
+    panel = np.zeros(ref.n_vars, dtype=bool)
+    panel[rng.choice(ref.n_vars, ref.n_vars // 4, replace=False)] = True
+    ref.X = (log_normalized(ref.X) @ sp.diags(panel.astype(np.float32))).tocsr()
+    ref.X.eliminate_zeros()
+    yield Split("adversarial", f"{split.name} reference ln-normalized on a quarter of the genes, query counts of all",
+                ref, split.query.copy(), is_counts=False, notes=["reference log-normalized, 3/4 of its genes zero"])

@@ -57,9 +57,9 @@ def test_ensembl_and_mouse_queries_map_like_the_symbol_query(named, model):
     for other in (ids, mouse):
         np.testing.assert_allclose(other.obsm["X_concerto"], base.obsm["X_concerto"], atol=1e-5)
         assert np.array_equal(other.obs["cell_type_pred"].to_numpy(), base.obs["cell_type_pred"].to_numpy())
-    assert ids.uns["scconcerto_mapping"]["gene_overlap"]["matched_by"] == {"id_symbol": 300}
+    assert ids.uns["scconcerto_mapping"]["gene_overlap"]["matched_by"] == {"id_symbol": len(model.setup.genes)}
     overlap = mouse.uns["scconcerto_mapping"]["gene_overlap"]
-    assert overlap["matched_by"] == {"ortholog": 300} and overlap["query_species"] == "mouse"
+    assert overlap["matched_by"] == {"ortholog": len(model.setup.genes)} and overlap["query_species"] == "mouse"
     assert "matched_by" not in base.uns["scconcerto_mapping"]["gene_overlap"]  # nothing to report: exact names
 
 
@@ -69,7 +69,7 @@ def test_the_classifier_predicts_a_mouse_query_like_the_human_one(named, model):
     mouse = model.predict(_renamed(query, names["mouse"].to_numpy()), inplace=False, device="cpu",
                           query_species="mouse")
     np.testing.assert_allclose(mouse.probabilities, base.probabilities, atol=1e-5)
-    assert mouse.gene_overlap["matched_by"] == {"ortholog": 300}
+    assert mouse.gene_overlap["matched_by"] == {"ortholog": len(model.setup.genes)}
 
 
 def test_map_and_annotate_predict_take_query_species(named, model, tmp_path, capsys):
@@ -79,13 +79,13 @@ def test_map_and_annotate_predict_take_query_species(named, model, tmp_path, cap
     assert main(["map", str(tmp_path / "model"), str(tmp_path / "mouse.h5ad"), "--out", str(tmp_path / "m.h5ad"),
                  "--query-species", "mouse", "--no-umap", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["genes"]["matched_by"] == {"ortholog": 300}
+    assert printed["genes"]["matched_by"] == {"ortholog": len(model.setup.genes)}
     written = ad.read_h5ad(tmp_path / "m.h5ad").uns["scconcerto_mapping"]["gene_overlap"]
-    assert written["query_species"] == "mouse" and int(written["matched_by"]["ortholog"]) == 300
+    assert written["query_species"] == "mouse" and int(written["matched_by"]["ortholog"]) == len(model.setup.genes)
     assert main(["annotate", "predict", str(tmp_path / "model"), str(tmp_path / "mouse.h5ad"),
                  "--out", str(tmp_path / "a.h5ad"), "--query-species", "mouse", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["gene_overlap"]["matched_by"] == {"ortholog": 300}
+    assert printed["gene_overlap"]["matched_by"] == {"ortholog": len(model.setup.genes)}
     # without the species the mouse names mostly miss the human model: a clear error naming the option
     assert main(["map", str(tmp_path / "model"), str(tmp_path / "mouse.h5ad"), "--out", str(tmp_path / "x.h5ad"),
                  "--device", "cpu"]) == 2
@@ -101,5 +101,5 @@ def test_annotate_train_adapts_to_a_mouse_target_and_reports_the_guard(named, mo
                  "--label-key", "cell_type", "--target", str(tmp_path / "mouse.h5ad"), "--target-species", "mouse",
                  "--consistency-weight", "1", "--epochs", "2", "--out", str(tmp_path / "clf"), "--device", "cpu", "--no-progress"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["target_gene_overlap"]["matched_by"] == {"ortholog": 300}
+    assert printed["target_gene_overlap"]["matched_by"] == {"ortholog": len(model.setup.genes)}
     assert {"collapsed", "effective_classes_adapted", "effective_classes_plain"} <= set(printed["adaptation"])

@@ -15,6 +15,7 @@ from .protein import above_background
 
 if TYPE_CHECKING:
     from .positives import PositiveSearch
+    from .value_scale import ValueMap
 
 
 def subsample_rows(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, max_len: int,
@@ -89,6 +90,9 @@ class CellMatrix:
         ``(n_cells,)`` label group of each cell for the supervised term of training
         (:attr:`~scconcerto.train.TrainConfig.label_weight`), ``-1`` where the cell's label is
         missing or held out; ``None``: no supervised term.
+    value_map
+        Map of the normalized non-zero values onto the reference's scale (:mod:`scconcerto.data.value_scale`),
+        for data whose values are of another kind than the reference's; ``None``: values as normalized.
     """
 
     X: sp.csr_matrix | BackedCSR
@@ -102,6 +106,7 @@ class CellMatrix:
     positive_search: PositiveSearch | None = None
     balance_weights: np.ndarray | None = None
     training_labels: np.ndarray | None = None
+    value_map: ValueMap | None = None
 
     @property
     def n_cells(self) -> int:
@@ -121,6 +126,8 @@ class CellMatrix:
         lengths = np.diff(indptr)
         row_of = np.repeat(np.arange(len(rows)), lengths)
         values = normalize_values(np.asarray(block.data), row_of, self.totals[rows], self.kind)
+        if self.value_map is not None:
+            values = self.value_map(values)
         indices = np.asarray(block.indices, dtype=np.int64)
         if self.column_to_vocab is not None:
             indices = self.column_to_vocab[indices]

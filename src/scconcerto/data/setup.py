@@ -3,6 +3,7 @@ how any AnnData is turned into :class:`~scconcerto.data.cells.CellMatrix` under 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 import anndata as ad
@@ -17,7 +18,10 @@ from .cells import CellMatrix
 from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
 from .protein import fit_protein_background
 from .sources import DEFAULT_SOURCE, domain_codes, source_names
+from .value_scale import matching_map, needs_matching, value_profile
 from .vocabulary import DEFAULT_MIN_OVERLAP, GeneAlignment, GeneVocabulary
+
+log = logging.getLogger("scconcerto")
 
 UNLABELED = -1
 
@@ -40,6 +44,9 @@ class DataSetup:
     #: Per-protein background of the normalized values (:mod:`scconcerto.data.protein`); the model sees a
     #: protein only above it. Empty: every non-zero value is seen (models saved before it was fitted).
     protein_background: list[float] = field(default_factory=list)
+    #: Percentiles of the reference's normalized non-zero values (:func:`~scconcerto.data.value_scale.value_profile`):
+    #: data of another kind are matched to them. Empty: no matching (models saved before 2026-12-07).
+    value_profile: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,8 +157,7 @@ def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, 
 
     n = matrix.shape[0]
     if n > HVG_MAX_CELLS or isinstance(matrix, BackedCSR):
-        rows = np.arange(n) if n <= HVG_MAX_CELLS else np.sort(
-            np.random.default_rng(seed).choice(n, HVG_MAX_CELLS, replace=False))
+        rows = _sample_rows(n, seed=seed)
         matrix = csr_rows(matrix[rows])
         batches = None if batches is None else batches.iloc[rows]
     totals = cell_totals(matrix)
@@ -164,6 +170,22 @@ def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, 
     sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat",
                                 batch_key="batch" if batches is not None and batches.nunique() > 1 else None)
     return [g for g, keep in zip(tmp.var_names, tmp.var["highly_variable"].to_numpy()) if keep]
+
+
+def _sample_rows(n: int, max_cells: int = HVG_MAX_CELLS, seed: int = 0) -> np.ndarray:
+    """All ``n`` rows, or a seeded, sorted sample of ``max_cells`` of them."""
+    return np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells,
+                                                                                            replace=False))
+
+
+def _detected_genes(matrix: sp.csr_matrix | BackedCSR, seed: int = 0) -> np.ndarray:
+    """``(n_genes,)`` bool: the genes with a non-zero value in some cell (of the sample genes are chosen on,
+    :data:`HVG_MAX_CELLS` cells: in memory or on disk alike)."""
+    n = matrix.shape[0]
+    block = matrix if n <= HVG_MAX_CELLS and not isinstance(matrix, BackedCSR) else csr_rows(
+        matrix[_sample_rows(n, seed=seed)])
+    nonzero = np.asarray(block.data) != 0
+    return np.bincount(np.asarray(block.indices)[nonzero], minlength=matrix.shape[1]) > 0
 
 
 def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
@@ -211,13 +233,33 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
         raw, proteins = protein_matrix(adata, protein_key)
         if protein_background:
             background = fit_protein_background(normalize_protein(raw, protein_norm)).tolist()
-    genes = names.tolist()
-    hvg = resolve_hvg(hvg, len(names))
+    detected = _detected_genes(matrix)
+    if not detected.all():
+        log.debug("%d of the reference's %d genes are never detected in it (no non-zero value) and are left out "
+                 "of the model's genes: nothing could be learnt of them.", int((~detected).sum()), len(names))
+    genes = names[detected].tolist()
+    hvg = resolve_hvg(hvg, len(names))  # the size of the gene set, as given
     if hvg is not None:
-        genes = _select_hvg(matrix, kind, hvg, names, batches)
+        chosen = set(_select_hvg(matrix, kind, hvg, names, batches))
+        genes = [g for g in genes if g in chosen]
     return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
                      protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,
-                     proteins=proteins, protein_norm=protein_norm, protein_background=background)
+                     proteins=proteins, protein_norm=protein_norm, protein_background=background,
+                     value_profile=_reference_profile(matrix, names, genes, kind))
+
+
+def _reference_profile(matrix: sp.csr_matrix | BackedCSR, names: pd.Index, genes: list[str], kind: InputKind,
+                       seed: int = 0) -> list[float]:
+    """The percentiles of the reference's normalized non-zero values in its chosen ``genes``
+    (:func:`~scconcerto.data.value_scale.value_profile`, on a seeded sample of cells)."""
+    from .value_scale import PROFILE_CELLS
+
+    rows = _sample_rows(matrix.shape[0], PROFILE_CELLS, seed)
+    sample = csr_rows(matrix[rows])
+    alignment = GeneVocabulary(genes).align(names, min_overlap=0.0, what="the reference")
+    col = None if alignment.is_identity else alignment.column_to_vocab
+    cells = CellMatrix(sample, col, cell_totals(sample), kind, np.zeros(len(rows), dtype=np.int64))
+    return [float(v) for v in value_profile(cells, seed=seed)]
 
 
 @dataclass
@@ -265,7 +307,20 @@ def prepare_cells(adata: ad.AnnData, setup: DataSetup, layer: str | None = "__se
     col = None if alignment.is_identity else alignment.column_to_vocab
     background = np.asarray(setup.protein_background, dtype=np.float32) if setup.protein_background else None
     cells = CellMatrix(matrix, col, totals, kind, domains, protein, protein_background=background)
+    if setup.value_profile and needs_matching(kind, setup.input_kind):
+        cells.value_map = matching_map(value_profile(cells), np.asarray(setup.value_profile))
+        if cells.value_map is not None:
+            log.info("%s holds %s values and the reference %s values: its non-zero values are matched to the "
+                     "reference's distribution (scconcerto.data.value_scale).", what[:1].upper() + what[1:],
+                     kind.replace("_", "-"), setup.input_kind.replace("_", "-"))
     return PreparedCells(cells, alignment, [str(s) for s in pd.unique(names)], unseen, kind)
+
+
+def value_scale_summary(prepared: PreparedCells, setup: DataSetup) -> dict:
+    """What a dataset's values were and whether they were matched to the reference's scale
+    (:mod:`~scconcerto.data.value_scale`), for ``uns``."""
+    return {"kind": prepared.input_kind, "reference_kind": setup.input_kind,
+            "matched_to_reference": prepared.cells.value_map is not None}
 
 
 def label_codes(adata: ad.AnnData, setup: DataSetup) -> dict[str, np.ndarray]:

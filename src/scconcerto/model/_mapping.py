@@ -21,6 +21,7 @@ import pandas as pd
 from .._errors import InputError
 from .._keys import (EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_KEY, MAPPING_UNS, REFERENCE_UMAP_KEY,
                      UNKNOWN_LABEL, confidence_key, known_key, pred_key, proba_key, unknown_key)
+from ..data.setup import value_scale_summary
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..mapping.hierarchy import parent_labels, within_parent
 from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, neighbour_labels, query_features
@@ -282,7 +283,8 @@ def map_cells(model: Any, state: MappingState, search: ReferenceSearch, adata: a
         timings["place"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
 
-    info.update({"gene_overlap": prepared.alignment.summary(), "k": ks, "index": kind,
+    info.update({"gene_overlap": prepared.alignment.summary(), "values": value_scale_summary(prepared, setup),
+                 "k": ks, "index": kind,
                  "search_on": "gpu" if gpu_search_active() else "cpu", "space": space,
                  "with_protein": prepared.cells.protein is not None, "n_reference": int(len(ref_emb)),
                  "classes": {key: [str(c) for c in setup.labels[key]] for key in setup.labels},

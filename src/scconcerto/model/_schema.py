@@ -22,6 +22,7 @@ import torch
 
 from .._errors import ModelFileError
 from ..data import DataSetup
+from ..data.value_scale import check_profile
 from ..train import TrainConfig
 
 from ..train.config import MAX_SEED, TrainingRecord
@@ -130,8 +131,13 @@ def check_config(config: dict, network_cls: type) -> None:
         raise _fail("seed", f"is {seed!r:.40}, not an integer in [0, {MAX_SEED}]")
 
     hints, required = _dataclass_hints(DataSetup)
-    _check_fields(config["setup"], "setup", hints, set(hints))  # every field: each shapes the predictions
+    # every field (each shapes the predictions), save the value profile of models saved before it was kept
+    _check_fields(config["setup"], "setup", hints, set(hints) - {"value_profile"})
     setup = config["setup"]
+    try:
+        check_profile(setup.get("value_profile", []))
+    except ValueError as exc:
+        raise _fail("setup.value_profile", str(exc)) from None
     _unique_strings(setup["genes"], "setup.genes", allow_empty=False)
     _unique_strings(setup["sources"], "setup.sources", allow_empty=False)
     _unique_strings(setup["label_keys"], "setup.label_keys")
