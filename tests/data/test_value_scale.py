@@ -119,3 +119,26 @@ def test_a_model_saved_before_profiles_loads_and_a_damaged_profile_is_refused(tm
     write(config)
     with pytest.raises(ModelFileError, match="value_profile"):
         Concerto.load(tmp_path / "m")
+
+
+def test_mapping_and_the_map_command_report_whether_the_values_were_matched(tmp_path, counts_and_log2, capsys):
+    import json
+
+    from scconcerto import Concerto
+    from scconcerto.cli import main
+
+    counts, log2 = counts_and_log2
+    model = Concerto(log2, seed=0)
+    model.train(epochs=1, progress=False, prepare_mapping={"umap": False})
+    same, other = log2.copy(), counts.copy()
+    model.map_query(same, place=False, device="cpu")
+    model.map_query(other, place=False, device="cpu")
+    assert same.uns["scconcerto_mapping"]["values"] == {"kind": "log_normalized", "reference_kind": "log_normalized",
+                                                        "matched_to_reference": False}
+    assert other.uns["scconcerto_mapping"]["values"]["matched_to_reference"]
+    model.save(tmp_path / "model")
+    counts.write_h5ad(tmp_path / "counts.h5ad")
+    assert main(["map", str(tmp_path / "model"), str(tmp_path / "counts.h5ad"), "--out", str(tmp_path / "m.h5ad"),
+                 "--no-umap", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["values"] == {"kind": "counts", "reference_kind": "log_normalized", "matched_to_reference": True}

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     info = result.info
     summary = {"out": args.out, "cells": adata.n_obs, "gene_overlap": info["gene_overlap"]["overlap"],
-               "genes": info["gene_overlap"],
+               "genes": info["gene_overlap"], "values": info["values"],
                "space": info["space"], "k": info["k"],
                "labels": {key: {"unknown_fraction": round(float(df["unknown"].mean()), 4),
                                 "threshold": info["thresholds"][key],
