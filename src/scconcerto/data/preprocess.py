@@ -82,6 +82,13 @@ def normalize_values(values: np.ndarray, row_of_value: np.ndarray, totals: np.nd
     return values
 
 
+def sample_rows(n: int, max_rows: int, seed: int = 0) -> np.ndarray:
+    """All ``n`` row numbers, or a seeded, sorted sample of ``max_rows`` of them."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+
+
 DENSE_BLOCK_ROWS = 4096
 
 

@@ -15,7 +15,8 @@ from .._defaults import DEFAULT_HVG, WHOLE_TRANSCRIPTOME_GENES
 from .._errors import InputError
 from .backed import BackedCSR, is_backed_csr
 from .cells import CellMatrix
-from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
+from .preprocess import (InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values,
+                         sample_rows)
 from .protein import fit_protein_background
 from .sources import DEFAULT_SOURCE, domain_codes, source_names
 from .value_scale import matching_map, needs_matching, value_profile
@@ -148,22 +149,28 @@ def resolve_hvg(hvg: int | str | None, n_genes: int) -> int | None:
 HVG_MAX_CELLS = 50_000
 
 
-def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, var_names: pd.Index,
-                batches: pd.Series | None, seed: int = 0) -> list[str]:
+def _gene_sample(matrix: sp.csr_matrix | BackedCSR, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    """The cells genes are chosen on, read once: all of them in memory, or a seeded sample of ``HVG_MAX_CELLS``
+    (of larger references, and of any on disk), with its rows (``None``: every row)."""
+    n = matrix.shape[0]
+    if n <= HVG_MAX_CELLS and not isinstance(matrix, BackedCSR):
+        return matrix, None
+    rows = sample_rows(n, HVG_MAX_CELLS, seed)
+    return csr_rows(matrix[rows]), rows
+
+
+def _select_hvg(sample: sp.csr_matrix, rows: np.ndarray | None, kind: InputKind, n_top: int, var_names: pd.Index,
+                batches: pd.Series | None) -> list[str]:
     """``n_top`` highly variable genes (fewer than there are: :func:`resolve_hvg`; scanpy's ``seurat`` flavour,
-    per batch when there are several) on the log-normalized values of all cells, or of a seeded sample of
-    ``HVG_MAX_CELLS`` of them."""
+    per batch when there are several) on the log-normalized values of the cells of :func:`_gene_sample`."""
     import scanpy as sc
 
-    n = matrix.shape[0]
-    if n > HVG_MAX_CELLS or isinstance(matrix, BackedCSR):
-        rows = _sample_rows(n, seed=seed)
-        matrix = csr_rows(matrix[rows])
-        batches = None if batches is None else batches.iloc[rows]
-    totals = cell_totals(matrix)
-    row_of = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-    lognorm = sp.csr_matrix((normalize_values(matrix.data, row_of, totals, kind), matrix.indices, matrix.indptr),
-                            shape=matrix.shape)
+    if batches is not None and rows is not None:
+        batches = batches.iloc[rows]
+    totals = cell_totals(sample)
+    row_of = np.repeat(np.arange(sample.shape[0]), np.diff(sample.indptr))
+    lognorm = sp.csr_matrix((normalize_values(sample.data, row_of, totals, kind), sample.indices, sample.indptr),
+                            shape=sample.shape)
     tmp = ad.AnnData(lognorm, var=pd.DataFrame(index=var_names.astype(str)))
     if batches is not None:
         tmp.obs["batch"] = pd.Categorical(batches.astype(str).to_numpy())
@@ -172,20 +179,10 @@ def _select_hvg(matrix: sp.csr_matrix | BackedCSR, kind: InputKind, n_top: int, 
     return [g for g, keep in zip(tmp.var_names, tmp.var["highly_variable"].to_numpy()) if keep]
 
 
-def _sample_rows(n: int, max_cells: int = HVG_MAX_CELLS, seed: int = 0) -> np.ndarray:
-    """All ``n`` rows, or a seeded, sorted sample of ``max_cells`` of them."""
-    return np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells,
-                                                                                            replace=False))
-
-
-def _detected_genes(matrix: sp.csr_matrix | BackedCSR, seed: int = 0) -> np.ndarray:
-    """``(n_genes,)`` bool: the genes with a non-zero value in some cell (of the sample genes are chosen on,
-    :data:`HVG_MAX_CELLS` cells: in memory or on disk alike)."""
-    n = matrix.shape[0]
-    block = matrix if n <= HVG_MAX_CELLS and not isinstance(matrix, BackedCSR) else csr_rows(
-        matrix[_sample_rows(n, seed=seed)])
-    nonzero = np.asarray(block.data) != 0
-    return np.bincount(np.asarray(block.indices)[nonzero], minlength=matrix.shape[1]) > 0
+def _detected_genes(sample: sp.csr_matrix) -> np.ndarray:
+    """``(n_genes,)`` bool: the genes with a non-zero value in some cell of the :func:`_gene_sample`."""
+    nonzero = np.asarray(sample.data) != 0
+    return np.bincount(np.asarray(sample.indices)[nonzero], minlength=sample.shape[1]) > 0
 
 
 def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: str | list[str] | None = None,
@@ -233,14 +230,15 @@ def setup_reference(adata: ad.AnnData, batch_key: str | None = None, label_key: 
         raw, proteins = protein_matrix(adata, protein_key)
         if protein_background:
             background = fit_protein_background(normalize_protein(raw, protein_norm)).tolist()
-    detected = _detected_genes(matrix)
+    sample, sampled_rows = _gene_sample(matrix)
+    detected = _detected_genes(sample)
     if not detected.all():
         log.debug("%d of the reference's %d genes are never detected in it (no non-zero value) and are left out "
                  "of the model's genes: nothing could be learnt of them.", int((~detected).sum()), len(names))
     genes = names[detected].tolist()
     hvg = resolve_hvg(hvg, len(names))  # the size of the gene set, as given
     if hvg is not None:
-        chosen = set(_select_hvg(matrix, kind, hvg, names, batches))
+        chosen = set(_select_hvg(sample, sampled_rows, kind, hvg, names, batches))
         genes = [g for g in genes if g in chosen]
     return DataSetup(genes=genes, input_kind=kind, batch_key=batch_key, label_keys=label_keys,
                      protein_key=protein_key, layer=layer, hvg=hvg, sources=sources, labels=labels,
@@ -254,7 +252,7 @@ def _reference_profile(matrix: sp.csr_matrix | BackedCSR, names: pd.Index, genes
     (:func:`~scconcerto.data.value_scale.value_profile`, on a seeded sample of cells)."""
     from .value_scale import PROFILE_CELLS
 
-    rows = _sample_rows(matrix.shape[0], PROFILE_CELLS, seed)
+    rows = sample_rows(matrix.shape[0], PROFILE_CELLS, seed)
     sample = csr_rows(matrix[rows])
     alignment = GeneVocabulary(genes).align(names, min_overlap=0.0, what="the reference")
     col = None if alignment.is_identity else alignment.column_to_vocab

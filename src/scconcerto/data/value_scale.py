@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .preprocess import sample_rows
+
 if TYPE_CHECKING:
     from .cells import CellMatrix
 
@@ -36,10 +38,7 @@ PROFILE_CELLS = 20_000
 def value_profile(cells: "CellMatrix", seed: int = 0, max_cells: int = PROFILE_CELLS) -> np.ndarray:
     """``(PROFILE_POINTS,)`` float64: the percentiles of the cells' normalized non-zero values in the model's
     genes (of a seeded sample of ``max_cells`` cells); empty when the cells hold no such value."""
-    n = cells.n_cells
-    rows = np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells,
-                                                                                          replace=False))
-    _, values, _ = cells.rna_rows(rows)
+    _, values, _ = cells.rna_rows(sample_rows(cells.n_cells, max_cells, seed))
     values = values[values > 0]
     if values.size == 0:
         return np.zeros(0)
@@ -77,9 +76,6 @@ class ValueMap:
         values = np.asarray(values, dtype=np.float32)
         out = np.interp(values, self.source, self.target).astype(np.float32)
         return np.where(values > 0, out, np.float32(0.0))
-
-    def to_dict(self) -> dict:
-        return {"source": [float(v) for v in self.source], "target": [float(v) for v in self.target]}
 
 
 def matching_map(profile: np.ndarray, reference_profile: np.ndarray) -> ValueMap | None:
