@@ -5,6 +5,8 @@
 * the query at a quarter of its sequencing depth (each count thinned binomially);
 * the reference log-normalized and measured on a quarter of the genes (the rest zero in every reference cell,
   as an outer join of gene sets leaves them), the query raw counts of all genes;
+* the reference log-normalized, the query raw counts at an eighth of its depth (a shallow technology mapped
+  onto a deeper, already normalized atlas);
 * one reference source cut to a quarter of its genes (the rest zero) and holding a label of at most 5 cells;
 * a query with a type the reference lacks;
 * a query ten times richer in one type than the reference.
@@ -122,3 +124,10 @@ def variants(data_dir: Path | None, skipped: list[str], seed: int = 0) -> Iterat
     ref.X.eliminate_zeros()
     yield Split("adversarial", f"{split.name} reference ln-normalized on a quarter of the genes, query counts of all",
                 ref, split.query.copy(), is_counts=False, notes=["reference log-normalized, 3/4 of its genes zero"])
+
+    ref = split.reference.copy()
+    ref.X = log_normalized(ref.X)
+    query = split.query.copy()
+    query.X = thinned(query.X, 0.125, rng)
+    yield Split("adversarial", f"{split.name} reference ln-normalized, query counts at an eighth of its depth", ref,
+                query, is_counts=False, notes=["reference log-normalized; the query's counts thinned to 1/8"])

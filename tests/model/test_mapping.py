@@ -219,8 +219,23 @@ def test_save_and_load_keep_what_mapping_needs(held_out, mapped, tmp_path):
     np.testing.assert_allclose(again.obsm["X_umap_ref"], query.obsm["X_umap_ref"], atol=1e-5)
     # the expression space travels with the model (the loaded one has no reference AnnData)
     assert loaded.reference.scaled_space.loadings.shape[0] == len(model.setup.genes)
+    assert loaded.reference.scaled_space.centring == model.reference.scaled_space.centring == "direction"
     np.testing.assert_array_equal(loaded.reference.scaled_expression, model.reference.scaled_expression)
     assert loaded.label_model("cell_type").uses_expression
+
+
+def test_a_reference_saved_before_the_centring_was_stored_subtracts_the_average_cell(held_out):
+    """A ``reference.safetensors`` without the scaled space's centring (saved before 2026-12-07) projects
+    queries as it was fitted (the average cell subtracted); an unknown centring code is refused."""
+    from scconcerto import ModelFileError
+    from scconcerto.model.storage import SCALED_CENTRING, ReferenceStore
+
+    arrays = held_out[0].reference.to_tensors()
+    assert ReferenceStore.from_tensors(arrays).scaled_space.centring == "direction"
+    old = {name: value for name, value in arrays.items() if name != f"extra.{SCALED_CENTRING}"}
+    assert ReferenceStore.from_tensors(old).scaled_space.centring == "mean"
+    with pytest.raises(ModelFileError, match="centring"):
+        ReferenceStore.from_tensors({**arrays, f"extra.{SCALED_CENTRING}": np.array([7], dtype=np.uint8)})
 
 
 def test_a_reference_read_from_disk_keeps_the_expression_features(tmp_path):

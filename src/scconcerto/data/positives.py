@@ -105,11 +105,13 @@ def _vocabulary_width(cells: CellMatrix) -> int:
 
 
 def project_expression(cells: CellMatrix, loadings: np.ndarray, offset: np.ndarray | None = None,
-                       caps: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+                       caps: np.ndarray | None = None, rows: np.ndarray | None = None,
+                       remove_direction: np.ndarray | None = None) -> np.ndarray:
     """``(n_cells, c)`` float32: the cells' normalized expression times ``loadings``, L2-normalized rows.
 
     With ``caps`` (one per gene) values above them are clipped first; ``offset`` (one per
-    component) is subtracted from the product. ``rows``: only these cells, in this order. Block by block
+    component) is subtracted from the product; the component of each product along ``remove_direction`` (one
+    per component, any length) is removed. ``rows``: only these cells, in this order. Block by block
     (never densified), blocks in threads.
     """
     chosen = np.arange(cells.n_cells) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -134,6 +136,12 @@ def project_expression(cells: CellMatrix, loadings: np.ndarray, offset: np.ndarr
         project(0)
     if offset is not None:
         out -= np.asarray(offset, dtype=np.float32)
+    if remove_direction is not None:
+        unit = np.asarray(remove_direction, dtype=np.float64)
+        norm = float(np.linalg.norm(unit))
+        if norm > 0:
+            unit = (unit / norm).astype(np.float32)
+            out -= np.outer(out @ unit, unit)
     out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-12
     return out
 

@@ -8,6 +8,14 @@ much as a common type's: in the symphony PBMC splits, 5-NN in this space finds t
 megakaryocytes of a reference, the plain space none. Mapping asks it for its second opinion on
 contested cells and on rare types (:mod:`scconcerto.tools.label_transfer`).
 
+Cells are compared by direction (cosine), so the average cell is taken out of each cell's coordinates as a
+*direction*, not subtracted as a point (:data:`CENTRINGS`): the component of a cell along the average cell's
+direction is removed. That keeps a cell's direction where it is when all its values shrink. A cell sequenced
+shallowly detects few genes; subtracting the average cell from its small coordinates left mostly minus the
+average cell, the same direction for every shallow cell, so that all of them sat next to the reference type
+with the fewest detected genes (measured in ``docs/mapping.md``). Models saved before 2026-12-07 keep the
+subtraction they were fitted with.
+
 Never densified: values above ``mean + CLIP_SD * sd`` are clipped on the sparse entries (with
 zeros below the mean, that is scanpy's clipping of z-scores at ``CLIP_SD``, save a lower clip that
 binds only for genes whose mean exceeds ``CLIP_SD`` standard deviations), the PCA centres
@@ -29,6 +37,9 @@ log = logging.getLogger("scconcerto")
 
 #: z-scores are clipped at this many standard deviations (scanpy's ``max_value=10``).
 CLIP_SD = 10.0
+#: How the average cell is taken out of a cell's coordinates: ``"direction"`` (the component along it removed),
+#: ``"mean"`` (subtracted: the PCA's own centring; models saved before 2026-12-07).
+CENTRINGS = ("direction", "mean")
 #: The PCA is fitted on at most this many cells (a seeded sample, plus every cell in ``keep_rows``).
 FIT_CELLS = 20_000
 
@@ -43,19 +54,28 @@ class ScaledSpace:
         ``(n_vocabulary_genes, c)``: the principal axes divided by each gene's standard deviation
         (zero rows for genes constant in the fit cells).
     offset
-        ``(c,)``: subtracted after the product (the PCA's centre in that space).
+        ``(c,)``: the average cell in that space (the PCA's centre).
     caps
         ``(n_vocabulary_genes,)``: values above are clipped (``mean + CLIP_SD * sd``).
+    centring
+        How ``offset`` is taken out of a cell's coordinates (:data:`CENTRINGS`).
     """
 
     loadings: np.ndarray
     offset: np.ndarray
     caps: np.ndarray
+    centring: str = "direction"
+
+    def __post_init__(self) -> None:
+        if self.centring not in CENTRINGS:
+            raise ValueError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
 
     def project(self, cells: CellMatrix, rows: np.ndarray | None = None) -> np.ndarray:
         """``(n_cells, c)`` float32: the cells (or only ``rows`` of them) in this space, L2-normalized rows (block
         by block)."""
-        return project_expression(cells, self.loadings, offset=self.offset, caps=self.caps, rows=rows)
+        if self.centring == "mean":
+            return project_expression(cells, self.loadings, offset=self.offset, caps=self.caps, rows=rows)
+        return project_expression(cells, self.loadings, caps=self.caps, rows=rows, remove_direction=self.offset)
 
 
 def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, fit_cells: int = FIT_CELLS,

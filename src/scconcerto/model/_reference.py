@@ -138,7 +138,7 @@ class ReferenceSearch:
         if ref.scaled_expression is None or ref.scaled_space is None or len(ref.scaled_expression) != len(ref.embedding):
             return None
         space = ScaledSpace(*(np.asarray(getattr(ref.scaled_space, name), dtype=np.float32)
-                              for name in ("loadings", "offset", "caps")))
+                              for name in ("loadings", "offset", "caps")), centring=ref.scaled_space.centring)
         return np.asarray(ref.scaled_expression, dtype=np.float32), space
 
     def kind(self, space: str, n_base: int, n_query: int, index: str) -> str:

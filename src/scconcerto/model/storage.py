@@ -25,7 +25,7 @@ from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from .._errors import ModelFileError
-from ..data.scaled_space import ScaledSpace
+from ..data.scaled_space import CENTRINGS, ScaledSpace
 from .._io import MAX_CONFIG_BYTES, MODEL_CONFIG as CONFIG, MODEL_FORMAT as FORMAT, recover_leftovers, \
     write_atomic_dir
 
@@ -46,6 +46,9 @@ EMBEDDING_RNA = "embedding_rna"
 SCALED_EXPRESSION = "scaled_expression"
 SCALED_SPACE = {"loadings": "scaled_expression_loadings", "offset": "scaled_expression_offset",
                 "caps": "scaled_expression_caps"}
+#: How the scaled space takes out its average cell (``uint8`` code of :data:`~scconcerto.data.scaled_space.CENTRINGS`);
+#: absent in models saved before 2026-12-07, which subtract it (``"mean"``).
+SCALED_CENTRING = "scaled_expression_centring"
 ANN_INDEX = "ann_index"
 
 
@@ -96,6 +99,7 @@ class ReferenceStore:
                  **{f"{ANN_INDEX}.{space}": c for space, c in self.ann_indexes.items()}}
         if self.scaled_space is not None:
             extra.update({name: getattr(self.scaled_space, attr) for attr, name in SCALED_SPACE.items()})
+            extra[SCALED_CENTRING] = np.array([CENTRINGS.index(self.scaled_space.centring)], dtype=np.uint8)
         out.update({f"extra.{k}": np.ascontiguousarray(v) for k, v in extra.items() if v is not None})
         return out
 
@@ -103,7 +107,8 @@ class ReferenceStore:
     def from_tensors(cls, t: dict[str, np.ndarray]) -> "ReferenceStore":
         """The store of arrays read from ``reference.safetensors``; :class:`ModelFileError` for an unknown array."""
         extra = {k[6:]: v for k, v in t.items() if k.startswith("extra.")}
-        known = {CALIBRATION_ROWS, BALANCE_GROUPS, UMAP, EMBEDDING_RNA, SCALED_EXPRESSION, *SCALED_SPACE.values()}
+        known = {CALIBRATION_ROWS, BALANCE_GROUPS, UMAP, EMBEDDING_RNA, SCALED_EXPRESSION, SCALED_CENTRING,
+                 *SCALED_SPACE.values()}
         odd = sorted(k for k in extra if k not in known and not k.startswith(f"{ANN_INDEX}."))
         if odd:
             raise ModelFileError(f"reference.safetensors of the model holds arrays of unknown roles "
@@ -113,12 +118,18 @@ class ReferenceStore:
         if any(part is None for part in space_parts) and not all(part is None for part in space_parts):
             raise ModelFileError("reference.safetensors of the model holds part of the scaled expression space "
                                  "only; the file is damaged. Restore it, or train and save the model again.")
+        centring = extra.get(SCALED_CENTRING)
+        if centring is not None and (centring.shape != (1,) or int(centring[0]) >= len(CENTRINGS)):
+            raise ModelFileError("reference.safetensors of the model holds an unknown centring of the scaled "
+                                 "expression space; the file is damaged or from a newer scConcerto. Train and save "
+                                 "the model again.")
         return cls(embedding=t["embedding"], domains=t["domains"],
                    labels={k[7:]: v for k, v in t.items() if k.startswith("labels.")},
                    protein=t.get("protein"), calibration_rows=extra.get(CALIBRATION_ROWS),
                    balance_groups=extra.get(BALANCE_GROUPS), umap=extra.get(UMAP),
                    embedding_rna=extra.get(EMBEDDING_RNA), scaled_expression=extra.get(SCALED_EXPRESSION),
-                   scaled_space=None if space_parts[0] is None else ScaledSpace(*space_parts),
+                   scaled_space=None if space_parts[0] is None else ScaledSpace(
+                       *space_parts, centring="mean" if centring is None else CENTRINGS[int(centring[0])]),
                    ann_indexes={k[len(ANN_INDEX) + 1:]: v for k, v in extra.items()
                                  if k.startswith(f"{ANN_INDEX}.")})
 
