@@ -5,8 +5,9 @@ truncated SVD of the normalized values) is dominated by the most highly expresse
 each gene to unit variance first (scanpy's ``pp.scale(max_value=10)`` then ``pp.pca``, the space
 Seurat, Symphony and scanpy tutorials annotate in) weighs the few marker genes of a rare type as
 much as a common type's: in the symphony PBMC splits, 5-NN in this space finds the 2-5
-megakaryocytes of a reference, the plain space none. Mapping asks it for its second opinion on
-contested cells and on rare types (:mod:`scconcerto.tools.label_transfer`).
+megakaryocytes of a reference, the plain space none. Mapping pools the vote of a cell's nearest
+reference cells in this space with the embedding's (:mod:`scconcerto.mapping.label_model`); training
+searches neighbour positives in it (:mod:`scconcerto.data.positives`).
 
 Cells are compared by direction (cosine), so the average cell is taken out of each cell's coordinates as a
 *direction*, not subtracted as a point (:data:`CENTRINGS`): the component of a cell along the average cell's
