@@ -137,8 +137,9 @@ class ReferenceSearch:
         ref = self.reference
         if ref.scaled_expression is None or ref.scaled_space is None or len(ref.scaled_expression) != len(ref.embedding):
             return None
-        space = ScaledSpace(*(np.asarray(getattr(ref.scaled_space, name), dtype=np.float32)
-                              for name in ("loadings", "offset", "caps")), centring=ref.scaled_space.centring)
+        # float32 arrays, every other field (the centring) as stored
+        space = replace(ref.scaled_space, **{name: np.asarray(getattr(ref.scaled_space, name), dtype=np.float32)
+                                             for name in ("loadings", "offset", "caps")})
         return np.asarray(ref.scaled_expression, dtype=np.float32), space
 
     def kind(self, space: str, n_base: int, n_query: int, index: str) -> str:
