@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "scconcerto"
 #: Lowest first. A module may import its own layer and the layers below it, never one above. Within a layer
 #: imports may go either way, but never round a cycle (checked separately).
 LAYERS: list[set[str]] = [
-    {"__init__", "_errors", "_keys", "_settings", "_hardware", "_io", "_ragged", "_copy", "_defaults"},
+    {"__init__", "_errors", "_keys", "_settings", "_hardware", "_io", "_ragged", "_copy", "_defaults", "_random"},
     {"search"},                      # exact / approximate k-NN, the one index rule, the kNN graph transformer
     {"data", "datasets"},            # validation, genes, normalization, batches, streaming; the simulator
     {"nn"},                          # torch modules and losses

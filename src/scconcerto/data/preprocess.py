@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._errors import InputError
+from .._random import sample_rows  # noqa: F401  (read from here by setup and value_scale)
 
 InputKind = Literal["counts", "normalized", "log_normalized"]
 
@@ -80,13 +81,6 @@ def normalize_values(values: np.ndarray, row_of_value: np.ndarray, totals: np.nd
     if kind == "normalized":
         return np.log1p(values)
     return values
-
-
-def sample_rows(n: int, max_rows: int, seed: int = 0) -> np.ndarray:
-    """All ``n`` row numbers, or a seeded, sorted sample of ``max_rows`` of them."""
-    if n <= max_rows:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
 
 
 DENSE_BLOCK_ROWS = 4096

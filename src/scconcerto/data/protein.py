@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._random import sample_rows
+
 #: Cells used to fit each antibody's mixture (a seeded random subset of larger references).
 MAX_FIT_CELLS = 50_000
 _GRID = 1024
@@ -51,9 +53,7 @@ def fit_protein_background(values: np.ndarray, seed: int = 0) -> np.ndarray:
     values = np.asarray(values)
     if values.ndim != 2:
         raise ValueError(f"values must be cells x proteins, got shape {values.shape}")
-    rows = np.arange(values.shape[0])
-    if rows.size > MAX_FIT_CELLS:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_FIT_CELLS, replace=False))
+    rows = sample_rows(values.shape[0], MAX_FIT_CELLS, seed)
     return np.array([_threshold(values[rows, j], seed) for j in range(values.shape[1])], dtype=np.float32)
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._random import sample_rows
+
 __all__ = ["MAX_SOURCE_PAIRS", "SHARED_BELOW", "SHIFT_CELLS", "SHIFT_NEIGHBORS", "source_shift"]
 
 #: Sources share one normalization below this shift. Chosen on development data only
@@ -74,7 +76,7 @@ def source_shift(components: np.ndarray, domains: np.ndarray, seed: int = 0, k: 
     if z.ndim != 2 or z.shape[0] != d.shape[0]:
         raise ValueError(f"components {z.shape} and domains {d.shape} must have one row per cell")
     if len(z) > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(len(z), max_cells, replace=False))
+        rows = sample_rows(len(z), max_cells, seed)
         z, d = z[rows], d[rows]
     sources = np.unique(d)
     if len(sources) < 2:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._errors import InputError
+from .._random import sample_rows
 from ..tools.label_shift import query_balance_weights, set_balanced_moments, subsample_per_group
 from ..tools.label_transfer import vote
 from ..search.neighbors import knn
@@ -172,8 +173,7 @@ def _predicted_groups(search: ReferenceSearch, emb: np.ndarray, spec: tuple[np.n
     ref_emb = search.embedding(space)
     kind = search.kind(space, len(ref_emb), n_query, index)
     if kind == "flat" and len(ref_emb) > LABEL_SHIFT_REFERENCE_CELLS:
-        sample = np.sort(np.random.default_rng(seed).choice(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS,
-                                                            replace=False))
+        sample = sample_rows(len(ref_emb), LABEL_SHIFT_REFERENCE_CELLS, seed)
         ref_emb, ref_codes = ref_emb[sample], ref_codes[sample]
         search_in = ref_emb  # knn searches the sample exactly
     else:

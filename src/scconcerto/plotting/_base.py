@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._errors import InputError
+from .._random import sample_rows
 from .._keys import UNKNOWN_LABEL
 
 #: Colour of cells drawn as background (the reference, other sources).
@@ -89,11 +90,9 @@ def point_size(n_points: int) -> float:
 
 def subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
     """Row numbers to draw: all rows, or a seeded random ``max_points`` of them (sorted)."""
-    if max_points is None or n <= max_points:
-        return np.arange(n)
-    if max_points < 1:
+    if max_points is not None and n > max_points and max_points < 1:
         raise InputError(f"max_points must be positive, got {max_points}.")
-    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
+    return sample_rows(n, max_points, seed)
 
 
 def clean_embedding_axes(ax: Axes, basis: str = "UMAP") -> None:

@@ -27,6 +27,7 @@ from markupsafe import Markup
 
 from .. import plotting as pl
 from .._errors import InputError
+from .._random import sample_rows
 from .._io import check_output, write_atomic_file
 from .._keys import EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, REFERENCE_UMAP_KEY, known_key, unknown_score_key
 from ..plotting.mapping import reference_labels
@@ -205,9 +206,7 @@ def _coordinates(query: ad.AnnData, model: "Concerto", annotated: bool, max_poin
 
 def _rows(n: int, max_points: int | None, seed: int) -> np.ndarray:
     """Rows drawn (all, or a seeded random ``max_points``, sorted)."""
-    if max_points is None or n <= max_points:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
+    return sample_rows(n, max_points, seed)
 
 
 # ---------------------------------------------------------------------------------------------- sections

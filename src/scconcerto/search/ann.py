@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from .._errors import InputError
+from .._random import sample_rows
 from .neighbors import IndexKind, NeighborsResults, build_index, default_nlist, index_kind, knn, l2_normalize
 
 
@@ -50,7 +51,7 @@ def ann_index(reference: np.ndarray, kind: IndexKind | str = "auto", nlist: int 
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(ref.shape[1]), ref.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
     size = min(n, train_size or 64 * nlist)
-    sample = ref if size >= n else ref[np.sort(np.random.default_rng(seed).choice(n, size, replace=False))]
+    sample = ref if size >= n else ref[sample_rows(n, size, seed)]
     index.train(sample)
     index.add(ref)
     index.nprobe = min(nprobe, nlist)

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from .._random import sample_rows
 from .imputation import impute_from_neighbors
 from ..search.neighbors import NeighborsResults, index_kind, knn, l2_normalize
 
@@ -32,7 +33,7 @@ def reference_umap(embedding: np.ndarray, n_neighbors: int = 15, min_dist: float
     """
     emb = l2_normalize(embedding)
     if len(emb) > max_cells:
-        sample = np.sort(np.random.default_rng(seed).choice(len(emb), max_cells, replace=False))
+        sample = sample_rows(len(emb), max_cells, seed)
         coords = np.empty((len(emb), 2), dtype=np.float32)
         coords[sample] = reference_umap(emb[sample], n_neighbors, min_dist, seed, max_cells)
         rest = np.setdiff1d(np.arange(len(emb)), sample)
