@@ -177,6 +177,19 @@ FAMILIES = {f.name: f for f in (
     Family("student", "The student's encoder: a dense layer on the sparse cell vector (the paper's) or an "
                       "attention encoder like the teacher's.",
            _sweep("student", "net", "student", ("linear", "attention"))),
+    Family("learning_rate", "The optimizer's learning rate (Adam; the default 0.001).",
+           (Variant("lr 0.0003", train={"lr": 3e-4}), Variant("lr 0.001"), Variant("lr 0.003", train={"lr": 3e-3})),
+           datasets=(*REAL, SIM, *DONORS)),
+    Family("batch_size", "Cells per training batch (the negatives of NT-Xent; at a fixed number of cell visits, "
+                         "a larger batch takes fewer steps).",
+           (Variant("batch_size 128", train={"batch_size": 128}), Variant("batch_size 256"),
+            Variant("batch_size 512", train={"batch_size": 512})),
+           datasets=(*REAL, SIM, *DONORS)),
+    Family("positive_space", "Where neighbour positives are searched: the mean cosine similarity in the plain "
+                             "(truncated SVD) and the scaled (z-scored PCA) expression spaces (joint, the default, "
+                             "chosen on label transfer) or the plain space alone (svd).",
+           (Variant("positive_space joint"), Variant("positive_space svd", train={"positive_space": "svd"})),
+           datasets=(*REAL, SIM, *DONORS)),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input; "
                             "on the real sets, their adversarial variants and the donor sets, not only on the "
