@@ -47,6 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._hardware import available_cpus
+from .._random import sample_rows
 from ..search.neighbors import index_kind, knn, l2_normalize
 from .cells import CellMatrix
 
@@ -77,8 +78,7 @@ def expression_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS,
 
     n = cells.n_cells
     n_genes = _vocabulary_width(cells)
-    rng = np.random.default_rng(seed)
-    fit_rows = np.sort(rng.choice(n, min(n, svd_cells), replace=False))
+    fit_rows = sample_rows(n, svd_cells, seed)  # all cells (in order) when there are at most svd_cells
     fit_block = _csr_of(cells, fit_rows, n_genes)
     n_comp = int(max(1, min(n_components, min(fit_block.shape) - 1)))
     svd = TruncatedSVD(n_comp, algorithm="randomized", random_state=seed).fit(fit_block)

@@ -8,7 +8,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._errors import InputError
-from .._random import sample_rows  # noqa: F401  (read from here by setup and value_scale)
 
 InputKind = Literal["counts", "normalized", "log_normalized"]
 

@@ -13,10 +13,10 @@ import scipy.sparse as sp
 
 from .._defaults import DEFAULT_HVG, WHOLE_TRANSCRIPTOME_GENES
 from .._errors import InputError
+from .._random import sample_rows
 from .backed import BackedCSR, is_backed_csr
 from .cells import CellMatrix
-from .preprocess import (InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values,
-                         sample_rows)
+from .preprocess import InputKind, cell_totals, check_values, csr_rows, detect_input_kind, normalize_values
 from .protein import fit_protein_background
 from .sources import DEFAULT_SOURCE, domain_codes, source_names
 from .value_scale import matching_map, needs_matching, value_profile

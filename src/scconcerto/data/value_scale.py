@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .preprocess import sample_rows
+from .._random import sample_rows
 
 if TYPE_CHECKING:
     from .cells import CellMatrix

@@ -17,6 +17,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import logsumexp
 
 from .._errors import InputError
+from .._random import sample_rows
 from ..search.neighbors import l2_normalize
 
 __all__ = ["alignment", "uniformity"]
@@ -95,9 +96,7 @@ def uniformity(z: np.ndarray, t: float = 2.0, max_cells: int | None = 5_000,
     if max_cells is not None:
         if max_cells < 2:
             raise InputError(f"max_cells must be at least 2, got {max_cells}.")
-        if x.shape[0] > max_cells:
-            rng = np.random.default_rng(seed)
-            x = x[np.sort(rng.choice(x.shape[0], size=int(max_cells), replace=False))]
+        x = x[sample_rows(x.shape[0], max_cells, seed)]
     f = l2_normalize(x).astype(np.float64)
     sq = pdist(f, metric="sqeuclidean")
     return float(logsumexp(-t * sq) - np.log(sq.size))

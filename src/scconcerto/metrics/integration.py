@@ -38,6 +38,7 @@ from scipy.stats import chi2
 from sklearn.metrics import silhouette_samples, silhouette_score
 
 from .._errors import InputError
+from .._random import sample_rows
 from ..search.neighbors import NeighborsResults, knn
 
 __all__ = [
@@ -120,8 +121,7 @@ def _subsample(n: int, max_cells: int | None, seed: int) -> np.ndarray | None:
         return None
     if max_cells < 2:
         raise InputError(f"max_cells must be at least 2, got {max_cells}.")
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=int(max_cells), replace=False))
+    return sample_rows(n, max_cells, seed)
 
 
 def _inverse_simpson(indices: np.ndarray, codes: np.ndarray, n_cat: int) -> np.ndarray:

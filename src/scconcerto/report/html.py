@@ -182,7 +182,7 @@ def _coordinates(query: ad.AnnData, model: "Concerto", annotated: bool, max_poin
     if REFERENCE_UMAP_KEY in query.obsm and reference is not None:
         xy = np.asarray(query.obsm[REFERENCE_UMAP_KEY], dtype=np.float32)[:, :2]
         return _Coordinates(ad.AnnData(obs=obs, uns=dict(query.uns), obsm={_XY: xy}), reference)
-    rows = _rows(query.n_obs, max_points, seed)
+    rows = sample_rows(query.n_obs, max_points, seed)
     if EMBEDDING_KEY in query.obsm:
         embedding, source = np.asarray(query.obsm[EMBEDDING_KEY])[rows], f"`obsm['{EMBEDDING_KEY}']`"
     else:
@@ -202,11 +202,6 @@ def _coordinates(query: ad.AnnData, model: "Concerto", annotated: bool, max_poin
     view = ad.AnnData(obs=obs.iloc[rows], uns=dict(query.uns), obsm={_XY: xy})
     shown = f" of {len(rows):,} cells drawn at random" if len(rows) < query.n_obs else ""
     return _Coordinates(view, None, f"The UMAP{shown} is computed from {source} alone: {why}.")
-
-
-def _rows(n: int, max_points: int | None, seed: int) -> np.ndarray:
-    """Rows drawn (all, or a seeded random ``max_points``, sorted)."""
-    return sample_rows(n, max_points, seed)
 
 
 # ---------------------------------------------------------------------------------------------- sections
