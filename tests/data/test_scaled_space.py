@@ -38,6 +38,21 @@ def test_equals_scanpy_scale_and_pca(cells):
     np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, rtol=1e-5)
 
 
+def test_covariance_and_arpack_give_the_same_space(cells, monkeypatch):
+    """The two solvers of :func:`principal_axes` (the covariance of dense blocks, and ARPACK above
+    ``COVARIANCE_MAX_GENES`` varying genes) give the same axes, signs and centre; blocks smaller than the fit
+    change nothing."""
+    import scconcerto.data.scaled_space as scaled
+
+    monkeypatch.setattr(scaled, "COVARIANCE_BLOCK", 37)
+    by_blocks = fit_scaled_space(cells, n_components=10, seed=0)
+    monkeypatch.setattr(scaled, "COVARIANCE_MAX_GENES", 0)
+    by_arpack = fit_scaled_space(cells, n_components=10, seed=0)
+    np.testing.assert_allclose(by_blocks.loadings, by_arpack.loadings, atol=1e-5)
+    np.testing.assert_allclose(by_blocks.offset, by_arpack.offset, atol=1e-5)
+    assert np.abs(by_blocks.loadings).max() > 1e-3
+
+
 def test_values_above_the_cap_are_clipped(cells):
     """A query value beyond mean + 10 sd projects as if it were the cap itself."""
     space = fit_scaled_space(cells, n_components=10, seed=0)

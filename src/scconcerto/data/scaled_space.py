@@ -20,7 +20,8 @@ subtraction they were fitted with.
 Never densified: values above ``mean + CLIP_SD * sd`` are clipped on the sparse entries (with
 zeros below the mean, that is scanpy's clipping of z-scores at ``CLIP_SD``, save a lower clip that
 binds only for genes whose mean exceeds ``CLIP_SD`` standard deviations), the PCA centres
-implicitly (scikit-learn's ARPACK solver on sparse input), and cells are projected block by block.
+implicitly (:func:`principal_axes`: the z-scores' covariance summed over dense blocks of cells, or
+scikit-learn's ARPACK solver on sparse input for very many genes), and cells are projected block by block.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ CLIP_SD = 10.0
 CENTRINGS = ("direction", "mean")
 #: The PCA is fitted on at most this many cells (a seeded sample, plus every cell in ``keep_rows``).
 FIT_CELLS = 20_000
+#: Up to this many varying genes the PCA decomposes their covariance (``8 * genes**2`` bytes: 0.5 GB here);
+#: above, it runs ARPACK on the sparse z-scores (the same axes, several times slower on dense-ish data).
+COVARIANCE_MAX_GENES = 8_000
+#: Cells densified at once while the covariance is summed.
+COVARIANCE_BLOCK = 4_096
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,6 @@ def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, 
     ValueError
         When fewer than two genes vary (nothing to decompose).
     """
-    from sklearn.decomposition import PCA
-
     n, n_genes = cells.n_cells, _vocabulary_width(cells)
     rng = np.random.default_rng(seed)
     rows = rng.choice(n, min(n, fit_cells), replace=False)
@@ -118,14 +122,54 @@ def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, 
     caps = np.where(varies, mean + CLIP_SD * sd, np.inf)
     inv_sd = np.where(varies, 1.0 / np.where(varies, sd, 1.0), 0.0)
     X.data = np.minimum(X.data, caps[X.indices])
-    Z = (X @ sp.diags(inv_sd)).tocsr()  # the centring is implicit in the ARPACK PCA of sparse input
+    Z = (X @ sp.diags(inv_sd)).tocsr()  # never centred: the PCA centres implicitly
     n_comp = int(max(1, min(n_components, min(Z.shape[0], int(varies.sum())) - 1)))
-    pca = PCA(n_comp, svd_solver="arpack", random_state=seed).fit(Z)
-    axes = pca.components_.T  # genes x c
-    # the PCA centres the clipped z-scores on their own mean: (clip(x) / sd - pca.mean_) @ axes
-    offset = pca.mean_ @ axes
+    axes, centre = principal_axes(Z, n_comp, np.flatnonzero(varies), seed)
+    # the PCA centres the clipped z-scores on their own mean: (clip(x) / sd - centre) @ axes
+    offset = centre @ axes
     return ScaledSpace(loadings=(axes * inv_sd[:, None]).astype(np.float32), offset=offset.astype(np.float32),
                        caps=caps.astype(np.float32))
+
+
+def principal_axes(Z: sp.csr_matrix, n_components: int, columns: np.ndarray, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The leading principal axes of the rows of ``Z`` (centred implicitly) and its column means.
+
+    Only ``columns`` vary (the axes are zero elsewhere). Up to :data:`COVARIANCE_MAX_GENES` of them, the
+    covariance of those columns is summed over dense blocks of :data:`COVARIANCE_BLOCK` rows and its top
+    eigenvectors taken (SciPy's ``eigh``); above, scikit-learn's ARPACK PCA of the sparse matrix (``seed``: its
+    start vector). Both give the exact axes; each axis's sign puts its largest loading positive.
+
+    Returns
+    -------
+    axes
+        ``(n_columns_of_Z, n_components)`` float64, orthonormal columns.
+    centre
+        ``(n_columns_of_Z,)`` column means of ``Z``.
+    """
+    n, width = Z.shape
+    centre = np.asarray(Z.mean(axis=0), dtype=np.float64).ravel()
+    axes = np.zeros((width, n_components))
+    if len(columns) > COVARIANCE_MAX_GENES:
+        from sklearn.decomposition import PCA
+
+        axes = PCA(n_components, svd_solver="arpack", random_state=seed).fit(Z).components_.T
+    else:
+        from scipy.linalg import eigh
+
+        Zc = Z[:, columns]
+        gram = np.zeros((len(columns), len(columns)))
+        for start in range(0, n, COVARIANCE_BLOCK):
+            block = Zc[start:start + COVARIANCE_BLOCK].toarray()
+            gram += block.T @ block
+        mu = centre[columns]
+        covariance = gram / n - np.outer(mu, mu)
+        top = len(columns) - n_components
+        _, vectors = eigh(covariance, subset_by_index=(top, len(columns) - 1))
+        axes[columns] = vectors[:, ::-1]
+    largest = np.abs(axes).argmax(axis=0)
+    axes *= np.sign(axes[largest, np.arange(axes.shape[1])])
+    return axes, centre
 
 
 def scaled_expression(cells: CellMatrix, seed: int = 0) -> tuple[np.ndarray, ScaledSpace] | None:
