@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 #: Goals for the hard world at 100k reference cells (and above) on the 2-core machine (docs/scale.md).
@@ -211,15 +210,11 @@ def render(records: list[dict]) -> str:
 
 
 def write_report(records: list[dict], path: str | os.PathLike[str]) -> Path:
-    """Write :func:`render`'s text to ``path`` atomically (a temporary file moved into place)."""
+    """Write :func:`render`'s text to ``path`` atomically (a temporary file moved into place, with the
+    permissions of a new file)."""
+    from scconcerto._io import write_atomic_file
+
+    text = render(records)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(render(records))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic_file(path, lambda tmp: tmp.write_text(text), overwrite=True)

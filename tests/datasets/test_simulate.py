@@ -278,6 +278,26 @@ def test_simulate_to_h5ad_roundtrip(tmp_path) -> None:
         np.testing.assert_array_equal(ds[:50].toarray(), ref.X[:50].toarray())
 
 
+def test_simulate_to_h5ad_never_replaces_a_file_it_did_not_write(tmp_path) -> None:
+    """Written with a new file's permissions (the umask's, not a temporary file's 0600); a user's own .h5ad at
+    the path is left as it was, with an error that says why."""
+    import os
+
+    from scconcerto._errors import InputError
+
+    path = simulate_to_h5ad(tmp_path / "sim.h5ad", 40, 200, n_types=2, markers_per_type=5, seed=0)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+    theirs = tmp_path / "theirs.h5ad"
+    ad.AnnData(np.ones((3, 2), dtype=np.float32)).write_h5ad(theirs)
+    before = theirs.read_bytes()
+    with pytest.raises(InputError, match="did not write"):
+        simulate_to_h5ad(theirs, 40, 200, n_types=2, markers_per_type=5, seed=0)
+    assert theirs.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sim.h5ad", "theirs.h5ad"]  # no temporary file left
+
+
 def test_simulate_to_h5ad_overwrites_and_rejects_unknown_kwargs(tmp_path) -> None:
     path = tmp_path / "x.h5ad"
     simulate_to_h5ad(path, 40, 200, n_types=2, markers_per_type=5, seed=0)

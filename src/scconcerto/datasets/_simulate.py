@@ -38,7 +38,6 @@ writes it to backed ``.h5ad`` files chunk by chunk.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -727,7 +726,9 @@ def simulate_to_h5ad(
     Parameters
     ----------
     path
-        Destination ``.h5ad`` path (overwritten if it exists).
+        Destination ``.h5ad`` path; its folder is created. A file scConcerto wrote there is replaced; any
+        other file there is an error (your data is never overwritten). The file gets the permissions of
+        a new file (umask).
     n_cells, n_genes
         Data set size, as in :func:`simulate`.
     chunk_size
@@ -752,13 +753,13 @@ def simulate_to_h5ad(
         raise TypeError(f"simulate_to_h5ad() got unexpected keyword arguments: {sorted(unknown)}")
     p = _make_params(n_cells=n_cells, n_genes=n_genes, **_validate(n_cells, n_genes, chunk_size, kwargs))
 
+    from .._io import hdf5_writer, write_atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with h5py.File(tmp, "w") as f:
+
+    def write(tmp: Path) -> None:
+        with hdf5_writer(tmp) as f:
             _set_encoding(f, "anndata", "0.1.0")
             write_elem(f, "obs", p.obs)
             write_elem(f, "var", p.var)
@@ -795,11 +796,8 @@ def simulate_to_h5ad(
                     d_prot[c.start : c.stop] = c.protein
                     d_truth[c.start : c.stop] = c.protein_truth
                 nnz += k
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_atomic_file(path, write, overwrite=True)
 
 
 #: The hard world of :func:`simulate_hard`: 12 types in 4 lineages on 3,000 genes; a lineage has a
