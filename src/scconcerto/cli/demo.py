@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import scanpy as sc
 
-    from .._io import write_h5ad
+    from .._io import write_atomic_file, write_h5ad
     from .._keys import pred_key, unknown_key
     from .._settings import quiet_third_party
     from ..metrics import annotation_report
@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                         transformer=FaissKNNTransformer(15, "cosine"))
         sc.tl.umap(both, random_state=args.seed)
         fig = sc.pl.umap(both, color=["bulk_labels", "dataset"], show=False, return_fig=True)
-    fig.savefig(out / "umap.png", dpi=120, bbox_inches="tight")
+    write_atomic_file(out / "umap.png", lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"),
+                      overwrite=args.overwrite)
     write_h5ad(both, out / "pbmc68k_embedded.h5ad", overwrite=args.overwrite)
     emit({"out": str(out), "data": "scanpy pbmc68k_reduced (log-normalized), label bulk_labels",
           "split": f"random {QUERY_FRACTION:.0%} of the cells as query (seed {args.seed})",

@@ -50,9 +50,12 @@ def finish(fig: Figure, name: str, show: bool | None, save: SaveArg, created: bo
         Whether the figure was created by the plotting call (not passed in via ``ax``).
     """
     if save:
+        from .._io import write_atomic_file
+
         path = _save_path(name, save)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fmt = path.suffix.lstrip(".").lower()
+        write_atomic_file(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"), overwrite=True)
     if show is None:
         show = created and matplotlib.is_interactive()
     if show:
