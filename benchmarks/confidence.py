@@ -4,18 +4,24 @@ For each label-transfer split (cellbench's are left out: every method labels the
 variant, each unseen-type case (a type removed from a split's reference) and each seed, one network is trained
 at the package's defaults and the query mapped once; the reference's and the query's embeddings and scaled
 expression are kept. The label decision (:func:`scconcerto.mapping.fit_label_model`) is then fitted on the
-reference three ways and applied to the same query:
+reference four ways and applied to the same query:
 
 * ``unconstrained``: the logistic models fitted without bounds (the package before 2026-12-06, commit 7b0b5f6);
 * ``package``: every coefficient held non-negative (:meth:`scconcerto.mapping.LogisticScore.fit`), what
   mapping does now; ``P(right | seen)`` reads the posterior's log odds and the expression agreement
   (``scconcerto.mapping.label_model.RIGHT_FEATURES``);
 * ``embedding support``: non-negative, and ``P(right | seen)`` also reads the label's log odds under the
-  embedding's own vote (before pooling with the expression space's), measured and not kept.
+  embedding's own vote (before pooling with the expression space's), measured and not kept;
+* ``query share``: the package's, but ``P(seen)`` (fitted with seen and unseen examples weighing the same, so
+  at the odds of a query half of whose cells are new) and the unknown threshold moved to the query's own share
+  of seen cells, estimated from its cells by EM (:func:`to_query_share`), measured and not kept. It changes no
+  ranking of ``P(seen)`` and no unknown flag, only the calibration of ``P(seen)`` and ``L_confidence``.
 
 Columns: right-vs-wrong AUROC of ``L_confidence``, ``P(right | seen)`` and ``P(seen)`` on the query cells of seen types,
-seen-vs-unseen AUROC of ``L_confidence`` and of ``P(seen)``, and the share of seen and of unseen cells flagged
-unknown at the default threshold. Labels do not change between the three. Development rows choose; test rows
+seen-vs-unseen AUROC of ``L_confidence`` and of ``P(seen)``, the share of seen and of unseen cells flagged
+unknown at the default threshold, and calibration errors (:func:`calibration_error`) on all query cells: of
+``L_confidence`` against the label being right (a cell of an unseen type is never right) and of ``P(seen)``
+against the cell's type being one the reference has. Labels do not change between the four. Development rows choose; test rows
 are reported only.
 
     python -m benchmarks.confidence --data-dir ../shared/data --seeds 0,1,2 --out benchmarks/CONFIDENCE.md
@@ -42,7 +48,9 @@ from .tasks.data import drop_type, label_transfer_splits, role
 UNSEEN_CASES = {"symphony_pbmc_3tech:query=3pv1": ("B", "T_CD8"), "symphony_pbmc_3tech:query=3pv2": ("B", "T_CD8"),
                 "symphony_pbmc_3tech:query=5p": ("B", "T_CD8"), "kang_ifnb:control->stimulated": ("B", "NK"),
                 "scclassify_pancreas_wang_xin:query=xin": ("beta", "alpha")}
-DECISIONS = ("unconstrained", "package", "embedding support")
+DECISIONS = ("unconstrained", "package", "embedding support", "query share")
+#: Pseudo-cells of each kind (seen, unseen) behind the ``query share`` estimate (Laplace's rule).
+SHARE_PSEUDO_CELLS = 1.0
 
 
 def cases(data_dir: Path, skipped: list[str]) -> list[tuple[str, object]]:
@@ -121,7 +129,36 @@ def decision(name: str):
         LogisticScore.fit = fit
 
 
-def scores(arrays: dict[str, np.ndarray], seed: int) -> dict[str, float]:
+def to_query_share(p_seen: np.ndarray, threshold: float) -> tuple[np.ndarray, float, float]:
+    """``P(seen)`` and a threshold moved from balanced (1:1) odds to the query's share of seen cells: the EM
+    estimate of Saerens et al. (2002) (:func:`scconcerto.mapping.posterior.adjust_to_query_proportions` on the two
+    classes, with :data:`SHARE_PSEUDO_CELLS` pseudo-cells of each). Every odds is multiplied by
+    ``share / (1 - share)``. Returns the probabilities, the threshold and the share."""
+    from scconcerto.mapping.posterior import adjust_to_query_proportions
+
+    p = np.clip(np.asarray(p_seen, dtype=np.float64), 1e-9, 1.0 - 1e-9)
+    _, share = adjust_to_query_proportions(np.column_stack([1.0 - p, p]), np.array([0.5, 0.5]),
+                                           strength=2.0 * SHARE_PSEUDO_CELLS / max(len(p), 1))
+    ratio = share[1] / max(share[0], 1e-12)
+
+    def moved(q):
+        odds = ratio * np.asarray(q, dtype=np.float64) / np.maximum(1.0 - np.asarray(q, dtype=np.float64), 1e-12)
+        return odds / (1.0 + odds)
+
+    return moved(p), float(moved(float(threshold))), float(share[1])
+
+
+def calibration_error(probability: np.ndarray, outcome: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error of a probability of a yes/no outcome: ``sum_b (n_b / n) |mean outcome_b -
+    mean probability_b|`` over ``n_bins`` equal-width bins of ``[0, 1]``."""
+    p = np.asarray(probability, dtype=np.float64)
+    y = np.asarray(outcome, dtype=np.float64)
+    bins = np.clip(np.ceil(p * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    gap = np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins)
+    return float(np.abs(gap).sum() / max(len(p), 1))
+
+
+def scores(arrays: dict[str, np.ndarray], seed: int, query_share: bool = False) -> dict[str, float]:
     """Fit the label decision on the reference's arrays, apply it to the query's, and score it."""
     from sklearn.metrics import roc_auc_score
 
@@ -141,6 +178,9 @@ def scores(arrays: dict[str, np.ndarray], seed: int) -> dict[str, float]:
                               groups=arrays["groups"], embedding_posterior=model.posterior.posterior(sims, labels),
                               seed=seed)
     p_right, p_seen, confidence, threshold = model.decide(features, posterior)
+    if query_share:
+        p_seen, threshold, _ = to_query_share(p_seen, threshold)
+        confidence = p_right * p_seen
     truth = arrays["truth"]
     seen = np.isin(truth, names)
     right = (names[posterior.argmax(axis=1)] == truth)[seen]
@@ -148,7 +188,9 @@ def scores(arrays: dict[str, np.ndarray], seed: int) -> dict[str, float]:
     def auroc(y, score):
         return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
 
+    right_all = seen & (names[posterior.argmax(axis=1)] == truth)
     out = {"acc": float(right.mean()), "n_wrong": int((~right).sum()),
+           "ece_confidence": calibration_error(confidence, right_all), "ece_p_seen": calibration_error(p_seen, seen),
            "right_vs_wrong": auroc(right, confidence[seen]), "right_vs_wrong_p_right": auroc(right, p_right[seen]),
            "right_vs_wrong_p_seen": auroc(right, p_seen[seen])}
     if (~seen).any():
@@ -159,7 +201,7 @@ def scores(arrays: dict[str, np.ndarray], seed: int) -> dict[str, float]:
 
 
 COLUMNS = ["right_vs_wrong", "right_vs_wrong_p_right", "right_vs_wrong_p_seen", "seen_vs_unseen", "seen_vs_unseen_p_seen", "flagged_seen",
-           "flagged_unseen"]
+           "flagged_unseen", "ece_confidence", "ece_p_seen"]
 
 
 def report(df: pd.DataFrame, command: str, seconds: float) -> str:
@@ -168,15 +210,15 @@ def report(df: pd.DataFrame, command: str, seconds: float) -> str:
     summary = per_seed.groupby(["group", "role", "decision"]).agg(["mean", "std"])
     summary.columns = [f"{a} {b}" for a, b in summary.columns]
     summary = summary.dropna(axis=1, how="all")
-    per_split = df[df.decision.isin(["unconstrained", "package"])].groupby(
+    per_split = df[df.decision.isin(["package", "query share"])].groupby(
         ["group", "role", "split", "decision"])[["acc", "n_wrong"] + cols].mean().dropna(axis=1, how="all")
     return "\n".join([
         "# Mapping's confidence: right against wrong labels, seen against unseen types", "",
         generated_line(), f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s", "",
         "Each case trains one network per seed and maps its query once (with `--cache`, a case trained by an earlier "
-        "run is read back from the cache); the label decision is then fitted three "
+        "run is read back from the cache); the label decision is then fitted four "
         "ways on the same reference and applied to the same query (`benchmarks/confidence.py`). Development rows "
-        "chose the package's decision; test rows are reported only. Labels are the same under all three.", "",
+        "chose the package's decision; test rows are reported only. Labels are the same under all four.", "",
         "## Mean over cases, then mean and sd over seeds", "", markdown(summary, index=True), "",
         "## Per case (mean over seeds)", "", markdown(per_split, index=True), ""])
 
@@ -198,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in DECISIONS:
                 with decision(name):
                     rows.append({"group": group, "role": role(split.name), "split": split.name, "seed": seed,
-                                 "decision": name, **scores(arrays, seed)})
+                                 "decision": name, **scores(arrays, seed, query_share=name == "query share")})
             print(f"seed {seed}: {split.name}", flush=True)
     command = f"python -m benchmarks.confidence --data-dir {args.data_dir} --seeds {args.seeds} --out {args.out}" + (
         f" --cache {args.cache}" if args.cache is not None else "")
