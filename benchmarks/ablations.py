@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.ablations --data-dir ../shared/data --seeds 0,1,2 --out benchmarks/ABLATIONS.md
     python -m benchmarks.ablations --families views,temperature --seeds 0 --out /tmp/abl.md   # a subset
+    python -m benchmarks.ablations --families temperature --datasets kang_ifnb_pbmc_scgen:donors --out /tmp/d.md
 
 Every table varies one setting from the package defaults and keeps the others. Scores are
 leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accuracy`):
@@ -491,6 +492,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of: {', '.join(FAMILIES)}")
     p.add_argument("--no-supervised", action="store_true", help="unsupervised tables only")
+    p.add_argument("--datasets", default=None,
+                   help="comma-separated development data sets that replace every family's own (e.g. the donor sets)")
     p.add_argument("--store", type=Path, default=None,
                    help="JSON file of finished measurements: an interrupted run resumes from it")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (as benchmarks.run)")
@@ -509,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown famil(ies) {unknown}; choose from {list(FAMILIES)}", file=sys.stderr)
             return 2
         seeds = [int(s) for s in args.seeds.split(",")]
+        chosen = None if args.datasets is None else tuple(d.strip() for d in args.datasets.split(",") if d.strip())
+        if chosen is not None and (tested := [d for d in chosen if role(d) != "development"]):
+            print(f"error: {tested} are test data; ablations choose settings on development data only", file=sys.stderr)
+            return 2
         store: dict = {}
         if args.store is not None and args.store.exists():
             store = json.loads(args.store.read_text())
@@ -528,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             family = FAMILIES[name]
             if args.no_supervised:
                 family = replace(family, supervised=False)
+            if chosen is not None:
+                family = replace(family, datasets=chosen)
             rows = run_family(family, seeds, args.data_dir, data_cache, store, save, used, taken)
             sections.append(family_table(family, rows))
             if family.shifts:

@@ -118,3 +118,20 @@ def test_a_default_that_measured_no_shift_is_not_trained_again(monkeypatch):
     rows = ablations.run_family(family, [0], None, {}, store, lambda: None)
     assert calls == [0]
     assert "simulated:hard" not in ablations.shift_table(rows, seed=0)
+
+
+def test_datasets_replace_every_familys_own_and_test_data_is_refused(monkeypatch, tmp_path, capsys):
+    """``--datasets`` runs the chosen families on the given development sets only; a test set is an error."""
+    seen = []
+    monkeypatch.setattr(ablations, "unsupervised_scores",
+                        lambda adata, variant, seed, mixing=False: seen.append(adata.n_obs) or {"acc": 0.5})
+    monkeypatch.setattr(ablations, "hard_simulation", lambda seed=0: simulated(n_cells=120, n_genes=200))
+    out = tmp_path / "abl.md"
+    assert ablations.main(["--families", "temperature", "--datasets", "simulated:hard", "--seeds", "0",
+                           "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "simulated:hard" in text and "symphony_pbmc_3tech" not in text.split("## temperature")[1]
+    assert len(seen) == 4  # the four temperatures (0.1 is the default), on the one data set
+    assert ablations.main(["--families", "temperature", "--datasets", "scclassify_pancreas_wang_xin",
+                           "--out", str(tmp_path / "no.md")]) == 2
+    assert "test data" in capsys.readouterr().err and not (tmp_path / "no.md").exists()
