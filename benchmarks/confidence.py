@@ -21,8 +21,8 @@ Columns: right-vs-wrong AUROC of ``L_confidence``, ``P(right | seen)`` and ``P(s
 seen-vs-unseen AUROC of ``L_confidence`` and of ``P(seen)``, the share of seen and of unseen cells flagged
 unknown at the default threshold, and calibration errors (:func:`calibration_error`) on all query cells: of
 ``L_confidence`` against the label being right (a cell of an unseen type is never right) and of ``P(seen)``
-against the cell's type being one the reference has. Labels do not change between the four. Development rows choose; test rows
-are reported only.
+against the cell's type being one the reference has. Labels do not change between the four. Development rows
+choose; test rows are reported only.
 
     python -m benchmarks.confidence --data-dir ../shared/data --seeds 0,1,2 --out benchmarks/CONFIDENCE.md
 
@@ -183,14 +183,15 @@ def scores(arrays: dict[str, np.ndarray], seed: int, query_share: bool = False) 
         confidence = p_right * p_seen
     truth = arrays["truth"]
     seen = np.isin(truth, names)
-    right = (names[posterior.argmax(axis=1)] == truth)[seen]
+    labelled_right = names[posterior.argmax(axis=1)] == truth
+    right = labelled_right[seen]
 
     def auroc(y, score):
         return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
 
-    right_all = seen & (names[posterior.argmax(axis=1)] == truth)
     out = {"acc": float(right.mean()), "n_wrong": int((~right).sum()),
-           "ece_confidence": calibration_error(confidence, right_all), "ece_p_seen": calibration_error(p_seen, seen),
+           "ece_confidence": calibration_error(confidence, seen & labelled_right),
+           "ece_p_seen": calibration_error(p_seen, seen),
            "right_vs_wrong": auroc(right, confidence[seen]), "right_vs_wrong_p_right": auroc(right, p_right[seen]),
            "right_vs_wrong_p_seen": auroc(right, p_seen[seen])}
     if (~seen).any():

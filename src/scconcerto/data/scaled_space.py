@@ -150,7 +150,6 @@ def principal_axes(Z: sp.csr_matrix, n_components: int, columns: np.ndarray, see
     """
     n, width = Z.shape
     centre = np.asarray(Z.mean(axis=0), dtype=np.float64).ravel()
-    axes = np.zeros((width, n_components))
     if len(columns) > COVARIANCE_MAX_GENES:
         from sklearn.decomposition import PCA
 
@@ -168,6 +167,7 @@ def principal_axes(Z: sp.csr_matrix, n_components: int, columns: np.ndarray, see
         gram -= np.outer(mu, mu)  # the covariance, in place
         top = len(columns) - n_components
         _, vectors = eigh(gram, subset_by_index=(top, len(columns) - 1), overwrite_a=True)
+        axes = np.zeros((width, n_components))
         axes[columns] = vectors[:, ::-1]
     largest = np.abs(axes).argmax(axis=0)
     axes *= np.sign(axes[largest, np.arange(axes.shape[1])])
