@@ -1,12 +1,14 @@
-"""The classifier's fine-tuning learning rate and its expression vote, chosen on the development tasks.
+"""The classifier's fine-tuning learning rate, its expression vote and the target's genes, chosen on the
+development tasks.
 
 For each annotation task of :mod:`benchmarks.adaptation` (a labelled reference and an unlabelled target of
 another technology, condition or simulated species) and seed: one contrastive pre-training at the package
 defaults, then the classifier fine-tuned at each learning rate of ``LEARNING_RATES`` (no adaptation, the
-package default) and predicted twice: from its own posterior (``expression_vote`` off: the argmax of
-``predict_logits``) and from its posterior pooled with the expression vote (on: ``predict``). Mapping
-(``map_query``) on the same pre-trained model is shown beside them. Scores: accuracy and macro-F1 on the
-target cells whose type the reference has.
+package default), once on every gene of the model and once on the genes the target has (``target genes``:
+``fit_classifier(target=..., shared_genes=True)``), and predicted twice: from its own posterior
+(``expression_vote`` off: the argmax of ``predict_logits``) and from its posterior pooled with the expression
+vote (on: ``predict``). Mapping (``map_query``) on the same pre-trained model is shown beside them. Scores:
+accuracy and macro-F1 on the target cells whose type the reference has.
 
 The setting with the highest mean accuracy over the development tasks and seeds is chosen; the test tasks
 are only reported.
@@ -55,35 +57,40 @@ def run_task(name: str, ref, target, species: str | None, seed: int) -> list[dic
     base.train(progress=False)
     common = {"task": name, "role": role(name), "seed": seed}
     mapped = base.map_query(target.copy(), query_species=species, batch_key=None)
-    rows = [{**common, "method": "map_query", "lr": np.nan, "expression_vote": "",
+    rows = [{**common, "method": "map_query", "lr": np.nan, "expression_vote": "", "target_genes": "",
              **_scores(truth, mapped.predictions["cell_type"]["pred"], seen)}]
     for lr in LEARNING_RATES:
-        model = copy.deepcopy(base).fit_classifier(label_key="cell_type", lr=lr, seed=seed, progress=False)
-        pooled = model.predict(target.copy(), inplace=False, query_species=species, batch_key=None)
-        own = model.classifier.predict_logits(target.copy(), batch_key=None, query_species=species)
-        classes = np.asarray(pooled.classes, dtype=object)
-        for vote, pred in ((False, classes[own.argmax(axis=1)]), (True, pooled.labels)):
-            rows.append({**common, "method": "classifier", "lr": lr, "expression_vote": vote,
-                         **_scores(truth, pred, seen)})
+        for target_genes in (False, True):
+            extra = {"target": target.copy(), "target_species": species} if target_genes else {}
+            model = copy.deepcopy(base).fit_classifier(label_key="cell_type", lr=lr, seed=seed, progress=False,
+                                                       **extra)
+            pooled = model.predict(target.copy(), inplace=False, query_species=species, batch_key=None)
+            own = model.classifier.predict_logits(target.copy(), batch_key=None, query_species=species)
+            classes = np.asarray(pooled.classes, dtype=object)
+            for vote, pred in ((False, classes[own.argmax(axis=1)]), (True, pooled.labels)):
+                rows.append({**common, "method": "classifier", "lr": lr, "expression_vote": vote,
+                             "target_genes": target_genes, **_scores(truth, pred, seen)})
     log.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - t0)
     return rows
 
 
-def choose(dev: pd.DataFrame) -> tuple[pd.DataFrame, float, bool]:
-    """The classifier settings by mean development accuracy, best first, and the best one."""
-    grid = (dev[dev["method"] == "classifier"].groupby(["lr", "expression_vote"], as_index=False)
+def choose(dev: pd.DataFrame) -> tuple[pd.DataFrame, float, bool, bool]:
+    """The classifier settings by mean development accuracy, best first, and the best one (learning rate,
+    expression vote, target genes)."""
+    grid = (dev[dev["method"] == "classifier"].groupby(["lr", "expression_vote", "target_genes"], as_index=False)
             .agg(acc=("acc", "mean"), macro_f1=("macro_f1", "mean"))
             .sort_values("acc", ascending=False, kind="stable"))
     best = grid.iloc[0]
     shown = grid.assign(lr=grid["lr"].map(lambda v: f"{v:g}")).round(3)
-    return shown, float(best["lr"]), bool(best["expression_vote"])
+    return shown, float(best["lr"]), bool(best["expression_vote"]), bool(best["target_genes"])
 
 
 def table(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds, per task and setting."""
     rows = rows.assign(setting=np.where(rows["method"] == "map_query", "map_query",
                                         "classifier lr " + rows["lr"].map(lambda v: f"{v:g}") + ", vote "
-                                        + rows["expression_vote"].astype(str)))
+                                        + rows["expression_vote"].astype(str) + ", target genes "
+                                        + rows["target_genes"].astype(str)))
     out = (rows.groupby(["task", "setting"], sort=False)
            .agg(acc_mean=("acc", "mean"), acc_sd=("acc", "std"), macro_f1_mean=("macro_f1", "mean"),
                 macro_f1_sd=("macro_f1", "std"), seeds=("seed", "nunique")).reset_index())
@@ -93,21 +100,24 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
 def render(dev: pd.DataFrame, test: pd.DataFrame | None, argv: list[str], seconds: float) -> str:
     from scconcerto._defaults import DEFAULT_CLASSIFIER_LR
 
-    grid, lr, vote = choose(dev)
+    grid, lr, vote, target_genes = choose(dev)
     lines = [
-        "# Classifier: fine-tuning learning rate and expression vote", "",
+        "# Classifier: fine-tuning learning rate, expression vote and the target's genes", "",
         generated_line(), f"Command: `python -m benchmarks.classifier {' '.join(argv)}`  ",
         f"Wall time: {seconds:.0f} s (2-core machine); pre-training and fine-tuning at the package defaults otherwise.",
         "",
         "`vote True`: the classifier's calibrated posterior pooled with the vote of the cell's nearest labeled cells in "
         "the reference's scaled expression space (`fit_classifier(expression_vote=True)`); `vote False`: its own "
-        "posterior. Accuracy and macro-F1 on target cells whose type the reference has; `as mouse`: the target "
+        "posterior. `target genes True`: fitted with the target (`fit_classifier(target=...)`, no adaptation), so "
+        "that it learns from the model's genes the target has (`shared_genes=True`); `False`: from every gene of "
+        "the model. Accuracy and macro-F1 on target cells whose type the reference has; `as mouse`: the target "
         "SIMULATED as mouse (benchmarks/tasks/cross_species.py), predicted with `query_species='mouse'`. "
         "`map_query`: mapping with the same pre-trained model, for comparison.", "",
         "## Choice on the development tasks (mean over tasks and seeds)", "", markdown(grid), "",
-        f"Chosen: learning rate **{lr:g}**, expression vote **{vote}**. The package's defaults: learning rate "
-        f"{DEFAULT_CLASSIFIER_LR:g} (`scconcerto._defaults.DEFAULT_CLASSIFIER_LR`), expression vote on "
-        "(`fit_classifier(expression_vote=True)`).", "",
+        f"Chosen: learning rate **{lr:g}**, expression vote **{vote}**, target genes **{target_genes}**. The "
+        f"package's defaults: learning rate {DEFAULT_CLASSIFIER_LR:g} (`scconcerto._defaults.DEFAULT_CLASSIFIER_LR`), "
+        "expression vote on (`fit_classifier(expression_vote=True)`), a target's genes only when a target is given "
+        "(`fit_classifier(target=..., shared_genes=True)`).", "",
         "## Development tasks", "", markdown(table(dev)), ""]
     if test is not None and len(test):
         lines += ["## Test tasks (never tuned on)", "", markdown(table(test)), ""]

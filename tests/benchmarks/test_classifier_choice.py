@@ -11,35 +11,38 @@ from benchmarks.classifier import choose, render, table  # noqa: E402
 
 
 def rows() -> pd.DataFrame:
-    """Two development tasks and one test task, two seeds. On development, lr 3e-4 with the vote is best; on the
-    test task, lr 1e-3 without it."""
+    """Two development tasks and one test task, two seeds. On development, lr 3e-4 with the vote and the target's
+    genes is best; on the test task, lr 1e-3 without either."""
     dev = {(1e-3, False): 0.80, (1e-3, True): 0.82, (3e-4, False): 0.81, (3e-4, True): 0.86}
     test = {(1e-3, False): 0.99, (1e-3, True): 0.90, (3e-4, False): 0.90, (3e-4, True): 0.85}
     out = []
     for seed, shift in ((0, 0.0), (1, 0.02)):
         for task, role in (("d1", "development"), ("d2", "development"), ("t1", "test")):
             out.append({"task": task, "role": role, "seed": seed, "method": "map_query", "lr": float("nan"),
-                        "expression_vote": "", "acc": 0.5, "macro_f1": 0.5})
+                        "expression_vote": "", "target_genes": "", "acc": 0.5, "macro_f1": 0.5})
             for (lr, vote), acc in (dev if role == "development" else test).items():
-                out.append({"task": task, "role": role, "seed": seed, "method": "classifier", "lr": lr,
-                            "expression_vote": vote, "acc": acc + shift, "macro_f1": acc})
+                for genes, gain in ((False, 0.0), (True, 0.01 if role == "development" else -0.05)):
+                    out.append({"task": task, "role": role, "seed": seed, "method": "classifier", "lr": lr,
+                                "expression_vote": vote, "target_genes": genes, "acc": acc + shift + gain,
+                                "macro_f1": acc})
     return pd.DataFrame(out)
 
 
 def test_the_choice_reads_development_rows_only():
     frame = rows()
     dev, test = frame[frame["role"] == "development"], frame[frame["role"] == "test"]
-    grid, lr, vote = choose(dev)
-    assert (lr, vote) == (3e-4, True)
-    assert list(grid["lr"])[:2] == ["0.0003", "0.001"]  # best first; mapping is not a candidate
+    grid, lr, vote, genes = choose(dev)
+    assert (lr, vote, genes) == (3e-4, True, True)
+    assert list(grid["lr"])[:3] == ["0.0003", "0.0003", "0.001"]  # best first; mapping is not a candidate
     text = render(dev, test, ["--smoke"], 1.0)
-    assert "Chosen: learning rate **0.0003**, expression vote **True**" in text
+    assert "Chosen: learning rate **0.0003**, expression vote **True**, target genes **True**" in text
     assert "## Test tasks (never tuned on)" in text
 
 
 def test_table_gives_each_settings_mean_and_spread_over_seeds():
     shown = table(rows())
-    row = shown[(shown["task"] == "d1") & (shown["setting"] == "classifier lr 0.0003, vote True")].iloc[0]
+    row = shown[(shown["task"] == "d1")
+                & (shown["setting"] == "classifier lr 0.0003, vote True, target genes False")].iloc[0]
     assert row["acc_mean"] == pytest.approx(0.87) and row["acc_sd"] == pytest.approx(0.014, abs=1e-3)
     assert row["seeds"] == 2
     assert (shown["setting"] == "map_query").sum() == 3

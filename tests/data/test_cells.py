@@ -79,3 +79,22 @@ def test_a_gene_count_that_is_not_a_whole_number_of_at_least_two_is_refused(sim,
 
     with pytest.raises(InputError, match="hvg must be a number of genes"):
         setup_reference(sim, hvg=bad)
+
+
+def test_restricted_cells_read_only_the_kept_genes(sim):
+    from scconcerto.data.cells import restrict_to_genes
+
+    setup = setup_reference(sim, batch_key="batch")
+    cells = prepare_cells(sim, setup).cells
+    keep = np.random.default_rng(0).random(len(setup.genes)) < 0.5
+    rows = np.arange(40)
+    before = cells.rna_rows(rows)
+    after = restrict_to_genes(cells, keep).rna_rows(rows)
+    kept = keep[before[0]]
+    np.testing.assert_array_equal(after[0], before[0][kept])
+    np.testing.assert_array_equal(after[1], before[1][kept])  # values (normalized by all genes) unchanged
+    row_of = np.repeat(np.arange(len(rows)), np.diff(before[2]))
+    np.testing.assert_array_equal(np.diff(after[2]), np.bincount(row_of[kept], minlength=len(rows)))
+    assert cells.rna_rows(rows)[0].size == before[0].size  # the input cells are not changed
+    with pytest.raises(ValueError, match="beyond the mask"):
+        restrict_to_genes(cells, keep[:10])

@@ -87,7 +87,7 @@ def test_the_check_flags_a_classifier_that_calls_every_target_cell_one_class(spl
     assert not same["collapsed"] and same["agreement"] == 1.0
 
 
-def test_by_default_the_target_is_not_used_and_the_user_is_told(split, plain, caplog):
+def test_by_default_the_target_is_not_adapted_to_and_the_user_is_told(split, plain, caplog):
     source, target = split
     model = Concerto(source, batch_key="batch", label_key="cell_type")
     with caplog.at_level(logging.WARNING, logger="scconcerto"):
@@ -95,7 +95,7 @@ def test_by_default_the_target_is_not_used_and_the_user_is_told(split, plain, ca
     summary = model.annotation_summary
     assert summary["target_sources"] == [] and summary["domains"] == ["batch_0", "batch_1"]
     assert summary.get("adaptation") is None and "consistency" not in summary["history"][-1]
-    assert "not used for fine-tuning" in caplog.text and "consistency_weight" in caplog.text
+    assert "not adapted to the target" in caplog.text and "consistency_weight" in caplog.text
     kept = model.predict(target.copy(), inplace=False, device="cpu")
     reference = plain.predict(target.copy(), inplace=False, device="cpu")
     np.testing.assert_allclose(kept.probabilities, reference.probabilities, atol=1e-5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -183,3 +183,16 @@ class CellMatrix:
 
         return CellBatch(student, teacher, torch.from_numpy(self.domains[rows].astype(np.int64)),
                          torch.from_numpy(rows))
+
+
+def restrict_to_genes(cells: CellMatrix, keep: np.ndarray) -> CellMatrix:
+    """The same cells reading only the vocabulary genes where ``keep`` (a boolean mask over the vocabulary) is
+    true: the others read as not detected. Nothing is copied but the column map."""
+    keep = np.asarray(keep, dtype=bool)
+    col = np.arange(cells.X.shape[1]) if cells.column_to_vocab is None else np.asarray(cells.column_to_vocab)
+    inside = col >= 0
+    if (col[inside] >= keep.size).any():
+        raise ValueError(f"the cells use vocabulary genes beyond the mask's {keep.size}")
+    kept = inside.copy()
+    kept[inside] = keep[col[inside]]
+    return replace(cells, column_to_vocab=np.where(kept, col, -1))

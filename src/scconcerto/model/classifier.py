@@ -44,6 +44,7 @@ from .._errors import InputError, ModelFileError
 from .._copy import with_copy
 from .._defaults import DEFAULT_CLASSIFIER_LR, END_TO_END_CLASSIFIER_LR
 from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key, unknown_score_key
+from ..data.cells import restrict_to_genes
 from ..data.setup import category_codes
 from ..data.sources import domain_codes, source_names
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
@@ -66,6 +67,8 @@ QUERY_SOURCE = "query"
 #: ``"reference"``: the probability of a known type from mapping's novelty model (one model for both);
 #: the others are the classifier's own scores.
 UNKNOWN_SCORES = ("reference", "combined", "knn", "max_softmax")
+#: Share of the classifier's genes a dataset may lack before predicting it warns (a tenth).
+MISSING_GENES_WARNING = 0.1
 FEATURE_BANK = "feature_bank"
 FEATURE_BANK_RNA_ONLY = "feature_bank_rna_only"
 FEATURE_BANK_LABELS = "feature_bank_labels"
@@ -301,6 +304,9 @@ class ClassifierState:
         The expression vote pooled with the posterior (an
         :class:`~scconcerto.model._classifier_expression.ExpressionOpinion` as a dict); ``None``: the classifier's
         posterior alone (as classifiers saved before 2026-12-07).
+    genes
+        The model's genes the classifier reads (those its target has), in the model's order; ``None``: all of
+        them. Other genes of any data it fits or predicts read as not detected.
     """
 
     label_key: str
@@ -328,6 +334,7 @@ class ClassifierState:
     rna_only: Calibration | None = None
     decision: str = "head"
     expression_opinion: dict[str, Any] | None = None
+    genes: list[str] | None = None
 
     @property
     def full(self) -> Calibration:
@@ -417,7 +424,7 @@ class CellTypeClassifier:
             unknown_score: str = "auto", knn_k: int = 10, feature_bank_size: int = 20_000, decision: str = "knn",
             expression_vote: bool = True, head_dropout: float = 0.0, batch_key: str | None = "__setup__",
             target_batch_key: str | None = "__setup__", min_overlap: float = DEFAULT_MIN_OVERLAP,
-            target_species: str | None = None, pretrain_epochs: int | None = None,
+            target_species: str | None = None, shared_genes: bool = True, pretrain_epochs: int | None = None,
             seed: int | None = None, device: str = "auto", progress: bool | None = None,
             **kwargs: Any) -> "CellTypeClassifier":
         """Fine-tune a cell-type classifier on the teacher of ``model``; calibrate it and set the unknown threshold.
@@ -431,12 +438,13 @@ class CellTypeClassifier:
         label_key
             ``obs`` column of the cell types (default: the model's only label key). Missing labels are not used.
         target
-            Unlabeled cells to adapt to (inter-dataset mode) when ``consistency_weight > 0``: a consistency loss
-            on them is added, and their sources get their own batch-norm statistics. The loss sharpens the
-            predictions of every target cell, those of types the labeled data lack included, so unknown
-            rejection on the target is weaker after adaptation (``consistency_min_confidence`` restricts it to
-            confident cells). With the default weight 0 the target is not used: predicting it later adapts
-            the batch-norm statistics to its sources (AdaBN) all the same.
+            Unlabeled cells the classifier is for. With ``shared_genes`` (default) the classifier learns from the
+            model's genes the target has only. When ``consistency_weight > 0`` it is also adapted to them
+            (inter-dataset mode): a consistency loss on them is added, and their sources get their own
+            batch-norm statistics. The loss sharpens the predictions of every target cell, those of types the
+            labeled data lack included, so unknown rejection on the target is weaker after adaptation
+            (``consistency_min_confidence`` restricts it to confident cells). With the default weight 0
+            predicting the target later adapts the batch-norm statistics to its sources (AdaBN) all the same.
         pretrain
             Start from the contrastively pre-trained teacher (pre-training the model first if it is not
             trained yet). ``False``: end-to-end training from a fresh initialisation (the paper's ablation).
@@ -497,6 +505,11 @@ class CellTypeClassifier:
         target_species
             ``"human"`` or ``"mouse"`` when the target is of another species than the model (genes matched
             by 1:1 orthologs, :mod:`scconcerto.data.genes`); predict it with the same ``query_species``.
+        shared_genes
+            With a target: fine-tune, calibrate and predict from the model's genes the target has (the others
+            read as not detected, in the labeled cells and in every cell predicted later), so that the
+            classifier does not learn to rely on genes the target lacks (another species' genes without a 1:1
+            ortholog, another gene panel). Chosen on the development tasks: ``benchmarks/CLASSIFIER.md``.
         pretrain_epochs
             Epochs of the contrastive pre-training, when it has to run.
         seed
@@ -538,12 +551,12 @@ class CellTypeClassifier:
         if not np.isfinite(consistency_weight) or consistency_weight < 0:
             raise InputError(f"consistency_weight must be a number of at least 0 (0: no adaptation), got "
                              f"{consistency_weight!r}.")
-        if target is not None and consistency_weight == 0:
-            log.warning("The target is not used for fine-tuning: its consistency weight is %g (no adaptation, the "
-                        "default, which no adaptation setting beat on the development tasks: "
-                        "benchmarks/ADAPTATION.md). Pass consistency_weight > 0 (`--consistency-weight`) to adapt "
-                        "to it.", consistency_weight)
-            target = None
+        adapt = target is not None and consistency_weight > 0
+        if target is not None and not adapt:
+            log.warning("The classifier is not adapted to the target (consistency weight %g, the default: no "
+                        "adaptation setting beat it on the development tasks, benchmarks/ADAPTATION.md); %s. Pass "
+                        "consistency_weight > 0 (`--consistency-weight`) to adapt to it.", consistency_weight,
+                        "it learns from the genes the target has" if shared_genes else "the target is not used")
         if pretrain and not model.is_trained:
             model.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
 
@@ -553,10 +566,15 @@ class CellTypeClassifier:
                              "the labeled data")
         source.cells.domains, unseen = domain_codes(names, domains)
         domains.extend(unseen)
-        target_cells, target_names, target_overlap = None, [], None
-        if target is not None:
+        target_cells, target_names, target_overlap, genes = None, [], None, None
+        if target is not None and (adapt or shared_genes):
             prepared = model._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target",
                                       query_species=target_species)
+            target_overlap = prepared.alignment.summary()
+            if shared_genes:
+                genes = genes_of(model, prepared.alignment)
+                source.cells = read_only_genes(model, source.cells, genes)
+        if adapt:
             names = source_names(target, target_batch_key, model.setup.batch_key, (), TARGET_SOURCE, "the target")
             codes_in_target, target_names = domain_codes(names)  # every target source has its own domain
             clash = sorted(set(target_names) & set(domains))
@@ -565,7 +583,7 @@ class CellTypeClassifier:
                             "statistics, and at prediction cells of these sources use the target's.", clash)
             prepared.cells.domains = len(domains) + codes_in_target
             domains = domains + target_names
-            target_cells, target_overlap = prepared.cells, prepared.alignment.summary()
+            target_cells = prepared.cells
 
         held = stratified_holdout(codes, validation_fraction, seed)
         train_rows = np.flatnonzero((codes >= 0) & ~held)
@@ -580,7 +598,7 @@ class CellTypeClassifier:
         network, history = _fine_tuned(model, len(classes), pretrain, head_dropout, len(domains), source.cells,
                                        train_rows, train_labels, config, target_cells, seed)
         adaptation = None
-        if target_cells is not None and consistency_weight > 0 and collapse_ratio > 0:
+        if adapt and collapse_ratio > 0:
             # the same fine-tuning without the target: the fallback, and what the target's composition is compared with
             n_labeled = len(domains) - len(target_names)
             plain, plain_history = _fine_tuned(model, len(classes), pretrain, head_dropout, n_labeled, source.cells,
@@ -612,7 +630,7 @@ class CellTypeClassifier:
         if source.cells.protein is not None:
             rna_bank, rna_only = _rna_only_calibration(model, network, data, source.cells.domains, bank_rows,
                                                        bank_codes, decision, np.flatnonzero(held), codes,
-                                                       false_rejection_rate, knn_k, min_overlap, device)
+                                                       false_rejection_rate, knn_k, min_overlap, device, genes)
         if unknown_score in ("auto", "reference"):
             shared = has_novelty_model(model, label_key, classes)
             if unknown_score == "reference" and not shared:
@@ -628,7 +646,7 @@ class CellTypeClassifier:
             feature_bank_size=int(bank.shape[0]), temperature=calibration.temperature,
             thresholds=calibration.thresholds, score_quantiles=calibration.score_quantiles,
             calibration=calibration.calibration, rna_only=rna_only, decision=decision,
-            expression_opinion=None if opinion is None else opinion.to_dict())
+            expression_opinion=None if opinion is None else opinion.to_dict(), genes=genes)
         return cls(model, network, state, bank, rna_bank,
                    bank_codes if decision == "knn" or opinion is not None else None, expression_bank)
 
@@ -663,6 +681,8 @@ class CellTypeClassifier:
         prepared = model._prepare(adata, batch_key=None, min_overlap=min_overlap, what="the data",
                                   query_species=query_species)
         model.last_alignment = prepared.alignment
+        self._check_genes(prepared.alignment)
+        prepared.cells = read_only_genes(model, prepared.cells, self.state.genes)
         domains = list(self.state.domains)
         names = source_names(adata, batch_key, setup.batch_key, setup.sources, QUERY_SOURCE, "the data")
         modalities = "rna+protein" if prepared.cells.protein is not None else "rna"
@@ -681,6 +701,19 @@ class CellTypeClassifier:
             logits, features = classifier_outputs(self.network, prepared.cells, batch_size=batch_size,
                                                   device=device, adapt_domains=adapt or None)
         return logits, features, modalities, prepared.cells
+
+    def _check_genes(self, alignment: Any) -> None:
+        """Warn when the data lacks more than :data:`MISSING_GENES_WARNING` of the genes the classifier reads."""
+        have = genes_of(self.model, alignment)
+        if have is None:
+            return
+        reads = self.model.setup.genes if self.state.genes is None else self.state.genes
+        missing = len(set(reads) - set(have))
+        if missing > MISSING_GENES_WARNING * len(reads):
+            log.warning("The data lacks %d of the %d genes the classifier learned from (%.0f%%): it relies on genes "
+                        "these cells do not have. Fine-tune the classifier for them: `fit_classifier(target=...)` "
+                        "(`scconcerto annotate train --target`) learns from the genes the target has.",
+                        missing, len(reads), 100 * missing / len(reads))
 
     def _balanced_adabn(self, cells: Any, new_domains: list[int], bank: np.ndarray, batch_size: int,
                         device: str) -> TeacherClassifier:
@@ -862,6 +895,11 @@ class CellTypeClassifier:
         """
         if not isinstance(state, ClassifierState):
             state = ClassifierState.from_dict(state)
+        if state.genes is not None:
+            foreign = sorted(set(state.genes) - set(model.setup.genes))
+            if not state.genes or foreign or len(set(state.genes)) != len(state.genes):
+                raise ModelFileError(f"config.json of the model: classifier.genes is empty, repeats genes or names "
+                                     f"genes the model lacks ({foreign[:5]}). Fine-tune and save the classifier again.")
         nonfinite = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if nonfinite:
             raise ModelFileError(f"The classifier holds NaN or infinite values in {nonfinite[:5]}; it is damaged. "
@@ -943,6 +981,21 @@ def _fine_tuned(model: Any, n_classes: int, pretrain: bool, head_dropout: float,
     return network, history
 
 
+def genes_of(model: Any, alignment: Any) -> list[str] | None:
+    """The model's genes a dataset of ``alignment`` has, in the model's order; ``None`` when it has them all."""
+    present = np.zeros(len(model.setup.genes), dtype=bool)
+    col = np.asarray(alignment.column_to_vocab)
+    present[col[col >= 0]] = True
+    return None if present.all() else [g for g, p in zip(model.setup.genes, present) if p]
+
+
+def read_only_genes(model: Any, cells: Any, genes: list[str] | None) -> Any:
+    """``cells`` (aligned to the model's vocabulary) reading only ``genes`` (``None``: all of them)."""
+    if genes is None:
+        return cells
+    return restrict_to_genes(cells, np.isin(np.asarray(model.setup.genes, dtype=object), list(genes)))
+
+
 def _resolve_label_key(model: Any, label_key: str | None) -> str:
     if label_key is not None:
         return label_key
@@ -963,12 +1016,14 @@ def decision_logits(decision: str, logits: np.ndarray, features: np.ndarray, ban
 
 def _rna_only_calibration(model: Any, network: TeacherClassifier, data: ad.AnnData, domains: np.ndarray,
                           bank_rows: np.ndarray, bank_codes: np.ndarray, decision: str, held_rows: np.ndarray,
-                          codes: np.ndarray, false_rejection_rate: float, knn_k: int, min_overlap: float, device: str
-                          ) -> tuple[np.ndarray, Calibration]:
+                          codes: np.ndarray, false_rejection_rate: float, knn_k: int, min_overlap: float, device: str,
+                          genes: list[str] | None = None) -> tuple[np.ndarray, Calibration]:
     """The feature bank and calibration of the labeled cells seen from RNA alone (proteins hidden), each
-    source with batch-norm statistics estimated on its RNA-only cells (as an RNA-only query gets)."""
+    source with batch-norm statistics estimated on its RNA-only cells (as an RNA-only query gets); only
+    ``genes`` are read (``None``: all)."""
     prepared = model._prepare(data, batch_key=None, min_overlap=min_overlap, what="the labeled data",
                               use_protein=False)
+    prepared.cells = read_only_genes(model, prepared.cells, genes)
     prepared.cells.domains = network.n_domains + np.asarray(domains, dtype=np.int64)
     adapt = sorted(set(prepared.cells.domains.tolist()))
     rows = np.union1d(bank_rows, held_rows)
