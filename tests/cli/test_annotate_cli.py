@@ -97,3 +97,19 @@ def test_train_without_the_expression_vote(files, tmp_path):
     assert rc == 0
     loaded = Concerto.load(tmp_path / "clf")
     assert loaded.classifier.opinion is None and loaded.classifier.state.config["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("all_genes", [False, True])
+def test_train_for_a_target_learns_from_its_genes_unless_told_otherwise(files, tmp_path, capsys, all_genes):
+    target = ad.read_h5ad(files / "query.h5ad")
+    target = target[:, ~target.var_names.isin(target.var_names[::3])].copy()  # two thirds of the genes
+    target.write_h5ad(tmp_path / "target.h5ad")
+    rc = main(["annotate", "train", str(files / "ref.h5ad"), "--label-key", "cell_type", "--batch-key", "batch",
+               "--pretrained", str(files / "ref_model"), "--epochs", "2", "--out", str(tmp_path / "clf"),
+               "--target", str(tmp_path / "target.h5ad"), "--device", "cpu", "--no-progress",
+               *(["--all-genes"] if all_genes else [])])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    n_model = len(Concerto.load(files / "ref_model").setup.genes)
+    assert summary["genes_learned_from"] == (n_model if all_genes else summary["target_gene_overlap"]["n_shared"])
+    assert summary["target_gene_overlap"]["n_shared"] < n_model and summary["target_cells"] == 0

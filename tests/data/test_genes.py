@@ -163,3 +163,15 @@ def test_shipped_tables_are_one_to_one_and_detect_their_species():
     assert genes.detect_species(["CD3E", "MS4A1", "LYZ", "NKG7"]) == "human"
     assert genes.detect_species(["Cd3e", "Ms4a1", "Lyz2", "Nkg7"]) == "mouse"
     assert genes.detect_species(["gene_0", "gene_1"]) is None
+
+
+def test_the_genes_another_species_can_have_are_those_with_a_1_to_1_ortholog(tables):
+    vocab = ["AAA", "BBB", "CCC", "DDD", "ENSG00000000006.3"]  # the id is EEE's, which has no ortholog
+    mask = genes.matchable_in(vocab, "mouse")
+    np.testing.assert_array_equal(mask, [True, True, False, True, False])
+    # exactly the genes a mouse dataset holding every mouse gene of the table is matched to
+    _, al = _pairs(vocab, list(MOUSE["symbol"]), query_species="mouse")
+    matched = np.zeros(len(vocab), dtype=bool)
+    matched[al.column_to_vocab[al.column_to_vocab >= 0]] = True
+    np.testing.assert_array_equal(mask, matched)
+    assert genes.matchable_in(vocab, "human").all()

@@ -5,6 +5,7 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from scconcerto import Concerto, ModelFileError
@@ -102,3 +103,18 @@ def test_the_genes_are_saved_and_foreign_ones_refused(panel, split, tmp_path):
         config_path.write_text(json.dumps(bad))
         with pytest.raises(ModelFileError, match="classifier.genes"):
             Concerto.load(tmp_path / "m")
+
+
+def test_with_only_the_targets_species_it_learns_from_the_genes_with_a_1_to_1_ortholog(sim):
+    from scconcerto.data.genes import gene_table, matchable_in, ortholog_table
+
+    # the simulated genes named after human genes: half with a mouse 1:1 ortholog, half without
+    human = pd.Series(gene_table("human")["symbol"].drop_duplicates())
+    with_one = human[human.isin(ortholog_table()["human"])].iloc[:150].tolist()
+    without = human[~human.isin(ortholog_table()["human"])].iloc[:150].tolist()
+    named = sim.copy()
+    named.var_names = with_one + without
+    model = Concerto(named, batch_key="batch", label_key="cell_type", seed=0).train(epochs=3, **FAST)
+    model.fit_classifier(label_key="cell_type", target_species="mouse", epochs=2, seed=0, **FAST)
+    expected = [g for g, ok in zip(model.setup.genes, matchable_in(model.setup.genes, "mouse")) if ok]
+    assert model.classifier.state.genes == expected and set(expected) <= set(with_one) and len(expected) > 100

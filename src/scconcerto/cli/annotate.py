@@ -66,12 +66,15 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", default=None, metavar="MODEL",
                    help="start from this model folder (written by `scconcerto train`)")
     p.add_argument("--target", default=None,
-                   help="unlabeled target cells (.h5ad or .h5mu) for domain adaptation (consistency loss; used only "
-                        "with --consistency-weight above 0)")
+                   help="unlabeled cells (.h5ad or .h5mu) the classifier is for: it learns from the genes they have "
+                        "(see --all-genes), and is adapted to them with --consistency-weight above 0")
     p.add_argument("--target-batch-key", default=None,
                    help="obs column of the target's sources (default: the batch key, if the target has it)")
     p.add_argument("--target-species", choices=["human", "mouse"], default=None,
-                   help="the target's species when it is not the reference's: genes matched by 1:1 orthologs")
+                   help="the target's species when it is not the reference's: genes matched by 1:1 orthologs (without "
+                        "--target, the classifier learns from the genes with a 1:1 ortholog in that species)")
+    p.add_argument("--all-genes", action="store_true",
+                   help="learn from every gene of the model, not only those the target (or its species) has")
     p.add_argument("--consistency-weight", type=float, default=None,
                    help="weight of the target consistency loss (default: the classifier's, 0: no adaptation, which no "
                         "adaptation setting beat on the development tasks of benchmarks/ADAPTATION.md)")
@@ -150,7 +153,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_key = "__setup__"
     model.fit_classifier(adata, label_key=args.label_key, target=target, pretrain=True, batch_key=batch_key,
                          target_batch_key=args.target_batch_key or "__setup__", min_overlap=args.min_overlap,
-                         target_species=args.target_species,
+                         target_species=args.target_species, shared_genes=not args.all_genes,
                          pretrain_epochs=args.pretrain_epochs, seed=args.seed, **_fit_kwargs(args),
                          **({} if args.consistency_weight is None else {"consistency_weight": args.consistency_weight}))
     model.save(args.out, overwrite=args.overwrite)
@@ -159,6 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
                       "train_cells": s["n_train"], "validation_cells": s["n_validation"],
                       "target_cells": s["n_target"], "gene_overlap": s["gene_overlap"],
                       "target_gene_overlap": s.get("target_gene_overlap"), "adaptation": s.get("adaptation"),
+                      "genes_learned_from": len(s["genes"] if s.get("genes") else model.setup.genes),
                       "temperature": round(s["temperature"], 4), "unknown_score": s["unknown_score"],
                       "unknown_thresholds": s["thresholds"],
                       "validation": s["calibration"],

@@ -233,3 +233,18 @@ def harmonize(vocab: pd.Index | list[str], names: pd.Index | list[str], query_sp
     left = sorted(i for i in ambiguous if col[i] < 0)
     return Harmonized(col, rule, [str(q[i]) for i in left], query_species if cross else None,
                       reference_species if cross else None, warnings)
+
+
+def matchable_in(vocab: pd.Index | list[str], species: str) -> np.ndarray:
+    """Boolean mask over ``vocab``: the genes a dataset of ``species`` can have under :func:`harmonize` (all of
+    them for the vocabulary's own species; else those with a 1:1 ortholog in ``species``)."""
+    v = np.asarray([str(x) for x in vocab], dtype=object)
+    reference = detect_species(v)
+    if reference == species:
+        return np.ones(v.size, dtype=bool)
+    names = _orthologs(to_symbols(v), reference, species) if reference is not None else np.full(v.size, None)
+    names = pd.unique(pd.Series(names[pd.notna(names)], dtype=object))
+    col = harmonize(v, list(names), query_species=species).column_to_vocab  # refuses a vocabulary of no species
+    mask = np.zeros(v.size, dtype=bool)
+    mask[col[col >= 0]] = True
+    return mask

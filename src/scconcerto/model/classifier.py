@@ -45,6 +45,7 @@ from .._copy import with_copy
 from .._defaults import DEFAULT_CLASSIFIER_LR, END_TO_END_CLASSIFIER_LR
 from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key, unknown_score_key
 from ..data.cells import restrict_to_genes
+from ..data.genes import matchable_in
 from ..data.setup import category_codes
 from ..data.sources import domain_codes, source_names
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
@@ -509,7 +510,8 @@ class CellTypeClassifier:
             With a target: fine-tune, calibrate and predict from the model's genes the target has (the others
             read as not detected, in the labeled cells and in every cell predicted later), so that the
             classifier does not learn to rely on genes the target lacks (another species' genes without a 1:1
-            ortholog, another gene panel). Chosen on the development tasks: ``benchmarks/CLASSIFIER.md``.
+            ortholog, another gene panel). With ``target_species`` and no target: from the genes with a 1:1
+            ortholog in that species. Chosen on the development tasks: ``benchmarks/CLASSIFIER.md``.
         pretrain_epochs
             Epochs of the contrastive pre-training, when it has to run.
         seed
@@ -556,7 +558,7 @@ class CellTypeClassifier:
             log.warning("The classifier is not adapted to the target (consistency weight %g, the default: no "
                         "adaptation setting beat it on the development tasks, benchmarks/ADAPTATION.md); %s. Pass "
                         "consistency_weight > 0 (`--consistency-weight`) to adapt to it.", consistency_weight,
-                        "it learns from the genes the target has" if shared_genes else "the target is not used")
+                        "it learns from the genes the target has" if shared_genes else "it learns from every gene")
         if pretrain and not model.is_trained:
             model.train(epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
 
@@ -567,13 +569,21 @@ class CellTypeClassifier:
         source.cells.domains, unseen = domain_codes(names, domains)
         domains.extend(unseen)
         target_cells, target_names, target_overlap, genes = None, [], None, None
-        if target is not None and (adapt or shared_genes):
+        if target is not None:
             prepared = model._prepare(target, batch_key=None, min_overlap=min_overlap, what="the target",
                                       query_species=target_species)
             target_overlap = prepared.alignment.summary()
             if shared_genes:
                 genes = genes_of(model, prepared.alignment)
-                source.cells = read_only_genes(model, source.cells, genes)
+        elif shared_genes and target_species is not None:  # no target: the genes its species can have
+            genes = _genes_where(model, matchable_in(model.setup.genes, target_species))
+        if genes is not None:
+            if not genes:
+                raise InputError("The target has none of the model's genes: the classifier has nothing to learn from. "
+                                 "Check the target's gene names and target_species.")
+            log.info("The classifier learns from the %d of the model's %d genes the target %s.", len(genes),
+                     len(model.setup.genes), "has" if target is not None else f"can have as {target_species}")
+            source.cells = read_only_genes(model, source.cells, genes)
         if adapt:
             names = source_names(target, target_batch_key, model.setup.batch_key, (), TARGET_SOURCE, "the target")
             codes_in_target, target_names = domain_codes(names)  # every target source has its own domain
@@ -986,6 +996,10 @@ def genes_of(model: Any, alignment: Any) -> list[str] | None:
     present = np.zeros(len(model.setup.genes), dtype=bool)
     col = np.asarray(alignment.column_to_vocab)
     present[col[col >= 0]] = True
+    return _genes_where(model, present)
+
+
+def _genes_where(model: Any, present: np.ndarray) -> list[str] | None:
     return None if present.all() else [g for g, p in zip(model.setup.genes, present) if p]
 
 
