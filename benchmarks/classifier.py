@@ -13,6 +13,12 @@ accuracy and macro-F1 on the target cells whose type the reference has.
 The setting with the highest mean accuracy over the development tasks and seeds is chosen; the test tasks
 are only reported.
 
+Unseen types: on the real-data cases of :mod:`benchmarks.tasks.unseen` (a type removed from the reference,
+kept in the query), the classifier at the package defaults, fitted for the query, flags unknown cells; the
+AUROC of its default score (mapping's probability of a known type, ``"reference"``) and of its own
+``"combined"`` typicality for seen against unseen query cells, the share of each flagged, and mapping's
+``known_prob`` beside them.
+
 Usage::
 
     python -m benchmarks.classifier --data-dir ../shared/data --seeds 0,1,2 --out benchmarks/CLASSIFIER.md
@@ -37,6 +43,8 @@ from .tasks.data import role
 log = logging.getLogger("benchmarks")
 #: Initial fine-tuning learning rates tried.
 LEARNING_RATES = (1e-3, 3e-4, 1e-4)
+#: (split, type removed from its reference): the real-data cases of benchmarks/tasks/unseen.py.
+UNSEEN_CASES = (("symphony_pbmc_3tech:query=5p", "B"), ("scclassify_pancreas_wang_xin:query=xin", "beta"))
 
 
 def _scores(truth: np.ndarray, pred: np.ndarray, seen: np.ndarray) -> dict[str, float]:
@@ -74,6 +82,52 @@ def run_task(name: str, ref, target, species: str | None, seed: int) -> list[dic
     return rows
 
 
+def unseen_cases(data_dir: Path) -> list:
+    """The splits of :data:`UNSEEN_CASES` with their type removed from the reference."""
+    from .tasks.data import drop_type, label_transfer_splits
+
+    wanted, skipped = dict(UNSEEN_CASES), []
+    out = [drop_type(split, wanted[split.name]) for split in label_transfer_splits(data_dir, skipped)
+           if split.name in wanted]
+    for reason in skipped:
+        log.info("skipped: %s", reason)
+    return out
+
+
+def unseen_rows(case, seed: int) -> list[dict]:
+    """Seen-vs-unseen AUROC of the classifier's unknown scores and of mapping's ``known_prob`` on one case."""
+    from sklearn.metrics import roc_auc_score
+
+    from scconcerto import Concerto
+
+    key = case.label_key
+    truth = case.query.obs[key].astype(str).to_numpy()
+    seen = np.isin(truth, list(set(case.reference.obs[key].astype(str))))
+    base = Concerto(case.reference, batch_key=case.batch_key, label_key=key, seed=seed)
+    base.train(progress=False)
+    mapped = base.map_query(case.query.copy(), batch_key=None).predictions[key]
+    model = copy.deepcopy(base).fit_classifier(label_key=key, target=case.query.copy(), seed=seed, progress=False)
+    pred = model.predict(case.query.copy(), inplace=False, batch_key=None)
+    common = {"case": case.name, "role": role(case.name), "seed": seed, "n_unseen": int((~seen).sum())}
+    scores = {"classifier (reference)": (pred.known_prob, pred.unknown, pred.labels),
+              "classifier (combined)": (pred.typicality,
+                                        pred.typicality < model.classifier.state.thresholds["combined"], pred.labels),
+              "map_query": (mapped["known_prob"].to_numpy(), mapped["unknown"].to_numpy(dtype=bool),
+                            mapped["pred"].astype(str).to_numpy())}
+    return [{**common, "score": name, "auroc": float(roc_auc_score(seen, score)),
+             "flagged_unseen": float(flag[~seen].mean()), "flagged_seen": float(flag[seen].mean()),
+             "seen_acc": float((np.asarray(labels).astype(str)[seen] == truth[seen]).mean())}
+            for name, (score, flag, labels) in scores.items()]
+
+
+def unseen_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds, per case and score."""
+    return (rows.groupby(["case", "role", "score"], sort=False)
+            .agg(auroc_mean=("auroc", "mean"), auroc_sd=("auroc", "std"), flagged_unseen=("flagged_unseen", "mean"),
+                 flagged_seen=("flagged_seen", "mean"), seen_acc=("seen_acc", "mean"), n_unseen=("n_unseen", "first"),
+                 seeds=("seed", "nunique")).reset_index().round(3))
+
+
 def choose(dev: pd.DataFrame) -> tuple[pd.DataFrame, float, bool, bool]:
     """The classifier settings by mean development accuracy, best first, and the best one (learning rate,
     expression vote, target genes)."""
@@ -97,7 +151,8 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
     return out.round(3)
 
 
-def render(dev: pd.DataFrame, test: pd.DataFrame | None, argv: list[str], seconds: float) -> str:
+def render(dev: pd.DataFrame, test: pd.DataFrame | None, argv: list[str], seconds: float,
+           unseen: pd.DataFrame | None = None) -> str:
     from scconcerto._defaults import DEFAULT_CLASSIFIER_LR
 
     grid, lr, vote, target_genes = choose(dev)
@@ -121,6 +176,12 @@ def render(dev: pd.DataFrame, test: pd.DataFrame | None, argv: list[str], second
         "## Development tasks", "", markdown(table(dev)), ""]
     if test is not None and len(test):
         lines += ["## Test tasks (never tuned on)", "", markdown(table(test)), ""]
+    if unseen is not None and len(unseen):
+        lines += ["## Unseen types: the classifier's unknown flag (package defaults, fitted for the query)", "",
+                  "AUROC for seen (positive) against unseen query cells; `flagged_*`: share of each called unknown "
+                  "at the default threshold; `seen_acc`: accuracy on seen cells. `classifier (reference)` is the "
+                  "classifier's default score, mapping's probability of a known type.", "",
+                  markdown(unseen_table(unseen)), ""]
     return "\n".join(lines)
 
 
@@ -143,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 rows += run_task(name, ref, target, species, seed)
         parts[part] = pd.DataFrame(rows)
+    unseen = pd.DataFrame([row for case in unseen_cases(args.data_dir) for seed in seeds
+                           for row in unseen_rows(case, seed)])
     if parts["development"].empty:
         log.error("No development task could be built from %s: nothing to choose on.", args.data_dir)
         return 1
     from scconcerto._io import write_atomic_file
 
-    text = render(parts["development"], parts["test"], argv, time.perf_counter() - start)
+    text = render(parts["development"], parts["test"], argv, time.perf_counter() - start, unseen)
     write_atomic_file(args.out, lambda path: path.write_text(text), overwrite=True)
     print(f"wrote {args.out}")
     return 0

@@ -46,3 +46,19 @@ def test_table_gives_each_settings_mean_and_spread_over_seeds():
     assert row["acc_mean"] == pytest.approx(0.87) and row["acc_sd"] == pytest.approx(0.014, abs=1e-3)
     assert row["seeds"] == 2
     assert (shown["setting"] == "map_query").sum() == 3
+
+
+def test_the_unseen_type_section_gives_each_scores_mean_and_spread():
+    from benchmarks.classifier import unseen_table
+
+    unseen = pd.DataFrame([{"case": "c1", "role": "test", "seed": seed, "n_unseen": 9, "score": score,
+                            "auroc": auroc + 0.02 * seed, "flagged_unseen": 0.5, "flagged_seen": 0.1,
+                            "seen_acc": 0.9}
+                           for seed in (0, 1) for score, auroc in (("map_query", 0.9), ("classifier (reference)", 0.8))])
+    shown = unseen_table(unseen)
+    row = shown[shown["score"] == "classifier (reference)"].iloc[0]
+    assert row["auroc_mean"] == pytest.approx(0.81) and row["auroc_sd"] == pytest.approx(0.014, abs=1e-3)
+    assert row["seeds"] == 2 and row["n_unseen"] == 9
+    frame = rows()
+    text = render(frame[frame["role"] == "development"], None, ["--smoke"], 1.0, unseen)
+    assert "## Unseen types" in text and "classifier (reference)" in text
