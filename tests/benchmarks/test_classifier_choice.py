@@ -18,8 +18,9 @@ def rows() -> pd.DataFrame:
     out = []
     for seed, shift in ((0, 0.0), (1, 0.02)):
         for task, role in (("d1", "development"), ("d2", "development"), ("t1", "test")):
-            out.append({"task": task, "role": role, "seed": seed, "method": "map_query", "lr": float("nan"),
-                        "expression_vote": "", "target_genes": "", "acc": 0.5, "macro_f1": 0.5})
+            for method in ("map_query", "5-NN on the embedding"):
+                out.append({"task": task, "role": role, "seed": seed, "method": method, "lr": float("nan"),
+                            "expression_vote": "", "target_genes": "", "acc": 0.5, "macro_f1": 0.5})
             for (lr, vote), acc in (dev if role == "development" else test).items():
                 for genes, gain in ((False, 0.0), (True, 0.01 if role == "development" else -0.05)):
                     out.append({"task": task, "role": role, "seed": seed, "method": "classifier", "lr": lr,
@@ -33,7 +34,7 @@ def test_the_choice_reads_development_rows_only():
     dev, test = frame[frame["role"] == "development"], frame[frame["role"] == "test"]
     grid, lr, vote, genes = choose(dev)
     assert (lr, vote, genes) == (3e-4, True, True)
-    assert list(grid["lr"])[:3] == ["0.0003", "0.0003", "0.001"]  # best first; mapping is not a candidate
+    assert list(grid["lr"])[:3] == ["0.0003", "0.0003", "0.001"]  # best first; mapping and 5-NN are not candidates
     text = render(dev, test, ["--smoke"], 1.0)
     assert "Chosen: learning rate **0.0003**, expression vote **True**, target genes **True**" in text
     assert "## Test tasks (never tuned on)" in text
@@ -45,7 +46,8 @@ def test_table_gives_each_settings_mean_and_spread_over_seeds():
                 & (shown["setting"] == "classifier lr 0.0003, vote True, target genes False")].iloc[0]
     assert row["acc_mean"] == pytest.approx(0.87) and row["acc_sd"] == pytest.approx(0.014, abs=1e-3)
     assert row["seeds"] == 2
-    assert (shown["setting"] == "map_query").sum() == 3
+    for baseline in ("map_query", "5-NN on the embedding"):
+        assert (shown["setting"] == baseline).sum() == 3
 
 
 def test_the_unseen_type_section_gives_each_scores_mean_and_spread():
