@@ -1,4 +1,4 @@
-"""Supervised annotation figures on real data (issue 4).
+"""Supervised annotation figures on real data.
 
 Prints:
 

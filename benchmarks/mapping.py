@@ -1,4 +1,4 @@
-"""Query-to-reference mapping figures on real and simulated data (issue 3).
+"""Query-to-reference mapping figures on real and simulated data.
 
 Prints, with ``Concerto.map_query`` at its defaults (k = 5, AdaBN for query sources):
 
