@@ -1000,6 +1000,7 @@ def genes_of(model: Any, alignment: Any) -> list[str] | None:
 
 
 def _genes_where(model: Any, present: np.ndarray) -> list[str] | None:
+    """The model's genes where ``present`` (a mask over them) is true, in order; ``None`` when it is all true."""
     return None if present.all() else [g for g, p in zip(model.setup.genes, present) if p]
 
 
