@@ -56,15 +56,15 @@ def _scores(truth: np.ndarray, pred: np.ndarray, seen: np.ndarray) -> dict[str, 
     return {"acc": float(report["accuracy"]), "macro_f1": float(report["macro_f1"])}
 
 
-def _embedding_vote(model, ref, query_embedding: np.ndarray) -> np.ndarray:
-    """Labels of the 5-NN similarity-weighted vote of the query embedding among the reference's."""
+def _embedding_vote(model, query_embedding: np.ndarray) -> np.ndarray:
+    """Labels of the 5-NN similarity-weighted vote of the query embedding among the model's stored reference
+    embedding."""
     from scconcerto.search import knn
     from scconcerto.tools.label_transfer import vote
 
-    labels = ref.obs["cell_type"].astype("category")
-    found = knn(query_embedding, model.embed(ref), k=5)
-    codes = vote(found, labels.cat.codes.to_numpy().astype(np.int64), len(labels.cat.categories)).codes
-    return np.asarray(labels.cat.categories, dtype=object)[codes]
+    classes = np.asarray(model.setup.labels["cell_type"], dtype=object)
+    found = knn(query_embedding, model.reference.embedding, k=5)
+    return classes[vote(found, model.reference.labels["cell_type"], len(classes)).codes]
 
 
 def run_task(name: str, ref, target, species: str | None, seed: int) -> list[dict]:
@@ -81,7 +81,7 @@ def run_task(name: str, ref, target, species: str | None, seed: int) -> list[dic
     rows = [{**common, "method": method, "lr": np.nan, "expression_vote": "", "target_genes": "",
              **_scores(truth, pred, seen)}
             for method, pred in (("map_query", mapped.predictions["cell_type"]["pred"]),
-                                 ("5-NN on the embedding", _embedding_vote(base, ref, mapped.embedding)))]
+                                 ("5-NN on the embedding", _embedding_vote(base, mapped.embedding)))]
     for lr in LEARNING_RATES:
         for target_genes in (False, True):
             extra = {"target": target.copy(), "target_species": species} if target_genes else {}

@@ -235,6 +235,14 @@ def harmonize(vocab: pd.Index | list[str], names: pd.Index | list[str], query_sp
                       reference_species if cross else None, warnings)
 
 
+def vocabulary_found(column_to_vocab: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Boolean mask over a vocabulary of ``n_vocab`` genes: those a dataset's ``column_to_vocab`` matched."""
+    col = np.asarray(column_to_vocab)
+    found = np.zeros(n_vocab, dtype=bool)
+    found[col[col >= 0]] = True
+    return found
+
+
 def matchable_in(vocab: pd.Index | list[str], species: str) -> np.ndarray:
     """Boolean mask over ``vocab``: the genes a dataset of ``species`` can have under :func:`harmonize` (all of
     them for the vocabulary's own species; else those with a 1:1 ortholog in ``species``)."""
@@ -245,6 +253,4 @@ def matchable_in(vocab: pd.Index | list[str], species: str) -> np.ndarray:
     names = _orthologs(to_symbols(v), reference, species) if reference is not None else np.full(v.size, None)
     names = pd.unique(pd.Series(names[pd.notna(names)], dtype=object))
     col = harmonize(v, list(names), query_species=species).column_to_vocab  # refuses a vocabulary of no species
-    mask = np.zeros(v.size, dtype=bool)
-    mask[col[col >= 0]] = True
-    return mask
+    return vocabulary_found(col, v.size)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
-from .genes import harmonize
+from .genes import harmonize, vocabulary_found
 
 log = logging.getLogger("scconcerto")
 
@@ -182,8 +182,7 @@ class GeneVocabulary:
         matched = harmonize(self._index, names, query_species)
         col = matched.column_to_vocab
         n_shared = int((col >= 0).sum())
-        found = np.zeros(len(self), dtype=bool)
-        found[col[col >= 0]] = True
+        found = vocabulary_found(col, len(self))
         unmatched = names[(col < 0) & ~names.isin(matched.ambiguous)][:N_EXAMPLES].tolist()
         alignment = GeneAlignment(col, n_shared, len(self), len(names), matched.counts(), matched.ambiguous,
                                   unmatched, self._index[~found][:N_EXAMPLES].tolist(),

@@ -45,7 +45,7 @@ from .._copy import with_copy
 from .._defaults import DEFAULT_CLASSIFIER_LR, END_TO_END_CLASSIFIER_LR
 from .._keys import UNKNOWN_LABEL, confidence_key, known_key, pred_key, unknown_key, unknown_score_key
 from ..data.cells import restrict_to_genes
-from ..data.genes import matchable_in
+from ..data.genes import matchable_in, vocabulary_found
 from ..data.setup import category_codes
 from ..data.sources import domain_codes, source_names
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
@@ -993,10 +993,7 @@ def _fine_tuned(model: Any, n_classes: int, pretrain: bool, head_dropout: float,
 
 def genes_of(model: Any, alignment: Any) -> list[str] | None:
     """The model's genes a dataset of ``alignment`` has, in the model's order; ``None`` when it has them all."""
-    present = np.zeros(len(model.setup.genes), dtype=bool)
-    col = np.asarray(alignment.column_to_vocab)
-    present[col[col >= 0]] = True
-    return _genes_where(model, present)
+    return _genes_where(model, vocabulary_found(alignment.column_to_vocab, len(model.setup.genes)))
 
 
 def _genes_where(model: Any, present: np.ndarray) -> list[str] | None:

@@ -55,7 +55,8 @@ def finish(fig: Figure, name: str, show: bool | None, save: SaveArg, created: bo
         path = _save_path(name, save)
         path.parent.mkdir(parents=True, exist_ok=True)
         fmt = path.suffix.lstrip(".").lower()
-        write_atomic_file(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"), overwrite=True)
+        write_atomic_file(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"),
+                          overwrite=True)
     if show is None:
         show = created and matplotlib.is_interactive()
     if show:
