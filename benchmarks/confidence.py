@@ -15,7 +15,15 @@ reference four ways and applied to the same query:
 * ``query share``: the package's, but ``P(seen)`` (fitted with seen and unseen examples weighing the same, so
   at the odds of a query half of whose cells are new) and the unknown threshold moved to the query's own share
   of seen cells, estimated from its cells by EM (:func:`to_query_share`), measured and not kept. It changes no
-  ranking of ``P(seen)`` and no unknown flag, only the calibration of ``P(seen)`` and ``L_confidence``.
+  ranking of ``P(seen)`` and no unknown flag, only the calibration of ``P(seen)`` and ``L_confidence``;
+* ``prior p``: the package's, read at a fixed prior probability ``p`` of a seen type
+  (:func:`scconcerto.mapping.label_model.at_seen_prior`; ``prior 0.5``: the even odds the novelty model is fitted
+  at, the package before 2026-12-07 night). Like ``query share`` it changes no unknown flag and no ranking of
+  ``P(seen)``. The package's prior (:data:`scconcerto.mapping.label_model.SEEN_PRIOR`) is chosen on the
+  development rows (:func:`choose_prior`): the lowest mean calibration error of ``L_confidence`` over the two
+  development groups among the priors whose AUROCs of ``L_confidence`` (right vs wrong, seen vs unseen) stay
+  within :data:`AUROC_TOLERANCE` of even odds'. The ``unconstrained``, ``package`` and ``embedding support``
+  rows are at the package's prior.
 
 Columns: right-vs-wrong AUROC of ``L_confidence``, ``P(right | seen)`` and ``P(seen)`` on the query cells of seen types,
 seen-vs-unseen AUROC of ``L_confidence`` and of ``P(seen)``, the share of seen and of unseen cells flagged
@@ -48,7 +56,11 @@ from .tasks.data import drop_type, label_transfer_splits, role
 UNSEEN_CASES = {"symphony_pbmc_3tech:query=3pv1": ("B", "T_CD8"), "symphony_pbmc_3tech:query=3pv2": ("B", "T_CD8"),
                 "symphony_pbmc_3tech:query=5p": ("B", "T_CD8"), "kang_ifnb:control->stimulated": ("B", "NK"),
                 "scclassify_pancreas_wang_xin:query=xin": ("beta", "alpha")}
-DECISIONS = ("unconstrained", "package", "embedding support", "query share")
+#: Fixed priors of a seen type measured (``prior p`` rows); 0.5 is even odds.
+PRIORS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95)
+DECISIONS = ("unconstrained", "package", "embedding support", "query share", *(f"prior {p:g}" for p in PRIORS))
+#: How far below even odds' a development AUROC of ``L_confidence`` may fall for a prior to be chosen.
+AUROC_TOLERANCE = 0.01
 #: Pseudo-cells of each kind (seen, unseen) behind the ``query share`` estimate (Laplace's rule).
 SHARE_PSEUDO_CELLS = 1.0
 
@@ -158,10 +170,9 @@ def calibration_error(probability: np.ndarray, outcome: np.ndarray, n_bins: int 
     return float(np.abs(gap).sum() / max(len(p), 1))
 
 
-def scores(arrays: dict[str, np.ndarray], seed: int, query_share: bool = False) -> dict[str, float]:
-    """Fit the label decision on the reference's arrays, apply it to the query's, and score it."""
-    from sklearn.metrics import roc_auc_score
-
+def decided(arrays: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Fit the label decision on the reference's arrays and apply it to the query's: the posterior,
+    ``P(right | seen)``, and ``P(seen)`` and the default threshold at even odds (prior 0.5)."""
     from scconcerto.mapping import fit_label_model, query_features
     from scconcerto.mapping.label_model import neighbour_labels
     from scconcerto.search.neighbors import exact_search, l2_normalize
@@ -177,10 +188,25 @@ def scores(arrays: dict[str, np.ndarray], seed: int, query_share: bool = False) 
     features = query_features(sims, posterior, query, reference, (q_expr, ref_expr, e_labels),
                               groups=arrays["groups"], embedding_posterior=model.posterior.posterior(sims, labels),
                               seed=seed)
-    p_right, p_seen, confidence, threshold = model.decide(features, posterior)
+    p_right, p_seen, _, threshold = model.decide(features, posterior, seen_prior=0.5)
+    return {"posterior": posterior, "p_right": p_right, "p_seen": p_seen, "threshold": threshold}
+
+
+def scores(arrays: dict[str, np.ndarray], fitted: dict[str, np.ndarray], query_share: bool = False,
+           seen_prior: float | None = None) -> dict[str, float]:
+    """Score a decision (:func:`decided`) on the query, with ``P(seen)`` and the threshold read at the prior
+    ``seen_prior`` of a seen type (default: the package's) or, with ``query_share``, at the query's estimated share."""
+    from sklearn.metrics import roc_auc_score
+
+    from scconcerto.mapping.label_model import SEEN_PRIOR, at_seen_prior
+
+    names, posterior, p_right = arrays["names"], fitted["posterior"], fitted["p_right"]
     if query_share:
-        p_seen, threshold, _ = to_query_share(p_seen, threshold)
-        confidence = p_right * p_seen
+        p_seen, threshold, _ = to_query_share(fitted["p_seen"], fitted["threshold"])
+    else:
+        prior = SEEN_PRIOR if seen_prior is None else seen_prior
+        p_seen, threshold = at_seen_prior(fitted["p_seen"], prior), float(at_seen_prior(fitted["threshold"], prior))
+    confidence = p_right * p_seen
     truth = arrays["truth"]
     seen = np.isin(truth, names)
     labelled_right = names[posterior.argmax(axis=1)] == truth
@@ -205,21 +231,49 @@ COLUMNS = ["right_vs_wrong", "right_vs_wrong_p_right", "right_vs_wrong_p_seen", 
            "flagged_unseen", "ece_confidence", "ece_p_seen"]
 
 
+def choose_prior(df: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """The prior of a seen type chosen on the development rows (see the module docstring), and the table it was
+    chosen from: per prior, each development group's mean ECE of ``L_confidence`` and AUROCs (mean over cases,
+    then over seeds)."""
+    dev = df[(df.role == "development") & df.decision.str.startswith("prior ")].copy()
+    dev["prior"] = dev.decision.str.split(" ").str[1].astype(float)
+    cols = ["ece_confidence", "right_vs_wrong", "seen_vs_unseen"]
+    per_seed = dev.groupby(["group", "prior", "seed"])[cols].mean()
+    table = per_seed.groupby(["group", "prior"]).mean().unstack("group")
+    table.columns = [f"{metric} ({group})" for metric, group in table.columns]
+    auroc_cols = [c for c in table.columns if not c.startswith("ece") and table[c].notna().any()]
+    even = table.loc[0.5, auroc_cols]
+    allowed = (table[auroc_cols] >= even - AUROC_TOLERANCE).all(axis=1)
+    table["mean ece_confidence"] = table[[c for c in table.columns if c.startswith("ece")]].mean(axis=1)
+    table["AUROCs within tolerance"] = allowed
+    chosen = float(table[allowed]["mean ece_confidence"].idxmin())
+    return chosen, table.round(3)
+
+
 def report(df: pd.DataFrame, command: str, seconds: float) -> str:
+    from scconcerto.mapping.label_model import SEEN_PRIOR
+
     cols = [c for c in COLUMNS if c in df]
     per_seed = df.groupby(["group", "role", "decision", "seed"])[cols].mean()
     summary = per_seed.groupby(["group", "role", "decision"]).agg(["mean", "std"])
     summary.columns = [f"{a} {b}" for a, b in summary.columns]
     summary = summary.dropna(axis=1, how="all")
-    per_split = df[df.decision.isin(["package", "query share"])].groupby(
+    chosen, prior_table = choose_prior(df)
+    per_split = df[df.decision.isin(["package", "prior 0.5", "query share"])].groupby(
         ["group", "role", "split", "decision"])[["acc", "n_wrong"] + cols].mean().dropna(axis=1, how="all")
     return "\n".join([
         "# Mapping's confidence: right against wrong labels, seen against unseen types", "",
         generated_line(), f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s", "",
         "Each case trains one network per seed and maps its query once (with `--cache`, a case trained by an earlier "
-        "run is read back from the cache); the label decision is then fitted four "
-        "ways on the same reference and applied to the same query (`benchmarks/confidence.py`). Development rows "
-        "chose the package's decision; test rows are reported only. Labels are the same under all four.", "",
+        "run is read back from the cache); the label decision is then fitted three ways (unconstrained, the "
+        "package's, with the embedding's support) on the same reference and applied to the same query, with "
+        "`P(seen)` read at the package's prior of a seen type, at a fixed `prior p` or at the query's estimated "
+        "share of seen cells (`benchmarks/confidence.py`). Development rows "
+        "chose the package's decision; test rows are reported only. Labels are the same under all of them.", "",
+        "## The prior of a seen type, chosen on development", "",
+        f"Chosen: **{chosen:g}** (the package's `SEEN_PRIOR`: {SEEN_PRIOR:g}). Development rows only; AUROCs of "
+        f"`L_confidence`, allowed at most {AUROC_TOLERANCE} below even odds' (0.5).", "",
+        markdown(prior_table, index=True), "",
         "## Mean over cases, then mean and sd over seeds", "", markdown(summary, index=True), "",
         "## Per case (mean over seeds)", "", markdown(per_split, index=True), ""])
 
@@ -238,10 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         for group, split in cases(args.data_dir, skipped):
             arrays = trained_arrays(split, seed, args.cache)
+            fitted = {}
+            for fit in ("unconstrained", "package", "embedding support"):
+                with decision(fit):
+                    fitted[fit] = decided(arrays, seed)
             for name in DECISIONS:
-                with decision(name):
-                    rows.append({"group": group, "role": role(split.name), "split": split.name, "seed": seed,
-                                 "decision": name, **scores(arrays, seed, query_share=name == "query share")})
+                prior = float(name.split(" ")[1]) if name.startswith("prior ") else None
+                rows.append({"group": group, "role": role(split.name), "split": split.name, "seed": seed,
+                             "decision": name, **scores(arrays, fitted.get(name, fitted["package"]),
+                                                        query_share=name == "query share", seen_prior=prior)})
             print(f"seed {seed}: {split.name}", flush=True)
     command = f"python -m benchmarks.confidence --data-dir {args.data_dir} --seeds {args.seeds} --out {args.out}" + (
         f" --cache {args.cache}" if args.cache is not None else "")

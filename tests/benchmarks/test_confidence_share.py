@@ -29,3 +29,24 @@ def test_query_share_recovers_a_known_share_and_calibrates(share):
     assert calibration_error(moved, seen) < 0.03 < 0.06 < calibration_error(balanced, seen)
     assert np.array_equal(np.argsort(moved, kind="stable"), np.argsort(balanced, kind="stable"))
     np.testing.assert_array_equal(moved < threshold, balanced < 0.3)
+
+
+def test_the_prior_chosen_is_the_best_calibrated_one_whose_aurocs_hold():
+    """Development rows of three priors: 0.9 is best calibrated but loses 0.05 of seen-vs-unseen AUROC, so 0.7
+    (calibrated better than even odds, AUROCs within the tolerance) is chosen; test rows are never read."""
+    import pandas as pd
+
+    from benchmarks.confidence import choose_prior
+
+    rows = []
+    for seed in (0, 1):
+        for prior, ece, unseen_auroc in ((0.5, 0.20, 0.85), (0.7, 0.10, 0.845), (0.9, 0.05, 0.80)):
+            rows.append({"group": "label transfer", "role": "development", "seed": seed, "decision": f"prior {prior:g}",
+                         "ece_confidence": ece, "right_vs_wrong": 0.8, "seen_vs_unseen": np.nan})
+            rows.append({"group": "unseen type", "role": "development", "seed": seed, "decision": f"prior {prior:g}",
+                         "ece_confidence": ece, "right_vs_wrong": 0.8, "seen_vs_unseen": unseen_auroc})
+            rows.append({"group": "unseen type", "role": "test", "seed": seed, "decision": f"prior {prior:g}",
+                         "ece_confidence": 0.0 if prior == 0.9 else 1.0, "right_vs_wrong": 0.9, "seen_vs_unseen": 0.9})
+    chosen, table = choose_prior(pd.DataFrame(rows))
+    assert chosen == 0.7
+    assert list(table["AUROCs within tolerance"]) == [True, True, False]

@@ -56,8 +56,9 @@ def test_map_writes_the_annotated_query_and_never_touches_inputs(files, capsys):
 
     plain = files / "plain.h5ad"
     assert main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(plain), "--no-label-shift",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--known-share", "0.6"]) == 0
     assert not bool(ad.read_h5ad(plain).uns["scconcerto_mapping"]["adabn"]["balanced"])
+    assert float(ad.read_h5ad(plain).uns["scconcerto_mapping"]["known_share"]) == 0.6
     assert "label_proportions" not in ad.read_h5ad(plain).uns["scconcerto_mapping"]
 
 
@@ -71,6 +72,9 @@ def test_map_reports_bad_inputs_in_one_paragraph(files, capsys):
     code = main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(files / "x.h5ad"),
                  "--levels", "nope"])
     assert code == 2 and "not label keys" in capsys.readouterr().err
+    code = main(["map", str(files / "model"), str(files / "query.h5ad"), "--out", str(files / "x.h5ad"),
+                 "--known-share", "1"])
+    assert code == 2 and "known_share" in capsys.readouterr().err and not (files / "x.h5ad").exists()
 
 
 def test_plot_draws_the_query_on_the_reference_umap(files, capsys):

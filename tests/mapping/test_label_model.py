@@ -247,3 +247,33 @@ def test_a_small_reference_voted_perfectly_on_its_held_out_cells_is_sure_but_not
     monkeypatch.setattr(label_model, "platt_smoothing", lambda n: 0.0)
     plain = fit_label_model(ref, codes, ["a", "b", "c"], k=5, seed=0)
     assert np.all(top_probability(plain) > 0.999)
+
+
+def test_the_seen_prior_multiplies_the_odds_of_p_seen():
+    from scconcerto.mapping.label_model import at_seen_prior
+
+    # odds 1 at a prior of 0.9 become 9; odds 1/4 at a prior of 0.8 (odds 4) become 1
+    np.testing.assert_allclose(at_seen_prior(np.array([0.5, 0.2, 0.0, 1.0]), 0.9)[:1], [0.9])
+    np.testing.assert_allclose(at_seen_prior(np.array([0.2]), 0.8), [0.5])
+    np.testing.assert_array_equal(at_seen_prior(np.array([0.0, 1.0]), 0.9), [0.0, 1.0])
+    p = np.linspace(0.01, 0.99, 50)
+    np.testing.assert_allclose(at_seen_prior(p, 0.5), p)
+    for prior in (0.0, 1.0, 1.5):
+        with pytest.raises(InputError, match="strictly between 0 and 1"):
+            at_seen_prior(p, prior)
+
+
+def test_the_seen_prior_moves_the_probabilities_but_flags_the_same_cells(world):
+    ref, codes, query, truth, model = world
+    sims, idx = exact_search(query, ref, model.posterior.k)
+    post = model.posterior.posterior(sims, codes[idx])
+    features = query_features(sims, post, query, ref)
+    p_right, even, _, t_even = model.decide(features, post, seen_prior=0.5)
+    _, high, confidence, t_high = model.decide(features, post, seen_prior=0.95)
+    assert (high >= even).all() and (high > even)[(even > 0.01) & (even < 0.99)].all()
+    assert t_high > t_even
+    np.testing.assert_array_equal(high < t_high, even < t_even)
+    np.testing.assert_allclose(confidence, p_right * high)
+    # the package's default lies between the two
+    _, default, _, _ = model.decide(features, post)
+    assert (default >= even).all() and (default <= high).all()

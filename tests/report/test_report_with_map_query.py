@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from scconcerto.mapping.label_model import FALSE_REJECTION
+from scconcerto.mapping.label_model import FALSE_REJECTION, at_seen_prior
 from scconcerto.report import mapping_report
 
 
@@ -37,8 +37,10 @@ def test_report_reads_what_map_query_writes(levels_mapped, levels_page):
 def test_the_unknown_rate_on_seen_types_comes_from_the_models_calibration(levels_mapped, levels_page):
     model, query = levels_mapped
     decision = model.label_model("cell_type", query.uns["scconcerto_mapping"]["space"])
+    prior = query.uns["scconcerto_mapping"]["known_share"]  # the probabilities and threshold at this prior
     assert query.uns["scconcerto_mapping"]["thresholds"]["cell_type"] in (
-        pytest.approx(decision.threshold, abs=1e-6), pytest.approx(decision.threshold_small, abs=1e-6))
+        pytest.approx(at_seen_prior(decision.threshold, prior), abs=1e-6),
+        pytest.approx(at_seen_prior(decision.threshold_small, prior), abs=1e-6))
     cells = int(decision.report["held_out_cells"])
     assert (f"This is the model's default threshold: {100 * FALSE_REJECTION:.0f}% of the {cells:,} held-out "
             "reference cells (all of types it has) fall below it") in levels_page.text

@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unknown-threshold", type=float, default=None,
                    help="probability that a cell's type is in the reference (0-1) below which it is unknown "
                         "(default: the value 5 %% of held-out reference cells fall below)")
+    p.add_argument("--known-share", type=float, default=None,
+                   help="share of the query's cells expected to be of types the reference has: the prior of "
+                        "L_known_prob and L_confidence (default: 0.5, even odds); it does not change the default unknown "
+                        "flags")
     p.add_argument("--reject", action="store_true", help="write 'unknown' as the prediction of low-confidence cells")
     p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
                    help="k-NN index: exact 'flat' (default below a million reference cells) or approximate")
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     use_protein_key(adata, args.protein_key, model.setup.protein_key, args.data)
     result = model.map_query(adata, k=args.k, batch_key=args.batch_key, finetune_epochs=args.finetune_epochs,
                              levels=args.levels, unknown_threshold=args.unknown_threshold, reject=args.reject,
+                             known_share=args.known_share,
                              index=args.index, impute_k=args.impute_k, place=not args.no_umap, min_overlap=args.min_overlap,
                              batch_size=args.batch_size or 1024, device=args.device, seed=args.seed,
                              label_shift=not args.no_label_shift, adjust_proportions=args.adjust_proportions,

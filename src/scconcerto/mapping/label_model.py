@@ -30,6 +30,12 @@ be, was measured and not kept: ``docs/mapping.md``.)
 Both logistic models keep their coefficients non-negative (:meth:`~.scores.LogisticScore.fit`): a surer label,
 closer neighbours or more agreement never lower a probability.
 
+The novelty model is fitted with seen and left-out types weighing the same, i.e. at even odds of a new type.
+A query cell is read at the prior probability :data:`SEEN_PRIOR` of a seen type (even odds by default; a user
+who knows what share of a query's cells are of seen types may give it): each odds of the fitted ``P(seen)`` is
+multiplied by ``prior / (1 - prior)`` (:func:`at_seen_prior`), and so is the threshold's, so that the prior
+moves the probabilities but flags the same cells unknown.
+
 A cell's ``confidence`` is ``P(seen) * P(right | seen)``; it is *unknown* when ``P(seen)`` falls below the
 value that :data:`FALSE_REJECTION` of the held-out cells fall below.
 """
@@ -45,13 +51,16 @@ from ..search.neighbors import exact_search, l2_normalize
 from .posterior import VotePosterior, fit_pool_power, label_frequencies, platt_smoothing, pool_posteriors
 from .scores import LogisticScore, agreement, density_ratio, neighbourhood_features, support_log_odds
 
-__all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "fit_label_model",
-           "neighbour_labels", "query_features"]
+__all__ = ["DEFAULT_K", "FALSE_REJECTION", "LabelModel", "MIN_QUERY_CELLS", "SEEN_PRIOR", "at_seen_prior",
+           "fit_label_model", "neighbour_labels", "query_features"]
 
 #: Neighbours that vote (the paper's 5; the alternatives measured in ``benchmarks/DECISION.md``).
 DEFAULT_K = 5
 #: Share of held-out reference cells of seen types that the default unknown threshold flags.
 FALSE_REJECTION = 0.05
+#: Prior probability that a query cell is of a type the reference has (:func:`at_seen_prior`): even odds, the
+#: odds the novelty model is fitted at; chosen on the development cases of ``benchmarks/CONFIDENCE.md``.
+SEEN_PRIOR = 0.5
 #: Below this many cells a query has no neighbourhood of its own: the density ratios are not used.
 MIN_QUERY_CELLS = 30
 #: At most this many held-out cells calibrate a label key (a seeded sample above it).
@@ -135,17 +144,18 @@ class LabelModel:
         return _pooled_posterior(self.posterior, self.expression_posterior, self.tau, similarities, labels,
                                  expression, k)
 
-    def decide(self, features: dict[str, np.ndarray], posterior: np.ndarray
+    def decide(self, features: dict[str, np.ndarray], posterior: np.ndarray, seen_prior: float = SEEN_PRIOR
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """``P(right | seen)``, ``P(seen)``, the confidence and the default threshold of each cell.
 
         ``features`` come from :func:`query_features`; without the relative features (a query too small to
-        have a median cell) the small-query model is used.
+        have a median cell) the small-query model is used. ``seen_prior``: the prior probability of a seen
+        type (:func:`at_seen_prior`; ``0.5``: the odds the novelty model was fitted at).
         """
         p_right = posterior.max(axis=1) if self.right is None else self.right(features)
         with_ratio = "relative_log_density_ratio" in features
-        p_seen = (self.seen if with_ratio else self.seen_small)(features)
-        threshold = self.threshold if with_ratio else self.threshold_small
+        p_seen = at_seen_prior((self.seen if with_ratio else self.seen_small)(features), seen_prior)
+        threshold = float(at_seen_prior(self.threshold if with_ratio else self.threshold_small, seen_prior))
         return p_right, p_seen, p_right * p_seen, threshold
 
     def to_dict(self) -> dict:
@@ -184,6 +194,20 @@ class LabelModel:
         if not (0.0 <= model.threshold <= 1.0 and 0.0 <= model.threshold_small <= 1.0):
             raise InputError("The model's stored unknown thresholds are not probabilities; rebuild the model.")
         return model
+
+
+def at_seen_prior(p_seen: np.ndarray | float, prior: float) -> np.ndarray:
+    """``P(seen)`` fitted at even odds of a seen and a new type, read at the prior probability ``prior`` of a
+    seen type (Bayes' rule: each odds multiplied by ``prior / (1 - prior)``; order kept)."""
+    if not 0.0 < float(prior) < 1.0:
+        raise InputError(f"The prior share of cells of known types must lie strictly between 0 and 1, got {prior}.")
+    p = np.clip(np.asarray(p_seen, dtype=np.float64), 0.0, 1.0)
+    if float(prior) == 0.5:  # even odds: the fitted probabilities themselves
+        return p
+    ratio = float(prior) / (1.0 - float(prior))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        moved = ratio * p / (ratio * p + (1.0 - p))
+    return np.where(p >= 1.0, 1.0, np.where(p <= 0.0, 0.0, moved))
 
 
 def _pooled_posterior(vote: VotePosterior, expression_vote: VotePosterior | None, tau: float,

@@ -24,7 +24,8 @@ from .._keys import (EMBEDDING_KEY, IMPUTED_PROTEIN_KEY, IMPUTED_PROTEIN_NAMES_K
 from ..data.setup import value_scale_summary
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
 from ..mapping.hierarchy import parent_labels, within_parent
-from ..mapping.label_model import AGREEMENT_K, MIN_QUERY_CELLS, LabelModel, neighbour_labels, query_features
+from ..mapping.label_model import (AGREEMENT_K, MIN_QUERY_CELLS, SEEN_PRIOR, LabelModel, neighbour_labels,
+                                   query_features)
 from ..mapping.posterior import VotePosterior, adjust_to_query_proportions, label_frequencies
 from ..search.neighbors import NeighborsResults, gpu_search_active, knn
 from ..tools.imputation import impute_from_neighbors
@@ -64,6 +65,12 @@ class MapOptions:
     unknown_threshold
         ``L_known_prob`` below which a cell is unknown (a number, or one per label key); default: the value
         that 5 % of held-out reference cells fall below.
+    known_share
+        The share of the query's cells expected to be of types the reference has: the prior of
+        ``L_known_prob`` (and so of ``L_confidence``). Default: even odds, 0.5
+        (:data:`scconcerto.mapping.label_model.SEEN_PRIOR`, chosen on development data: ``docs/mapping.md``).
+        It moves the probabilities, not the default unknown flags: raise it for a query of the reference's
+        types (``L_confidence`` then reads closer to the share of right labels).
     adjust_proportions
         Move each posterior's prior from the reference's label proportions to the query's own, estimated
         by EM (bounded: at most half-way; queries of at least 30 cells), for a query whose cell-type mix
@@ -110,6 +117,7 @@ class MapOptions:
     levels: str | list[str] | tuple[str, ...] | None = ()
     reject: bool = False
     unknown_threshold: float | dict[str, float] | None = None
+    known_share: float | None = None
     adjust_proportions: bool = False
     use_protein: bool | str = "auto"
     impute: bool = True
@@ -149,6 +157,10 @@ class MapOptions:
         for threshold in thresholds:
             if not 0.0 <= float(threshold) <= 1.0:
                 raise InputError(f"The unknown threshold is a probability in [0, 1], got {float(threshold)}.")
+        if self.known_share is not None and not (isinstance(self.known_share, (int, float, np.number))
+                                                 and 0.0 < float(self.known_share) < 1.0):
+            raise InputError(f"known_share is the share of query cells expected to be of known types, strictly "
+                             f"between 0 and 1; got {self.known_share!r}.")
         if self.seed is not None:
             check_seed(self.seed)
 
@@ -161,6 +173,11 @@ class MapOptions:
                             f"{[f.name for f in fields(cls)]}.")
         options = cls() if options is None else options
         return replace(options, **kwargs) if kwargs else options
+
+    @property
+    def seen_prior(self) -> float:
+        """The prior probability of a seen type (:attr:`known_share`, else the package's)."""
+        return SEEN_PRIOR if self.known_share is None else float(self.known_share)
 
     def threshold(self, key: str, default: float) -> float:
         """The unknown threshold of label key ``key`` (``default``: the calibrated one)."""
@@ -248,7 +265,8 @@ def map_cells(model: Any, state: MappingState, search: ReferenceSearch, adata: a
     expression = query_expression_neighbors(search, decisions, prepared.cells, o.index, o.seed)
     proportions: dict[str, Any] = {}
     out = decide_labels(setup, model.reference, decisions, ks, searched, embedding, ref_emb, expression, level_keys,
-                        o.adjust_proportions, o.seed, groups=prepared.cells.domains, proportions=proportions)
+                        o.adjust_proportions, o.seed, groups=prepared.cells.domains, proportions=proportions,
+                        seen_prior=o.seen_prior)
     predictions, probabilities, thresholds = {}, {}, {}
     for key, (posterior, p_right, p_known, threshold_default) in out.items():
         threshold = o.threshold(key, threshold_default)
@@ -289,6 +307,7 @@ def map_cells(model: Any, state: MappingState, search: ReferenceSearch, adata: a
                  "with_protein": prepared.cells.protein is not None, "n_reference": int(len(ref_emb)),
                  "classes": {key: [str(c) for c in setup.labels[key]] for key in setup.labels},
                  "thresholds": {key: round(float(v), 6) for key, v in thresholds.items()},
+                 "known_share": float(o.seen_prior),
                  "calibrated": {key: m is not None for key, m in decisions.items()},
                  "reject": bool(o.reject), "finetune_epochs": int(o.finetune_epochs),
                  "adjust_proportions": bool(o.adjust_proportions),
@@ -323,7 +342,8 @@ def known_probability(model: Any, state: MappingState, search: ReferenceSearch, 
     searched = knn(embedding, search.index(space, ref_emb, kind, options.seed), k=k)
     expression = query_expression_neighbors(search, {label_key: decision}, prepared.cells, "auto", options.seed)
     out = decide_labels(model.setup, model.reference, {label_key: decision}, {label_key: k}, searched, embedding,
-                        ref_emb, expression, [], False, options.seed, keys=[label_key], groups=prepared.cells.domains)
+                        ref_emb, expression, [], False, options.seed, keys=[label_key], groups=prepared.cells.domains,
+                        seen_prior=options.seen_prior)
     return out[label_key][2], out[label_key][3]
 
 
@@ -348,10 +368,11 @@ def decide_labels(setup: "DataSetup", reference: "ReferenceStore", decisions: di
                   ks: dict[str, int], searched: NeighborsResults, embedding: np.ndarray, ref_emb: np.ndarray,
                   expression: tuple[np.ndarray, np.ndarray, NeighborsResults] | None, level_keys: list[str],
                   adjust_proportions: bool, seed: int, keys: list[str] | None = None,
-                  groups: np.ndarray | None = None, proportions: dict | None = None
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """Per label key (default: all) of the calibrated ``decisions``: the posterior, ``P(right | seen)``, ``P(seen)`` and the default threshold;
-    with ``adjust_proportions``, the estimated query proportions go into ``proportions``."""
+                  groups: np.ndarray | None = None, proportions: dict | None = None,
+                  seen_prior: float = SEEN_PRIOR) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Per label key (default: all) of the calibrated ``decisions``: the posterior, ``P(right | seen)``, ``P(seen)``
+    (at the prior ``seen_prior`` of a seen type) and the default threshold; with ``adjust_proportions``, the
+    estimated query proportions go into ``proportions``."""
     out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
     sims, idx = searched.similarities, searched.indices
     coarse_pred: dict[str, np.ndarray] = {}
@@ -395,7 +416,7 @@ def decide_labels(setup: "DataSetup", reference: "ReferenceStore", decisions: di
         own_vote = vote_model.posterior(sims, codes[idx]) if decision.reads_embedding_support else None
         features = query_features(sims[:, :vote_model.k], posterior, embedding, ref_emb, expr, groups=groups,
                                   embedding_posterior=own_vote, seed=seed)
-        p_right, p_known, _, threshold = decision.decide(features, posterior)
+        p_right, p_known, _, threshold = decision.decide(features, posterior, seen_prior)
         out[key] = (posterior, p_right, p_known, threshold)
     return {key: out[key] for key in keys}
 

@@ -198,7 +198,7 @@ def calibration(query: ad.AnnData, model: "Concerto", label_key: str) -> dict[st
         measured on), ``held_out_accuracy`` (of the labels, if recorded) and ``accuracy_of`` (the cells it was
         measured on); ``None`` when the model records no calibration for this key.
     """
-    from ..mapping.label_model import FALSE_REJECTION
+    from ..mapping.label_model import FALSE_REJECTION, SEEN_PRIOR, at_seen_prior
 
     used = unknown_threshold(query, label_key)
     record = annotation_info(query) if not mapping_info(query) else {}
@@ -211,7 +211,9 @@ def calibration(query: ad.AnnData, model: "Concerto", label_key: str) -> dict[st
             decision = None
         if decision is None:
             return None
-        defaults = sorted({round(float(decision.threshold), 6), round(float(decision.threshold_small), 6)})
+        prior = float(mapping_info(query).get("known_share", SEEN_PRIOR))
+        defaults = sorted({round(float(at_seen_prior(t, prior)), 6) for t in (decision.threshold,
+                                                                              decision.threshold_small)})
         accuracy, accuracy_of = decision.report.get("held_out_accuracy"), "held-out reference cells"
         if record:  # the classifier gave the labels, mapping's novelty model the unknown flag
             accuracy, accuracy_of = _classifier_calibration(model).get("accuracy"), "the classifier's held-out cells"
