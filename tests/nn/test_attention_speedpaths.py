@@ -40,7 +40,10 @@ def test_fused_forward_and_gradients_equal_the_torch_reference():
     ref = _outputs_and_grads(attention_pool_torch, P, b, u, cells)
     fused = _outputs_and_grads(fused_attention.fused_attention_pool, P, b, u, cells)
     for name, r, f in zip(["hidden", "weights", "dP", "db", "du", "dvalues"], ref, fused):
-        torch.testing.assert_close(f, r, atol=1e-5, rtol=1e-5, msg=name)
+        # float32 sums in another order: rounding grows with the tensor's scale (du reaches 16 here, and differs
+        # by 1.1e-5 on some CPUs), so the absolute tolerance is relative to it
+        scale = max(1.0, float(r.detach().abs().max()))
+        torch.testing.assert_close(f, r, atol=1e-5 * scale, rtol=1e-5, msg=name)
     hidden = fused[0]
     assert torch.all(hidden[5] == 0)  # the empty cell pools to zeros
 
