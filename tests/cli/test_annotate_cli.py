@@ -51,6 +51,12 @@ def test_train_from_pretrained_then_predict(files, tmp_path, capsys):
     np.testing.assert_allclose(out.obsm["cell_type_proba"].sum(1), 1.0, atol=1e-5)
     assert {"cell_type_confidence", "cell_type_unknown"} <= set(out.obs.columns)
     assert (_sha(ref), _sha(query)) == before
+    assert main(["annotate", "predict", str(tmp_path / "clf"), str(query), "--out", str(tmp_path / "q2.h5ad"),
+                 "--device", "cpu", "--known-share", "0.9"]) == 0
+    again = ad.read_h5ad(tmp_path / "q2.h5ad")
+    assert again.uns["scconcerto_annotation"]["known_share"] == 0.9
+    assert (again.obs["cell_type_known_prob"].to_numpy() >= out.obs["cell_type_known_prob"].to_numpy()).all()
+    np.testing.assert_array_equal(again.obs["cell_type_unknown"].to_numpy(), out.obs["cell_type_unknown"].to_numpy())
 
 
 def test_predict_with_a_model_without_classifier_is_a_one_line_error(files, tmp_path, capsys):

@@ -51,6 +51,19 @@ def test_the_score_behind_the_unknown_flag_is_saved(protein_model, rna_query):
     np.testing.assert_array_equal(query.obs["cell_type_unknown"].to_numpy(), score < threshold)
 
 
+def test_the_known_share_moves_the_reference_score_not_its_flags(protein_model, rna_query):
+    from scconcerto import InputError
+
+    even = protein_model.predict(rna_query.copy(), device="cpu", inplace=False)
+    query = rna_query.copy()
+    high = protein_model.predict(query, device="cpu", known_share=0.95)
+    assert (high.known_prob >= even.known_prob).all() and high.known_prob.mean() > even.known_prob.mean()
+    np.testing.assert_array_equal(high.unknown, even.unknown)
+    assert query.uns["scconcerto_annotation"]["known_share"] == 0.95
+    with pytest.raises(InputError, match="prior of the 'reference' unknown score"):
+        protein_model.predict(rna_query.copy(), device="cpu", unknown_score="knn", known_share=0.9)
+
+
 def test_a_classifier_without_rna_only_calibration_warns(protein_model, rna_query, caplog):
     import copy
 

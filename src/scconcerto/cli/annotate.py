@@ -105,6 +105,9 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
                    help="score below which a cell is unknown: a probability (0-1) for reference, a confidence "
                         "(0-1) for max_softmax, a cosine similarity for knn, a typicality (0-1) for combined "
                         "(default: the model's, chosen on held-out cells)")
+    p.add_argument("--known-share", type=float, default=None,
+                   help="with the reference score: share of the cells expected to be of known types, the prior of "
+                        "L_known_prob (default: 0.5, even odds); it does not change the default unknown flags")
     p.add_argument("--min-overlap", type=float, default=0.5, help="smallest fraction of the model's genes required")
     p.add_argument("--query-species", choices=["human", "mouse"], default=None,
                    help="the data's species when it is not the model's: genes matched by 1:1 orthologs")
@@ -183,7 +186,8 @@ def run_predict(args: argparse.Namespace) -> int:
     result = model.predict(adata, batch_key=args.batch_key, reject=args.reject,
                            unknown_threshold=args.unknown_threshold, unknown_score=args.unknown_score,
                            batch_size=args.batch_size or 1024,
-                           device=args.device, min_overlap=args.min_overlap, query_species=args.query_species)
+                           device=args.device, min_overlap=args.min_overlap, query_species=args.query_species,
+                           known_share=args.known_share)
     write_h5ad(adata, args.out, overwrite=args.overwrite)
     counts = adata.obs[pred_key(result.label_key)].value_counts()
     emit({"out": args.out, "cells": int(adata.n_obs), "label_key": result.label_key,

@@ -49,6 +49,7 @@ from ..data.genes import matchable_in, vocabulary_found
 from ..data.setup import category_codes
 from ..data.sources import domain_codes, source_names
 from ..data.vocabulary import DEFAULT_MIN_OVERLAP
+from ..mapping.label_model import SEEN_PRIOR
 from ..nn.heads import TeacherClassifier
 from ..tools.calibration import (empirical_cdf, expected_calibration_error, feature_knn_similarity,
                                  fit_temperature, probability_to_log_odds, rejection_threshold,
@@ -773,7 +774,7 @@ class CellTypeClassifier:
     def predict(self, adata: ad.AnnData, batch_key: str | None = "__setup__", reject: bool = False,
                 unknown_threshold: float | None = None, unknown_score: str | None = None, inplace: bool = True,
                 batch_size: int = 1024, device: str = "auto", min_overlap: float = DEFAULT_MIN_OVERLAP,
-                query_species: str | None = None) -> AnnotationPrediction:
+                query_species: str | None = None, known_share: float | None = None) -> AnnotationPrediction:
         """Predict cell types with the fine-tuned classifier.
 
         With ``inplace`` (default) writes, for the classifier's label ``L``:
@@ -810,6 +811,10 @@ class CellTypeClassifier:
             ``"human"`` or ``"mouse"`` when the data is of another species than the model: genes are
             matched by 1:1 orthologs. Ensembl ids, versions and letter case are harmonised either way;
             the genes matched by each rule are in ``gene_overlap``.
+        known_share
+            With the ``"reference"`` score: the share of the cells expected to be of known types, the prior of
+            ``obs['L_known_prob']`` (as in :meth:`~scconcerto.Concerto.map_query`; default: even odds). It
+            moves the probabilities, not the default unknown flags.
 
         Returns
         -------
@@ -842,11 +847,15 @@ class CellTypeClassifier:
         if score == "reference":
             known, default = model.known_probability(adata, state.label_key, batch_key=batch_key,
                                                      batch_size=batch_size, device=device, min_overlap=min_overlap,
-                                                     query_species=query_species)
+                                                     query_species=query_species, known_share=known_share)
             if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
                 raise InputError(f"unknown_threshold is a probability in [0, 1], got {unknown_threshold}.")
             threshold = default if unknown_threshold is None else float(unknown_threshold)
             unknown = known < threshold
+        elif known_share is not None:
+            raise InputError(f"known_share is the prior of the 'reference' unknown score (mapping's probability of "
+                             f"a known type); this prediction flags unknown cells by {score!r}. Pass "
+                             "unknown_score='reference', or leave known_share out.")
         elif score == "max_softmax":
             if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
                 raise InputError(f"unknown_threshold is a confidence in [0, 1], got {unknown_threshold}.")
@@ -869,6 +878,8 @@ class CellTypeClassifier:
                                              "expression_vote": self.opinion is not None,
                                              "unknown_threshold": -1.0 if threshold is None else threshold,
                                              "rejected": bool(reject), "modalities": modalities,
+                                             **({"known_share": float(SEEN_PRIOR if known_share is None else known_share)}
+                                                if score == "reference" else {}),
                                              "model_id": model.model_id})
         return result
 

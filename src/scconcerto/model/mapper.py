@@ -134,18 +134,20 @@ class ReferenceMapper:
     def known_probability(self, adata: ad.AnnData, label_key: str, batch_key: str | None = "__setup__",
                           use_protein: bool | str = "auto", batch_size: int = 1024, device: str = "auto",
                           min_overlap: float = DEFAULT_MIN_OVERLAP, seed: int | None = None,
-                          query_species: str | None = None) -> tuple[np.ndarray, float]:
+                          query_species: str | None = None, known_share: float | None = None
+                          ) -> tuple[np.ndarray, float]:
         """The probability that each cell is of a type the reference has under ``label_key``, and the default
         unknown threshold: the novelty model of mapping, for other predictors (e.g. the classifier).
 
-        The cells are embedded and searched as :meth:`map` does; ``adata`` is not changed.
+        The cells are embedded and searched as :meth:`map` does; ``adata`` is not changed. ``known_share``: the
+        prior share of cells of known types (as in :meth:`map`; default: even odds).
         """
         search = self._search()
         if label_key not in self.model.setup.labels:
             raise InputError(f"{label_key!r} is not a label key of the reference ({list(self.model.setup.labels)}).")
         options = self._options(MapOptions(batch_key=batch_key, use_protein=use_protein, batch_size=batch_size,
                                            device=device, min_overlap=min_overlap, seed=seed,
-                                           query_species=query_species))
+                                           query_species=query_species, known_share=known_share))
         return _mapping.known_probability(self.model, self._state(), search, adata, label_key, options)
 
     # ------------------------------------------------------------------ the reference

@@ -211,7 +211,7 @@ def calibration(query: ad.AnnData, model: "Concerto", label_key: str) -> dict[st
             decision = None
         if decision is None:
             return None
-        prior = float(mapping_info(query).get("known_share", SEEN_PRIOR))
+        prior = float((mapping_info(query) or record).get("known_share", SEEN_PRIOR))
         defaults = sorted({round(float(at_seen_prior(t, prior)), 6) for t in (decision.threshold,
                                                                               decision.threshold_small)})
         accuracy, accuracy_of = decision.report.get("held_out_accuracy"), "held-out reference cells"
