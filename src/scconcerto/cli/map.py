@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: the value 5 %% of held-out reference cells fall below)")
     p.add_argument("--known-share", type=float, default=None,
                    help="share of the query's cells expected to be of types the reference has: the prior of "
-                        "L_known_prob and L_confidence (default: 0.5, even odds); it does not change the default unknown "
-                        "flags")
+                        "L_known_prob and L_confidence (default: 0.5, even odds); it does not change the "
+                        "default unknown flags")
     p.add_argument("--reject", action="store_true", help="write 'unknown' as the prediction of low-confidence cells")
     p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
                    help="k-NN index: exact 'flat' (default below a million reference cells) or approximate")

@@ -873,13 +873,14 @@ class CellTypeClassifier:
         result = AnnotationPrediction(state.label_key, classes, labels, proba, confidence, log_odds, familiarity,
                                       typicality.astype(np.float32), unknown, score, model.last_alignment.summary(),
                                       modalities, None if known is None else known.astype(np.float32))
+        prior = {"known_share": float(SEEN_PRIOR if known_share is None else known_share)} \
+            if score == "reference" else {}
         if inplace:
             write_prediction(adata, result, {"temperature": calibration.temperature, "unknown_score": score,
                                              "expression_vote": self.opinion is not None,
                                              "unknown_threshold": -1.0 if threshold is None else threshold,
                                              "rejected": bool(reject), "modalities": modalities,
-                                             **({"known_share": float(SEEN_PRIOR if known_share is None else known_share)}
-                                                if score == "reference" else {}),
+                                             **prior,
                                              "model_id": model.model_id})
         return result
 
