@@ -146,18 +146,13 @@ def to_query_share(p_seen: np.ndarray, threshold: float) -> tuple[np.ndarray, fl
     estimate of Saerens et al. (2002) (:func:`scconcerto.mapping.posterior.adjust_to_query_proportions` on the two
     classes, with :data:`SHARE_PSEUDO_CELLS` pseudo-cells of each). Every odds is multiplied by
     ``share / (1 - share)``. Returns the probabilities, the threshold and the share."""
+    from scconcerto.mapping.label_model import at_seen_prior
     from scconcerto.mapping.posterior import adjust_to_query_proportions
 
     p = np.clip(np.asarray(p_seen, dtype=np.float64), 1e-9, 1.0 - 1e-9)
     _, share = adjust_to_query_proportions(np.column_stack([1.0 - p, p]), np.array([0.5, 0.5]),
                                            strength=2.0 * SHARE_PSEUDO_CELLS / max(len(p), 1))
-    ratio = share[1] / max(share[0], 1e-12)
-
-    def moved(q):
-        odds = ratio * np.asarray(q, dtype=np.float64) / np.maximum(1.0 - np.asarray(q, dtype=np.float64), 1e-12)
-        return odds / (1.0 + odds)
-
-    return moved(p), float(moved(float(threshold))), float(share[1])
+    return at_seen_prior(p, share[1]), float(at_seen_prior(threshold, share[1])), float(share[1])
 
 
 def calibration_error(probability: np.ndarray, outcome: np.ndarray, n_bins: int = 10) -> float:

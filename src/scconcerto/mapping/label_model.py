@@ -205,9 +205,7 @@ def at_seen_prior(p_seen: np.ndarray | float, prior: float) -> np.ndarray:
     if float(prior) == 0.5:  # even odds: the fitted probabilities themselves
         return p
     ratio = float(prior) / (1.0 - float(prior))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        moved = ratio * p / (ratio * p + (1.0 - p))
-    return np.where(p >= 1.0, 1.0, np.where(p <= 0.0, 0.0, moved))
+    return ratio * p / (ratio * p + (1.0 - p))  # the denominator is positive on [0, 1]: 0 and 1 stay
 
 
 def _pooled_posterior(vote: VotePosterior, expression_vote: VotePosterior | None, tau: float,
