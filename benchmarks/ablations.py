@@ -11,8 +11,8 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 
 * **unsupervised** (every table): the model is trained on all cells without labels, one source per
   batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
-* **supervised** (the ``sources``, ``positive_sources``, ``genes`` and ``labels`` tables; real data, and the hard
-  world where a table lists it): for each batch, the model is trained with labels on the other batches and the
+* **supervised** (the ``sources``, ``positive_sources``, ``positive_space``, ``genes`` and ``labels`` tables; real
+  data, and the hard world where a table lists it): for each batch, the model is trained with labels on the other batches and the
   held-out batch is mapped (``map_query``: AdaBN statistics for its new source, balanced for its predicted composition);
   its cells are voted by their 5 nearest reference cells.
 
@@ -47,7 +47,7 @@ import pandas as pd
 from .report import generated_line, markdown
 from .tasks.data import role
 from .tasks.donors import DONORS
-from .tasks.exclusive import load_variant
+from .tasks.exclusive import EXCLUSIVE, load_variant
 
 log = logging.getLogger("benchmarks")
 
@@ -186,11 +186,13 @@ FAMILIES = {f.name: f for f in (
            (Variant("batch_size 128", train={"batch_size": 128}), Variant("batch_size 256"),
             Variant("batch_size 512", train={"batch_size": 512})),
            datasets=(*REAL, SIM, *DONORS)),
-    Family("positive_space", "Where neighbour positives are searched: the mean cosine similarity in the plain "
-                             "(truncated SVD) and the scaled (z-scored PCA) expression spaces (joint, the default, "
-                             "chosen on label transfer) or the plain space alone (svd).",
-           (Variant("positive_space joint"), Variant("positive_space svd", train={"positive_space": "svd"})),
-           datasets=(*REAL, SIM, *DONORS)),
+    Family("positive_space", "Where neighbour positives are searched: the mean cosine similarity in the centred "
+                             "(PCA of the normalized values) and the scaled (z-scored PCA) expression spaces "
+                             "(centred, the default), in the uncentred truncated SVD and the scaled space (joint, "
+                             "the default before 2026-12-08) or in the uncentred SVD alone (svd).",
+           (Variant("positive_space centred"), Variant("positive_space joint", train={"positive_space": "joint"}),
+            Variant("positive_space svd", train={"positive_space": "svd"})),
+           datasets=(*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD), supervised=True),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input; "
                             "on the real sets, their adversarial variants and the donor sets, not only on the "

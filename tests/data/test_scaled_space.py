@@ -38,6 +38,20 @@ def test_equals_scanpy_scale_and_pca(cells):
     np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, rtol=1e-5)
 
 
+def test_unscaled_it_is_scanpys_pca_of_the_normalized_values(cells):
+    """``scale=False`` (the centred space training searches positives in): each component matches scanpy's
+    ``pp.pca`` of the normalized values as they are, up to its sign, and differs from the scaled space."""
+    space = replace(fit_scaled_space(cells, n_components=10, seed=0, scale=False), centring="mean")
+    mine = space.project(cells)
+    a = ad.AnnData(normalized(cells))
+    sc.pp.pca(a, n_comps=10, svd_solver="arpack")
+    theirs = a.obsm["X_pca"] / np.linalg.norm(a.obsm["X_pca"], axis=1, keepdims=True)
+    cos = np.abs((mine * theirs).sum(0)) / (np.linalg.norm(mine, axis=0) * np.linalg.norm(theirs, axis=0))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-4)
+    scaled = replace(fit_scaled_space(cells, n_components=10, seed=0), centring="mean").project(cells)
+    assert np.abs((mine * scaled).sum(0)).min() < 0.99 * len(mine)  # not the same space
+
+
 def test_covariance_and_arpack_give_the_same_space(cells, monkeypatch):
     """The two solvers of :func:`principal_axes` (the covariance of dense blocks, and ARPACK above
     ``COVARIANCE_MAX_GENES`` varying genes) give the same axes, signs and centre; blocks smaller than the fit

@@ -34,9 +34,9 @@ def _held_out_accuracy(model: Concerto, query, key: str) -> float:
 
 def test_backed_and_in_memory_references_train_the_same_model(hard):
     """The same cells trained from memory and from a backed file: the same configuration (label-aware
-    neighbour positives in the joint space, searched among all cells), the same accuracy on the held-out
-    batch, and the same embedding (a file that fits one streamed window is trained batch for batch as in
-    memory)."""
+    neighbour positives in the centred and scaled spaces, searched among all cells), the same accuracy on the
+    held-out batch, and the same embedding (a file that fits one streamed window is trained batch for batch as
+    in memory)."""
     reference, query, path = hard
     models = {}
     for name, data in (("memory", reference), ("backed", read_backed(path))):
@@ -45,7 +45,7 @@ def test_backed_and_in_memory_references_train_the_same_model(hard):
     memory, backed = models["memory"], models["backed"]
     assert backed.train_config == memory.train_config
     cfg = backed.train_config
-    assert cfg.positive_neighbors == 10 and cfg.label_positives and cfg.positive_space == "joint"
+    assert cfg.positive_neighbors == 10 and cfg.label_positives and cfg.positive_space == "centred"
     assert cfg.positive_sources == "any"
     assert backed.training_record.positive_pool_cells == memory.training_record.positive_pool_cells == 1200
     np.testing.assert_array_equal(backed.reference.calibration_rows, memory.reference.calibration_rows)

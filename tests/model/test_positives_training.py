@@ -22,7 +22,7 @@ def test_label_aware_training_records_positives_and_a_calibration_hold_out(train
     trained_model.save(tmp_path / "m")
     loaded = Concerto.load(tmp_path / "m")
     assert np.array_equal(loaded.reference.calibration_rows, rows)
-    assert loaded.train_config.positive_neighbors == 10 and loaded.train_config.positive_space == "joint"
+    assert loaded.train_config.positive_neighbors == 10 and loaded.train_config.positive_space == "centred"
     assert loaded.train_config.positive_sources == "any"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["train"]["positive_space"]  # a model saved before the settings existed (and before the config
@@ -74,26 +74,34 @@ def test_negative_positive_neighbors_is_a_clear_error(sim):
         Concerto(sim[:100].copy(), batch_key="batch").train(epochs=1, positive_neighbors=-1, progress=False)
 
 
-def test_positives_are_searched_in_the_joint_space_that_mapping_then_reuses(sim, monkeypatch):
-    """By default the positives' search space is the plain and the scaled expression spaces side by side;
-    the scaled space is fitted once, in training, and mapping uses that one. ``"svd"`` searches the plain
-    space alone (the scaled space is then fitted for mapping, the same one)."""
+def test_positives_are_searched_in_the_centred_and_scaled_spaces_and_mapping_reuses_the_scaled_one(sim, monkeypatch):
+    """By default the positives' search space is the centred and the scaled expression spaces side by side
+    (``"centred"``); ``"joint"`` puts the uncentred SVD in place of the centred space, ``"svd"`` searches the
+    uncentred SVD alone. The scaled space is fitted once, in training, and mapping uses that one (fitted by
+    ``prepare_mapping`` with ``"svd"``, the same)."""
     searched, fits = [], []
     search, fit = positives.neighbor_positives, scaled_space.fit_scaled_space
     monkeypatch.setattr(positives, "neighbor_positives",
                         lambda cells, k, **kw: searched.append(kw["components"]) or search(cells, k, **kw))
-    monkeypatch.setattr(scaled_space, "fit_scaled_space", lambda *a, **kw: fits.append(1) or fit(*a, **kw))
+    monkeypatch.setattr(scaled_space, "fit_scaled_space",
+                        lambda *a, **kw: fits.append(kw.get("scale", True)) or fit(*a, **kw))
     small = sim[:300].copy()
     options = {"epochs": 1, "progress": False, "device": "cpu"}
-    joint = Concerto(small, batch_key="batch", label_key="cell_type").train(**options, prepare_mapping={"umap": False})
-    scaled = joint.reference.scaled_expression
-    assert joint.train_config.positive_space == "joint" and len(fits) == 1
-    width = scaled.shape[1]  # the scaled half of the joint components is mapping's space
+    centred = Concerto(small, batch_key="batch", label_key="cell_type").train(**options,
+                                                                              prepare_mapping={"umap": False})
+    scaled = centred.reference.scaled_expression
+    assert centred.train_config.positive_space == "centred" and fits == [True, False]
+    width = scaled.shape[1]  # the scaled half of the components is mapping's space
     np.testing.assert_allclose(searched[-1][:, -width:] * np.sqrt(2), scaled, atol=1e-5)
+    joint = Concerto(small, batch_key="batch", label_key="cell_type").train(
+        **options, positive_space="joint", prepare_mapping={"umap": False})
+    assert joint.train_config.positive_space == "joint" and fits == [True, False, True]
+    np.testing.assert_allclose(searched[-1][:, -width:], searched[-2][:, -width:], atol=1e-6)
+    assert not np.allclose(searched[-1][:, :-width], searched[-2][:, :-width], atol=1e-2)  # uncentred, centred
     svd = Concerto(small, batch_key="batch", label_key="cell_type").train(
         **options, positive_space="svd", prepare_mapping={"umap": False})
-    assert svd.train_config.positive_space == "svd" and len(fits) == 2  # fitted by prepare_mapping
-    assert searched[-1].shape[1] != searched[-2].shape[1]  # the plain space alone
+    assert svd.train_config.positive_space == "svd" and fits == [True, False, True, True]  # by prepare_mapping
+    assert searched[-1].shape[1] != searched[-2].shape[1]  # the uncentred space alone
     np.testing.assert_allclose(svd.reference.scaled_expression, scaled, atol=1e-5)
     with pytest.raises(InputError, match="positive_space"):
         Concerto(small, batch_key="batch").train(**options, positive_space="scaled")
@@ -111,7 +119,7 @@ def test_the_supervised_term_never_reads_the_held_out_labels(sim):
     model = Concerto(small, batch_key="batch", label_key="cell_type")
     cells = model._prepare(small, what="the reference").cells
     codes = label_codes(small, model.setup)["cell_type"]
-    training = prepare_reference_training(cells, [codes], 10, True, "joint", "any", "none", seed=0)
+    training = prepare_reference_training(cells, [codes], 10, True, "centred", "any", "none", seed=0)
     held = training.calibration_rows
     assert held is not None and len(held) > 0
     assert (cells.training_labels[held] == -1).all()
@@ -119,5 +127,5 @@ def test_the_supervised_term_never_reads_the_held_out_labels(sim):
     rest = np.setdiff1d(np.arange(small.n_obs), held)
     np.testing.assert_array_equal(cells.training_labels[rest], label_groups([codes])[rest])
     plain = model._prepare(small, what="the reference").cells
-    prepare_reference_training(plain, [codes], 10, False, "joint", "any", "none", seed=0)  # labels do not shape it
+    prepare_reference_training(plain, [codes], 10, False, "centred", "any", "none", seed=0)  # labels do not shape it
     assert plain.training_labels is None

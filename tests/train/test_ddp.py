@@ -11,7 +11,7 @@ import torch
 
 from scconcerto import Concerto
 from scconcerto.data import prepare_cells, source_batches
-from scconcerto.data.positives import expression_space, joint_components, neighbor_positives
+from scconcerto.data.positives import joint_components, neighbor_positives
 from scconcerto.data.scaled_space import fit_scaled_space
 from scconcerto.datasets import simulate
 from scconcerto.train import TrainConfig, fit
@@ -50,9 +50,10 @@ def test_two_cpu_processes_match_one_process_accumulating_their_batches(tmp_path
     adata = simulate(512, 120, n_types=3, n_batches=2, seed=5)
     model = Concerto(adata, batch_key="batch", seed=3)
     cells = prepare_cells(adata, model.setup).cells
-    # what Concerto.train attaches (no label keys): neighbours of every source in the plain and scaled expression
+    # what Concerto.train attaches (no label keys): neighbours of every source in the centred and scaled expression
     # spaces
-    joint = joint_components(expression_space(cells, seed=3)[0], fit_scaled_space(cells, seed=3).project(cells))
+    joint = joint_components(fit_scaled_space(cells, seed=3, scale=False).project(cells),
+                             fit_scaled_space(cells, seed=3).project(cells))
     cells.positives = neighbor_positives(cells, 10, seed=3, components=joint, across_sources=True)
     batch_size = _even_batch_size(cells.domains)
 

@@ -28,9 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "views of the cell itself)")
     p.add_argument("--no-label-positives", action="store_true",
                    help="neighbour positives ignore the labels (default: with --label-key they share the labels)")
-    p.add_argument("--positive-space", choices=("joint", "svd"), default="joint",
-                   help="where neighbour positives are searched: 'joint' (default) averages the cosine similarity "
-                        "of the plain (SVD) and scaled (z-scored PCA) expression spaces; 'svd': the plain one")
+    p.add_argument("--positive-space", choices=("centred", "joint", "svd"), default="centred",
+                   help="where neighbour positives are searched: 'centred' (default) averages the cosine "
+                        "similarity of the centred (PCA) and scaled (z-scored PCA) expression spaces; 'joint': of "
+                        "the uncentred SVD and the scaled space (models trained before 2026-12-08); 'svd': the "
+                        "uncentred SVD alone")
     p.add_argument("--positive-sources", choices=("any", "same"), default="any",
                    help="which sources a cell's neighbour positives come from: 'any' (default; its nearest cells "
                         "of every source) or 'same' (its own source, as models trained before 2026-12-07)")

@@ -17,6 +17,10 @@ average cell, the same direction for every shallow cell, so that all of them sat
 with the fewest detected genes (measured in ``docs/mapping.md``). Models saved before 2026-12-07 keep the
 subtraction they were fitted with.
 
+With ``scale=False`` the same fit gives the *centred* expression space, the PCA of the normalized values as
+they are (scanpy's ``pp.pca`` on log-normalized values): training searches neighbour positives in it and in the
+scaled space together (:mod:`scconcerto.train.reference`).
+
 Never densified: values above ``mean + CLIP_SD * sd`` are clipped on the sparse entries (with
 zeros below the mean, that is scanpy's clipping of z-scores at ``CLIP_SD``, save a lower clip that
 binds only for genes whose mean exceeds ``CLIP_SD`` standard deviations), the PCA centres
@@ -87,7 +91,7 @@ class ScaledSpace:
 
 
 def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, fit_cells: int = FIT_CELLS,
-                     seed: int = 0, keep_rows: np.ndarray | None = None) -> ScaledSpace:
+                     seed: int = 0, keep_rows: np.ndarray | None = None, scale: bool = True) -> ScaledSpace:
     """Fit the scaled expression space on a seeded sample of ``cells``.
 
     Parameters
@@ -103,6 +107,9 @@ def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, 
     keep_rows
         Rows always fitted on, besides the sample (e.g. every cell of a rare label, which a
         sample of an atlas would miss).
+    scale
+        ``False``: the *centred* expression space instead, the PCA of the normalized values as they are (no
+        standardization, no clipping: scanpy's ``pp.pca`` on log-normalized values), placed the same way.
 
     Raises
     ------
@@ -120,8 +127,11 @@ def fit_scaled_space(cells: CellMatrix, n_components: int = DEFAULT_COMPONENTS, 
     varies = sd > 1e-8
     if varies.sum() < 2:
         raise ValueError(f"only {int(varies.sum())} gene(s) vary in the cells: nothing to decompose")
-    caps = np.where(varies, mean + CLIP_SD * sd, np.inf)
-    inv_sd = np.where(varies, 1.0 / np.where(varies, sd, 1.0), 0.0)
+    if scale:
+        caps = np.where(varies, mean + CLIP_SD * sd, np.inf)
+        inv_sd = np.where(varies, 1.0 / np.where(varies, sd, 1.0), 0.0)
+    else:
+        caps, inv_sd = np.full(n_genes, np.inf), varies.astype(np.float64)
     X.data = np.minimum(X.data, caps[X.indices])
     Z = (X @ sp.diags(inv_sd)).tocsr()  # never centred: the PCA centres implicitly
     n_comp = int(max(1, min(n_components, min(Z.shape[0], int(varies.sum())) - 1)))

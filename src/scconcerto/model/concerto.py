@@ -129,7 +129,7 @@ class Concerto:
     def train(self, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
               max_genes: int | None = 512, gene_dropout: float = 0.2, modality_dropout: float = 0.5,
               positive_neighbors: int = 10, label_positives: bool = True, label_weight: float = 1.0,
-              positive_space: str = "joint", positive_sources: str = "any",
+              positive_space: str = "centred", positive_sources: str = "any",
               balance: str = "auto", source_norm: str = "auto", seed: int | None = None, device: str = "auto",
               progress: bool | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
               prepare_mapping: bool | dict = True, **kwargs: Any) -> "Concerto":
@@ -165,10 +165,12 @@ class Concerto:
             direction per label, so that types told apart by a few genes are told apart in the embedding
             (:class:`~scconcerto.train.TrainConfig`); ``0``: contrastive training only.
         positive_space
-            Where the neighbour positives are searched: ``"joint"`` (default), the mean cosine
-            similarity in the plain expression space (truncated SVD of the normalized values) and in
+            Where the neighbour positives are searched: ``"centred"`` (default), the mean cosine similarity
+            in the centred expression space (PCA of the normalized values, scanpy's default space) and in
             the scaled one (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`, which then serves
-            mapping too); ``"svd"``: the plain space alone (as models trained before the option).
+            mapping too); ``"joint"``: the uncentred SVD of the normalized values instead of the centred PCA
+            (as models trained before 2026-12-08); ``"svd"``: that uncentred SVD alone (as models trained
+            before the option). How the default was chosen: ``docs/training.md``.
         positive_sources
             ``"any"`` (default): a cell's positives are its nearest cells of every source, so that cells
             of different sources that already agree in expression are pulled together; ``"same"``: of its

@@ -82,8 +82,9 @@ class TrainConfig:
     label_positives
         Whether neighbour positives were restricted to cells of the same reference label.
     positive_space
-        Where they were searched: ``"joint"`` (plain and scaled expression spaces) or ``"svd"``
-        (the plain space; the default here is that of models saved before the setting existed).
+        Where they were searched (:data:`scconcerto.train.reference.POSITIVE_SPACES`): ``"centred"``
+        (centred and scaled expression spaces), ``"joint"`` (uncentred SVD and scaled space) or ``"svd"``
+        (the uncentred SVD; the default here is that of models saved before the setting existed).
     positive_sources
         Which sources a cell's positives were drawn from: ``"any"`` (its nearest cells of every source)
         or ``"same"`` (its own source; the default here is that of models saved before the setting existed).

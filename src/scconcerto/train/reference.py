@@ -22,7 +22,10 @@ log = logging.getLogger("scconcerto")
 #: Labeled cells whose labels do not shape the positives: the confidence is calibrated on them.
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_MAX_CELLS = 5_000
-POSITIVE_SPACES = ("joint", "svd")
+#: Where neighbour positives are searched: the mean cosine similarity in the centred and the scaled expression
+#: spaces (``"centred"``), in the uncentred SVD and the scaled space (``"joint"``: models trained before
+#: 2026-12-08), or in the uncentred SVD alone (``"svd"``: models trained before the option).
+POSITIVE_SPACES = ("centred", "joint", "svd")
 #: Where a cell's positives may come from: any source, or its own only (models trained before 2026-12-07).
 POSITIVE_SOURCES = ("any", "same")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
@@ -47,7 +50,7 @@ class ReferenceTraining:
     positive_pool_cells
         How many cells a cell's positives are searched among (0: the paper's views).
     positive_space
-        ``"joint"`` or ``"svd"``: the space the positives were searched in.
+        One of :data:`POSITIVE_SPACES`: the space the positives were searched in.
     positive_sources
         ``"any"`` or ``"same"``: the sources the positives were searched among (``"same"`` without positives).
     balance, balance_groups
@@ -91,9 +94,13 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
         raise InputError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}.")
     if source_norm not in SOURCE_NORMS:
         raise InputError(f"source_norm must be one of {', '.join(SOURCE_NORMS)}, got {source_norm!r}.")
-    expression, scaled = _expression_spaces(cells, seed, scaled=positive_neighbors > 0 and positive_space == "joint")
+    searched = positive_neighbors > 0
+    expression, scaled = _expression_spaces(cells, seed, scaled=searched and positive_space != "svd")
     source_norm, shift, source_domains = _share_sources(cells, expression, source_norm, seed)
-    shaped, calibration_rows = _attach_positives(cells, labels, expression, scaled, positive_neighbors,
+    plain = expression
+    if searched and scaled is not None and positive_space == "centred":
+        plain = _centred_expression(cells, seed)
+    shaped, calibration_rows = _attach_positives(cells, labels, plain, scaled, positive_neighbors,
                                                  label_positives, positive_sources == "any", seed)
     groups, balanced = _attach_balance(cells, labels, expression, balance, seed)
     return ReferenceTraining(scaled=scaled, calibration_rows=calibration_rows, label_positives=shaped,
@@ -186,6 +193,14 @@ def _expression_spaces(cells: Any, seed: int, scaled: bool = False
         log.info("No expression space for the reference (%s).", exc)
         return None, None
     return expression, scaled_expression(cells, seed) if scaled else None
+
+
+def _centred_expression(cells: Any, seed: int) -> np.ndarray:
+    """The cells in the centred expression space (PCA of their normalized values, fitted on the same sample as
+    the scaled space, so it exists whenever that does; projected block by block)."""
+    from ..data.scaled_space import fit_scaled_space
+
+    return fit_scaled_space(cells, seed=seed, scale=False).project(cells)
 
 
 def _attach_positives(cells: Any, labels: list[np.ndarray], expression: np.ndarray | None,
