@@ -82,7 +82,11 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
     assert cfg["train"]["label_weight"] == 0.0  # labels did not shape training: no supervised term recorded
     assert main(["train", str(ref_file), "--epochs", "1", "--gene-dropout", "0", "--out", str(tmp_path / "gd0"),
                  "--device", "cpu", "--no-progress"]) == 0
-    assert json.loads((tmp_path / "gd0" / "config.json").read_text())["train"]["gene_dropout"] == 0.0
+    gd0 = json.loads((tmp_path / "gd0" / "config.json").read_text())["train"]
+    assert gd0["gene_dropout"] == 0.0 and gd0["positive_space"] == "centred"  # the default space
+    assert main(["train", str(ref_file), "--epochs", "1", "--positive-space", "joint", "--out",
+                 str(tmp_path / "joint"), "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "joint" / "config.json").read_text())["train"]["positive_space"] == "joint"
     assert main(["train", str(ref_file), "--batch-key", "batch", "--epochs", "1", "--source-norm", "shared",
                  "--out", str(tmp_path / "shared"), "--device", "cpu", "--no-progress"]) == 0
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["train"]["source_norm"] == "shared"
