@@ -170,7 +170,7 @@ class Concerto:
             the scaled one (PCA of z-scored genes, :mod:`scconcerto.data.scaled_space`, which then serves
             mapping too); ``"joint"``: the uncentred SVD of the normalized values instead of the centred PCA
             (as models trained before 2026-12-08); ``"svd"``: that uncentred SVD alone (as models trained
-            before the option). How the default was chosen: ``docs/training.md``.
+            before the option). How the default was chosen: ``docs/design.md``.
         positive_sources
             ``"any"`` (default): a cell's positives are its nearest cells of every source, so that cells
             of different sources that already agree in expression are pulled together; ``"same"``: of its
