@@ -11,13 +11,15 @@ similar cell", which cannot be solved by memorizing one cell.
 
 Neighbours are searched
 
-* in a low-rank sketch of the expression: a truncated SVD of the normalized values,
-  fitted on a seeded sample of at most ``svd_cells`` cells (read from disk in bounded
-  runs when the matrix is backed) and applied block by block to every cell (the
-  matrix is never densified), cosine similarity through faiss; the model joins it to
-  the scaled expression space (:mod:`scconcerto.data.scaled_space`) by default
-  (:func:`joint_components`: the mean of the two cosine similarities). The sketch is
-  the same whether the cells are in memory or on disk;
+* in a low-rank sketch of the expression, fitted on a seeded sample of cells (read from
+  disk in bounded runs when the matrix is backed) and applied block by block to every
+  cell (the matrix is never densified), cosine similarity through faiss. By default the
+  model searches the centred and the scaled expression spaces side by side
+  (:mod:`scconcerto.data.scaled_space`; :func:`joint_components`: the mean of the two
+  cosine similarities); models trained before 2026-12-08 used the uncentred truncated SVD
+  of the normalized values here (:func:`expression_space`, at most ``svd_cells`` cells)
+  in place of the centred space. The sketch is the same whether the cells are in memory
+  or on disk;
 * among the cells at hand (:class:`PositiveSearch`): all training cells when they are
   in memory, the cells of the window being trained on when they are streamed from disk
   (a window holds every cell of a reference of up to ``chunk_size * window_chunks``
