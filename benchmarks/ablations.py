@@ -11,7 +11,8 @@ leave-one-batch-out 5-NN accuracy (:func:`scconcerto.metrics.cross_batch_accurac
 
 * **unsupervised** (every table): the model is trained on all cells without labels, one source per
   batch, and each batch's cells are voted by their 5 nearest cells of the other batches;
-* **supervised** (the ``sources``, ``positive_sources``, ``positive_space``, ``genes`` and ``labels`` tables; real
+* **supervised** (the ``sources``, ``positive_sources``, ``positive_space``, ``positive_rank``, ``genes`` and ``labels``
+  tables; real
   data, and the hard world where a table lists it): for each batch, the model is trained with labels on the other batches and the
   held-out batch is mapped (``map_query``: AdaBN statistics for its new source, balanced for its predicted composition);
   its cells are voted by their 5 nearest reference cells.
@@ -99,7 +100,8 @@ def package_defaults() -> dict[str, dict]:
     return {"model": {"batch_key": "batch", "hvg": init["hvg"].default},
             "net": {k: init[k].default for k in ("dim", "out_dim", "dropout")} | {"student": "linear"},
             "train": {k: train[k].default for k in ("max_genes", "gene_dropout", "positive_neighbors",
-                                                    "positive_sources", "balance", "source_norm", "label_weight")}
+                                                    "positive_space", "positive_rank", "positive_sources",
+                                                    "balance", "source_norm", "label_weight")}
             | {"temperature": TrainConfig().temperature}}
 
 
@@ -192,6 +194,11 @@ FAMILIES = {f.name: f for f in (
                              "the default before 2026-12-08) or in the uncentred SVD alone (svd).",
            (Variant("positive_space centred"), Variant("positive_space joint", train={"positive_space": "joint"}),
             Variant("positive_space svd", train={"positive_space": "svd"})),
+           datasets=(*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD), supervised=True),
+    Family("positive_rank", "How a cell's neighbour positives are chosen among its nearest cells: the ones that "
+                            "share most of its 30 nearest cells (shared, the default; shared-nearest-neighbour "
+                            "ranking) or its nearest cells (nearest, the default before 2026-12-08).",
+           (Variant("positive_rank shared"), Variant("positive_rank nearest", train={"positive_rank": "nearest"})),
            datasets=(*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD), supervised=True),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input; "

@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "similarity of the centred (PCA) and scaled (z-scored PCA) expression spaces; 'joint': of "
                         "the uncentred SVD and the scaled space (models trained before 2026-12-08); 'svd': the "
                         "uncentred SVD alone")
+    p.add_argument("--positive-rank", choices=("shared", "nearest"), default="shared",
+                   help="how neighbour positives are chosen among a cell's 30 nearest cells: 'shared' (default) "
+                        "takes those that share most of its nearest cells; 'nearest' its nearest (models trained "
+                        "before 2026-12-08)")
     p.add_argument("--positive-sources", choices=("any", "same"), default="any",
                    help="which sources a cell's neighbour positives come from: 'any' (default; its nearest cells "
                         "of every source) or 'same' (its own source, as models trained before 2026-12-07)")
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     model.train(epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr, device=args.device,
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                 positive_neighbors=args.positive_neighbors, label_positives=not args.no_label_positives,
-                positive_space=args.positive_space, positive_sources=args.positive_sources,
+                positive_space=args.positive_space, positive_rank=args.positive_rank,
+                positive_sources=args.positive_sources,
                 source_norm=args.source_norm, modality_dropout=args.modality_dropout, devices=args.devices,
                 strategy=args.strategy, precision=args.precision, **options)
     if not is_global_zero():  # data-parallel run: rank 0 writes the model

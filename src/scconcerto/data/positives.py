@@ -32,6 +32,14 @@ Neighbours are searched
   normalization removes the technical shift between them. Before, positives were
   searched within each source only (``across_sources=False``); the choice was measured
   on development data (``benchmarks/ABLATIONS_POSITIVES.md``);
+* ranked by shared neighbours (``candidates``, the model's default since 2026-12-08): a cell's
+  positives are the ``k`` of its ``candidates`` nearest cells that share most of its
+  ``candidates`` nearest cells (the shared-nearest-neighbour similarity of Jarvis and Patrick
+  1973, which Seurat and scran build their cell graphs on), nearer ones first among ties. A
+  cell on the edge of its type, whose nearest cells in expression include cells of the next
+  type, shares fewer neighbours with those: its positives are more often of its own type.
+  Before, they were its ``k`` nearest cells (``candidates=0``); the choice was measured on
+  development data (``benchmarks/ABLATIONS_RANK.md``);
 * when reference labels are given, among cells of the same label too (a
   label-aware positive, like the label use of scANVI): the labels shape the
   embedding, which then separates the reference's types much better. Cells in
@@ -54,6 +62,9 @@ from ..search.neighbors import index_kind, knn, l2_normalize
 from .cells import CellMatrix
 
 DEFAULT_COMPONENTS = 50
+#: Nearest cells among which positives are ranked by shared neighbours (:class:`PositiveSearch`); chosen on
+#: development data (``benchmarks/ABLATIONS_RANK.md``).
+SHARED_CANDIDATES = 30
 DEFAULT_SVD_CELLS = 20_000
 _BLOCK_ROWS = 20_000
 
@@ -175,16 +186,22 @@ class PositiveSearch:
         (of its own source only, unless ``across_sources``). ``None``: every cell searches them all.
     across_sources
         Search the cells of every source; ``False``: of the cell's own source only.
+    candidates
+        Above ``k``: the positives are the ``k`` of a cell's ``candidates`` nearest cells that share most of
+        its ``candidates`` nearest cells (:func:`shared_neighbour_rank`); otherwise its ``k`` nearest.
     """
 
     k: int
     components: np.ndarray
     groups: np.ndarray | None = None
     across_sources: bool = False
+    candidates: int = 0
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.candidates < 0:
+            raise ValueError(f"candidates must be at least 0, got {self.candidates}")
         if self.groups is not None and len(self.groups) != len(self.components):
             raise ValueError(f"groups must hold one code per cell ({len(self.components)}), got {len(self.groups)}")
 
@@ -198,7 +215,37 @@ class PositiveSearch:
         rows = np.asarray(rows, dtype=np.int64)
         codes = np.full(len(rows), -1, dtype=np.int64) if self.groups is None else self.groups[rows]
         domains = np.zeros(len(rows), dtype=np.int64) if self.across_sources else np.asarray(domains, dtype=np.int64)
-        return _search(self.components[rows], domains, codes, self.k)
+        if self.candidates <= self.k:
+            return _search(self.components[rows], domains, codes, self.k)
+        return shared_neighbour_rank(_search(self.components[rows], domains, codes, self.candidates), self.k)
+
+
+def shared_neighbour_rank(nearest: np.ndarray, k: int, block_rows: int = 4096) -> np.ndarray:
+    """Each row's ``k`` candidates that share most of its candidates: ``(n, k)`` positions.
+
+    ``nearest`` is ``(n, m)``: each row's ``m`` nearest rows, nearest first. Two rows share a neighbour when
+    it is among both lists (each row counts as its own neighbour); among candidates that share as many, the
+    nearer comes first. Sparse products over blocks of rows: memory grows with ``block_rows * m**2``.
+    """
+    nearest = np.asarray(nearest, dtype=np.int64)
+    n, m = nearest.shape
+    if k >= m:
+        return nearest[:, :k]
+    rows = np.repeat(np.arange(n, dtype=np.int64), m + 1)
+    cols = np.hstack([np.arange(n, dtype=np.int64)[:, None], nearest]).ravel()
+    graph = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(n, n))
+    graph.sum_duplicates()
+    graph.data[:] = 1.0  # a row listed twice (a small group repeats its members) is one neighbour
+    order = np.arange(m, dtype=np.float64) / m  # below one shared neighbour: breaks ties by nearness only
+    out = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, block_rows):
+        block = np.arange(start, min(n, start + block_rows))
+        shared = (graph[block] @ graph.T).tocsr()
+        counts = np.asarray(shared[np.repeat(np.arange(len(block)), m), nearest[block].ravel()], dtype=np.float64)
+        score = counts.reshape(len(block), m) - order[None, :]
+        best = np.argsort(-score, axis=1, kind="stable")[:, :k]
+        out[block] = np.take_along_axis(nearest[block], best, axis=1)
+    return out
 
 
 def _search(z: np.ndarray, domains: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
@@ -236,7 +283,7 @@ def positive_codes(n_cells: int, labels: np.ndarray | None = None, open_rows: np
 def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None = None,
                        open_rows: np.ndarray | None = None, n_components: int = DEFAULT_COMPONENTS,
                        seed: int = 0, components: np.ndarray | None = None,
-                       across_sources: bool = False) -> np.ndarray:
+                       across_sources: bool = False, candidates: int = 0) -> np.ndarray:
     """Candidate positives of every cell among all of them: ``(n_cells, k)`` row numbers.
 
     Parameters
@@ -260,6 +307,8 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
         The cells' expression components, if already computed (:func:`expression_space`).
     across_sources
         Search the cells of every source; ``False``: of each cell's own source only.
+    candidates
+        Rank this many nearest cells by shared neighbours (:class:`PositiveSearch`); ``0``: the ``k`` nearest.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -270,4 +319,4 @@ def neighbor_positives(cells: CellMatrix, k: int = 10, labels: np.ndarray | None
     if n < 3 or n_genes < 2:  # nothing to search: every cell is its own positive
         return np.repeat(np.arange(n, dtype=np.int64)[:, None], k, axis=1)
     z = expression_components(cells, n_components, seed=seed) if components is None else components
-    return PositiveSearch(k, z, codes, across_sources).among(np.arange(n), cells.domains)
+    return PositiveSearch(k, z, codes, across_sources, candidates).among(np.arange(n), cells.domains)

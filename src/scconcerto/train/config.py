@@ -85,6 +85,10 @@ class TrainConfig:
         Where they were searched (:data:`scconcerto.train.reference.POSITIVE_SPACES`): ``"centred"``
         (centred and scaled expression spaces), ``"joint"`` (uncentred SVD and scaled space) or ``"svd"``
         (the uncentred SVD; the default here is that of models saved before the setting existed).
+    positive_rank
+        How they were chosen among a cell's nearest cells (:data:`scconcerto.train.reference.POSITIVE_RANKS`):
+        ``"shared"`` (the ``k`` that share most of its nearest cells) or ``"nearest"`` (its ``k`` nearest; the
+        default here is that of models saved before the setting existed).
     positive_sources
         Which sources a cell's positives were drawn from: ``"any"`` (its nearest cells of every source)
         or ``"same"`` (its own source; the default here is that of models saved before the setting existed).
@@ -129,6 +133,7 @@ class TrainConfig:
     positive_neighbors: int = 0
     label_positives: bool = False
     positive_space: str = "svd"
+    positive_rank: str = "nearest"
     positive_sources: str = "same"
     label_weight: float = 0.0
     balance: str = "none"

@@ -73,6 +73,7 @@ def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "
                        epochs: int | None, batch_size: int, lr: float, max_genes: int | None, gene_dropout: float,
                        modality_dropout: float, positive_neighbors: int, label_positives: bool, label_weight: float,
                        positive_space: str, positive_sources: str, balance: str, source_norm: str, device: str,
+                       positive_rank: str,
                        progress: bool | None, checkpoint_dir: str | Path | None,
                        resume: bool, **kwargs: Any) -> PretrainedReference:
     """Train ``network`` (in place) on the reference ``adata`` set up as ``setup``, then embed the reference.
@@ -88,12 +89,13 @@ def pretrain_reference(network: "ConcertoNetwork", adata: "ad.AnnData", setup: "
     labels = label_codes(adata, setup)
     inputs = prepare_reference_training(cells, [labels[key] for key in setup.label_keys], positive_neighbors,
                                         label_positives, positive_space, positive_sources, balance, seed,
-                                        source_norm)
+                                        source_norm, positive_rank)
     config = TrainConfig(epochs=epochs or default_epochs(cells.n_cells), batch_size=batch_size, lr=lr,
                          max_genes=max_genes, gene_dropout=gene_dropout,
                          modality_dropout=modality_dropout if setup.proteins else 0.0,
                          positive_neighbors=positive_neighbors if has_positives(cells) else 0,
                          label_positives=inputs.label_positives, positive_space=inputs.positive_space,
+                         positive_rank=inputs.positive_rank,
                          positive_sources=inputs.positive_sources,
                          label_weight=float(label_weight) if cells.training_labels is not None else 0.0,
                          balance=inputs.balance, source_norm=inputs.source_norm, seed=seed, device=device,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import InputError
+from ..data.positives import SHARED_CANDIDATES
 from ..data.scaled_space import ScaledSpace, scaled_expression
 
 log = logging.getLogger("scconcerto")
@@ -26,6 +27,10 @@ CALIBRATION_MAX_CELLS = 5_000
 #: spaces (``"centred"``), in the uncentred SVD and the scaled space (``"joint"``: models trained before
 #: 2026-12-08), or in the uncentred SVD alone (``"svd"``: models trained before the option).
 POSITIVE_SPACES = ("centred", "joint", "svd")
+#: How a cell's positives are chosen among its nearest cells: the ``k`` that share most of its
+#: :data:`~scconcerto.data.positives.SHARED_CANDIDATES` nearest cells (``"shared"``), or its ``k`` nearest
+#: (``"nearest"``: models trained before 2026-12-08).
+POSITIVE_RANKS = ("shared", "nearest")
 #: Where a cell's positives may come from: any source, or its own only (models trained before 2026-12-07).
 POSITIVE_SOURCES = ("any", "same")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
@@ -51,6 +56,8 @@ class ReferenceTraining:
         How many cells a cell's positives are searched among (0: the paper's views).
     positive_space
         One of :data:`POSITIVE_SPACES`: the space the positives were searched in.
+    positive_rank
+        One of :data:`POSITIVE_RANKS`: how they were chosen among a cell's nearest cells.
     positive_sources
         ``"any"`` or ``"same"``: the sources the positives were searched among (``"same"`` without positives).
     balance, balance_groups
@@ -75,11 +82,13 @@ class ReferenceTraining:
     source_norm: str = "source"
     source_shift: float | None = None
     source_domains: np.ndarray | None = None
+    positive_rank: str = "nearest"
 
 
 def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_neighbors: int,
                                label_positives: bool, positive_space: str, positive_sources: str, balance: str,
-                               seed: int, source_norm: str = "source") -> ReferenceTraining:
+                               seed: int, source_norm: str = "source", positive_rank: str = "nearest"
+                               ) -> ReferenceTraining:
     """Attach neighbour positives and balance weights to the training ``cells`` of a reference.
 
     ``labels`` are the label codes under each label key (``-1``: missing); the options are those of
@@ -88,6 +97,8 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
     """
     if positive_space not in POSITIVE_SPACES:
         raise InputError(f"positive_space must be one of {', '.join(POSITIVE_SPACES)}, got {positive_space!r}.")
+    if positive_rank not in POSITIVE_RANKS:
+        raise InputError(f"positive_rank must be one of {', '.join(POSITIVE_RANKS)}, got {positive_rank!r}.")
     if positive_sources not in POSITIVE_SOURCES:
         raise InputError(f"positive_sources must be one of {', '.join(POSITIVE_SOURCES)}, got {positive_sources!r}.")
     if balance not in BALANCE_CHOICES:
@@ -101,14 +112,16 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
     if searched and scaled is not None and positive_space == "centred":
         plain = _centred_expression(cells, seed)
     shaped, calibration_rows = _attach_positives(cells, labels, plain, scaled, positive_neighbors,
-                                                 label_positives, positive_sources == "any", seed)
+                                                 label_positives, positive_sources == "any", seed,
+                                                 SHARED_CANDIDATES if positive_rank == "shared" else 0)
     groups, balanced = _attach_balance(cells, labels, expression, balance, seed)
     return ReferenceTraining(scaled=scaled, calibration_rows=calibration_rows, label_positives=shaped,
                              positive_pool_cells=_positive_pool(cells),
                              positive_space=positive_space if scaled is not None else "svd",
                              positive_sources=positive_sources if has_positives(cells) else "same",
                              balance=balanced, balance_groups=groups, source_norm=source_norm,
-                             source_shift=shift, source_domains=source_domains)
+                             source_shift=shift, source_domains=source_domains,
+                             positive_rank=positive_rank if has_positives(cells) else "nearest")
 
 
 def _share_sources(cells: Any, expression: np.ndarray | None, source_norm: str, seed: int
@@ -205,10 +218,11 @@ def _centred_expression(cells: Any, seed: int) -> np.ndarray:
 
 def _attach_positives(cells: Any, labels: list[np.ndarray], expression: np.ndarray | None,
                       scaled: tuple[np.ndarray, ScaledSpace] | None, k: int, label_positives: bool,
-                      across_sources: bool, seed: int) -> tuple[bool, np.ndarray | None]:
+                      across_sources: bool, seed: int, candidates: int = 0) -> tuple[bool, np.ndarray | None]:
     """Set how the cells' neighbour positives are found: ``cells.positives`` searched among all cells in memory,
     or ``cells.positive_search`` for the streamed windows of a backed reference (one search for both).
 
+    ``candidates``: rank that many nearest cells by shared neighbours (:class:`~scconcerto.data.positives.PositiveSearch`).
     Returns whether labels shaped them, and the labeled rows kept out of that (the calibration hold-out).
     """
     from ..data.positives import PositiveSearch, joint_components, neighbor_positives, positive_codes
@@ -230,10 +244,11 @@ def _attach_positives(cells: Any, labels: list[np.ndarray], expression: np.ndarr
         return False, None
     if cells.on_disk:  # searched window by window as the cells are streamed
         cells.positive_search = PositiveSearch(k, components, positive_codes(cells.n_cells, groups, calibration_rows),
-                                               across_sources)
+                                               across_sources, candidates)
     else:  # the same search, once, among all cells
         cells.positives = neighbor_positives(cells, k, labels=groups, open_rows=calibration_rows, seed=seed,
-                                             components=components, across_sources=across_sources)
+                                             components=components, across_sources=across_sources,
+                                             candidates=candidates)
     if groups is not None:  # the labels the supervised term of training reads (never the held-out ones)
         cells.training_labels = groups.copy()
         if calibration_rows is not None:
