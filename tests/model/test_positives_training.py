@@ -23,14 +23,15 @@ def test_label_aware_training_records_positives_and_a_calibration_hold_out(train
     loaded = Concerto.load(tmp_path / "m")
     assert np.array_equal(loaded.reference.calibration_rows, rows)
     assert loaded.train_config.positive_neighbors == 10 and loaded.train_config.positive_space == "centred"
-    assert loaded.train_config.positive_sources == "any"
+    assert loaded.train_config.positive_sources == "any" and loaded.train_config.positive_rank == "shared"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["train"]["positive_space"]  # a model saved before the settings existed (and before the config
     del config["train"]["positive_sources"]
+    del config["train"]["positive_rank"]
     del config["config_checksum"]  # carried its own checksum)
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     old = Concerto.load(tmp_path / "m").train_config
-    assert old.positive_space == "svd" and old.positive_sources == "same"
+    assert old.positive_space == "svd" and old.positive_sources == "same" and old.positive_rank == "nearest"
 
 
 def test_paper_views_and_unlabeled_positives(sim):
