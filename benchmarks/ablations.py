@@ -196,9 +196,11 @@ FAMILIES = {f.name: f for f in (
             Variant("positive_space svd", train={"positive_space": "svd"})),
            datasets=(*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD), supervised=True),
     Family("positive_rank", "How a cell's neighbour positives are chosen among its nearest cells: the ones that "
-                            "share most of its 30 nearest cells (shared, the default; shared-nearest-neighbour "
-                            "ranking) or its nearest cells (nearest, the default before 2026-12-08).",
-           (Variant("positive_rank shared"), Variant("positive_rank nearest", train={"positive_rank": "nearest"})),
+                            "share most of its 30 nearest cells (shared; shared-nearest-neighbour ranking), its "
+                            "nearest cells (nearest, the default before 2026-12-08), or auto, the default: shared "
+                            "without labels, nearest (of the same label) when labels shape the positives.",
+           (Variant("positive_rank auto"), Variant("positive_rank shared", train={"positive_rank": "shared"}),
+            Variant("positive_rank nearest", train={"positive_rank": "nearest"})),
            datasets=(*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD), supervised=True),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input; "

@@ -253,3 +253,19 @@ def test_shared_ranking_keeps_label_aware_positives_in_their_label(sim, prepared
     nb = neighbor_positives(cells, k=5, labels=labels, seed=0, candidates=30)
     assert (labels[nb] == labels[:, None]).all()
     assert (cells.domains[nb] == cells.domains[:, None]).all()
+
+
+def test_streamed_windows_rank_by_shared_neighbours_as_in_memory(sim, tmp_path):
+    """With one window for the whole file, a streamed cell's student view is its in-memory positive under the
+    shared-neighbour ranking too, and that ranking picks other cells than the plain nearest one."""
+    from scconcerto.data.streaming import StreamingBatches
+
+    on_disk, in_memory = _on_disk_and_in_memory(sim, tmp_path, "batch")
+    z = expression_components(in_memory, 10, seed=0)
+    on_disk.positive_search = PositiveSearch(1, z, across_sources=True, candidates=30)
+    ids = _row_ids(in_memory)
+    shared = neighbor_positives(in_memory, 1, components=z, across_sources=True, candidates=30)[:, 0]
+    nearest = neighbor_positives(in_memory, 1, components=z, across_sources=True)[:, 0]
+    assert np.mean(shared != nearest) > 0.1
+    for batch in StreamingBatches(on_disk, batch_size=64, chunk_size=200, window_chunks=3):
+        assert np.array_equal(_student_rows(batch, ids), shared[batch.rows.numpy()])

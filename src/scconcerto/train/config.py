@@ -88,7 +88,7 @@ class TrainConfig:
     positive_rank
         How they were chosen among a cell's nearest cells (:data:`scconcerto.train.reference.POSITIVE_RANKS`):
         ``"shared"`` (the ``k`` that share most of its nearest cells) or ``"nearest"`` (its ``k`` nearest; the
-        default here is that of models saved before the setting existed).
+        default here is that of models saved before the setting existed); never ``"auto"``, which training resolves.
     positive_sources
         Which sources a cell's positives were drawn from: ``"any"`` (its nearest cells of every source)
         or ``"same"`` (its own source; the default here is that of models saved before the setting existed).
