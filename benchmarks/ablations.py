@@ -64,6 +64,9 @@ WORLD_SEED = 1
 SKEWED = tuple(f"{d}:skewed" for d in REAL)
 MISSING = tuple(f"{d}:missing" for d in REAL)
 DONOR_SETS = (*DONORS, *(f"{d}-shift" for d in DONORS))
+#: Where the positives' search is measured: the real and simulated sets, the donor sets and the sets whose
+#: myeloid cells are all in one batch, with and without labels.
+POSITIVE_SETS = (*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD)
 K = 5
 
 
@@ -192,16 +195,14 @@ FAMILIES = {f.name: f for f in (
                              "(PCA of the normalized values) and the scaled (z-scored PCA) expression spaces "
                              "(centred, the default), in the uncentred truncated SVD and the scaled space (joint, "
                              "the default before 2026-12-08) or in the uncentred SVD alone (svd).",
-           (Variant("positive_space centred"), Variant("positive_space joint", train={"positive_space": "joint"}),
-            Variant("positive_space svd", train={"positive_space": "svd"})),
-           datasets=(*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD), supervised=True),
+           _sweep("positive_space", "train", "positive_space", ("centred", "joint", "svd")), datasets=POSITIVE_SETS,
+           supervised=True),
     Family("positive_rank", "How a cell's neighbour positives are chosen among its nearest cells: the ones that "
                             "share most of its 30 nearest cells (shared; shared-nearest-neighbour ranking), its "
                             "nearest cells (nearest, the default before 2026-12-08), or auto, the default: shared "
                             "without labels, nearest (of the same label) when labels shape the positives.",
-           (Variant("positive_rank auto"), Variant("positive_rank shared", train={"positive_rank": "shared"}),
-            Variant("positive_rank nearest", train={"positive_rank": "nearest"})),
-           datasets=(*REAL, SIM, *DONORS, *EXCLUSIVE, WORLD), supervised=True),
+           _sweep("positive_rank", "train", "positive_rank", ("auto", "shared", "nearest")), datasets=POSITIVE_SETS,
+           supervised=True),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input; "
                             "on the real sets, their adversarial variants and the donor sets, not only on the "
