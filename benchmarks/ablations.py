@@ -197,11 +197,10 @@ FAMILIES = {f.name: f for f in (
                              "the default before 2026-12-08) or in the uncentred SVD alone (svd).",
            _sweep("positive_space", "train", "positive_space", ("centred", "joint", "svd")), datasets=POSITIVE_SETS,
            supervised=True),
-    Family("positive_rank", "How a cell's neighbour positives are chosen among its nearest cells: the ones that "
-                            "share most of its 30 nearest cells (shared; shared-nearest-neighbour ranking), its "
-                            "nearest cells (nearest, the default before 2026-12-08), or auto, the default: shared "
-                            "without labels, nearest (of the same label) when labels shape the positives.",
-           _sweep("positive_rank", "train", "positive_rank", ("auto", "shared", "nearest")), datasets=POSITIVE_SETS,
+    Family("positive_rank", "How a cell's neighbour positives are chosen: its nearest cells (nearest, the default) "
+                            "or the ones of its 30 nearest cells that share most of its nearest cells (shared; "
+                            "shared-nearest-neighbour ranking).",
+           _sweep("positive_rank", "train", "positive_rank", ("nearest", "shared")), datasets=POSITIVE_SETS,
            supervised=True),
     Family("normalization", "Input normalization: log1p of counts per 10k (the package's) against log1p of "
                             "counts scaled to the median total (scanpy's default), given as log-normalized input; "

@@ -84,11 +84,11 @@ def test_positive_options_reach_the_saved_training_settings(ref_file, tmp_path, 
                  "--device", "cpu", "--no-progress"]) == 0
     gd0 = json.loads((tmp_path / "gd0" / "config.json").read_text())["train"]
     assert gd0["gene_dropout"] == 0.0 and gd0["positive_space"] == "centred"  # the default space
-    assert gd0["positive_rank"] == "shared"  # 'auto' without labels
-    assert main(["train", str(ref_file), "--epochs", "1", "--positive-space", "joint", "--positive-rank", "nearest",
+    assert gd0["positive_rank"] == "nearest"
+    assert main(["train", str(ref_file), "--epochs", "1", "--positive-space", "joint", "--positive-rank", "shared",
                  "--out", str(tmp_path / "joint"), "--device", "cpu", "--no-progress"]) == 0
     joint = json.loads((tmp_path / "joint" / "config.json").read_text())["train"]
-    assert joint["positive_space"] == "joint" and joint["positive_rank"] == "nearest"
+    assert joint["positive_space"] == "joint" and joint["positive_rank"] == "shared"
     assert main(["train", str(ref_file), "--batch-key", "batch", "--epochs", "1", "--source-norm", "shared",
                  "--out", str(tmp_path / "shared"), "--device", "cpu", "--no-progress"]) == 0
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["train"]["source_norm"] == "shared"

@@ -46,7 +46,7 @@ def test_backed_and_in_memory_references_train_the_same_model(hard):
     assert backed.train_config == memory.train_config
     cfg = backed.train_config
     assert cfg.positive_neighbors == 10 and cfg.label_positives and cfg.positive_space == "centred"
-    assert cfg.positive_sources == "any" and cfg.positive_rank == "nearest"  # 'auto' with labels
+    assert cfg.positive_sources == "any" and cfg.positive_rank == "nearest"
     assert backed.training_record.positive_pool_cells == memory.training_record.positive_pool_cells == 1200
     np.testing.assert_array_equal(backed.reference.calibration_rows, memory.reference.calibration_rows)
     for key in ("cell_type", "cell_type_major"):

@@ -24,7 +24,7 @@ def test_label_aware_training_records_positives_and_a_calibration_hold_out(train
     assert np.array_equal(loaded.reference.calibration_rows, rows)
     assert loaded.train_config.positive_neighbors == 10 and loaded.train_config.positive_space == "centred"
     assert loaded.train_config.positive_sources == "any"
-    assert loaded.train_config.positive_rank == "nearest"  # 'auto': the labels shaped the positives
+    assert loaded.train_config.positive_rank == "nearest"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["train"]["positive_space"]  # a model saved before the settings existed (and before the config
     del config["train"]["positive_sources"]

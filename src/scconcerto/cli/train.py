@@ -33,10 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "similarity of the centred (PCA) and scaled (z-scored PCA) expression spaces; 'joint': of "
                         "the uncentred SVD and the scaled space (models trained before 2026-12-08); 'svd': the "
                         "uncentred SVD alone")
-    p.add_argument("--positive-rank", choices=("auto", "shared", "nearest"), default="auto",
-                   help="how neighbour positives are chosen among a cell's 30 nearest cells: 'shared' takes those "
-                        "that share most of its nearest cells; 'nearest' its nearest (models trained before "
-                        "2026-12-08); 'auto' (default): shared, unless labels shape the positives")
+    p.add_argument("--positive-rank", choices=("nearest", "shared"), default="nearest",
+                   help="how neighbour positives are chosen: a cell's nearest cells ('nearest', default) or those "
+                        "of its 30 nearest that share most of its nearest cells ('shared')")
     p.add_argument("--positive-sources", choices=("any", "same"), default="any",
                    help="which sources a cell's neighbour positives come from: 'any' (default; its nearest cells "
                         "of every source) or 'same' (its own source, as models trained before 2026-12-07)")

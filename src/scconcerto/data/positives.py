@@ -32,14 +32,14 @@ Neighbours are searched
   normalization removes the technical shift between them. Before, positives were
   searched within each source only (``across_sources=False``); the choice was measured
   on development data (``benchmarks/ABLATIONS_POSITIVES.md``);
-* ranked by shared neighbours (``candidates``, the model's default since 2026-12-08): a cell's
-  positives are the ``k`` of its ``candidates`` nearest cells that share most of its
+* optionally ranked by shared neighbours (``candidates``; the model's ``positive_rank="shared"``): a
+  cell's positives are the ``k`` of its ``candidates`` nearest cells that share most of its
   ``candidates`` nearest cells (the shared-nearest-neighbour similarity of Jarvis and Patrick
   1973, which Seurat and scran build their cell graphs on), nearer ones first among ties. A
   cell on the edge of its type, whose nearest cells in expression include cells of the next
   type, shares fewer neighbours with those: its positives are more often of its own type.
-  Before, they were its ``k`` nearest cells (``candidates=0``); the choice was measured on
-  development data (``benchmarks/ABLATIONS_RANK.md``);
+  By default they are its ``k`` nearest cells (``candidates=0``); the choice was measured on
+  development data (``benchmarks/ABLATIONS_RANK.md``, ``docs/design.md``);
 * when reference labels are given, among cells of the same label too (a
   label-aware positive, like the label use of scANVI): the labels shape the
   embedding, which then separates the reference's types much better. Cells in
@@ -62,8 +62,8 @@ from ..search.neighbors import index_kind, knn, l2_normalize
 from .cells import CellMatrix
 
 DEFAULT_COMPONENTS = 50
-#: Nearest cells among which positives are ranked by shared neighbours (:class:`PositiveSearch`); chosen on
-#: development data (``benchmarks/ABLATIONS_RANK.md``).
+#: Nearest cells among which positives are ranked by shared neighbours (:class:`PositiveSearch`); 50 measured
+#: alike on development data (``docs/design.md``).
 SHARED_CANDIDATES = 30
 DEFAULT_SVD_CELLS = 20_000
 _BLOCK_ROWS = 20_000

@@ -87,8 +87,8 @@ class TrainConfig:
         (the uncentred SVD; the default here is that of models saved before the setting existed).
     positive_rank
         How they were chosen among a cell's nearest cells (:data:`scconcerto.train.reference.POSITIVE_RANKS`):
-        ``"shared"`` (the ``k`` that share most of its nearest cells) or ``"nearest"`` (its ``k`` nearest; the
-        default here is that of models saved before the setting existed); never ``"auto"``, which training resolves.
+        ``"nearest"`` (its ``k`` nearest; also what models saved before the setting existed load as) or
+        ``"shared"`` (the ``k`` that share most of its nearest cells).
     positive_sources
         Which sources a cell's positives were drawn from: ``"any"`` (its nearest cells of every source)
         or ``"same"`` (its own source; the default here is that of models saved before the setting existed).

@@ -27,10 +27,9 @@ CALIBRATION_MAX_CELLS = 5_000
 #: spaces (``"centred"``), in the uncentred SVD and the scaled space (``"joint"``: models trained before
 #: 2026-12-08), or in the uncentred SVD alone (``"svd"``: models trained before the option).
 POSITIVE_SPACES = ("centred", "joint", "svd")
-#: How a cell's positives are chosen among its nearest cells: the ``k`` that share most of its
-#: :data:`~scconcerto.data.positives.SHARED_CANDIDATES` nearest cells (``"shared"``), its ``k`` nearest
-#: (``"nearest"``: models trained before 2026-12-08), or ``"auto"``: shared unless labels shape the positives.
-POSITIVE_RANKS = ("auto", "shared", "nearest")
+#: How a cell's positives are chosen among its nearest cells: its ``k`` nearest (``"nearest"``), or the ``k``
+#: that share most of its :data:`~scconcerto.data.positives.SHARED_CANDIDATES` nearest cells (``"shared"``).
+POSITIVE_RANKS = ("nearest", "shared")
 #: Where a cell's positives may come from: any source, or its own only (models trained before 2026-12-07).
 POSITIVE_SOURCES = ("any", "same")
 BALANCE_CHOICES = ("auto", "labels", "clusters", "none")
@@ -106,8 +105,6 @@ def prepare_reference_training(cells: Any, labels: list[np.ndarray], positive_ne
     if source_norm not in SOURCE_NORMS:
         raise InputError(f"source_norm must be one of {', '.join(SOURCE_NORMS)}, got {source_norm!r}.")
     searched = positive_neighbors > 0
-    if positive_rank == "auto":  # labels say which cells are alike: ranking by shared neighbours adds nothing there
-        positive_rank = "nearest" if label_positives and any((np.asarray(c) >= 0).any() for c in labels) else "shared"
     expression, scaled = _expression_spaces(cells, seed, scaled=searched and positive_space != "svd")
     source_norm, shift, source_domains = _share_sources(cells, expression, source_norm, seed)
     plain = expression
